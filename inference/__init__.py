@@ -1,0 +1,1 @@
+"""Relighting engines and the GPU inference node service."""

@@ -102,6 +102,10 @@ def output_size(width: int, height: int, highres_scale: float) -> tuple[int, int
 WebhookEvent = Literal["completed", "start"]
 
 
+def default_webhook_events() -> list[WebhookEvent]:
+    return ["completed"]
+
+
 class SubmitOptions(BaseModel):
     """Relight's extensions to Segmind's body."""
 
@@ -109,4 +113,4 @@ class SubmitOptions(BaseModel):
 
     backend: Backend = Backend.AUTO
     webhook_url: Annotated[str | None, Field(max_length=2048)] = None
-    webhook_events: list[WebhookEvent] = Field(default_factory=lambda: ["completed"])
+    webhook_events: list[WebhookEvent] = Field(default_factory=default_webhook_events)

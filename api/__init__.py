@@ -1,0 +1,1 @@
+"""The FastAPI gateway: Segmind-compatible relight endpoints and the v2 request API."""

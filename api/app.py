@@ -1,0 +1,69 @@
+"""The gateway application: routes, error handlers, and the resources of its lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from arq.connections import RedisSettings, create_pool
+from fastapi import FastAPI
+
+from api.errors import install_error_handlers
+from api.responses import OrjsonResponse
+from api.routes import health, relight, requests
+from api.state import AppState
+from relight import __version__
+from relight.config import Settings, get_settings
+from relight.db import create_engine, create_sessionmaker
+from relight.jobs.events import JobWaiter
+from relight.jobs.queue import deserialize_job, serialize_job
+from relight.storage import FileSystemStorage
+
+DESCRIPTION = """
+Relight relights images with IC-Light. It is a drop-in replacement for Segmind's `ic-light`
+API (same parameters, defaults, `x-api-key` header and status codes) with an asynchronous v2
+API on top: request ids, polling, listing, cancel, idempotency and signed output URLs.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(settings)
+        redis = await create_pool(
+            RedisSettings.from_dsn(settings.redis_url),
+            job_serializer=serialize_job,
+            job_deserializer=deserialize_job,
+            default_queue_name=settings.queue_name,
+        )
+        waiter = JobWaiter(redis, settings.queue_name)
+        await waiter.start()
+        app.state.relight = AppState(
+            settings=settings,
+            engine=engine,
+            sessionmaker=create_sessionmaker(engine),
+            redis=redis,
+            storage=FileSystemStorage(settings.storage_dir),
+            waiter=waiter,
+        )
+        try:
+            yield
+        finally:
+            await waiter.stop()
+            await redis.aclose()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="Relight",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        default_response_class=OrjsonResponse,
+    )
+    install_error_handlers(app)
+    app.include_router(relight.router)
+    app.include_router(requests.router)
+    app.include_router(health.router)
+    return app

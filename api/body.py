@@ -1,0 +1,143 @@
+"""Reading a relight submission from JSON or multipart/form-data, within size limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from fastapi import Request
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from relight.config import Settings
+from relight.errors import ImageTooLarge, RelightError
+from relight.images import decode_image
+from relight.jobs.inputs import SubjectSource, parse_subject_image
+from relight.jobs.schemas import SubmitBody
+from relight.params import RelightParams, SubmitOptions
+
+UPLOADED = "(uploaded file)"
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+
+SUBMIT_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/SubmitBody"}},
+            "multipart/form-data": {
+                "schema": {
+                    "allOf": [{"$ref": "#/components/schemas/SubmitBody"}],
+                    "properties": {"subject_image": {"type": "string", "format": "binary"}},
+                }
+            },
+        },
+    }
+}
+
+
+class InvalidBody(RelightError):
+    status_code = 400
+    code = "invalid_body"
+
+
+@dataclass(frozen=True)
+class Submitted:
+    params: RelightParams
+    options: SubmitOptions
+    subject: SubjectSource
+
+
+def body_limit(settings: Settings) -> int:
+    """Largest accepted body: a base64 image at the byte limit plus room for the fields."""
+    return (settings.max_input_bytes * 4) // 3 + 64 * 1024
+
+
+async def _read_capped(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ImageTooLarge(f"the request body is {declared} bytes; the limit is {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ImageTooLarge(f"the request body is larger than the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _read_json(request: Request, settings: Settings) -> tuple[dict[str, Any], None]:
+    raw = await _read_capped(request, body_limit(settings))
+    if not raw.strip():
+        raise InvalidBody("the request body is empty; send the parameters as a JSON object")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidBody(f"the request body is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InvalidBody("the request body must be a JSON object")
+    return data, None
+
+
+async def _read_form(request: Request, settings: Settings) -> tuple[dict[str, Any], bytes | None]:
+    limit = body_limit(settings)
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ImageTooLarge(f"the request body is {declared} bytes; the limit is {limit} bytes")
+    try:
+        form = await request.form(max_files=1, max_fields=64, max_part_size=limit)
+    except RelightError:
+        raise
+    except Exception as exc:
+        raise InvalidBody(f"the multipart form could not be read: {exc}") from exc
+    data: dict[str, Any] = {}
+    upload: bytes | None = None
+    for name, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            if name != "subject_image":
+                raise InvalidBody(
+                    f"unexpected file field {name!r}; send the image as subject_image"
+                )
+            upload = await value.read(settings.max_input_bytes + 1)
+            if len(upload) > settings.max_input_bytes:
+                raise ImageTooLarge(
+                    f"subject_image is larger than the limit of {settings.max_input_bytes} bytes"
+                )
+            data[name] = UPLOADED
+        elif name == "webhook_events":
+            data.setdefault(name, []).append(value)
+        else:
+            data[name] = value
+    return data, upload
+
+
+async def read_submission(request: Request, settings: Settings) -> Submitted:
+    """Parse, validate and (for inline images) decode the subject, before anything is stored."""
+    content_type = request.headers.get("content-type", "application/json").lower()
+    if content_type.startswith(FORM_TYPES):
+        data, upload = await _read_form(request, settings)
+    elif content_type.startswith("application/json") or "json" in content_type:
+        data, upload = await _read_json(request, settings)
+    else:
+        raise RelightError(
+            f"unsupported content type {content_type!r}; send application/json or "
+            "multipart/form-data",
+            status_code=415,
+            code="unsupported_media_type",
+        )
+    body = SubmitBody.model_validate(data)
+    params, options = body.split()
+    if upload is not None:
+        subject = SubjectSource(data=upload)
+    else:
+        subject = parse_subject_image(body.subject_image, max_bytes=settings.max_input_bytes)
+    if subject.data is not None:
+        # Decode now so a bad image is a 400/413 at submit, not a failed job later.
+        await run_in_threadpool(
+            decode_image,
+            subject.data,
+            max_bytes=settings.max_input_bytes,
+            max_pixels=settings.max_input_pixels,
+        )
+    return Submitted(params=params, options=options, subject=subject)

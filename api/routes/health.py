@@ -1,0 +1,42 @@
+"""Liveness and readiness probes."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter
+from sqlalchemy import text
+
+from api.deps import StateDep
+from api.responses import OrjsonResponse
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", summary="Liveness: the process answers")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="Readiness: Postgres and Redis answer", response_model=None)
+async def readyz(state: StateDep) -> OrjsonResponse:
+    checks: dict[str, str] = {}
+
+    async def check_database() -> None:
+        async with state.engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+
+    async def check_redis() -> None:
+        await state.redis.ping()
+
+    for name, probe in (("database", check_database), ("redis", check_redis)):
+        try:
+            await asyncio.wait_for(probe(), timeout=2)
+            checks[name] = "ok"
+        except Exception as exc:
+            checks[name] = f"unavailable: {exc.__class__.__name__}"
+    ready = all(value == "ok" for value in checks.values())
+    return OrjsonResponse(
+        {"status": "ready" if ready else "not ready", "checks": checks},
+        status_code=200 if ready else 503,
+    )

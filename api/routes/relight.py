@@ -1,0 +1,193 @@
+"""Segmind-compatible submit endpoints: `POST /v1/ic-light` (sync) and `/v2/ic-light` (async)."""
+
+from __future__ import annotations
+
+import base64
+import re
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Request, Response
+
+from api.body import SUBMIT_OPENAPI, read_submission
+from api.deps import SettingsDep, StateDep, TenantDep, UnitOfWorkDep, UrlsDep
+from api.responses import OrjsonResponse
+from api.waiting import wait_for_job
+from relight.credits.service import get_balance
+from relight.errors import Conflict, RelightError
+from relight.jobs import repository
+from relight.jobs.schemas import RequestView, SubmitAccepted
+from relight.jobs.service import submit_job
+from relight.jobs.views import accepted_view, request_view
+from relight.models import Job, JobStatus
+
+router = APIRouter(tags=["relight"])
+
+PREFER_WAIT = re.compile(r"(?:^|[;,\s])wait\s*=\s*(\d+)", re.I)
+MAX_PREFER_WAIT_S = 60
+# A failed job's error code decides the status of a synchronous answer.
+FAILURE_STATUS = {
+    "invalid_image": 400,
+    "input_fetch_failed": 400,
+    "image_too_large": 413,
+    "internal_error": 500,
+}
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=255,
+        description="Retries with the same key and body return the same request",
+    ),
+]
+
+
+async def _submit(
+    request: Request,
+    state: StateDep,
+    uow: UnitOfWorkDep,
+    tenant: TenantDep,
+    idempotency_key: str | None,
+) -> tuple[Job, bool]:
+    submitted = await read_submission(request, state.settings)
+    submission = await submit_job(
+        uow.session,
+        settings=state.settings,
+        storage=state.storage,
+        tenant=tenant,
+        params=submitted.params,
+        options=submitted.options,
+        subject=submitted.subject,
+        idempotency_key=idempotency_key,
+    )
+    job = submission.job
+    if not submission.replayed:
+        job_id = job.id
+
+        async def enqueue() -> None:
+            await state.enqueue(job_id)
+
+        uow.after_commit(enqueue)
+    await uow.commit()
+    return job, submission.replayed
+
+
+@router.post(
+    "/v2/ic-light",
+    status_code=202,
+    summary="Submit a relight request (asynchronous)",
+    response_model=SubmitAccepted,
+    responses={200: {"model": RequestView, "description": "finished within `Prefer: wait`"}},
+    openapi_extra=SUBMIT_OPENAPI,
+)
+async def submit_async(
+    request: Request,
+    state: StateDep,
+    uow: UnitOfWorkDep,
+    tenant: TenantDep,
+    urls: UrlsDep,
+    idempotency_key: IdempotencyKey = None,
+    prefer: Annotated[
+        str | None, Header(description="`wait=N` (N ≤ 60): answer when done within N s")
+    ] = None,
+) -> Any:
+    job, replayed = await _submit(request, state, uow, tenant, idempotency_key)
+    headers = {"Location": urls.response_url(job.id)}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    match = PREFER_WAIT.search(prefer or "")
+    if match:
+        wait_s = min(int(match.group(1)), MAX_PREFER_WAIT_S)
+        headers["Preference-Applied"] = f"wait={wait_s}"
+        job = await wait_for_job(state, job.id, wait_s)
+        if JobStatus(job.status).is_terminal:
+            async with state.sessionmaker() as session:
+                outputs = await repository.get_outputs(session, [job.id])
+            view = request_view(job, outputs, urls)
+            return OrjsonResponse(view.model_dump(mode="json"), status_code=200, headers=headers)
+    body = accepted_view(job, urls).model_dump(mode="json")
+    return OrjsonResponse(body, status_code=202, headers=headers)
+
+
+def _raise_for_unfinished(job: Job, urls: UrlsDep, settings: SettingsDep) -> None:
+    status = JobStatus(job.status)
+    request_id = str(job.id)
+    if status is JobStatus.FAILED:
+        code = job.error_code or "backend_failed"
+        raise RelightError(
+            job.error_message or "the request failed",
+            status_code=FAILURE_STATUS.get(code, 502),
+            code=code,
+            extra={"request_id": request_id},
+        )
+    if status is JobStatus.CANCELED:
+        raise Conflict(
+            "the request was canceled", code="canceled", extra={"request_id": request_id}
+        )
+    raise RelightError(
+        f"the request did not finish within {settings.sync_timeout_s:g} s; it keeps running, "
+        f"poll {urls.status_url(job.id)}",
+        status_code=504,
+        code="timeout",
+        extra={"request_id": request_id, "status_url": urls.status_url(job.id)},
+    )
+
+
+@router.post(
+    "/v1/ic-light",
+    summary="Relight an image (synchronous, Segmind v1): answers the image bytes",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {
+                "image/webp": {},
+                "image/jpeg": {},
+                "image/png": {},
+                "application/json": {},
+            },
+            "description": "the first image; all images as base64 JSON with Accept: "
+            "application/json",
+        }
+    },
+    openapi_extra=SUBMIT_OPENAPI,
+)
+async def submit_sync(
+    request: Request,
+    state: StateDep,
+    uow: UnitOfWorkDep,
+    tenant: TenantDep,
+    urls: UrlsDep,
+    idempotency_key: IdempotencyKey = None,
+    accept: Annotated[str | None, Header()] = None,
+) -> Response:
+    job, _ = await _submit(request, state, uow, tenant, idempotency_key)
+    job = await wait_for_job(state, job.id, state.settings.sync_timeout_s)
+    if job.status != JobStatus.SUCCEEDED.value:
+        _raise_for_unfinished(job, urls, state.settings)
+    async with state.sessionmaker() as session:
+        outputs = await repository.get_outputs(session, [job.id])
+        balance = await get_balance(session, tenant.id)
+    headers = {
+        "x-request-id": str(job.id),
+        "x-seed-value": str(job.seed),
+        "x-remaining-credits": str(balance),
+    }
+    if accept and "application/json" in accept.lower():
+        images = []
+        for output in outputs:
+            data = await state.storage.get(output.storage_key)
+            images.append(
+                {
+                    "index": output.index,
+                    "content_type": output.content_type,
+                    "width": output.width,
+                    "height": output.height,
+                    "seed": output.seed,
+                    "data": base64.b64encode(data).decode(),
+                }
+            )
+        body = {"request_id": str(job.id), "seed": job.seed, "images": images}
+        return OrjsonResponse(body, headers=headers)
+    first = outputs[0]
+    data = await state.storage.get(first.storage_key)
+    return Response(content=data, media_type=first.content_type, headers=headers)

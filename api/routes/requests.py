@@ -1,0 +1,138 @@
+"""The v2 request API: status, record, listing, cancel, and output downloads."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Path, Query, Response
+
+from api.deps import StateDep, TenantDep, UnitOfWorkDep, UrlsDep
+from relight.errors import RelightError, RequestNotFound, Unauthorized
+from relight.jobs import repository
+from relight.jobs.schemas import PublicStatus, RequestList, RequestView, StatusView
+from relight.jobs.service import cancel_job
+from relight.jobs.views import request_view, status_view
+from relight.models import JobOutput, JobStatus
+from relight.signing import verify_output_signature
+from relight.storage import StoredObjectMissing
+from relight.tenants.service import authenticate
+
+router = APIRouter(prefix="/v2/requests", tags=["requests"])
+
+PUBLIC_TO_STATUS = {status.public: status for status in JobStatus}
+
+
+@router.get("/{request_id}/status", response_model=StatusView, summary="A request's status")
+async def get_status(request_id: uuid.UUID, uow: UnitOfWorkDep, tenant: TenantDep) -> StatusView:
+    job = await repository.get_job(uow.session, tenant.id, request_id)
+    position = None
+    if job.status == JobStatus.QUEUED.value:
+        position = await repository.queue_position(uow.session, job)
+    return status_view(job, position)
+
+
+@router.get("/{request_id}", response_model=RequestView, summary="A request's full record")
+async def get_request(
+    request_id: uuid.UUID, uow: UnitOfWorkDep, tenant: TenantDep, urls: UrlsDep
+) -> RequestView:
+    job = await repository.get_job(uow.session, tenant.id, request_id)
+    outputs = await repository.get_outputs(uow.session, [job.id])
+    return request_view(job, outputs, urls)
+
+
+@router.get("", response_model=RequestList, summary="This account's requests, newest first")
+async def list_requests(
+    uow: UnitOfWorkDep,
+    tenant: TenantDep,
+    urls: UrlsDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[
+        uuid.UUID | None, Query(description="`next_cursor` of the previous page")
+    ] = None,
+    status: Annotated[
+        PublicStatus | None, Query(description="only requests in this status")
+    ] = None,
+) -> RequestList:
+    jobs = await repository.list_jobs(
+        uow.session,
+        tenant.id,
+        limit=limit + 1,
+        before=cursor,
+        status=PUBLIC_TO_STATUS[status] if status else None,
+    )
+    page = jobs[:limit]
+    outputs = await repository.get_outputs(uow.session, [job.id for job in page])
+    by_job: dict[uuid.UUID, list[JobOutput]] = {}
+    for output in outputs:
+        by_job.setdefault(output.job_id, []).append(output)
+    return RequestList(
+        data=[request_view(job, by_job.get(job.id, []), urls) for job in page],
+        next_cursor=str(page[-1].id) if len(jobs) > limit else None,
+    )
+
+
+@router.post(
+    "/{request_id}/cancel",
+    response_model=RequestView,
+    summary="Cancel a queued request (refunded at once)",
+)
+async def cancel_request(
+    request_id: uuid.UUID, uow: UnitOfWorkDep, tenant: TenantDep, urls: UrlsDep
+) -> RequestView:
+    job = await cancel_job(uow.session, tenant.id, request_id)
+    outputs = await repository.get_outputs(uow.session, [job.id])
+    return request_view(job, outputs, urls)
+
+
+@router.get(
+    "/{request_id}/outputs/{index}",
+    summary="An output image: with the API key, or with the signed URL from the record",
+    response_class=Response,
+    responses={200: {"content": {"image/webp": {}, "image/jpeg": {}, "image/png": {}}}},
+)
+async def get_output(
+    request_id: uuid.UUID,
+    index: Annotated[int, Path(ge=0, le=11, description="output index, from 0")],
+    state: StateDep,
+    uow: UnitOfWorkDep,
+    expires: Annotated[int | None, Query(description="from the signed URL")] = None,
+    signature: Annotated[
+        str | None, Query(max_length=128, description="from the signed URL")
+    ] = None,
+    x_api_key: Annotated[str | None, Header()] = None,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Response:
+    if expires is not None and signature is not None:
+        if not verify_output_signature(
+            state.settings.secret_key, request_id, index, expires, signature
+        ):
+            raise Unauthorized("the output URL is invalid or has expired", code="invalid_signature")
+        job = await repository.get_job_by_id(uow.session, request_id)
+        if job is None:
+            raise RequestNotFound(f"no request {request_id}")
+    else:
+        key = x_api_key
+        if key is None and authorization and authorization.lower().startswith("bearer "):
+            key = authorization[7:].strip()
+        tenant = await authenticate(uow.session, key)
+        job = await repository.get_job(uow.session, tenant.id, request_id)
+    output = await repository.get_output(uow.session, job.id, index)
+    if output is None:
+        raise RequestNotFound(f"request {request_id} has no output {index}")
+    try:
+        data = await state.storage.get(output.storage_key)
+    except StoredObjectMissing as exc:
+        raise RelightError(
+            "this output is no longer stored", status_code=410, code="output_expired"
+        ) from exc
+    return Response(
+        content=data,
+        media_type=output.content_type,
+        headers={
+            "Cache-Control": "private, max-age=3600",
+            "ETag": f'"{output.sha256}"',
+            "Content-Disposition": f'inline; filename="{request_id}-{index}.'
+            f'{output.storage_key.rsplit(".", 1)[-1]}"',
+        },
+    )

@@ -1,0 +1,61 @@
+"""Settings: one object, read from `RELIGHT_*` environment variables (and an optional .env)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEVELOPMENT_SECRET = "relight-development-secret-do-not-use-in-production"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RELIGHT_", env_file=".env", extra="ignore")
+
+    environment: Literal["development", "test", "production"] = "development"
+    database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/relight"
+    database_pool_size: int = Field(default=10, ge=1)
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    queue_name: str = "relight:queue"
+    storage_dir: Path = Path("var/storage")
+    secret_key: str = DEVELOPMENT_SECRET
+    public_base_url: str | None = None
+    log_level: str = "INFO"
+
+    # Inputs.
+    max_input_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    max_input_pixels: int = Field(default=40_000_000, ge=1024)
+    fetch_timeout_s: float = Field(default=20.0, gt=0)
+
+    # Jobs.
+    sync_timeout_s: float = Field(default=60.0, gt=0)
+    job_timeout_s: float = Field(default=300.0, gt=0)
+    job_max_attempts: int = Field(default=3, ge=1)
+    retry_backoff_s: float = Field(default=2.0, ge=0)
+    lease_s: float = Field(default=120.0, gt=0)
+    output_url_ttl_s: int = Field(default=24 * 3600, ge=60)
+
+    # Worker.
+    worker_concurrency: int = Field(default=4, ge=1)
+    worker_poll_delay_s: float = Field(default=0.05, gt=0)
+    local_backend_enabled: bool = True
+    local_engine_threads: int = Field(default=2, ge=1)
+
+    # Credits: the price of the default request (one 768x960 image, 25 steps).
+    credits_per_default_image: int = Field(default=10, ge=0)
+
+    @model_validator(mode="after")
+    def _refuse_development_secret_in_production(self) -> Settings:
+        if self.environment == "production" and (
+            not self.secret_key or self.secret_key == DEVELOPMENT_SECRET
+        ):
+            raise ValueError("RELIGHT_SECRET_KEY must be set to a real secret in production")
+        return self
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

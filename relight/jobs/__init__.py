@@ -1,0 +1,1 @@
+"""Relight jobs: submission, the record and its views, execution, completion events."""

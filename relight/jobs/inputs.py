@@ -1,0 +1,75 @@
+"""The `subject_image` field: an http(s) URL, a data URL, or base64, decoded to a source."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from relight.errors import ImageTooLarge, InvalidImage, InvalidParameter
+
+URLSAFE_TO_STANDARD = str.maketrans("-_", "+/")
+DATA_URL = re.compile(r"^data:(?P<type>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^,;]*)*?);base64,", re.I)
+
+
+@dataclass(frozen=True)
+class SubjectSource:
+    """Either inline bytes (stored at submit) or a URL (fetched by the worker)."""
+
+    data: bytes | None = None
+    url: str | None = None
+
+    @property
+    def digest(self) -> str:
+        """Identifies the input for idempotency: the bytes' hash, or the URL itself."""
+        if self.data is not None:
+            return "sha256:" + hashlib.sha256(self.data).hexdigest()
+        return "url:" + (self.url or "")
+
+
+def check_image_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidParameter(
+            "subject_image: a URL must be an absolute http or https URL",
+            extra={"field": "subject_image"},
+        )
+    if parts.username or parts.password:
+        raise InvalidParameter(
+            "subject_image: URLs with credentials are not accepted",
+            extra={"field": "subject_image"},
+        )
+    return url
+
+
+def parse_subject_image(value: str, *, max_bytes: int) -> SubjectSource:
+    """Interpret the string form of `subject_image` (a URL, a data URL or plain base64)."""
+    text = value.strip()
+    if not text:
+        raise InvalidParameter("subject_image: must not be empty", extra={"field": "subject_image"})
+    lowered = text[:8].lower()
+    if lowered.startswith(("http://", "https://")):
+        return SubjectSource(url=check_image_url(text))
+    payload = text
+    if lowered.startswith("data:"):
+        match = DATA_URL.match(text)
+        if match is None:
+            raise InvalidImage("subject_image: a data URL must be base64-encoded (;base64,)")
+        payload = text[match.end() :]
+    # base64 grows data by 4/3; refuse before decoding what cannot fit the byte limit.
+    if len(payload) > (max_bytes * 4) // 3 + 8:
+        raise ImageTooLarge(
+            f"subject_image is larger than the limit of {max_bytes} bytes",
+            extra={"limit_bytes": max_bytes},
+        )
+    compact = re.sub(r"\s+", "", payload).translate(URLSAFE_TO_STANDARD)
+    try:
+        data = base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidImage(
+            "subject_image is neither an http(s) URL nor valid base64 image data"
+        ) from exc
+    return SubjectSource(data=data)

@@ -1,0 +1,120 @@
+"""Every query on `job` and `job_output`. Tenant-owned reads always filter by tenant."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from relight.errors import RequestNotFound
+from relight.models import Job, JobOutput, JobStatus
+
+
+async def get_job(session: AsyncSession, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job:
+    """The tenant's job; another tenant's id is as unknown as a made-up one."""
+    job = await session.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id))
+    if job is None:
+        raise RequestNotFound(f"no request {job_id}")
+    return job
+
+
+async def get_job_by_id(session: AsyncSession, job_id: uuid.UUID) -> Job | None:
+    return await session.get(Job, job_id, populate_existing=True)
+
+
+async def find_by_idempotency_key(
+    session: AsyncSession, tenant_id: uuid.UUID, key: str
+) -> Job | None:
+    return await session.scalar(
+        select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key)
+    )
+
+
+async def get_outputs(session: AsyncSession, job_ids: Sequence[uuid.UUID]) -> list[JobOutput]:
+    if not job_ids:
+        return []
+    result = await session.scalars(
+        select(JobOutput)
+        .where(JobOutput.job_id.in_(job_ids))
+        .order_by(JobOutput.job_id, JobOutput.index)
+    )
+    return list(result.all())
+
+
+async def get_output(session: AsyncSession, job_id: uuid.UUID, index: int) -> JobOutput | None:
+    return await session.scalar(
+        select(JobOutput).where(JobOutput.job_id == job_id, JobOutput.index == index)
+    )
+
+
+async def list_jobs(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    *,
+    limit: int,
+    before: uuid.UUID | None,
+    status: JobStatus | None,
+) -> list[Job]:
+    """Newest first; ids are time-ordered (UUIDv7), so the id is the cursor."""
+    query = select(Job).where(Job.tenant_id == tenant_id)
+    if before is not None:
+        query = query.where(Job.id < before)
+    if status is not None:
+        query = query.where(Job.status == status.value)
+    return list((await session.scalars(query.order_by(Job.id.desc()).limit(limit))).all())
+
+
+async def queue_position(session: AsyncSession, job: Job) -> int:
+    """How many queued jobs (of any tenant) were submitted before this one."""
+    count = await session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.status == JobStatus.QUEUED.value, Job.created_at < job.created_at)
+    )
+    return int(count or 0)
+
+
+async def transition(
+    session: AsyncSession,
+    job_id: uuid.UUID,
+    *,
+    from_status: JobStatus,
+    values: dict[str, Any],
+    attempt: int | None = None,
+) -> Job | None:
+    """Move a job out of `from_status` if (and only if) it is still there; None otherwise.
+
+    This conditional UPDATE is what makes every step idempotent: of two workers (or a worker
+    and a cancel), exactly one sees the row.
+    """
+    query = update(Job).where(Job.id == job_id, Job.status == from_status.value)
+    if attempt is not None:
+        query = query.where(Job.attempts == attempt)
+    result = await session.execute(
+        query.values(**values).returning(Job).execution_options(populate_existing=True)
+    )
+    return result.scalar_one_or_none()
+
+
+async def claim(session: AsyncSession, job_id: uuid.UUID, lease_s: float) -> Job | None:
+    """`queued → running` with a lease; None when the job is not queued (done, taken, canceled)."""
+    now = datetime.now(UTC)
+    return await transition(
+        session,
+        job_id,
+        from_status=JobStatus.QUEUED,
+        values={
+            "status": JobStatus.RUNNING.value,
+            "attempts": Job.attempts + 1,
+            "started_at": func.coalesce(Job.started_at, now),
+            "lease_expires_at": now + timedelta(seconds=lease_s),
+        },
+    )
+
+
+def add_outputs(session: AsyncSession, outputs: Sequence[JobOutput]) -> None:
+    session.add_all(outputs)

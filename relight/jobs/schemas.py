@@ -1,0 +1,133 @@
+"""Request bodies and the JSON views of a job (the public record, its status, listings)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from relight.params import (
+    Backend,
+    RelightParams,
+    SubmitOptions,
+    WebhookEvent,
+    default_webhook_events,
+)
+
+PublicStatus = Literal["QUEUED", "PROCESSING", "COMPLETED", "FAILED", "CANCELED"]
+
+
+class SubmitBody(RelightParams):
+    """The body of `POST /v1/ic-light` and `POST /v2/ic-light`: Segmind's fields plus ours."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_extra={
+            "example": {
+                "prompt": "cat, photoshoot, 4k",
+                "subject_image": "https://example.com/cat.png",
+                "light_source": "Left Light",
+                "seed": 42,
+            }
+        },
+    )
+
+    subject_image: Annotated[
+        str,
+        Field(
+            min_length=1,
+            description="http(s) URL, base64 or data URL (or a file part in multipart form)",
+        ),
+    ]
+    backend: Backend = Backend.AUTO
+    webhook_url: Annotated[str | None, Field(max_length=2048)] = None
+    webhook_events: list[WebhookEvent] = Field(default_factory=default_webhook_events)
+
+    def split(self) -> tuple[RelightParams, SubmitOptions]:
+        data = self.model_dump()
+        options = SubmitOptions(
+            backend=data.pop("backend"),
+            webhook_url=data.pop("webhook_url"),
+            webhook_events=data.pop("webhook_events"),
+        )
+        data.pop("subject_image")
+        return RelightParams(**data), options
+
+
+class ErrorInfo(BaseModel):
+    code: str
+    message: str
+
+
+class OutputView(BaseModel):
+    index: int
+    url: str
+    content_type: str
+    width: int
+    height: int
+    bytes: int
+    seed: int
+    sha256: str
+
+
+class CreditsView(BaseModel):
+    reserved: int
+    charged: int
+
+
+class BackendView(BaseModel):
+    requested: str
+    used: str | None
+    node: str | None
+
+
+class RequestView(BaseModel):
+    """The full record: `GET /v2/requests/{id}` (and the webhook body, later)."""
+
+    request_id: uuid.UUID
+    status: PublicStatus
+    params: dict[str, Any]
+    subject_image: str | None = Field(
+        description="the URL the subject came from, or null when it was sent inline"
+    )
+    outputs: list[OutputView]
+    error: ErrorInfo | None
+    credits: CreditsView
+    backend: BackendView
+    attempts: int
+    progress: float
+    timings: dict[str, float]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    status_url: str
+    response_url: str
+
+
+class StatusView(BaseModel):
+    request_id: uuid.UUID
+    status: PublicStatus
+    queue_position: int | None = None
+    progress: float | None = None
+    error: ErrorInfo | None = None
+    metrics: dict[str, float]
+
+
+class SubmitAccepted(BaseModel):
+    """The 202 answer of `POST /v2/ic-light`, Segmind's v2 fields plus ours."""
+
+    request_id: uuid.UUID
+    status: PublicStatus
+    poll_url: str
+    status_url: str
+    response_url: str
+    cancel_url: str
+    credits_reserved: int
+
+
+class RequestList(BaseModel):
+    data: list[RequestView]
+    next_cursor: str | None

@@ -1,0 +1,170 @@
+"""Submitting and canceling jobs: the rules, in one unit of work that the caller commits."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import orjson
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from relight.config import Settings
+from relight.credits.pricing import price
+from relight.credits.service import refund_credits, reserve_credits
+from relight.errors import Conflict, Forbidden, InvalidParameter
+from relight.ids import uuid7
+from relight.jobs import repository
+from relight.jobs.inputs import SubjectSource
+from relight.models import Job, JobStatus, Tenant
+from relight.params import Backend, RelightParams, SubmitOptions
+from relight.storage import Storage
+
+
+class IdempotencyKeyReused(InvalidParameter):
+    code = "idempotency_key_reused"
+
+
+@dataclass(frozen=True)
+class Submission:
+    job: Job
+    replayed: bool
+
+
+def request_hash(params: RelightParams, options: SubmitOptions, subject: SubjectSource) -> str:
+    """A digest of everything that defines the request, to recognise an idempotent retry."""
+    canonical = orjson.dumps(
+        {
+            "params": params.model_dump(mode="json"),
+            "options": options.model_dump(mode="json"),
+            "subject": subject.digest,
+        },
+        option=orjson.OPT_SORT_KEYS,
+    )
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def resolve_seed(seed: int | None) -> int:
+    """Segmind treats a missing seed and -1 alike: pick one, and record it."""
+    if seed is None or seed < 0:
+        return secrets.randbelow(2**32)
+    return seed
+
+
+def available_backends(settings: Settings) -> set[Backend]:
+    """The backends this deployment can run; `auto` resolves among them at run time."""
+    available: set[Backend] = set()
+    if settings.local_backend_enabled:
+        available.add(Backend.LOCAL)
+    return available
+
+
+def check_backend(settings: Settings, backend: Backend) -> None:
+    available = available_backends(settings)
+    if backend is Backend.AUTO:
+        if not available:
+            raise Forbidden("no backend is enabled on this deployment", code="backend_unavailable")
+        return
+    if backend not in available:
+        names = ", ".join(sorted(b.value for b in available)) or "none"
+        raise Forbidden(
+            f"backend {backend.value!r} is not available on this deployment (available: {names})",
+            code="backend_not_allowed",
+        )
+
+
+def _replay(existing: Job, digest: str, key: str) -> Submission:
+    if existing.request_hash != digest:
+        raise IdempotencyKeyReused(
+            f"Idempotency-Key {key!r} was already used with a different request body"
+        )
+    return Submission(job=existing, replayed=True)
+
+
+async def submit_job(
+    session: AsyncSession,
+    *,
+    settings: Settings,
+    storage: Storage,
+    tenant: Tenant,
+    params: RelightParams,
+    options: SubmitOptions,
+    subject: SubjectSource,
+    idempotency_key: str | None,
+) -> Submission:
+    """Reserve the price and create the job; the caller commits, then enqueues."""
+    digest = request_hash(params, options, subject)
+    if idempotency_key is not None:
+        existing = await repository.find_by_idempotency_key(session, tenant.id, idempotency_key)
+        if existing is not None:
+            return _replay(existing, digest, idempotency_key)
+    check_backend(settings, options.backend)
+
+    job_id = uuid7()
+    input_key = None
+    if subject.data is not None:
+        input_key = f"inputs/{tenant.id}/{job_id}"
+        await storage.put(input_key, subject.data)
+
+    cost = price(params, settings.credits_per_default_image)
+    job = Job(
+        id=job_id,
+        tenant_id=tenant.id,
+        status=JobStatus.QUEUED.value,
+        params=params.model_dump(mode="json", exclude={"seed"}),
+        input_url=subject.url,
+        input_storage_key=input_key,
+        seed=resolve_seed(params.seed),
+        backend_requested=options.backend.value,
+        credits_reserved=cost,
+        idempotency_key=idempotency_key,
+        request_hash=digest,
+        webhook_url=options.webhook_url,
+        webhook_events=list(options.webhook_events),
+    )
+    try:
+        # A savepoint, so that losing an idempotency race also undoes the reservation.
+        async with session.begin_nested():
+            await reserve_credits(session, tenant.id, cost)
+            session.add(job)
+            await session.flush()
+    except IntegrityError:
+        if idempotency_key is None:
+            raise
+        existing = await repository.find_by_idempotency_key(session, tenant.id, idempotency_key)
+        if existing is None:
+            raise Conflict(
+                f"a request with Idempotency-Key {idempotency_key!r} is in flight; retry shortly",
+                code="idempotency_key_in_flight",
+            ) from None
+        return _replay(existing, digest, idempotency_key)
+    return Submission(job=job, replayed=False)
+
+
+async def cancel_job(session: AsyncSession, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job:
+    """Cancel a queued job and refund it; canceling twice is harmless."""
+    job = await repository.get_job(session, tenant_id, job_id)
+    canceled = await repository.transition(
+        session,
+        job.id,
+        from_status=JobStatus.QUEUED,
+        values={
+            "status": JobStatus.CANCELED.value,
+            "finished_at": datetime.now(UTC),
+            "credits_charged": 0,
+            "lease_expires_at": None,
+        },
+    )
+    if canceled is not None:
+        await refund_credits(session, tenant_id, canceled.credits_reserved)
+        return canceled
+    await session.refresh(job)
+    if job.job_status is JobStatus.CANCELED:
+        return job
+    raise Conflict(
+        f"request {job.id} is {job.job_status.public} and can no longer be canceled",
+        code="not_cancelable",
+    )

@@ -1,0 +1,111 @@
+"""Turns job rows into the public JSON views, with absolute and signed URLs."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from relight.jobs.schemas import (
+    BackendView,
+    CreditsView,
+    ErrorInfo,
+    OutputView,
+    RequestView,
+    StatusView,
+    SubmitAccepted,
+)
+from relight.models import Job, JobOutput, JobStatus
+from relight.signing import sign_output
+
+
+@dataclass(frozen=True)
+class UrlBuilder:
+    base_url: str
+    secret_key: str
+    output_url_ttl_s: int
+
+    def _url(self, path: str) -> str:
+        return self.base_url.rstrip("/") + path
+
+    def status_url(self, job_id: uuid.UUID) -> str:
+        return self._url(f"/v2/requests/{job_id}/status")
+
+    def response_url(self, job_id: uuid.UUID) -> str:
+        return self._url(f"/v2/requests/{job_id}")
+
+    def cancel_url(self, job_id: uuid.UUID) -> str:
+        return self._url(f"/v2/requests/{job_id}/cancel")
+
+    def output_url(self, job_id: uuid.UUID, index: int) -> str:
+        expires, signature = sign_output(self.secret_key, job_id, index, self.output_url_ttl_s)
+        return self._url(
+            f"/v2/requests/{job_id}/outputs/{index}?expires={expires}&signature={signature}"
+        )
+
+
+def _error(job: Job) -> ErrorInfo | None:
+    if job.error_code is None or job.job_status is not JobStatus.FAILED:
+        return None
+    return ErrorInfo(code=job.error_code, message=job.error_message or job.error_code)
+
+
+def _public_params(job: Job) -> dict[str, Any]:
+    return {**job.params, "seed": job.seed}
+
+
+def request_view(job: Job, outputs: list[JobOutput], urls: UrlBuilder) -> RequestView:
+    return RequestView(
+        request_id=job.id,
+        status=job.job_status.public,
+        params=_public_params(job),
+        subject_image=job.input_url,
+        outputs=[
+            OutputView(
+                index=output.index,
+                url=urls.output_url(job.id, output.index),
+                content_type=output.content_type,
+                width=output.width,
+                height=output.height,
+                bytes=output.bytes,
+                seed=output.seed,
+                sha256=output.sha256,
+            )
+            for output in outputs
+        ],
+        error=_error(job),
+        credits=CreditsView(reserved=job.credits_reserved, charged=job.credits_charged),
+        backend=BackendView(requested=job.backend_requested, used=job.backend_used, node=job.node),
+        attempts=job.attempts,
+        progress=job.progress,
+        timings=job.timings,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        status_url=urls.status_url(job.id),
+        response_url=urls.response_url(job.id),
+    )
+
+
+def status_view(job: Job, queue_position: int | None) -> StatusView:
+    status = job.job_status
+    return StatusView(
+        request_id=job.id,
+        status=status.public,
+        queue_position=queue_position if status is JobStatus.QUEUED else None,
+        progress=job.progress if status is JobStatus.RUNNING else None,
+        error=_error(job),
+        metrics=job.timings,
+    )
+
+
+def accepted_view(job: Job, urls: UrlBuilder) -> SubmitAccepted:
+    return SubmitAccepted(
+        request_id=job.id,
+        status=job.job_status.public,
+        poll_url=urls.status_url(job.id),
+        status_url=urls.status_url(job.id),
+        response_url=urls.response_url(job.id),
+        cancel_url=urls.cancel_url(job.id),
+        credits_reserved=job.credits_reserved,
+    )

@@ -1,0 +1,112 @@
+"""Tenant and API-key management, and authentication of a presented key."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from relight.errors import Conflict, RelightError, Unauthorized
+from relight.models import ApiKey, Tenant
+from relight.tenants.keys import generate_key, parse_key, secret_matches
+
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+class TenantNotFound(RelightError):
+    status_code = 404
+    code = "tenant_not_found"
+
+
+@dataclass(frozen=True)
+class CreatedKey:
+    key: str
+    api_key: ApiKey
+
+
+async def create_tenant(session: AsyncSession, name: str, credits: int = 0) -> Tenant:
+    if credits < 0:
+        raise RelightError("credits must not be negative", status_code=422)
+    tenant = Tenant(name=name, credit_balance=credits)
+    session.add(tenant)
+    try:
+        async with session.begin_nested():
+            await session.flush()
+    except IntegrityError as exc:
+        raise Conflict(f"a tenant named {name!r} exists already", code="tenant_exists") from exc
+    return tenant
+
+
+async def find_tenant(session: AsyncSession, name_or_id: str) -> Tenant:
+    """A tenant by name, or by id when the text is a UUID."""
+    query = select(Tenant).where(Tenant.name == name_or_id)
+    try:
+        query = select(Tenant).where(
+            (Tenant.id == uuid.UUID(name_or_id)) | (Tenant.name == name_or_id)
+        )
+    except ValueError:
+        pass
+    found: Tenant | None = await session.scalar(query)
+    if found is None:
+        raise TenantNotFound(f"no tenant {name_or_id!r}")
+    return found
+
+
+async def list_tenants(session: AsyncSession) -> list[Tenant]:
+    return list((await session.scalars(select(Tenant).order_by(Tenant.created_at))).all())
+
+
+async def create_api_key(session: AsyncSession, tenant: Tenant, name: str | None) -> CreatedKey:
+    new_key = generate_key()
+    api_key = ApiKey(
+        tenant_id=tenant.id, prefix=new_key.prefix, secret_hash=new_key.secret_hash, name=name
+    )
+    session.add(api_key)
+    await session.flush()
+    return CreatedKey(key=new_key.key, api_key=api_key)
+
+
+async def revoke_api_key(session: AsyncSession, key_or_prefix: str) -> ApiKey:
+    parsed = parse_key(key_or_prefix)
+    prefix = parsed[0] if parsed else key_or_prefix
+    api_key = await session.scalar(select(ApiKey).where(ApiKey.prefix == prefix))
+    if api_key is None:
+        raise RelightError(f"no API key with prefix {prefix!r}", status_code=404)
+    if api_key.revoked_at is None:
+        api_key.revoked_at = datetime.now(UTC)
+        await session.flush()
+    return api_key
+
+
+async def authenticate(session: AsyncSession, raw_key: str | None) -> Tenant:
+    """The tenant a presented API key belongs to; Unauthorized for anything else."""
+    if not raw_key:
+        raise Unauthorized("missing API key: send it in the x-api-key header")
+    parsed = parse_key(raw_key)
+    if parsed is None:
+        raise Unauthorized("invalid API key")
+    prefix, secret = parsed
+    row = (
+        await session.execute(
+            select(ApiKey, Tenant)
+            .join(Tenant, Tenant.id == ApiKey.tenant_id)
+            .where(ApiKey.prefix == prefix)
+        )
+    ).one_or_none()
+    if row is None or not secret_matches(secret, row.ApiKey.secret_hash):
+        raise Unauthorized("invalid API key")
+    api_key: ApiKey = row.ApiKey
+    tenant: Tenant = row.Tenant
+    if api_key.revoked_at is not None:
+        raise Unauthorized("this API key has been revoked")
+    now = datetime.now(UTC)
+    # Record use at minute resolution, so a busy key does not write on every request.
+    if api_key.last_used_at is None or now - api_key.last_used_at > LAST_USED_RESOLUTION:
+        await session.execute(
+            update(ApiKey).where(ApiKey.id == api_key.id).values(last_used_at=now)
+        )
+    return tenant

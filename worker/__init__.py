@@ -1,0 +1,1 @@
+"""The arq worker: runs relight jobs on the configured backends."""

@@ -1,0 +1,1 @@
+"""Backends the worker can dispatch a job to."""

@@ -1,0 +1,60 @@
+"""The `local` backend: the classic CPU engine inside the worker process, on a thread pool."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import Executor
+from time import perf_counter
+
+from inference.engines.base import RelightEngine
+from relight.images import encode_image
+from relight.jobs.backend import BackendResult, JobInput, ProgressCallback, RenderedImage
+from relight.params import RelightParams
+
+
+class LocalBackend:
+    name = "local"
+
+    def __init__(self, engine: RelightEngine, executor: Executor) -> None:
+        self.engine = engine
+        self.executor = executor
+
+    def _render_sync(
+        self,
+        job_input: JobInput,
+        params: RelightParams,
+        seed: int,
+        progress: ProgressCallback | None,
+    ) -> BackendResult:
+        started = perf_counter()
+        images = self.engine.relight(job_input.image, params, seed, progress)
+        rendered = perf_counter()
+        encoded = [
+            RenderedImage(
+                data=encode_image(image, params.output_format, params.output_quality),
+                content_type=params.output_format.content_type,
+                width=image.width,
+                height=image.height,
+                seed=seed,
+            )
+            for image in images
+        ]
+        return BackendResult(
+            images=encoded,
+            timings={
+                "engine_ms": round((rendered - started) * 1000, 2),
+                "encode_ms": round((perf_counter() - rendered) * 1000, 2),
+            },
+        )
+
+    async def render(
+        self,
+        job_input: JobInput,
+        params: RelightParams,
+        seed: int,
+        progress: ProgressCallback | None = None,
+    ) -> BackendResult:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self.executor, self._render_sync, job_input, params, seed, progress
+        )

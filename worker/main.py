@@ -1,0 +1,24 @@
+"""`relight-worker`: run an arq worker until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from relight.config import get_settings
+from relight.logs import configure_logging
+from worker.settings import build_worker
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="relight-worker", description=__doc__)
+    parser.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    args = parser.parse_args(argv)
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    logging.getLogger(__name__).info("starting worker (queue %s)", settings.queue_name)
+    build_worker(settings, burst=args.burst).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""Builds the arq worker from Relight's settings: startup wires the runner and its backends."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+from arq import func
+from arq.connections import RedisSettings
+from arq.worker import Worker
+
+from inference.engines.classic import ClassicEngine
+from relight.config import Settings
+from relight.db import create_engine, create_sessionmaker
+from relight.jobs.backend import Backend
+from relight.jobs.execution import JobRunner
+from relight.jobs.queue import RUN_JOB_TASK, deserialize_job, serialize_job
+from relight.params import Backend as BackendName
+from relight.storage import FileSystemStorage
+from worker.backends.local import LocalBackend
+from worker.tasks import run_job
+
+logger = logging.getLogger(__name__)
+
+
+def build_worker(settings: Settings, **overrides: Any) -> Worker:
+    """An arq Worker for `settings`; tests pass `burst=True`, `poll_delay=0` and the like."""
+
+    async def startup(ctx: dict[str, Any]) -> None:
+        engine = create_engine(settings, pool_size=settings.worker_concurrency + 1)
+        executor = ThreadPoolExecutor(
+            max_workers=settings.local_engine_threads, thread_name_prefix="relight-engine"
+        )
+        backends: dict[BackendName, Backend] = {}
+        if settings.local_backend_enabled:
+            backends[BackendName.LOCAL] = LocalBackend(ClassicEngine(), executor)
+        http = httpx.AsyncClient(
+            follow_redirects=True,
+            max_redirects=3,
+            headers={"user-agent": "relight/0.1 (+subject image fetch)"},
+        )
+        ctx.update(
+            db_engine=engine,
+            executor=executor,
+            http=http,
+            runner=JobRunner(
+                settings=settings,
+                sessionmaker=create_sessionmaker(engine),
+                storage=FileSystemStorage(settings.storage_dir),
+                redis=ctx["redis"],
+                http=http,
+                backends=backends,
+            ),
+        )
+        logger.info(
+            "worker ready on queue %s with backends %s",
+            settings.queue_name,
+            ", ".join(sorted(backends)) or "none",
+        )
+
+    async def shutdown(ctx: dict[str, Any]) -> None:
+        if "http" in ctx:
+            await ctx["http"].aclose()
+        if "executor" in ctx:
+            ctx["executor"].shutdown(wait=True)
+        if "db_engine" in ctx:
+            await ctx["db_engine"].dispose()
+
+    options: dict[str, Any] = {
+        "functions": [
+            func(run_job, name=RUN_JOB_TASK, max_tries=settings.job_max_attempts + 2, keep_result=0)
+        ],
+        "queue_name": settings.queue_name,
+        "redis_settings": RedisSettings.from_dsn(settings.redis_url),
+        "on_startup": startup,
+        "on_shutdown": shutdown,
+        "max_jobs": settings.worker_concurrency,
+        "job_timeout": settings.job_timeout_s + 30,
+        "poll_delay": settings.worker_poll_delay_s,
+        "keep_result": 0,
+        "job_serializer": serialize_job,
+        "job_deserializer": deserialize_job,
+        "health_check_interval": 60,
+    }
+    options.update(overrides)
+    return Worker(**options)

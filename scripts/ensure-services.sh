@@ -85,10 +85,18 @@ apt_install() {
     log "installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     if ((APT_UPDATED == 0)); then
-        apt-get update -qq
+        apt-get update -qq || die "apt-get update failed"
         APT_UPDATED=1
     fi
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # Package scripts are chatty: keep their output, show it only when the install fails.
+    local out
+    out="$(mktemp)"
+    if ! apt-get install -y -qq --no-install-recommends "${missing[@]}" >"${out}" 2>&1; then
+        cat "${out}" >&2
+        rm -f "${out}"
+        die "apt-get install ${missing[*]} failed"
+    fi
+    rm -f "${out}"
 }
 
 # ----------------------------------------------------------------------------------- Postgres

@@ -154,9 +154,7 @@ MakeTenant = Callable[..., Awaitable[TenantKey]]
 
 
 @pytest.fixture
-def make_tenant(
-    sessionmaker: async_sessionmaker[AsyncSession], clean_state: None
-) -> MakeTenant:
+def make_tenant(sessionmaker: async_sessionmaker[AsyncSession], clean_state: None) -> MakeTenant:
     async def make(name: str | None = None, credits: int = 1000) -> TenantKey:
         name = name or f"tenant-{uuid.uuid4().hex[:8]}"
         async with sessionmaker() as session, session.begin():

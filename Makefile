@@ -1,0 +1,61 @@
+# Relight: the project's verbs. `make demo` and `make test` each set up everything they need
+# (a virtualenv, the packages, Postgres and Redis when not reachable, the schema).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATABASE ?= relight
+TEST_DATABASE ?= relight_test
+export RELIGHT_DATABASE_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/$(DATABASE)
+
+.PHONY: help install services migrate demo test lint typecheck bench up down compose-check clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+install: $(STAMP)  ## create .venv and install the project with its dev tools
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "Python >= 3.11 is required (set PYTHON=...)"; exit 1; }
+	@$(PYTHON) -m venv $(VENV) || { echo "python venv failed: on Debian, apt-get install python3-venv"; exit 1; }
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+services:  ## make sure Postgres and Redis answer (installs and starts them on Debian if not)
+	@bash scripts/ensure-services.sh $(DATABASE) $(TEST_DATABASE)
+
+migrate: install services  ## apply the database migrations
+	$(BIN)/alembic upgrade head
+
+demo: install services  ## relight a sample image through the real API, queue and worker
+	$(BIN)/alembic upgrade head
+	$(BIN)/python scripts/demo.py
+
+test: install services  ## run the test suite against real Postgres and Redis
+	$(BIN)/pytest
+
+lint: install  ## ruff check and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install  ## mypy --strict
+	$(BIN)/mypy
+
+bench: install  ## benchmarks (prints tables)
+	$(BIN)/python bench/classic_engine.py
+
+compose-check:  ## validate docker-compose.yml
+	@bash scripts/validate-compose.sh
+
+up:  ## the full stack in Docker (postgres, redis, migrate, api, worker)
+	docker compose up --build -d
+
+down:  ## stop the Docker stack
+	docker compose down
+
+clean:  ## remove the virtualenv, caches and local data
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache var out

@@ -8,7 +8,6 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATABASE ?= relight
-TEST_DATABASE ?= relight_test
 export RELIGHT_DATABASE_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/$(DATABASE)
 
 .PHONY: help install services migrate demo test lint typecheck bench up down compose-check clean
@@ -26,7 +25,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 services:  ## make sure Postgres and Redis answer (installs and starts them on Debian if not)
-	@bash scripts/ensure-services.sh $(DATABASE) $(TEST_DATABASE)
+	@bash scripts/ensure-services.sh $(DATABASE)
 
 migrate: install services  ## apply the database migrations
 	$(BIN)/alembic upgrade head

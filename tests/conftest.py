@@ -36,14 +36,23 @@ from worker.settings import build_worker
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 PG_SERVER = os.environ.get("RELIGHT_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
-TEST_DATABASE = os.environ.get("RELIGHT_TEST_DATABASE", "relight_test")
+# A database of its own per run, so two runs on one machine (a developer's and CI's) never meet.
+TEST_DATABASE = os.environ.get("RELIGHT_TEST_DATABASE", f"relight_test_{uuid.uuid4().hex[:10]}")
 TEST_REDIS_URL = os.environ.get("RELIGHT_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
-async def recreate_database(name: str) -> None:
+async def drop_database(name: str) -> None:
     connection = await asyncpg.connect(f"{PG_SERVER}/postgres")
     try:
         await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await connection.close()
+
+
+async def recreate_database(name: str) -> None:
+    await drop_database(name)
+    connection = await asyncpg.connect(f"{PG_SERVER}/postgres")
+    try:
         await connection.execute(f'CREATE DATABASE "{name}"')
     finally:
         await connection.close()
@@ -82,9 +91,11 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def migrated(settings: Settings) -> None:
+def migrated(settings: Settings) -> Iterator[None]:
     asyncio.run(recreate_database(TEST_DATABASE))
     command.upgrade(alembic_config(settings.database_url), "head")
+    yield
+    asyncio.run(drop_database(TEST_DATABASE))
 
 
 @pytest.fixture(scope="session")
@@ -99,22 +110,29 @@ def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return create_sessionmaker(engine)
 
 
+async def delete_run_keys(redis: Redis, settings: Settings) -> None:
+    """Remove this run's queue and channels; job keys carry unique ids and expire on their own."""
+    keys = [key async for key in redis.scan_iter(match=f"{settings.queue_name}*")]
+    if keys:
+        await redis.delete(*keys)
+
+
 @pytest.fixture(scope="session")
 async def redis(settings: Settings) -> AsyncIterator[Redis]:
     client = Redis.from_url(settings.redis_url)
     yield client
-    await client.flushdb()
+    await delete_run_keys(client, settings)
     await client.aclose()
 
 
 @pytest.fixture
-async def clean_state(engine: AsyncEngine, redis: Redis) -> None:
-    """Empty tables and Redis: every test that touches them starts from nothing."""
+async def clean_state(engine: AsyncEngine, redis: Redis, settings: Settings) -> None:
+    """Empty tables and queue: every test that touches them starts from nothing."""
     async with engine.begin() as connection:
         await connection.execute(
             text("TRUNCATE tenant, api_key, job, job_output RESTART IDENTITY CASCADE")
         )
-    await redis.flushdb()
+    await delete_run_keys(redis, settings)
 
 
 @pytest.fixture(scope="session")

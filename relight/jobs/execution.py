@@ -99,6 +99,10 @@ class JobRunner:
             outputs = await self._store_outputs(job, result, timings)
             timings["total_ms"] = _ms(perf_counter() - started)
             return await self._succeed(job, backend.name, result, outputs, timings)
+        except asyncio.CancelledError:
+            # The worker is shutting down: hand the job back rather than leave it `running`.
+            await asyncio.shield(self._hand_back(job))
+            raise
         except TimeoutError:
             timeout = BackendFailed(
                 f"the backend did not finish within {self.settings.job_timeout_s:g} s",
@@ -117,6 +121,25 @@ class JobRunner:
             )
             crash.retryable = True
             return await self._fail_or_retry(job, crash, timings)
+
+    async def _hand_back(self, job: Job) -> None:
+        """Return an interrupted job to the queue; the interrupted attempt does not count."""
+        try:
+            async with self.sessionmaker() as session, session.begin():
+                await repository.transition(
+                    session,
+                    job.id,
+                    from_status=JobStatus.RUNNING,
+                    attempt=job.attempts,
+                    values={
+                        "status": JobStatus.QUEUED.value,
+                        "attempts": job.attempts - 1,
+                        "lease_expires_at": None,
+                    },
+                )
+            logger.warning("job %s handed back to the queue (worker stopping)", job.id)
+        except Exception:
+            logger.exception("could not hand job %s back; its lease will expire", job.id)
 
     async def _load_input(self, job: Job, timings: dict[str, float]) -> JobInput:
         started = perf_counter()

@@ -62,10 +62,12 @@ async def test_sigterm_hands_the_running_job_back(
         )
         request_id = submitted.json()["request_id"]
         with (tmp_path / "worker-1.log").open("wb") as log:
-            worker = subprocess.Popen([WORKER], env=env, stdout=log, stderr=subprocess.STDOUT)
+            worker = await asyncio.create_subprocess_exec(
+                WORKER, env=env, stdout=log, stderr=subprocess.STDOUT
+            )
             await _wait_for_status(engine, request_id, "running")
             worker.send_signal(signal.SIGTERM)
-            assert await asyncio.to_thread(worker.wait, 20) == 0
+            assert await asyncio.wait_for(worker.wait(), 20) == 0
         assert await _job_row(engine, request_id) == ("queued", 0)
     finally:
         image_server.slow_s = original_delay
@@ -74,12 +76,14 @@ async def test_sigterm_hands_the_running_job_back(
     image_server.slow_s = 0.0
     try:
         with (tmp_path / "worker-2.log").open("wb") as log:
-            worker = subprocess.Popen([WORKER], env=env, stdout=log, stderr=subprocess.STDOUT)
+            worker = await asyncio.create_subprocess_exec(
+                WORKER, env=env, stdout=log, stderr=subprocess.STDOUT
+            )
             try:
                 await _wait_for_status(engine, request_id, "succeeded")
             finally:
                 worker.terminate()
-                await asyncio.to_thread(worker.wait, 20)
+                await asyncio.wait_for(worker.wait(), 20)
     finally:
         image_server.slow_s = original_delay
     record = (await client.get(f"/v2/requests/{request_id}", headers=tenant.headers)).json()

@@ -93,22 +93,26 @@ async def _read_form(request: Request, settings: Settings) -> tuple[dict[str, An
         raise InvalidBody(f"the multipart form could not be read: {exc}") from exc
     data: dict[str, Any] = {}
     upload: bytes | None = None
-    for name, value in form.multi_items():
-        if isinstance(value, UploadFile):
-            if name != "subject_image":
-                raise InvalidBody(
-                    f"unexpected file field {name!r}; send the image as subject_image"
-                )
-            upload = await value.read(settings.max_input_bytes + 1)
-            if len(upload) > settings.max_input_bytes:
-                raise ImageTooLarge(
-                    f"subject_image is larger than the limit of {settings.max_input_bytes} bytes"
-                )
-            data[name] = UPLOADED
-        elif name == "webhook_events":
-            data.setdefault(name, []).append(value)
-        else:
-            data[name] = value
+    try:
+        for name, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                if name != "subject_image":
+                    raise InvalidBody(
+                        f"unexpected file field {name!r}; send the image as subject_image"
+                    )
+                upload = await value.read(settings.max_input_bytes + 1)
+                if len(upload) > settings.max_input_bytes:
+                    limit_bytes = settings.max_input_bytes
+                    raise ImageTooLarge(
+                        f"subject_image is larger than the limit of {limit_bytes} bytes"
+                    )
+                data[name] = UPLOADED
+            elif name == "webhook_events":
+                data.setdefault(name, []).append(value)
+            else:
+                data[name] = value
+    finally:
+        await form.close()
     return data, upload
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import orjson
 import typer
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relight.config import get_settings
@@ -17,7 +18,11 @@ from relight.errors import RelightError
 from relight.models import ApiKey, Tenant
 from relight.tenants import service
 
-app = typer.Typer(help="Manage Relight tenants and API keys.", no_args_is_help=True)
+app = typer.Typer(
+    help="Manage Relight tenants and API keys.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 tenant_app = typer.Typer(help="Tenants (accounts).", no_args_is_help=True)
 key_app = typer.Typer(help="API keys.", no_args_is_help=True)
 app.add_typer(tenant_app, name="tenant")
@@ -44,8 +49,14 @@ def _run(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
     try:
         return asyncio.run(runner())
     except RelightError as exc:
-        sys.stderr.write(orjson.dumps({"error": exc.message, "code": exc.code}).decode() + "\n")
-        raise typer.Exit(1) from None
+        _fail(exc.message, exc.code)
+    except (SQLAlchemyError, OSError) as exc:
+        _fail(f"database unavailable: {exc.__class__.__name__}: {exc}", "database_unavailable")
+
+
+def _fail(message: str, code: str) -> NoReturn:
+    sys.stderr.write(orjson.dumps({"error": message, "code": code}).decode() + "\n")
+    raise typer.Exit(1)
 
 
 def _tenant_json(tenant: Tenant) -> dict[str, Any]:

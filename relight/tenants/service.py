@@ -75,7 +75,9 @@ async def revoke_api_key(session: AsyncSession, key_or_prefix: str) -> ApiKey:
     prefix = parsed[0] if parsed else key_or_prefix
     api_key = await session.scalar(select(ApiKey).where(ApiKey.prefix == prefix))
     if api_key is None:
-        raise RelightError(f"no API key with prefix {prefix!r}", status_code=404)
+        raise RelightError(
+            f"no API key with prefix {prefix!r}", status_code=404, code="key_not_found"
+        )
     if api_key.revoked_at is None:
         api_key.revoked_at = datetime.now(UTC)
         await session.flush()

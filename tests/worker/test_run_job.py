@@ -1,0 +1,526 @@
+"""Running jobs: submitted through the API, run by the real arq worker, checked via API and DB.
+
+Covers variations, determinism per seed, output formats and sizes, at-least-once delivery
+(idempotent runs, duplicate enqueues), retries with refunds, fetch timeouts, recorded timings
+and canceled jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import uuid
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from PIL import Image
+from redis.asyncio import Redis
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from api.state import AppState
+from inference.engines.classic import ClassicEngine
+from relight.config import Settings
+from relight.credits.service import get_balance
+from relight.jobs.execution import JobRunner
+from relight.jobs.queue import RUN_JOB_TASK
+from relight.models import Job, JobOutput, JobStatus
+from relight.params import Backend as BackendName
+from relight.params import output_size
+from relight.storage import FileSystemStorage
+from tests.conftest import RunWorker, TenantKey, example_base64
+from tests.fakes.image_server import ImageServer
+from worker.backends.local import LocalBackend
+from worker.tasks import run_job
+
+START_CREDITS = 1000
+TIMING_KEYS = (
+    "queue_wait_ms",
+    "fetch_ms",
+    "decode_ms",
+    "engine_ms",
+    "encode_ms",
+    "store_ms",
+    "total_ms",
+)
+# A small render, for tests where the size does not matter.
+SMALL: dict[str, Any] = {"width": 256, "height": 320, "highres_scale": 1.0}
+
+Sessions = async_sessionmaker[AsyncSession]
+
+
+def body(subject_image: str | None = None, /, **overrides: Any) -> dict[str, Any]:
+    return {
+        "prompt": "cat, photoshoot, 4k",
+        "subject_image": subject_image if subject_image is not None else example_base64(),
+        "seed": 7,
+        **overrides,
+    }
+
+
+async def submit(client: httpx.AsyncClient, tenant: TenantKey, payload: dict[str, Any]) -> str:
+    response = await client.post("/v2/ic-light", headers=tenant.headers, json=payload)
+    assert response.status_code == 202, response.text
+    accepted = response.json()
+    assert accepted["status"] == "QUEUED"
+    request_id: str = accepted["request_id"]
+    return request_id
+
+
+async def fetch_record(
+    client: httpx.AsyncClient, tenant: TenantKey, request_id: str
+) -> dict[str, Any]:
+    response = await client.get(f"/v2/requests/{request_id}", headers=tenant.headers)
+    assert response.status_code == 200, response.text
+    record: dict[str, Any] = response.json()
+    return record
+
+
+async def download(client: httpx.AsyncClient, output: dict[str, Any]) -> httpx.Response:
+    """Follow an output's signed URL, without the API key, as a browser would."""
+    response = await client.get(str(output["url"]).removeprefix("http://testserver"))
+    assert response.status_code == 200, response.text
+    return response
+
+
+async def balance_of(sessionmaker: Sessions, tenant: TenantKey) -> int:
+    async with sessionmaker() as session:
+        return await get_balance(session, tenant.tenant_id)
+
+
+async def output_rows(sessionmaker: Sessions, request_id: str) -> int:
+    async with sessionmaker() as session:
+        count = await session.scalar(
+            select(func.count())
+            .select_from(JobOutput)
+            .where(JobOutput.job_id == uuid.UUID(request_id))
+        )
+    return int(count or 0)
+
+
+async def job_row(sessionmaker: Sessions, request_id: str) -> Job:
+    async with sessionmaker() as session:
+        job = await session.get(Job, uuid.UUID(request_id))
+    assert job is not None
+    return job
+
+
+@pytest.fixture
+async def runner(
+    settings: Settings, sessionmaker: Sessions, redis: Redis
+) -> AsyncIterator[JobRunner]:
+    """A JobRunner wired as `worker.settings.build_worker`'s startup wires it."""
+    executor = ThreadPoolExecutor(max_workers=settings.local_engine_threads)
+    try:
+        async with httpx.AsyncClient(follow_redirects=True, max_redirects=3) as http:
+            yield JobRunner(
+                settings=settings,
+                sessionmaker=sessionmaker,
+                storage=FileSystemStorage(settings.storage_dir),
+                redis=redis,
+                http=http,
+                backends={BackendName.LOCAL: LocalBackend(ClassicEngine(), executor)},
+            )
+    finally:
+        executor.shutdown(wait=True)
+
+
+# --- outputs ----------------------------------------------------------------------------------
+
+
+async def test_three_images_are_three_distinct_downloadable_outputs(
+    client: httpx.AsyncClient,
+    tenant: TenantKey,
+    run_worker: RunWorker,
+    sessionmaker: Sessions,
+) -> None:
+    request_id = await submit(client, tenant, body(number_of_images=3))
+
+    await run_worker()
+
+    record = await fetch_record(client, tenant, request_id)
+    assert record["status"] == "COMPLETED"
+    outputs = record["outputs"]
+    assert [output["index"] for output in outputs] == [0, 1, 2]
+    assert len({output["sha256"] for output in outputs}) == 3
+    for output in outputs:
+        assert (output["width"], output["height"]) == (768, 960)
+        assert output["content_type"] == "image/webp"
+        assert output["seed"] == 7
+        response = await download(client, output)
+        assert response.headers["content-type"] == "image/webp"
+        assert hashlib.sha256(response.content).hexdigest() == output["sha256"]
+        assert len(response.content) == output["bytes"]
+        assert Image.open(io.BytesIO(response.content)).size == (768, 960)
+    assert await output_rows(sessionmaker, request_id) == 3
+    # Three default images cost three times the default price, and all of it is charged.
+    assert record["credits"] == {"reserved": 30, "charged": 30}
+    assert await balance_of(sessionmaker, tenant) == START_CREDITS - 30
+
+
+async def test_same_seed_gives_identical_bytes_and_another_seed_does_not(
+    client: httpx.AsyncClient, tenant: TenantKey, run_worker: RunWorker
+) -> None:
+    first = await submit(client, tenant, body(seed=7, **SMALL))
+    second = await submit(client, tenant, body(seed=7, **SMALL))
+    other = await submit(client, tenant, body(seed=8, **SMALL))
+    assert len({first, second, other}) == 3
+
+    await run_worker()
+
+    records = [await fetch_record(client, tenant, rid) for rid in (first, second, other)]
+    assert [record["status"] for record in records] == ["COMPLETED"] * 3
+    [a], [b], [c] = (record["outputs"] for record in records)
+    assert a["sha256"] == b["sha256"]
+    assert (await download(client, a)).content == (await download(client, b)).content
+    assert c["sha256"] != a["sha256"]
+    assert (await download(client, c)).content != (await download(client, a)).content
+    assert [record["params"]["seed"] for record in records] == [7, 7, 8]
+
+
+@pytest.mark.parametrize(
+    ("output_format", "content_type", "pil_format", "requested", "expected_size"),
+    [
+        ("jpg", "image/jpeg", "JPEG", (320, 448, 2.0), (640, 896)),
+        ("png", "image/png", "PNG", (256, 384, 1.0), (256, 384)),
+        ("webp", "image/webp", "WEBP", (512, 256, 1.25), (640, 320)),
+    ],
+)
+async def test_output_format_and_size_follow_the_params(
+    client: httpx.AsyncClient,
+    tenant: TenantKey,
+    run_worker: RunWorker,
+    output_format: str,
+    content_type: str,
+    pil_format: str,
+    requested: tuple[int, int, float],
+    expected_size: tuple[int, int],
+) -> None:
+    width, height, highres_scale = requested
+    assert output_size(width, height, highres_scale) == expected_size
+    request_id = await submit(
+        client,
+        tenant,
+        body(
+            output_format=output_format,
+            output_quality=90,
+            width=width,
+            height=height,
+            highres_scale=highres_scale,
+        ),
+    )
+
+    await run_worker()
+
+    record = await fetch_record(client, tenant, request_id)
+    assert record["status"] == "COMPLETED", record["error"]
+    [output] = record["outputs"]
+    assert output["content_type"] == content_type
+    assert (output["width"], output["height"]) == expected_size
+    response = await download(client, output)
+    assert response.headers["content-type"] == content_type
+    image = Image.open(io.BytesIO(response.content))
+    image.load()
+    assert (image.format, image.size) == (pil_format, expected_size)
+
+
+async def test_jpeg_quality_changes_the_encoding(
+    client: httpx.AsyncClient, tenant: TenantKey, run_worker: RunWorker
+) -> None:
+    low = await submit(client, tenant, body(output_format="jpg", output_quality=10, **SMALL))
+    high = await submit(client, tenant, body(output_format="jpg", output_quality=95, **SMALL))
+
+    await run_worker()
+
+    [low_output] = (await fetch_record(client, tenant, low))["outputs"]
+    [high_output] = (await fetch_record(client, tenant, high))["outputs"]
+    assert low_output["bytes"] < high_output["bytes"]
+
+
+# --- at-least-once delivery -------------------------------------------------------------------
+
+
+async def test_running_a_job_twice_runs_it_once_and_charges_once(
+    client: httpx.AsyncClient,
+    tenant: TenantKey,
+    runner: JobRunner,
+    sessionmaker: Sessions,
+) -> None:
+    request_id = await submit(client, tenant, body(**SMALL))
+    ctx: dict[str, Any] = {"runner": runner}
+
+    assert await run_job(ctx, request_id) == "succeeded"
+    first = await fetch_record(client, tenant, request_id)
+    assert await run_job(ctx, request_id) == "skipped"
+
+    record = await fetch_record(client, tenant, request_id)
+    assert record == first
+    assert record["status"] == "COMPLETED"
+    assert record["attempts"] == 1
+    assert len(record["outputs"]) == 1
+    assert await output_rows(sessionmaker, request_id) == 1
+    cost = record["credits"]["reserved"]
+    assert cost > 0
+    assert record["credits"]["charged"] == cost
+    assert await balance_of(sessionmaker, tenant) == START_CREDITS - cost
+
+
+async def test_two_concurrent_runs_of_one_job_do_the_work_once(
+    client: httpx.AsyncClient,
+    tenant: TenantKey,
+    runner: JobRunner,
+    sessionmaker: Sessions,
+) -> None:
+    request_id = await submit(client, tenant, body(**SMALL))
+
+    outcomes = await asyncio.gather(
+        runner.run(uuid.UUID(request_id)), runner.run(uuid.UUID(request_id))
+    )
+
+    assert sorted(str(outcome.status) for outcome in outcomes) == ["None", "succeeded"]
+    record = await fetch_record(client, tenant, request_id)
+    assert (record["status"], record["attempts"]) == ("COMPLETED", 1)
+    assert await output_rows(sessionmaker, request_id) == 1
+    assert await balance_of(sessionmaker, tenant) == START_CREDITS - record["credits"]["charged"]
+
+
+async def test_arq_refuses_a_second_copy_and_a_rerun_changes_nothing(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    tenant: TenantKey,
+    run_worker: RunWorker,
+    settings: Settings,
+    sessionmaker: Sessions,
+) -> None:
+    state: AppState = app.state.relight
+    request_id = await submit(client, tenant, body(**SMALL))
+
+    # The gateway enqueued it under its own id; a second copy is refused while it waits.
+    duplicate = await state.redis.enqueue_job(
+        RUN_JOB_TASK, request_id, _job_id=request_id, _queue_name=settings.queue_name
+    )
+    assert duplicate is None
+
+    await run_worker()
+    done = await fetch_record(client, tenant, request_id)
+    assert done["status"] == "COMPLETED"
+    balance = await balance_of(sessionmaker, tenant)
+    assert balance == START_CREDITS - done["credits"]["charged"]
+
+    # Once finished (results are not kept), arq may run the id again: nothing changes.
+    again = await state.redis.enqueue_job(
+        RUN_JOB_TASK, request_id, _job_id=request_id, _queue_name=settings.queue_name
+    )
+    assert again is not None
+    await run_worker()
+
+    assert await fetch_record(client, tenant, request_id) == done
+    assert await output_rows(sessionmaker, request_id) == 1
+    assert await balance_of(sessionmaker, tenant) == balance
+
+
+# --- failures, retries and refunds ------------------------------------------------------------
+
+
+async def test_upstream_500_is_retried_then_failed_and_refunded_once(
+    client: httpx.AsyncClient,
+    tenant: TenantKey,
+    run_worker: RunWorker,
+    settings: Settings,
+    sessionmaker: Sessions,
+    image_server: ImageServer,
+) -> None:
+    url = image_server.url("/broken")
+    asked_before = image_server.requests.count("/broken")
+    request_id = await submit(client, tenant, body(url, **SMALL))
+    assert await balance_of(sessionmaker, tenant) < START_CREDITS
+
+    await run_worker()
+
+    record = await fetch_record(client, tenant, request_id)
+    assert record["status"] == "FAILED"
+    assert record["attempts"] == settings.job_max_attempts
+    assert record["error"]["code"] == "input_fetch_failed"
+    assert "HTTP 500" in record["error"]["message"]
+    assert record["outputs"] == []
+    assert record["credits"]["charged"] == 0
+    assert record["finished_at"] is not None
+    assert image_server.requests.count("/broken") - asked_before == settings.job_max_attempts
+    assert await balance_of(sessionmaker, tenant) == START_CREDITS
+    status = (await client.get(f"/v2/requests/{request_id}/status", headers=tenant.headers)).json()
+    assert status["status"] == "FAILED"
+    assert status["error"]["code"] == "input_fetch_failed"
+
+
+async def test_upstream_404_fails_at_once_and_is_refunded(
+    client: httpx.AsyncClient,
+    tenant: TenantKey,
+    run_worker: RunWorker,
+    sessionmaker: Sessions,
+    image_server: ImageServer,
+) -> None:
+    request_id = await submit(client, tenant, body(image_server.url("/missing"), **SMALL))
+
+    await run_worker()
+
+    record = await fetch_record(client, tenant, request_id)
+    assert record["status"] == "FAILED"
+    assert record["attempts"] == 1
+    assert record["error"]["code"] == "input_fetch_failed"
+    assert "HTTP 404" in record["error"]["message"]
+    assert record["credits"]["charged"] == 0
+    assert await balance_of(sessionmaker, tenant) == START_CREDITS
+
+
+async def test_a_url_that_is_not_an_image_fails_at_once(
+    client: httpx.AsyncClient,
+    tenant: TenantKey,
+    run_worker: RunWorker,
+    sessionmaker: Sessions,
+    image_server: ImageServer,
+) -> None:
+    request_id = await submit(client, tenant, body(image_server.url("/not-an-image"), **SMALL))
+
+    await run_worker()
+
+    record = await fetch_record(client, tenant, request_id)
+    assert (record["status"], record["attempts"]) == ("FAILED", 1)
+    assert record["error"]["code"] == "invalid_image"
+    assert await balance_of(sessionmaker, tenant) == START_CREDITS
+
+
+async def test_a_slow_upstream_times_out_on_every_attempt(
+    client: httpx.AsyncClient,
+    tenant: TenantKey,
+    run_worker: RunWorker,
+    settings: Settings,
+    sessionmaker: Sessions,
+    image_server: ImageServer,
+) -> None:
+    previous = image_server.slow_s
+    image_server.slow_s = settings.fetch_timeout_s + 2
+    try:
+        request_id = await submit(client, tenant, body(image_server.url("/slow"), **SMALL))
+        started = asyncio.get_running_loop().time()
+        await run_worker()
+        elapsed = asyncio.get_running_loop().time() - started
+    finally:
+        image_server.slow_s = previous
+
+    record = await fetch_record(client, tenant, request_id)
+    assert record["status"] == "FAILED"
+    assert record["attempts"] == settings.job_max_attempts
+    assert record["error"]["code"] == "input_fetch_failed"
+    assert f"did not answer within {settings.fetch_timeout_s:g} s" in record["error"]["message"]
+    # Each attempt gave up at the fetch timeout, not when the server finally answered.
+    assert elapsed < settings.job_max_attempts * (settings.fetch_timeout_s + 1)
+    assert await balance_of(sessionmaker, tenant) == START_CREDITS
+
+
+# --- what is recorded -------------------------------------------------------------------------
+
+
+async def test_timings_times_and_seed_are_recorded(
+    client: httpx.AsyncClient,
+    tenant: TenantKey,
+    run_worker: RunWorker,
+    sessionmaker: Sessions,
+    image_server: ImageServer,
+) -> None:
+    request_id = await submit(client, tenant, body(image_server.url("/chelsea.png"), seed=1234))
+
+    await run_worker()
+
+    record = await fetch_record(client, tenant, request_id)
+    assert record["status"] == "COMPLETED"
+    timings = record["timings"]
+    for key in TIMING_KEYS:
+        assert key in timings, f"{key} missing from {timings}"
+        assert timings[key] >= 0, (key, timings[key])
+    assert timings["total_ms"] >= timings["engine_ms"]
+    created = datetime.fromisoformat(record["created_at"])
+    started = datetime.fromisoformat(record["started_at"])
+    finished = datetime.fromisoformat(record["finished_at"])
+    assert created <= started <= finished
+    assert record["params"]["seed"] == 1234
+    assert record["outputs"][0]["seed"] == 1234
+    assert record["backend"]["used"] == "local"
+    assert record["progress"] == 1.0
+    job = await job_row(sessionmaker, request_id)
+    assert job.lease_expires_at is None
+    assert job.attempts == 1
+    status = (await client.get(f"/v2/requests/{request_id}/status", headers=tenant.headers)).json()
+    assert status["metrics"] == timings
+
+
+async def test_a_random_seed_is_chosen_once_and_recorded(
+    client: httpx.AsyncClient, tenant: TenantKey, run_worker: RunWorker
+) -> None:
+    request_id = await submit(client, tenant, body(seed=-1, **SMALL))
+    queued = await fetch_record(client, tenant, request_id)
+    chosen = queued["params"]["seed"]
+    assert isinstance(chosen, int)
+    assert chosen >= 0
+
+    await run_worker()
+
+    record = await fetch_record(client, tenant, request_id)
+    assert record["params"]["seed"] == chosen
+    assert record["outputs"][0]["seed"] == chosen
+
+
+async def test_a_canceled_job_is_never_run(
+    client: httpx.AsyncClient,
+    tenant: TenantKey,
+    run_worker: RunWorker,
+    sessionmaker: Sessions,
+) -> None:
+    request_id = await submit(client, tenant, body(**SMALL))
+    canceled = await client.post(f"/v2/requests/{request_id}/cancel", headers=tenant.headers)
+    assert canceled.status_code == 200, canceled.text
+    assert canceled.json()["status"] == "CANCELED"
+
+    await run_worker()
+
+    record = await fetch_record(client, tenant, request_id)
+    assert record["status"] == "CANCELED"
+    assert record["attempts"] == 0
+    assert record["started_at"] is None
+    assert record["outputs"] == []
+    assert record["credits"]["charged"] == 0
+    assert await output_rows(sessionmaker, request_id) == 0
+    job = await job_row(sessionmaker, request_id)
+    assert (job.status, job.attempts) == (JobStatus.CANCELED.value, 0)
+    assert await balance_of(sessionmaker, tenant) == START_CREDITS
+
+
+async def test_a_job_canceled_while_waiting_to_retry_is_not_run_again(
+    client: httpx.AsyncClient,
+    tenant: TenantKey,
+    runner: JobRunner,
+    run_worker: RunWorker,
+    sessionmaker: Sessions,
+    image_server: ImageServer,
+) -> None:
+    request_id = await submit(client, tenant, body(image_server.url("/broken"), **SMALL))
+    first = await runner.run(uuid.UUID(request_id))
+    assert first.status is JobStatus.QUEUED
+    assert first.retry_in_s is not None
+    asked = image_server.requests.count("/broken")
+
+    canceled = await client.post(f"/v2/requests/{request_id}/cancel", headers=tenant.headers)
+    assert canceled.status_code == 200, canceled.text
+    assert await balance_of(sessionmaker, tenant) == START_CREDITS
+    await run_worker()  # the gateway's copy of the job is still in the queue
+
+    record = await fetch_record(client, tenant, request_id)
+    assert (record["status"], record["attempts"]) == ("CANCELED", 1)
+    assert record["credits"]["charged"] == 0
+    assert image_server.requests.count("/broken") == asked
+    assert await balance_of(sessionmaker, tenant) == START_CREDITS

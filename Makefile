@@ -44,8 +44,9 @@ lint: install  ## ruff check and format check
 typecheck: install  ## mypy --strict
 	$(BIN)/mypy
 
-bench: install  ## benchmarks (prints tables)
+bench: install services  ## benchmarks (prints tables)
 	$(BIN)/python bench/classic_engine.py
+	$(BIN)/python bench/e2e.py
 
 compose-check:  ## validate docker-compose.yml
 	@bash scripts/validate-compose.sh

@@ -11,12 +11,9 @@ from __future__ import annotations
 import base64
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,7 +21,10 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+sys.path.insert(0, str(ROOT))
+
+from scripts.stack import BIN, local_stack  # noqa: E402  (needs the path above)
+
 OUT = Path(os.environ.get("RELIGHT_DEMO_OUT", ROOT / "out"))
 LOGS = ROOT / "var" / "demo"
 
@@ -51,13 +51,6 @@ def say(message: str) -> None:
     sys.stdout.flush()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def admin(env: dict[str, str], *args: str) -> dict[str, Any]:
     done = subprocess.run(
         [str(BIN / "relight-admin"), *args], env=env, capture_output=True, text=True, check=False
@@ -66,41 +59,6 @@ def admin(env: dict[str, str], *args: str) -> dict[str, Any]:
         raise SystemExit(f"relight-admin {' '.join(args)} failed: {done.stderr.strip()}")
     result: dict[str, Any] = json.loads(done.stdout)
     return result
-
-
-@contextmanager
-def running(
-    name: str, command: list[str], env: dict[str, str]
-) -> Iterator[subprocess.Popen[bytes]]:
-    LOGS.mkdir(parents=True, exist_ok=True)
-    log_path = LOGS / f"{name}.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-        say(f"started {name} (pid {process.pid}, log {log_path.relative_to(ROOT)})")
-        try:
-            yield process
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            say(f"stopped {name}")
-
-
-def wait_ready(client: httpx.Client, api: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if api.poll() is not None:
-            raise SystemExit(f"relight-api exited early (code {api.returncode}); see {LOGS}")
-        try:
-            if client.get("/readyz").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit("relight-api did not become ready within 30 s")
 
 
 def relight(client: httpx.Client, key: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -140,24 +98,19 @@ def relight(client: httpx.Client, key: str, spec: dict[str, Any]) -> dict[str, A
 
 
 def main() -> None:
-    port = free_port()
     env = {
         **os.environ,
         "RELIGHT_STORAGE_DIR": os.environ.get("RELIGHT_STORAGE_DIR", str(ROOT / "var" / "storage")),
         "RELIGHT_QUEUE_NAME": os.environ.get("RELIGHT_QUEUE_NAME", "relight:demo"),
-        "RELIGHT_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
     }
     tenant_name = "demo-" + datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
     tenant = admin(env, "tenant", "create", tenant_name, "--credits", "1000")
     key = admin(env, "key", "create", tenant_name, "--name", "demo")["key"]
     say(f"tenant {tenant['name']} with {tenant['credit_balance']} credits, key {key[:16]}…")
-    with (
-        running("api", [str(BIN / "relight-api"), "--port", str(port)], env) as api,
-        running("worker", [str(BIN / "relight-worker")], env),
-        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client,
-    ):
-        wait_ready(client, api)
+    say(f"starting relight-api and relight-worker (logs in {LOGS.relative_to(ROOT)})")
+    with local_stack(env, LOGS) as client:
         records = [relight(client, key, spec) for spec in REQUESTS]
+    say("stopped relight-api and relight-worker")
     for record in records:
         sys.stdout.write(json.dumps(record, indent=2) + "\n")
     say(f"done: {sum(len(r['outputs']) for r in records)} images in {OUT}")

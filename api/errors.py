@@ -69,6 +69,10 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code >= 500:
             logger.error("%s on %s: %s", exc.code, request.url.path, exc.message)
         extra = dict(exc.extra)
+        if exc.status_code == 422 and "details" not in extra:
+            # Every 422 has the same shape, whichever layer found the problem.
+            field = extra.setdefault("field", None)
+            extra["details"] = [{"field": field, "message": exc.message, "type": exc.code}]
         request_id = extra.pop("request_id", None)
         headers = extra.pop("headers", None)
         return error_response(

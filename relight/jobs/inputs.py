@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from relight.errors import ImageTooLarge, InvalidImage, InvalidParameter
 
+URL_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*://", re.I)
 URLSAFE_TO_STANDARD = str.maketrans("-_", "+/")
 DATA_URL = re.compile(r"^data:(?P<type>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^,;]*)*?);base64,", re.I)
 
@@ -51,7 +52,8 @@ def parse_subject_image(value: str, *, max_bytes: int) -> SubjectSource:
     if not text:
         raise InvalidParameter("subject_image: must not be empty", extra={"field": "subject_image"})
     lowered = text[:8].lower()
-    if lowered.startswith(("http://", "https://")):
+    if URL_SCHEME.match(text):
+        # Any scheme://, so ftp:// or file:// is a clear 422 rather than "bad base64".
         return SubjectSource(url=check_image_url(text))
     payload = text
     if lowered.startswith("data:"):

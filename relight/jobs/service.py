@@ -104,10 +104,7 @@ async def submit_job(
     check_backend(settings, options.backend)
 
     job_id = uuid7()
-    input_key = None
-    if subject.data is not None:
-        input_key = f"inputs/{tenant.id}/{job_id}"
-        await storage.put(input_key, subject.data)
+    input_key = f"inputs/{tenant.id}/{job_id}" if subject.data is not None else None
 
     cost = price(params, settings.credits_per_default_image)
     job = Job(
@@ -141,6 +138,9 @@ async def submit_job(
                 code="idempotency_key_in_flight",
             ) from None
         return _replay(existing, digest, idempotency_key)
+    if input_key is not None and subject.data is not None:
+        # Only once the request is paid for, so a refused request leaves nothing on disk.
+        await storage.put(input_key, subject.data)
     return Submission(job=job, replayed=False)
 
 

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from relight import models  # noqa: F401  (registers the tables on the metadata)
 from relight.db import Base
-from tests.conftest import PG_SERVER, alembic_config, database_url, recreate_database
+from tests.conftest import alembic_config, database_url, drop_database, recreate_database
 
 pytestmark = pytest.mark.slow
 
@@ -32,16 +32,13 @@ def orm_tables() -> set[str]:
     return set(Base.metadata.tables)
 
 
-async def drop_database(name: str) -> None:
-    connection = await asyncpg.connect(f"{PG_SERVER}/postgres")
-    try:
-        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await connection.close()
+def asyncpg_url(url: str) -> str:
+    """A SQLAlchemy `postgresql+asyncpg://` URL in the form asyncpg itself connects with."""
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
 
 async def public_tables(url: str) -> set[str]:
-    connection = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    connection = await asyncpg.connect(asyncpg_url(url))
     try:
         rows = await connection.fetch(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
@@ -52,7 +49,7 @@ async def public_tables(url: str) -> set[str]:
 
 
 async def current_revision(url: str) -> str | None:
-    connection = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    connection = await asyncpg.connect(asyncpg_url(url))
     try:
         revision: str | None = await connection.fetchval("SELECT version_num FROM alembic_version")
     finally:

@@ -14,25 +14,27 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 from PIL import Image
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relight.config import Settings
 from relight.signing import sign_output
 from tests.conftest import MakeTenant, RunWorker, TenantKey
+from tests.helpers import (
+    assert_never_ran,
+    assert_no_server_errors,
+    balance_of,
+    cancel,
+    get_record,
+    get_status,
+    job_count,
+    local_path,
+    png_bytes,
+    submit,
+)
 
 START_BALANCE = 1000
 
-
-def png_bytes(
-    size: tuple[int, int] = (96, 120), color: tuple[int, int, int] = (90, 140, 200)
-) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, color).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-SMALL_PNG_BASE64 = base64.b64encode(png_bytes()).decode()
+SMALL_PNG_BASE64 = base64.b64encode(png_bytes((96, 120), (90, 140, 200))).decode()
 # A request the classic engine renders in a blink: one 256×256 image.
 FAST: dict[str, Any] = {
     "width": 256,
@@ -47,57 +49,11 @@ def body(prompt: str = "cat, soft window light", **overrides: Any) -> dict[str, 
     return {"prompt": prompt, "subject_image": SMALL_PNG_BASE64, **overrides}
 
 
-async def submit(
-    client: httpx.AsyncClient, tenant: TenantKey, payload: dict[str, Any] | None = None
-) -> str:
-    response = await client.post("/v2/ic-light", headers=tenant.headers, json=payload or body())
-    assert response.status_code == 202, response.text
-    request_id: str = response.json()["request_id"]
-    return request_id
-
-
-async def get_record(client: httpx.AsyncClient, tenant: TenantKey, request_id: str) -> Any:
-    response = await client.get(f"/v2/requests/{request_id}", headers=tenant.headers)
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-async def balance_of(engine: AsyncEngine, tenant_id: uuid.UUID) -> int:
-    async with engine.connect() as connection:
-        value = await connection.scalar(
-            text("select credit_balance from tenant where id = :id"), {"id": tenant_id}
-        )
-    assert value is not None
-    return int(value)
-
-
-async def job_count(engine: AsyncEngine) -> int:
-    async with engine.connect() as connection:
-        value = await connection.scalar(text("select count(*) from job"))
-    return int(value or 0)
-
-
-def local_path(url: str) -> str:
-    assert url.startswith("http://testserver/"), url
-    return url.removeprefix("http://testserver")
-
-
 @pytest.fixture(autouse=True)
 def no_server_errors(client: httpx.AsyncClient) -> Iterator[None]:
     """No answer in these tests may be a 5xx."""
-    seen: list[httpx.Response] = []
-
-    async def record(response: httpx.Response) -> None:
-        seen.append(response)
-
-    client.event_hooks["response"].append(record)
-    yield
-    server_errors = [
-        f"{r.request.method} {r.request.url.path} -> {r.status_code}"
-        for r in seen
-        if r.status_code >= 500
-    ]
-    assert not server_errors, server_errors
+    with assert_no_server_errors(client):
+        yield
 
 
 # --- listing ---------------------------------------------------------------------------------
@@ -144,9 +100,8 @@ async def test_listing_pages_newest_first_until_the_cursor_runs_out(
 
 
 async def test_listing_filters_by_status(client: httpx.AsyncClient, tenant: TenantKey) -> None:
-    first, second, third = [await submit(client, tenant) for _ in range(3)]
-    canceled = await client.post(f"/v2/requests/{second}/cancel", headers=tenant.headers)
-    assert canceled.status_code == 200, canceled.text
+    first, second, third = [await submit(client, tenant, body()) for _ in range(3)]
+    await cancel(client, tenant, second)
 
     queued = await client.get("/v2/requests", headers=tenant.headers, params={"status": "QUEUED"})
     assert [item["request_id"] for item in queued.json()["data"]] == [third, first]
@@ -185,7 +140,7 @@ async def test_listing_refuses_a_bad_cursor_or_limit(
 async def test_status_shows_the_queue_position(
     client: httpx.AsyncClient, tenant: TenantKey
 ) -> None:
-    ids = [await submit(client, tenant) for _ in range(3)]
+    ids = [await submit(client, tenant, body()) for _ in range(3)]
 
     for position, request_id in enumerate(ids):
         response = await client.get(f"/v2/requests/{request_id}/status", headers=tenant.headers)
@@ -197,11 +152,11 @@ async def test_status_shows_the_queue_position(
 
     # When the head of the queue leaves, everyone moves up.
     await client.post(f"/v2/requests/{ids[0]}/cancel", headers=tenant.headers)
-    after = await client.get(f"/v2/requests/{ids[2]}/status", headers=tenant.headers)
-    assert after.json()["queue_position"] == 1
-    gone = await client.get(f"/v2/requests/{ids[0]}/status", headers=tenant.headers)
-    assert gone.json()["status"] == "CANCELED"
-    assert gone.json()["queue_position"] is None
+    after = await get_status(client, tenant, ids[2])
+    assert after["queue_position"] == 1
+    gone = await get_status(client, tenant, ids[0])
+    assert gone["status"] == "CANCELED"
+    assert gone["queue_position"] is None
 
 
 # --- cancel ----------------------------------------------------------------------------------
@@ -217,25 +172,19 @@ async def test_canceling_a_queued_request_refunds_it_and_it_never_runs(
     assert reserved == 10
     assert await balance_of(engine, tenant.tenant_id) == START_BALANCE - reserved
 
-    canceled = await client.post(f"/v2/requests/{request_id}/cancel", headers=tenant.headers)
+    canceled = await cancel(client, tenant, request_id)
 
-    assert canceled.status_code == 200, canceled.text
-    assert canceled.json()["status"] == "CANCELED"
-    assert canceled.json()["credits"]["charged"] == 0
+    assert canceled["status"] == "CANCELED"
+    assert canceled["credits"]["charged"] == 0
     assert await balance_of(engine, tenant.tenant_id) == START_BALANCE
 
-    again = await client.post(f"/v2/requests/{request_id}/cancel", headers=tenant.headers)
-    assert again.status_code == 200, again.text
-    assert again.json()["status"] == "CANCELED"
+    again = await cancel(client, tenant, request_id)
+    assert again["status"] == "CANCELED"
     assert await balance_of(engine, tenant.tenant_id) == START_BALANCE  # refunded once
 
     await run_worker()
 
-    record = await get_record(client, tenant, request_id)
-    assert record["status"] == "CANCELED"
-    assert record["attempts"] == 0
-    assert record["started_at"] is None
-    assert record["outputs"] == []
+    assert_never_ran(await get_record(client, tenant, request_id))
     assert await balance_of(engine, tenant.tenant_id) == START_BALANCE
 
 

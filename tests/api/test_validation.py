@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import gc
-import io
 import os
 import uuid
 from collections.abc import Iterator
@@ -13,26 +12,15 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from PIL import Image
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from relight.config import Settings
 from relight.tenants.service import revoke_api_key
 from tests.conftest import MakeTenant, RunWorker, TenantKey, example_bytes
 from tests.fakes.image_server import ImageServer
+from tests.helpers import assert_no_server_errors, balance_of, get_status, job_count, png_bytes
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def png_bytes(
-    size: tuple[int, int] = (64, 80), color: tuple[int, int, int] = (200, 120, 80)
-) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, color).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 SMALL_PNG_BASE64 = base64.b64encode(png_bytes()).decode()
 
 
@@ -69,37 +57,24 @@ def assert_invalid_field(response: httpx.Response, field: str) -> dict[str, Any]
     return payload
 
 
-async def balance_of(engine: AsyncEngine, tenant_id: uuid.UUID) -> int:
-    async with engine.connect() as connection:
-        value = await connection.scalar(
-            text("select credit_balance from tenant where id = :id"), {"id": tenant_id}
-        )
-    assert value is not None
-    return int(value)
+async def assert_nothing_created_or_charged(engine: AsyncEngine, tenant: TenantKey) -> None:
+    """A refused request left no job behind and `tenant` still has its starting 1000 credits."""
+    assert await job_count(engine) == 0
+    assert await balance_of(engine, tenant.tenant_id) == 1000
 
 
-async def job_count(engine: AsyncEngine) -> int:
-    async with engine.connect() as connection:
-        value = await connection.scalar(text("select count(*) from job"))
-    return int(value or 0)
+async def post_body(
+    client: httpx.AsyncClient, tenant: TenantKey, **overrides: Any
+) -> httpx.Response:
+    """POST a valid submission with some fields replaced to /v2/ic-light, as `tenant`."""
+    return await client.post("/v2/ic-light", headers=tenant.headers, json=body(**overrides))
 
 
 @pytest.fixture(autouse=True)
 def no_server_errors(client: httpx.AsyncClient) -> Iterator[list[httpx.Response]]:
     """The sweep: whatever a test sends, no answer it received was a 5xx."""
-    seen: list[httpx.Response] = []
-
-    async def record(response: httpx.Response) -> None:
-        seen.append(response)
-
-    client.event_hooks["response"].append(record)
-    yield seen
-    server_errors = [
-        f"{r.request.method} {r.request.url.path} -> {r.status_code}"
-        for r in seen
-        if r.status_code >= 500
-    ]
-    assert not server_errors, server_errors
+    with assert_no_server_errors(client) as seen:
+        yield seen
 
 
 # --- parameters: ranges and enums ------------------------------------------------------------
@@ -140,13 +115,10 @@ OUT_OF_RANGE: list[tuple[str, Any]] = [
 async def test_a_value_outside_its_range_is_a_422_naming_the_field(
     client: httpx.AsyncClient, tenant: TenantKey, engine: AsyncEngine, field: str, value: Any
 ) -> None:
-    response = await client.post(
-        "/v2/ic-light", headers=tenant.headers, json=body(**{field: value})
-    )
+    response = await post_body(client, tenant, **{field: value})
 
     assert_invalid_field(response, field)
-    assert await job_count(engine) == 0
-    assert await balance_of(engine, tenant.tenant_id) == 1000
+    await assert_nothing_created_or_charged(engine, tenant)
 
 
 ON_THE_BOUNDARY: list[tuple[str, Any]] = [
@@ -181,9 +153,7 @@ ON_THE_BOUNDARY: list[tuple[str, Any]] = [
 async def test_a_value_on_the_boundary_is_accepted(
     client: httpx.AsyncClient, tenant: TenantKey, field: str, value: Any
 ) -> None:
-    response = await client.post(
-        "/v2/ic-light", headers=tenant.headers, json=body(**{field: value})
-    )
+    response = await post_body(client, tenant, **{field: value})
 
     assert response.status_code == 202, response.text
     request_id = response.json()["request_id"]
@@ -198,9 +168,7 @@ async def test_a_value_on_the_boundary_is_accepted(
 async def test_an_unknown_webhook_event_is_a_422_naming_the_item(
     client: httpx.AsyncClient, tenant: TenantKey
 ) -> None:
-    response = await client.post(
-        "/v2/ic-light", headers=tenant.headers, json=body(webhook_events=["completed", "done"])
-    )
+    response = await post_body(client, tenant, webhook_events=["completed", "done"])
 
     assert_invalid_field(response, "webhook_events.1")
 
@@ -208,7 +176,7 @@ async def test_an_unknown_webhook_event_is_a_422_naming_the_item(
 async def test_an_unknown_field_is_a_422_naming_it(
     client: httpx.AsyncClient, tenant: TenantKey
 ) -> None:
-    response = await client.post("/v2/ic-light", headers=tenant.headers, json=body(strength=0.7))
+    response = await post_body(client, tenant, strength=0.7)
 
     payload = assert_invalid_field(response, "strength")
     assert "not a known parameter" in payload["error"]
@@ -229,7 +197,7 @@ async def test_a_missing_prompt_is_a_422_naming_it(
 async def test_a_blank_prompt_is_a_422(
     client: httpx.AsyncClient, tenant: TenantKey, prompt: str
 ) -> None:
-    response = await client.post("/v2/ic-light", headers=tenant.headers, json=body(prompt=prompt))
+    response = await post_body(client, tenant, prompt=prompt)
 
     assert_invalid_field(response, "prompt")
 
@@ -298,7 +266,7 @@ async def test_a_revoked_key_is_a_401(
     async with sessionmaker() as session, session.begin():
         await revoke_api_key(session, tenant.key)
 
-    response = await client.post("/v2/ic-light", headers=tenant.headers, json=body())
+    response = await post_body(client, tenant)
 
     payload = assert_error(response, 401, "unauthorized")
     assert "revoked" in payload["error"]
@@ -376,13 +344,10 @@ async def test_base64_of_bytes_that_are_no_image_is_a_400_invalid_image(
 ) -> None:
     garbage = base64.b64encode(os.urandom(2048)).decode()
 
-    response = await client.post(
-        "/v2/ic-light", headers=tenant.headers, json=body(subject_image=garbage)
-    )
+    response = await post_body(client, tenant, subject_image=garbage)
 
     assert_error(response, 400, "invalid_image")
-    assert await job_count(engine) == 0
-    assert await balance_of(engine, tenant.tenant_id) == 1000
+    await assert_nothing_created_or_charged(engine, tenant)
 
 
 @pytest.mark.parametrize(
@@ -396,9 +361,7 @@ async def test_base64_of_bytes_that_are_no_image_is_a_400_invalid_image(
 async def test_text_that_is_not_base64_is_a_400(
     client: httpx.AsyncClient, tenant: TenantKey, value: str
 ) -> None:
-    response = await client.post(
-        "/v2/ic-light", headers=tenant.headers, json=body(subject_image=value)
-    )
+    response = await post_body(client, tenant, subject_image=value)
 
     payload = assert_error(response, 400, "invalid_image")
     assert "subject_image" in payload["error"]
@@ -409,9 +372,7 @@ async def test_a_data_url_of_a_png_is_accepted(
 ) -> None:
     data_url = "data:image/png;base64," + SMALL_PNG_BASE64
 
-    response = await client.post(
-        "/v2/ic-light", headers=tenant.headers, json=body(subject_image=data_url)
-    )
+    response = await post_body(client, tenant, subject_image=data_url)
 
     assert response.status_code == 202, response.text
     assert response.json()["status"] == "QUEUED"
@@ -468,9 +429,7 @@ async def test_a_truncated_png_is_a_400(client: httpx.AsyncClient, tenant: Tenan
     whole = example_bytes()
     half = base64.b64encode(whole[: len(whole) // 2]).decode()
 
-    response = await client.post(
-        "/v2/ic-light", headers=tenant.headers, json=body(subject_image=half)
-    )
+    response = await post_body(client, tenant, subject_image=half)
 
     assert_error(response, 400, "invalid_image")
 
@@ -487,9 +446,7 @@ async def test_a_truncated_png_is_a_400(client: httpx.AsyncClient, tenant: Tenan
 async def test_a_url_that_is_not_plain_http_is_a_422(
     client: httpx.AsyncClient, tenant: TenantKey, url: str
 ) -> None:
-    response = await client.post(
-        "/v2/ic-light", headers=tenant.headers, json=body(subject_image=url)
-    )
+    response = await post_body(client, tenant, subject_image=url)
 
     assert_invalid_field(response, "subject_image")
 
@@ -502,15 +459,10 @@ async def test_an_inline_image_over_the_byte_limit_is_a_413(
 ) -> None:
     too_big = PNG_SIGNATURE + b"\0" * (settings.max_input_bytes + 1024)
 
-    response = await client.post(
-        "/v2/ic-light",
-        headers=tenant.headers,
-        json=body(subject_image=base64.b64encode(too_big).decode()),
-    )
+    response = await post_body(client, tenant, subject_image=base64.b64encode(too_big).decode())
 
     assert_error(response, 413, "image_too_large")
-    assert await job_count(engine) == 0
-    assert await balance_of(engine, tenant.tenant_id) == 1000
+    await assert_nothing_created_or_charged(engine, tenant)
 
 
 async def test_an_upload_over_the_byte_limit_is_a_413(
@@ -536,11 +488,7 @@ async def test_an_image_over_the_pixel_limit_is_a_413(
     assert len(wide) < settings.max_input_bytes  # small in bytes, large in pixels
     assert 2100 * 2000 > settings.max_input_pixels
 
-    response = await client.post(
-        "/v2/ic-light",
-        headers=tenant.headers,
-        json=body(subject_image=base64.b64encode(wide).decode()),
-    )
+    response = await post_body(client, tenant, subject_image=base64.b64encode(wide).decode())
 
     payload = assert_error(response, 413, "image_too_large")
     assert "pixels" in payload["error"]
@@ -577,9 +525,7 @@ async def test_a_bad_subject_url_fails_the_request_and_refunds_it(
     path: str,
     code: str,
 ) -> None:
-    submitted = await client.post(
-        "/v2/ic-light", headers=tenant.headers, json=body(subject_image=image_server.url(path))
-    )
+    submitted = await post_body(client, tenant, subject_image=image_server.url(path))
     assert submitted.status_code == 202, submitted.text
     request_id = submitted.json()["request_id"]
     reserved = submitted.json()["credits_reserved"]
@@ -595,7 +541,7 @@ async def test_a_bad_subject_url_fails_the_request_and_refunds_it(
     assert record["outputs"] == []
     assert record["credits"]["charged"] == 0
     assert await balance_of(engine, tenant.tenant_id) == 1000
-    status = (await client.get(f"/v2/requests/{request_id}/status", headers=tenant.headers)).json()
+    status = await get_status(client, tenant, request_id)
     assert status["status"] == "FAILED"
     assert status["error"]["code"] == code
 
@@ -627,7 +573,7 @@ async def test_another_tenants_request_is_a_404_everywhere(
     make_tenant: MakeTenant,
     engine: AsyncEngine,
 ) -> None:
-    submitted = await client.post("/v2/ic-light", headers=tenant.headers, json=body())
+    submitted = await post_body(client, tenant)
     assert submitted.status_code == 202, submitted.text
     request_id = submitted.json()["request_id"]
     other = await make_tenant("other")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,20 +17,12 @@ import requests
 from PIL import Image
 
 from relight.config import Settings
+from scripts.stack import BIN, free_port
 from tests.api.test_seed_example import seed_example
 from tests.conftest import ROOT, TenantKey
 from tests.fakes.image_server import ImageServer
 
 pytestmark = pytest.mark.slow
-
-BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _environment(settings: Settings, storage: Path, **extra: str) -> dict[str, str]:
@@ -52,7 +43,7 @@ def _environment(settings: Settings, storage: Path, **extra: str) -> dict[str, s
 def live_url(
     settings: Settings, migrated: None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     env = _environment(settings, tmp_path_factory.mktemp("live-storage"))
     logs = tmp_path_factory.mktemp("live-logs")
     log_files = [(logs / "api.log").open("wb"), (logs / "worker.log").open("wb")]

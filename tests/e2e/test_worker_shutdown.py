@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -14,13 +13,14 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relight.config import Settings
+from scripts.stack import BIN
 from tests.conftest import TenantKey
 from tests.e2e.test_live_stack import _environment
 from tests.fakes.image_server import ImageServer
 
 pytestmark = pytest.mark.slow
 
-WORKER = str(Path(sys.executable).parent / "relight-worker")
+WORKER = str(BIN / "relight-worker")
 
 
 async def _job_row(engine: AsyncEngine, request_id: str) -> tuple[str, int]:

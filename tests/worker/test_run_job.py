@@ -36,6 +36,7 @@ from relight.params import output_size
 from relight.storage import FileSystemStorage
 from tests.conftest import RunWorker, TenantKey, example_base64
 from tests.fakes.image_server import ImageServer
+from tests.helpers import assert_never_ran, cancel, get_record, get_status, local_path, submit
 from worker.backends.local import LocalBackend
 from worker.tasks import run_job
 
@@ -64,29 +65,18 @@ def body(subject_image: str | None = None, /, **overrides: Any) -> dict[str, Any
     }
 
 
-async def submit(client: httpx.AsyncClient, tenant: TenantKey, payload: dict[str, Any]) -> str:
-    response = await client.post("/v2/ic-light", headers=tenant.headers, json=payload)
-    assert response.status_code == 202, response.text
-    accepted = response.json()
-    assert accepted["status"] == "QUEUED"
-    request_id: str = accepted["request_id"]
-    return request_id
-
-
-async def fetch_record(
-    client: httpx.AsyncClient, tenant: TenantKey, request_id: str
-) -> dict[str, Any]:
-    response = await client.get(f"/v2/requests/{request_id}", headers=tenant.headers)
-    assert response.status_code == 200, response.text
-    record: dict[str, Any] = response.json()
-    return record
-
-
 async def download(client: httpx.AsyncClient, output: dict[str, Any]) -> httpx.Response:
     """Follow an output's signed URL, without the API key, as a browser would."""
-    response = await client.get(str(output["url"]).removeprefix("http://testserver"))
+    response = await client.get(local_path(str(output["url"])))
     assert response.status_code == 200, response.text
     return response
+
+
+def assert_failed(record: dict[str, Any], code: str, attempts: int) -> None:
+    """The record of a request that failed with error `code` after `attempts` attempts."""
+    assert record["status"] == "FAILED"
+    assert record["attempts"] == attempts
+    assert record["error"]["code"] == code
 
 
 async def balance_of(sessionmaker: Sessions, tenant: TenantKey) -> int:
@@ -144,7 +134,7 @@ async def test_three_images_are_three_distinct_downloadable_outputs(
 
     await run_worker()
 
-    record = await fetch_record(client, tenant, request_id)
+    record = await get_record(client, tenant, request_id)
     assert record["status"] == "COMPLETED"
     outputs = record["outputs"]
     assert [output["index"] for output in outputs] == [0, 1, 2]
@@ -174,7 +164,7 @@ async def test_same_seed_gives_identical_bytes_and_another_seed_does_not(
 
     await run_worker()
 
-    records = [await fetch_record(client, tenant, rid) for rid in (first, second, other)]
+    records = [await get_record(client, tenant, rid) for rid in (first, second, other)]
     assert [record["status"] for record in records] == ["COMPLETED"] * 3
     [a], [b], [c] = (record["outputs"] for record in records)
     assert a["sha256"] == b["sha256"]
@@ -218,7 +208,7 @@ async def test_output_format_and_size_follow_the_params(
 
     await run_worker()
 
-    record = await fetch_record(client, tenant, request_id)
+    record = await get_record(client, tenant, request_id)
     assert record["status"] == "COMPLETED", record["error"]
     [output] = record["outputs"]
     assert output["content_type"] == content_type
@@ -238,8 +228,8 @@ async def test_jpeg_quality_changes_the_encoding(
 
     await run_worker()
 
-    [low_output] = (await fetch_record(client, tenant, low))["outputs"]
-    [high_output] = (await fetch_record(client, tenant, high))["outputs"]
+    [low_output] = (await get_record(client, tenant, low))["outputs"]
+    [high_output] = (await get_record(client, tenant, high))["outputs"]
     assert low_output["bytes"] < high_output["bytes"]
 
 
@@ -256,10 +246,10 @@ async def test_running_a_job_twice_runs_it_once_and_charges_once(
     ctx: dict[str, Any] = {"runner": runner}
 
     assert await run_job(ctx, request_id) == "succeeded"
-    first = await fetch_record(client, tenant, request_id)
+    first = await get_record(client, tenant, request_id)
     assert await run_job(ctx, request_id) == "skipped"
 
-    record = await fetch_record(client, tenant, request_id)
+    record = await get_record(client, tenant, request_id)
     assert record == first
     assert record["status"] == "COMPLETED"
     assert record["attempts"] == 1
@@ -284,7 +274,7 @@ async def test_two_concurrent_runs_of_one_job_do_the_work_once(
     )
 
     assert sorted(str(outcome.status) for outcome in outcomes) == ["None", "succeeded"]
-    record = await fetch_record(client, tenant, request_id)
+    record = await get_record(client, tenant, request_id)
     assert (record["status"], record["attempts"]) == ("COMPLETED", 1)
     assert await output_rows(sessionmaker, request_id) == 1
     assert await balance_of(sessionmaker, tenant) == START_CREDITS - record["credits"]["charged"]
@@ -308,7 +298,7 @@ async def test_arq_refuses_a_second_copy_and_a_rerun_changes_nothing(
     assert duplicate is None
 
     await run_worker()
-    done = await fetch_record(client, tenant, request_id)
+    done = await get_record(client, tenant, request_id)
     assert done["status"] == "COMPLETED"
     balance = await balance_of(sessionmaker, tenant)
     assert balance == START_CREDITS - done["credits"]["charged"]
@@ -320,7 +310,7 @@ async def test_arq_refuses_a_second_copy_and_a_rerun_changes_nothing(
     assert again is not None
     await run_worker()
 
-    assert await fetch_record(client, tenant, request_id) == done
+    assert await get_record(client, tenant, request_id) == done
     assert await output_rows(sessionmaker, request_id) == 1
     assert await balance_of(sessionmaker, tenant) == balance
 
@@ -343,55 +333,45 @@ async def test_upstream_500_is_retried_then_failed_and_refunded_once(
 
     await run_worker()
 
-    record = await fetch_record(client, tenant, request_id)
-    assert record["status"] == "FAILED"
-    assert record["attempts"] == settings.job_max_attempts
-    assert record["error"]["code"] == "input_fetch_failed"
+    record = await get_record(client, tenant, request_id)
+    assert_failed(record, "input_fetch_failed", attempts=settings.job_max_attempts)
     assert "HTTP 500" in record["error"]["message"]
     assert record["outputs"] == []
     assert record["credits"]["charged"] == 0
     assert record["finished_at"] is not None
     assert image_server.requests.count("/broken") - asked_before == settings.job_max_attempts
     assert await balance_of(sessionmaker, tenant) == START_CREDITS
-    status = (await client.get(f"/v2/requests/{request_id}/status", headers=tenant.headers)).json()
+    status = await get_status(client, tenant, request_id)
     assert status["status"] == "FAILED"
     assert status["error"]["code"] == "input_fetch_failed"
 
 
-async def test_upstream_404_fails_at_once_and_is_refunded(
+@pytest.mark.parametrize(
+    ("path", "code", "in_message"),
+    [
+        pytest.param("/missing", "input_fetch_failed", "HTTP 404", id="upstream-404"),
+        pytest.param("/not-an-image", "invalid_image", None, id="not-an-image"),
+    ],
+)
+async def test_a_url_that_is_missing_or_no_image_fails_at_once_and_is_refunded(
     client: httpx.AsyncClient,
     tenant: TenantKey,
     run_worker: RunWorker,
     sessionmaker: Sessions,
     image_server: ImageServer,
+    path: str,
+    code: str,
+    in_message: str | None,
 ) -> None:
-    request_id = await submit(client, tenant, body(image_server.url("/missing"), **SMALL))
+    request_id = await submit(client, tenant, body(image_server.url(path), **SMALL))
 
     await run_worker()
 
-    record = await fetch_record(client, tenant, request_id)
-    assert record["status"] == "FAILED"
-    assert record["attempts"] == 1
-    assert record["error"]["code"] == "input_fetch_failed"
-    assert "HTTP 404" in record["error"]["message"]
+    record = await get_record(client, tenant, request_id)
+    assert_failed(record, code, attempts=1)
+    if in_message is not None:
+        assert in_message in record["error"]["message"]
     assert record["credits"]["charged"] == 0
-    assert await balance_of(sessionmaker, tenant) == START_CREDITS
-
-
-async def test_a_url_that_is_not_an_image_fails_at_once(
-    client: httpx.AsyncClient,
-    tenant: TenantKey,
-    run_worker: RunWorker,
-    sessionmaker: Sessions,
-    image_server: ImageServer,
-) -> None:
-    request_id = await submit(client, tenant, body(image_server.url("/not-an-image"), **SMALL))
-
-    await run_worker()
-
-    record = await fetch_record(client, tenant, request_id)
-    assert (record["status"], record["attempts"]) == ("FAILED", 1)
-    assert record["error"]["code"] == "invalid_image"
     assert await balance_of(sessionmaker, tenant) == START_CREDITS
 
 
@@ -413,10 +393,8 @@ async def test_a_slow_upstream_times_out_on_every_attempt(
     finally:
         image_server.slow_s = previous
 
-    record = await fetch_record(client, tenant, request_id)
-    assert record["status"] == "FAILED"
-    assert record["attempts"] == settings.job_max_attempts
-    assert record["error"]["code"] == "input_fetch_failed"
+    record = await get_record(client, tenant, request_id)
+    assert_failed(record, "input_fetch_failed", attempts=settings.job_max_attempts)
     assert f"did not answer within {settings.fetch_timeout_s:g} s" in record["error"]["message"]
     # Each attempt gave up at the fetch timeout, not when the server finally answered.
     assert elapsed < settings.job_max_attempts * (settings.fetch_timeout_s + 1)
@@ -437,7 +415,7 @@ async def test_timings_times_and_seed_are_recorded(
 
     await run_worker()
 
-    record = await fetch_record(client, tenant, request_id)
+    record = await get_record(client, tenant, request_id)
     assert record["status"] == "COMPLETED"
     timings = record["timings"]
     for key in TIMING_KEYS:
@@ -455,7 +433,7 @@ async def test_timings_times_and_seed_are_recorded(
     job = await job_row(sessionmaker, request_id)
     assert job.lease_expires_at is None
     assert job.attempts == 1
-    status = (await client.get(f"/v2/requests/{request_id}/status", headers=tenant.headers)).json()
+    status = await get_status(client, tenant, request_id)
     assert status["metrics"] == timings
 
 
@@ -463,14 +441,14 @@ async def test_a_random_seed_is_chosen_once_and_recorded(
     client: httpx.AsyncClient, tenant: TenantKey, run_worker: RunWorker
 ) -> None:
     request_id = await submit(client, tenant, body(seed=-1, **SMALL))
-    queued = await fetch_record(client, tenant, request_id)
+    queued = await get_record(client, tenant, request_id)
     chosen = queued["params"]["seed"]
     assert isinstance(chosen, int)
     assert chosen >= 0
 
     await run_worker()
 
-    record = await fetch_record(client, tenant, request_id)
+    record = await get_record(client, tenant, request_id)
     assert record["params"]["seed"] == chosen
     assert record["outputs"][0]["seed"] == chosen
 
@@ -482,17 +460,13 @@ async def test_a_canceled_job_is_never_run(
     sessionmaker: Sessions,
 ) -> None:
     request_id = await submit(client, tenant, body(**SMALL))
-    canceled = await client.post(f"/v2/requests/{request_id}/cancel", headers=tenant.headers)
-    assert canceled.status_code == 200, canceled.text
-    assert canceled.json()["status"] == "CANCELED"
+    canceled = await cancel(client, tenant, request_id)
+    assert canceled["status"] == "CANCELED"
 
     await run_worker()
 
-    record = await fetch_record(client, tenant, request_id)
-    assert record["status"] == "CANCELED"
-    assert record["attempts"] == 0
-    assert record["started_at"] is None
-    assert record["outputs"] == []
+    record = await get_record(client, tenant, request_id)
+    assert_never_ran(record)
     assert record["credits"]["charged"] == 0
     assert await output_rows(sessionmaker, request_id) == 0
     job = await job_row(sessionmaker, request_id)
@@ -514,12 +488,11 @@ async def test_a_job_canceled_while_waiting_to_retry_is_not_run_again(
     assert first.retry_in_s is not None
     asked = image_server.requests.count("/broken")
 
-    canceled = await client.post(f"/v2/requests/{request_id}/cancel", headers=tenant.headers)
-    assert canceled.status_code == 200, canceled.text
+    await cancel(client, tenant, request_id)
     assert await balance_of(sessionmaker, tenant) == START_CREDITS
     await run_worker()  # the gateway's copy of the job is still in the queue
 
-    record = await fetch_record(client, tenant, request_id)
+    record = await get_record(client, tenant, request_id)
     assert (record["status"], record["attempts"]) == ("CANCELED", 1)
     assert record["credits"]["charged"] == 0
     assert image_server.requests.count("/broken") == asked

@@ -11,8 +11,9 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from api.errors import install_error_handlers
+from api.middleware import RateLimitHeaders
 from api.responses import OrjsonResponse
-from api.routes import health, relight, requests
+from api.routes import account, admin, health, relight, requests
 from api.state import AppState
 from relight import __version__
 from relight.config import Settings, get_settings
@@ -20,6 +21,7 @@ from relight.db import create_engine, create_sessionmaker
 from relight.jobs.events import JobWaiter
 from relight.jobs.queue import deserialize_job, serialize_job
 from relight.jobs.schemas import SubmitBody
+from relight.ratelimit import RateLimiter
 from relight.storage import FileSystemStorage
 
 DESCRIPTION = """
@@ -50,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             redis=redis,
             storage=FileSystemStorage(settings.storage_dir),
             waiter=waiter,
+            limiter=RateLimiter(redis, f"{settings.queue_name}:ratelimit"),
         )
         try:
             yield
@@ -65,9 +68,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         default_response_class=OrjsonResponse,
     )
+    app.add_middleware(RateLimitHeaders)
     install_error_handlers(app)
     app.include_router(relight.router)
     app.include_router(requests.router)
+    app.include_router(account.router)
+    app.include_router(admin.router)
     app.include_router(health.router)
     install_openapi(app)
     return app

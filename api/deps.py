@@ -8,11 +8,19 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from api.middleware import RATE_LIMIT_STATE
 from api.state import AppState
 from relight.config import Settings
+from relight.errors import RelightError
 from relight.jobs.views import UrlBuilder
 from relight.models import Tenant
+from relight.ratelimit import RateLimitPolicy
 from relight.tenants.service import authenticate
+
+
+class RateLimited(RelightError):
+    status_code = 429
+    code = "rate_limited"
 
 
 def get_state(request: Request) -> AppState:
@@ -66,20 +74,57 @@ async def unit_of_work(state: StateDep) -> AsyncIterator[UnitOfWork]:
 UnitOfWorkDep = Annotated[UnitOfWork, Depends(unit_of_work, scope="function")]
 
 
-async def current_tenant(
+def presented_key(x_api_key: str | None, authorization: str | None) -> str | None:
+    """The API key from `x-api-key` (Segmind's header) or `Authorization: Bearer`."""
+    if x_api_key is not None:
+        return x_api_key
+    if authorization is not None:
+        scheme, _, credentials = authorization.partition(" ")
+        if scheme.lower() == "bearer":
+            return credentials.strip()
+    return None
+
+
+async def authenticated_tenant(
     uow: UnitOfWorkDep,
     x_api_key: Annotated[str | None, Header(description="Your Relight API key")] = None,
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Tenant:
-    key = x_api_key
-    if key is None and authorization is not None:
-        scheme, _, credentials = authorization.partition(" ")
-        if scheme.lower() == "bearer":
-            key = credentials.strip()
-    return await authenticate(uow.session, key)
+    return await authenticate(uow.session, presented_key(x_api_key, authorization))
+
+
+async def apply_rate_limit(request: Request, state: AppState, tenant: Tenant, cost: int) -> None:
+    policy = RateLimitPolicy(requests_per_minute=tenant.requests_per_minute, burst=tenant.burst)
+    decision = await state.limiter.check(str(tenant.id), policy, cost=cost)
+    if decision is None:
+        return
+    setattr(request.state, RATE_LIMIT_STATE, decision)
+    if not decision.allowed:
+        raise RateLimited(
+            f"rate limit exceeded: {policy.burst} requests at once, "
+            f"{policy.requests_per_minute} per minute; retry in "
+            f"{decision.headers()['Retry-After']} s"
+        )
+
+
+async def current_tenant(
+    request: Request, state: StateDep, tenant: Annotated[Tenant, Depends(authenticated_tenant)]
+) -> Tenant:
+    """The authenticated tenant; reads (does not spend) its rate-limit allowance."""
+    await apply_rate_limit(request, state, tenant, cost=0)
+    return tenant
+
+
+async def submitting_tenant(
+    request: Request, state: StateDep, tenant: Annotated[Tenant, Depends(authenticated_tenant)]
+) -> Tenant:
+    """The authenticated tenant, after spending one request of its rate limit (429 if none)."""
+    await apply_rate_limit(request, state, tenant, cost=1)
+    return tenant
 
 
 TenantDep = Annotated[Tenant, Depends(current_tenant)]
+SubmitterDep = Annotated[Tenant, Depends(submitting_tenant)]
 
 
 def url_builder(request: Request, settings: SettingsDep) -> UrlBuilder:

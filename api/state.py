@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from relight.config import Settings
 from relight.jobs.events import JobWaiter
 from relight.jobs.queue import RUN_JOB_TASK
+from relight.ratelimit import RateLimiter
 from relight.storage import Storage
 
 logger = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ class AppState:
     redis: ArqRedis
     storage: Storage
     waiter: JobWaiter
+    limiter: RateLimiter
 
     async def enqueue(self, job_id: uuid.UUID) -> None:
         """Hand a committed job to the workers; arq refuses a second copy of the same id."""

@@ -13,10 +13,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relight.config import get_settings
+from relight.credits import service as credits
+from relight.credits.schemas import CreditEntryView
 from relight.db import create_engine, create_sessionmaker
 from relight.errors import RelightError
-from relight.models import ApiKey, Tenant
+from relight.models import ApiKey, CreditKind, Tenant, TenantStatus
 from relight.tenants import service
+from relight.tenants.schemas import LimitsUpdate, TenantView
 
 app = typer.Typer(
     help="Manage Relight tenants and API keys.",
@@ -25,8 +28,10 @@ app = typer.Typer(
 )
 tenant_app = typer.Typer(help="Tenants (accounts).", no_args_is_help=True)
 key_app = typer.Typer(help="API keys.", no_args_is_help=True)
+credits_app = typer.Typer(help="Credits and the ledger.", no_args_is_help=True)
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(key_app, name="key")
+app.add_typer(credits_app, name="credits")
 
 T = TypeVar("T")
 
@@ -60,13 +65,7 @@ def _fail(message: str, code: str) -> NoReturn:
 
 
 def _tenant_json(tenant: Tenant) -> dict[str, Any]:
-    return {
-        "id": str(tenant.id),
-        "name": tenant.name,
-        "status": tenant.status,
-        "credit_balance": tenant.credit_balance,
-        "created_at": tenant.created_at.isoformat() if tenant.created_at else None,
-    }
+    return TenantView.of(tenant).model_dump(mode="json")
 
 
 def _key_json(api_key: ApiKey, tenant_name: str | None = None) -> dict[str, Any]:
@@ -93,6 +92,47 @@ def tenant_create(
         return _tenant_json(tenant)
 
     _emit(_run(work))
+
+
+@tenant_app.command("set-limits")
+def tenant_set_limits(
+    tenant: Annotated[str, typer.Argument(help="tenant name or id")],
+    requests_per_minute: Annotated[int | None, typer.Option(min=1, help="sustained rate")] = None,
+    burst: Annotated[int | None, typer.Option(min=1, help="requests at once")] = None,
+    max_in_flight: Annotated[
+        int | None, typer.Option(min=1, help="queued + running requests at most")
+    ] = None,
+) -> None:
+    """Change a tenant's rate limit, burst or in-flight cap."""
+    limits = LimitsUpdate(
+        requests_per_minute=requests_per_minute, burst=burst, max_in_flight=max_in_flight
+    )
+
+    async def work(session: AsyncSession) -> dict[str, Any]:
+        owner = await service.find_tenant(session, tenant)
+        return _tenant_json(await service.set_limits(session, owner, limits))
+
+    _emit(_run(work))
+
+
+def _set_status(tenant: str, status: TenantStatus) -> None:
+    async def work(session: AsyncSession) -> dict[str, Any]:
+        owner = await service.find_tenant(session, tenant)
+        return _tenant_json(await service.set_tenant_status(session, owner, status))
+
+    _emit(_run(work))
+
+
+@tenant_app.command("suspend")
+def tenant_suspend(tenant: Annotated[str, typer.Argument(help="tenant name or id")]) -> None:
+    """Suspend a tenant: its submits answer 403 until resumed."""
+    _set_status(tenant, TenantStatus.SUSPENDED)
+
+
+@tenant_app.command("resume")
+def tenant_resume(tenant: Annotated[str, typer.Argument(help="tenant name or id")]) -> None:
+    """Resume a suspended tenant."""
+    _set_status(tenant, TenantStatus.ACTIVE)
 
 
 @tenant_app.command("list")
@@ -130,6 +170,76 @@ def key_revoke(
         return _key_json(await service.revoke_api_key(session, key))
 
     _emit(_run(work))
+
+
+def _move_credits(tenant: str, amount: int, reason: str, kind: CreditKind) -> None:
+    async def work(session: AsyncSession) -> dict[str, Any]:
+        owner = await service.find_tenant(session, tenant)
+        entry = await credits.grant_credits(session, owner.id, amount, reason=reason, kind=kind)
+        await session.refresh(entry)
+        return CreditEntryView.of(entry).model_dump(mode="json")
+
+    _emit(_run(work))
+
+
+@credits_app.command("grant")
+def credits_grant(
+    tenant: Annotated[str, typer.Argument(help="tenant name or id")],
+    amount: Annotated[int, typer.Argument(min=1, help="credits to add")],
+    reason: Annotated[str, typer.Option(help="why (recorded in the ledger)")],
+) -> None:
+    """Add credits to a tenant."""
+    _move_credits(tenant, amount, reason, CreditKind.GRANT)
+
+
+@credits_app.command("adjust")
+def credits_adjust(
+    tenant: Annotated[str, typer.Argument(help="tenant name or id")],
+    amount: Annotated[int, typer.Argument(help="credits to add, negative to remove")],
+    reason: Annotated[str, typer.Option(help="why (recorded in the ledger)")],
+) -> None:
+    """Correct a tenant's balance (either sign; never below zero)."""
+    _move_credits(tenant, amount, reason, CreditKind.ADJUST)
+
+
+@credits_app.command("show")
+def credits_show(
+    tenant: Annotated[str, typer.Argument(help="tenant name or id")],
+    last: Annotated[int, typer.Option(min=1, max=1000, help="entries to show")] = 20,
+) -> None:
+    """A tenant's balance and its last ledger entries, newest first."""
+
+    async def work(session: AsyncSession) -> dict[str, Any]:
+        owner = await service.find_tenant(session, tenant)
+        entries = await credits.list_entries(session, owner.id, limit=last)
+        return {
+            "tenant": owner.name,
+            "balance": owner.credit_balance,
+            "entries": [CreditEntryView.of(entry).model_dump(mode="json") for entry in entries],
+        }
+
+    _emit(_run(work))
+
+
+@credits_app.command("audit")
+def credits_audit() -> None:
+    """Check every tenant's balance against the sum of its ledger; exit 1 on any difference."""
+
+    async def work(session: AsyncSession) -> list[dict[str, Any]]:
+        return [
+            {
+                "tenant_id": str(found.tenant_id),
+                "tenant": found.tenant_name,
+                "balance": found.balance,
+                "ledger_sum": found.ledger_sum,
+            }
+            for found in await credits.audit_ledger(session)
+        ]
+
+    discrepancies = _run(work)
+    _emit({"ok": not discrepancies, "discrepancies": discrepancies})
+    if discrepancies:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -22,6 +22,8 @@ class Settings(BaseSettings):
     queue_name: str = "relight:queue"
     storage_dir: Path = Path("var/storage")
     secret_key: str = DEVELOPMENT_SECRET
+    # Bearer token of the admin API (/admin/v1); the admin API is off while this is unset.
+    admin_token: str | None = Field(default=None, min_length=16)
     public_base_url: str | None = None
     log_level: str = "INFO"
 

@@ -60,9 +60,25 @@ def _now_column() -> Mapped[datetime]:
     return mapped_column(DateTime(timezone=True), server_default=func.now(), nullable=False)
 
 
+class CreditKind(StrEnum):
+    """Ledger entry kinds. A job's entries sum to minus what it finally cost."""
+
+    GRANT = "grant"  # credits bought or given: positive
+    RESERVE = "reserve"  # the price, taken at submit: negative
+    CHARGE = "charge"  # settles a succeeded job: releases any over-reservation (>= 0)
+    REFUND = "refund"  # gives a failed, canceled or expired job's reservation back: positive
+    ADJUST = "adjust"  # an operator's correction, either sign
+
+
 class Tenant(Base):
     __tablename__ = "tenant"
-    __table_args__ = (CheckConstraint("credit_balance >= 0", name="credit_balance_non_negative"),)
+    __table_args__ = (
+        CheckConstraint("credit_balance >= 0", name="credit_balance_non_negative"),
+        CheckConstraint("active_jobs >= 0", name="active_jobs_non_negative"),
+        CheckConstraint(
+            "requests_per_minute > 0 AND burst > 0 AND max_in_flight > 0", name="limits_positive"
+        ),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid7)
     name: Mapped[str] = mapped_column(String(200), unique=True)
@@ -70,6 +86,11 @@ class Tenant(Base):
         String(20), default=TenantStatus.ACTIVE.value, server_default=TenantStatus.ACTIVE.value
     )
     credit_balance: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # Queued plus running jobs, kept in step by the same UPDATEs that move credits.
+    active_jobs: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    requests_per_minute: Mapped[int] = mapped_column(Integer, default=120, server_default="120")
+    burst: Mapped[int] = mapped_column(Integer, default=30, server_default="30")
+    max_in_flight: Mapped[int] = mapped_column(Integer, default=20, server_default="20")
     created_at: Mapped[datetime] = _now_column()
 
 
@@ -155,4 +176,34 @@ class JobOutput(Base):
     bytes: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
     seed: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = _now_column()
+
+
+class CreditEntry(Base):
+    """The append-only credit ledger: a tenant's balance always equals the sum of its entries."""
+
+    __tablename__ = "credit_entry"
+    __table_args__ = (
+        # One reservation, one charge and one refund per job at most: retries cannot pay twice.
+        Index(
+            "uq_credit_entry_job_id_kind",
+            "job_id",
+            "kind",
+            unique=True,
+            postgresql_where=text("job_id IS NOT NULL AND kind IN ('reserve', 'charge', 'refund')"),
+        ),
+        Index("ix_credit_entry_tenant_id_id", "tenant_id", "id"),
+        CheckConstraint(
+            "kind IN ('grant', 'reserve', 'charge', 'refund', 'adjust')", name="kind_known"
+        ),
+        CheckConstraint("balance_after >= 0", name="balance_after_non_negative"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid7)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"))
+    job_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("job.id", ondelete="SET NULL"))
+    kind: Mapped[str] = mapped_column(String(20))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    balance_after: Mapped[int] = mapped_column(BigInteger)
+    reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _now_column()

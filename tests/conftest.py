@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from api.app import create_app
 from relight.config import Settings
+from relight.credits.service import audit_ledger
 from relight.db import create_engine, create_sessionmaker
 from relight.tenants.service import create_api_key, create_tenant
 from tests.fakes.image_server import ImageServer
@@ -126,13 +127,22 @@ async def redis(settings: Settings) -> AsyncIterator[Redis]:
 
 
 @pytest.fixture
-async def clean_state(engine: AsyncEngine, redis: Redis, settings: Settings) -> None:
-    """Empty tables and queue: every test that touches them starts from nothing."""
+async def clean_state(
+    engine: AsyncEngine,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    redis: Redis,
+    settings: Settings,
+) -> AsyncIterator[None]:
+    """Empty tables and queue before the test; after it, every balance must equal its ledger."""
     async with engine.begin() as connection:
         await connection.execute(
-            text("TRUNCATE tenant, api_key, job, job_output RESTART IDENTITY CASCADE")
+            text("TRUNCATE tenant, api_key, job, job_output, credit_entry RESTART IDENTITY CASCADE")
         )
     await delete_run_keys(redis, settings)
+    yield
+    async with sessionmaker() as session:
+        discrepancies = await audit_ledger(session)
+    assert discrepancies == [], f"balance differs from the ledger: {discrepancies}"
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Request, Response
 
 from api.body import SUBMIT_OPENAPI, read_submission
-from api.deps import SettingsDep, StateDep, TenantDep, UnitOfWorkDep, UrlsDep
+from api.deps import SettingsDep, StateDep, SubmitterDep, UnitOfWorkDep, UrlsDep
 from api.responses import OrjsonResponse
 from api.waiting import wait_for_job
 from relight.credits.service import get_balance
@@ -46,7 +46,7 @@ async def _submit(
     request: Request,
     state: StateDep,
     uow: UnitOfWorkDep,
-    tenant: TenantDep,
+    tenant: SubmitterDep,
     idempotency_key: str | None,
 ) -> tuple[Job, bool]:
     submitted = await read_submission(request, state.settings)
@@ -84,7 +84,7 @@ async def submit_async(
     request: Request,
     state: StateDep,
     uow: UnitOfWorkDep,
-    tenant: TenantDep,
+    tenant: SubmitterDep,
     urls: UrlsDep,
     idempotency_key: IdempotencyKey = None,
     prefer: Annotated[
@@ -155,7 +155,7 @@ async def submit_sync(
     request: Request,
     state: StateDep,
     uow: UnitOfWorkDep,
-    tenant: TenantDep,
+    tenant: SubmitterDep,
     urls: UrlsDep,
     idempotency_key: IdempotencyKey = None,
     accept: Annotated[str | None, Header()] = None,

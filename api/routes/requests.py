@@ -5,9 +5,16 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, Query, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 
-from api.deps import StateDep, TenantDep, UnitOfWorkDep, UrlsDep
+from api.deps import (
+    StateDep,
+    TenantDep,
+    UnitOfWorkDep,
+    UrlsDep,
+    apply_rate_limit,
+    presented_key,
+)
 from relight.errors import RelightError, RequestNotFound, Unauthorized
 from relight.jobs import repository
 from relight.jobs.schemas import PublicStatus, RequestList, RequestView, StatusView
@@ -92,6 +99,7 @@ async def cancel_request(
     responses={200: {"content": {"image/webp": {}, "image/jpeg": {}, "image/png": {}}}},
 )
 async def get_output(
+    request: Request,
     request_id: uuid.UUID,
     index: Annotated[int, Path(ge=0, le=11, description="output index, from 0")],
     state: StateDep,
@@ -112,10 +120,8 @@ async def get_output(
         if job is None:
             raise RequestNotFound(f"no request {request_id}")
     else:
-        key = x_api_key
-        if key is None and authorization and authorization.lower().startswith("bearer "):
-            key = authorization[7:].strip()
-        tenant = await authenticate(uow.session, key)
+        tenant = await authenticate(uow.session, presented_key(x_api_key, authorization))
+        await apply_rate_limit(request, state, tenant, cost=0)
         job = await repository.get_job(uow.session, tenant.id, request_id)
     output = await repository.get_output(uow.session, job.id, index)
     if output is None:

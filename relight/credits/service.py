@@ -1,59 +1,212 @@
-"""Reserve at submit, refund on failure or cancel: each a single conditional UPDATE.
+"""Every movement of credits: a conditional UPDATE of the balance plus one ledger entry, in the
+caller's transaction (the one that also changes the job), so they commit or vanish together.
 
-The ledger (one row per movement) arrives with the credits feature; until then the tenant's
-balance is the only record, and every movement happens in the same transaction as the job's
-state change that causes it, so a retry can never pay or refund twice.
+Invariants: `tenant.credit_balance` = the sum of the tenant's `credit_entry.amount`, always;
+the balance never goes below zero (CHECK); a job has at most one reserve, one charge and one
+refund entry (unique index), so no retry can pay or refund twice.
 """
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
+from typing import NoReturn
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from relight.errors import Forbidden, InsufficientCredits
-from relight.models import Tenant, TenantStatus
+from relight.errors import Forbidden, InsufficientCredits, InvalidParameter, RelightError
+from relight.models import CreditEntry, CreditKind, Tenant, TenantStatus
 
 
-async def reserve_credits(session: AsyncSession, tenant_id: uuid.UUID, amount: int) -> int:
-    """Take `amount` from an active tenant's balance, or raise; returns the new balance."""
+class TooManyJobs(RelightError):
+    status_code = 429
+    code = "too_many_jobs"
+
+
+@dataclass(frozen=True)
+class LedgerDiscrepancy:
+    tenant_id: uuid.UUID
+    tenant_name: str
+    balance: int
+    ledger_sum: int
+
+
+def _entry(
+    tenant_id: uuid.UUID,
+    kind: CreditKind,
+    amount: int,
+    balance_after: int,
+    *,
+    job_id: uuid.UUID | None = None,
+    reason: str | None = None,
+) -> CreditEntry:
+    return CreditEntry(
+        tenant_id=tenant_id,
+        job_id=job_id,
+        kind=kind.value,
+        amount=amount,
+        balance_after=balance_after,
+        reason=reason,
+    )
+
+
+async def reserve_credits(
+    session: AsyncSession, tenant_id: uuid.UUID, job_id: uuid.UUID, amount: int
+) -> int:
+    """Take a job's price and an in-flight slot in one conditional UPDATE; the new balance.
+
+    Raises 403 (suspended), 406 (not enough credits) or 429 (too many jobs in flight).
+    """
     result = await session.execute(
         update(Tenant)
         .where(
             Tenant.id == tenant_id,
             Tenant.status == TenantStatus.ACTIVE.value,
             Tenant.credit_balance >= amount,
+            Tenant.active_jobs < Tenant.max_in_flight,
         )
-        .values(credit_balance=Tenant.credit_balance - amount)
+        .values(credit_balance=Tenant.credit_balance - amount, active_jobs=Tenant.active_jobs + 1)
         .returning(Tenant.credit_balance)
     )
     balance = result.scalar_one_or_none()
-    if balance is not None:
-        return balance
-    row = (
+    if balance is None:
+        await _explain_refusal(session, tenant_id, amount)
+    session.add(_entry(tenant_id, CreditKind.RESERVE, -amount, balance, job_id=job_id))
+    await session.flush()
+    return balance
+
+
+async def _explain_refusal(session: AsyncSession, tenant_id: uuid.UUID, amount: int) -> NoReturn:
+    tenant = (
         await session.execute(
-            select(Tenant.status, Tenant.credit_balance).where(Tenant.id == tenant_id)
+            select(
+                Tenant.status, Tenant.credit_balance, Tenant.active_jobs, Tenant.max_in_flight
+            ).where(Tenant.id == tenant_id)
         )
     ).one()
-    if row.status != TenantStatus.ACTIVE.value:
+    if tenant.status != TenantStatus.ACTIVE.value:
         raise Forbidden("this account is suspended", code="tenant_suspended")
-    raise InsufficientCredits(
-        f"insufficient credits: this request costs {amount}, the balance is {row.credit_balance}",
-        extra={"required": amount, "available": row.credit_balance},
+    if tenant.credit_balance < amount:
+        raise InsufficientCredits(
+            f"insufficient credits: this request costs {amount}, "
+            f"the balance is {tenant.credit_balance}",
+            extra={"required": amount, "available": tenant.credit_balance},
+        )
+    raise TooManyJobs(
+        f"too many requests in flight: {tenant.active_jobs} of {tenant.max_in_flight} "
+        "are queued or running; retry when one finishes",
+        extra={"limit": tenant.max_in_flight, "headers": {"Retry-After": "1"}},
     )
 
 
-async def refund_credits(session: AsyncSession, tenant_id: uuid.UUID, amount: int) -> None:
-    """Give `amount` back; call only inside the transaction that ends the job unpaid."""
-    if amount:
+async def _settle(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    job_id: uuid.UUID,
+    kind: CreditKind,
+    amount: int,
+    reason: str | None,
+) -> int:
+    balance = (
         await session.execute(
             update(Tenant)
             .where(Tenant.id == tenant_id)
-            .values(credit_balance=Tenant.credit_balance + amount)
+            .values(
+                credit_balance=Tenant.credit_balance + amount,
+                active_jobs=Tenant.active_jobs - 1,
+            )
+            .returning(Tenant.credit_balance)
         )
+    ).scalar_one()
+    session.add(_entry(tenant_id, kind, amount, balance, job_id=job_id, reason=reason))
+    await session.flush()
+    return balance
+
+
+async def charge_credits(
+    session: AsyncSession, tenant_id: uuid.UUID, job_id: uuid.UUID, *, reserved: int, cost: int
+) -> int:
+    """Settle a succeeded job: it costs `cost`; what was reserved beyond that goes back."""
+    if not 0 <= cost <= reserved:
+        raise ValueError(f"a job cannot cost {cost} when {reserved} was reserved")
+    return await _settle(session, tenant_id, job_id, CreditKind.CHARGE, reserved - cost, None)
+
+
+async def refund_credits(
+    session: AsyncSession, tenant_id: uuid.UUID, job_id: uuid.UUID, amount: int, reason: str
+) -> int:
+    """Give a job's reservation back (failed, canceled, expired): at most once per job."""
+    return await _settle(session, tenant_id, job_id, CreditKind.REFUND, amount, reason)
+
+
+async def grant_credits(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    amount: int,
+    *,
+    reason: str,
+    kind: CreditKind = CreditKind.GRANT,
+) -> CreditEntry:
+    """Add credits (a grant, > 0) or correct the balance (an adjustment, either sign)."""
+    if kind not in (CreditKind.GRANT, CreditKind.ADJUST):
+        raise ValueError(f"{kind} entries belong to jobs")
+    if kind is CreditKind.GRANT and amount <= 0:
+        raise InvalidParameter(
+            "a grant must be a positive number of credits", extra={"field": "amount"}
+        )
+    if amount == 0:
+        raise InvalidParameter("an adjustment of 0 changes nothing", extra={"field": "amount"})
+    if not reason.strip():
+        raise InvalidParameter("say why: a reason is required", extra={"field": "reason"})
+    balance = (
+        await session.execute(
+            update(Tenant)
+            .where(Tenant.id == tenant_id, Tenant.credit_balance + amount >= 0)
+            .values(credit_balance=Tenant.credit_balance + amount)
+            .returning(Tenant.credit_balance)
+        )
+    ).scalar_one_or_none()
+    if balance is None:
+        raise InvalidParameter(
+            f"an adjustment of {amount} would make the balance negative",
+            extra={"field": "amount"},
+        )
+    entry = _entry(tenant_id, kind, amount, balance, reason=reason)
+    session.add(entry)
+    await session.flush()
+    return entry
 
 
 async def get_balance(session: AsyncSession, tenant_id: uuid.UUID) -> int:
     balance = await session.scalar(select(Tenant.credit_balance).where(Tenant.id == tenant_id))
     return int(balance or 0)
+
+
+async def list_entries(
+    session: AsyncSession, tenant_id: uuid.UUID, *, limit: int, before: uuid.UUID | None = None
+) -> list[CreditEntry]:
+    """The tenant's ledger, newest first; entry ids are time-ordered, so the id is the cursor."""
+    query = select(CreditEntry).where(CreditEntry.tenant_id == tenant_id)
+    if before is not None:
+        query = query.where(CreditEntry.id < before)
+    return list((await session.scalars(query.order_by(CreditEntry.id.desc()).limit(limit))).all())
+
+
+async def audit_ledger(session: AsyncSession) -> list[LedgerDiscrepancy]:
+    """Every tenant whose balance differs from the sum of its ledger entries (should be none)."""
+    ledger_sum = func.coalesce(
+        select(func.sum(CreditEntry.amount))
+        .where(CreditEntry.tenant_id == Tenant.id)
+        .scalar_subquery(),
+        0,
+    )
+    rows = await session.execute(
+        select(Tenant.id, Tenant.name, Tenant.credit_balance, ledger_sum).where(
+            Tenant.credit_balance != ledger_sum
+        )
+    )
+    return [
+        LedgerDiscrepancy(tenant_id=row[0], tenant_name=row[1], balance=row[2], ledger_sum=row[3])
+        for row in rows
+    ]

@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from relight.config import Settings
-from relight.credits.service import refund_credits
+from relight.credits.service import charge_credits, refund_credits
 from relight.errors import BackendFailed, RelightError
 from relight.fetch import fetch_image_bytes
 from relight.images import decode_image
@@ -238,6 +238,13 @@ class JobRunner:
                 logger.warning("job %s was taken back before it finished; dropping result", job.id)
                 return RunOutcome(status=None)
             repository.add_outputs(session, outputs)
+            await charge_credits(
+                session,
+                job.tenant_id,
+                job.id,
+                reserved=job.credits_reserved,
+                cost=job.credits_reserved,
+            )
         await publish_finished(self.redis, self.settings.queue_name, job.id)
         logger.info("job %s succeeded on %s in %.0f ms", job.id, backend_name, timings["total_ms"])
         return RunOutcome(status=JobStatus.SUCCEEDED)
@@ -267,7 +274,9 @@ class JobRunner:
             if moved is None:
                 return RunOutcome(status=None)
             if not retry:
-                await refund_credits(session, job.tenant_id, job.credits_reserved)
+                await refund_credits(
+                    session, job.tenant_id, job.id, job.credits_reserved, reason=error.code
+                )
         if retry:
             delay = self.settings.retry_backoff_s * 2 ** (job.attempts - 1)
             logger.warning(

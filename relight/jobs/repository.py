@@ -68,6 +68,23 @@ async def list_jobs(
     return list((await session.scalars(query.order_by(Job.id.desc()).limit(limit))).all())
 
 
+async def usage_since(
+    session: AsyncSession, tenant_id: uuid.UUID, since: datetime
+) -> tuple[dict[str, int], int]:
+    """Requests by status created since `since`, and the credits they were charged."""
+    rows = await session.execute(
+        select(Job.status, func.count(), func.coalesce(func.sum(Job.credits_charged), 0))
+        .where(Job.tenant_id == tenant_id, Job.created_at >= since)
+        .group_by(Job.status)
+    )
+    counts: dict[str, int] = {}
+    charged = 0
+    for status, count, credits in rows:
+        counts[JobStatus(status).public] = int(count)
+        charged += int(credits)
+    return counts, charged
+
+
 async def queue_position(session: AsyncSession, job: Job) -> int:
     """How many queued jobs (of any tenant) were submitted before this one."""
     count = await session.scalar(

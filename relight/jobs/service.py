@@ -125,9 +125,9 @@ async def submit_job(
     try:
         # A savepoint, so that losing an idempotency race also undoes the reservation.
         async with session.begin_nested():
-            await reserve_credits(session, tenant.id, cost)
             session.add(job)
             await session.flush()
+            await reserve_credits(session, tenant.id, job.id, cost)
     except IntegrityError:
         if idempotency_key is None:
             raise
@@ -159,7 +159,9 @@ async def cancel_job(session: AsyncSession, tenant_id: uuid.UUID, job_id: uuid.U
         },
     )
     if canceled is not None:
-        await refund_credits(session, tenant_id, canceled.credits_reserved)
+        await refund_credits(
+            session, tenant_id, canceled.id, canceled.credits_reserved, reason="canceled"
+        )
         return canceled
     await session.refresh(job)
     if job.job_status is JobStatus.CANCELED:

@@ -10,9 +10,11 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from relight.errors import Conflict, RelightError, Unauthorized
-from relight.models import ApiKey, Tenant
+from relight.credits.service import grant_credits
+from relight.errors import Conflict, InvalidParameter, RelightError, Unauthorized
+from relight.models import ApiKey, Tenant, TenantStatus
 from relight.tenants.keys import generate_key, parse_key, secret_matches
+from relight.tenants.schemas import LimitsUpdate
 
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 
@@ -28,16 +30,24 @@ class CreatedKey:
     api_key: ApiKey
 
 
-async def create_tenant(session: AsyncSession, name: str, credits: int = 0) -> Tenant:
+async def create_tenant(
+    session: AsyncSession, name: str, credits: int = 0, limits: LimitsUpdate | None = None
+) -> Tenant:
     if credits < 0:
         raise RelightError("credits must not be negative", status_code=422)
-    tenant = Tenant(name=name, credit_balance=credits)
+    tenant = Tenant(name=name, credit_balance=0)
+    if limits is not None:
+        for field, value in limits.model_dump(exclude_none=True).items():
+            setattr(tenant, field, value)
     session.add(tenant)
     try:
         async with session.begin_nested():
             await session.flush()
     except IntegrityError as exc:
         raise Conflict(f"a tenant named {name!r} exists already", code="tenant_exists") from exc
+    if credits:
+        await grant_credits(session, tenant.id, credits, reason="opening grant")
+        await session.refresh(tenant)
     return tenant
 
 
@@ -58,6 +68,34 @@ async def find_tenant(session: AsyncSession, name_or_id: str) -> Tenant:
 
 async def list_tenants(session: AsyncSession) -> list[Tenant]:
     return list((await session.scalars(select(Tenant).order_by(Tenant.created_at))).all())
+
+
+async def set_tenant_status(session: AsyncSession, tenant: Tenant, status: TenantStatus) -> Tenant:
+    """Suspend (submits answer 403; running jobs finish) or resume a tenant."""
+    tenant.status = status.value
+    await session.flush()
+    return tenant
+
+
+async def set_limits(session: AsyncSession, tenant: Tenant, limits: LimitsUpdate) -> Tenant:
+    """Change the given limits and keep the others; takes effect on the next request."""
+    values = limits.model_dump(exclude_none=True)
+    if not values:
+        raise InvalidParameter(
+            "give at least one of requests_per_minute, burst, max_in_flight",
+            extra={"field": "limits"},
+        )
+    for field, value in values.items():
+        setattr(tenant, field, value)
+    await session.flush()
+    return tenant
+
+
+async def list_api_keys(session: AsyncSession, tenant: Tenant) -> list[ApiKey]:
+    result = await session.scalars(
+        select(ApiKey).where(ApiKey.tenant_id == tenant.id).order_by(ApiKey.created_at)
+    )
+    return list(result.all())
 
 
 async def create_api_key(session: AsyncSession, tenant: Tenant, name: str | None) -> CreatedKey:

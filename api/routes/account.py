@@ -1,0 +1,38 @@
+"""The tenant's own account: credits (Segmind-compatible) and limits and usage."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from fastapi import APIRouter
+
+from api.deps import TenantDep, UnitOfWorkDep
+from relight.credits.schemas import AccountView, UsageView, UserCredits
+from relight.credits.service import get_balance
+from relight.jobs.repository import usage_since
+from relight.tenants.schemas import TenantView
+
+router = APIRouter(tags=["account"])
+
+
+@router.get("/v1/get-user-credits", response_model=UserCredits, summary="Credit balance (Segmind)")
+async def get_user_credits(uow: UnitOfWorkDep, tenant: TenantDep) -> UserCredits:
+    return UserCredits(credits=await get_balance(uow.session, tenant.id))
+
+
+@router.get("/v2/account", response_model=AccountView, summary="Balance, limits and usage")
+async def get_account(uow: UnitOfWorkDep, tenant: TenantDep) -> AccountView:
+    counts, charged = await usage_since(
+        uow.session, tenant.id, datetime.now(UTC) - timedelta(days=30)
+    )
+    view = TenantView.of(tenant)
+    return AccountView(
+        tenant_id=tenant.id,
+        name=tenant.name,
+        status=tenant.status,
+        credits=tenant.credit_balance,
+        limits=view.limits,
+        usage=UsageView(
+            active_jobs=tenant.active_jobs, requests_30d=counts, credits_charged_30d=charged
+        ),
+    )

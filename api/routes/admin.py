@@ -1,0 +1,147 @@
+"""The admin API (`/admin/v1`): the platform provisions tenants, keys, credits and limits.
+
+Behind `Authorization: Bearer $RELIGHT_ADMIN_TOKEN` only: a tenant's API key is refused here,
+and the admin token is not an API key, so it opens no tenant route. Off while the token is
+unset. Every route calls the same service functions as `relight-admin`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Query
+
+from api.deps import SettingsDep, UnitOfWorkDep
+from relight.credits import service as credits
+from relight.credits.schemas import CreditEntryView, CreditMovement, LedgerPage
+from relight.errors import Forbidden, Unauthorized
+from relight.models import CreditKind, Tenant, TenantStatus
+from relight.tenants import service as tenants
+from relight.tenants.schemas import (
+    ApiKeyView,
+    CreatedKeyView,
+    KeyCreate,
+    LimitsUpdate,
+    TenantCreate,
+    TenantView,
+)
+
+
+async def require_admin(
+    settings: SettingsDep,
+    authorization: Annotated[
+        str | None, Header(description="`Bearer <RELIGHT_ADMIN_TOKEN>`")
+    ] = None,
+) -> None:
+    if not settings.admin_token:
+        raise Forbidden(
+            "the admin API is disabled: set RELIGHT_ADMIN_TOKEN to enable it",
+            code="admin_disabled",
+        )
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        token.strip().encode(), settings.admin_token.encode()
+    ):
+        raise Unauthorized("missing or invalid admin token", code="invalid_admin_token")
+
+
+router = APIRouter(prefix="/admin/v1", tags=["admin"], dependencies=[Depends(require_admin)])
+
+TenantRef = Annotated[str, "tenant name or id"]
+
+
+async def _tenant(uow: UnitOfWorkDep, tenant: TenantRef) -> Tenant:
+    return await tenants.find_tenant(uow.session, tenant)
+
+
+AdminTenantDep = Annotated[Tenant, Depends(_tenant)]
+
+
+@router.post("/tenants", status_code=201, response_model=TenantView, summary="Create a tenant")
+async def create_tenant(body: TenantCreate, uow: UnitOfWorkDep) -> TenantView:
+    tenant = await tenants.create_tenant(uow.session, body.name, body.credits, body.limits)
+    await uow.session.refresh(tenant)
+    return TenantView.of(tenant)
+
+
+@router.get("/tenants", response_model=list[TenantView], summary="List tenants")
+async def list_tenants(uow: UnitOfWorkDep) -> list[TenantView]:
+    return [TenantView.of(tenant) for tenant in await tenants.list_tenants(uow.session)]
+
+
+@router.get("/tenants/{tenant}", response_model=TenantView, summary="A tenant")
+async def get_tenant(tenant: AdminTenantDep) -> TenantView:
+    return TenantView.of(tenant)
+
+
+@router.post("/tenants/{tenant}/suspend", response_model=TenantView, summary="Suspend")
+async def suspend_tenant(tenant: AdminTenantDep, uow: UnitOfWorkDep) -> TenantView:
+    return TenantView.of(
+        await tenants.set_tenant_status(uow.session, tenant, TenantStatus.SUSPENDED)
+    )
+
+
+@router.post("/tenants/{tenant}/resume", response_model=TenantView, summary="Resume")
+async def resume_tenant(tenant: AdminTenantDep, uow: UnitOfWorkDep) -> TenantView:
+    return TenantView.of(await tenants.set_tenant_status(uow.session, tenant, TenantStatus.ACTIVE))
+
+
+@router.patch("/tenants/{tenant}/limits", response_model=TenantView, summary="Set limits")
+async def set_limits(tenant: AdminTenantDep, body: LimitsUpdate, uow: UnitOfWorkDep) -> TenantView:
+    return TenantView.of(await tenants.set_limits(uow.session, tenant, body))
+
+
+@router.post(
+    "/tenants/{tenant}/keys",
+    status_code=201,
+    response_model=CreatedKeyView,
+    summary="Create an API key (shown once)",
+)
+async def create_key(tenant: AdminTenantDep, body: KeyCreate, uow: UnitOfWorkDep) -> CreatedKeyView:
+    created = await tenants.create_api_key(uow.session, tenant, body.name)
+    await uow.session.refresh(created.api_key)
+    return CreatedKeyView(**ApiKeyView.of(created.api_key).model_dump(), key=created.key)
+
+
+@router.get("/tenants/{tenant}/keys", response_model=list[ApiKeyView], summary="List API keys")
+async def list_keys(tenant: AdminTenantDep, uow: UnitOfWorkDep) -> list[ApiKeyView]:
+    return [ApiKeyView.of(key) for key in await tenants.list_api_keys(uow.session, tenant)]
+
+
+@router.post("/keys/{prefix}/revoke", response_model=ApiKeyView, summary="Revoke an API key")
+async def revoke_key(prefix: str, uow: UnitOfWorkDep) -> ApiKeyView:
+    return ApiKeyView.of(await tenants.revoke_api_key(uow.session, prefix))
+
+
+@router.post(
+    "/tenants/{tenant}/credits",
+    status_code=201,
+    response_model=CreditEntryView,
+    summary="Grant or adjust credits",
+)
+async def move_credits(
+    tenant: AdminTenantDep, body: CreditMovement, uow: UnitOfWorkDep
+) -> CreditEntryView:
+    entry = await credits.grant_credits(
+        uow.session, tenant.id, body.amount, reason=body.reason, kind=CreditKind(body.kind)
+    )
+    await uow.session.refresh(entry)
+    return CreditEntryView.of(entry)
+
+
+@router.get("/tenants/{tenant}/ledger", response_model=LedgerPage, summary="The credit ledger")
+async def read_ledger(
+    tenant: AdminTenantDep,
+    uow: UnitOfWorkDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[uuid.UUID | None, Query(description="`next_cursor` of the last page")] = None,
+) -> LedgerPage:
+    entries = await credits.list_entries(uow.session, tenant.id, limit=limit + 1, before=cursor)
+    page = entries[:limit]
+    return LedgerPage(
+        balance=tenant.credit_balance,
+        data=[CreditEntryView.of(entry) for entry in page],
+        next_cursor=str(page[-1].id) if len(entries) > limit else None,
+    )

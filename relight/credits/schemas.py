@@ -1,0 +1,71 @@
+"""Views and bodies for the credit ledger and the account."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from relight.models import CreditEntry
+from relight.tenants.schemas import LimitsView
+
+
+class CreditEntryView(BaseModel):
+    id: uuid.UUID
+    kind: str
+    amount: int
+    balance_after: int
+    request_id: uuid.UUID | None
+    reason: str | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, entry: CreditEntry) -> CreditEntryView:
+        return cls(
+            id=entry.id,
+            kind=entry.kind,
+            amount=entry.amount,
+            balance_after=entry.balance_after,
+            request_id=entry.job_id,
+            reason=entry.reason,
+            created_at=entry.created_at,
+        )
+
+
+class LedgerPage(BaseModel):
+    balance: int
+    data: list[CreditEntryView]
+    next_cursor: str | None
+
+
+class CreditMovement(BaseModel):
+    """A grant (positive) or an adjustment (either sign) by an operator."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    amount: int = Field(description="credits to add (negative: to remove, adjust only)")
+    reason: Annotated[str, Field(min_length=1, max_length=500)]
+    kind: Literal["grant", "adjust"] = "grant"
+
+
+class UserCredits(BaseModel):
+    """Segmind's `GET /v1/get-user-credits` answer."""
+
+    credits: int
+
+
+class UsageView(BaseModel):
+    active_jobs: int = Field(description="requests queued or running now")
+    requests_30d: dict[str, int] = Field(description="requests of the last 30 days by status")
+    credits_charged_30d: int
+
+
+class AccountView(BaseModel):
+    tenant_id: uuid.UUID
+    name: str
+    status: str
+    credits: int
+    limits: LimitsView
+    usage: UsageView

@@ -1,0 +1,91 @@
+"""Views and bodies for tenants, their limits and keys (admin API and account)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from relight.models import ApiKey, Tenant
+
+
+class LimitsView(BaseModel):
+    requests_per_minute: int = Field(description="sustained submit rate")
+    burst: int = Field(description="submits allowed at once")
+    max_in_flight: int = Field(description="queued plus running requests at most")
+
+
+class LimitsUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    requests_per_minute: Annotated[int | None, Field(ge=1, le=1_000_000)] = None
+    burst: Annotated[int | None, Field(ge=1, le=100_000)] = None
+    max_in_flight: Annotated[int | None, Field(ge=1, le=100_000)] = None
+
+
+class TenantView(BaseModel):
+    id: uuid.UUID
+    name: str
+    status: str
+    credit_balance: int
+    active_jobs: int
+    limits: LimitsView
+    created_at: datetime
+
+    @classmethod
+    def of(cls, tenant: Tenant) -> TenantView:
+        return cls(
+            id=tenant.id,
+            name=tenant.name,
+            status=tenant.status,
+            credit_balance=tenant.credit_balance,
+            active_jobs=tenant.active_jobs,
+            limits=LimitsView(
+                requests_per_minute=tenant.requests_per_minute,
+                burst=tenant.burst,
+                max_in_flight=tenant.max_in_flight,
+            ),
+            created_at=tenant.created_at,
+        )
+
+
+class TenantCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[\w.@-]+$")]
+    credits: Annotated[int, Field(ge=0)] = 0
+    limits: LimitsUpdate | None = None
+
+
+class ApiKeyView(BaseModel):
+    id: uuid.UUID
+    prefix: str
+    tenant_id: uuid.UUID
+    name: str | None
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, api_key: ApiKey) -> ApiKeyView:
+        return cls(
+            id=api_key.id,
+            prefix=api_key.prefix,
+            tenant_id=api_key.tenant_id,
+            name=api_key.name,
+            created_at=api_key.created_at,
+            last_used_at=api_key.last_used_at,
+            revoked_at=api_key.revoked_at,
+        )
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str | None, Field(max_length=200)] = None
+
+
+class CreatedKeyView(ApiKeyView):
+    key: str = Field(description="the key itself: shown once, never stored")

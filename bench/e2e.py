@@ -20,53 +20,35 @@ import tempfile
 import time
 from pathlib import Path
 
-import asyncpg
-from alembic import command
-from alembic.config import Config
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import create_scratch_database, drop_scratch_database, percentile  # noqa: E402
 from relight.config import Settings  # noqa: E402
 from relight.db import create_engine, create_sessionmaker  # noqa: E402
+from relight.tenants.schemas import LimitsUpdate  # noqa: E402
 from relight.tenants.service import create_api_key, create_tenant  # noqa: E402
 from scripts.stack import local_stack  # noqa: E402
 
-PG_SERVER = os.environ.get("RELIGHT_BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
-DATABASE = "relight_bench"
 
-
-async def prepare_database(url: str) -> str:
-    connection = await asyncpg.connect(f"{PG_SERVER}/postgres")
-    try:
-        await connection.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-        await connection.execute(f'CREATE DATABASE "{DATABASE}"')
-    finally:
-        await connection.close()
-    config = Config(str(ROOT / "alembic.ini"))
-    config.set_main_option("sqlalchemy.url", url)
-    config.attributes["configure_logger"] = False
-    await asyncio.to_thread(command.upgrade, config, "head")
+async def prepare(url: str) -> str:
+    """A tenant with plenty of credits and limits; its API key."""
     engine = create_engine(Settings(database_url=url), pool_size=1)
     try:
         async with create_sessionmaker(engine)() as session, session.begin():
-            tenant = await create_tenant(session, "bench", 10**9)
+            limits = LimitsUpdate(requests_per_minute=100_000, burst=10_000, max_in_flight=1000)
+            tenant = await create_tenant(session, "bench", 10**9, limits)
             return (await create_api_key(session, tenant, "bench")).key
     finally:
         await engine.dispose()
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=20)
     args = parser.parse_args()
-    url = PG_SERVER.replace("postgresql://", "postgresql+asyncpg://", 1) + f"/{DATABASE}"
-    key = asyncio.run(prepare_database(url))
+    url = asyncio.run(create_scratch_database())
+    key = asyncio.run(prepare(url))
     image = base64.b64encode((ROOT / "examples" / "chelsea.png").read_bytes()).decode()
     body = {"prompt": "cat, photoshoot, 4k", "subject_image": image, "seed": 42}
     headers = {"x-api-key": key, "Prefer": "wait=60"}
@@ -91,7 +73,7 @@ def main() -> None:
                     raise SystemExit(f"job did not complete: {response.status_code} {record}")
                 for name, value in record["timings"].items():
                     breakdown.setdefault(name, []).append(value)
-    asyncio.run(drop_database())
+    asyncio.run(drop_scratch_database())
     print(f"default job (512x640 -> 768x960 webp, local backend), {args.jobs} jobs in sequence")
     print(f"{'stage':<34}{'p50 ms':>10}{'p90 ms':>10}")
     rows = [("submit to completion (client)", client_ms)]
@@ -100,14 +82,6 @@ def main() -> None:
     rows.append(("  worker total (claim to commit)", breakdown["total_ms"]))
     for name, values in rows:
         print(f"{name:<34}{statistics.median(values):>10.1f}{percentile(values, 0.9):>10.1f}")
-
-
-async def drop_database() -> None:
-    connection = await asyncpg.connect(f"{PG_SERVER}/postgres")
-    try:
-        await connection.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-    finally:
-        await connection.close()
 
 
 if __name__ == "__main__":

@@ -12,10 +12,11 @@ import uuid
 from dataclasses import dataclass
 from typing import NoReturn
 
-from sqlalchemy import func, select, update
+from sqlalchemy import BigInteger, String, Text, Update, Uuid, func, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relight.errors import Forbidden, InsufficientCredits, InvalidParameter, RelightError
+from relight.ids import uuid7
 from relight.models import CreditEntry, CreditKind, Tenant, TenantStatus
 
 
@@ -32,23 +33,38 @@ class LedgerDiscrepancy:
     ledger_sum: int
 
 
-def _entry(
+async def _move_with_entry(
+    session: AsyncSession,
+    balance_update: Update,
     tenant_id: uuid.UUID,
     kind: CreditKind,
     amount: int,
-    balance_after: int,
     *,
     job_id: uuid.UUID | None = None,
     reason: str | None = None,
-) -> CreditEntry:
-    return CreditEntry(
-        tenant_id=tenant_id,
-        job_id=job_id,
-        kind=kind.value,
-        amount=amount,
-        balance_after=balance_after,
-        reason=reason,
+) -> tuple[uuid.UUID, int] | None:
+    """Run `balance_update` and write its ledger entry in one statement (a data-modifying CTE),
+    so each movement is a single round trip. `(entry id, new balance)`, or None when the
+    UPDATE matched no tenant row."""
+    moved = balance_update.returning(Tenant.credit_balance).cte("moved")
+    statement = (
+        insert(CreditEntry)
+        .from_select(
+            ["id", "tenant_id", "job_id", "kind", "amount", "balance_after", "reason"],
+            select(
+                literal(uuid7(), Uuid()),
+                literal(tenant_id, Uuid()),
+                literal(job_id, Uuid()),
+                literal(kind.value, String()),
+                literal(amount, BigInteger()),
+                moved.c.credit_balance,
+                literal(reason, Text()),
+            ),
+        )
+        .returning(CreditEntry.id, CreditEntry.balance_after)
     )
+    row = (await session.execute(statement)).one_or_none()
+    return None if row is None else (row.id, row.balance_after)
 
 
 async def reserve_credits(
@@ -58,7 +74,7 @@ async def reserve_credits(
 
     Raises 403 (suspended), 406 (not enough credits) or 429 (too many jobs in flight).
     """
-    result = await session.execute(
+    debit = (
         update(Tenant)
         .where(
             Tenant.id == tenant_id,
@@ -67,14 +83,13 @@ async def reserve_credits(
             Tenant.active_jobs < Tenant.max_in_flight,
         )
         .values(credit_balance=Tenant.credit_balance - amount, active_jobs=Tenant.active_jobs + 1)
-        .returning(Tenant.credit_balance)
     )
-    balance = result.scalar_one_or_none()
-    if balance is None:
+    moved = await _move_with_entry(
+        session, debit, tenant_id, CreditKind.RESERVE, -amount, job_id=job_id
+    )
+    if moved is None:
         await _explain_refusal(session, tenant_id, amount)
-    session.add(_entry(tenant_id, CreditKind.RESERVE, -amount, balance, job_id=job_id))
-    await session.flush()
-    return balance
+    return moved[1]
 
 
 async def _explain_refusal(session: AsyncSession, tenant_id: uuid.UUID, amount: int) -> NoReturn:
@@ -108,20 +123,17 @@ async def _settle(
     amount: int,
     reason: str | None,
 ) -> int:
-    balance = (
-        await session.execute(
-            update(Tenant)
-            .where(Tenant.id == tenant_id)
-            .values(
-                credit_balance=Tenant.credit_balance + amount,
-                active_jobs=Tenant.active_jobs - 1,
-            )
-            .returning(Tenant.credit_balance)
-        )
-    ).scalar_one()
-    session.add(_entry(tenant_id, kind, amount, balance, job_id=job_id, reason=reason))
-    await session.flush()
-    return balance
+    credit = (
+        update(Tenant)
+        .where(Tenant.id == tenant_id)
+        .values(credit_balance=Tenant.credit_balance + amount, active_jobs=Tenant.active_jobs - 1)
+    )
+    moved = await _move_with_entry(
+        session, credit, tenant_id, kind, amount, job_id=job_id, reason=reason
+    )
+    if moved is None:
+        raise LookupError(f"tenant {tenant_id} does not exist")
+    return moved[1]
 
 
 async def charge_credits(
@@ -159,22 +171,19 @@ async def grant_credits(
         raise InvalidParameter("an adjustment of 0 changes nothing", extra={"field": "amount"})
     if not reason.strip():
         raise InvalidParameter("say why: a reason is required", extra={"field": "reason"})
-    balance = (
-        await session.execute(
-            update(Tenant)
-            .where(Tenant.id == tenant_id, Tenant.credit_balance + amount >= 0)
-            .values(credit_balance=Tenant.credit_balance + amount)
-            .returning(Tenant.credit_balance)
-        )
-    ).scalar_one_or_none()
-    if balance is None:
+    change = (
+        update(Tenant)
+        .where(Tenant.id == tenant_id, Tenant.credit_balance + amount >= 0)
+        .values(credit_balance=Tenant.credit_balance + amount)
+    )
+    moved = await _move_with_entry(session, change, tenant_id, kind, amount, reason=reason)
+    if moved is None:
         raise InvalidParameter(
             f"an adjustment of {amount} would make the balance negative",
             extra={"field": "amount"},
         )
-    entry = _entry(tenant_id, kind, amount, balance, reason=reason)
-    session.add(entry)
-    await session.flush()
+    entry = await session.get(CreditEntry, moved[0])
+    assert entry is not None
     return entry
 
 

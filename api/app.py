@@ -13,7 +13,7 @@ from fastapi.openapi.utils import get_openapi
 from api.errors import install_error_handlers
 from api.middleware import RateLimitHeaders
 from api.responses import OrjsonResponse
-from api.routes import account, admin, health, relight, requests
+from api.routes import account, admin, health, relight, requests, webhooks
 from api.state import AppState
 from relight import __version__
 from relight.config import Settings, get_settings
@@ -72,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(relight.router)
     app.include_router(requests.router)
+    app.include_router(webhooks.router)
     app.include_router(account.router)
     app.include_router(admin.router)
     app.include_router(health.router)

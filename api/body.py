@@ -135,7 +135,11 @@ async def read_submission(request: Request, settings: Settings) -> Submitted:
     if upload is not None:
         subject = SubjectSource(data=upload)
     else:
-        subject = parse_subject_image(body.subject_image, max_bytes=settings.max_input_bytes)
+        subject = parse_subject_image(
+            body.subject_image,
+            max_bytes=settings.max_input_bytes,
+            policy=settings.egress_policy,
+        )
     if subject.data is not None:
         # Decode now so a bad image is a 400/413 at submit, not a failed job later.
         await run_in_threadpool(

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from relight.config import Settings
 from relight.jobs.events import JobWaiter
-from relight.jobs.queue import RUN_JOB_TASK
+from relight.jobs.queue import enqueue_delivery, enqueue_run
 from relight.ratelimit import RateLimiter
 from relight.storage import Storage
 
@@ -32,9 +32,15 @@ class AppState:
     async def enqueue(self, job_id: uuid.UUID) -> None:
         """Hand a committed job to the workers; arq refuses a second copy of the same id."""
         try:
-            await self.redis.enqueue_job(
-                RUN_JOB_TASK, str(job_id), _job_id=str(job_id), _queue_name=self.settings.queue_name
-            )
+            await enqueue_run(self.redis, self.settings.queue_name, job_id)
         except (RedisError, OSError):
             # The job is committed and stays `queued`; the sweeper re-enqueues what Redis lacks.
             logger.exception("could not enqueue job %s", job_id)
+
+    async def enqueue_deliveries(self, delivery_ids: list[uuid.UUID]) -> None:
+        """Queue committed webhook deliveries (the sweeper covers any that fail to queue)."""
+        for delivery_id in delivery_ids:
+            try:
+                await enqueue_delivery(self.redis, self.settings.queue_name, delivery_id, 1)
+            except (RedisError, OSError):
+                logger.exception("could not queue webhook delivery %s", delivery_id)

@@ -9,7 +9,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import orjson
 import typer
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relight.config import get_settings
@@ -55,8 +55,10 @@ def _run(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
         return asyncio.run(runner())
     except RelightError as exc:
         _fail(exc.message, exc.code)
-    except (SQLAlchemyError, OSError) as exc:
+    except (OperationalError, InterfaceError, OSError) as exc:
         _fail(f"database unavailable: {exc.__class__.__name__}: {exc}", "database_unavailable")
+    except SQLAlchemyError as exc:
+        _fail(f"database error: {exc.__class__.__name__}: {exc}", "database_error")
 
 
 def _fail(message: str, code: str) -> NoReturn:
@@ -133,6 +135,24 @@ def tenant_suspend(tenant: Annotated[str, typer.Argument(help="tenant name or id
 def tenant_resume(tenant: Annotated[str, typer.Argument(help="tenant name or id")]) -> None:
     """Resume a suspended tenant."""
     _set_status(tenant, TenantStatus.ACTIVE)
+
+
+@tenant_app.command("set-webhook")
+def tenant_set_webhook(
+    tenant: Annotated[str, typer.Argument(help="tenant name or id")],
+    url: Annotated[str | None, typer.Argument(help="default webhook URL")] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="remove the default URL")] = False,
+) -> None:
+    """Set (or --clear) where webhooks go when a request names no webhook_url."""
+    if (url is None) == (not clear):
+        _fail("give a URL, or --clear", "validation_error")
+
+    async def work(session: AsyncSession) -> dict[str, Any]:
+        owner = await service.find_tenant(session, tenant)
+        policy = get_settings().egress_policy
+        return _tenant_json(await service.set_default_webhook(session, owner, url, policy))
+
+    _emit(_run(work))
 
 
 @tenant_app.command("list")

@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from relight.egress import EgressPolicy
+
 DEVELOPMENT_SECRET = "relight-development-secret-do-not-use-in-production"
 
 
@@ -26,6 +28,10 @@ class Settings(BaseSettings):
     admin_token: str | None = Field(default=None, min_length=16)
     public_base_url: str | None = None
     log_level: str = "INFO"
+
+    # Outbound requests (subject_image URLs, webhooks) may reach only public addresses, plus
+    # these comma-separated host names and CIDRs.
+    egress_allowlist: str = ""
 
     # Inputs.
     max_input_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
@@ -46,8 +52,23 @@ class Settings(BaseSettings):
     local_backend_enabled: bool = True
     local_engine_threads: int = Field(default=2, ge=1)
 
+    # Webhooks.
+    webhook_timeout_s: float = Field(default=15.0, gt=0)
+    # Seconds before each retry (the first attempt is immediate), with ±10 % jitter.
+    webhook_retry_schedule: str = "5,300,1800,7200,18000,36000,36000"
+    webhook_secret_overlap_s: int = Field(default=24 * 3600, ge=0)
+    webhook_sweep_interval_s: int = Field(default=5, ge=1, le=60)
+
     # Credits: the price of the default request (one 768x960 image, 25 steps).
     credits_per_default_image: int = Field(default=10, ge=0)
+
+    @property
+    def webhook_retry_delays(self) -> list[float]:
+        return [float(part) for part in self.webhook_retry_schedule.split(",") if part.strip()]
+
+    @property
+    def egress_policy(self) -> EgressPolicy:
+        return EgressPolicy.parse(self.egress_allowlist)
 
     @model_validator(mode="after")
     def _refuse_development_secret_in_production(self) -> Settings:

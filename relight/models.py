@@ -91,6 +91,14 @@ class Tenant(Base):
     requests_per_minute: Mapped[int] = mapped_column(Integer, default=120, server_default="120")
     burst: Mapped[int] = mapped_column(Integer, default=30, server_default="30")
     max_in_flight: Mapped[int] = mapped_column(Integer, default=20, server_default="20")
+    # Where webhooks go when a request names no webhook_url.
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    # Standard Webhooks signing secrets (whsec_…); the previous one keeps signing until it expires.
+    webhook_secret: Mapped[str | None] = mapped_column(String(100))
+    webhook_secret_previous: Mapped[str | None] = mapped_column(String(100))
+    webhook_secret_previous_expires_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True)
+    )
     created_at: Mapped[datetime] = _now_column()
 
 
@@ -207,3 +215,59 @@ class CreditEntry(Base):
     balance_after: Mapped[int] = mapped_column(BigInteger)
     reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _now_column()
+
+
+class WebhookStatus(StrEnum):
+    PENDING = "pending"  # waiting for its next attempt
+    DELIVERED = "delivered"  # a 2xx answer
+    STOPPED = "stopped"  # the receiver answered 410 Gone
+    FAILED = "failed"  # every scheduled attempt failed
+
+
+class WebhookDelivery(Base):
+    """One event of one request to one URL; retried on a schedule until it is delivered."""
+
+    __tablename__ = "webhook_delivery"
+    __table_args__ = (
+        UniqueConstraint("job_id", "event"),
+        Index(
+            "ix_webhook_delivery_due",
+            "next_attempt_at",
+            postgresql_where=text("status = 'pending'"),
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid7)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"))
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("job.id", ondelete="CASCADE"))
+    event: Mapped[str] = mapped_column(String(20))
+    url: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(
+        String(20), default=WebhookStatus.PENDING.value, server_default="pending"
+    )
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    next_attempt_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = _now_column()
+
+
+class WebhookAttempt(Base):
+    """Every attempt of a delivery, as the receiver answered it."""
+
+    __tablename__ = "webhook_attempt"
+    __table_args__ = (UniqueConstraint("delivery_id", "number"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid7)
+    delivery_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("webhook_delivery.id", ondelete="CASCADE")
+    )
+    number: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    duration_ms: Mapped[float] = mapped_column(Float)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    response_excerpt: Mapped[str | None] = mapped_column(Text)

@@ -21,6 +21,7 @@ import httpx
 import pytest
 from alembic import command
 from alembic.config import Config
+from arq.connections import ArqRedis, RedisSettings, create_pool
 from fastapi import FastAPI
 from redis.asyncio import Redis
 from sqlalchemy import text
@@ -30,6 +31,7 @@ from api.app import create_app
 from relight.config import Settings
 from relight.credits.service import audit_ledger
 from relight.db import create_engine, create_sessionmaker
+from relight.jobs.queue import deserialize_job, serialize_job
 from relight.tenants.service import create_api_key, create_tenant
 from tests.fakes.image_server import ImageServer
 from worker.settings import build_worker
@@ -80,6 +82,11 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
         queue_name=f"relight:test:{uuid.uuid4().hex[:8]}",
         storage_dir=tmp_path_factory.mktemp("storage"),
         secret_key="test-secret",
+        # The fake servers (image server, webhook receivers) listen on 127.0.0.1.
+        egress_allowlist="127.0.0.1",
+        webhook_retry_schedule="0.05,0.05,0.05",
+        webhook_timeout_s=1.5,
+        webhook_sweep_interval_s=1,
         max_input_bytes=1536 * 1024,
         max_input_pixels=4_000_000,
         fetch_timeout_s=2.0,
@@ -119,8 +126,14 @@ async def delete_run_keys(redis: Redis, settings: Settings) -> None:
 
 
 @pytest.fixture(scope="session")
-async def redis(settings: Settings) -> AsyncIterator[Redis]:
-    client = Redis.from_url(settings.redis_url)
+async def redis(settings: Settings) -> AsyncIterator[ArqRedis]:
+    """Redis as the api and the worker see it: arq's client (it can enqueue, too)."""
+    client = await create_pool(
+        RedisSettings.from_dsn(settings.redis_url),
+        job_serializer=serialize_job,
+        job_deserializer=deserialize_job,
+        default_queue_name=settings.queue_name,
+    )
     yield client
     await delete_run_keys(client, settings)
     await client.aclose()
@@ -136,7 +149,10 @@ async def clean_state(
     """Empty tables and queue before the test; after it, every balance must equal its ledger."""
     async with engine.begin() as connection:
         await connection.execute(
-            text("TRUNCATE tenant, api_key, job, job_output, credit_entry RESTART IDENTITY CASCADE")
+            text(
+                "TRUNCATE tenant, api_key, job, job_output, credit_entry, webhook_delivery, "
+                "webhook_attempt RESTART IDENTITY CASCADE"
+            )
         )
     await delete_run_keys(redis, settings)
     yield

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
-from arq import func
+from arq import cron, func
 from arq.connections import RedisSettings
 from arq.worker import Worker
 
@@ -16,13 +16,24 @@ from relight.config import Settings
 from relight.db import create_engine, create_sessionmaker
 from relight.jobs.backend import Backend
 from relight.jobs.execution import JobRunner
-from relight.jobs.queue import RUN_JOB_TASK, deserialize_job, serialize_job
+from relight.jobs.queue import (
+    DELIVER_WEBHOOK_TASK,
+    RUN_JOB_TASK,
+    SWEEP_TASK,
+    deserialize_job,
+    serialize_job,
+)
+from relight.jobs.views import UrlBuilder
 from relight.params import Backend as BackendName
 from relight.storage import FileSystemStorage
+from relight.webhooks.delivery import WebhookSender
 from worker.backends.local import LocalBackend
-from worker.tasks import run_job
+from worker.tasks import deliver_webhook, run_job, sweep
 
 logger = logging.getLogger(__name__)
+
+# Output URLs in webhooks need an absolute base; set RELIGHT_PUBLIC_BASE_URL in production.
+DEFAULT_PUBLIC_BASE_URL = "http://127.0.0.1:8000"
 
 
 def build_worker(settings: Settings, **overrides: Any) -> Worker:
@@ -41,17 +52,29 @@ def build_worker(settings: Settings, **overrides: Any) -> Worker:
             max_redirects=3,
             headers={"user-agent": "relight/0.1 (+subject image fetch)"},
         )
+        sessionmaker = create_sessionmaker(engine)
+        urls = UrlBuilder(
+            base_url=settings.public_base_url or DEFAULT_PUBLIC_BASE_URL,
+            secret_key=settings.secret_key,
+            output_url_ttl_s=settings.output_url_ttl_s,
+        )
         ctx.update(
+            settings=settings,
             db_engine=engine,
+            sessionmaker=sessionmaker,
             executor=executor,
             http=http,
             runner=JobRunner(
                 settings=settings,
-                sessionmaker=create_sessionmaker(engine),
+                sessionmaker=sessionmaker,
                 storage=FileSystemStorage(settings.storage_dir),
                 redis=ctx["redis"],
+                enqueuer=ctx["redis"],
                 http=http,
                 backends=backends,
+            ),
+            webhooks=WebhookSender(
+                settings=settings, sessionmaker=sessionmaker, http=http, urls=urls
             ),
         )
         logger.info(
@@ -70,7 +93,20 @@ def build_worker(settings: Settings, **overrides: Any) -> Worker:
 
     options: dict[str, Any] = {
         "functions": [
-            func(run_job, name=RUN_JOB_TASK, max_tries=settings.job_max_attempts + 2, keep_result=0)
+            func(
+                run_job, name=RUN_JOB_TASK, max_tries=settings.job_max_attempts + 2, keep_result=0
+            ),
+            # Attempts are scheduled by the task itself, never by arq's retry.
+            func(deliver_webhook, name=DELIVER_WEBHOOK_TASK, max_tries=1, keep_result=0),
+        ],
+        "cron_jobs": [
+            cron(
+                sweep,
+                name=SWEEP_TASK,
+                second=set(range(0, 60, settings.webhook_sweep_interval_s)),
+                run_at_startup=True,
+                keep_result=0,
+            )
         ],
         "queue_name": settings.queue_name,
         "redis_settings": RedisSettings.from_dsn(settings.redis_url),
@@ -85,4 +121,7 @@ def build_worker(settings: Settings, **overrides: Any) -> Worker:
         "health_check_interval": 60,
     }
     options.update(overrides)
+    if options.get("burst"):
+        # A burst worker stops at an empty queue; cron would keep a next run queued forever.
+        options["cron_jobs"] = []
     return Worker(**options)

@@ -26,6 +26,7 @@ from relight.tenants.schemas import (
     LimitsUpdate,
     TenantCreate,
     TenantView,
+    WebhookUrlUpdate,
 )
 
 
@@ -91,6 +92,17 @@ async def resume_tenant(tenant: AdminTenantDep, uow: UnitOfWorkDep) -> TenantVie
 @router.patch("/tenants/{tenant}/limits", response_model=TenantView, summary="Set limits")
 async def set_limits(tenant: AdminTenantDep, body: LimitsUpdate, uow: UnitOfWorkDep) -> TenantView:
     return TenantView.of(await tenants.set_limits(uow.session, tenant, body))
+
+
+@router.put(
+    "/tenants/{tenant}/webhook", response_model=TenantView, summary="Set the default webhook URL"
+)
+async def set_webhook(
+    tenant: AdminTenantDep, body: WebhookUrlUpdate, uow: UnitOfWorkDep, settings: SettingsDep
+) -> TenantView:
+    return TenantView.of(
+        await tenants.set_default_webhook(uow.session, tenant, body.url, settings.egress_policy)
+    )
 
 
 @router.post(

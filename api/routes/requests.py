@@ -85,9 +85,15 @@ async def list_requests(
     summary="Cancel a queued request (refunded at once)",
 )
 async def cancel_request(
-    request_id: uuid.UUID, uow: UnitOfWorkDep, tenant: TenantDep, urls: UrlsDep
+    request_id: uuid.UUID, state: StateDep, uow: UnitOfWorkDep, tenant: TenantDep, urls: UrlsDep
 ) -> RequestView:
-    job = await cancel_job(uow.session, tenant.id, request_id)
+    job, delivery = await cancel_job(uow.session, tenant.id, request_id)
+    if delivery is not None:
+
+        async def enqueue() -> None:
+            await state.enqueue_deliveries([delivery])
+
+        uow.after_commit(enqueue)
     outputs = await repository.get_outputs(uow.session, [job.id])
     return request_view(job, outputs, urls)
 

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from relight.credits.service import MAX_MOVEMENT
 from relight.models import CreditEntry
 from relight.tenants.schemas import LimitsView
 
@@ -45,7 +46,11 @@ class CreditMovement(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    amount: int = Field(description="credits to add (negative: to remove, adjust only)")
+    amount: int = Field(
+        ge=-MAX_MOVEMENT,
+        le=MAX_MOVEMENT,
+        description="credits to add (negative: to remove, adjust only)",
+    )
     reason: Annotated[str, Field(min_length=1, max_length=500)]
     kind: Literal["grant", "adjust"] = "grant"
 

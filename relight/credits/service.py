@@ -19,6 +19,10 @@ from relight.errors import Forbidden, InsufficientCredits, InvalidParameter, Rel
 from relight.ids import uuid7
 from relight.models import CreditEntry, CreditKind, Tenant, TenantStatus
 
+# Bounds that keep every sum far inside Postgres' bigint.
+MAX_MOVEMENT = 10**12
+MAX_BALANCE = 10**15
+
 
 class TooManyJobs(RelightError):
     status_code = 429
@@ -171,17 +175,23 @@ async def grant_credits(
         raise InvalidParameter("an adjustment of 0 changes nothing", extra={"field": "amount"})
     if not reason.strip():
         raise InvalidParameter("say why: a reason is required", extra={"field": "reason"})
+    if abs(amount) > MAX_MOVEMENT:
+        raise InvalidParameter(
+            f"one movement is at most {MAX_MOVEMENT} credits", extra={"field": "amount"}
+        )
     change = (
         update(Tenant)
-        .where(Tenant.id == tenant_id, Tenant.credit_balance + amount >= 0)
+        .where(
+            Tenant.id == tenant_id,
+            Tenant.credit_balance + amount >= 0,
+            Tenant.credit_balance + amount <= MAX_BALANCE,
+        )
         .values(credit_balance=Tenant.credit_balance + amount)
     )
     moved = await _move_with_entry(session, change, tenant_id, kind, amount, reason=reason)
     if moved is None:
-        raise InvalidParameter(
-            f"an adjustment of {amount} would make the balance negative",
-            extra={"field": "amount"},
-        )
+        limit = "make the balance negative" if amount < 0 else f"exceed {MAX_BALANCE} credits"
+        raise InvalidParameter(f"a movement of {amount} would {limit}", extra={"field": "amount"})
     entry = await session.get(CreditEntry, moved[0])
     assert entry is not None
     return entry
@@ -216,6 +226,12 @@ async def audit_ledger(session: AsyncSession) -> list[LedgerDiscrepancy]:
         )
     )
     return [
-        LedgerDiscrepancy(tenant_id=row[0], tenant_name=row[1], balance=row[2], ledger_sum=row[3])
+        LedgerDiscrepancy(
+            # sum() of a bigint is NUMERIC in Postgres: back to int.
+            tenant_id=row[0],
+            tenant_name=row[1],
+            balance=int(row[2]),
+            ledger_sum=int(row[3]),
+        )
         for row in rows
     ]

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from relight.config import Settings
@@ -28,10 +29,12 @@ from relight.images import decode_image
 from relight.jobs import repository
 from relight.jobs.backend import Backend, BackendResult, JobInput
 from relight.jobs.events import publish_finished
+from relight.jobs.queue import Enqueuer, enqueue_delivery
 from relight.models import Job, JobOutput, JobStatus
 from relight.params import Backend as BackendName
 from relight.params import RelightParams
 from relight.storage import Storage, StoredObjectMissing
+from relight.webhooks import service as webhooks
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +67,7 @@ class JobRunner:
         sessionmaker: async_sessionmaker[AsyncSession],
         storage: Storage,
         redis: Redis,
+        enqueuer: Enqueuer,
         http: httpx.AsyncClient,
         backends: dict[BackendName, Backend],
     ) -> None:
@@ -71,6 +75,7 @@ class JobRunner:
         self.sessionmaker = sessionmaker
         self.storage = storage
         self.redis = redis
+        self.enqueuer = enqueuer
         self.http = http
         self.backends = backends
 
@@ -78,9 +83,13 @@ class JobRunner:
         started = perf_counter()
         async with self.sessionmaker() as session, session.begin():
             job = await repository.claim(session, job_id, self.settings.lease_s)
+            start_delivery = None
+            if job is not None and job.attempts == 1:
+                start_delivery = await webhooks.schedule_delivery(session, job, webhooks.START)
         if job is None:
             logger.info("job %s is not queued; nothing to do", job_id)
             return RunOutcome(status=None)
+        await self._enqueue_deliveries([start_delivery])
         assert job.started_at is not None
         timings: dict[str, float] = {
             "queue_wait_ms": _ms((datetime.now(UTC) - job.created_at).total_seconds())
@@ -122,6 +131,21 @@ class JobRunner:
             crash.retryable = True
             return await self._fail_or_retry(job, crash, timings)
 
+    async def _announce_finished(self, job_id: uuid.UUID, delivery: uuid.UUID | None) -> None:
+        """After the terminal commit: wake synchronous waiters, queue the webhook."""
+        await publish_finished(self.redis, self.settings.queue_name, job_id)
+        await self._enqueue_deliveries([delivery])
+
+    async def _enqueue_deliveries(self, deliveries: list[uuid.UUID | None]) -> None:
+        for delivery_id in deliveries:
+            if delivery_id is None:
+                continue
+            try:
+                await enqueue_delivery(self.enqueuer, self.settings.queue_name, delivery_id, 1)
+            except (RedisError, OSError):
+                # The row is committed: the sweeper sends it when Redis is back.
+                logger.warning("could not queue webhook delivery %s", delivery_id, exc_info=True)
+
     async def _hand_back(self, job: Job) -> None:
         """Return an interrupted job to the queue; the interrupted attempt does not count."""
         try:
@@ -155,6 +179,7 @@ class JobRunner:
             data = await fetch_image_bytes(
                 self.http,
                 job.input_url,
+                policy=self.settings.egress_policy,
                 max_bytes=self.settings.max_input_bytes,
                 timeout_s=self.settings.fetch_timeout_s,
             )
@@ -245,7 +270,8 @@ class JobRunner:
                 reserved=job.credits_reserved,
                 cost=job.credits_reserved,
             )
-        await publish_finished(self.redis, self.settings.queue_name, job.id)
+            delivery = await webhooks.schedule_delivery(session, done, webhooks.COMPLETED)
+        await self._announce_finished(job.id, delivery)
         logger.info("job %s succeeded on %s in %.0f ms", job.id, backend_name, timings["total_ms"])
         return RunOutcome(status=JobStatus.SUCCEEDED)
 
@@ -273,10 +299,12 @@ class JobRunner:
             )
             if moved is None:
                 return RunOutcome(status=None)
+            delivery = None
             if not retry:
                 await refund_credits(
                     session, job.tenant_id, job.id, job.credits_reserved, reason=error.code
                 )
+                delivery = await webhooks.schedule_delivery(session, moved, webhooks.COMPLETED)
         if retry:
             delay = self.settings.retry_backoff_s * 2 ** (job.attempts - 1)
             logger.warning(
@@ -288,6 +316,6 @@ class JobRunner:
                 delay,
             )
             return RunOutcome(status=JobStatus.QUEUED, retry_in_s=delay)
-        await publish_finished(self.redis, self.settings.queue_name, job.id)
+        await self._announce_finished(job.id, delivery)
         logger.info("job %s failed: %s: %s", job.id, error.code, error.message)
         return RunOutcome(status=JobStatus.FAILED)

@@ -7,8 +7,8 @@ import binascii
 import hashlib
 import re
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
+from relight.egress import EgressPolicy, check_url
 from relight.errors import ImageTooLarge, InvalidImage, InvalidParameter
 
 URL_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*://", re.I)
@@ -31,22 +31,7 @@ class SubjectSource:
         return "url:" + (self.url or "")
 
 
-def check_image_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidParameter(
-            "subject_image: a URL must be an absolute http or https URL",
-            extra={"field": "subject_image"},
-        )
-    if parts.username or parts.password:
-        raise InvalidParameter(
-            "subject_image: URLs with credentials are not accepted",
-            extra={"field": "subject_image"},
-        )
-    return url
-
-
-def parse_subject_image(value: str, *, max_bytes: int) -> SubjectSource:
+def parse_subject_image(value: str, *, max_bytes: int, policy: EgressPolicy) -> SubjectSource:
     """Interpret the string form of `subject_image` (a URL, a data URL or plain base64)."""
     text = value.strip()
     if not text:
@@ -54,7 +39,8 @@ def parse_subject_image(value: str, *, max_bytes: int) -> SubjectSource:
     lowered = text[:8].lower()
     if URL_SCHEME.match(text):
         # Any scheme://, so ftp:// or file:// is a clear 422 rather than "bad base64".
-        return SubjectSource(url=check_image_url(text))
+        check_url(text, policy, field="subject_image")
+        return SubjectSource(url=text)
     payload = text
     if lowered.startswith("data:"):
         match = DATA_URL.match(text)

@@ -6,11 +6,14 @@ and the JSON (not pickle) serializer arq uses for job payloads.
 
 from __future__ import annotations
 
-from typing import Any
+import uuid
+from typing import Any, Protocol
 
 import orjson
 
 RUN_JOB_TASK = "run_job"
+DELIVER_WEBHOOK_TASK = "deliver_webhook"
+SWEEP_TASK = "sweep"
 
 
 def serialize_job(data: dict[str, Any]) -> bytes:
@@ -20,3 +23,40 @@ def serialize_job(data: dict[str, Any]) -> bytes:
 def deserialize_job(data: bytes) -> dict[str, Any]:
     result: dict[str, Any] = orjson.loads(data)
     return result
+
+
+class Enqueuer(Protocol):
+    """What the api and the worker hand the core to enqueue with: arq's `ArqRedis`."""
+
+    async def enqueue_job(
+        self,
+        function: str,
+        *args: Any,
+        _job_id: str | None = None,
+        _queue_name: str | None = None,
+        _defer_by: float | None = None,
+    ) -> Any: ...
+
+
+async def enqueue_run(enqueuer: Enqueuer, queue_name: str, job_id: uuid.UUID) -> None:
+    """Queue a committed job; arq refuses a second copy of the same id."""
+    await enqueuer.enqueue_job(
+        RUN_JOB_TASK, str(job_id), _job_id=str(job_id), _queue_name=queue_name
+    )
+
+
+async def enqueue_delivery(
+    enqueuer: Enqueuer,
+    queue_name: str,
+    delivery_id: uuid.UUID,
+    attempt: int,
+    defer_s: float | None = None,
+) -> None:
+    """Queue attempt number `attempt` of a webhook delivery (one queued copy per attempt)."""
+    await enqueuer.enqueue_job(
+        DELIVER_WEBHOOK_TASK,
+        str(delivery_id),
+        _job_id=f"webhook:{delivery_id}:{attempt}",
+        _queue_name=queue_name,
+        _defer_by=defer_s,
+    )

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from relight.config import Settings
 from relight.credits.pricing import price
 from relight.credits.service import refund_credits, reserve_credits
+from relight.egress import check_url
 from relight.errors import Conflict, Forbidden, InvalidParameter
 from relight.ids import uuid7
 from relight.jobs import repository
@@ -22,6 +23,7 @@ from relight.jobs.inputs import SubjectSource
 from relight.models import Job, JobStatus, Tenant
 from relight.params import Backend, RelightParams, SubmitOptions
 from relight.storage import Storage
+from relight.webhooks import service as webhooks
 
 
 class IdempotencyKeyReused(InvalidParameter):
@@ -102,6 +104,9 @@ async def submit_job(
         if existing is not None:
             return _replay(existing, digest, idempotency_key)
     check_backend(settings, options.backend)
+    webhook_url = options.webhook_url or tenant.webhook_url
+    if options.webhook_url is not None:
+        check_url(options.webhook_url, settings.egress_policy, field="webhook_url")
 
     job_id = uuid7()
     input_key = f"inputs/{tenant.id}/{job_id}" if subject.data is not None else None
@@ -119,7 +124,7 @@ async def submit_job(
         credits_reserved=cost,
         idempotency_key=idempotency_key,
         request_hash=digest,
-        webhook_url=options.webhook_url,
+        webhook_url=webhook_url,
         webhook_events=list(options.webhook_events),
     )
     try:
@@ -144,8 +149,11 @@ async def submit_job(
     return Submission(job=job, replayed=False)
 
 
-async def cancel_job(session: AsyncSession, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job:
-    """Cancel a queued job and refund it; canceling twice is harmless."""
+async def cancel_job(
+    session: AsyncSession, tenant_id: uuid.UUID, job_id: uuid.UUID
+) -> tuple[Job, uuid.UUID | None]:
+    """Cancel a queued job and refund it; canceling twice is harmless. The job, and the
+    webhook delivery its cancellation created (to queue after the commit)."""
     job = await repository.get_job(session, tenant_id, job_id)
     canceled = await repository.transition(
         session,
@@ -162,10 +170,11 @@ async def cancel_job(session: AsyncSession, tenant_id: uuid.UUID, job_id: uuid.U
         await refund_credits(
             session, tenant_id, canceled.id, canceled.credits_reserved, reason="canceled"
         )
-        return canceled
+        delivery = await webhooks.schedule_delivery(session, canceled, webhooks.COMPLETED)
+        return canceled, delivery
     await session.refresh(job)
     if job.job_status is JobStatus.CANCELED:
-        return job
+        return job, None
     raise Conflict(
         f"request {job.id} is {job.job_status.public} and can no longer be canceled",
         code="not_cancelable",

@@ -32,6 +32,7 @@ class TenantView(BaseModel):
     credit_balance: int
     active_jobs: int
     limits: LimitsView
+    webhook_url: str | None
     created_at: datetime
 
     @classmethod
@@ -47,15 +48,22 @@ class TenantView(BaseModel):
                 burst=tenant.burst,
                 max_in_flight=tenant.max_in_flight,
             ),
+            webhook_url=tenant.webhook_url,
             created_at=tenant.created_at,
         )
+
+
+class WebhookUrlUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: Annotated[str | None, Field(max_length=2048, description="null: no default")]
 
 
 class TenantCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[\w.@-]+$")]
-    credits: Annotated[int, Field(ge=0)] = 0
+    credits: Annotated[int, Field(ge=0, le=10**12)] = 0
     limits: LimitsUpdate | None = None
 
 

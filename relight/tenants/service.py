@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relight.credits.service import grant_credits
+from relight.egress import EgressPolicy, check_url
 from relight.errors import Conflict, InvalidParameter, RelightError, Unauthorized
 from relight.models import ApiKey, Tenant, TenantStatus
 from relight.tenants.keys import generate_key, parse_key, secret_matches
@@ -87,6 +88,17 @@ async def set_limits(session: AsyncSession, tenant: Tenant, limits: LimitsUpdate
         )
     for field, value in values.items():
         setattr(tenant, field, value)
+    await session.flush()
+    return tenant
+
+
+async def set_default_webhook(
+    session: AsyncSession, tenant: Tenant, url: str | None, policy: EgressPolicy
+) -> Tenant:
+    """Where the tenant's webhooks go when a request names no webhook_url (None: nowhere)."""
+    if url is not None:
+        check_url(url, policy, field="url")
+    tenant.webhook_url = url
     await session.flush()
     return tenant
 

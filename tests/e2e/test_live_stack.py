@@ -34,6 +34,7 @@ def _environment(settings: Settings, storage: Path, **extra: str) -> dict[str, s
         "RELIGHT_QUEUE_NAME": settings.queue_name + ":live",
         "RELIGHT_STORAGE_DIR": str(storage),
         "RELIGHT_SECRET_KEY": "live-test-secret",
+        "RELIGHT_EGRESS_ALLOWLIST": settings.egress_allowlist,
         "RELIGHT_WORKER_POLL_DELAY_S": "0.01",
         **extra,
     }

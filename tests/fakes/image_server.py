@@ -10,6 +10,13 @@ from pathlib import Path
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
+class QuietServer(ThreadingHTTPServer):
+    """Clients that hang up early (timeouts under test) are expected, not errors to print."""
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        return
+
+
 class ImageServer:
     """Paths: `/<file>` from examples/, `/missing` (404), `/broken` (500), `/not-an-image`,
     `/slow` (answers after a delay), and anything put with `add`."""
@@ -45,7 +52,7 @@ class ImageServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = QuietServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self.port = self._httpd.server_address[1]
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)

@@ -18,9 +18,9 @@ from typing import Any
 
 import httpx
 import pytest
+from arq.connections import ArqRedis
 from fastapi import FastAPI
 from PIL import Image
-from redis.asyncio import Redis
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -103,7 +103,7 @@ async def job_row(sessionmaker: Sessions, request_id: str) -> Job:
 
 @pytest.fixture
 async def runner(
-    settings: Settings, sessionmaker: Sessions, redis: Redis
+    settings: Settings, sessionmaker: Sessions, redis: ArqRedis
 ) -> AsyncIterator[JobRunner]:
     """A JobRunner wired as `worker.settings.build_worker`'s startup wires it."""
     executor = ThreadPoolExecutor(max_workers=settings.local_engine_threads)
@@ -114,6 +114,7 @@ async def runner(
                 sessionmaker=sessionmaker,
                 storage=FileSystemStorage(settings.storage_dir),
                 redis=redis,
+                enqueuer=redis,
                 http=http,
                 backends={BackendName.LOCAL: LocalBackend(ClassicEngine(), executor)},
             )

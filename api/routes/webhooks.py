@@ -1,0 +1,76 @@
+"""Webhooks, tenant side: the signing secret and its rotation, a request's deliveries."""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter
+
+from api.deps import SettingsDep, StateDep, TenantDep, UnitOfWorkDep
+from relight.webhooks import service
+from relight.webhooks.schemas import DeliveryList, DeliveryView, WebhookSecretView
+
+router = APIRouter(tags=["webhooks"])
+
+
+def _secret_view(secret: str | None, previous_expires_at: object) -> WebhookSecretView:
+    assert secret is not None
+    return WebhookSecretView.model_validate(
+        {"secret": secret, "previous_secret_expires_at": previous_expires_at}
+    )
+
+
+@router.get(
+    "/v2/webhooks/secret",
+    response_model=WebhookSecretView,
+    summary="The signing secret to verify webhooks with",
+)
+async def get_secret(uow: UnitOfWorkDep, tenant: TenantDep) -> WebhookSecretView:
+    owner = await service.ensure_secret(uow.session, tenant.id)
+    expires = owner.webhook_secret_previous_expires_at if owner.webhook_secret_previous else None
+    return _secret_view(owner.webhook_secret, expires)
+
+
+@router.post(
+    "/v2/webhooks/secret/rotate",
+    response_model=WebhookSecretView,
+    summary="A new signing secret; the old one also signs until the overlap ends",
+)
+async def rotate_secret(
+    uow: UnitOfWorkDep, tenant: TenantDep, settings: SettingsDep
+) -> WebhookSecretView:
+    owner = await service.rotate_secret(uow.session, tenant.id, settings.webhook_secret_overlap_s)
+    return _secret_view(owner.webhook_secret, owner.webhook_secret_previous_expires_at)
+
+
+@router.get(
+    "/v2/requests/{request_id}/webhooks",
+    response_model=DeliveryList,
+    tags=["requests"],
+    summary="A request's webhook deliveries and every attempt",
+)
+async def list_deliveries(
+    request_id: uuid.UUID, uow: UnitOfWorkDep, tenant: TenantDep
+) -> DeliveryList:
+    found = await service.list_deliveries(uow.session, tenant.id, request_id)
+    return DeliveryList(data=[DeliveryView.of(delivery, attempts) for delivery, attempts in found])
+
+
+@router.post(
+    "/v2/requests/{request_id}/webhooks/redeliver",
+    status_code=202,
+    response_model=DeliveryList,
+    tags=["requests"],
+    summary="Send a finished request's webhooks again",
+)
+async def redeliver(
+    request_id: uuid.UUID, state: StateDep, uow: UnitOfWorkDep, tenant: TenantDep
+) -> DeliveryList:
+    delivery_ids = await service.redeliver(uow.session, tenant.id, request_id)
+
+    async def enqueue() -> None:
+        await state.enqueue_deliveries(delivery_ids)
+
+    uow.after_commit(enqueue)
+    found = await service.list_deliveries(uow.session, tenant.id, request_id)
+    return DeliveryList(data=[DeliveryView.of(delivery, attempts) for delivery, attempts in found])

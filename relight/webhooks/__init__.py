@@ -1,0 +1,1 @@
+"""Webhooks: signed (Standard Webhooks), retried, recorded delivery of request events."""

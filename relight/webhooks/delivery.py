@@ -1,0 +1,151 @@
+"""Sending one webhook attempt: build the body, sign it, POST it through the egress checks."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import math
+import uuid
+from datetime import UTC, datetime
+from time import perf_counter
+
+import httpx
+import orjson
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from relight.config import Settings
+from relight.egress import EgressRefused, egress_stream
+from relight.errors import RelightError
+from relight.jobs import repository as jobs
+from relight.jobs.views import UrlBuilder, request_view
+from relight.webhooks import service
+from relight.webhooks.schemas import message_id
+from relight.webhooks.signing import signature_header
+
+logger = logging.getLogger(__name__)
+
+RESPONSE_EXCERPT_BYTES = 2048
+USER_AGENT = "relight-webhooks/0.1 (+https://www.standardwebhooks.com)"
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Retry-After as seconds or an HTTP date; None when absent or unreadable."""
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value.strip())
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+class WebhookSender:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        http: httpx.AsyncClient,
+        urls: UrlBuilder,
+    ) -> None:
+        self.settings = settings
+        self.sessionmaker = sessionmaker
+        self.http = http
+        self.urls = urls
+
+    async def deliver(self, delivery_id: uuid.UUID) -> tuple[int, float] | None:
+        """Make the delivery's next attempt if it is due. `(attempts made, seconds until the
+        next one)` when another attempt is scheduled, else None."""
+        async with self.sessionmaker() as session, session.begin():
+            delivery = await service.claim_attempt(
+                session, delivery_id, lease_s=self.settings.webhook_timeout_s + 30
+            )
+            if delivery is None:
+                return None
+            job = await jobs.get_job_by_id(session, delivery.job_id)
+            assert job is not None
+            outputs = await jobs.get_outputs(session, [job.id])
+            signing_secrets = await service.secrets_in_use(session, delivery.tenant_id)
+        body = {
+            "event": delivery.event,
+            **request_view(job, outputs, self.urls).model_dump(mode="json"),
+        }
+        data = orjson.dumps(body)
+        webhook_id = message_id(delivery.id)
+        now = datetime.now(UTC)
+        headers = {
+            "content-type": "application/json",
+            "user-agent": USER_AGENT,
+            "webhook-id": webhook_id,
+            "webhook-timestamp": str(math.floor(now.timestamp())),
+            "webhook-signature": signature_header(signing_secrets, webhook_id, now, data.decode()),
+        }
+        outcome = await self._post(delivery.url, headers, data)
+        async with self.sessionmaker() as session, session.begin():
+            delay = await service.record_attempt(
+                session, delivery, outcome, self.settings.webhook_retry_delays
+            )
+        logger.info(
+            "webhook %s (%s of request %s) attempt %d: %s",
+            webhook_id,
+            delivery.event,
+            job.id,
+            delivery.attempts,
+            outcome.status_code or outcome.error,
+        )
+        return None if delay is None else (delivery.attempts, delay)
+
+    async def _post(self, url: str, headers: dict[str, str], data: bytes) -> service.AttemptOutcome:
+        started_at = datetime.now(UTC)
+        started = perf_counter()
+        status_code = None
+        error = None
+        excerpt = None
+        retry_after = None
+        timeout_s = self.settings.webhook_timeout_s
+        try:
+            async with asyncio.timeout(timeout_s):
+                async with egress_stream(
+                    self.http,
+                    "POST",
+                    url,
+                    self.settings.egress_policy,
+                    field="webhook_url",
+                    headers=headers,
+                    content=data,
+                    timeout_s=timeout_s,
+                ) as response:
+                    status_code = response.status_code
+                    retry_after = parse_retry_after(response.headers.get("retry-after"))
+                    excerpt = await self._read_excerpt(response)
+                    if 300 <= status_code < 400:
+                        error = "redirects are not followed"
+        except EgressRefused as exc:
+            error = exc.message
+        except (TimeoutError, httpx.TimeoutException):
+            error = f"no answer within {timeout_s:g} s"
+        except (httpx.HTTPError, OSError, RelightError) as exc:
+            error = f"{exc.__class__.__name__}: {exc}"
+        return service.AttemptOutcome(
+            started_at=started_at,
+            duration_ms=round((perf_counter() - started) * 1000, 2),
+            status_code=status_code,
+            error=error,
+            response_excerpt=excerpt,
+            retry_after_s=retry_after,
+        )
+
+    @staticmethod
+    async def _read_excerpt(response: httpx.Response) -> str:
+        """The start of the receiver's answer, for the attempt log; the rest is not read."""
+        received = b""
+        async for chunk in response.aiter_bytes():
+            received += chunk
+            if len(received) >= RESPONSE_EXCERPT_BYTES:
+                break
+        return received[:RESPONSE_EXCERPT_BYTES].decode(errors="replace")

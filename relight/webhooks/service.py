@@ -1,0 +1,240 @@
+"""Webhook rules: which deliveries a job's state change creates, claiming an attempt, recording
+its outcome and the next retry, redelivery, and the tenant's signing secrets.
+
+Delivery rows are written in the same transaction as the state change that causes them, so a
+crash after the commit loses nothing: the sweeper finds due rows and sends them.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from relight.errors import Conflict
+from relight.ids import uuid7
+from relight.jobs import repository as jobs
+from relight.models import Job, Tenant, WebhookAttempt, WebhookDelivery, WebhookStatus
+from relight.webhooks.signing import generate_secret
+
+COMPLETED = "completed"
+START = "start"
+
+
+@dataclass(frozen=True)
+class AttemptOutcome:
+    started_at: datetime
+    duration_ms: float
+    status_code: int | None
+    error: str | None
+    response_excerpt: str | None
+    retry_after_s: float | None
+
+    @property
+    def delivered(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+    @property
+    def gone(self) -> bool:
+        return self.status_code == 410
+
+
+async def schedule_delivery(session: AsyncSession, job: Job, event: str) -> uuid.UUID | None:
+    """Create the delivery of `event` for `job` if it asked for it; its id (None if not).
+
+    Idempotent: a job has one delivery per event, whatever retries happen.
+    """
+    if not job.webhook_url or event not in job.webhook_events:
+        return None
+    statement = (
+        insert(WebhookDelivery)
+        .values(
+            id=uuid7(),
+            tenant_id=job.tenant_id,
+            job_id=job.id,
+            event=event,
+            url=job.webhook_url,
+        )
+        .on_conflict_do_nothing(index_elements=["job_id", "event"])
+        .returning(WebhookDelivery.id)
+    )
+    delivery_id: uuid.UUID | None = (await session.execute(statement)).scalar_one_or_none()
+    return delivery_id
+
+
+async def claim_attempt(
+    session: AsyncSession, delivery_id: uuid.UUID, lease_s: float
+) -> WebhookDelivery | None:
+    """Take the next attempt of a due delivery; None if it is not due or someone else has it.
+
+    Moving `next_attempt_at` past the attempt's timeout is the lease: a second worker, or
+    the sweeper, will not send the same attempt while this one is in flight.
+    """
+    now = datetime.now(UTC)
+    result = await session.execute(
+        update(WebhookDelivery)
+        .where(
+            WebhookDelivery.id == delivery_id,
+            WebhookDelivery.status == WebhookStatus.PENDING.value,
+            WebhookDelivery.next_attempt_at <= now,
+        )
+        .values(
+            attempts=WebhookDelivery.attempts + 1,
+            next_attempt_at=now + timedelta(seconds=lease_s),
+        )
+        .returning(WebhookDelivery)
+        .execution_options(populate_existing=True)
+    )
+    return result.scalar_one_or_none()
+
+
+def next_delay(
+    attempts_made: int, schedule: list[float], retry_after_s: float | None
+) -> float | None:
+    """Seconds until the next attempt, or None when the schedule is spent.
+
+    The receiver's Retry-After wins over the schedule when it asks for longer.
+    """
+    if attempts_made > len(schedule):
+        return None
+    delay = schedule[attempts_made - 1] * random.uniform(0.9, 1.1)
+    if retry_after_s is not None:
+        delay = max(delay, min(retry_after_s, 24 * 3600))
+    return delay
+
+
+async def record_attempt(
+    session: AsyncSession,
+    delivery: WebhookDelivery,
+    outcome: AttemptOutcome,
+    schedule: list[float],
+) -> float | None:
+    """Store the attempt and move the delivery on; the delay before the next attempt, if any."""
+    session.add(
+        WebhookAttempt(
+            delivery_id=delivery.id,
+            number=delivery.attempts,
+            started_at=outcome.started_at,
+            duration_ms=outcome.duration_ms,
+            status_code=outcome.status_code,
+            error=outcome.error,
+            response_excerpt=outcome.response_excerpt,
+        )
+    )
+    values: dict[str, object] = {
+        "last_status_code": outcome.status_code,
+        "last_error": outcome.error,
+    }
+    delay = None
+    if outcome.delivered:
+        values |= {"status": WebhookStatus.DELIVERED.value, "delivered_at": datetime.now(UTC)}
+    elif outcome.gone:
+        values["status"] = WebhookStatus.STOPPED.value
+    else:
+        delay = next_delay(delivery.attempts, schedule, outcome.retry_after_s)
+        if delay is None:
+            values["status"] = WebhookStatus.FAILED.value
+        else:
+            values["next_attempt_at"] = datetime.now(UTC) + timedelta(seconds=delay)
+    await session.execute(
+        update(WebhookDelivery).where(WebhookDelivery.id == delivery.id).values(**values)
+    )
+    await session.flush()
+    return delay
+
+
+async def due_deliveries(session: AsyncSession, limit: int = 500) -> list[tuple[uuid.UUID, int]]:
+    """Pending deliveries whose next attempt is due: `(id, attempts so far)`."""
+    rows = await session.execute(
+        select(WebhookDelivery.id, WebhookDelivery.attempts)
+        .where(
+            WebhookDelivery.status == WebhookStatus.PENDING.value,
+            WebhookDelivery.next_attempt_at <= func.now(),
+        )
+        .order_by(WebhookDelivery.next_attempt_at)
+        .limit(limit)
+    )
+    return [(row.id, row.attempts) for row in rows]
+
+
+async def list_deliveries(
+    session: AsyncSession, tenant_id: uuid.UUID, job_id: uuid.UUID
+) -> list[tuple[WebhookDelivery, list[WebhookAttempt]]]:
+    await jobs.get_job(session, tenant_id, job_id)  # 404 for unknown or foreign ids
+    deliveries = list(
+        (
+            await session.scalars(
+                select(WebhookDelivery)
+                .where(WebhookDelivery.job_id == job_id)
+                .order_by(WebhookDelivery.created_at)
+            )
+        ).all()
+    )
+    attempts = (
+        await session.scalars(
+            select(WebhookAttempt)
+            .where(WebhookAttempt.delivery_id.in_([d.id for d in deliveries]))
+            .order_by(WebhookAttempt.number)
+        )
+    ).all()
+    by_delivery: dict[uuid.UUID, list[WebhookAttempt]] = {}
+    for attempt in attempts:
+        by_delivery.setdefault(attempt.delivery_id, []).append(attempt)
+    return [(delivery, by_delivery.get(delivery.id, [])) for delivery in deliveries]
+
+
+async def redeliver(
+    session: AsyncSession, tenant_id: uuid.UUID, job_id: uuid.UUID
+) -> list[uuid.UUID]:
+    """Send a request's webhooks again now (a new round of attempts, same webhook-id)."""
+    job = await jobs.get_job(session, tenant_id, job_id)
+    if not job.webhook_url:
+        raise Conflict("this request has no webhook_url", code="no_webhook")
+    if not job.job_status.is_terminal:
+        raise Conflict("the request has not finished yet", code="not_finished")
+    await schedule_delivery(session, job, COMPLETED)
+    result = await session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.job_id == job.id)
+        .values(status=WebhookStatus.PENDING.value, next_attempt_at=func.now())
+        .returning(WebhookDelivery.id)
+    )
+    return list(result.scalars().all())
+
+
+async def secrets_in_use(session: AsyncSession, tenant_id: uuid.UUID) -> list[str]:
+    """The secrets to sign with now: the current one, and the previous during its overlap."""
+    tenant = await ensure_secret(session, tenant_id)
+    assert tenant.webhook_secret is not None
+    in_use = [tenant.webhook_secret]
+    expires = tenant.webhook_secret_previous_expires_at
+    if tenant.webhook_secret_previous and expires and expires > datetime.now(UTC):
+        in_use.append(tenant.webhook_secret_previous)
+    return in_use
+
+
+async def ensure_secret(session: AsyncSession, tenant_id: uuid.UUID) -> Tenant:
+    """The tenant, with a signing secret (made on first use)."""
+    await session.execute(
+        update(Tenant)
+        .where(Tenant.id == tenant_id, Tenant.webhook_secret.is_(None))
+        .values(webhook_secret=generate_secret())
+    )
+    tenant = await session.get(Tenant, tenant_id, populate_existing=True)
+    assert tenant is not None
+    return tenant
+
+
+async def rotate_secret(session: AsyncSession, tenant_id: uuid.UUID, overlap_s: int) -> Tenant:
+    """A new secret; the old one keeps signing (alongside) for `overlap_s` seconds."""
+    tenant = await ensure_secret(session, tenant_id)
+    tenant.webhook_secret_previous = tenant.webhook_secret
+    tenant.webhook_secret_previous_expires_at = datetime.now(UTC) + timedelta(seconds=overlap_s)
+    tenant.webhook_secret = generate_secret()
+    await session.flush()
+    return tenant

@@ -47,6 +47,8 @@ typecheck: install  ## mypy --strict
 bench: install services  ## benchmarks (prints tables)
 	$(BIN)/python bench/classic_engine.py
 	$(BIN)/python bench/e2e.py
+	$(BIN)/python bench/submit_overhead.py
+	$(BIN)/python bench/webhook_latency.py
 
 compose-check:  ## validate docker-compose.yml
 	@bash scripts/validate-compose.sh

@@ -137,6 +137,21 @@ def tenant_resume(tenant: Annotated[str, typer.Argument(help="tenant name or id"
     _set_status(tenant, TenantStatus.ACTIVE)
 
 
+@tenant_app.command("set-backends")
+def tenant_set_backends(
+    tenant: Annotated[str, typer.Argument(help="tenant name or id")],
+    backends: Annotated[str, typer.Argument(help="comma-separated: gpu,segmind,local")],
+) -> None:
+    """Set the backends a tenant's requests may run on."""
+    names = [name.strip() for name in backends.split(",") if name.strip()]
+
+    async def work(session: AsyncSession) -> dict[str, Any]:
+        owner = await service.find_tenant(session, tenant)
+        return _tenant_json(await service.set_allowed_backends(session, owner, names))
+
+    _emit(_run(work))
+
+
 @tenant_app.command("set-webhook")
 def tenant_set_webhook(
     tenant: Annotated[str, typer.Argument(help="tenant name or id")],

@@ -46,6 +46,17 @@ class Settings(BaseSettings):
     lease_s: float = Field(default=120.0, gt=0)
     output_url_ttl_s: int = Field(default=24 * 3600, ge=60)
 
+    # Backends. `auto` tries them in this order, skipping those not configured or not allowed.
+    backend_failover_order: str = "gpu,segmind,local"
+    segmind_api_key: str | None = None
+    segmind_base_url: str = "https://api.segmind.com"
+    segmind_timeout_s: float = Field(default=120.0, gt=0)
+    # Calls at once for one request (Segmind returns one image per call).
+    segmind_concurrency: int = Field(default=4, ge=1, le=12)
+    # How the subject reaches Segmind: `auto` = its original URL when it came as one, else a
+    # signed URL to our copy when RELIGHT_PUBLIC_BASE_URL is set, else base64; `base64` always.
+    segmind_subject: Literal["auto", "base64"] = "auto"
+
     # Worker.
     worker_concurrency: int = Field(default=4, ge=1)
     worker_poll_delay_s: float = Field(default=0.05, gt=0)
@@ -65,6 +76,10 @@ class Settings(BaseSettings):
     @property
     def webhook_retry_delays(self) -> list[float]:
         return [float(part) for part in self.webhook_retry_schedule.split(",") if part.strip()]
+
+    @property
+    def failover_order(self) -> list[str]:
+        return [name.strip() for name in self.backend_failover_order.split(",") if name.strip()]
 
     @property
     def egress_policy(self) -> EgressPolicy:

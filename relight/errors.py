@@ -81,12 +81,25 @@ class InputFetchFailed(RelightError):
 
 
 class BackendFailed(RelightError):
+    """A backend could not render. `retryable`: the same backend may succeed later (after
+    `retry_after_s`, when the upstream said so); `failover`: another backend may be tried."""
+
     status_code = 502
     code = "backend_failed"
 
-    def __init__(self, message: str, *, code: str = "backend_failed", retryable: bool) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str = "backend_failed",
+        retryable: bool,
+        failover: bool | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
         super().__init__(message, code=code)
         self.retryable = retryable
+        self.failover = retryable if failover is None else failover
+        self.retry_after_s = retry_after_s
 
 
 class NotReady(RelightError):

@@ -91,6 +91,12 @@ class Tenant(Base):
     requests_per_minute: Mapped[int] = mapped_column(Integer, default=120, server_default="120")
     burst: Mapped[int] = mapped_column(Integer, default=30, server_default="30")
     max_in_flight: Mapped[int] = mapped_column(Integer, default=20, server_default="20")
+    # Backends this tenant's requests may use (`auto` picks among them).
+    allowed_backends: Mapped[list[str]] = mapped_column(
+        JSONB,
+        default=lambda: ["gpu", "segmind", "local"],
+        server_default=text('\'["gpu", "segmind", "local"]\'::jsonb'),
+    )
     # Where webhooks go when a request names no webhook_url.
     webhook_url: Mapped[str | None] = mapped_column(Text)
     # Standard Webhooks signing secrets (whsec_…); the previous one keeps signing until it expires.
@@ -160,6 +166,10 @@ class Job(Base):
     progress: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     timings: Mapped[dict[str, float]] = mapped_column(
         JSONB, default=dict, server_default=text("'{}'::jsonb")
+    )
+    # Every call a backend made outside the worker (Segmind, GPU nodes): status, latency, outcome.
+    backend_calls: Mapped[list[dict[str, Any]]] = mapped_column(
+        JSONB, default=list, server_default=text("'[]'::jsonb")
     )
     created_at: Mapped[datetime] = _now_column()
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -13,6 +13,10 @@ def _output_signature(secret_key: str, job_id: uuid.UUID, index: int, expires: i
     return hmac.new(secret_key.encode(), message, hashlib.sha256).hexdigest()
 
 
+# The subject image is signed as output -1: one scheme, and no index can collide with it.
+INPUT_INDEX = -1
+
+
 def sign_output(
     secret_key: str, job_id: uuid.UUID, index: int, ttl_s: int, now: float | None = None
 ) -> tuple[int, str]:

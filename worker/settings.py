@@ -28,6 +28,7 @@ from relight.params import Backend as BackendName
 from relight.storage import FileSystemStorage
 from relight.webhooks.delivery import WebhookSender
 from worker.backends.local import LocalBackend
+from worker.backends.segmind import SegmindBackend
 from worker.tasks import deliver_webhook, run_job, sweep
 
 logger = logging.getLogger(__name__)
@@ -47,17 +48,24 @@ def build_worker(settings: Settings, **overrides: Any) -> Worker:
         backends: dict[BackendName, Backend] = {}
         if settings.local_backend_enabled:
             backends[BackendName.LOCAL] = LocalBackend(ClassicEngine(), executor)
-        http = httpx.AsyncClient(
-            follow_redirects=True,
-            max_redirects=3,
-            headers={"user-agent": "relight/0.1 (+subject image fetch)"},
-        )
+        # Outbound requests to user URLs; egress_stream never follows redirects blindly.
+        http = httpx.AsyncClient(headers={"user-agent": "relight/0.1"})
         sessionmaker = create_sessionmaker(engine)
         urls = UrlBuilder(
             base_url=settings.public_base_url or DEFAULT_PUBLIC_BASE_URL,
             secret_key=settings.secret_key,
             output_url_ttl_s=settings.output_url_ttl_s,
         )
+        if settings.segmind_api_key:
+            # One pooled client for every Segmind call of this worker.
+            segmind_http = httpx.AsyncClient(
+                headers={"user-agent": "relight/0.1"},
+                limits=httpx.Limits(
+                    max_connections=settings.segmind_concurrency * settings.worker_concurrency
+                ),
+            )
+            ctx["segmind_http"] = segmind_http
+            backends[BackendName.SEGMIND] = SegmindBackend(segmind_http, settings, urls)
         ctx.update(
             settings=settings,
             db_engine=engine,
@@ -84,8 +92,9 @@ def build_worker(settings: Settings, **overrides: Any) -> Worker:
         )
 
     async def shutdown(ctx: dict[str, Any]) -> None:
-        if "http" in ctx:
-            await ctx["http"].aclose()
+        for client in ("http", "segmind_http"):
+            if client in ctx:
+                await ctx[client].aclose()
         if "executor" in ctx:
             ctx["executor"].shutdown(wait=True)
         if "db_engine" in ctx:

@@ -21,6 +21,7 @@ from relight.models import CreditKind, Tenant, TenantStatus
 from relight.tenants import service as tenants
 from relight.tenants.schemas import (
     ApiKeyView,
+    BackendsUpdate,
     CreatedKeyView,
     KeyCreate,
     LimitsUpdate,
@@ -92,6 +93,15 @@ async def resume_tenant(tenant: AdminTenantDep, uow: UnitOfWorkDep) -> TenantVie
 @router.patch("/tenants/{tenant}/limits", response_model=TenantView, summary="Set limits")
 async def set_limits(tenant: AdminTenantDep, body: LimitsUpdate, uow: UnitOfWorkDep) -> TenantView:
     return TenantView.of(await tenants.set_limits(uow.session, tenant, body))
+
+
+@router.put(
+    "/tenants/{tenant}/backends", response_model=TenantView, summary="Set the allowed backends"
+)
+async def set_backends(
+    tenant: AdminTenantDep, body: BackendsUpdate, uow: UnitOfWorkDep
+) -> TenantView:
+    return TenantView.of(await tenants.set_allowed_backends(uow.session, tenant, body.backends))
 
 
 @router.put(

@@ -16,12 +16,14 @@ from api.deps import (
     presented_key,
 )
 from relight.errors import RelightError, RequestNotFound, Unauthorized
+from relight.images import ALLOWED_FORMATS as INPUT_TYPES
+from relight.images import sniff_format
 from relight.jobs import repository
 from relight.jobs.schemas import PublicStatus, RequestList, RequestView, StatusView
 from relight.jobs.service import cancel_job
 from relight.jobs.views import request_view, status_view
 from relight.models import JobOutput, JobStatus
-from relight.signing import verify_output_signature
+from relight.signing import INPUT_INDEX, verify_output_signature
 from relight.storage import StoredObjectMissing
 from relight.tenants.service import authenticate
 
@@ -96,6 +98,35 @@ async def cancel_request(
         uow.after_commit(enqueue)
     outputs = await repository.get_outputs(uow.session, [job.id])
     return request_view(job, outputs, urls)
+
+
+@router.get(
+    "/{request_id}/input",
+    summary="The stored subject image, with the signed URL handed to Segmind",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}},
+)
+async def get_input(
+    request_id: uuid.UUID,
+    state: StateDep,
+    uow: UnitOfWorkDep,
+    expires: Annotated[int, Query(description="from the signed URL")],
+    signature: Annotated[str, Query(max_length=128, description="from the signed URL")],
+) -> Response:
+    if not verify_output_signature(
+        state.settings.secret_key, request_id, INPUT_INDEX, expires, signature
+    ):
+        raise Unauthorized("the input URL is invalid or has expired", code="invalid_signature")
+    job = await repository.get_job_by_id(uow.session, request_id)
+    if job is None or job.input_storage_key is None:
+        raise RequestNotFound(f"request {request_id} has no stored input")
+    try:
+        data = await state.storage.get(job.input_storage_key)
+    except StoredObjectMissing as exc:
+        raise RelightError(
+            "this input is no longer stored", status_code=410, code="input_expired"
+        ) from exc
+    return Response(content=data, media_type=INPUT_TYPES.get(sniff_format(data) or "", "image"))
 
 
 @router.get(

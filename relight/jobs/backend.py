@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
 from PIL import Image
@@ -17,9 +18,26 @@ ProgressCallback = Callable[[float], None]
 class JobInput:
     """The subject: its original bytes, the URL it came from (if any), and the decoded image."""
 
+    job_id: uuid.UUID
     data: bytes
     url: str | None
     image: Image.Image
+
+
+@dataclass(frozen=True)
+class BackendCall:
+    """One call a backend made to something outside the worker, as recorded on the job."""
+
+    backend: str
+    started_at: str
+    latency_ms: float
+    outcome: str
+    status_code: int | None = None
+    error: str | None = None
+    remaining_credits: int | None = None
+
+    def as_json(self) -> dict[str, object]:
+        return {key: value for key, value in asdict(self).items() if value is not None}
 
 
 @dataclass(frozen=True)
@@ -46,7 +64,9 @@ class Backend(Protocol):
         job_input: JobInput,
         params: RelightParams,
         seed: int,
+        calls: list[BackendCall],
         progress: ProgressCallback | None = None,
     ) -> BackendResult:
-        """Relight the subject; raise BackendFailed (retryable or not) when it cannot."""
+        """Relight the subject, appending any outside call to `calls`; raise BackendFailed
+        (retryable or not) when it cannot."""
         ...

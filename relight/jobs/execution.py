@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import random
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,8 +27,8 @@ from relight.credits.service import charge_credits, refund_credits
 from relight.errors import BackendFailed, RelightError
 from relight.fetch import fetch_image_bytes
 from relight.images import decode_image
-from relight.jobs import repository
-from relight.jobs.backend import Backend, BackendResult, JobInput
+from relight.jobs import repository, routing
+from relight.jobs.backend import Backend, BackendCall, BackendResult, JobInput
 from relight.jobs.events import publish_finished
 from relight.jobs.queue import Enqueuer, enqueue_delivery
 from relight.models import Job, JobOutput, JobStatus
@@ -38,8 +39,6 @@ from relight.webhooks import service as webhooks
 
 logger = logging.getLogger(__name__)
 
-# `auto` prefers our GPUs, then Segmind, then the CPU engine.
-AUTO_ORDER = (BackendName.GPU, BackendName.SEGMIND, BackendName.LOCAL)
 EXTENSIONS = {"image/webp": "webp", "image/jpeg": "jpg", "image/png": "png"}
 
 
@@ -53,6 +52,10 @@ class RunOutcome:
     @property
     def skipped(self) -> bool:
         return self.status is None
+
+
+def _as_json(calls: list[BackendCall]) -> list[dict[str, Any]]:
+    return [call.as_json() for call in calls]
 
 
 def _ms(seconds: float) -> float:
@@ -84,52 +87,88 @@ class JobRunner:
         async with self.sessionmaker() as session, session.begin():
             job = await repository.claim(session, job_id, self.settings.lease_s)
             start_delivery = None
-            if job is not None and job.attempts == 1:
-                start_delivery = await webhooks.schedule_delivery(session, job, webhooks.START)
+            allowed: list[str] = []
+            if job is not None:
+                allowed = await repository.allowed_backends(session, job.tenant_id)
+                if job.attempts == 1:
+                    start_delivery = await webhooks.schedule_delivery(session, job, webhooks.START)
         if job is None:
             logger.info("job %s is not queued; nothing to do", job_id)
             return RunOutcome(status=None)
         await self._enqueue_deliveries([start_delivery])
-        assert job.started_at is not None
         timings: dict[str, float] = {
             "queue_wait_ms": _ms((datetime.now(UTC) - job.created_at).total_seconds())
         }
         try:
             job_input = await self._load_input(job, timings)
-            backend = self._select_backend(job)
-            params = RelightParams(**job.params, seed=job.seed)
-            engine_started = perf_counter()
+        except asyncio.CancelledError:
+            await asyncio.shield(self._hand_back(job))
+            raise
+        except RelightError as exc:
+            return await self._fail_or_retry(job, exc, timings)
+        choices = routing.candidates(
+            job.backend_requested, allowed, self.settings.failover_order, self.backends
+        )
+        name = routing.choose(choices, job.backend_calls, self.settings.job_max_attempts)
+        if name is None:
+            unavailable = BackendFailed(
+                f"no backend can serve {job.backend_requested!r} for this account",
+                code="backend_unavailable",
+                retryable=False,
+            )
+            return await self._fail_or_retry(job, unavailable, timings)
+        return await self._render(job, BackendName(name), choices, job_input, timings, started)
+
+    async def _render(
+        self,
+        job: Job,
+        name: BackendName,
+        choices: list[str],
+        job_input: JobInput,
+        timings: dict[str, float],
+        started: float,
+    ) -> RunOutcome:
+        backend = self.backends[name]
+        params = RelightParams(**job.params, seed=job.seed)
+        calls: list[BackendCall] = []
+        engine_started = perf_counter()
+        try:
             result = await asyncio.wait_for(
-                backend.render(job_input, params, job.seed),
+                backend.render(job_input, params, job.seed, calls),
                 timeout=self.settings.job_timeout_s,
             )
-            timings["backend_ms"] = _ms(perf_counter() - engine_started)
-            timings.update(result.timings)
-            outputs = await self._store_outputs(job, result, timings)
-            timings["total_ms"] = _ms(perf_counter() - started)
-            return await self._succeed(job, backend.name, result, outputs, timings)
         except asyncio.CancelledError:
             # The worker is shutting down: hand the job back rather than leave it `running`.
             await asyncio.shield(self._hand_back(job))
             raise
+        except BackendFailed as exc:
+            failure = exc
         except TimeoutError:
-            timeout = BackendFailed(
+            failure = BackendFailed(
                 f"the backend did not finish within {self.settings.job_timeout_s:g} s",
                 code="backend_timeout",
                 retryable=True,
             )
-            return await self._fail_or_retry(job, timeout, timings)
-        except RelightError as exc:
-            return await self._fail_or_retry(job, exc, timings)
         except Exception as exc:
             logger.exception("job %s crashed on attempt %d", job.id, job.attempts)
-            crash = RelightError(
+            failure = BackendFailed(
                 f"internal error while processing the request ({exc.__class__.__name__})",
-                status_code=500,
                 code="internal_error",
+                retryable=True,
             )
-            crash.retryable = True
-            return await self._fail_or_retry(job, crash, timings)
+        else:
+            timings["backend_ms"] = _ms(perf_counter() - engine_started)
+            timings.update(result.timings)
+            entry = routing.attempt_entry(job.attempts, name, None, _as_json(calls))
+            try:
+                outputs = await self._store_outputs(job, result, timings)
+            except asyncio.CancelledError:
+                await asyncio.shield(self._hand_back(job))
+                raise
+            timings["total_ms"] = _ms(perf_counter() - started)
+            return await self._succeed(job, name, result, outputs, timings, entry)
+        entry = routing.attempt_entry(job.attempts, name, failure, _as_json(calls))
+        return await self._fail_or_retry(job, failure, timings, entry, choices)
 
     async def _announce_finished(self, job_id: uuid.UUID, delivery: uuid.UUID | None) -> None:
         """After the terminal commit: wake synchronous waiters, queue the webhook."""
@@ -192,20 +231,7 @@ class JobRunner:
             max_pixels=self.settings.max_input_pixels,
         )
         timings["decode_ms"] = _ms(perf_counter() - fetched)
-        return JobInput(data=data, url=job.input_url, image=image)
-
-    def _select_backend(self, job: Job) -> Backend:
-        requested = BackendName(job.backend_requested)
-        candidates = AUTO_ORDER if requested is BackendName.AUTO else (requested,)
-        for name in candidates:
-            backend = self.backends.get(name)
-            if backend is not None:
-                return backend
-        raise BackendFailed(
-            f"no worker backend can serve {requested.value!r}",
-            code="backend_unavailable",
-            retryable=False,
-        )
+        return JobInput(job_id=job.id, data=data, url=job.input_url, image=image)
 
     async def _store_outputs(
         self, job: Job, result: BackendResult, timings: dict[str, float]
@@ -239,6 +265,7 @@ class JobRunner:
         result: BackendResult,
         outputs: list[JobOutput],
         timings: dict[str, float],
+        entry: dict[str, Any],
     ) -> RunOutcome:
         async with self.sessionmaker() as session, session.begin():
             done = await repository.transition(
@@ -254,6 +281,7 @@ class JobRunner:
                     "node": result.node,
                     "progress": 1.0,
                     "timings": timings,
+                    "backend_calls": [*job.backend_calls, entry],
                     "lease_expires_at": None,
                     "error_code": None,
                     "error_message": None,
@@ -276,13 +304,40 @@ class JobRunner:
         return RunOutcome(status=JobStatus.SUCCEEDED)
 
     async def _fail_or_retry(
-        self, job: Job, error: RelightError, timings: dict[str, float]
+        self,
+        job: Job,
+        error: RelightError,
+        timings: dict[str, float],
+        entry: dict[str, Any] | None = None,
+        choices: list[str] | None = None,
     ) -> RunOutcome:
-        retry = error.retryable and job.attempts < self.settings.job_max_attempts
+        """Put the job back in the queue (same backend later, or the next one now), or end it
+        `failed` with a refund."""
+        code = error.code
+        delay = self.settings.retry_backoff_s * 2 ** (job.attempts - 1) * random.uniform(0.9, 1.1)
+        log = list(job.backend_calls)
+        if entry is None or choices is None or not isinstance(error, BackendFailed):
+            retry = error.retryable and job.attempts < self.settings.job_max_attempts
+        else:
+            log.append(entry)
+            backend = entry["backend"]
+            following = None
+            if error.retryable or error.failover:
+                following = routing.choose(choices, log, self.settings.job_max_attempts)
+            retry = following is not None
+            if following == backend:
+                tries = routing.tries_on(backend, log)
+                delay = self.settings.retry_backoff_s * 2 ** (tries - 1) * random.uniform(0.9, 1.1)
+                delay = max(delay, error.retry_after_s or 0.0)
+            elif following is not None:
+                delay = 0.0  # fail over at once
+            else:
+                code = routing.final_code(backend, error)
         values: dict[str, Any] = {
-            "error_code": error.code,
+            "error_code": code,
             "error_message": error.message,
             "timings": timings,
+            "backend_calls": log,
             "lease_expires_at": None,
         }
         if retry:
@@ -302,11 +357,10 @@ class JobRunner:
             delivery = None
             if not retry:
                 await refund_credits(
-                    session, job.tenant_id, job.id, job.credits_reserved, reason=error.code
+                    session, job.tenant_id, job.id, job.credits_reserved, reason=code
                 )
                 delivery = await webhooks.schedule_delivery(session, moved, webhooks.COMPLETED)
         if retry:
-            delay = self.settings.retry_backoff_s * 2 ** (job.attempts - 1)
             logger.warning(
                 "job %s attempt %d failed (%s: %s); retrying in %.1f s",
                 job.id,
@@ -317,5 +371,5 @@ class JobRunner:
             )
             return RunOutcome(status=JobStatus.QUEUED, retry_in_s=delay)
         await self._announce_finished(job.id, delivery)
-        logger.info("job %s failed: %s: %s", job.id, error.code, error.message)
+        logger.info("job %s failed: %s: %s", job.id, code, error.message)
         return RunOutcome(status=JobStatus.FAILED)

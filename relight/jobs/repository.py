@@ -11,7 +11,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relight.errors import RequestNotFound
-from relight.models import Job, JobOutput, JobStatus
+from relight.models import Job, JobOutput, JobStatus, Tenant
 
 
 async def get_job(session: AsyncSession, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job:
@@ -135,3 +135,8 @@ async def claim(session: AsyncSession, job_id: uuid.UUID, lease_s: float) -> Job
 
 def add_outputs(session: AsyncSession, outputs: Sequence[JobOutput]) -> None:
     session.add_all(outputs)
+
+
+async def allowed_backends(session: AsyncSession, tenant_id: uuid.UUID) -> list[str]:
+    allowed = await session.scalar(select(Tenant.allowed_backends).where(Tenant.id == tenant_id))
+    return list(allowed or [])

@@ -57,23 +57,27 @@ def resolve_seed(seed: int | None) -> int:
 
 
 def available_backends(settings: Settings) -> set[Backend]:
-    """The backends this deployment can run; `auto` resolves among them at run time."""
+    """The backends this deployment is configured for; `auto` resolves among them."""
     available: set[Backend] = set()
     if settings.local_backend_enabled:
         available.add(Backend.LOCAL)
+    if settings.segmind_api_key:
+        available.add(Backend.SEGMIND)
     return available
 
 
-def check_backend(settings: Settings, backend: Backend) -> None:
-    available = available_backends(settings)
+def check_backend(settings: Settings, backend: Backend, tenant: Tenant) -> None:
+    """403 unless the requested backend (or, for `auto`, some backend) is both configured
+    here and allowed for this tenant."""
+    usable = {b for b in available_backends(settings) if b.value in tenant.allowed_backends}
     if backend is Backend.AUTO:
-        if not available:
-            raise Forbidden("no backend is enabled on this deployment", code="backend_unavailable")
+        if not usable:
+            raise Forbidden("no backend is available to this account", code="backend_unavailable")
         return
-    if backend not in available:
-        names = ", ".join(sorted(b.value for b in available)) or "none"
+    if backend not in usable:
+        names = ", ".join(sorted(b.value for b in usable)) or "none"
         raise Forbidden(
-            f"backend {backend.value!r} is not available on this deployment (available: {names})",
+            f"backend {backend.value!r} is not available to this account (available: {names})",
             code="backend_not_allowed",
         )
 
@@ -103,7 +107,7 @@ async def submit_job(
         existing = await repository.find_by_idempotency_key(session, tenant.id, idempotency_key)
         if existing is not None:
             return _replay(existing, digest, idempotency_key)
-    check_backend(settings, options.backend)
+    check_backend(settings, options.backend, tenant)
     webhook_url = options.webhook_url or tenant.webhook_url
     if options.webhook_url is not None:
         check_url(options.webhook_url, settings.egress_policy, field="webhook_url")

@@ -16,7 +16,7 @@ from relight.jobs.schemas import (
     SubmitAccepted,
 )
 from relight.models import Job, JobOutput, JobStatus
-from relight.signing import sign_output
+from relight.signing import INPUT_INDEX, sign_output
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,13 @@ class UrlBuilder:
 
     def cancel_url(self, job_id: uuid.UUID) -> str:
         return self._url(f"/v2/requests/{job_id}/cancel")
+
+    def input_url(self, job_id: uuid.UUID) -> str:
+        """A signed, expiring URL of the stored subject image (for Segmind to fetch)."""
+        expires, signature = sign_output(
+            self.secret_key, job_id, INPUT_INDEX, self.output_url_ttl_s
+        )
+        return self._url(f"/v2/requests/{job_id}/input?expires={expires}&signature={signature}")
 
     def output_url(self, job_id: uuid.UUID, index: int) -> str:
         expires, signature = sign_output(self.secret_key, job_id, index, self.output_url_ttl_s)

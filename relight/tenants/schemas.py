@@ -32,6 +32,7 @@ class TenantView(BaseModel):
     credit_balance: int
     active_jobs: int
     limits: LimitsView
+    allowed_backends: list[str]
     webhook_url: str | None
     created_at: datetime
 
@@ -48,9 +49,16 @@ class TenantView(BaseModel):
                 burst=tenant.burst,
                 max_in_flight=tenant.max_in_flight,
             ),
+            allowed_backends=list(tenant.allowed_backends),
             webhook_url=tenant.webhook_url,
             created_at=tenant.created_at,
         )
+
+
+class BackendsUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    backends: list[str] = Field(description="any of gpu, segmind, local")
 
 
 class WebhookUrlUpdate(BaseModel):

@@ -14,6 +14,7 @@ from relight.credits.service import grant_credits
 from relight.egress import EgressPolicy, check_url
 from relight.errors import Conflict, InvalidParameter, RelightError, Unauthorized
 from relight.models import ApiKey, Tenant, TenantStatus
+from relight.params import Backend
 from relight.tenants.keys import generate_key, parse_key, secret_matches
 from relight.tenants.schemas import LimitsUpdate
 
@@ -99,6 +100,23 @@ async def set_default_webhook(
     if url is not None:
         check_url(url, policy, field="url")
     tenant.webhook_url = url
+    await session.flush()
+    return tenant
+
+
+async def set_allowed_backends(
+    session: AsyncSession, tenant: Tenant, backends: list[str]
+) -> Tenant:
+    """The backends the tenant's requests may run on (`auto` chooses among them)."""
+    known = {backend.value for backend in Backend} - {Backend.AUTO.value}
+    unknown = sorted(set(backends) - known)
+    if unknown or not backends:
+        raise InvalidParameter(
+            f"backends must be a non-empty list of {', '.join(sorted(known))}"
+            + (f"; unknown: {', '.join(unknown)}" if unknown else ""),
+            extra={"field": "backends"},
+        )
+    tenant.allowed_backends = sorted(set(backends))
     await session.flush()
     return tenant
 

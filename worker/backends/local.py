@@ -8,7 +8,13 @@ from time import perf_counter
 
 from inference.engines.base import RelightEngine
 from relight.images import encode_image
-from relight.jobs.backend import BackendResult, JobInput, ProgressCallback, RenderedImage
+from relight.jobs.backend import (
+    BackendCall,
+    BackendResult,
+    JobInput,
+    ProgressCallback,
+    RenderedImage,
+)
 from relight.params import RelightParams
 
 
@@ -52,6 +58,7 @@ class LocalBackend:
         job_input: JobInput,
         params: RelightParams,
         seed: int,
+        calls: list[BackendCall],
         progress: ProgressCallback | None = None,
     ) -> BackendResult:
         loop = asyncio.get_running_loop()

@@ -82,6 +82,11 @@ class BackendView(BaseModel):
     requested: str
     used: str | None
     node: str | None
+    attempts: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="one entry per attempt: backend, outcome, error code and the upstream calls "
+        "it made (status, latency, remaining credits)",
+    )
 
 
 class RequestView(BaseModel):

@@ -82,7 +82,12 @@ def request_view(job: Job, outputs: list[JobOutput], urls: UrlBuilder) -> Reques
         ],
         error=_error(job),
         credits=CreditsView(reserved=job.credits_reserved, charged=job.credits_charged),
-        backend=BackendView(requested=job.backend_requested, used=job.backend_used, node=job.node),
+        backend=BackendView(
+            requested=job.backend_requested,
+            used=job.backend_used,
+            node=job.node,
+            attempts=job.backend_calls,
+        ),
         attempts=job.attempts,
         progress=job.progress,
         timings=job.timings,

@@ -43,7 +43,9 @@ class Settings(BaseSettings):
     job_timeout_s: float = Field(default=300.0, gt=0)
     job_max_attempts: int = Field(default=3, ge=1)
     retry_backoff_s: float = Field(default=2.0, ge=0)
-    lease_s: float = Field(default=120.0, gt=0)
+    lease_s: float = Field(default=60.0, gt=0)
+    # A job queued in Postgres for this long without running is queued again in Redis.
+    requeue_grace_s: float = Field(default=10.0, gt=0)
     output_url_ttl_s: int = Field(default=24 * 3600, ge=60)
 
     # Backends. `auto` tries them in this order, skipping those not configured or not allowed.

@@ -10,8 +10,10 @@ from arq import Retry
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from relight.config import Settings
+from relight.jobs import sweeper
+from relight.jobs.events import publish_finished
 from relight.jobs.execution import JobRunner
-from relight.jobs.queue import enqueue_delivery
+from relight.jobs.queue import enqueue_delivery, enqueue_run
 from relight.webhooks.delivery import WebhookSender
 from relight.webhooks.service import due_deliveries
 
@@ -40,15 +42,36 @@ async def deliver_webhook(ctx: dict[str, Any], delivery_id: str) -> str:
     return f"retry in {delay:.1f} s"
 
 
-async def sweep(ctx: dict[str, Any]) -> int:
-    """Queue what Redis may have lost: webhook deliveries that are due (rows are the truth)."""
+async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
+    """Recover what Redis or a dead worker lost (rows are the truth): queued jobs missing from
+    the queue, running jobs whose lease expired, webhook deliveries that are due. One worker
+    runs each sweep (arq cron jobs are unique per tick)."""
     sessionmaker: async_sessionmaker[AsyncSession] = ctx["sessionmaker"]
     settings: Settings = ctx["settings"]
+    redis = ctx["redis"]
+    async with sessionmaker() as session, session.begin():
+        reclaimed = await sweeper.reclaim_expired(session, settings.job_max_attempts)
     async with sessionmaker() as session:
+        queued = await sweeper.queued_before(session, settings.requeue_grace_s)
         due = await due_deliveries(session)
+    # arq refuses a job id it still holds, so only what Redis really lost is queued again.
+    requeued = 0
+    for job_id in {*queued, *reclaimed.requeued}:
+        if await enqueue_run(redis, settings.queue_name, job_id):
+            requeued += 1
+    for job_id in reclaimed.failed:
+        await publish_finished(redis, settings.queue_name, job_id)
+    for delivery_id in reclaimed.deliveries:
+        await enqueue_delivery(redis, settings.queue_name, delivery_id, 1)
     for delivery_id, attempts in due:
         # The attempt number is in the arq job id, so a delivery already queued is not doubled.
-        await enqueue_delivery(ctx["redis"], settings.queue_name, delivery_id, attempts + 1)
-    if due:
-        logger.info("sweep queued %d due webhook deliveries", len(due))
-    return len(due)
+        await enqueue_delivery(redis, settings.queue_name, delivery_id, attempts + 1)
+    counts = {
+        "requeued": requeued,
+        "leases_expired": len(reclaimed.requeued) + len(reclaimed.failed),
+        "failed": len(reclaimed.failed),
+        "webhooks_due": len(due),
+    }
+    if any(counts.values()):
+        logger.info("sweep: %s", counts)
+    return counts

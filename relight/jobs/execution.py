@@ -8,6 +8,7 @@ attempt that holds the job, so a job is charged, refunded and announced exactly 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import random
@@ -96,6 +97,27 @@ class JobRunner:
             logger.info("job %s is not queued; nothing to do", job_id)
             return RunOutcome(status=None)
         await self._enqueue_deliveries([start_delivery])
+        keeper = asyncio.create_task(self._keep_lease(job))
+        try:
+            return await self._process(job, allowed, started)
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+
+    async def _keep_lease(self, job: Job) -> None:
+        """Renew the running attempt's lease, so the sweeper never takes a live job back."""
+        while True:
+            await asyncio.sleep(self.settings.lease_s / 3)
+            try:
+                async with self.sessionmaker() as session, session.begin():
+                    await repository.renew_lease(
+                        session, job.id, job.attempts, self.settings.lease_s
+                    )
+            except Exception:
+                logger.warning("could not renew the lease of job %s", job.id, exc_info=True)
+
+    async def _process(self, job: Job, allowed: list[str], started: float) -> RunOutcome:
         timings: dict[str, float] = {
             "queue_wait_ms": _ms((datetime.now(UTC) - job.created_at).total_seconds())
         }

@@ -38,11 +38,12 @@ class Enqueuer(Protocol):
     ) -> Any: ...
 
 
-async def enqueue_run(enqueuer: Enqueuer, queue_name: str, job_id: uuid.UUID) -> None:
-    """Queue a committed job; arq refuses a second copy of the same id."""
-    await enqueuer.enqueue_job(
+async def enqueue_run(enqueuer: Enqueuer, queue_name: str, job_id: uuid.UUID) -> bool:
+    """Queue a committed job; False when arq already holds it (it refuses a second copy)."""
+    queued = await enqueuer.enqueue_job(
         RUN_JOB_TASK, str(job_id), _job_id=str(job_id), _queue_name=queue_name
     )
+    return queued is not None
 
 
 async def enqueue_delivery(

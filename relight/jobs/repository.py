@@ -133,6 +133,19 @@ async def claim(session: AsyncSession, job_id: uuid.UUID, lease_s: float) -> Job
     )
 
 
+async def renew_lease(
+    session: AsyncSession, job_id: uuid.UUID, attempt: int, lease_s: float
+) -> bool:
+    """Push a running attempt's lease forward; False if the job is no longer this attempt's."""
+    result = await session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.RUNNING.value, Job.attempts == attempt)
+        .values(lease_expires_at=datetime.now(UTC) + timedelta(seconds=lease_s))
+        .returning(Job.id)
+    )
+    return result.scalar_one_or_none() is not None
+
+
 def add_outputs(session: AsyncSession, outputs: Sequence[JobOutput]) -> None:
     session.add_all(outputs)
 

@@ -195,7 +195,8 @@ async def egress_stream(
     host_in_url = f"[{address}]" if address.version == 6 else str(address)
     target = f"{destination.scheme}://{host_in_url}:{destination.port}{destination.path}"
     default_port = DEFAULT_PORTS[destination.scheme] == destination.port
-    host_header = destination.host if default_port else f"{destination.host}:{destination.port}"
+    name = f"[{destination.host}]" if ":" in destination.host else destination.host
+    host_header = name if default_port else f"{name}:{destination.port}"
     request = client.build_request(
         method,
         target,

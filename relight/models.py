@@ -256,6 +256,8 @@ class WebhookDelivery(Base):
         String(20), default=WebhookStatus.PENDING.value, server_default="pending"
     )
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Attempts made before the current round (a redelivery starts a new round of retries).
+    round_start: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     next_attempt_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now()
     )

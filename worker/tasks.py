@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from arq import Retry
+from arq.connections import ArqRedis
+from arq.constants import job_key_prefix
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from relight.config import Settings
 from relight.jobs import sweeper
 from relight.jobs.events import publish_finished
 from relight.jobs.execution import JobRunner
-from relight.jobs.queue import enqueue_delivery, enqueue_run
+from relight.jobs.queue import delivery_job_id, enqueue_delivery, enqueue_run
 from relight.webhooks.delivery import WebhookSender
 from relight.webhooks.service import due_deliveries
 
@@ -42,6 +46,19 @@ async def deliver_webhook(ctx: dict[str, Any], delivery_id: str) -> str:
     return f"retry in {delay:.1f} s"
 
 
+async def _queue_again(
+    redis: ArqRedis, queue: str, arq_job_id: str, enqueue: Callable[[], Awaitable[bool]]
+) -> bool:
+    """Enqueue; if arq refuses because it keeps a job key that is no longer in the queue
+    (Redis lost the queue entry but not the key), that key is stale: drop it and enqueue."""
+    if await enqueue():
+        return True
+    if await redis.zscore(queue, arq_job_id) is None:
+        await redis.delete(job_key_prefix + arq_job_id)
+        return await enqueue()
+    return False
+
+
 async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
     """Recover what Redis or a dead worker lost (rows are the truth): queued jobs missing from
     the queue, running jobs whose lease expired, webhook deliveries that are due. One worker
@@ -54,18 +71,27 @@ async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
     async with sessionmaker() as session:
         queued = await sweeper.queued_before(session, settings.requeue_grace_s)
         due = await due_deliveries(session)
+    queue = settings.queue_name
+
+    async def run_again(job_id: uuid.UUID) -> bool:
+        return await enqueue_run(redis, queue, job_id)
+
+    async def send_again(delivery_id: uuid.UUID, attempt: int) -> bool:
+        return await enqueue_delivery(redis, queue, delivery_id, attempt)
+
     # arq refuses a job id it still holds, so only what Redis really lost is queued again.
     requeued = 0
     for job_id in {*queued, *reclaimed.requeued}:
-        if await enqueue_run(redis, settings.queue_name, job_id):
+        if await _queue_again(redis, queue, str(job_id), partial(run_again, job_id)):
             requeued += 1
     for job_id in reclaimed.failed:
-        await publish_finished(redis, settings.queue_name, job_id)
+        await publish_finished(redis, queue, job_id)
     for delivery_id in reclaimed.deliveries:
-        await enqueue_delivery(redis, settings.queue_name, delivery_id, 1)
+        await send_again(delivery_id, 1)
     for delivery_id, attempts in due:
         # The attempt number is in the arq job id, so a delivery already queued is not doubled.
-        await enqueue_delivery(redis, settings.queue_name, delivery_id, attempts + 1)
+        arq_job_id = delivery_job_id(delivery_id, attempts + 1)
+        await _queue_again(redis, queue, arq_job_id, partial(send_again, delivery_id, attempts + 1))
     counts = {
         "requeued": requeued,
         "leases_expired": len(reclaimed.requeued) + len(reclaimed.failed),

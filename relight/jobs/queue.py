@@ -52,12 +52,18 @@ async def enqueue_delivery(
     delivery_id: uuid.UUID,
     attempt: int,
     defer_s: float | None = None,
-) -> None:
-    """Queue attempt number `attempt` of a webhook delivery (one queued copy per attempt)."""
-    await enqueuer.enqueue_job(
+) -> bool:
+    """Queue attempt number `attempt` of a webhook delivery (one queued copy per attempt);
+    False when arq already holds it."""
+    queued = await enqueuer.enqueue_job(
         DELIVER_WEBHOOK_TASK,
         str(delivery_id),
-        _job_id=f"webhook:{delivery_id}:{attempt}",
+        _job_id=delivery_job_id(delivery_id, attempt),
         _queue_name=queue_name,
         _defer_by=defer_s,
     )
+    return queued is not None
+
+
+def delivery_job_id(delivery_id: uuid.UUID, attempt: int) -> str:
+    return f"webhook:{delivery_id}:{attempt}"

@@ -136,7 +136,9 @@ async def record_attempt(
     elif outcome.gone:
         values["status"] = WebhookStatus.STOPPED.value
     else:
-        delay = next_delay(delivery.attempts, schedule, outcome.retry_after_s)
+        delay = next_delay(
+            delivery.attempts - delivery.round_start, schedule, outcome.retry_after_s
+        )
         if delay is None:
             values["status"] = WebhookStatus.FAILED.value
         else:
@@ -201,7 +203,11 @@ async def redeliver(
     result = await session.execute(
         update(WebhookDelivery)
         .where(WebhookDelivery.job_id == job.id)
-        .values(status=WebhookStatus.PENDING.value, next_attempt_at=func.now())
+        .values(
+            status=WebhookStatus.PENDING.value,
+            next_attempt_at=func.now(),
+            round_start=WebhookDelivery.attempts,
+        )
         .returning(WebhookDelivery.id)
     )
     return list(result.scalars().all())

@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.responses import OrjsonResponse
@@ -100,6 +101,19 @@ def install_error_handlers(app: FastAPI) -> None:
             str(exc.detail),
             codes.get(exc.status_code, "http_error"),
             headers=dict(exc.headers) if exc.headers else None,
+        )
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    @app.exception_handler(ConnectionError)
+    async def _database_unavailable(request: Request, exc: Exception) -> OrjsonResponse:
+        # Postgres is down or unreachable: nothing was committed, the client may retry.
+        logger.warning("database unavailable on %s: %s", request.url.path, exc)
+        return error_response(
+            503,
+            "the service is temporarily unavailable (database); retry shortly",
+            "database_unavailable",
+            headers={"Retry-After": "2"},
         )
 
     @app.exception_handler(Exception)

@@ -49,6 +49,7 @@ bench: install services  ## benchmarks (prints tables)
 	$(BIN)/python bench/e2e.py
 	$(BIN)/python bench/submit_overhead.py
 	$(BIN)/python bench/webhook_latency.py
+	$(BIN)/python bench/segmind_overhead.py
 
 compose-check:  ## validate docker-compose.yml
 	@bash scripts/validate-compose.sh

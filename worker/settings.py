@@ -102,8 +102,13 @@ def build_worker(settings: Settings, **overrides: Any) -> Worker:
 
     options: dict[str, Any] = {
         "functions": [
+            # The runner decides when a job is done trying (per backend, with failover); arq's
+            # own cap only has to stay out of its way.
             func(
-                run_job, name=RUN_JOB_TASK, max_tries=settings.job_max_attempts + 2, keep_result=0
+                run_job,
+                name=RUN_JOB_TASK,
+                max_tries=settings.job_max_attempts * (len(settings.failover_order) + 1) + 2,
+                keep_result=0,
             ),
             # Attempts are scheduled by the task itself, never by arq's retry.
             func(deliver_webhook, name=DELIVER_WEBHOOK_TASK, max_tries=1, keep_result=0),

@@ -34,7 +34,7 @@ class BackendCall:
     outcome: str
     status_code: int | None = None
     error: str | None = None
-    remaining_credits: int | None = None
+    remaining_credits: float | None = None
 
     def as_json(self) -> dict[str, object]:
         return {key: value for key, value in asdict(self).items() if value is not None}

@@ -55,6 +55,9 @@ class RunOutcome:
         return self.status is None
 
 
+MAX_RETRY_AFTER_S = 600.0
+
+
 def _as_json(calls: list[BackendCall]) -> list[dict[str, Any]]:
     return [call.as_json() for call in calls]
 
@@ -350,7 +353,8 @@ class JobRunner:
             if following == backend:
                 tries = routing.tries_on(backend, log)
                 delay = self.settings.retry_backoff_s * 2 ** (tries - 1) * random.uniform(0.9, 1.1)
-                delay = max(delay, error.retry_after_s or 0.0)
+                # Honour the upstream's Retry-After, within reason.
+                delay = max(delay, min(error.retry_after_s or 0.0, MAX_RETRY_AFTER_S))
             elif following is not None:
                 delay = 0.0  # fail over at once
             else:

@@ -14,6 +14,7 @@ import asyncio
 import base64
 import io
 import logging
+import math
 from datetime import UTC, datetime
 from time import perf_counter
 from typing import Any
@@ -71,7 +72,7 @@ class SegmindBackend:
         self.urls = urls
         self.endpoint = settings.segmind_base_url.rstrip("/") + "/v1/ic-light"
         self.api_key = settings.segmind_api_key
-        self.remaining_credits: int | None = None
+        self.remaining_credits: float | None = None
 
     def subject_for(self, job_input: JobInput) -> str:
         if self.settings.segmind_subject == "auto":
@@ -103,9 +104,12 @@ class SegmindBackend:
             return image
 
         started = perf_counter()
-        # A TaskGroup cancels the sibling calls as soon as one fails.
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(one(index)) for index in range(params.number_of_images)]
+        try:
+            # A TaskGroup cancels the sibling calls as soon as one fails.
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(one(i)) for i in range(params.number_of_images)]
+        except BaseExceptionGroup as group_error:
+            raise _most_telling(group_error) from group_error
         return BackendResult(
             images=[task.result() for task in tasks],
             timings={"upstream_ms": round((perf_counter() - started) * 1000, 2)},
@@ -147,9 +151,9 @@ class SegmindBackend:
                 code="upstream_unreachable",
                 retryable=True,
             ) from exc
-        remaining = response.headers.get("x-remaining-credits", "")
-        if remaining.strip().lstrip("-").isdigit():
-            self.remaining_credits = int(remaining)
+        remaining = _credits(response.headers.get("x-remaining-credits"))
+        if remaining is not None:
+            self.remaining_credits = remaining
         status = response.status_code
         if status == 200:
             try:
@@ -188,6 +192,27 @@ class SegmindBackend:
             height=height,
             seed=seed,
         )
+
+
+def _credits(header: str | None) -> float | None:
+    """Segmind's `x-remaining-credits` (it bills in fractions); None when absent or odd."""
+    try:
+        value = float(header) if header else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _most_telling(group_error: BaseExceptionGroup[BaseException]) -> BaseException:
+    """Of the calls that failed together, the failure that decides what happens next: a
+    permanent one (no retry) over a transient one; anything else as it came."""
+    failures = [error for error in group_error.exceptions if isinstance(error, BackendFailed)]
+    permanent = [error for error in failures if not error.retryable]
+    if permanent:
+        return permanent[0]
+    if failures:
+        return failures[0]
+    return group_error.exceptions[0]
 
 
 def _error_text(response: httpx.Response) -> str:

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from relight.config import Settings
+from relight.tenants.keys import format_key
 from tests.conftest import database_url
 
 pytestmark = pytest.mark.slow
@@ -141,7 +142,7 @@ async def test_unknown_tenant_and_unknown_key_fail_cleanly(admin: Admin) -> None
     assert error["code"] == "tenant_not_found"
     assert "unknown-tenant" in error["error"]
 
-    missing = (await admin("key", "revoke", "rl_000000000000_" + "a" * 43)).error()
+    missing = (await admin("key", "revoke", format_key("000000000000", "a" * 43))).error()
     assert "000000000000" in missing["error"]
 
 

@@ -1,8 +1,10 @@
-"""API key format: `rl_<prefix>_<secret>`.
+"""API key format: `rl_<prefix>_<secret><checksum>`.
 
 The prefix (12 hex characters) is public and indexed, so a key is found with one lookup; the
-secret is 256 random bits, of which only a SHA-256 hash is stored. A fast hash is right here:
-the secret has full entropy, so there is nothing for a slow hash to protect against.
+secret is 256 random bits (43 base64url characters), of which only a SHA-256 hash is stored. A
+fast hash is right here: the secret has full entropy, so there is nothing for a slow hash to
+protect against. The 6-character checksum (CRC-32 in base 62) lets a mistyped or made-up key
+fail without a database lookup, and lets secret scanners recognise real keys.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ import hashlib
 import hmac
 import re
 import secrets
+import zlib
 from dataclasses import dataclass
 
-KEY_PATTERN = re.compile(r"^rl_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
+KEY_PATTERN = re.compile(r"^rl_([0-9a-f]{12})_([A-Za-z0-9_-]{43})([0-9A-Za-z]{6})$")
+BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 
 @dataclass(frozen=True)
@@ -27,16 +31,34 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+def checksum(prefix: str, secret: str) -> str:
+    value = zlib.crc32(f"{prefix}_{secret}".encode())
+    digits = []
+    for _ in range(6):
+        value, digit = divmod(value, 62)
+        digits.append(BASE62[digit])
+    return "".join(reversed(digits))
+
+
+def format_key(prefix: str, secret: str) -> str:
+    return f"rl_{prefix}_{secret}{checksum(prefix, secret)}"
+
+
 def generate_key() -> NewKey:
     prefix = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
-    return NewKey(key=f"rl_{prefix}_{secret}", prefix=prefix, secret_hash=hash_secret(secret))
+    return NewKey(key=format_key(prefix, secret), prefix=prefix, secret_hash=hash_secret(secret))
 
 
 def parse_key(raw: str) -> tuple[str, str] | None:
-    """`(prefix, secret)` of a well-formed key, else None (no database lookup needed)."""
+    """`(prefix, secret)` of a well-formed key with a valid checksum, else None."""
     match = KEY_PATTERN.match(raw.strip())
-    return (match.group(1), match.group(2)) if match else None
+    if match is None:
+        return None
+    prefix, secret, check = match.groups()
+    if not hmac.compare_digest(check, checksum(prefix, secret)):
+        return None
+    return prefix, secret
 
 
 def secret_matches(secret: str, stored_hash: str) -> bool:

@@ -9,9 +9,10 @@ import pytest
 
 from api.app import create_app
 from relight.config import Settings
+from relight.tenants.keys import format_key
 from scripts.stack import free_port
 
-WELL_FORMED_KEY = "rl_0123456789ab_" + "a" * 43
+WELL_FORMED_KEY = format_key("0123456789ab", "a" * 43)
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from relight.config import Settings
+from relight.tenants.keys import format_key
 from relight.tenants.service import revoke_api_key
 from tests.conftest import MakeTenant, RunWorker, TenantKey, example_bytes
 from tests.fakes.image_server import ImageServer
@@ -232,7 +233,8 @@ async def test_no_api_key_is_a_401(client: httpx.AsyncClient, tenant: TenantKey)
 @pytest.mark.parametrize(
     "key",
     [
-        "rl_0123456789ab_" + "A" * 43,  # well-formed, unknown prefix
+        format_key("0123456789ab", "A" * 43),  # well-formed, valid checksum, unknown prefix
+        "rl_0123456789ab_" + "A" * 49,  # the right shape, a wrong checksum
         "not-a-relight-key",  # malformed
         "",  # empty header
     ],
@@ -248,8 +250,8 @@ async def test_an_unknown_or_malformed_key_is_a_401(
 async def test_a_known_prefix_with_the_wrong_secret_is_a_401(
     client: httpx.AsyncClient, tenant: TenantKey
 ) -> None:
-    public_part = tenant.key[: len("rl_0123456789ab_")]  # "rl_<prefix>_"
-    forged = public_part + "B" * 43
+    prefix = tenant.key[len("rl_") : len("rl_0123456789ab")]
+    forged = format_key(prefix, "B" * 43)  # passes the checksum: the secret check refuses it
     assert forged != tenant.key
 
     response = await client.post("/v2/ic-light", headers={"x-api-key": forged}, json=body())

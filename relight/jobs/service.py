@@ -18,6 +18,7 @@ from relight.credits.service import refund_credits, reserve_credits
 from relight.egress import check_url
 from relight.errors import Conflict, Forbidden, InvalidParameter
 from relight.ids import uuid7
+from relight.image_metadata import strip_metadata
 from relight.jobs import repository
 from relight.jobs.inputs import SubjectSource
 from relight.models import Job, JobStatus, Tenant
@@ -148,8 +149,9 @@ async def submit_job(
             ) from None
         return _replay(existing, digest, idempotency_key)
     if input_key is not None and subject.data is not None:
-        # Only once the request is paid for, so a refused request leaves nothing on disk.
-        await storage.put(input_key, subject.data)
+        # Only once the request is paid for, so a refused request leaves nothing on disk; and
+        # without EXIF/GPS and other metadata (the pixels are untouched).
+        await storage.put(input_key, strip_metadata(subject.data))
     return Submission(job=job, replayed=False)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 from dataclasses import dataclass
 
@@ -31,6 +32,9 @@ class AppState:
 
     async def enqueue(self, job_id: uuid.UUID) -> None:
         """Hand a committed job to the workers; arq refuses a second copy of the same id."""
+        if self.settings.fault_injection == "exit_before_enqueue":
+            logger.critical("fault injection: exiting between commit and enqueue of %s", job_id)
+            os._exit(70)
         try:
             await enqueue_run(self.redis, self.settings.queue_name, job_id)
         except (RedisError, OSError):

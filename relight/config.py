@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     # Credits: the price of the default request (one 768x960 image, 25 steps).
     credits_per_default_image: int = Field(default=10, ge=0)
 
+    # Test-only fault injection (refused in production): `exit_before_enqueue` kills the API
+    # process right after a submit commits and before it enqueues, as a crash would.
+    fault_injection: Literal["", "exit_before_enqueue"] = ""
+
     @property
     def webhook_retry_delays(self) -> list[float]:
         return [float(part) for part in self.webhook_retry_schedule.split(",") if part.strip()]
@@ -93,6 +97,8 @@ class Settings(BaseSettings):
             not self.secret_key or self.secret_key == DEVELOPMENT_SECRET
         ):
             raise ValueError("RELIGHT_SECRET_KEY must be set to a real secret in production")
+        if self.environment == "production" and self.fault_injection:
+            raise ValueError("RELIGHT_FAULT_INJECTION is for tests and refused in production")
         return self
 
 

@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from relight.config import Settings
-from relight.credits.service import charge_credits, refund_credits
+from relight.credits.service import charge_credits
 from relight.errors import BackendFailed, RelightError
 from relight.fetch import fetch_image_bytes
 from relight.images import decode_image
@@ -32,6 +32,7 @@ from relight.jobs import repository, routing
 from relight.jobs.backend import Backend, BackendCall, BackendResult, JobInput
 from relight.jobs.events import publish_finished
 from relight.jobs.queue import Enqueuer, enqueue_delivery
+from relight.jobs.service import fail_running_job
 from relight.models import Job, JobOutput, JobStatus
 from relight.params import Backend as BackendName
 from relight.params import RelightParams
@@ -359,33 +360,31 @@ class JobRunner:
                 delay = 0.0  # fail over at once
             else:
                 code = routing.final_code(backend, error)
-        values: dict[str, Any] = {
-            "error_code": code,
-            "error_message": error.message,
-            "timings": timings,
-            "backend_calls": log,
-            "lease_expires_at": None,
-        }
-        if retry:
-            values["status"] = JobStatus.QUEUED.value
-        else:
-            values |= {
-                "status": JobStatus.FAILED.value,
-                "finished_at": datetime.now(UTC),
-                "credits_charged": 0,
-            }
+        failed = None
         async with self.sessionmaker() as session, session.begin():
-            moved = await repository.transition(
-                session, job.id, from_status=JobStatus.RUNNING, attempt=job.attempts, values=values
-            )
-            if moved is None:
-                return RunOutcome(status=None)
-            delivery = None
-            if not retry:
-                await refund_credits(
-                    session, job.tenant_id, job.id, job.credits_reserved, reason=code
+            if retry:
+                moved = await repository.transition(
+                    session,
+                    job.id,
+                    from_status=JobStatus.RUNNING,
+                    attempt=job.attempts,
+                    values={
+                        "status": JobStatus.QUEUED.value,
+                        "error_code": code,
+                        "error_message": error.message,
+                        "timings": timings,
+                        "backend_calls": log,
+                        "lease_expires_at": None,
+                    },
                 )
-                delivery = await webhooks.schedule_delivery(session, moved, webhooks.COMPLETED)
+                if moved is None:
+                    return RunOutcome(status=None)
+            else:
+                failed = await fail_running_job(
+                    session, job, code, error.message, timings=timings, backend_calls=log
+                )
+                if failed is None:
+                    return RunOutcome(status=None)
         if retry:
             logger.warning(
                 "job %s attempt %d failed (%s: %s); retrying in %.1f s",
@@ -396,6 +395,7 @@ class JobRunner:
                 delay,
             )
             return RunOutcome(status=JobStatus.QUEUED, retry_in_s=delay)
-        await self._announce_finished(job.id, delivery)
+        assert failed is not None
+        await self._announce_finished(job.id, failed.delivery)
         logger.info("job %s failed: %s: %s", job.id, code, error.message)
         return RunOutcome(status=JobStatus.FAILED)

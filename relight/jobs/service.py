@@ -7,6 +7,7 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 from sqlalchemy.exc import IntegrityError
@@ -153,6 +154,39 @@ async def submit_job(
         # without EXIF/GPS and other metadata (the pixels are untouched).
         await storage.put(input_key, strip_metadata(subject.data))
     return Submission(job=job, replayed=False)
+
+
+@dataclass(frozen=True)
+class Failed:
+    job: Job
+    delivery: uuid.UUID | None
+
+
+async def fail_running_job(
+    session: AsyncSession, job: Job, code: str, message: str, **values: Any
+) -> Failed | None:
+    """End a running attempt `failed`: refund it once and schedule its webhook, in the
+    caller's transaction. None when the attempt no longer holds the job (nothing changes)."""
+    moved = await repository.transition(
+        session,
+        job.id,
+        from_status=JobStatus.RUNNING,
+        attempt=job.attempts,
+        values={
+            **values,
+            "status": JobStatus.FAILED.value,
+            "finished_at": datetime.now(UTC),
+            "credits_charged": 0,
+            "lease_expires_at": None,
+            "error_code": code,
+            "error_message": message,
+        },
+    )
+    if moved is None:
+        return None
+    await refund_credits(session, job.tenant_id, job.id, job.credits_reserved, reason=code)
+    delivery = await webhooks.schedule_delivery(session, moved, webhooks.COMPLETED)
+    return Failed(job=moved, delivery=delivery)
 
 
 async def cancel_job(

@@ -17,10 +17,9 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from relight.credits.service import refund_credits
 from relight.jobs import repository
+from relight.jobs.service import fail_running_job
 from relight.models import Job, JobStatus
-from relight.webhooks import service as webhooks
 
 
 @dataclass
@@ -73,27 +72,10 @@ async def reclaim_expired(session: AsyncSession, max_attempts: int, limit: int =
             if moved is not None:
                 result.requeued.append(job.id)
             continue
-        moved = await repository.transition(
-            session,
-            job.id,
-            from_status=JobStatus.RUNNING,
-            attempt=job.attempts,
-            values={
-                "status": JobStatus.FAILED.value,
-                "finished_at": now,
-                "credits_charged": 0,
-                "lease_expires_at": None,
-                "error_code": "worker_lost",
-                "error_message": message,
-            },
-        )
-        if moved is None:
+        failed = await fail_running_job(session, job, "worker_lost", message)
+        if failed is None:
             continue
-        await refund_credits(
-            session, job.tenant_id, job.id, job.credits_reserved, reason="worker_lost"
-        )
-        delivery = await webhooks.schedule_delivery(session, moved, webhooks.COMPLETED)
         result.failed.append(job.id)
-        if delivery is not None:
-            result.deliveries.append(delivery)
+        if failed.delivery is not None:
+            result.deliveries.append(failed.delivery)
     return result

@@ -28,6 +28,7 @@ class Settings(BaseSettings):
     admin_token: str | None = Field(default=None, min_length=16)
     public_base_url: str | None = None
     log_level: str = "INFO"
+    log_format: Literal["json", "text"] = "json"
 
     # Outbound requests (subject_image URLs, webhooks) may reach only public addresses, plus
     # these comma-separated host names and CIDRs.

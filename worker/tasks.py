@@ -18,6 +18,7 @@ from relight.jobs import sweeper
 from relight.jobs.events import publish_finished
 from relight.jobs.execution import JobRunner
 from relight.jobs.queue import delivery_job_id, enqueue_delivery, enqueue_run
+from relight.logs import job_context
 from relight.webhooks.delivery import WebhookSender
 from relight.webhooks.service import due_deliveries
 
@@ -27,7 +28,8 @@ logger = logging.getLogger(__name__)
 async def run_job(ctx: dict[str, Any], job_id: str) -> str:
     """Run one relight job; safe to call more than once for the same id."""
     runner: JobRunner = ctx["runner"]
-    outcome = await runner.run(uuid.UUID(job_id))
+    with job_context(job_id):
+        outcome = await runner.run(uuid.UUID(job_id))
     if outcome.retry_in_s is not None:
         raise Retry(defer=outcome.retry_in_s)
     return outcome.status.value if outcome.status is not None else "skipped"

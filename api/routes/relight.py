@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 import re
 from typing import Annotated, Any
 
@@ -18,8 +19,10 @@ from relight.jobs import repository
 from relight.jobs.schemas import RequestView, SubmitAccepted
 from relight.jobs.service import submit_job
 from relight.jobs.views import accepted_view, request_view
+from relight.logs import job_context
 from relight.models import Job, JobStatus
 
+logger = logging.getLogger(__name__)
 router = APIRouter(tags=["relight"])
 
 PREFER_WAIT = re.compile(r"(?:^|[;,\s])wait\s*=\s*(\d+)", re.I)
@@ -61,6 +64,14 @@ async def _submit(
         idempotency_key=idempotency_key,
     )
     job = submission.job
+    with job_context(job.id):
+        logger.info(
+            "request %s by tenant %s (backend %s, %d credits reserved)",
+            "replayed" if submission.replayed else "accepted",
+            tenant.name,
+            job.backend_requested,
+            job.credits_reserved,
+        )
     if not submission.replayed:
         job_id = job.id
 

@@ -19,6 +19,7 @@ from relight.egress import EgressRefused, egress_stream
 from relight.errors import RelightError
 from relight.jobs import repository as jobs
 from relight.jobs.views import UrlBuilder, request_view
+from relight.logs import job_context
 from relight.webhooks import service
 from relight.webhooks.schemas import message_id
 from relight.webhooks.signing import signature_header
@@ -90,14 +91,14 @@ class WebhookSender:
             delay = await service.record_attempt(
                 session, delivery, outcome, self.settings.webhook_retry_delays
             )
-        logger.info(
-            "webhook %s (%s of request %s) attempt %d: %s",
-            webhook_id,
-            delivery.event,
-            job.id,
-            delivery.attempts,
-            outcome.status_code or outcome.error,
-        )
+        with job_context(job.id):
+            logger.info(
+                "webhook %s (%s) attempt %d: %s",
+                webhook_id,
+                delivery.event,
+                delivery.attempts,
+                outcome.status_code or outcome.error,
+            )
         return None if delay is None else (delivery.attempts, delay)
 
     async def _post(self, url: str, headers: dict[str, str], data: bytes) -> service.AttemptOutcome:

@@ -77,15 +77,22 @@ def normalize(image: Image.Image) -> Image.Image:
 
 
 def resize_and_center_crop(image: Image.Image, width: int, height: int) -> Image.Image:
-    """Scale to cover width×height, then crop the centre (IC-Light's reference behaviour)."""
+    """Scale to cover width×height and keep the centre (IC-Light's reference behaviour).
+
+    The centre is cut from the source first and only that is resized, so a freak aspect ratio
+    (1×3000) never turns into a gigantic intermediate image.
+    """
     source_width, source_height = image.size
     scale = max(width / source_width, height / source_height)
-    resized_width = max(width, round(source_width * scale))
-    resized_height = max(height, round(source_height * scale))
-    resized = image.resize((resized_width, resized_height), Image.Resampling.LANCZOS)
-    left = (resized_width - width) // 2
-    top = (resized_height - height) // 2
-    return resized.crop((left, top, left + width, top + height))
+    crop_width = min(source_width, width / scale)
+    crop_height = min(source_height, height / scale)
+    left = (source_width - crop_width) / 2
+    top = (source_height - crop_height) / 2
+    return image.resize(
+        (width, height),
+        Image.Resampling.LANCZOS,
+        box=(left, top, left + crop_width, top + crop_height),
+    )
 
 
 def encode_image(image: Image.Image, output_format: OutputFormat, quality: int) -> bytes:

@@ -31,4 +31,5 @@ def verify_output_signature(
     if expires < time.time():
         return False
     expected = _output_signature(secret_key, job_id, index, expires)
-    return hmac.compare_digest(expected, signature)
+    # As bytes: compare_digest refuses str with non-ASCII characters, which a URL may carry.
+    return hmac.compare_digest(expected.encode(), signature.encode())

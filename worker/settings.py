@@ -116,7 +116,9 @@ def build_worker(settings: Settings, **overrides: Any) -> Worker:
         "cron_jobs": [
             cron(
                 sweep,
-                name=SWEEP_TASK,
+                # arq names cron runs per Redis database: one name per queue, or deployments
+                # sharing a database would take each other's sweeps.
+                name=f"{SWEEP_TASK}:{settings.queue_name}",
                 second=set(range(0, 60, settings.webhook_sweep_interval_s)),
                 run_at_startup=True,
                 keep_result=0,

@@ -10,7 +10,7 @@ from typing import Any
 
 from arq import Retry
 from arq.connections import ArqRedis
-from arq.constants import job_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from relight.config import Settings
@@ -74,6 +74,11 @@ async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
         queued = await sweeper.queued_before(session, settings.requeue_grace_s)
         due = await due_deliveries(session)
     queue = settings.queue_name
+    for job_id in reclaimed.requeued:
+        # The dead worker's in-progress marker would keep arq from running the job again until
+        # it expires (job timeout + 40 s). Only the current attempt can finish the job, so
+        # dropping the marker is safe even if the old worker is somehow still alive.
+        await redis.delete(in_progress_key_prefix + str(job_id))
 
     async def run_again(job_id: uuid.UUID) -> bool:
         return await enqueue_run(redis, queue, job_id)

@@ -135,6 +135,7 @@ def build_worker(settings: Settings, **overrides: Any) -> Worker:
         "job_serializer": serialize_job,
         "job_deserializer": deserialize_job,
         "health_check_interval": 60,
+        "job_completion_wait": settings.shutdown_grace_s,
     }
     options.update(overrides)
     if options.get("burst"):

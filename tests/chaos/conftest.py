@@ -96,6 +96,7 @@ def worker_environment(settings: Settings, **extra: str) -> dict[str, str]:
         "RELIGHT_EGRESS_ALLOWLIST": "127.0.0.1",
         "RELIGHT_WORKER_POLL_DELAY_S": "0.01",
         "RELIGHT_LEASE_S": str(LEASE_S),
+        "RELIGHT_SHUTDOWN_GRACE_S": "1",
         "RELIGHT_REQUEUE_GRACE_S": str(REQUEUE_GRACE_S),
         "RELIGHT_WEBHOOK_SWEEP_INTERVAL_S": str(SWEEP_INTERVAL_S),
         "RELIGHT_RETRY_BACKOFF_S": str(RETRY_BACKOFF_S),

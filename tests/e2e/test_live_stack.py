@@ -36,6 +36,7 @@ def _environment(settings: Settings, storage: Path, **extra: str) -> dict[str, s
         "RELIGHT_SECRET_KEY": "live-test-secret",
         "RELIGHT_EGRESS_ALLOWLIST": settings.egress_allowlist,
         "RELIGHT_WORKER_POLL_DELAY_S": "0.01",
+        "RELIGHT_SHUTDOWN_GRACE_S": "2",
         **extra,
     }
 

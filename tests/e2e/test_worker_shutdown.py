@@ -49,7 +49,12 @@ async def test_sigterm_hands_the_running_job_back(
     engine: AsyncEngine,
     tmp_path: Path,
 ) -> None:
-    env = _environment(settings, Path(settings.storage_dir), RELIGHT_FETCH_TIMEOUT_S="30")
+    env = _environment(
+        settings,
+        Path(settings.storage_dir),
+        RELIGHT_FETCH_TIMEOUT_S="30",
+        RELIGHT_SHUTDOWN_GRACE_S="1",
+    )
     env["RELIGHT_QUEUE_NAME"] = settings.queue_name  # the queue the ASGI client submits to
     original_delay = image_server.slow_s
     image_server.slow_s = 30.0
@@ -90,3 +95,40 @@ async def test_sigterm_hands_the_running_job_back(
     assert record["status"] == "COMPLETED"
     assert record["attempts"] == 1
     assert record["credits"] == {"reserved": 10, "charged": 10}
+
+
+async def test_sigterm_lets_a_short_job_finish_within_the_grace(
+    client: httpx.AsyncClient,
+    tenant: TenantKey,
+    image_server: ImageServer,
+    settings: Settings,
+    engine: AsyncEngine,
+    tmp_path: Path,
+) -> None:
+    env = _environment(
+        settings,
+        Path(settings.storage_dir),
+        RELIGHT_FETCH_TIMEOUT_S="30",
+        RELIGHT_SHUTDOWN_GRACE_S="10",
+    )
+    env["RELIGHT_QUEUE_NAME"] = settings.queue_name
+    original_delay = image_server.slow_s
+    image_server.slow_s = 1.5  # still fetching when SIGTERM comes, done well within the grace
+    image_server.files["/slow"] = image_server.files["/chelsea.png"]
+    try:
+        submitted = await client.post(
+            "/v2/ic-light",
+            headers=tenant.headers,
+            json={"prompt": "cat", "subject_image": image_server.url("/slow")},
+        )
+        request_id = submitted.json()["request_id"]
+        with (tmp_path / "worker.log").open("wb") as log:
+            worker = await asyncio.create_subprocess_exec(
+                WORKER, env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+            await _wait_for_status(engine, request_id, "running")
+            worker.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(worker.wait(), 20) == 0
+    finally:
+        image_server.slow_s = original_delay
+    assert await _job_row(engine, request_id) == ("succeeded", 1)

@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -16,6 +16,65 @@ from api.responses import OrjsonResponse
 from relight.errors import RelightError
 
 logger = logging.getLogger(__name__)
+
+
+class ErrorBody(BaseModel):
+    """The body of every error answer. Some errors add fields (`limit`, `status_url`, ...)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    error: str = Field(description="what went wrong, for people")
+    code: str = Field(description="what went wrong, for programs (e.g. `not_found`)")
+    request_id: str | None = Field(description="the request concerned, when there is one")
+
+
+class ValidationErrorDetail(BaseModel):
+    field: str | None
+    message: str
+    type: str | None
+
+
+class ValidationErrorBody(ErrorBody):
+    """A 422: the first bad field, and every problem found."""
+
+    field: str | None = Field(default=None, description="the first field in error")
+    details: list[ValidationErrorDetail]
+
+
+# What each error status means on this API; routes document the ones they can answer with
+# `responses=error_responses(...)`, so the spec lists every status a client may see.
+ERROR_STATUSES: dict[int, str] = {
+    400: "The body is malformed (not JSON, not a form) or the image is unreadable",
+    401: "Missing or invalid credentials (API key, admin token or URL signature)",
+    403: "Not allowed: account suspended, backend not allowed, or admin API disabled",
+    404: "No such resource (or it belongs to another account)",
+    406: "Insufficient credits (Segmind's status code)",
+    409: "Conflicts with the resource's state (or an Idempotency-Key in flight)",
+    410: "The stored image has passed its retention",
+    413: "The body or image is over the size limit",
+    415: "Unsupported content type: send application/json or multipart/form-data",
+    422: "A parameter is invalid",
+    429: "Rate limit or in-flight limit reached; retry after `Retry-After` seconds",
+    500: "The request failed inside Relight (`internal_error`)",
+    502: "The request failed in the backend that ran it",
+    503: "A dependency (Postgres) is unavailable; retry after `Retry-After` seconds",
+    504: "The request did not finish in time; it keeps running (poll `status_url`)",
+}
+# Every route behind an API key: bad key, bad parameter, rate limit, database down.
+AUTHENTICATED = (401, 422, 429, 503)
+# Every route of the admin API: bad token, API disabled, bad parameter, database down.
+ADMIN = (401, 403, 422, 503)
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for the given error statuses, each with the error body."""
+    return {
+        status: {
+            "model": ValidationErrorBody if status == 422 else ErrorBody,
+            "description": ERROR_STATUSES[status],
+        }
+        for status in sorted(set(statuses))
+    }
 
 
 def error_response(

@@ -7,12 +7,13 @@ from datetime import UTC, datetime, timedelta
 from fastapi import APIRouter
 
 from api.deps import TenantDep, UnitOfWorkDep
+from api.errors import AUTHENTICATED, error_responses
 from relight.credits.schemas import AccountView, UsageView, UserCredits
 from relight.credits.service import get_balance
 from relight.jobs.repository import usage_since
 from relight.tenants.schemas import TenantView
 
-router = APIRouter(tags=["account"])
+router = APIRouter(tags=["account"], responses=error_responses(*AUTHENTICATED))
 
 
 @router.get("/v1/get-user-credits", response_model=UserCredits, summary="Credit balance (Segmind)")

@@ -14,6 +14,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Query
 
 from api.deps import SettingsDep, UnitOfWorkDep
+from api.errors import ADMIN, error_responses
 from relight.credits import service as credits
 from relight.credits.schemas import CreditEntryView, CreditMovement, LedgerPage
 from relight.errors import Forbidden, Unauthorized
@@ -49,7 +50,15 @@ async def require_admin(
         raise Unauthorized("missing or invalid admin token", code="invalid_admin_token")
 
 
-router = APIRouter(prefix="/admin/v1", tags=["admin"], dependencies=[Depends(require_admin)])
+router = APIRouter(
+    prefix="/admin/v1",
+    tags=["admin"],
+    dependencies=[Depends(require_admin)],
+    responses=error_responses(*ADMIN),
+)
+# A route that names a tenant (or a key) also answers 404; one with a body, 400 (not JSON).
+NOT_FOUND = error_responses(404)
+WITH_BODY = error_responses(400, 404)
 
 TenantRef = Annotated[str, "tenant name or id"]
 
@@ -61,7 +70,13 @@ async def _tenant(uow: UnitOfWorkDep, tenant: TenantRef) -> Tenant:
 AdminTenantDep = Annotated[Tenant, Depends(_tenant)]
 
 
-@router.post("/tenants", status_code=201, response_model=TenantView, summary="Create a tenant")
+@router.post(
+    "/tenants",
+    status_code=201,
+    response_model=TenantView,
+    summary="Create a tenant",
+    responses=error_responses(400, 409),
+)
 async def create_tenant(body: TenantCreate, uow: UnitOfWorkDep) -> TenantView:
     tenant = await tenants.create_tenant(uow.session, body.name, body.credits, body.limits)
     await uow.session.refresh(tenant)
@@ -73,30 +88,53 @@ async def list_tenants(uow: UnitOfWorkDep) -> list[TenantView]:
     return [TenantView.of(tenant) for tenant in await tenants.list_tenants(uow.session)]
 
 
-@router.get("/tenants/{tenant}", response_model=TenantView, summary="A tenant")
+@router.get(
+    "/tenants/{tenant}",
+    response_model=TenantView,
+    summary="A tenant",
+    responses=NOT_FOUND,
+)
 async def get_tenant(tenant: AdminTenantDep) -> TenantView:
     return TenantView.of(tenant)
 
 
-@router.post("/tenants/{tenant}/suspend", response_model=TenantView, summary="Suspend")
+@router.post(
+    "/tenants/{tenant}/suspend",
+    response_model=TenantView,
+    summary="Suspend",
+    responses=NOT_FOUND,
+)
 async def suspend_tenant(tenant: AdminTenantDep, uow: UnitOfWorkDep) -> TenantView:
     return TenantView.of(
         await tenants.set_tenant_status(uow.session, tenant, TenantStatus.SUSPENDED)
     )
 
 
-@router.post("/tenants/{tenant}/resume", response_model=TenantView, summary="Resume")
+@router.post(
+    "/tenants/{tenant}/resume",
+    response_model=TenantView,
+    summary="Resume",
+    responses=NOT_FOUND,
+)
 async def resume_tenant(tenant: AdminTenantDep, uow: UnitOfWorkDep) -> TenantView:
     return TenantView.of(await tenants.set_tenant_status(uow.session, tenant, TenantStatus.ACTIVE))
 
 
-@router.patch("/tenants/{tenant}/limits", response_model=TenantView, summary="Set limits")
+@router.patch(
+    "/tenants/{tenant}/limits",
+    response_model=TenantView,
+    summary="Set limits",
+    responses=WITH_BODY,
+)
 async def set_limits(tenant: AdminTenantDep, body: LimitsUpdate, uow: UnitOfWorkDep) -> TenantView:
     return TenantView.of(await tenants.set_limits(uow.session, tenant, body))
 
 
 @router.put(
-    "/tenants/{tenant}/backends", response_model=TenantView, summary="Set the allowed backends"
+    "/tenants/{tenant}/backends",
+    response_model=TenantView,
+    summary="Set the allowed backends",
+    responses=WITH_BODY,
 )
 async def set_backends(
     tenant: AdminTenantDep, body: BackendsUpdate, uow: UnitOfWorkDep
@@ -105,7 +143,10 @@ async def set_backends(
 
 
 @router.put(
-    "/tenants/{tenant}/webhook", response_model=TenantView, summary="Set the default webhook URL"
+    "/tenants/{tenant}/webhook",
+    response_model=TenantView,
+    summary="Set the default webhook URL",
+    responses=WITH_BODY,
 )
 async def set_webhook(
     tenant: AdminTenantDep, body: WebhookUrlUpdate, uow: UnitOfWorkDep, settings: SettingsDep
@@ -120,6 +161,7 @@ async def set_webhook(
     status_code=201,
     response_model=CreatedKeyView,
     summary="Create an API key (shown once)",
+    responses=WITH_BODY,
 )
 async def create_key(tenant: AdminTenantDep, body: KeyCreate, uow: UnitOfWorkDep) -> CreatedKeyView:
     created = await tenants.create_api_key(uow.session, tenant, body.name)
@@ -127,12 +169,22 @@ async def create_key(tenant: AdminTenantDep, body: KeyCreate, uow: UnitOfWorkDep
     return CreatedKeyView(**ApiKeyView.of(created.api_key).model_dump(), key=created.key)
 
 
-@router.get("/tenants/{tenant}/keys", response_model=list[ApiKeyView], summary="List API keys")
+@router.get(
+    "/tenants/{tenant}/keys",
+    response_model=list[ApiKeyView],
+    summary="List API keys",
+    responses=NOT_FOUND,
+)
 async def list_keys(tenant: AdminTenantDep, uow: UnitOfWorkDep) -> list[ApiKeyView]:
     return [ApiKeyView.of(key) for key in await tenants.list_api_keys(uow.session, tenant)]
 
 
-@router.post("/keys/{prefix}/revoke", response_model=ApiKeyView, summary="Revoke an API key")
+@router.post(
+    "/keys/{prefix}/revoke",
+    response_model=ApiKeyView,
+    summary="Revoke an API key",
+    responses=NOT_FOUND,
+)
 async def revoke_key(prefix: str, uow: UnitOfWorkDep) -> ApiKeyView:
     return ApiKeyView.of(await tenants.revoke_api_key(uow.session, prefix))
 
@@ -142,6 +194,7 @@ async def revoke_key(prefix: str, uow: UnitOfWorkDep) -> ApiKeyView:
     status_code=201,
     response_model=CreditEntryView,
     summary="Grant or adjust credits",
+    responses=WITH_BODY,
 )
 async def move_credits(
     tenant: AdminTenantDep, body: CreditMovement, uow: UnitOfWorkDep
@@ -153,7 +206,12 @@ async def move_credits(
     return CreditEntryView.of(entry)
 
 
-@router.get("/tenants/{tenant}/ledger", response_model=LedgerPage, summary="The credit ledger")
+@router.get(
+    "/tenants/{tenant}/ledger",
+    response_model=LedgerPage,
+    summary="The credit ledger",
+    responses=NOT_FOUND,
+)
 async def read_ledger(
     tenant: AdminTenantDep,
     uow: UnitOfWorkDep,

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Literal
 
 from fastapi import APIRouter
+from pydantic import BaseModel, Field
 from sqlalchemy import text
 
 from api.deps import StateDep
@@ -13,12 +15,29 @@ from api.responses import OrjsonResponse
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", summary="Liveness: the process answers")
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+class Liveness(BaseModel):
+    status: Literal["ok"]
 
 
-@router.get("/readyz", summary="Readiness: Postgres and Redis answer", response_model=None)
+class Readiness(BaseModel):
+    status: Literal["ready", "not ready"]
+    checks: dict[str, str] = Field(description="each dependency: `ok` or why it is unavailable")
+
+
+@router.get("/healthz", summary="Liveness: the process answers", response_model=Liveness)
+async def healthz() -> Liveness:
+    return Liveness(status="ok")
+
+
+@router.get(
+    "/readyz",
+    summary="Readiness: Postgres and Redis answer",
+    response_model=None,
+    responses={
+        200: {"model": Readiness, "description": "Postgres and Redis answer"},
+        503: {"model": Readiness, "description": "Postgres or Redis does not answer"},
+    },
+)
 async def readyz(state: StateDep) -> OrjsonResponse:
     checks: dict[str, str] = {}
 

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Header, Request, Response
 
 from api.body import SUBMIT_OPENAPI, read_submission
 from api.deps import SettingsDep, StateDep, SubmitterDep, UnitOfWorkDep, UrlsDep
+from api.errors import AUTHENTICATED, error_responses
 from api.responses import OrjsonResponse
 from api.waiting import wait_for_job
 from relight.credits.service import get_balance
@@ -34,6 +35,8 @@ FAILURE_STATUS = {
     "image_too_large": 413,
     "internal_error": 500,
 }
+# What a submission can be refused with, before any job exists.
+SUBMIT_ERRORS = (*AUTHENTICATED, 400, 403, 406, 409, 413, 415)
 
 IdempotencyKey = Annotated[
     str | None,
@@ -88,7 +91,10 @@ async def _submit(
     status_code=202,
     summary="Submit a relight request (asynchronous)",
     response_model=SubmitAccepted,
-    responses={200: {"model": RequestView, "description": "finished within `Prefer: wait`"}},
+    responses={
+        200: {"model": RequestView, "description": "finished within `Prefer: wait`"},
+        **error_responses(*SUBMIT_ERRORS),
+    },
     openapi_extra=SUBMIT_OPENAPI,
 )
 async def submit_async(
@@ -158,7 +164,10 @@ def _raise_for_unfinished(job: Job, urls: UrlsDep, settings: SettingsDep) -> Non
             },
             "description": "the first image; all images as base64 JSON with Accept: "
             "application/json",
-        }
+        },
+        # Also the failure of the job itself: 400/413 (its input), 409 (canceled), 500/502
+        # (it failed in Relight or in its backend), 504 (it did not finish in time).
+        **error_responses(*SUBMIT_ERRORS, 500, 502, 504),
     },
     openapi_extra=SUBMIT_OPENAPI,
 )

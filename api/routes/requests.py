@@ -15,6 +15,7 @@ from api.deps import (
     apply_rate_limit,
     presented_key,
 )
+from api.errors import AUTHENTICATED, error_responses
 from relight.errors import RelightError, RequestNotFound, Unauthorized
 from relight.images import ALLOWED_FORMATS as INPUT_TYPES
 from relight.images import sniff_format
@@ -28,11 +29,18 @@ from relight.storage import StoredObjectMissing
 from relight.tenants.service import authenticate
 
 router = APIRouter(prefix="/v2/requests", tags=["requests"])
+# A route that takes a request id also answers 404 (no such request, or another account's).
+ONE_REQUEST = error_responses(*AUTHENTICATED, 404)
 
 PUBLIC_TO_STATUS = {status.public: status for status in JobStatus}
 
 
-@router.get("/{request_id}/status", response_model=StatusView, summary="A request's status")
+@router.get(
+    "/{request_id}/status",
+    response_model=StatusView,
+    summary="A request's status",
+    responses=ONE_REQUEST,
+)
 async def get_status(request_id: uuid.UUID, uow: UnitOfWorkDep, tenant: TenantDep) -> StatusView:
     job = await repository.get_job(uow.session, tenant.id, request_id)
     position = None
@@ -41,7 +49,12 @@ async def get_status(request_id: uuid.UUID, uow: UnitOfWorkDep, tenant: TenantDe
     return status_view(job, position)
 
 
-@router.get("/{request_id}", response_model=RequestView, summary="A request's full record")
+@router.get(
+    "/{request_id}",
+    response_model=RequestView,
+    summary="A request's full record",
+    responses=ONE_REQUEST,
+)
 async def get_request(
     request_id: uuid.UUID, uow: UnitOfWorkDep, tenant: TenantDep, urls: UrlsDep
 ) -> RequestView:
@@ -50,7 +63,12 @@ async def get_request(
     return request_view(job, outputs, urls)
 
 
-@router.get("", response_model=RequestList, summary="This account's requests, newest first")
+@router.get(
+    "",
+    response_model=RequestList,
+    summary="This account's requests, newest first",
+    responses=error_responses(*AUTHENTICATED),
+)
 async def list_requests(
     uow: UnitOfWorkDep,
     tenant: TenantDep,
@@ -85,6 +103,7 @@ async def list_requests(
     "/{request_id}/cancel",
     response_model=RequestView,
     summary="Cancel a queued request (refunded at once)",
+    responses=error_responses(*AUTHENTICATED, 404, 409),
 )
 async def cancel_request(
     request_id: uuid.UUID, state: StateDep, uow: UnitOfWorkDep, tenant: TenantDep, urls: UrlsDep
@@ -104,7 +123,11 @@ async def cancel_request(
     "/{request_id}/input",
     summary="The stored subject image, with the signed URL handed to Segmind",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}},
+    responses={
+        200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}},
+        # Signed, not behind an API key: no rate limit.
+        **error_responses(401, 404, 410, 422, 503),
+    },
 )
 async def get_input(
     request_id: uuid.UUID,
@@ -133,7 +156,10 @@ async def get_input(
     "/{request_id}/outputs/{index}",
     summary="An output image: with the API key, or with the signed URL from the record",
     response_class=Response,
-    responses={200: {"content": {"image/webp": {}, "image/jpeg": {}, "image/png": {}}}},
+    responses={
+        200: {"content": {"image/webp": {}, "image/jpeg": {}, "image/png": {}}},
+        **error_responses(*AUTHENTICATED, 404, 410),
+    },
 )
 async def get_output(
     request: Request,

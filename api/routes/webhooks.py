@@ -7,10 +7,11 @@ import uuid
 from fastapi import APIRouter
 
 from api.deps import SettingsDep, StateDep, TenantDep, UnitOfWorkDep
+from api.errors import AUTHENTICATED, error_responses
 from relight.webhooks import service
 from relight.webhooks.schemas import DeliveryList, DeliveryView, WebhookSecretView
 
-router = APIRouter(tags=["webhooks"])
+router = APIRouter(tags=["webhooks"], responses=error_responses(*AUTHENTICATED))
 
 
 def _secret_view(secret: str | None, previous_expires_at: object) -> WebhookSecretView:
@@ -48,6 +49,7 @@ async def rotate_secret(
     response_model=DeliveryList,
     tags=["requests"],
     summary="A request's webhook deliveries and every attempt",
+    responses=error_responses(404),
 )
 async def list_deliveries(
     request_id: uuid.UUID, uow: UnitOfWorkDep, tenant: TenantDep
@@ -62,6 +64,7 @@ async def list_deliveries(
     response_model=DeliveryList,
     tags=["requests"],
     summary="Send a finished request's webhooks again",
+    responses=error_responses(404, 409),
 )
 async def redeliver(
     request_id: uuid.UUID, state: StateDep, uow: UnitOfWorkDep, tenant: TenantDep

@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     # A job queued in Postgres for this long without running is queued again in Redis.
     requeue_grace_s: float = Field(default=10.0, gt=0)
     output_url_ttl_s: int = Field(default=24 * 3600, ge=60)
+    # Stored inputs and outputs of finished requests are deleted after this long (0: never).
+    retention_s: int = Field(default=7 * 24 * 3600, ge=0)
 
     # Backends. `auto` tries them in this order, skipping those not configured or not allowed.
     backend_failover_order: str = "gpu,segmind,local"

@@ -195,6 +195,8 @@ class JobOutput(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     seed: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = _now_column()
+    # Set when retention deleted the stored image (the row stays: the record keeps its history).
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class CreditEntry(Base):

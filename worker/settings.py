@@ -66,8 +66,10 @@ def build_worker(settings: Settings, **overrides: Any) -> Worker:
             )
             ctx["segmind_http"] = segmind_http
             backends[BackendName.SEGMIND] = SegmindBackend(segmind_http, settings, urls)
+        storage = FileSystemStorage(settings.storage_dir)
         ctx.update(
             settings=settings,
+            storage=storage,
             db_engine=engine,
             sessionmaker=sessionmaker,
             executor=executor,
@@ -75,7 +77,7 @@ def build_worker(settings: Settings, **overrides: Any) -> Worker:
             runner=JobRunner(
                 settings=settings,
                 sessionmaker=sessionmaker,
-                storage=FileSystemStorage(settings.storage_dir),
+                storage=storage,
                 redis=ctx["redis"],
                 enqueuer=ctx["redis"],
                 http=http,

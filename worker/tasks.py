@@ -70,6 +70,8 @@ async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
     redis = ctx["redis"]
     async with sessionmaker() as session, session.begin():
         reclaimed = await sweeper.reclaim_expired(session, settings.job_max_attempts)
+    async with sessionmaker() as session, session.begin():
+        expired = await sweeper.expire_stored_images(session, ctx["storage"], settings.retention_s)
     async with sessionmaker() as session:
         queued = await sweeper.queued_before(session, settings.requeue_grace_s)
         due = await due_deliveries(session)
@@ -104,6 +106,7 @@ async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
         "leases_expired": len(reclaimed.requeued) + len(reclaimed.failed),
         "failed": len(reclaimed.failed),
         "webhooks_due": len(due),
+        "images_expired": expired,
     }
     if any(counts.values()):
         logger.info("sweep: %s", counts)

@@ -189,6 +189,12 @@ async def get_output(
     output = await repository.get_output(uow.session, job.id, index)
     if output is None:
         raise RequestNotFound(f"request {request_id} has no output {index}")
+    if output.deleted_at is not None:
+        raise RelightError(
+            "this output was deleted when its retention period ended",
+            status_code=410,
+            code="output_expired",
+        )
     try:
         data = await state.storage.get(output.storage_key)
     except StoredObjectMissing as exc:

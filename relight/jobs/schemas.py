@@ -71,6 +71,9 @@ class OutputView(BaseModel):
     bytes: int
     seed: int
     sha256: str
+    expired_at: datetime | None = Field(
+        default=None, description="when retention deleted the image (downloads then answer 410)"
+    )
 
 
 class CreditsView(BaseModel):

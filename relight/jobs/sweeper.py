@@ -3,6 +3,7 @@
 - A job `queued` in the database for longer than a grace period may be missing from Redis (a
   crash between commit and enqueue, a Redis restart or FLUSHALL): queue it again; arq refuses
   the copy if the original is still there, so this never runs a job twice at once.
+- Stored images of requests finished longer ago than the retention period are deleted.
 - A job `running` whose lease expired belongs to a worker that died (a live worker renews its
   lease while the job runs): take it back. It goes back to the queue if attempts remain, else
   it ends `failed` with a refund and its webhook.
@@ -19,7 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from relight.jobs import repository
 from relight.jobs.service import fail_running_job
-from relight.models import Job, JobStatus
+from relight.models import Job, JobOutput, JobStatus
+from relight.storage import Storage
 
 
 @dataclass
@@ -79,3 +81,41 @@ async def reclaim_expired(session: AsyncSession, max_attempts: int, limit: int =
         if failed.delivery is not None:
             result.deliveries.append(failed.delivery)
     return result
+
+
+async def expire_stored_images(
+    session: AsyncSession, storage: Storage, retention_s: int, limit: int = 500
+) -> int:
+    """Delete the stored inputs and outputs of requests finished more than `retention_s` ago.
+
+    The rows stay (the record keeps its history; an expired output answers 410). Files go
+    first, then the rows are marked: a crash in between only repeats a harmless delete.
+    """
+    if retention_s <= 0:
+        return 0
+    cutoff = datetime.now(UTC) - timedelta(seconds=retention_s)
+    outputs = (
+        await session.scalars(
+            select(JobOutput)
+            .join(Job, Job.id == JobOutput.job_id)
+            .where(JobOutput.deleted_at.is_(None), Job.finished_at < cutoff)
+            .limit(limit)
+        )
+    ).all()
+    inputs = (
+        await session.scalars(
+            select(Job)
+            .where(Job.input_storage_key.is_not(None), Job.finished_at < cutoff)
+            .limit(limit)
+        )
+    ).all()
+    now = datetime.now(UTC)
+    for output in outputs:
+        await storage.delete(output.storage_key)
+        output.deleted_at = now
+    for job in inputs:
+        assert job.input_storage_key is not None
+        await storage.delete(job.input_storage_key)
+        job.input_storage_key = None
+    await session.flush()
+    return len(outputs) + len(inputs)

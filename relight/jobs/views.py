@@ -77,6 +77,7 @@ def request_view(job: Job, outputs: list[JobOutput], urls: UrlBuilder) -> Reques
                 bytes=output.bytes,
                 seed=output.seed,
                 sha256=output.sha256,
+                expired_at=output.deleted_at,
             )
             for output in outputs
         ],

@@ -30,6 +30,7 @@ from standardwebhooks import Webhook, WebhookVerificationError
 
 from relight.config import Settings
 from relight.jobs.views import UrlBuilder
+from relight.storage import FileSystemStorage
 from relight.webhooks.delivery import WebhookSender
 from relight.webhooks.service import claim_attempt
 from tests.conftest import MakeTenant, RunWorker, TenantKey, delete_run_keys
@@ -393,7 +394,12 @@ async def test_410_stops_after_one_attempt(
     assert delivery["last_status_code"] == 410
     assert delivery["next_attempt_at"] is None
     # Not due for anything: the sweeper queues nothing and nothing more arrives.
-    ctx = {"sessionmaker": sessionmaker, "settings": settings, "redis": redis}
+    ctx = {
+        "sessionmaker": sessionmaker,
+        "settings": settings,
+        "redis": redis,
+        "storage": FileSystemStorage(settings.storage_dir),
+    }
     assert await sweep_webhooks(ctx) == 0
     await run_worker()
     assert len(receiver.received(HOOK)) == 1
@@ -668,7 +674,12 @@ async def test_delivery_lost_by_redis_is_sent_by_the_sweeper(
     await run_worker()
     assert receiver.received(HOOK) == []
 
-    ctx = {"sessionmaker": sessionmaker, "settings": settings, "redis": redis}
+    ctx = {
+        "sessionmaker": sessionmaker,
+        "settings": settings,
+        "redis": redis,
+        "storage": FileSystemStorage(settings.storage_dir),
+    }
     assert await sweep_webhooks(ctx) == 1
     await run_worker()
     [request] = receiver.received(HOOK)
@@ -693,7 +704,12 @@ async def test_sweeper_requeues_a_delivery_whose_queue_entry_was_lost(
     await cancel(client, tenant, request_id)
     await delete_run_keys(redis, settings)  # this run's queue keys only
 
-    ctx = {"sessionmaker": sessionmaker, "settings": settings, "redis": redis}
+    ctx = {
+        "sessionmaker": sessionmaker,
+        "settings": settings,
+        "redis": redis,
+        "storage": FileSystemStorage(settings.storage_dir),
+    }
     assert await sweep_webhooks(ctx) == 1
     await run_worker()
     assert len(receiver.received(HOOK)) == 1, "the sweeper's enqueue was refused by arq"
@@ -720,7 +736,12 @@ async def test_attempt_cut_short_by_a_crash_is_sent_again_after_its_lease(
     assert claimed is not None
     assert claimed.attempts == 1
 
-    ctx = {"sessionmaker": sessionmaker, "settings": settings, "redis": redis}
+    ctx = {
+        "sessionmaker": sessionmaker,
+        "settings": settings,
+        "redis": redis,
+        "storage": FileSystemStorage(settings.storage_dir),
+    }
     assert await sweep_webhooks(ctx) == 0  # its lease still holds it
     async with engine.begin() as connection:
         await connection.execute(
@@ -769,7 +790,12 @@ async def test_delivery_that_redis_refused_to_queue_is_sent_by_the_sweeper(
     assert (await get_record(client, tenant, done_id))["status"] == "COMPLETED"
     assert receiver.received() == []
 
-    ctx = {"sessionmaker": sessionmaker, "settings": settings, "redis": redis}
+    ctx = {
+        "sessionmaker": sessionmaker,
+        "settings": settings,
+        "redis": redis,
+        "storage": FileSystemStorage(settings.storage_dir),
+    }
     assert await sweep_webhooks(ctx) == 2
     await run_worker()
     secret = await webhook_secret(client, tenant)

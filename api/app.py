@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 from arq.connections import RedisSettings, create_pool
@@ -19,7 +20,7 @@ from relight import __version__
 from relight.config import Settings, get_settings
 from relight.db import create_engine, create_sessionmaker
 from relight.jobs.events import JobWaiter
-from relight.jobs.queue import deserialize_job, serialize_job
+from relight.jobs.queue import deserialize_job, redis_retry_options, serialize_job
 from relight.jobs.schemas import SubmitBody
 from relight.ratelimit import RateLimiter
 from relight.storage import FileSystemStorage
@@ -38,7 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine(settings)
         redis = await create_pool(
-            RedisSettings.from_dsn(settings.redis_url),
+            replace(RedisSettings.from_dsn(settings.redis_url), **redis_retry_options()),
             job_serializer=serialize_job,
             job_deserializer=deserialize_job,
             default_queue_name=settings.queue_name,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -21,6 +22,7 @@ from relight.jobs.queue import (
     RUN_JOB_TASK,
     SWEEP_TASK,
     deserialize_job,
+    redis_retry_options,
     serialize_job,
 )
 from relight.jobs.views import UrlBuilder
@@ -127,7 +129,9 @@ def build_worker(settings: Settings, **overrides: Any) -> Worker:
             )
         ],
         "queue_name": settings.queue_name,
-        "redis_settings": RedisSettings.from_dsn(settings.redis_url),
+        "redis_settings": replace(
+            RedisSettings.from_dsn(settings.redis_url), **redis_retry_options()
+        ),
         "on_startup": startup,
         "on_shutdown": shutdown,
         "max_jobs": settings.worker_concurrency,

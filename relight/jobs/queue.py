@@ -10,6 +10,10 @@ import uuid
 from typing import Any, Protocol
 
 import orjson
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 RUN_JOB_TASK = "run_job"
 DELIVER_WEBHOOK_TASK = "deliver_webhook"
@@ -67,3 +71,13 @@ async def enqueue_delivery(
 
 def delivery_job_id(delivery_id: uuid.UUID, attempt: int) -> str:
     return f"webhook:{delivery_id}:{attempt}"
+
+
+def redis_retry_options() -> dict[str, Any]:
+    """Connection options that make a Redis client ride out a restart: a dropped connection
+    is reopened and the command retried, with backoff, for about half a minute."""
+    return {
+        "retry": Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=20),
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+        "retry_on_timeout": True,
+    }

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from relight.egress import EgressPolicy
@@ -96,6 +96,12 @@ class Settings(BaseSettings):
     @property
     def egress_policy(self) -> EgressPolicy:
         return EgressPolicy.parse(self.egress_allowlist)
+
+    @field_validator("admin_token", "segmind_api_key", "public_base_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # `RELIGHT_ADMIN_TOKEN=` in a .env file or compose means "not set", not "".
+        return None if value == "" else value
 
     @model_validator(mode="after")
     def _refuse_development_secret_in_production(self) -> Settings:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import uuid
 from collections.abc import Iterator
@@ -26,6 +27,32 @@ def png_bytes(
     buffer = io.BytesIO()
     Image.new("RGB", size, color).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+# A small subject image (96×120), base64 as `subject_image` takes it.
+SMALL_PNG_BASE64 = base64.b64encode(png_bytes((96, 120), (90, 140, 200))).decode()
+# A request the classic engine renders in a blink: one 256×256 image.
+FAST: dict[str, Any] = {
+    "width": 256,
+    "height": 256,
+    "highres_scale": 1,
+    "steps": 10,
+    "output_format": "png",
+}
+
+
+def small_body(prompt: str = "cat, soft window light", **overrides: Any) -> dict[str, Any]:
+    """A request body with `SMALL_PNG_BASE64` as its subject."""
+    return {"prompt": prompt, "subject_image": SMALL_PNG_BASE64, **overrides}
+
+
+def fast_body(**overrides: Any) -> dict[str, Any]:
+    """A `FAST` request body with `SMALL_PNG_BASE64` as its subject; `overrides` win."""
+    return {
+        "prompt": "cat, soft window light",
+        "subject_image": SMALL_PNG_BASE64,
+        **FAST,
+    } | overrides
 
 
 async def submit(client: httpx.AsyncClient, tenant: TenantKey, payload: dict[str, Any]) -> str:

@@ -2,43 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
-import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from relight.config import Settings
 from relight.tenants.keys import format_key
+from tests.cli_runner import ADMIN, Result, admin_env, run_admin
 from tests.conftest import database_url
 
 pytestmark = pytest.mark.slow
-
-ADMIN = Path(sys.executable).parent / "relight-admin"
-
-
-@dataclass(frozen=True)
-class Result:
-    code: int
-    stdout: str
-    stderr: str
-
-    def json(self) -> Any:
-        assert self.code == 0, f"exit {self.code}: {self.stderr}"
-        return json.loads(self.stdout)
-
-    def error(self) -> dict[str, Any]:
-        assert self.code == 1, f"exit {self.code}: {self.stdout}"
-        assert self.stdout == ""
-        error: dict[str, Any] = json.loads(self.stderr)
-        return error
-
 
 Admin = Callable[..., Awaitable[Result]]
 
@@ -46,24 +22,13 @@ Admin = Callable[..., Awaitable[Result]]
 @pytest.fixture
 def admin(settings: Settings, clean_state: None, tmp_path: Path) -> Admin:
     """Runs `relight-admin ARGS…` against the (migrated, emptied) test database."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith("RELIGHT_") or key.startswith("RELIGHT_TEST_")
-    }
+    env = admin_env()
 
     async def run(*args: str, database_url: str = settings.database_url) -> Result:
-        process = await asyncio.create_subprocess_exec(
-            str(ADMIN),
-            *args,
-            cwd=tmp_path,  # no stray .env file
-            env={**env, "RELIGHT_DATABASE_URL": database_url},
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+        # cwd: no stray .env file
+        return await run_admin(
+            *args, env={**env, "RELIGHT_DATABASE_URL": database_url}, cwd=tmp_path
         )
-        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
-        assert process.returncode is not None
-        return Result(process.returncode, stdout.decode(), stderr.decode())
 
     return run
 

@@ -4,14 +4,9 @@ script against the test database (issue 3; must show 6: `credits audit`)."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import os
-import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -19,32 +14,13 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relight.config import Settings
+from tests.cli_runner import Result, admin_env, run_admin
 from tests.conftest import MakeTenant, TenantKey
-from tests.helpers import balance_of, png_bytes
+from tests.helpers import SMALL_PNG_BASE64, balance_of
 
 pytestmark = pytest.mark.slow
 
-ADMIN = Path(sys.executable).parent / "relight-admin"
-SMALL_PNG_BASE64 = base64.b64encode(png_bytes((96, 120), (90, 140, 200))).decode()
 SUBMIT_BODY = {"prompt": "cat, soft window light", "subject_image": SMALL_PNG_BASE64}
-
-
-@dataclass(frozen=True)
-class Result:
-    code: int
-    stdout: str
-    stderr: str
-
-    def json(self) -> Any:
-        assert self.code == 0, f"exit {self.code}: {self.stderr}"
-        return json.loads(self.stdout)
-
-    def error(self) -> dict[str, Any]:
-        """The JSON error of a command that failed cleanly (exit 1, nothing on stdout)."""
-        assert self.code == 1, f"exit {self.code}: {self.stdout}"
-        assert self.stdout == ""
-        error: dict[str, Any] = json.loads(self.stderr)
-        return error
 
 
 Cli = Callable[..., Awaitable[Result]]
@@ -53,25 +29,11 @@ Cli = Callable[..., Awaitable[Result]]
 @pytest.fixture
 def cli(settings: Settings, clean_state: None, tmp_path: Path) -> Cli:
     """Runs `relight-admin ARGS…` against the (migrated, emptied) test database."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith("RELIGHT_") or key.startswith("RELIGHT_TEST_")
-    }
+    env = admin_env()
     env["RELIGHT_DATABASE_URL"] = settings.database_url
 
     async def run(*args: str) -> Result:
-        process = await asyncio.create_subprocess_exec(
-            str(ADMIN),
-            *args,
-            cwd=tmp_path,  # no stray .env file
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
-        assert process.returncode is not None
-        return Result(process.returncode, stdout.decode(), stderr.decode())
+        return await run_admin(*args, env=env, cwd=tmp_path)  # cwd: no stray .env file
 
     return run
 

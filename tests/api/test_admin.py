@@ -6,7 +6,6 @@ admin token never opens a tenant route, and it is off (403) while the token is u
 
 from __future__ import annotations
 
-import base64
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,19 +18,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from api.app import create_app
 from relight.config import Settings
 from tests.conftest import MakeTenant, RunWorker, TenantKey
-from tests.helpers import balance_of, job_count, png_bytes
+from tests.helpers import FAST, balance_of, job_count
+from tests.helpers import small_body as body
 
 ADMIN_TOKEN = "x" * 32
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-SMALL_PNG_BASE64 = base64.b64encode(png_bytes((96, 120), (90, 140, 200))).decode()
-# A request the classic engine renders in a blink: one 256×256 image.
-FAST: dict[str, Any] = {
-    "width": 256,
-    "height": 256,
-    "highres_scale": 1,
-    "steps": 10,
-    "output_format": "png",
-}
 # The routes the README documents.
 ADMIN_PATHS = {
     "/admin/v1/tenants",
@@ -44,10 +35,6 @@ ADMIN_PATHS = {
     "/admin/v1/tenants/{tenant}/credits",
     "/admin/v1/tenants/{tenant}/ledger",
 }
-
-
-def body(prompt: str = "cat, soft window light", **overrides: Any) -> dict[str, Any]:
-    return {"prompt": prompt, "subject_image": SMALL_PNG_BASE64, **overrides}
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ authenticated answer only reads it and carries the same headers.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import re
 import socket
@@ -27,23 +26,17 @@ from relight.ratelimit import RateLimiter, RateLimitPolicy
 from relight.tenants.schemas import LimitsUpdate
 from relight.tenants.service import set_limits
 from tests.conftest import MakeTenant, RunWorker, TenantKey
-from tests.helpers import assert_no_server_errors, balance_of, job_count, local_path, png_bytes
+from tests.helpers import (
+    FAST,
+    assert_no_server_errors,
+    balance_of,
+    job_count,
+    local_path,
+)
+from tests.helpers import small_body as body
 
 START_BALANCE = 1000
-SMALL_PNG_BASE64 = base64.b64encode(png_bytes((96, 120), (90, 140, 200))).decode()
-# A request the classic engine renders in a blink: one 256×256 image.
-FAST: dict[str, Any] = {
-    "width": 256,
-    "height": 256,
-    "highres_scale": 1,
-    "steps": 10,
-    "output_format": "png",
-}
 RATE_LIMIT = re.compile(r'^"tenant";r=(\d+);t=(\d+)$')
-
-
-def body(prompt: str = "cat, soft window light", **overrides: Any) -> dict[str, Any]:
-    return {"prompt": prompt, "subject_image": SMALL_PNG_BASE64, **overrides}
 
 
 @pytest.fixture(autouse=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import io
 import time
 import uuid
@@ -20,6 +19,7 @@ from relight.config import Settings
 from relight.signing import sign_output
 from tests.conftest import MakeTenant, RunWorker, TenantKey
 from tests.helpers import (
+    FAST,
     assert_never_ran,
     assert_no_server_errors,
     balance_of,
@@ -28,25 +28,11 @@ from tests.helpers import (
     get_status,
     job_count,
     local_path,
-    png_bytes,
     submit,
 )
+from tests.helpers import small_body as body
 
 START_BALANCE = 1000
-
-SMALL_PNG_BASE64 = base64.b64encode(png_bytes((96, 120), (90, 140, 200))).decode()
-# A request the classic engine renders in a blink: one 256×256 image.
-FAST: dict[str, Any] = {
-    "width": 256,
-    "height": 256,
-    "highres_scale": 1,
-    "steps": 10,
-    "output_format": "png",
-}
-
-
-def body(prompt: str = "cat, soft window light", **overrides: Any) -> dict[str, Any]:
-    return {"prompt": prompt, "subject_image": SMALL_PNG_BASE64, **overrides}
 
 
 @pytest.fixture(autouse=True)

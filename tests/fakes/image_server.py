@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+
+from tests.fakes.server import ThreadedServer
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
-class QuietServer(ThreadingHTTPServer):
-    """Clients that hang up early (timeouts under test) are expected, not errors to print."""
-
-    def handle_error(self, request: object, client_address: object) -> None:
-        return
-
-
-class ImageServer:
+class ImageServer(ThreadedServer):
     """Paths: `/<file>` from examples/, `/missing` (404), `/broken` (500), `/not-an-image`,
     `/slow` (answers after a delay), and anything put with `add`."""
 
@@ -52,10 +46,7 @@ class ImageServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self._httpd = QuietServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self.port = self._httpd.server_address[1]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._listen(Handler)
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -63,10 +54,3 @@ class ImageServer:
     def add(self, path: str, body: bytes, content_type: str = "image/png") -> str:
         self.files[path] = (body, content_type)
         return self.url(path)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()

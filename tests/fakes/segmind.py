@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
 from http.server import BaseHTTPRequestHandler
-from types import MappingProxyType, TracebackType
+from types import MappingProxyType
 from typing import Any
 
 import httpx
@@ -49,7 +49,7 @@ from PIL import Image
 
 from api.app import create_app
 from relight.config import Settings
-from tests.fakes.image_server import QuietServer
+from tests.fakes.server import ThreadedServer
 from worker.settings import build_worker
 
 API_PATH = "/v1/ic-light"
@@ -280,7 +280,7 @@ class SubjectProblem(Exception):
     """subject_image could not be read as an image."""
 
 
-class SegmindStandIn:
+class SegmindStandIn(ThreadedServer):
     """`url` for `RELIGHT_SEGMIND_BASE_URL`; `script`/`always` to misbehave; `calls()` to look.
 
     `fetch_subject` fetches URL subjects (replace it to reach an in-process app);
@@ -320,12 +320,7 @@ class SegmindStandIn:
             def do_GET(self) -> None:
                 stand_in._handle(self)
 
-        self._httpd = QuietServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self.port: int = self._httpd.server_address[1]
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
+        self._listen(Handler, poll_interval=0.05)
 
     # --- the test's side --------------------------------------------------------------------
 
@@ -357,26 +352,9 @@ class SegmindStandIn:
         with self._lock:
             return self.credits
 
-    def start(self) -> None:
-        self._thread.start()
-
     def stop(self) -> None:
         self._stopping.set()  # releases hanging answers
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
-
-    def __enter__(self) -> SegmindStandIn:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
+        super().stop()
 
     # --- the server's side ------------------------------------------------------------------
 

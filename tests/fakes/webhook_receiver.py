@@ -9,20 +9,14 @@ to play a receiver that hangs); once a path's queue is spent it answers 200.
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
-from types import TracebackType
 
-from tests.fakes.image_server import QuietServer
-
-
-class QuietServer6(QuietServer):
-    address_family = socket.AF_INET6
+from tests.fakes.server import ThreadedServer
 
 
 @dataclass(frozen=True)
@@ -55,7 +49,7 @@ class Received:
         return self.headers["webhook-signature"].split(" ")
 
 
-class WebhookReceiver:
+class WebhookReceiver(ThreadedServer):
     """`url(path)` to hand out, `script(path, [Reply, …])` to misbehave, `received(path)`."""
 
     def __init__(self, bind: str = "127.0.0.1") -> None:
@@ -99,13 +93,7 @@ class WebhookReceiver:
             do_POST = _handle
             do_GET = _handle
 
-        server_class = QuietServer6 if ":" in bind else QuietServer
-        self._httpd = server_class((bind, 0), Handler)
-        self._httpd.daemon_threads = True
-        self.port: int = self._httpd.server_address[1]
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
+        self._listen(Handler, bind, poll_interval=0.05)
 
     def _record_and_reply(self, request: Received) -> Reply:
         with self._lock:
@@ -137,23 +125,3 @@ class WebhookReceiver:
                 raise AssertionError(f"{path} received {len(found)} requests, not {count}")
             await asyncio.sleep(0.02)
         return found
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
-
-    def __enter__(self) -> WebhookReceiver:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()

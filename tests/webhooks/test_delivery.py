@@ -14,7 +14,6 @@ import hashlib
 import itertools
 import math
 import uuid
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -36,36 +35,14 @@ from relight.webhooks.service import claim_attempt
 from tests.conftest import MakeTenant, RunWorker, TenantKey, delete_run_keys
 from tests.fakes.image_server import ImageServer
 from tests.fakes.webhook_receiver import Received, Reply, WebhookReceiver
-from tests.helpers import cancel, get_record, png_bytes, submit
+from tests.helpers import cancel, get_record, submit
+from tests.helpers import fast_body as body
 from worker.settings import build_worker
 from worker.tasks import deliver_webhook, sweep
 
-SMALL_PNG_BASE64 = base64.b64encode(png_bytes((96, 120), (90, 140, 200))).decode()
-# A request the classic engine renders in a blink: one 256×256 image.
-FAST: dict[str, Any] = {
-    "width": 256,
-    "height": 256,
-    "highres_scale": 1,
-    "steps": 10,
-    "output_format": "png",
-}
 HOOK = "/hook"
 
 Sessions = async_sessionmaker[AsyncSession]
-
-
-def body(**overrides: Any) -> dict[str, Any]:
-    return {
-        "prompt": "cat, soft window light",
-        "subject_image": SMALL_PNG_BASE64,
-        **FAST,
-    } | overrides
-
-
-@pytest.fixture
-def receiver() -> Iterator[WebhookReceiver]:
-    with WebhookReceiver() as server:
-        yield server
 
 
 async def webhook_secret(client: httpx.AsyncClient, tenant: TenantKey) -> str:
@@ -82,6 +59,14 @@ async def deliveries(
     assert response.status_code == 200, response.text
     data: list[dict[str, Any]] = response.json()["data"]
     return data
+
+
+async def redeliver(
+    client: httpx.AsyncClient, tenant: TenantKey, request_id: str
+) -> httpx.Response:
+    return await client.post(
+        f"/v2/requests/{request_id}/webhooks/redeliver", headers=tenant.headers
+    )
 
 
 async def only_delivery(
@@ -129,6 +114,32 @@ async def forget_queue(redis: ArqRedis, settings: Settings, engine: AsyncEngine)
         keys = [key async for key in redis.scan_iter(match=f"arq:job:webhook:{delivery_id}:*")]
         if keys:
             await redis.delete(*keys)
+
+
+def sweeper_ctx(sessionmaker: Sessions, settings: Settings, redis: ArqRedis) -> dict[str, Any]:
+    """The worker context the sweeper task reads."""
+    return {
+        "sessionmaker": sessionmaker,
+        "settings": settings,
+        "redis": redis,
+        "storage": FileSystemStorage(settings.storage_dir),
+    }
+
+
+async def canceled_and_unqueued(
+    client: httpx.AsyncClient,
+    tenant: TenantKey,
+    receiver: WebhookReceiver,
+    redis: ArqRedis,
+    settings: Settings,
+    engine: AsyncEngine,
+) -> tuple[str, uuid.UUID]:
+    """A canceled request whose one delivery row is committed but no longer queued in Redis."""
+    request_id = await submit(client, tenant, body(webhook_url=receiver.url(HOOK)))
+    await cancel(client, tenant, request_id)
+    await forget_queue(redis, settings, engine)
+    [delivery_id] = await delivery_ids(engine)
+    return request_id, delivery_id
 
 
 async def sweep_webhooks(ctx: dict[str, Any]) -> int:
@@ -394,12 +405,7 @@ async def test_410_stops_after_one_attempt(
     assert delivery["last_status_code"] == 410
     assert delivery["next_attempt_at"] is None
     # Not due for anything: the sweeper queues nothing and nothing more arrives.
-    ctx = {
-        "sessionmaker": sessionmaker,
-        "settings": settings,
-        "redis": redis,
-        "storage": FileSystemStorage(settings.storage_dir),
-    }
+    ctx = sweeper_ctx(sessionmaker, settings, redis)
     assert await sweep_webhooks(ctx) == 0
     await run_worker()
     assert len(receiver.received(HOOK)) == 1
@@ -478,9 +484,7 @@ async def test_redeliver_sends_again_with_the_same_webhook_id(
     await run_worker()
     [first] = receiver.received(HOOK)
 
-    response = await client.post(
-        f"/v2/requests/{request_id}/webhooks/redeliver", headers=tenant.headers
-    )
+    response = await redeliver(client, tenant, request_id)
     assert response.status_code == 202, response.text
     [listed] = response.json()["data"]
     assert listed["status"] == "pending"
@@ -508,9 +512,7 @@ async def test_redeliver_after_failure_starts_a_new_round_of_attempts(
     assert len(receiver.received(HOOK)) == 4
 
     receiver.script(HOOK, [Reply(503)])  # back, but not quite yet
-    response = await client.post(
-        f"/v2/requests/{request_id}/webhooks/redeliver", headers=tenant.headers
-    )
+    response = await redeliver(client, tenant, request_id)
     assert response.status_code == 202, response.text
     await run_worker()
 
@@ -524,17 +526,13 @@ async def test_redeliver_refuses_unfinished_requests_and_requests_without_webhoo
     client: httpx.AsyncClient, tenant: TenantKey, run_worker: RunWorker, receiver: WebhookReceiver
 ) -> None:
     queued_id = await submit(client, tenant, body(webhook_url=receiver.url(HOOK)))
-    response = await client.post(
-        f"/v2/requests/{queued_id}/webhooks/redeliver", headers=tenant.headers
-    )
+    response = await redeliver(client, tenant, queued_id)
     assert response.status_code == 409, response.text
     assert response.json()["code"] == "not_finished"
 
     plain_id = await submit(client, tenant, body())
     await run_worker()
-    response = await client.post(
-        f"/v2/requests/{plain_id}/webhooks/redeliver", headers=tenant.headers
-    )
+    response = await redeliver(client, tenant, plain_id)
     assert response.status_code == 409, response.text
     assert response.json()["code"] == "no_webhook"
     assert await deliveries(client, tenant, plain_id) == []
@@ -590,9 +588,7 @@ async def test_rotation_overlap_signs_with_both_secrets(
             ),
             {"id": tenant.tenant_id},
         )
-    response = await client.post(
-        f"/v2/requests/{request_id}/webhooks/redeliver", headers=tenant.headers
-    )
+    response = await redeliver(client, tenant, request_id)
     assert response.status_code == 202, response.text
     await run_worker()
     _, after = receiver.received(HOOK)
@@ -674,12 +670,7 @@ async def test_delivery_lost_by_redis_is_sent_by_the_sweeper(
     await run_worker()
     assert receiver.received(HOOK) == []
 
-    ctx = {
-        "sessionmaker": sessionmaker,
-        "settings": settings,
-        "redis": redis,
-        "storage": FileSystemStorage(settings.storage_dir),
-    }
+    ctx = sweeper_ctx(sessionmaker, settings, redis)
     assert await sweep_webhooks(ctx) == 1
     await run_worker()
     [request] = receiver.received(HOOK)
@@ -704,12 +695,7 @@ async def test_sweeper_requeues_a_delivery_whose_queue_entry_was_lost(
     await cancel(client, tenant, request_id)
     await delete_run_keys(redis, settings)  # this run's queue keys only
 
-    ctx = {
-        "sessionmaker": sessionmaker,
-        "settings": settings,
-        "redis": redis,
-        "storage": FileSystemStorage(settings.storage_dir),
-    }
+    ctx = sweeper_ctx(sessionmaker, settings, redis)
     assert await sweep_webhooks(ctx) == 1
     await run_worker()
     assert len(receiver.received(HOOK)) == 1, "the sweeper's enqueue was refused by arq"
@@ -726,22 +712,16 @@ async def test_attempt_cut_short_by_a_crash_is_sent_again_after_its_lease(
     redis: ArqRedis,
     engine: AsyncEngine,
 ) -> None:
-    request_id = await submit(client, tenant, body(webhook_url=receiver.url(HOOK)))
-    await cancel(client, tenant, request_id)
-    await forget_queue(redis, settings, engine)
-    [delivery_id] = await delivery_ids(engine)
+    request_id, delivery_id = await canceled_and_unqueued(
+        client, tenant, receiver, redis, settings, engine
+    )
     # A worker claims attempt 1 and dies before sending it.
     async with sessionmaker() as session, session.begin():
         claimed = await claim_attempt(session, delivery_id, settings.webhook_timeout_s + 30)
     assert claimed is not None
     assert claimed.attempts == 1
 
-    ctx = {
-        "sessionmaker": sessionmaker,
-        "settings": settings,
-        "redis": redis,
-        "storage": FileSystemStorage(settings.storage_dir),
-    }
+    ctx = sweeper_ctx(sessionmaker, settings, redis)
     assert await sweep_webhooks(ctx) == 0  # its lease still holds it
     async with engine.begin() as connection:
         await connection.execute(
@@ -790,12 +770,7 @@ async def test_delivery_that_redis_refused_to_queue_is_sent_by_the_sweeper(
     assert (await get_record(client, tenant, done_id))["status"] == "COMPLETED"
     assert receiver.received() == []
 
-    ctx = {
-        "sessionmaker": sessionmaker,
-        "settings": settings,
-        "redis": redis,
-        "storage": FileSystemStorage(settings.storage_dir),
-    }
+    ctx = sweeper_ctx(sessionmaker, settings, redis)
     assert await sweep_webhooks(ctx) == 2
     await run_worker()
     secret = await webhook_secret(client, tenant)
@@ -818,10 +793,9 @@ async def test_duplicate_runs_of_one_attempt_send_once(
     redis: ArqRedis,
     engine: AsyncEngine,
 ) -> None:
-    request_id = await submit(client, tenant, body(webhook_url=receiver.url(HOOK)))
-    await cancel(client, tenant, request_id)
-    await forget_queue(redis, settings, engine)
-    [delivery_id] = await delivery_ids(engine)
+    request_id, delivery_id = await canceled_and_unqueued(
+        client, tenant, receiver, redis, settings, engine
+    )
 
     async with httpx.AsyncClient() as http:
         sender = WebhookSender(

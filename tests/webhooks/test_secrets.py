@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,33 +20,12 @@ from relight.models import Tenant
 from relight.tenants.service import set_default_webhook
 from tests.conftest import MakeTenant, RunWorker, TenantKey
 from tests.fakes.webhook_receiver import WebhookReceiver
-from tests.helpers import get_record, png_bytes, submit
+from tests.helpers import fast_body as body
+from tests.helpers import get_record, submit
 
-SMALL_PNG_BASE64 = base64.b64encode(png_bytes((96, 120), (90, 140, 200))).decode()
-FAST: dict[str, Any] = {
-    "width": 256,
-    "height": 256,
-    "highres_scale": 1,
-    "steps": 10,
-    "output_format": "png",
-}
 ADMIN_TOKEN = "w" * 32
 
 Sessions = async_sessionmaker[AsyncSession]
-
-
-def body(**overrides: Any) -> dict[str, Any]:
-    return {
-        "prompt": "cat, soft window light",
-        "subject_image": SMALL_PNG_BASE64,
-        **FAST,
-    } | overrides
-
-
-@pytest.fixture
-def receiver() -> Iterator[WebhookReceiver]:
-    with WebhookReceiver() as server:
-        yield server
 
 
 async def get_secret(client: httpx.AsyncClient, tenant: TenantKey) -> dict[str, Any]:

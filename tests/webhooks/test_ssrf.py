@@ -10,10 +10,9 @@ connection to the checked address with the original Host header).
 from __future__ import annotations
 
 import asyncio
-import base64
 import ipaddress
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -39,17 +38,10 @@ from relight.fetch import fetch_image_bytes
 from tests.conftest import TenantKey
 from tests.fakes.image_server import ImageServer
 from tests.fakes.webhook_receiver import Reply, WebhookReceiver
-from tests.helpers import get_record, job_count, png_bytes, submit
+from tests.helpers import fast_body as body
+from tests.helpers import get_record, job_count, submit
 from worker.settings import build_worker
 
-SMALL_PNG_BASE64 = base64.b64encode(png_bytes((96, 120), (90, 140, 200))).decode()
-FAST: dict[str, Any] = {
-    "width": 256,
-    "height": 256,
-    "highres_scale": 1,
-    "steps": 10,
-    "output_format": "png",
-}
 # The hosts of issue 4's list, as they appear in a URL.
 REFUSED_HOSTS = [
     "127.0.0.1",
@@ -62,20 +54,6 @@ REFUSED_HOSTS = [
     "2130706433",
 ]
 NO_POLICY = EgressPolicy()
-
-
-def body(**overrides: Any) -> dict[str, Any]:
-    return {
-        "prompt": "cat, soft window light",
-        "subject_image": SMALL_PNG_BASE64,
-        **FAST,
-    } | overrides
-
-
-@pytest.fixture
-def receiver() -> Iterator[WebhookReceiver]:
-    with WebhookReceiver() as server:
-        yield server
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import shutil
+import os
 import subprocess
 from pathlib import Path
 
@@ -20,23 +20,34 @@ from tests.e2e.test_live_stack import _environment
 from tests.e2e.test_worker_shutdown import WORKER, _wait_for_status
 from tests.helpers import png_bytes
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("ss") is None, reason="needs `ss` (iproute2) to find sockets"),
-]
+pytestmark = pytest.mark.slow
 
 
-async def redis_clients_of(pid: int) -> list[str]:
-    """`ip:port` of every connection the process holds to Redis."""
-    listing = await asyncio.create_subprocess_exec(
-        "ss", "-tnp", stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
-    )
-    out, _ = await listing.communicate()
-    return [
-        line.split()[3]
-        for line in out.decode().splitlines()
-        if f"pid={pid}," in line and ":6379" in line.split()[4]
-    ]
+def _hex_address(field: str) -> str:
+    """`0100007F:D2A6` (as /proc/net/tcp writes it) → `127.0.0.1:53926`."""
+    address, port = field.split(":")
+    octets = bytes.fromhex(address)[::-1]
+    return f"{'.'.join(str(octet) for octet in octets)}:{int(port, 16)}"
+
+
+def redis_clients_of(pid: int) -> list[str]:
+    """`ip:port` of every IPv4 connection the process holds to Redis (port 6379), read from
+    /proc: its socket inodes, matched against the kernel's TCP table."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    addresses = []
+    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, inode = fields[1], fields[2], fields[9]
+        if inode in inodes and remote.endswith(":18EB"):  # 6379
+            addresses.append(_hex_address(local))
+    return addresses
 
 
 async def test_a_worker_survives_its_redis_connections_being_dropped(
@@ -55,7 +66,7 @@ async def test_a_worker_survives_its_redis_connections_being_dropped(
         )
     try:
         for _ in range(100):
-            addresses = await redis_clients_of(worker.pid)
+            addresses = await asyncio.to_thread(redis_clients_of, worker.pid)
             if addresses:
                 break
             await asyncio.sleep(0.1)

@@ -62,6 +62,26 @@ class Settings(BaseSettings):
     # signed URL to our copy when RELIGHT_PUBLIC_BASE_URL is set, else base64; `base64` always.
     segmind_subject: Literal["auto", "base64"] = "auto"
 
+    # GPU nodes (`relight-node`). Static ones: comma-separated `URL` or `URL=CAPACITY`; others
+    # are discovered from their heartbeats in Redis under `gpu_namespace` (nodes and workers
+    # must agree on it).
+    gpu_nodes: str = ""
+    gpu_discovery: bool = True
+    gpu_namespace: str = "relight:gpu"
+    # Shared secret between workers and nodes, sent as a Bearer token (nodes read the same
+    # variable); unset = nodes accept any caller.
+    node_token: str | None = Field(default=None, min_length=16)
+    # A slot held by a worker that died frees itself after this long (live holders renew it).
+    gpu_slot_ttl_s: float = Field(default=30.0, ge=1)
+    # A `backend: gpu` job waits this long for a free slot before its try counts as failed.
+    gpu_wait_s: float = Field(default=30.0, ge=0)
+    gpu_connect_timeout_s: float = Field(default=5.0, gt=0)
+    # Longest silence on a node's progress stream before the node counts as gone.
+    gpu_read_timeout_s: float = Field(default=60.0, gt=0)
+    # Circuit breaker per node, shared by every worker through Redis.
+    gpu_breaker_failures: int = Field(default=3, ge=1)
+    gpu_breaker_cooldown_s: float = Field(default=30.0, gt=0)
+
     # Worker.
     worker_concurrency: int = Field(default=4, ge=1)
     worker_poll_delay_s: float = Field(default=0.05, gt=0)
@@ -97,7 +117,32 @@ class Settings(BaseSettings):
     def egress_policy(self) -> EgressPolicy:
         return EgressPolicy.parse(self.egress_allowlist)
 
-    @field_validator("admin_token", "segmind_api_key", "public_base_url", mode="before")
+    @property
+    def static_gpu_nodes(self) -> list[tuple[str, int]]:
+        """`gpu_nodes` as (url, capacity) pairs; capacity 1 unless given as `URL=N`."""
+        nodes = []
+        for part in self.gpu_nodes.split(","):
+            url, _, capacity = part.strip().partition("=")
+            if url:
+                nodes.append((url.rstrip("/"), int(capacity) if capacity.strip() else 1))
+        return nodes
+
+    @field_validator("gpu_nodes")
+    @classmethod
+    def _gpu_nodes_well_formed(cls, value: str) -> str:
+        for part in value.split(","):
+            url, _, capacity = part.strip().partition("=")
+            if not url:
+                continue
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"a GPU node must be an http(s) URL, got {url!r}")
+            if capacity.strip() and (not capacity.strip().isdigit() or int(capacity) < 1):
+                raise ValueError(f"a GPU node's capacity must be a positive integer: {part!r}")
+        return value
+
+    @field_validator(
+        "admin_token", "segmind_api_key", "public_base_url", "node_token", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # `RELIGHT_ADMIN_TOKEN=` in a .env file or compose means "not set", not "".

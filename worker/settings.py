@@ -26,9 +26,11 @@ from relight.jobs.queue import (
     serialize_job,
 )
 from relight.jobs.views import UrlBuilder
+from relight.nodes.dispatch import GpuDispatcher
 from relight.params import Backend as BackendName
 from relight.storage import FileSystemStorage
 from relight.webhooks.delivery import WebhookSender
+from worker.backends.gpu import GpuBackend
 from worker.backends.local import LocalBackend
 from worker.backends.segmind import SegmindBackend
 from worker.tasks import deliver_webhook, run_job, sweep
@@ -68,6 +70,20 @@ def build_worker(settings: Settings, **overrides: Any) -> Worker:
             )
             ctx["segmind_http"] = segmind_http
             backends[BackendName.SEGMIND] = SegmindBackend(segmind_http, settings, urls)
+        if settings.static_gpu_nodes or settings.gpu_discovery:
+            # Node calls hold a connection for the whole render, so no pool limit below the
+            # jobs this worker runs at once; reads time out on a silent (dead) node.
+            gpu_http = httpx.AsyncClient(
+                headers={"user-agent": "relight/0.1"},
+                timeout=httpx.Timeout(
+                    settings.gpu_read_timeout_s, connect=settings.gpu_connect_timeout_s
+                ),
+                limits=httpx.Limits(max_connections=settings.worker_concurrency * 2),
+            )
+            ctx["gpu_http"] = gpu_http
+            backends[BackendName.GPU] = GpuBackend(
+                GpuDispatcher(settings=settings, redis=ctx["redis"], http=gpu_http)
+            )
         storage = FileSystemStorage(settings.storage_dir)
         ctx.update(
             settings=settings,
@@ -96,7 +112,7 @@ def build_worker(settings: Settings, **overrides: Any) -> Worker:
         )
 
     async def shutdown(ctx: dict[str, Any]) -> None:
-        for client in ("http", "segmind_http"):
+        for client in ("http", "segmind_http", "gpu_http"):
             if client in ctx:
                 await ctx[client].aclose()
         if "executor" in ctx:

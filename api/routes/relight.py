@@ -22,6 +22,7 @@ from relight.jobs.service import submit_job
 from relight.jobs.views import accepted_view, request_view
 from relight.logs import job_context
 from relight.models import Job, JobStatus
+from relight.nodes.registry import discovered_gpu_nodes
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["relight"])
@@ -65,6 +66,9 @@ async def _submit(
         options=submitted.options,
         subject=submitted.subject,
         idempotency_key=idempotency_key,
+        live_gpu_nodes=await discovered_gpu_nodes(
+            state.redis, state.settings.gpu_namespace, enabled=state.settings.gpu_discovery
+        ),
     )
     job = submission.job
     with job_context(job.id):

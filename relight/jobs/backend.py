@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from PIL import Image
 
@@ -22,6 +22,9 @@ class JobInput:
     data: bytes
     url: str | None
     image: Image.Image
+    # What the job asked for (`auto` or a backend's name): a backend may wait for capacity
+    # when it was asked for by name, and should step aside at once under `auto`.
+    backend_requested: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,7 @@ class BackendCall:
     status_code: int | None = None
     error: str | None = None
     remaining_credits: float | None = None
+    node: str | None = None
 
     def as_json(self) -> dict[str, object]:
         return {key: value for key, value in asdict(self).items() if value is not None}
@@ -54,6 +58,20 @@ class BackendResult:
     images: list[RenderedImage]
     node: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+
+
+@runtime_checkable
+class ReportsAvailability(Protocol):
+    """A backend that may have nothing to run on right now (GPU nodes that come and go)."""
+
+    async def available(self) -> bool: ...
+
+
+async def is_available(backend: object) -> bool:
+    """Whether `auto` should consider the backend now; backends that cannot tell always are."""
+    if isinstance(backend, ReportsAvailability):
+        return await backend.available()
+    return True
 
 
 class Backend(Protocol):

@@ -29,8 +29,9 @@ from relight.errors import BackendFailed, RelightError
 from relight.fetch import fetch_image_bytes
 from relight.images import decode_image
 from relight.jobs import repository, routing
-from relight.jobs.backend import Backend, BackendCall, BackendResult, JobInput
+from relight.jobs.backend import Backend, BackendCall, BackendResult, JobInput, is_available
 from relight.jobs.events import publish_finished
+from relight.jobs.progress import track_progress
 from relight.jobs.queue import Enqueuer, enqueue_delivery
 from relight.jobs.service import fail_running_job
 from relight.models import Job, JobOutput, JobStatus
@@ -132,8 +133,10 @@ class JobRunner:
             raise
         except RelightError as exc:
             return await self._fail_or_retry(job, exc, timings)
+        # Backends that can tell (GPU nodes come and go) are left out while they have nothing.
+        available = [name for name, backend in self.backends.items() if await is_available(backend)]
         choices = routing.candidates(
-            job.backend_requested, allowed, self.settings.failover_order, self.backends
+            job.backend_requested, allowed, self.settings.failover_order, available
         )
         name = routing.choose(choices, job.backend_calls, self.settings.job_max_attempts)
         if name is None:
@@ -159,10 +162,11 @@ class JobRunner:
         calls: list[BackendCall] = []
         engine_started = perf_counter()
         try:
-            result = await asyncio.wait_for(
-                backend.render(job_input, params, job.seed, calls),
-                timeout=self.settings.job_timeout_s,
-            )
+            async with track_progress(self.sessionmaker, job) as progress:
+                result = await asyncio.wait_for(
+                    backend.render(job_input, params, job.seed, calls, progress),
+                    timeout=self.settings.job_timeout_s,
+                )
         except asyncio.CancelledError:
             # The worker is shutting down: hand the job back rather than leave it `running`.
             await asyncio.shield(self._hand_back(job))
@@ -257,7 +261,13 @@ class JobRunner:
             max_pixels=self.settings.max_input_pixels,
         )
         timings["decode_ms"] = _ms(perf_counter() - fetched)
-        return JobInput(job_id=job.id, data=data, url=job.input_url, image=image)
+        return JobInput(
+            job_id=job.id,
+            data=data,
+            url=job.input_url,
+            image=image,
+            backend_requested=job.backend_requested,
+        )
 
     async def _store_outputs(
         self, job: Job, result: BackendResult, timings: dict[str, float]

@@ -58,20 +58,27 @@ def resolve_seed(seed: int | None) -> int:
     return seed
 
 
-def available_backends(settings: Settings) -> set[Backend]:
-    """The backends this deployment is configured for; `auto` resolves among them."""
+def available_backends(settings: Settings, *, live_gpu_nodes: bool = False) -> set[Backend]:
+    """The backends this deployment is configured for; `auto` resolves among them. `gpu`
+    counts when nodes are listed in RELIGHT_GPU_NODES or some node's heartbeat is live (the
+    caller looks that up: `relight.nodes.registry.has_live_nodes`)."""
     available: set[Backend] = set()
     if settings.local_backend_enabled:
         available.add(Backend.LOCAL)
     if settings.segmind_api_key:
         available.add(Backend.SEGMIND)
+    if settings.static_gpu_nodes or (settings.gpu_discovery and live_gpu_nodes):
+        available.add(Backend.GPU)
     return available
 
 
-def check_backend(settings: Settings, backend: Backend, tenant: Tenant) -> None:
+def check_backend(
+    settings: Settings, backend: Backend, tenant: Tenant, *, live_gpu_nodes: bool = False
+) -> None:
     """403 unless the requested backend (or, for `auto`, some backend) is both configured
     here and allowed for this tenant."""
-    usable = {b for b in available_backends(settings) if b.value in tenant.allowed_backends}
+    available = available_backends(settings, live_gpu_nodes=live_gpu_nodes)
+    usable = {b for b in available if b.value in tenant.allowed_backends}
     if backend is Backend.AUTO:
         if not usable:
             raise Forbidden("no backend is available to this account", code="backend_unavailable")
@@ -102,6 +109,7 @@ async def submit_job(
     options: SubmitOptions,
     subject: SubjectSource,
     idempotency_key: str | None,
+    live_gpu_nodes: bool = False,
 ) -> Submission:
     """Reserve the price and create the job; the caller commits, then enqueues."""
     digest = request_hash(params, options, subject)
@@ -109,7 +117,7 @@ async def submit_job(
         existing = await repository.find_by_idempotency_key(session, tenant.id, idempotency_key)
         if existing is not None:
             return _replay(existing, digest, idempotency_key)
-    check_backend(settings, options.backend, tenant)
+    check_backend(settings, options.backend, tenant, live_gpu_nodes=live_gpu_nodes)
     webhook_url = options.webhook_url or tenant.webhook_url
     if options.webhook_url is not None:
         check_url(options.webhook_url, settings.egress_policy, field="webhook_url")

@@ -1,0 +1,1 @@
+"""The GPU node service's parts: settings, engine loading, heartbeat."""

@@ -1,0 +1,218 @@
+"""`relight-node`: a GPU inference node. Serves one engine (`RELIGHT_NODE_ENGINE`) over HTTP
+and announces itself in Redis so workers find it; see relight/nodes/protocol.py for the wire
+format.
+
+    POST /v1/relight   params + subject → images (NDJSON progress stream, or plain JSON)
+    GET  /healthz      engine, model, device, capacity, in-flight, version
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hmac
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import orjson
+import uvicorn
+from fastapi import Depends, FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from redis.asyncio import Redis
+
+from inference.engines.base import RelightEngine
+from inference.node.engines import engine_device, load_engine
+from inference.node.heartbeat import Heartbeat
+from inference.node.service import NodeService
+from inference.node.settings import NodeSettings
+from relight import __version__
+from relight.errors import RelightError, Unauthorized
+from relight.logs import configure_logging
+from relight.nodes.protocol import HEALTH_PATH, NDJSON, RELIGHT_PATH, NodeHealth, NodeRequest
+from relight.nodes.registry import NodeInfo
+
+logger = logging.getLogger(__name__)
+
+# A quiet stream still says something this often, so workers can tell slow from dead.
+PING_S = 5.0
+
+
+def _error(status: int, message: str, code: str, headers: dict[str, str] | None = None) -> Any:
+    return JSONResponse({"error": message, "code": code}, status_code=status, headers=headers)
+
+
+def _line(event: dict[str, Any]) -> bytes:
+    return orjson.dumps(event) + b"\n"
+
+
+def create_node_app(
+    settings: NodeSettings, *, node_id: str, url: str, engine: RelightEngine | None = None
+) -> FastAPI:
+    """The node's ASGI app; the engine is loaded at startup unless one is given."""
+
+    def describe() -> NodeInfo:
+        service: NodeService = app.state.service
+        return NodeInfo(
+            id=node_id,
+            url=url,
+            capacity=settings.capacity,
+            engine=service.engine.name,
+            model=service.engine.model,
+            device=engine_device(service.engine),
+            in_flight=service.in_flight,
+            version=__version__,
+        )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loaded = engine if engine is not None else await asyncio.to_thread(load_engine, settings)
+        heartbeat: Heartbeat | None = None
+        service = NodeService(
+            loaded,
+            node_id=node_id,
+            capacity=settings.capacity,
+            max_input_bytes=settings.max_input_bytes,
+            max_input_pixels=settings.max_input_pixels,
+            on_change=lambda: heartbeat.changed() if heartbeat is not None else None,
+        )
+        app.state.service = service
+        redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
+        if redis is not None:
+            heartbeat = Heartbeat(
+                redis,
+                settings.namespace,
+                describe,
+                interval_s=settings.heartbeat_s,
+                ttl_s=settings.heartbeat_ttl_s,
+            )
+            await heartbeat.start()
+        logger.info(
+            "node %s serving %s (%s) at %s, capacity %d",
+            node_id,
+            loaded.name,
+            loaded.model,
+            url,
+            settings.capacity,
+        )
+        try:
+            yield
+        finally:
+            if heartbeat is not None:
+                await heartbeat.stop()
+            if redis is not None:
+                await redis.aclose()
+            await asyncio.to_thread(service.close)
+
+    app = FastAPI(title="Relight GPU node", version=__version__, lifespan=lifespan)
+
+    @app.exception_handler(RelightError)
+    async def relight_error(request: Request, exc: RelightError) -> Response:
+        headers = {}
+        if exc.status_code == 503:
+            headers["Retry-After"] = str(exc.extra.get("retry_after", 1))
+        if exc.status_code == 401:
+            headers["WWW-Authenticate"] = "Bearer"
+        response: Response = _error(exc.status_code, exc.message, exc.code, headers)
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        field = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
+        message = f"{field}: {first.get('msg')}" if field else str(first.get("msg"))
+        response: Response = JSONResponse(
+            {"error": message, "code": "validation_error", "field": field or None},
+            status_code=422,
+        )
+        return response
+
+    def authorize(authorization: Annotated[str | None, Header()] = None) -> None:
+        if settings.token is None:
+            return
+        scheme, _, presented = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            presented.strip().encode(), settings.token.encode()
+        ):
+            raise Unauthorized("a valid `Authorization: Bearer <RELIGHT_NODE_TOKEN>` is required")
+
+    @app.get(HEALTH_PATH, response_model=NodeHealth)
+    async def healthz() -> NodeHealth:
+        info = describe()
+        return NodeHealth(
+            status="ok",
+            id=info.id,
+            url=info.url,
+            engine=info.engine or "",
+            model=info.model or "",
+            device=info.device or "cpu",
+            capacity=info.capacity,
+            in_flight=info.in_flight,
+            version=__version__,
+        )
+
+    @app.post(RELIGHT_PATH, dependencies=[Depends(authorize)])
+    async def relight(
+        body: NodeRequest, accept: Annotated[str | None, Header()] = None
+    ) -> Response:
+        service: NodeService = app.state.service
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[float | None] = asyncio.Queue()
+
+        def progress(fraction: float) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, fraction)
+
+        future = await service.start(body, progress)
+        future.add_done_callback(lambda _: loop.call_soon_threadsafe(events.put_nowait, None))
+        if NDJSON not in (accept or ""):
+            result = await asyncio.shield(asyncio.wrap_future(future))
+            return Response(result.model_dump_json(), media_type="application/json")
+
+        async def stream() -> AsyncIterator[bytes]:
+            yield _line({"event": "started", "node": node_id})
+            while True:
+                try:
+                    value = await asyncio.wait_for(events.get(), PING_S)
+                except TimeoutError:
+                    yield _line({"event": "ping"})
+                    continue
+                if value is None:
+                    break
+                yield _line({"event": "progress", "progress": round(value, 4)})
+            error = future.exception()
+            if error is None:
+                yield _line({"event": "result", **future.result().model_dump(mode="json")})
+            elif isinstance(error, RelightError):
+                yield _line({"event": "error", "error": error.message, "code": error.code})
+            else:
+                logger.error("engine failed", exc_info=error)
+                yield _line(
+                    {
+                        "event": "error",
+                        "error": f"the engine failed ({error.__class__.__name__})",
+                        "code": "engine_error",
+                    }
+                )
+
+        return StreamingResponse(stream(), media_type=NDJSON)
+
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="relight-node", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=9000, help="port to bind (default 9000)")
+    args = parser.parse_args(argv)
+    settings = NodeSettings()
+    configure_logging(settings.log_level, settings.log_format)
+    app = create_node_app(
+        settings, node_id=settings.node_id(args.port), url=settings.url(args.host, args.port)
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False)
+
+
+if __name__ == "__main__":
+    main()

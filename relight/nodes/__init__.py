@@ -1,0 +1,1 @@
+"""GPU inference nodes as workers see them: discovery, slots, circuit breakers, dispatch."""

@@ -1,0 +1,237 @@
+"""The `gpu` backend's logic: pick a node, hold a slot on it, call it, fail over.
+
+Per call: the known nodes (static plus live heartbeats) minus those whose circuit is open and
+those that already failed this try; a slot on the least-loaded one (atomic across workers);
+the call, with the slot renewed while it runs. A node that is unreachable or dies mid-request
+is counted against its circuit and the same try moves on to the next node, so a node's death
+costs the job nothing but time. When every node is full, a job that asked for `gpu` waits
+(`gpu_wait_s`) for a slot; an `auto` job fails over to the next backend at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from time import perf_counter
+
+import httpx
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from relight.config import Settings
+from relight.errors import BackendFailed
+from relight.jobs.backend import BackendCall, BackendResult, JobInput
+from relight.nodes import registry, slots
+from relight.nodes.breaker import CircuitBreaker
+from relight.nodes.client import FailureKind, NodeCallFailed, call_node
+from relight.nodes.registry import NodeInfo
+from relight.params import RelightParams
+
+logger = logging.getLogger(__name__)
+
+BACKEND = "gpu"
+# How often a job waiting for a free slot looks again.
+WAIT_POLL_S = 0.2
+
+
+class GpuDispatcher:
+    """Runs requests on GPU nodes for one worker process."""
+
+    def __init__(self, *, settings: Settings, redis: Redis, http: httpx.AsyncClient) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.http = http
+        self.namespace = settings.gpu_namespace
+        self.static = registry.static_nodes(settings.static_gpu_nodes)
+        self.breaker = CircuitBreaker(
+            redis,
+            self.namespace,
+            failures=settings.gpu_breaker_failures,
+            cooldown_s=settings.gpu_breaker_cooldown_s,
+        )
+        self.worker_id = uuid.uuid4().hex[:12]
+
+    async def nodes(self) -> list[NodeInfo]:
+        """Every node known now: the static list, described by heartbeats where they beat."""
+        live: list[NodeInfo] = []
+        if self.settings.gpu_discovery:
+            try:
+                live = await registry.live_nodes(self.redis, self.namespace)
+            except RedisError:
+                logger.warning("could not read GPU node heartbeats", exc_info=True)
+        return registry.merge(self.static, live)
+
+    async def available(self) -> bool:
+        """Whether any node is configured or alive (full ones count: a job can wait)."""
+        return bool(await self.nodes())
+
+    async def render(
+        self,
+        job_input: JobInput,
+        params: RelightParams,
+        seed: int,
+        calls: list[BackendCall],
+        progress: Callable[[float], None] | None = None,
+    ) -> BackendResult:
+        wait = job_input.backend_requested == BACKEND
+        deadline = time.monotonic() + (self.settings.gpu_wait_s if wait else 0.0)
+        failed: set[str] = set()
+        last: NodeCallFailed | None = None
+        while True:
+            busy: set[str] = set()
+            while True:
+                candidates = await self._candidates(exclude=failed | busy)
+                lease = await slots.acquire_least_loaded(
+                    self.redis,
+                    self.namespace,
+                    candidates,
+                    self.settings.gpu_slot_ttl_s,
+                    holder=f"{self.worker_id}:{job_input.job_id}:{uuid.uuid4().hex[:8]}",
+                )
+                if lease is None:
+                    break
+                try:
+                    return await self._call(lease, job_input, params, seed, calls, progress)
+                except NodeCallFailed as exc:
+                    if exc.kind is FailureKind.REJECTED:
+                        raise BackendFailed(
+                            f"the GPU node refused the request: {exc.message}",
+                            code="upstream_rejected",
+                            retryable=False,
+                            failover=False,
+                        ) from exc
+                    last = exc
+                    (busy if exc.kind is FailureKind.BUSY else failed).add(lease.node.id)
+            if not await self._candidates(exclude=failed):
+                # Nothing left that could ever take it now: none known, all failed or open.
+                raise self._unavailable(job_input, last, nothing=not await self.nodes())
+            if time.monotonic() >= deadline:
+                raise BackendFailed(
+                    "every GPU node is busy",
+                    code="gpu_busy",
+                    retryable=wait,
+                    failover=True,
+                    retry_after_s=1.0,
+                )
+            await asyncio.sleep(WAIT_POLL_S)
+
+    async def _candidates(self, exclude: set[str]) -> list[NodeInfo]:
+        candidates = []
+        for node in await self.nodes():
+            if node.id in exclude:
+                continue
+            try:
+                if not await self.breaker.allows(node.id):
+                    continue
+            except RedisError:
+                logger.warning("circuit breaker unreadable; trying node %s", node.id)
+            candidates.append(node)
+        return candidates
+
+    def _unavailable(
+        self, job_input: JobInput, last: NodeCallFailed | None, *, nothing: bool
+    ) -> BackendFailed:
+        wait = job_input.backend_requested == BACKEND
+        if nothing or last is None:
+            message = "no GPU node is available" if nothing else "every GPU node's circuit is open"
+            return BackendFailed(message, code="gpu_unavailable", retryable=wait, failover=True)
+        if last.kind is FailureKind.AUTH:
+            logger.error("GPU nodes refused our token: check RELIGHT_NODE_TOKEN")
+            return BackendFailed(
+                "the GPU nodes refused the worker's credentials",
+                code="upstream_auth",
+                retryable=False,
+                failover=True,
+            )
+        code = "upstream_unreachable" if last.kind is FailureKind.UNREACHABLE else "upstream_error"
+        return BackendFailed(
+            f"no GPU node could serve the request: {last.message}", code=code, retryable=True
+        )
+
+    async def _call(
+        self,
+        lease: slots.SlotLease,
+        job_input: JobInput,
+        params: RelightParams,
+        seed: int,
+        calls: list[BackendCall],
+        progress: Callable[[float], None] | None,
+    ) -> BackendResult:
+        node = lease.node
+        started_at = datetime.now(UTC).isoformat()
+        started = perf_counter()
+
+        def record(outcome: str, status: int | None = None, error: str | None = None) -> None:
+            calls.append(
+                BackendCall(
+                    backend=BACKEND,
+                    started_at=started_at,
+                    latency_ms=round((perf_counter() - started) * 1000, 2),
+                    outcome=outcome,
+                    status_code=status,
+                    error=error,
+                    node=node.id,
+                )
+            )
+
+        async with self._holding(lease):
+            try:
+                result, images = await call_node(
+                    self.http,
+                    node,
+                    image=job_input.data,
+                    params=params,
+                    seed=seed,
+                    token=self.settings.node_token,
+                    progress=progress,
+                )
+            except NodeCallFailed as exc:
+                record(exc.kind.value, exc.status_code, exc.message)
+                if exc.kind in (FailureKind.UNREACHABLE, FailureKind.LOST, FailureKind.FAILED):
+                    await self._count_failure(node.id)
+                logger.warning("GPU node %s: %s", node.id, exc.message)
+                raise
+        record("ok", 200)
+        with contextlib.suppress(RedisError):
+            await self.breaker.record_success(node.id)
+        timings = {f"node_{name}": value for name, value in result.timings.items()}
+        timings["node_ms"] = round((perf_counter() - started) * 1000, 2)
+        return BackendResult(images=images, node=node.id, timings=timings)
+
+    async def _count_failure(self, node_id: str) -> None:
+        try:
+            if await self.breaker.record_failure(node_id):
+                logger.warning("circuit of GPU node %s is open", node_id)
+        except RedisError:
+            logger.warning("could not count a failure of GPU node %s", node_id, exc_info=True)
+
+    @asynccontextmanager
+    async def _holding(self, lease: slots.SlotLease) -> AsyncIterator[None]:
+        """Keep the slot while the block runs (renewed at a third of its TTL), then free it."""
+        ttl_s = self.settings.gpu_slot_ttl_s
+
+        async def keep() -> None:
+            while True:
+                await asyncio.sleep(ttl_s / 3)
+                try:
+                    await slots.renew(self.redis, lease, ttl_s)
+                except RedisError:
+                    logger.warning("could not renew a slot on %s", lease.node.id, exc_info=True)
+
+        keeper = asyncio.create_task(keep())
+        try:
+            yield
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+            try:
+                await asyncio.shield(slots.release(self.redis, lease))
+            except RedisError:
+                logger.warning("could not free a slot on %s; it expires", lease.node.id)

@@ -1,0 +1,63 @@
+"""The wire format between workers and GPU nodes (`POST /v1/relight`).
+
+Request: JSON `{"image": <base64 bytes of the subject>, "params": RelightParams, "seed": int}`
+with `Authorization: Bearer <RELIGHT_NODE_TOKEN>` when a token is set.
+
+Answer with `Accept: application/x-ndjson`: one JSON object per line, `{"event": "started"}`,
+then `{"event": "progress", "progress": 0.4}` as the engine advances (and `{"event": "ping"}`
+when it is quiet), then `{"event": "result", ...}` or `{"event": "error", "error", "code"}`.
+Without it: the result object alone, as plain JSON. A result is `{"node", "engine", "model",
+"seed", "images": [{"index", "content_type", "width", "height", "seed", "data"}], "timings"}`
+with `data` base64. Refusals before any work are ordinary JSON errors: 503 `node_busy` with
+`Retry-After` when every slot is taken, 401 without the token, 400/422 for bad input.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from relight.params import SEED_MAX, RelightParams
+
+NDJSON = "application/x-ndjson"
+RELIGHT_PATH = "/v1/relight"
+HEALTH_PATH = "/healthz"
+
+
+class NodeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    image: Annotated[str, Field(min_length=1, description="the subject image, base64")]
+    params: RelightParams
+    seed: Annotated[int, Field(ge=0, le=SEED_MAX)]
+
+
+class NodeImage(BaseModel):
+    index: int
+    content_type: str
+    width: int
+    height: int
+    seed: int
+    data: str
+
+
+class NodeResult(BaseModel):
+    node: str
+    engine: str
+    model: str
+    seed: int
+    images: list[NodeImage]
+    timings: dict[str, float] = Field(default_factory=dict)
+
+
+class NodeHealth(BaseModel):
+    status: str
+    id: str
+    url: str
+    engine: str
+    model: str
+    device: str
+    capacity: int
+    in_flight: int
+    version: str

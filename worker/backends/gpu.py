@@ -1,0 +1,34 @@
+"""The `gpu` backend: IC-Light on our GPU nodes (`relight-node`), through `GpuDispatcher`
+(node discovery, slots across workers, circuit breakers and failover live in relight/nodes/)."""
+
+from __future__ import annotations
+
+from relight.jobs.backend import (
+    BackendCall,
+    BackendResult,
+    JobInput,
+    ProgressCallback,
+)
+from relight.nodes.dispatch import GpuDispatcher
+from relight.params import RelightParams
+
+
+class GpuBackend:
+    name = "gpu"
+
+    def __init__(self, dispatcher: GpuDispatcher) -> None:
+        self.dispatcher = dispatcher
+
+    async def available(self) -> bool:
+        """Some node is configured or beating; `auto` skips this backend otherwise."""
+        return await self.dispatcher.available()
+
+    async def render(
+        self,
+        job_input: JobInput,
+        params: RelightParams,
+        seed: int,
+        calls: list[BackendCall],
+        progress: ProgressCallback | None = None,
+    ) -> BackendResult:
+        return await self.dispatcher.render(job_input, params, seed, calls, progress)

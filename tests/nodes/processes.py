@@ -1,0 +1,92 @@
+"""Real `relight-node` processes (classic engine) for tests: started, awaited, stopped."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from scripts.stack import BIN, free_port
+
+
+@dataclass
+class NodeProcess:
+    node_id: str
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def kill(self) -> None:
+        """SIGKILL: the node dies as a crash would, mid-request, without a word."""
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def health(self) -> dict[str, object]:
+        answer: dict[str, object] = httpx.get(f"{self.url}/healthz", timeout=2).json()
+        return answer
+
+
+@contextmanager
+def node_process(
+    node_id: str,
+    *,
+    redis_url: str,
+    namespace: str,
+    log_dir: Path,
+    capacity: int = 1,
+    token: str | None = None,
+    heartbeat_s: float = 0.5,
+) -> Iterator[NodeProcess]:
+    """`relight-node` serving the classic engine on a free port until the block ends."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "RELIGHT_NODE_ENGINE": "classic",
+        "RELIGHT_NODE_ID": node_id,
+        "RELIGHT_NODE_CAPACITY": str(capacity),
+        "RELIGHT_NODE_HEARTBEAT_S": str(heartbeat_s),
+        "RELIGHT_REDIS_URL": redis_url,
+        "RELIGHT_GPU_NAMESPACE": namespace,
+        "RELIGHT_NODE_TOKEN": token or "",
+        "RELIGHT_LOG_FORMAT": "text",
+    }
+    env.pop("RELIGHT_NODE_REDIS_URL", None)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = log_dir / f"{node_id}.log"
+    url = f"http://127.0.0.1:{port}"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [str(BIN / "relight-node"), "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError(f"relight-node exited: {log.read_text()}")
+                try:
+                    if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"relight-node did not start: {log.read_text()}")
+                time.sleep(0.1)
+            yield NodeProcess(node_id=node_id, url=url, process=process, log=log)
+        finally:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()

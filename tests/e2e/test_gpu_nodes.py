@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -142,8 +142,8 @@ class LoadSampler:
                         self.in_flight.setdefault(node.node_id, []).append(count)
                     key = slots_key(self.stack.namespace, node.node_id)
                     now_ms = int(time.time() * 1000)
-                    held = client.zcount(key, now_ms, "+inf")
-                    self.slots.setdefault(node.node_id, []).append(int(held))
+                    held = cast(int, client.zcount(key, now_ms, "+inf"))
+                    self.slots.setdefault(node.node_id, []).append(held)
                 time.sleep(0.03)
         finally:
             client.close()
@@ -174,6 +174,22 @@ def wait_finished(
             return records
         assert time.monotonic() < deadline, [record["status"] for record in records]
         time.sleep(0.1)
+
+
+def credits_of(stack: Stack, tenant: TenantKey) -> float:
+    response = httpx.get(f"{stack.url}/v1/get-user-credits", headers=tenant.headers)
+    return float(response.json()["credits"])
+
+
+def rendering_node(stack: Stack, timeout_s: float = 30) -> NodeProcess:
+    """The node whose /healthz shows a request in flight (waits for one)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for node in stack.nodes:
+            if node.health()["in_flight"] == 1:
+                return node
+        time.sleep(0.02)
+    raise AssertionError("no node picked the job up")
 
 
 async def ledger_kinds(engine: AsyncEngine, request_id: str) -> list[str]:
@@ -224,19 +240,10 @@ async def test_two_nodes_of_capacity_one_never_run_two_requests_each(
 async def test_a_node_killed_mid_job_and_the_job_finishes_on_the_other(
     stack: Stack, tenant: TenantKey, engine: AsyncEngine
 ) -> None:
-    balance_before = httpx.get(f"{stack.url}/v1/get-user-credits", headers=tenant.headers).json()[
-        "credits"
-    ]
+    balance_before = await asyncio.to_thread(credits_of, stack, tenant)
     request_id = await asyncio.to_thread(submit, stack, tenant, 7)
     # Wait until a node is rendering it, then kill that node without warning.
-    deadline = time.monotonic() + 30
-    victim: NodeProcess | None = None
-    while victim is None:
-        for node in stack.nodes:
-            if node.health()["in_flight"] == 1:
-                victim = node
-        assert time.monotonic() < deadline, "no node picked the job up"
-        await asyncio.sleep(0.02)
+    victim = await asyncio.to_thread(rendering_node, stack)
     await asyncio.sleep(0.3)  # mid-render
     victim.kill()
     [survivor] = [node for node in stack.nodes if node is not victim]
@@ -252,7 +259,5 @@ async def test_a_node_killed_mid_job_and_the_job_finishes_on_the_other(
     ]
     # Charged once: one reservation that became one charge, and no refund.
     assert await ledger_kinds(engine, request_id) == ["reserve", "charge"]
-    balance_after = httpx.get(f"{stack.url}/v1/get-user-credits", headers=tenant.headers).json()[
-        "credits"
-    ]
+    balance_after = await asyncio.to_thread(credits_of, stack, tenant)
     assert balance_before - balance_after == record["credits"]["charged"]

@@ -135,7 +135,9 @@ async def test_capacity_one_refuses_a_second_request_quickly(
 ) -> None:
     slow = asyncio.create_task(post(node.url, body(SLOW)))
     async with httpx.AsyncClient(timeout=5) as client:
-        while (await client.get(f"{node.url}/healthz")).json()["in_flight"] == 0:
+        for _ in range(500):
+            if (await client.get(f"{node.url}/healthz")).json()["in_flight"] == 1:
+                break
             await asyncio.sleep(0.02)
         started = time.monotonic()
         refused = await client.post(f"{node.url}/v1/relight", json=body())

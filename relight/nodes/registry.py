@@ -7,6 +7,7 @@ beating drops out of discovery within one TTL, with nothing to clean up.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -14,6 +15,8 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+
+DISCOVERY_TIMEOUT_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,7 @@ async def discovered_gpu_nodes(redis: Redis, namespace: str, *, enabled: bool) -
     if not enabled:
         return False
     try:
-        return await has_live_nodes(redis, namespace)
-    except (RedisError, OSError):
+        # Bounded: a Redis outage must not hold a submit through the client's retries.
+        return await asyncio.wait_for(has_live_nodes(redis, namespace), DISCOVERY_TIMEOUT_S)
+    except (RedisError, OSError, TimeoutError):
         return False

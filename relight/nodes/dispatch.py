@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 BACKEND = "gpu"
 # How often a job waiting for a free slot looks again.
 WAIT_POLL_S = 0.2
+# A Redis outage leaves a job with the static nodes rather than stuck in client retries.
+DISCOVERY_TIMEOUT_S = 2.0
 
 
 class GpuDispatcher:
@@ -62,8 +64,10 @@ class GpuDispatcher:
         live: list[NodeInfo] = []
         if self.settings.gpu_discovery:
             try:
-                live = await registry.live_nodes(self.redis, self.namespace)
-            except RedisError:
+                live = await asyncio.wait_for(
+                    registry.live_nodes(self.redis, self.namespace), DISCOVERY_TIMEOUT_S
+                )
+            except (RedisError, OSError, TimeoutError):
                 logger.warning("could not read GPU node heartbeats", exc_info=True)
         return registry.merge(self.static, live)
 

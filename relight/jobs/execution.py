@@ -133,8 +133,13 @@ class JobRunner:
             raise
         except RelightError as exc:
             return await self._fail_or_retry(job, exc, timings)
-        # Backends that can tell (GPU nodes come and go) are left out while they have nothing.
-        available = [name for name, backend in self.backends.items() if await is_available(backend)]
+        # Under `auto`, backends that can tell (GPU nodes come and go) are left out while they
+        # have nothing to run on; a job that named one waits for it (retries) instead.
+        available = [
+            name
+            for name, backend in self.backends.items()
+            if job.backend_requested != routing.AUTO or await is_available(backend)
+        ]
         choices = routing.candidates(
             job.backend_requested, allowed, self.settings.failover_order, available
         )

@@ -240,3 +240,21 @@ async def test_a_wrong_token_fails_over_under_auto(
         ("local", None),
     ]
     assert attempts[0]["calls"][0]["status_code"] == 401
+
+
+async def test_a_gpu_job_whose_only_node_is_down_fails_refunded_after_its_tries(
+    settings: Settings, namespace: str, tenant: TenantKey, engine: AsyncEngine
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    config = gpu_settings(settings, namespace, gpu_nodes=dead, gpu_discovery=False)
+    async with relight_client(config) as client:
+        response = await client.post(
+            "/v2/ic-light", headers=tenant.headers, json=fast_body(backend="gpu")
+        )
+        assert response.status_code == 202, response.text
+        await run_burst_worker(config)
+        record = await get_record(client, tenant, response.json()["request_id"])
+    assert record["status"] == "FAILED"
+    assert record["error"]["code"] == "upstream_unavailable"
+    assert [a["backend"] for a in record["backend"]["attempts"]] == ["gpu"] * 3
+    assert await balance_of(engine, tenant.tenant_id) == START

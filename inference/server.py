@@ -207,6 +207,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=9000, help="port to bind (default 9000)")
     args = parser.parse_args(argv)
     settings = NodeSettings()
+    if settings.engine == "iclight" and settings.model_dir is None:
+        parser.error(
+            "the iclight engine needs RELIGHT_NODE_MODEL_DIR (or RELIGHT_NODE_ENGINE=classic)"
+        )
     configure_logging(settings.log_level, settings.log_format)
     app = create_node_app(
         settings, node_id=settings.node_id(args.port), url=settings.url(args.host, args.port)

@@ -20,7 +20,7 @@ from relight.jobs import repository
 from relight.jobs.schemas import RequestView, SubmitAccepted
 from relight.jobs.service import submit_job
 from relight.jobs.views import accepted_view, request_view
-from relight.logs import job_context
+from relight.logs import current_request_id, job_context
 from relight.models import Job, JobStatus
 
 logger = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ async def _submit(
         options=submitted.options,
         subject=submitted.subject,
         idempotency_key=idempotency_key,
+        http_request_id=current_request_id.get(),
     )
     job = submission.job
     with job_context(job.id):

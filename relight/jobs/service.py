@@ -13,6 +13,7 @@ import orjson
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from relight import metrics
 from relight.config import Settings
 from relight.credits.pricing import price
 from relight.credits.service import refund_credits, reserve_credits
@@ -102,8 +103,10 @@ async def submit_job(
     options: SubmitOptions,
     subject: SubjectSource,
     idempotency_key: str | None,
+    http_request_id: str | None = None,
 ) -> Submission:
-    """Reserve the price and create the job; the caller commits, then enqueues."""
+    """Reserve the price and create the job; the caller commits, then enqueues.
+    `http_request_id` (the submit's X-Request-ID) is kept for the job's log lines."""
     digest = request_hash(params, options, subject)
     if idempotency_key is not None:
         existing = await repository.find_by_idempotency_key(session, tenant.id, idempotency_key)
@@ -132,6 +135,7 @@ async def submit_job(
         request_hash=digest,
         webhook_url=webhook_url,
         webhook_events=list(options.webhook_events),
+        http_request_id=http_request_id,
     )
     try:
         # A savepoint, so that losing an idempotency race also undoes the reservation.
@@ -139,6 +143,7 @@ async def submit_job(
             session.add(job)
             await session.flush()
             await reserve_credits(session, tenant.id, job.id, cost)
+            metrics.count_job_submitted(session, options.backend.value)
     except IntegrityError:
         if idempotency_key is None:
             raise

@@ -101,8 +101,12 @@ class JobRunner:
                 allowed = await repository.allowed_backends(session, job.tenant_id)
                 if job.attempts == 1:
                     start_delivery = await webhooks.schedule_delivery(session, job, webhooks.START)
+            else:
+                # Rare (a repeated run): one more read, so that this line carries the request id.
+                request_id = await repository.http_request_id_of(session, job_id)
         if job is None:
-            logger.info("job %s is not queued; nothing to do", job_id)
+            with request_context(request_id):
+                logger.info("job %s is not queued; nothing to do", job_id)
             return RunOutcome(status=None)
         if job.attempts == 1:
             metrics.QUEUE_WAIT.observe((datetime.now(UTC) - job.created_at).total_seconds())

@@ -27,6 +27,11 @@ async def get_job_by_id(session: AsyncSession, job_id: uuid.UUID) -> Job | None:
     return await session.get(Job, job_id, populate_existing=True)
 
 
+async def http_request_id_of(session: AsyncSession, job_id: uuid.UUID) -> str | None:
+    """The X-Request-ID that submitted the job (for its log lines), if any."""
+    return await session.scalar(select(Job.http_request_id).where(Job.id == job_id))
+
+
 async def find_by_idempotency_key(
     session: AsyncSession, tenant_id: uuid.UUID, key: str
 ) -> Job | None:

@@ -68,7 +68,6 @@ class RequestId:
                 presented = value.decode("latin-1")
                 break
         request_id = presented if valid_request_id(presented) else uuid.uuid4().hex
-        assert request_id is not None
         scope.setdefault("state", {})[REQUEST_ID_STATE] = request_id
 
         async def send_with_request_id(message: Message) -> None:

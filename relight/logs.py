@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterator
 from contextvars import ContextVar
 from datetime import UTC, datetime
+from typing import TypeGuard
 
 import orjson
 
@@ -21,7 +22,7 @@ current_request_id: ContextVar[str | None] = ContextVar("relight_request_id", de
 MAX_REQUEST_ID_LENGTH = 128
 
 
-def valid_request_id(value: str | None) -> bool:
+def valid_request_id(value: str | None) -> TypeGuard[str]:
     """A request id a client may choose: 1–128 printable ASCII characters, no spaces, so it
     cannot forge log lines or headers and stays a cheap, bounded label."""
     return (

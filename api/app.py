@@ -12,9 +12,9 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from api.errors import install_error_handlers
-from api.middleware import RateLimitHeaders
+from api.middleware import HttpMetrics, RateLimitHeaders, RequestId
 from api.responses import OrjsonResponse
-from api.routes import account, admin, health, relight, requests, webhooks
+from api.routes import account, admin, health, metrics, relight, requests, webhooks
 from api.state import AppState
 from relight import __version__
 from relight.config import Settings, get_settings
@@ -70,6 +70,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         default_response_class=OrjsonResponse,
     )
     app.add_middleware(RateLimitHeaders)
+    app.add_middleware(HttpMetrics)
+    # Outermost, so every line logged while handling the request carries its id.
+    app.add_middleware(RequestId)
     install_error_handlers(app)
     app.include_router(relight.router)
     app.include_router(requests.router)
@@ -77,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(account.router)
     app.include_router(admin.router)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     install_openapi(app)
     return app
 

@@ -177,5 +177,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> OrjsonResponse:
-        logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal server error", "internal_error")
+        # Starlette answers unhandled errors outside every middleware: carry the request id
+        # into this line and this answer by hand.
+        request_id = request.scope.get("state", {}).get("request_id")
+        logger.exception(
+            "unhandled error on %s %s",
+            request.method,
+            request.url.path,
+            extra={"request_id": request_id},
+        )
+        headers = {"x-request-id": request_id} if request_id else None
+        return error_response(500, "internal server error", "internal_error", headers=headers)

@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     shutdown_grace_s: int = Field(default=20, ge=0)
     local_backend_enabled: bool = True
     local_engine_threads: int = Field(default=2, ge=1)
+    # Each worker serves Prometheus metrics on this port (0: off).
+    worker_metrics_port: int = Field(default=9101, ge=0, le=65535)
+    worker_metrics_host: str = "0.0.0.0"
 
     # Webhooks.
     webhook_timeout_s: float = Field(default=15.0, gt=0)

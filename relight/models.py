@@ -161,6 +161,8 @@ class Job(Base):
     webhook_events: Mapped[list[str]] = mapped_column(
         JSONB, default=list, server_default=text("'[]'::jsonb")
     )
+    # The X-Request-ID of the submit, so the worker's and the webhooks' log lines carry it.
+    http_request_id: Mapped[str | None] = mapped_column(String(128))
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
     progress: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")

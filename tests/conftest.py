@@ -95,6 +95,8 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
         retry_backoff_s=0.05,
         job_max_attempts=3,
         local_engine_threads=2,
+        # Workers in tests serve no metrics unless a test gives them a port of their own.
+        worker_metrics_port=0,
     )
 
 

@@ -9,7 +9,13 @@ import orjson
 import pytest
 
 from relight.config import Settings
-from relight.logs import JsonFormatter, TextFormatter, job_context
+from relight.logs import (
+    JsonFormatter,
+    TextFormatter,
+    job_context,
+    request_context,
+    valid_request_id,
+)
 
 
 def record(message: str) -> logging.LogRecord:
@@ -48,3 +54,38 @@ def test_the_text_format_names_the_job() -> None:
 @pytest.mark.parametrize("fmt", ["json", "text"])
 def test_both_formats_are_accepted_by_the_settings(fmt: str) -> None:
     assert Settings(log_format=fmt).log_format == fmt
+
+
+def test_a_line_carries_the_request_id_of_its_context_and_extra_wins() -> None:
+    formatter = JsonFormatter()
+    with request_context("req-1"), job_context("job-1"):
+        inside = orjson.loads(formatter.format(record("inside")))
+    with job_context("job-2", "req-2"):
+        nested = orjson.loads(formatter.format(record("nested")))
+    explicit = record("explicit")
+    explicit.request_id = "req-3"
+    outside = orjson.loads(formatter.format(explicit))
+
+    assert (inside["request_id"], inside["job_id"]) == ("req-1", "job-1")
+    assert (nested["request_id"], nested["job_id"]) == ("req-2", "job-2")
+    assert outside["request_id"] == "req-3"
+    assert "job_id" not in outside
+    with request_context("req-4"), job_context("abc"):
+        assert TextFormatter().format(record("hi")).endswith("hi [request req-4, job abc]")
+
+
+@pytest.mark.parametrize(
+    ("value", "valid"),
+    [
+        ("abc-123_./:=+", True),
+        ("x" * 128, True),
+        ("x" * 129, False),
+        ("", False),
+        (None, False),
+        ("with space", False),
+        ("new\nline", False),
+        ("ünï", False),
+    ],
+)
+def test_which_client_request_ids_are_kept(value: str | None, valid: bool) -> None:
+    assert valid_request_id(value) is valid

@@ -13,6 +13,7 @@ from arq.connections import RedisSettings
 from arq.worker import Worker
 
 from inference.engines.classic import ClassicEngine
+from relight import metrics
 from relight.config import Settings
 from relight.db import create_engine, create_sessionmaker
 from relight.jobs.backend import Backend
@@ -33,12 +34,34 @@ from relight.webhooks.delivery import WebhookSender
 from worker.backends.gpu import GpuBackend
 from worker.backends.local import LocalBackend
 from worker.backends.segmind import SegmindBackend
+from worker.metrics_server import MetricsServer
 from worker.tasks import deliver_webhook, run_job, sweep
 
 logger = logging.getLogger(__name__)
 
 # Output URLs in webhooks need an absolute base; set RELIGHT_PUBLIC_BASE_URL in production.
 DEFAULT_PUBLIC_BASE_URL = "http://127.0.0.1:8000"
+
+
+async def start_metrics_server(ctx: dict[str, Any], settings: Settings) -> None:
+    """Serve this worker's metrics on RELIGHT_WORKER_METRICS_PORT (0: off). A port already
+    taken (another worker on this host) is logged, not fatal: jobs matter more than metrics."""
+    if not settings.worker_metrics_port:
+        return
+    redis = ctx["redis"]
+
+    async def before_scrape() -> None:
+        await metrics.refresh_queue_depth(redis, settings.queue_name)
+
+    server = MetricsServer(
+        settings.worker_metrics_host, settings.worker_metrics_port, before_scrape
+    )
+    try:
+        await server.start()
+    except OSError as exc:
+        logger.warning("worker metrics not served: %s", exc)
+        return
+    ctx["metrics_server"] = server
 
 
 def build_worker(settings: Settings, **overrides: Any) -> Worker:
@@ -105,6 +128,7 @@ def build_worker(settings: Settings, **overrides: Any) -> Worker:
                 settings=settings, sessionmaker=sessionmaker, http=http, urls=urls
             ),
         )
+        await start_metrics_server(ctx, settings)
         logger.info(
             "worker ready on queue %s with backends %s",
             settings.queue_name,
@@ -112,6 +136,8 @@ def build_worker(settings: Settings, **overrides: Any) -> Worker:
         )
 
     async def shutdown(ctx: dict[str, Any]) -> None:
+        if "metrics_server" in ctx:
+            await ctx["metrics_server"].stop()
         for client in ("http", "segmind_http", "gpu_http"):
             if client in ctx:
                 await ctx[client].aclose()

@@ -93,6 +93,9 @@ async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
     for job_id in {*queued, *reclaimed.requeued}:
         if await _queue_again(redis, queue, str(job_id), partial(run_again, job_id)):
             requeued += 1
+            if job_id in queued:
+                with job_context(job_id, queued[job_id]):
+                    logger.warning("job %s was missing from the queue; queued again", job_id)
     for job_id in reclaimed.failed:
         await publish_finished(redis, queue, job_id)
     for delivery_id in reclaimed.deliveries:

@@ -18,11 +18,12 @@ from relight.credits.service import get_balance
 from relight.errors import Conflict, RelightError
 from relight.jobs import repository
 from relight.jobs.schemas import RequestView, SubmitAccepted
-from relight.jobs.service import submit_job
+from relight.jobs.service import available_backends, submit_job
 from relight.jobs.views import accepted_view, request_view
-from relight.logs import job_context
+from relight.logs import current_request_id, job_context
 from relight.models import Job, JobStatus
 from relight.nodes.registry import discovered_gpu_nodes
+from relight.params import Backend
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["relight"])
@@ -67,8 +68,16 @@ async def _submit(
         subject=submitted.subject,
         idempotency_key=idempotency_key,
         live_gpu_nodes=await discovered_gpu_nodes(
-            state.redis, state.settings.gpu_namespace, enabled=state.settings.gpu_discovery
+            state.redis,
+            state.settings.gpu_namespace,
+            # A Redis round trip only when the answer can change the outcome.
+            enabled=state.settings.gpu_discovery
+            and (
+                submitted.options.backend is Backend.GPU
+                or not available_backends(state.settings) - {Backend.GPU}
+            ),
         ),
+        http_request_id=current_request_id.get(),
     )
     job = submission.job
     with job_context(job.id):

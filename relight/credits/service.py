@@ -15,6 +15,7 @@ from typing import NoReturn
 from sqlalchemy import BigInteger, String, Text, Update, Uuid, func, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from relight import metrics
 from relight.errors import Forbidden, InsufficientCredits, InvalidParameter, RelightError
 from relight.ids import uuid7
 from relight.models import CreditEntry, CreditKind, Tenant, TenantStatus
@@ -93,6 +94,7 @@ async def reserve_credits(
     )
     if moved is None:
         await _explain_refusal(session, tenant_id, amount)
+    metrics.count_credits(session, "reserved", amount)
     return moved[1]
 
 
@@ -146,14 +148,18 @@ async def charge_credits(
     """Settle a succeeded job: it costs `cost`; what was reserved beyond that goes back."""
     if not 0 <= cost <= reserved:
         raise ValueError(f"a job cannot cost {cost} when {reserved} was reserved")
-    return await _settle(session, tenant_id, job_id, CreditKind.CHARGE, reserved - cost, None)
+    balance = await _settle(session, tenant_id, job_id, CreditKind.CHARGE, reserved - cost, None)
+    metrics.count_credits(session, "charged", cost)
+    return balance
 
 
 async def refund_credits(
     session: AsyncSession, tenant_id: uuid.UUID, job_id: uuid.UUID, amount: int, reason: str
 ) -> int:
     """Give a job's reservation back (failed, canceled, expired): at most once per job."""
-    return await _settle(session, tenant_id, job_id, CreditKind.REFUND, amount, reason)
+    balance = await _settle(session, tenant_id, job_id, CreditKind.REFUND, amount, reason)
+    metrics.count_credits(session, "refunded", amount)
+    return balance
 
 
 async def grant_credits(
@@ -192,6 +198,8 @@ async def grant_credits(
     if moved is None:
         limit = "make the balance negative" if amount < 0 else f"exceed {MAX_BALANCE} credits"
         raise InvalidParameter(f"a movement of {amount} would {limit}", extra={"field": "amount"})
+    if kind is CreditKind.GRANT:
+        metrics.count_credits(session, "granted", amount)
     entry = await session.get(CreditEntry, moved[0])
     assert entry is not None
     return entry

@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from relight import metrics
 from relight.config import Settings
 from relight.credits.service import charge_credits
 from relight.errors import BackendFailed, RelightError
@@ -34,6 +35,7 @@ from relight.jobs.events import publish_finished
 from relight.jobs.progress import track_progress
 from relight.jobs.queue import Enqueuer, enqueue_delivery
 from relight.jobs.service import fail_running_job
+from relight.logs import request_context
 from relight.models import Job, JobOutput, JobStatus
 from relight.params import Backend as BackendName
 from relight.params import RelightParams
@@ -58,6 +60,8 @@ class RunOutcome:
 
 
 MAX_RETRY_AFTER_S = 600.0
+# Failures that count as `timeout` (rather than `error`) in relight_backend_duration_seconds.
+TIMEOUT_CODES = frozenset({"backend_timeout", "upstream_timeout"})
 
 
 def _as_json(calls: list[BackendCall]) -> list[dict[str, Any]]:
@@ -98,17 +102,25 @@ class JobRunner:
                 allowed = await repository.allowed_backends(session, job.tenant_id)
                 if job.attempts == 1:
                     start_delivery = await webhooks.schedule_delivery(session, job, webhooks.START)
+            else:
+                # Rare (a repeated run): one more read, so that this line carries the request id.
+                request_id = await repository.http_request_id_of(session, job_id)
         if job is None:
-            logger.info("job %s is not queued; nothing to do", job_id)
+            with request_context(request_id):
+                logger.info("job %s is not queued; nothing to do", job_id)
             return RunOutcome(status=None)
-        await self._enqueue_deliveries([start_delivery])
-        keeper = asyncio.create_task(self._keep_lease(job))
-        try:
-            return await self._process(job, allowed, started)
-        finally:
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
+        if job.attempts == 1:
+            metrics.QUEUE_WAIT.observe((datetime.now(UTC) - job.created_at).total_seconds())
+        # From here on every line (and the lease keeper's) carries the submit's request id.
+        with request_context(job.http_request_id):
+            await self._enqueue_deliveries([start_delivery])
+            keeper = asyncio.create_task(self._keep_lease(job))
+            try:
+                return await self._process(job, allowed, started)
+            finally:
+                keeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await keeper
 
     async def _keep_lease(self, job: Job) -> None:
         """Renew the running attempt's lease, so the sweeper never takes a live job back."""
@@ -192,6 +204,9 @@ class JobRunner:
                 retryable=True,
             )
         else:
+            metrics.BACKEND_DURATION.labels(backend=name.value, outcome="success").observe(
+                perf_counter() - engine_started
+            )
             timings["backend_ms"] = _ms(perf_counter() - engine_started)
             timings.update(result.timings)
             entry = routing.attempt_entry(job.attempts, name, None, _as_json(calls))
@@ -202,6 +217,10 @@ class JobRunner:
                 raise
             timings["total_ms"] = _ms(perf_counter() - started)
             return await self._succeed(job, name, result, outputs, timings, entry)
+        outcome = "timeout" if failure.code in TIMEOUT_CODES else "error"
+        metrics.BACKEND_DURATION.labels(backend=name.value, outcome=outcome).observe(
+            perf_counter() - engine_started
+        )
         entry = routing.attempt_entry(job.attempts, name, failure, _as_json(calls))
         return await self._fail_or_retry(job, failure, timings, entry, choices)
 
@@ -401,6 +420,8 @@ class JobRunner:
                 if failed is None:
                     return RunOutcome(status=None)
         if retry:
+            retried_on = entry["backend"] if entry is not None else "none"
+            metrics.JOB_RETRIES.labels(backend=retried_on).inc()
             logger.warning(
                 "job %s attempt %d failed (%s: %s); retrying in %.1f s",
                 job.id,

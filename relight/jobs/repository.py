@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from relight import metrics
 from relight.errors import RequestNotFound
 from relight.models import Job, JobOutput, JobStatus, Tenant
 
@@ -24,6 +25,11 @@ async def get_job(session: AsyncSession, tenant_id: uuid.UUID, job_id: uuid.UUID
 
 async def get_job_by_id(session: AsyncSession, job_id: uuid.UUID) -> Job | None:
     return await session.get(Job, job_id, populate_existing=True)
+
+
+async def http_request_id_of(session: AsyncSession, job_id: uuid.UUID) -> str | None:
+    """The X-Request-ID that submitted the job (for its log lines), if any."""
+    return await session.scalar(select(Job.http_request_id).where(Job.id == job_id))
 
 
 async def find_by_idempotency_key(
@@ -114,7 +120,11 @@ async def transition(
     result = await session.execute(
         query.values(**values).returning(Job).execution_options(populate_existing=True)
     )
-    return result.scalar_one_or_none()
+    moved = result.scalar_one_or_none()
+    if moved is not None and moved.job_status.is_terminal:
+        backend = metrics.job_backend(moved.backend_used, moved.backend_calls)
+        metrics.count_job_finished(session, moved.status, backend)
+    return moved
 
 
 async def claim(session: AsyncSession, job_id: uuid.UUID, lease_s: float) -> Job | None:

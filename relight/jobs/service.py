@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -13,6 +14,7 @@ import orjson
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from relight import metrics
 from relight.config import Settings
 from relight.credits.pricing import price
 from relight.credits.service import refund_credits, reserve_credits
@@ -110,8 +112,10 @@ async def submit_job(
     subject: SubjectSource,
     idempotency_key: str | None,
     live_gpu_nodes: bool = False,
+    http_request_id: str | None = None,
 ) -> Submission:
-    """Reserve the price and create the job; the caller commits, then enqueues."""
+    """Reserve the price and create the job; the caller commits, then enqueues.
+    `http_request_id` (the submit's X-Request-ID) is kept for the job's log lines."""
     digest = request_hash(params, options, subject)
     if idempotency_key is not None:
         existing = await repository.find_by_idempotency_key(session, tenant.id, idempotency_key)
@@ -140,13 +144,20 @@ async def submit_job(
         request_hash=digest,
         webhook_url=webhook_url,
         webhook_events=list(options.webhook_events),
+        http_request_id=http_request_id,
+    )
+    # With an Idempotency-Key, a savepoint, so that losing the race for the key also undoes
+    # the reservation. Without one any failure rolls the whole request back: no savepoint
+    # (it would cost two more round trips per submit).
+    savepoint: AbstractAsyncContextManager[object] = (
+        session.begin_nested() if idempotency_key is not None else nullcontext()
     )
     try:
-        # A savepoint, so that losing an idempotency race also undoes the reservation.
-        async with session.begin_nested():
+        async with savepoint:
             session.add(job)
             await session.flush()
             await reserve_credits(session, tenant.id, job.id, cost)
+            metrics.count_job_submitted(session, options.backend.value)
     except IntegrityError:
         if idempotency_key is None:
             raise

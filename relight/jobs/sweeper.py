@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -20,8 +21,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from relight.jobs import repository
 from relight.jobs.service import fail_running_job
+from relight.logs import job_context
 from relight.models import Job, JobOutput, JobStatus
 from relight.storage import Storage
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -31,16 +35,18 @@ class Reclaimed:
     deliveries: list[uuid.UUID] = field(default_factory=list)
 
 
-async def queued_before(session: AsyncSession, grace_s: float, limit: int = 500) -> list[uuid.UUID]:
-    """Ids of jobs queued for longer than `grace_s` (oldest first)."""
+async def queued_before(
+    session: AsyncSession, grace_s: float, limit: int = 500
+) -> dict[uuid.UUID, str | None]:
+    """Jobs queued for longer than `grace_s` (oldest first): id → request id of the submit."""
     cutoff = datetime.now(UTC) - timedelta(seconds=grace_s)
-    rows = await session.scalars(
-        select(Job.id)
+    rows = await session.execute(
+        select(Job.id, Job.http_request_id)
         .where(Job.status == JobStatus.QUEUED.value, Job.created_at < cutoff)
         .order_by(Job.created_at)
         .limit(limit)
     )
-    return list(rows.all())
+    return {row.id: row.http_request_id for row in rows}
 
 
 async def reclaim_expired(session: AsyncSession, max_attempts: int, limit: int = 200) -> Reclaimed:
@@ -58,6 +64,13 @@ async def reclaim_expired(session: AsyncSession, max_attempts: int, limit: int =
     result = Reclaimed()
     for job in expired:
         message = f"the worker running attempt {job.attempts} stopped answering (lease expired)"
+        with job_context(job.id, job.http_request_id):
+            logger.warning(
+                "job %s: lease of attempt %d expired; %s",
+                job.id,
+                job.attempts,
+                "back to the queue" if job.attempts < max_attempts else "failing it",
+            )
         if job.attempts < max_attempts:
             moved = await repository.transition(
                 session,

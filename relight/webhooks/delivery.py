@@ -14,12 +14,14 @@ import httpx
 import orjson
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from relight import metrics
 from relight.config import Settings
 from relight.egress import EgressRefused, egress_stream
 from relight.errors import RelightError
 from relight.jobs import repository as jobs
 from relight.jobs.views import UrlBuilder, request_view
 from relight.logs import job_context
+from relight.models import Job, JobOutput, WebhookDelivery
 from relight.webhooks import service
 from relight.webhooks.schemas import message_id
 from relight.webhooks.signing import signature_header
@@ -43,6 +45,15 @@ def parse_retry_after(value: str | None) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def attempt_outcome(outcome: service.AttemptOutcome) -> str:
+    """The `outcome` label of relight_webhook_attempts_total."""
+    if outcome.delivered:
+        return "delivered"
+    if outcome.gone:
+        return "gone"
+    return "rejected" if outcome.status_code is not None else "unreachable"
 
 
 class WebhookSender:
@@ -72,6 +83,19 @@ class WebhookSender:
             assert job is not None
             outputs = await jobs.get_outputs(session, [job.id])
             signing_secrets = await service.secrets_in_use(session, delivery.tenant_id)
+        # The attempt's lines carry the job and the request id of its submit.
+        with job_context(job.id, job.http_request_id):
+            delay = await self._attempt(delivery, job, outputs, signing_secrets)
+        return None if delay is None else (delivery.attempts, delay)
+
+    async def _attempt(
+        self,
+        delivery: WebhookDelivery,
+        job: Job,
+        outputs: list[JobOutput],
+        signing_secrets: list[str],
+    ) -> float | None:
+        """POST the signed body once, record the attempt; the delay before the next one."""
         body = {
             "event": delivery.event,
             **request_view(job, outputs, self.urls).model_dump(mode="json"),
@@ -91,15 +115,15 @@ class WebhookSender:
             delay = await service.record_attempt(
                 session, delivery, outcome, self.settings.webhook_retry_delays
             )
-        with job_context(job.id):
-            logger.info(
-                "webhook %s (%s) attempt %d: %s",
-                webhook_id,
-                delivery.event,
-                delivery.attempts,
-                outcome.status_code or outcome.error,
-            )
-        return None if delay is None else (delivery.attempts, delay)
+        metrics.WEBHOOK_ATTEMPTS.labels(outcome=attempt_outcome(outcome)).inc()
+        logger.info(
+            "webhook %s (%s) attempt %d: %s",
+            webhook_id,
+            delivery.event,
+            delivery.attempts,
+            outcome.status_code or outcome.error,
+        )
+        return delay
 
     async def _post(self, url: str, headers: dict[str, str], data: bytes) -> service.AttemptOutcome:
         started_at = datetime.now(UTC)

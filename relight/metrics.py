@@ -1,0 +1,189 @@
+"""Prometheus metrics: defined once here, recorded where things happen, served by the api
+(`GET /metrics`) and by each worker (its own port).
+
+Everything lives in prometheus_client's default registry, which also carries the process
+collectors (CPU, memory, open files). Label values come from small fixed sets (route
+templates, statuses, backend names), never from user input, so the series stay few.
+
+What changes the database is counted only once its transaction committed (`on_commit`): a
+rolled-back charge, a savepoint that lost an idempotency race or a retried job is never
+counted, and a committed one is counted exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram
+from prometheus_client import generate_latest as _generate_latest
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session, SessionTransaction
+
+__all__ = ["CONTENT_TYPE_LATEST", "render"]
+
+logger = logging.getLogger(__name__)
+
+HTTP_REQUESTS = Counter(
+    "relight_http_requests_total",
+    "HTTP requests answered by the api, by route template and status code",
+    ["method", "route", "status"],
+)
+HTTP_DURATION = Histogram(
+    "relight_http_request_duration_seconds",
+    "Time from receiving an HTTP request to the end of its answer",
+    ["method", "route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+JOBS_SUBMITTED = Counter(
+    "relight_jobs_submitted_total",
+    "Requests accepted (and paid for), by the backend they asked for",
+    ["backend"],
+)
+JOBS = Counter(
+    "relight_jobs_total",
+    "Requests that ended, by final status and the backend that ran them (`none`: never ran)",
+    ["backend", "status"],
+)
+JOB_RETRIES = Counter(
+    "relight_job_retries_total",
+    "Attempts that failed and went back to the queue, by backend",
+    ["backend"],
+)
+QUEUE_DEPTH = Gauge(
+    "relight_queue_depth",
+    "Entries in the arq queue (jobs and webhook deliveries, deferred retries included), "
+    "read from Redis when scraped",
+)
+QUEUE_WAIT = Histogram(
+    "relight_queue_wait_seconds",
+    "Time from submit to the start of a request's first attempt",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 1800),
+)
+BACKEND_DURATION = Histogram(
+    "relight_backend_duration_seconds",
+    "Time a backend took to render one attempt, by backend and outcome",
+    ["backend", "outcome"],
+    buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300),
+)
+WEBHOOK_ATTEMPTS = Counter(
+    "relight_webhook_attempts_total",
+    "Webhook delivery attempts by outcome: delivered (2xx), gone (410), rejected (any other "
+    "status), unreachable (timeout, connection error, refused address)",
+    ["outcome"],
+)
+CREDITS = Counter(
+    "relight_credits_total",
+    "Credits moved, by movement: reserved at submit, charged on success, refunded on "
+    "failure or cancel, granted by operators",
+    ["movement"],
+)
+
+
+def render() -> bytes:
+    """The text exposition of every metric of this process."""
+    return _generate_latest(REGISTRY)
+
+
+async def refresh_queue_depth(redis: Redis, queue_name: str, timeout_s: float = 1.0) -> None:
+    """Set `relight_queue_depth` from the arq queue (a sorted set) in Redis. When Redis does not
+    answer in time the gauge says NaN: a scrape must not hang on it, nor report a stale depth."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            depth = await redis.zcard(queue_name)
+    except (RedisError, OSError, TimeoutError):
+        logger.warning("queue depth unavailable: Redis did not answer", exc_info=True)
+        QUEUE_DEPTH.set(math.nan)
+    else:
+        QUEUE_DEPTH.set(depth)
+
+
+# --- recording once a transaction commits -------------------------------------------------
+
+_PENDING = "relight_metrics_pending"
+Pending = list[tuple[SessionTransaction, Callable[[], None]]]
+
+
+def on_commit(session: AsyncSession | Session, record: Callable[[], None]) -> None:
+    """Call `record` when the session's transaction commits; forget it if the transaction (or
+    the savepoint it was made in) rolls back, or if the session closes without committing."""
+    sync = session.sync_session if isinstance(session, AsyncSession) else session
+    transaction = sync.get_nested_transaction() or sync.get_transaction()
+    if transaction is None:  # not in a transaction: nothing can undo it
+        record()
+        return
+    pending: Pending = sync.info.setdefault(_PENDING, [])
+    pending.append((transaction, record))
+
+
+def _within(transaction: SessionTransaction | None, ancestor: SessionTransaction) -> bool:
+    while transaction is not None:
+        if transaction is ancestor:
+            return True
+        transaction = transaction.parent
+    return False
+
+
+@event.listens_for(Session, "after_commit")
+def _record_committed(session: Session) -> None:
+    # A savepoint's release also fires after_commit; only the outermost commit is final.
+    if session.in_nested_transaction():
+        return
+    pending: Pending = session.info.pop(_PENDING, [])
+    for _, record in pending:
+        record()
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _forget_rolled_back(session: Session, previous_transaction: SessionTransaction) -> None:
+    pending: Pending | None = session.info.get(_PENDING)
+    if pending:
+        pending[:] = [
+            (transaction, record)
+            for transaction, record in pending
+            if not _within(transaction, previous_transaction)
+        ]
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_unfinished(session: Session, transaction: SessionTransaction) -> None:
+    # The outermost transaction ended: what was not recorded by its commit never will be
+    # (a session closed without committing does not roll back through after_soft_rollback).
+    if transaction.parent is None:
+        session.info.pop(_PENDING, None)
+
+
+# --- recording helpers ----------------------------------------------------------------------
+
+
+def count_credits(session: AsyncSession | Session, movement: str, amount: int) -> None:
+    """Count `amount` credits under `movement` once the caller's transaction commits."""
+    if amount > 0:
+        counter = CREDITS.labels(movement=movement)
+        on_commit(session, lambda: counter.inc(amount))
+
+
+def job_backend(backend_used: str | None, backend_calls: list[dict[str, Any]]) -> str:
+    """The backend label of a finished job: the one that ran it, else the last one tried."""
+    if backend_used:
+        return backend_used
+    for entry in reversed(backend_calls):
+        if entry.get("backend"):
+            return str(entry["backend"])
+    return "none"
+
+
+def count_job_submitted(session: AsyncSession | Session, backend: str) -> None:
+    """Count an accepted request (not an idempotent replay) once its submit commits."""
+    on_commit(session, JOBS_SUBMITTED.labels(backend=backend).inc)
+
+
+def count_job_finished(session: AsyncSession | Session, status: str, backend: str) -> None:
+    """Count a job that reached a final status, once the transition commits."""
+    on_commit(session, JOBS.labels(backend=backend, status=status).inc)

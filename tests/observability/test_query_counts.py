@@ -1,0 +1,132 @@
+"""SQL statements per request (issue 8, must show 2): a submit and a status poll run a fixed,
+small number of statements, and neither they nor a listing grow with the jobs or outputs in
+the table (no N+1). Counted with a `before_cursor_execute` listener on the app's engine."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+from sqlalchemy import event
+
+from tests.conftest import RunWorker, TenantKey
+from tests.helpers import fast_body, get_status, submit
+
+# What a submit without an Idempotency-Key runs: the key lookup (with its tenant), the job
+# INSERT, and the credit reservation (one UPDATE … RETURNING feeding the ledger INSERT).
+SUBMIT_STATEMENTS = 3
+# With a key: the lookup of the key, and a savepoint around the job row and the reservation.
+IDEMPOTENT_SUBMIT_STATEMENTS = SUBMIT_STATEMENTS + 3
+# What a status poll of a queued job runs: the key lookup, the job, its queue position.
+STATUS_STATEMENTS = 3
+
+
+@contextmanager
+def count_statements(app: FastAPI) -> Iterator[list[str]]:
+    """The SQL statements the app's engine sends while the block runs."""
+    statements: list[str] = []
+    engine = app.state.relight.engine.sync_engine
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield statements
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+async def submit_counted(
+    app: FastAPI, client: httpx.AsyncClient, tenant: TenantKey
+) -> tuple[str, list[str]]:
+    with count_statements(app) as statements:
+        request_id = await submit(client, tenant, fast_body())
+    return request_id, statements
+
+
+async def idempotent_submit_counted(
+    app: FastAPI, client: httpx.AsyncClient, tenant: TenantKey, key: str
+) -> list[str]:
+    with count_statements(app) as statements:
+        response = await client.post(
+            "/v2/ic-light",
+            headers={**tenant.headers, "Idempotency-Key": key},
+            json=fast_body(),
+        )
+    assert response.status_code == 202, response.text
+    return statements
+
+
+async def status_counted(
+    app: FastAPI, client: httpx.AsyncClient, tenant: TenantKey, request_id: str
+) -> tuple[dict[str, Any], list[str]]:
+    with count_statements(app) as statements:
+        status = await get_status(client, tenant, request_id)
+    return status, statements
+
+
+async def list_counted(
+    app: FastAPI, client: httpx.AsyncClient, tenant: TenantKey
+) -> tuple[list[dict[str, Any]], list[str]]:
+    with count_statements(app) as statements:
+        response = await client.get("/v2/requests?limit=100", headers=tenant.headers)
+    assert response.status_code == 200, response.text
+    data: list[dict[str, Any]] = response.json()["data"]
+    return data, statements
+
+
+async def test_submit_and_status_poll_run_a_fixed_number_of_statements(
+    app: FastAPI, client: httpx.AsyncClient, tenant: TenantKey, run_worker: RunWorker
+) -> None:
+    # Warm up: the first use of the key records its last use (once a minute at most), and the
+    # pool opens its connections; neither is what a steady submit costs.
+    await submit(client, tenant, fast_body())
+    await run_worker()
+
+    first_id, first_submit = await submit_counted(app, client, tenant)
+    first_status, first_poll = await status_counted(app, client, tenant, first_id)
+    assert first_status["status"] == "QUEUED"
+    assert len(first_submit) == SUBMIT_STATEMENTS, first_submit
+    assert len(first_poll) == STATUS_STATEMENTS, first_poll
+    first_keyed = await idempotent_submit_counted(app, client, tenant, "order-1")
+    assert len(first_keyed) == IDEMPOTENT_SUBMIT_STATEMENTS, first_keyed
+    await run_worker()
+
+    # 16 more jobs, each with an output, then two more queued.
+    for _ in range(16):
+        await submit(client, tenant, fast_body())
+    await run_worker()
+    last_keyed = await idempotent_submit_counted(app, client, tenant, "order-2")
+    last_id, last_submit = await submit_counted(app, client, tenant)
+    last_status, last_poll = await status_counted(app, client, tenant, last_id)
+
+    assert last_status["status"] == "QUEUED"
+    assert last_status["queue_position"] == 1  # behind the keyed one
+    assert len(last_submit) == len(first_submit), last_submit
+    assert len(last_keyed) == len(first_keyed), last_keyed
+    assert len(last_poll) == len(first_poll), last_poll
+
+
+async def test_a_listing_does_not_grow_with_the_jobs_and_outputs_it_shows(
+    app: FastAPI, client: httpx.AsyncClient, tenant: TenantKey, run_worker: RunWorker
+) -> None:
+    await submit(client, tenant, fast_body())
+    await run_worker()
+    one, one_statements = await list_counted(app, client, tenant)
+    assert [len(record["outputs"]) for record in one] == [1]
+
+    for _ in range(9):
+        await submit(client, tenant, fast_body(number_of_images=2))
+    await run_worker()
+    for _ in range(10):
+        await submit(client, tenant, fast_body())
+    await run_worker()
+    twenty, twenty_statements = await list_counted(app, client, tenant)
+
+    assert len(twenty) == 20
+    assert sum(len(record["outputs"]) for record in twenty) == 1 + 9 * 2 + 10
+    assert len(twenty_statements) == len(one_statements), twenty_statements

@@ -26,6 +26,8 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction
 
+from relight.nodes.slots import slots_in_use
+
 __all__ = ["CONTENT_TYPE_LATEST", "render"]
 
 logger = logging.getLogger(__name__)
@@ -78,6 +80,11 @@ WEBHOOK_ATTEMPTS = Counter(
     "status), unreachable (timeout, connection error, refused address)",
     ["outcome"],
 )
+NODE_SLOTS_IN_USE = Gauge(
+    "relight_node_slots_in_use",
+    "GPU node slots held right now across every worker, by node id, read from Redis when scraped",
+    ["node"],
+)
 CREDITS = Counter(
     "relight_credits_total",
     "Credits moved, by movement: reserved at submit, charged on success, refunded on "
@@ -91,17 +98,24 @@ def render() -> bytes:
     return _generate_latest(REGISTRY)
 
 
-async def refresh_queue_depth(redis: Redis, queue_name: str, timeout_s: float = 1.0) -> None:
-    """Set `relight_queue_depth` from the arq queue (a sorted set) in Redis. When Redis does not
-    answer in time the gauge says NaN: a scrape must not hang on it, nor report a stale depth."""
+async def refresh_from_redis(
+    redis: Redis, queue_name: str, gpu_namespace: str, timeout_s: float = 1.0
+) -> None:
+    """Set the gauges that describe shared state (queue depth, GPU node slots) from Redis. When
+    Redis does not answer in time the queue depth says NaN: a scrape must not hang on it, nor
+    report a stale depth."""
     try:
         async with asyncio.timeout(timeout_s):
             depth = await redis.zcard(queue_name)
+            slots = await slots_in_use(redis, gpu_namespace)
     except (RedisError, OSError, TimeoutError):
         logger.warning("queue depth unavailable: Redis did not answer", exc_info=True)
         QUEUE_DEPTH.set(math.nan)
-    else:
-        QUEUE_DEPTH.set(depth)
+        return
+    QUEUE_DEPTH.set(depth)
+    NODE_SLOTS_IN_USE.clear()
+    for node_id, used in slots.items():
+        NODE_SLOTS_IN_USE.labels(node=node_id).set(used)
 
 
 # --- recording once a transaction commits -------------------------------------------------

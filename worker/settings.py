@@ -51,7 +51,7 @@ async def start_metrics_server(ctx: dict[str, Any], settings: Settings) -> None:
     redis = ctx["redis"]
 
     async def before_scrape() -> None:
-        await metrics.refresh_queue_depth(redis, settings.queue_name)
+        await metrics.refresh_from_redis(redis, settings.queue_name, settings.gpu_namespace)
 
     server = MetricsServer(
         settings.worker_metrics_host, settings.worker_metrics_port, before_scrape

@@ -1,4 +1,4 @@
-"""`GET /metrics`: this api process's Prometheus metrics, plus the queue depth read from Redis."""
+"""`GET /metrics`: this api's Prometheus metrics, plus queue depth and node slots from Redis."""
 
 from __future__ import annotations
 
@@ -17,5 +17,7 @@ router = APIRouter(tags=["health"])
     responses={200: {"content": {"text/plain": {}}, "description": "the metrics"}},
 )
 async def get_metrics(state: StateDep) -> Response:
-    await metrics.refresh_queue_depth(state.redis, state.settings.queue_name)
+    await metrics.refresh_from_redis(
+        state.redis, state.settings.queue_name, state.settings.gpu_namespace
+    )
     return Response(content=metrics.render(), media_type=metrics.CONTENT_TYPE_LATEST)

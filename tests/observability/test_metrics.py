@@ -14,7 +14,11 @@ import uuid
 from typing import Any
 
 import httpx
+from redis.asyncio import Redis
 
+from relight.config import Settings
+from relight.nodes.registry import NodeInfo
+from relight.nodes.slots import acquire_least_loaded, release
 from tests.conftest import TenantKey
 from tests.fakes.webhook_receiver import WebhookReceiver
 from tests.helpers import cancel, fast_body, get_record, submit
@@ -157,3 +161,27 @@ async def test_an_idempotent_replay_is_neither_submitted_nor_reserved_twice(
     assert delta(after, before, "relight_jobs_submitted_total", backend="auto") == 1
     assert delta(after, before, "relight_credits_total", movement="reserved") == cost
     assert requests_delta(after, before, "POST", "/v2/ic-light", 202) == 2
+
+
+async def test_gpu_node_slots_in_use_are_read_from_redis_at_scrape_time(
+    client: httpx.AsyncClient, settings: Settings, redis: Redis
+) -> None:
+    busy = NodeInfo(id=f"node-{uuid.uuid4().hex[:8]}", url="http://127.0.0.1:1", capacity=2)
+    idle = NodeInfo(id=f"node-{uuid.uuid4().hex[:8]}", url="http://127.0.0.1:2", capacity=1)
+    leases = [
+        await acquire_least_loaded(redis, settings.gpu_namespace, [busy], ttl_s=30)
+        for _ in range(2)
+    ]
+    passing = await acquire_least_loaded(redis, settings.gpu_namespace, [idle], ttl_s=30)
+    assert passing is not None
+    await release(redis, passing)
+    try:
+        held = await scrape(client)
+        assert held.value("relight_node_slots_in_use", node=busy.id) == 2
+        assert held.value("relight_node_slots_in_use", node=idle.id) == 0
+    finally:
+        for lease in leases:
+            assert lease is not None
+            await release(redis, lease)
+    released = await scrape(client)
+    assert released.value("relight_node_slots_in_use", node=busy.id) == 0

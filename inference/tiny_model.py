@@ -31,7 +31,7 @@ TINY_UNET_CONFIG: dict[str, Any] = {
     "sample_size": 64,
     "in_channels": 4,
     "out_channels": 4,
-    "block_out_channels": (16, 32, 32),
+    "block_out_channels": (8, 16, 32),
     "down_block_types": ("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
     "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
     "layers_per_block": 1,

@@ -12,6 +12,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from PIL import Image
+from torch.export.passes import move_to_device_pass
 
 from relight.params import LightSource
 
@@ -23,11 +24,12 @@ UInt8Array = npt.NDArray[np.uint8]
 
 
 class MattingModel:
-    """A TorchScript module mapping 1×3×H×W RGB in [0, 1] to 1×1×h×w alpha in [0, 1].
+    """An exported alpha matting program: 1×3×H×W RGB in [0, 1] → 1×1×h×w alpha in [0, 1].
 
-    H and W are multiples of 64 near one megapixel; the alpha is resized back (bilinear) to
-    the image's size. Any background-removal network (e.g. BRIA RMBG) can be wrapped so,
-    with its own normalisation inside, and saved with `torch.jit.save`.
+    The file is a `torch.export.save` of an ExportedProgram whose H and W are dynamic (they
+    are multiples of 64 near one megapixel, following the image's aspect ratio); the alpha is
+    resized back (bilinear) to the image's size. Any background-removal network (e.g. BRIA
+    RMBG) can be wrapped so, with its own input normalisation inside.
     """
 
     def __init__(self, path: Path, device: torch.device) -> None:
@@ -35,7 +37,10 @@ class MattingModel:
             raise FileNotFoundError(f"matting model {path} does not exist")
         self.path = path
         self.device = device
-        self._module = torch.jit.load(str(path), map_location=device).eval()  # type: ignore[no-untyped-call]
+        program = torch.export.load(str(path))
+        if device.type != "cpu":
+            program = move_to_device_pass(program, device)
+        self._module = program.module()
 
     def alpha(self, image: Image.Image) -> npt.NDArray[np.float32]:
         """Alpha in [0, 1] for every pixel of an RGB image, shape (H, W)."""

@@ -24,6 +24,7 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from PIL import Image
 
 from inference.engines.base import ProgressCallback
+from inference.iclight.cuda_graphs import CudaGraphUNet
 from inference.iclight.images import (
     MattingModel,
     UInt8Array,
@@ -61,14 +62,18 @@ class ICLightEngine:
         full_precision: bool = False,
         optimize: bool | None = None,
         compile_unet: bool = False,
+        cuda_graphs: bool = False,
     ) -> None:
         """Move the networks to `device` and prepare them for inference.
 
         On CUDA the UNet and text encoder run in fp16 and the VAE in bf16 (as the reference),
         unless `full_precision`; on the CPU everything is fp32. `optimize` (default: on CUDA)
         fuses the attention QKV projections and uses channels-last memory; `compile_unet`
-        wraps the UNet in `torch.compile`.
+        wraps the UNet in `torch.compile`; `cuda_graphs` (CUDA only) replays the UNet as
+        captured CUDA graphs, one per request shape.
         """
+        if cuda_graphs and (device.type != "cuda" or compile_unet):
+            raise ValueError("cuda_graphs needs a CUDA device and excludes compile_unet")
         self.model = model_name
         self.device = device
         self.matting = matting
@@ -100,6 +105,7 @@ class ICLightEngine:
         # Dynamo's first trace of a shape is not thread-safe; later calls run concurrently.
         self._compile_lock = threading.Lock() if compile_unet else None
         self._compiled_shapes: set[tuple[int, ...]] = set()
+        self._graphs = CudaGraphUNet(self.unet) if cuda_graphs else None
 
     @classmethod
     def from_dir(
@@ -111,6 +117,7 @@ class ICLightEngine:
         full_precision: bool = False,
         optimize: bool | None = None,
         compile_unet: bool = False,
+        cuda_graphs: bool = False,
     ) -> ICLightEngine:
         """Load the model folder (layout in `inference.iclight.weights`) onto `device`.
 
@@ -128,6 +135,7 @@ class ICLightEngine:
             full_precision=full_precision,
             optimize=optimize,
             compile_unet=compile_unet,
+            cuda_graphs=cuda_graphs,
         )
 
     def relight(
@@ -243,6 +251,8 @@ class ICLightEngine:
     def _call_unet(
         self, sample: torch.Tensor, timestep: torch.Tensor, hidden_states: torch.Tensor
     ) -> torch.Tensor:
+        if self._graphs is not None:
+            return self._graphs(sample, timestep, hidden_states)
         if self._compile_lock is not None:
             shape = (*sample.shape, hidden_states.shape[1])
             if shape not in self._compiled_shapes:

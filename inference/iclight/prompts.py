@@ -9,20 +9,27 @@ longer's number of pieces, so both have the same sequence length.
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 from transformers import CLIPTextModel, CLIPTokenizer
+
+# A fast tokenizer may reconfigure its Rust state (truncation, padding) inside a call, and
+# concurrent calls then fail with "Already borrowed": tokenizing is serialised (it is cheap).
+_TOKENIZER_LOCK = threading.Lock()
 
 
 def _chunk_ids(tokenizer: CLIPTokenizer, text: str) -> list[list[int]]:
     max_length = int(tokenizer.model_max_length)
     chunk_length = max_length - 2
     start, end = int(tokenizer.bos_token_id), int(tokenizer.eos_token_id)
-    tokens: list[int] = tokenizer(text, truncation=False, add_special_tokens=False)["input_ids"]
+    with _TOKENIZER_LOCK:
+        tokens: list[int] = tokenizer(text, truncation=False, add_special_tokens=False)["input_ids"]
     chunks = [
         [start, *tokens[i : i + chunk_length], end] for i in range(0, len(tokens), chunk_length)
     ]
-    # An empty prompt still gets one (empty) piece, as the reference's tokenizer call gives.
+    # An empty text (a blank negative prompt) gets one piece of only start and end tokens;
+    # the reference would fail on it.
     if not chunks:
         chunks = [[start, end]]
     return [chunk + [end] * (max_length - len(chunk)) for chunk in chunks]

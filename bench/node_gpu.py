@@ -130,7 +130,9 @@ class PlainICLight:
 
         self.device = device
         tokenizer = CLIPTokenizer.from_pretrained(model_dir / "tokenizer")
-        text_encoder = CLIPTextModel.from_pretrained(model_dir / "text_encoder")
+        text_encoder = CLIPTextModel.from_pretrained(
+            model_dir / "text_encoder", torch_dtype=torch.float32
+        )
         vae = AutoencoderKL.from_pretrained(model_dir / "vae", torch_dtype=torch.float32)
         unet = UNet2DConditionModel.from_pretrained(model_dir / "unet", torch_dtype=torch.float32)
 
@@ -170,7 +172,9 @@ class PlainICLight:
         del sd_offset, sd_origin, sd_merged
 
         half = device.type == "cuda" and not full_precision
-        self.text_encoder = text_encoder.to(device=device, dtype=torch.float16 if half else None)
+        self.text_encoder = text_encoder.to(
+            device=device, dtype=torch.float16 if half else torch.float32
+        )
         self.vae = vae.to(device=device, dtype=torch.bfloat16 if half else torch.float32)
         self.unet = unet.to(device=device, dtype=torch.float16 if half else torch.float32)
         self.unet.set_attn_processor(AttnProcessor2_0())

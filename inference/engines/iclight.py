@@ -97,8 +97,6 @@ class ICLightEngine:
             if on_cuda:
                 # Fixed shapes per request size: let cuDNN pick the fastest kernels once.
                 torch.backends.cudnn.benchmark = True
-                torch.backends.cuda.matmul.allow_tf32 = True
-                torch.backends.cudnn.allow_tf32 = True
         self._unet_module: torch.nn.Module = self.unet
         if compile_unet:
             self._unet_module = torch.compile(self.unet)  # type: ignore[assignment]
@@ -121,8 +119,9 @@ class ICLightEngine:
     ) -> ICLightEngine:
         """Load the model folder (layout in `inference.iclight.weights`) onto `device`.
 
-        `device` None means CUDA when available, else the CPU; `matting_model` is a
-        TorchScript alpha matting module (see `MattingModel`) used for subjects without alpha.
+        `device` None means CUDA when available, else the CPU; `matting_model` is an alpha
+        matting program saved with `torch.export.save` (see `MattingModel`), used for
+        subjects without alpha.
         """
         target = torch.device(device) if device is not None else default_device()
         model = load_model(model_dir)

@@ -119,11 +119,15 @@ def load_model(model_dir: Path) -> ICLightModel:
     text_encoder = CLIPTextModel.from_pretrained(
         model_dir / "text_encoder", local_files_only=True, torch_dtype=torch.float32
     )
+    # low_cpu_mem_usage needs the accelerate package, which the node does not install.
     vae = AutoencoderKL.from_pretrained(
-        model_dir / "vae", local_files_only=True, torch_dtype=torch.float32
+        model_dir / "vae", local_files_only=True, torch_dtype=torch.float32, low_cpu_mem_usage=False
     )
     unet = UNet2DConditionModel.from_pretrained(
-        model_dir / "unet", local_files_only=True, torch_dtype=torch.float32
+        model_dir / "unet",
+        local_files_only=True,
+        torch_dtype=torch.float32,
+        low_cpu_mem_usage=False,
     )
     widen_conv_in(unet)
     offsets = safetensors.torch.load_file(str(model_dir / OFFSETS_FILE))

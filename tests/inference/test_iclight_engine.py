@@ -28,7 +28,6 @@ from inference.engines.base import RelightEngine
 from inference.engines.iclight import ICLightEngine
 from inference.iclight.images import composite_on_gray
 from inference.iclight.weights import OFFSETS_FILE, ModelFolderError
-from inference.tiny_model import write_tiny_model
 from relight.images import encode_image, resize_and_center_crop
 from relight.params import LightSource, OutputFormat, RelightParams
 
@@ -36,11 +35,6 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 PROMPT = "a cat, sunset"
 # Small, quick requests for the tensor-level tests.
 SMALL: dict[str, Any] = {"width": 256, "height": 320, "steps": 2, "highres_scale": 1.0}
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_model(tmp_path_factory.mktemp("iclight") / "model")
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""Real `relight-node` processes (classic engine) for tests: started, awaited, stopped."""
+"""Real `relight-node` processes for tests (classic engine, or IC-Light on a tiny model):
+started, awaited, stopped."""
 
 from __future__ import annotations
 
@@ -43,12 +44,17 @@ def node_process(
     capacity: int = 1,
     token: str | None = None,
     heartbeat_s: float = 0.5,
+    model_dir: Path | None = None,
+    startup_timeout_s: float = 30,
 ) -> Iterator[NodeProcess]:
-    """`relight-node` serving the classic engine on a free port until the block ends."""
+    """`relight-node` on a free port until the block ends: the classic engine, or IC-Light
+    loaded from `model_dir` when one is given."""
     port = free_port()
     env = {
         **os.environ,
-        "RELIGHT_NODE_ENGINE": "classic",
+        "RELIGHT_NODE_ENGINE": "classic" if model_dir is None else "iclight",
+        "RELIGHT_NODE_MODEL_DIR": str(model_dir or ""),
+        "RELIGHT_NODE_DEVICE": "cpu",
         "RELIGHT_NODE_ID": node_id,
         "RELIGHT_NODE_CAPACITY": str(capacity),
         "RELIGHT_NODE_HEARTBEAT_S": str(heartbeat_s),
@@ -69,7 +75,7 @@ def node_process(
             stderr=subprocess.STDOUT,
         )
         try:
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + startup_timeout_s
             while True:
                 if process.poll() is not None:
                     raise RuntimeError(f"relight-node exited: {log.read_text()}")

@@ -23,7 +23,9 @@ class RateLimited(RelightError):
     code = "rate_limited"
 
 
-def get_state(request: Request) -> AppState:
+# Dependencies are `async def` even when they do no I/O: FastAPI runs a plain `def` one in a
+# worker thread, a hand-off that costs more than the function itself.
+async def get_state(request: Request) -> AppState:
     state: AppState = request.app.state.relight
     return state
 
@@ -31,7 +33,7 @@ def get_state(request: Request) -> AppState:
 StateDep = Annotated[AppState, Depends(get_state)]
 
 
-def get_settings(state: StateDep) -> Settings:
+async def get_settings(state: StateDep) -> Settings:
     return state.settings
 
 
@@ -127,7 +129,7 @@ TenantDep = Annotated[Tenant, Depends(current_tenant)]
 SubmitterDep = Annotated[Tenant, Depends(submitting_tenant)]
 
 
-def url_builder(request: Request, settings: SettingsDep) -> UrlBuilder:
+async def url_builder(request: Request, settings: SettingsDep) -> UrlBuilder:
     base_url = settings.public_base_url or str(request.base_url)
     return UrlBuilder(
         base_url=base_url,

@@ -46,8 +46,11 @@ class WakeableWorker(Worker):
         await super()._poll_iteration()
         timeout = await self._time_to_next_poll()
         if timeout > 0:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+            # that arrives as the event is set, and the worker would never stop.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()
@@ -80,7 +83,8 @@ class WakeableWorker(Worker):
         self._listener = asyncio.create_task(self._listen(subscribed), name="relight-wakeup")
         # Subscribed before the first read of the queue, so no wake-up falls in between.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(subscribed.wait(), timeout=2)
+            async with asyncio.timeout(2):
+                await subscribed.wait()
 
     async def _listen(self, subscribed: asyncio.Event) -> None:
         channel = wake_channel(self.queue_name)

@@ -12,13 +12,11 @@ from __future__ import annotations
 import time
 import uuid
 from typing import Any
-from weakref import WeakKeyDictionary
 
 import orjson
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -61,7 +59,6 @@ return 1
 """
 
 Enqueuer = Redis
-_scripts: WeakKeyDictionary[Redis, AsyncScript] = WeakKeyDictionary()
 
 
 async def enqueue(
@@ -75,9 +72,6 @@ async def enqueue(
     """Queue `function(*args)` for arq's workers as arq's own `enqueue_job` would (same keys,
     same payload, refused when `job_id` is queued, running or kept as a result), waking idle
     workers when it is due now. False when arq already holds the job."""
-    script = _scripts.get(redis)
-    if script is None:
-        script = _scripts[redis] = redis.register_script(ENQUEUE_SCRIPT)
     now_ms = round(time.time() * 1000)
     score = now_ms + round((defer_s or 0) * 1000)
     payload = serialize_job({"t": None, "f": function, "a": args, "k": {}, "et": now_ms})
@@ -95,7 +89,9 @@ async def enqueue(
         job_id,
         wake,
     ]
-    return bool(await script(keys=keys, args=argv))
+    # A Script object is cheap (it hashes the source); it runs EVALSHA and loads the script
+    # when Redis does not know it yet.
+    return bool(await redis.register_script(ENQUEUE_SCRIPT)(keys=keys, args=argv))
 
 
 async def enqueue_run(enqueuer: Enqueuer, queue_name: str, job_id: uuid.UUID) -> bool:

@@ -13,7 +13,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from relight.errors import RequestNotFound
 from relight.models import Job, JobOutput, JobStatus, Tenant
 
-
 _JOB_ATTRIBUTES = [attribute.key for attribute in inspect(Job).column_attrs]
 _JOB_TABLE = Job.metadata.tables[Job.__tablename__]
 _INSERT_JOB = insert(_JOB_TABLE).returning(*_JOB_TABLE.c)

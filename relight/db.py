@@ -30,7 +30,7 @@ def create_engine(settings: Settings, *, pool_size: int | None = None) -> AsyncE
     return create_async_engine(
         settings.database_url,
         pool_size=pool_size or settings.database_pool_size,
-        max_overflow=settings.database_pool_size,
+        max_overflow=0,
         pool_pre_ping=False,
         pool_recycle=1800,
     )

@@ -37,7 +37,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = create_engine(settings)
+        # A fixed pool (no overflow): a burst queues for a connection instead of opening and
+        # closing extra ones, and each api process holds a known number of them.
+        engine = create_engine(settings, max_overflow=0)
         redis = await create_pool(
             replace(RedisSettings.from_dsn(settings.redis_url), **redis_retry_options()),
             job_serializer=serialize_job,

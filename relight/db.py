@@ -26,12 +26,17 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-def create_engine(settings: Settings, *, pool_size: int | None = None) -> AsyncEngine:
+def create_engine(
+    settings: Settings, *, pool_size: int | None = None, max_overflow: int | None = None
+) -> AsyncEngine:
+    """The async engine. `max_overflow` defaults to the pool size (a burst may open as many
+    connections again, closed when returned); the API passes 0 for a fixed pool."""
+    size = pool_size or settings.database_pool_size
     return create_async_engine(
         settings.database_url,
-        pool_size=pool_size or settings.database_pool_size,
-        max_overflow=0,
-        pool_pre_ping=False,
+        pool_size=size,
+        max_overflow=settings.database_pool_size if max_overflow is None else max_overflow,
+        pool_pre_ping=True,
         pool_recycle=1800,
     )
 

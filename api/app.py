@@ -52,6 +52,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings=settings,
             engine=engine,
             sessionmaker=create_sessionmaker(engine),
+            autocommit_sessionmaker=create_sessionmaker(
+                engine.execution_options(isolation_level="AUTOCOMMIT")
+            ),
             redis=redis,
             storage=FileSystemStorage(settings.storage_dir),
             waiter=waiter,

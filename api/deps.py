@@ -118,9 +118,18 @@ async def current_tenant(
 
 
 async def submitting_tenant(
-    request: Request, state: StateDep, tenant: Annotated[Tenant, Depends(authenticated_tenant)]
+    request: Request,
+    state: StateDep,
+    x_api_key: Annotated[str | None, Header(description="Your Relight API key")] = None,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Tenant:
-    """The authenticated tenant, after spending one request of its rate limit (429 if none)."""
+    """The authenticated tenant, after spending one request of its rate limit (429 if none).
+
+    The key is looked up outside the request's transaction (one autocommit statement): the
+    submit's transaction then starts only when the body is read and checked, so it is never
+    open, nor a pooled connection held, while a client uploads an image."""
+    async with state.autocommit_sessionmaker() as session:
+        tenant = await authenticate(session, presented_key(x_api_key, authorization))
     await apply_rate_limit(request, state, tenant, cost=1)
     return tenant
 

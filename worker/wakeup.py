@@ -6,7 +6,8 @@ wake-up channel (`relight.jobs.queue.wake_channel`, published after every enqueu
 is due now) and waits between polls on that signal, with the poll delay as the timeout. It also
 polls at once when one of its own jobs finishes (a slot is free) and when the next deferred job
 (a retry, a cron run) falls due, so the poll delay only bounds how late a lost message can make
-a job.
+a job. Claiming a job (arq's check that no other worker has it) is one Redis script instead of
+four round trips.
 """
 
 from __future__ import annotations
@@ -18,12 +19,25 @@ import time
 from datetime import datetime
 from typing import Any
 
+from arq.constants import in_progress_key_prefix
 from arq.worker import Worker
 from redis.exceptions import RedisError
 
 from relight.jobs.queue import wake_channel
 
 logger = logging.getLogger(__name__)
+
+# arq's claim of a queued job (`Worker.start_jobs`: not in progress elsewhere, still queued and
+# due, then mark it in progress) in one atomic round trip instead of WATCH, EXISTS, ZSCORE and
+# MULTI/EXEC. KEYS: in-progress key, queue. ARGV: job id, now (ms), in-progress timeout (ms).
+# The job's score, or false when another worker has it or it is not due.
+CLAIM_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if not score or tonumber(score) > tonumber(ARGV[2]) then return false end
+redis.call('PSETEX', KEYS[1], ARGV[3], '1')
+return score
+"""
 
 
 class WakeableWorker(Worker):
@@ -51,6 +65,33 @@ class WakeableWorker(Worker):
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        """arq's `start_jobs`, with the claim of each job in one script (see CLAIM_SCRIPT)."""
+        claim = self.pool.register_script(CLAIM_SCRIPT)
+        timeout_ms = int(self.in_progress_timeout_s * 1000)
+        for job_id_b in job_ids:
+            await self.sem.acquire()
+            if self.job_counter >= self.max_jobs:
+                self.sem.release()
+                return
+            self.job_counter += 1
+            job_id = job_id_b.decode()
+            keys = [in_progress_key_prefix + job_id, self.queue_name]
+            try:
+                score = await claim(keys=keys, args=[job_id, round(time.time() * 1000), timeout_ms])
+            except BaseException:
+                self.job_counter -= 1
+                self.sem.release()
+                raise
+            if score is None:
+                # Running elsewhere, finished, or deferred again by another worker.
+                self.job_counter -= 1
+                self.sem.release()
+                continue
+            task = self.loop.create_task(self.run_job(job_id, int(float(score))))
+            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            self.tasks[job_id] = task
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()

@@ -38,8 +38,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # A fixed pool (no overflow): a burst queues for a connection instead of opening and
-        # closing extra ones, and each api process holds a known number of them.
-        engine = create_engine(settings, max_overflow=0)
+        # closing extra ones, and each api process holds a known number of them. No pre-ping
+        # (three round trips per checkout with asyncpg): after Postgres drops our connections,
+        # the first request to meet one answers 503 with Retry-After and the pool is renewed.
+        engine = create_engine(settings, max_overflow=0, pre_ping=False)
         redis = await create_pool(
             replace(RedisSettings.from_dsn(settings.redis_url), **redis_retry_options()),
             job_serializer=serialize_job,

@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 DATABASE ?= relight
 export RELIGHT_DATABASE_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/$(DATABASE)
 
-.PHONY: help install services migrate demo test lint typecheck bench up down compose-check clean
+.PHONY: help install services migrate demo test lint typecheck bench wrk up down compose-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -44,12 +44,24 @@ lint: install  ## ruff check and format check
 typecheck: install  ## mypy --strict
 	$(BIN)/mypy
 
-bench: install services  ## benchmarks (prints tables)
-	$(BIN)/python bench/classic_engine.py
+bench: install services wrk  ## benchmarks (each prints a markdown table)
+	$(BIN)/python bench/submit.py
+	$(BIN)/python bench/dispatch.py
 	$(BIN)/python bench/e2e.py
+	$(BIN)/python bench/classic_engine.py
 	$(BIN)/python bench/submit_overhead.py
 	$(BIN)/python bench/webhook_latency.py
 	$(BIN)/python bench/segmind_overhead.py
+
+wrk:  ## the HTTP load generator the submit benchmark drives (apt-get install wrk when missing)
+	@command -v wrk >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing wrk with apt-get" >&2; \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null || \
+			{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }; \
+		else \
+			echo "wrk is missing: install it (Debian: apt-get install wrk)" >&2; exit 1; \
+		fi; }
 
 compose-check:  ## validate docker-compose.yml
 	@bash scripts/validate-compose.sh

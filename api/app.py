@@ -37,7 +37,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = create_engine(settings)
+        # A fixed pool (no overflow): a burst queues for a connection instead of opening and
+        # closing extra ones, and each api process holds a known number of them. No pre-ping
+        # (three round trips per checkout with asyncpg): after Postgres drops our connections,
+        # the first request to meet one answers 503 with Retry-After and the pool is renewed.
+        engine = create_engine(settings, max_overflow=0, pre_ping=False)
         redis = await create_pool(
             replace(RedisSettings.from_dsn(settings.redis_url), **redis_retry_options()),
             job_serializer=serialize_job,
@@ -50,6 +54,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings=settings,
             engine=engine,
             sessionmaker=create_sessionmaker(engine),
+            autocommit_sessionmaker=create_sessionmaker(
+                engine.execution_options(isolation_level="AUTOCOMMIT")
+            ),
             redis=redis,
             storage=FileSystemStorage(settings.storage_dir),
             waiter=waiter,

@@ -23,7 +23,9 @@ class RateLimited(RelightError):
     code = "rate_limited"
 
 
-def get_state(request: Request) -> AppState:
+# Dependencies are `async def` even when they do no I/O: FastAPI runs a plain `def` one in a
+# worker thread, a hand-off that costs more than the function itself.
+async def get_state(request: Request) -> AppState:
     state: AppState = request.app.state.relight
     return state
 
@@ -31,7 +33,7 @@ def get_state(request: Request) -> AppState:
 StateDep = Annotated[AppState, Depends(get_state)]
 
 
-def get_settings(state: StateDep) -> Settings:
+async def get_settings(state: StateDep) -> Settings:
     return state.settings
 
 
@@ -116,9 +118,18 @@ async def current_tenant(
 
 
 async def submitting_tenant(
-    request: Request, state: StateDep, tenant: Annotated[Tenant, Depends(authenticated_tenant)]
+    request: Request,
+    state: StateDep,
+    x_api_key: Annotated[str | None, Header(description="Your Relight API key")] = None,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Tenant:
-    """The authenticated tenant, after spending one request of its rate limit (429 if none)."""
+    """The authenticated tenant, after spending one request of its rate limit (429 if none).
+
+    The key is looked up outside the request's transaction (one autocommit statement): the
+    submit's transaction then starts only when the body is read and checked, so it is never
+    open, nor a pooled connection held, while a client uploads an image."""
+    async with state.autocommit_sessionmaker() as session:
+        tenant = await authenticate(session, presented_key(x_api_key, authorization))
     await apply_rate_limit(request, state, tenant, cost=1)
     return tenant
 
@@ -127,7 +138,7 @@ TenantDep = Annotated[Tenant, Depends(current_tenant)]
 SubmitterDep = Annotated[Tenant, Depends(submitting_tenant)]
 
 
-def url_builder(request: Request, settings: SettingsDep) -> UrlBuilder:
+async def url_builder(request: Request, settings: SettingsDep) -> UrlBuilder:
     base_url = settings.public_base_url or str(request.base_url)
     return UrlBuilder(
         base_url=base_url,

@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> None:
         log_config=None,
         access_log=False,
         proxy_headers=True,
+        # Explicit, so a missing package fails loudly instead of falling back to slower ones.
+        loop="uvloop",
+        http="httptools",
     )
 
 

@@ -25,6 +25,9 @@ class AppState:
     settings: Settings
     engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
+    # Sessions whose statements commit one by one (no BEGIN/COMMIT round trips): for reads
+    # that need no transaction, such as looking up an API key.
+    autocommit_sessionmaker: async_sessionmaker[AsyncSession]
     redis: ArqRedis
     storage: Storage
     waiter: JobWaiter

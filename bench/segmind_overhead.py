@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import os
 import statistics
 import sys
 import tempfile
@@ -24,7 +23,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import create_scratch_database, drop_scratch_database, percentile  # noqa: E402
+from bench.common import (  # noqa: E402
+    bench_env,
+    create_scratch_database,
+    drop_queue,
+    drop_scratch_database,
+    percentile,
+)
 from bench.e2e import prepare  # noqa: E402
 from scripts.stack import local_stack  # noqa: E402
 from tests.fakes.segmind import DEFAULT_API_KEY, SegmindStandIn  # noqa: E402
@@ -51,15 +56,12 @@ def main() -> None:
         SegmindStandIn(credits=Decimal(10**9)) as stand_in,
         tempfile.TemporaryDirectory() as scratch,
     ):
-        env = {
-            **os.environ,
-            "RELIGHT_DATABASE_URL": url,
-            "RELIGHT_STORAGE_DIR": str(Path(scratch) / "storage"),
-            "RELIGHT_QUEUE_NAME": "relight:bench",
-            "RELIGHT_LOG_LEVEL": "WARNING",
-            "RELIGHT_SEGMIND_API_KEY": DEFAULT_API_KEY,
-            "RELIGHT_SEGMIND_BASE_URL": stand_in.url,
-        }
+        env = bench_env(
+            url,
+            Path(scratch) / "storage",
+            RELIGHT_SEGMIND_API_KEY=DEFAULT_API_KEY,
+            RELIGHT_SEGMIND_BASE_URL=stand_in.url,
+        )
         with local_stack(env, Path(scratch) / "logs") as client:
             client.post("/v2/ic-light", headers=headers, json=body)  # warm-up
             for _ in range(args.jobs):
@@ -75,6 +77,7 @@ def main() -> None:
                 stand_in_ms.append(call.processing_ms)
                 worker_ms.append(record["timings"]["total_ms"])
                 upstream_ms.append(record["timings"]["upstream_ms"])
+    asyncio.run(drop_queue())
     asyncio.run(drop_scratch_database())
     print(f"Segmind backend against the stand-in, {args.jobs} requests in sequence")
     print(f"{'':<44}{'p50 ms':>9}{'p90 ms':>9}")

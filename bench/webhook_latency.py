@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import base64
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -26,7 +25,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import create_scratch_database, drop_scratch_database, percentile  # noqa: E402
+from bench.common import (  # noqa: E402
+    bench_env,
+    create_scratch_database,
+    drop_queue,
+    drop_scratch_database,
+    percentile,
+)
 from bench.e2e import prepare  # noqa: E402
 from scripts.stack import local_stack  # noqa: E402
 
@@ -61,14 +66,11 @@ def main() -> None:
     body = {"prompt": "cat", "subject_image": image, "webhook_url": hook}
     headers = {"x-api-key": key, "Prefer": "wait=60"}
     with tempfile.TemporaryDirectory() as scratch:
-        env = {
-            **os.environ,
-            "RELIGHT_DATABASE_URL": url,
-            "RELIGHT_STORAGE_DIR": str(Path(scratch) / "storage"),
-            "RELIGHT_QUEUE_NAME": "relight:bench",
-            "RELIGHT_LOG_LEVEL": "WARNING",
-            "RELIGHT_EGRESS_ALLOWLIST": "127.0.0.1",
-        }
+        env = bench_env(
+            url,
+            Path(scratch) / "storage",
+            RELIGHT_EGRESS_ALLOWLIST="127.0.0.1",
+        )
         with local_stack(env, Path(scratch) / "logs") as client:
             for _ in range(args.jobs + 1):  # the first is a warm-up
                 response = client.post("/v2/ic-light", headers=headers, json=body)
@@ -79,6 +81,7 @@ def main() -> None:
                 while request_id not in arrivals and time.monotonic() < deadline:
                     time.sleep(0.001)
     receiver.shutdown()
+    asyncio.run(drop_queue())
     asyncio.run(drop_scratch_database())
     latencies = [
         (arrivals[request_id] - finished[request_id]) * 1000 for request_id in list(arrivals)[1:]

@@ -84,7 +84,8 @@ class Settings(BaseSettings):
 
     # Worker.
     worker_concurrency: int = Field(default=4, ge=1)
-    worker_poll_delay_s: float = Field(default=0.05, gt=0)
+    # New jobs wake idle workers at once (pub/sub); the poll only covers a lost wake-up.
+    worker_poll_delay_s: float = Field(default=1.0, gt=0)
     # On SIGTERM a worker takes no new job and lets running ones finish for this long, then
     # hands the rest back to the queue.
     shutdown_grace_s: int = Field(default=20, ge=0)

@@ -26,12 +26,23 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-def create_engine(settings: Settings, *, pool_size: int | None = None) -> AsyncEngine:
+def create_engine(
+    settings: Settings,
+    *,
+    pool_size: int | None = None,
+    max_overflow: int | None = None,
+    pre_ping: bool = True,
+) -> AsyncEngine:
+    """The async engine. `max_overflow` defaults to the pool size (a burst may open as many
+    connections again, closed when returned); the API passes 0 for a fixed pool. `pre_ping`
+    checks each connection as it leaves the pool (with asyncpg: BEGIN, a no-op, ROLLBACK);
+    without it a connection Postgres dropped fails its first use, which invalidates the pool."""
+    size = pool_size or settings.database_pool_size
     return create_async_engine(
         settings.database_url,
-        pool_size=pool_size or settings.database_pool_size,
-        max_overflow=settings.database_pool_size,
-        pool_pre_ping=True,
+        pool_size=size,
+        max_overflow=settings.database_pool_size if max_overflow is None else max_overflow,
+        pool_pre_ping=pre_ping,
         pool_recycle=1800,
     )
 

@@ -133,6 +133,17 @@ class Job(Base):
             "created_at",
             postgresql_where=text("status = 'queued'"),
         ),
+        # The sweeper's periodic queries (migration 0008).
+        Index(
+            "ix_job_running_lease_expires_at",
+            "lease_expires_at",
+            postgresql_where=text("status = 'running'"),
+        ),
+        Index(
+            "ix_job_stored_input_finished_at",
+            "finished_at",
+            postgresql_where=text("input_storage_key IS NOT NULL"),
+        ),
         CheckConstraint(
             "status IN ('queued', 'running', 'succeeded', 'failed', 'canceled')",
             name="status_known",
@@ -184,7 +195,11 @@ class Job(Base):
 
 class JobOutput(Base):
     __tablename__ = "job_output"
-    __table_args__ = (UniqueConstraint("job_id", "index"),)
+    __table_args__ = (
+        UniqueConstraint("job_id", "index"),
+        # Outputs whose stored image still exists, for the retention sweep (migration 0008).
+        Index("ix_job_output_live_job_id", "job_id", postgresql_where=text("deleted_at IS NULL")),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid7)
     job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("job.id", ondelete="CASCADE"))

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
+
+import uvloop
 
 from relight.config import get_settings
 from relight.logs import configure_logging
@@ -17,6 +20,8 @@ def main(argv: list[str] | None = None) -> None:
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
     logging.getLogger(__name__).info("starting worker (queue %s)", settings.queue_name)
+    # arq runs on the loop current when the Worker is built: make that a uvloop.
+    asyncio.set_event_loop(uvloop.new_event_loop())
     build_worker(settings, burst=args.burst).run()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
@@ -10,7 +11,6 @@ from typing import Any
 import httpx
 from arq import cron, func
 from arq.connections import RedisSettings
-from arq.worker import Worker
 
 from inference.engines.classic import ClassicEngine
 from relight import metrics
@@ -36,6 +36,7 @@ from worker.backends.local import LocalBackend
 from worker.backends.segmind import SegmindBackend
 from worker.metrics_server import MetricsServer
 from worker.tasks import deliver_webhook, run_job, sweep
+from worker.wakeup import WakeableWorker
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +65,19 @@ async def start_metrics_server(ctx: dict[str, Any], settings: Settings) -> None:
     ctx["metrics_server"] = server
 
 
-def build_worker(settings: Settings, **overrides: Any) -> Worker:
-    """An arq Worker for `settings`; tests pass `burst=True`, `poll_delay=0` and the like."""
+def build_worker(
+    settings: Settings,
+    *,
+    backends: Mapping[BackendName, Backend] | None = None,
+    **overrides: Any,
+) -> WakeableWorker:
+    """An arq Worker for `settings`; tests pass `burst=True`, `poll_delay=0` and the like.
+
+    `backends` are added to (or replace) the configured ones by name: how benchmarks run the
+    worker with a backend that does no work.
+    """
+
+    extra_backends = dict(backends or {})
 
     async def startup(ctx: dict[str, Any]) -> None:
         engine = create_engine(settings, pool_size=settings.worker_concurrency + 1)
@@ -107,6 +119,7 @@ def build_worker(settings: Settings, **overrides: Any) -> Worker:
             backends[BackendName.GPU] = GpuBackend(
                 GpuDispatcher(settings=settings, redis=ctx["redis"], http=gpu_http)
             )
+        backends.update(extra_backends)
         storage = FileSystemStorage(settings.storage_dir)
         ctx.update(
             settings=settings,
@@ -189,4 +202,4 @@ def build_worker(settings: Settings, **overrides: Any) -> Worker:
     if options.get("burst"):
         # A burst worker stops at an empty queue; cron would keep a next run queued forever.
         options["cron_jobs"] = []
-    return Worker(**options)
+    return WakeableWorker(**options)

@@ -12,8 +12,20 @@ import uuid
 from dataclasses import dataclass
 from typing import NoReturn
 
-from sqlalchemy import BigInteger, String, Text, Update, Uuid, func, insert, literal, select, update
+from sqlalchemy import (
+    BigInteger,
+    String,
+    Text,
+    Update,
+    Uuid,
+    bindparam,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.dml import ReturningInsert
 
 from relight import metrics
 from relight.errors import Forbidden, InsufficientCredits, InvalidParameter, RelightError
@@ -38,37 +50,86 @@ class LedgerDiscrepancy:
     ledger_sum: int
 
 
-async def _move_with_entry(
-    session: AsyncSession,
-    balance_update: Update,
-    tenant_id: uuid.UUID,
-    kind: CreditKind,
-    amount: int,
-    *,
-    job_id: uuid.UUID | None = None,
-    reason: str | None = None,
-) -> tuple[uuid.UUID, int] | None:
-    """Run `balance_update` and write its ledger entry in one statement (a data-modifying CTE),
-    so each movement is a single round trip. `(entry id, new balance)`, or None when the
-    UPDATE matched no tenant row."""
+# Every movement is one statement (a data-modifying CTE: the balance UPDATE, then its ledger
+# entry from the UPDATE's RETURNING), so each is a single round trip. The statements are built
+# once with bound parameters; `change` is the signed amount added to the balance and recorded.
+_TENANT_ID = bindparam("tenant_id", type_=Uuid())
+_CHANGE = bindparam("change", type_=BigInteger())
+
+
+def _movement(balance_update: Update) -> ReturningInsert[uuid.UUID, int]:
     moved = balance_update.returning(Tenant.credit_balance).cte("moved")
-    statement = (
+    return (
         insert(CreditEntry)
         .from_select(
             ["id", "tenant_id", "job_id", "kind", "amount", "balance_after", "reason"],
             select(
-                literal(uuid7(), Uuid()),
-                literal(tenant_id, Uuid()),
-                literal(job_id, Uuid()),
-                literal(kind.value, String()),
-                literal(amount, BigInteger()),
+                bindparam("entry_id", type_=Uuid()),
+                _TENANT_ID,
+                bindparam("job_id", type_=Uuid()),
+                bindparam("kind", type_=String()),
+                _CHANGE,
                 moved.c.credit_balance,
-                literal(reason, Text()),
+                bindparam("reason", type_=Text()),
             ),
         )
         .returning(CreditEntry.id, CreditEntry.balance_after)
     )
-    row = (await session.execute(statement)).one_or_none()
+
+
+# A job's price and an in-flight slot, only from an active tenant that can afford both.
+RESERVE = _movement(
+    update(Tenant)
+    .where(
+        Tenant.id == _TENANT_ID,
+        Tenant.status == TenantStatus.ACTIVE.value,
+        Tenant.credit_balance + _CHANGE >= 0,
+        Tenant.active_jobs < Tenant.max_in_flight,
+    )
+    .values(credit_balance=Tenant.credit_balance + _CHANGE, active_jobs=Tenant.active_jobs + 1)
+)
+# A job ends (charge or refund): credits back and its in-flight slot free.
+SETTLE = _movement(
+    update(Tenant)
+    .where(Tenant.id == _TENANT_ID)
+    .values(credit_balance=Tenant.credit_balance + _CHANGE, active_jobs=Tenant.active_jobs - 1)
+)
+# A grant or an adjustment, keeping the balance within bounds.
+ADJUST = _movement(
+    update(Tenant)
+    .where(
+        Tenant.id == _TENANT_ID,
+        Tenant.credit_balance + _CHANGE >= 0,
+        Tenant.credit_balance + _CHANGE <= MAX_BALANCE,
+    )
+    .values(credit_balance=Tenant.credit_balance + _CHANGE)
+)
+
+
+async def _move_with_entry(
+    session: AsyncSession,
+    movement: ReturningInsert[uuid.UUID, int],
+    tenant_id: uuid.UUID,
+    kind: CreditKind,
+    change: int,
+    *,
+    job_id: uuid.UUID | None = None,
+    reason: str | None = None,
+) -> tuple[uuid.UUID, int] | None:
+    """Run one of the movements above; `(entry id, new balance)`, or None when its UPDATE
+    matched no tenant row."""
+    values = {
+        "entry_id": uuid7(),
+        "tenant_id": tenant_id,
+        "job_id": job_id,
+        "kind": kind.value,
+        "change": change,
+        "reason": reason,
+    }
+    # Core execution on the session's connection (same transaction): an ORM `execute` of an
+    # insert with parameters would take it for a bulk insert of entities.
+    connection = await session.connection()
+    row = (await connection.execute(movement, values)).one_or_none()
     return None if row is None else (row.id, row.balance_after)
 
 
@@ -79,18 +140,8 @@ async def reserve_credits(
 
     Raises 403 (suspended), 406 (not enough credits) or 429 (too many jobs in flight).
     """
-    debit = (
-        update(Tenant)
-        .where(
-            Tenant.id == tenant_id,
-            Tenant.status == TenantStatus.ACTIVE.value,
-            Tenant.credit_balance >= amount,
-            Tenant.active_jobs < Tenant.max_in_flight,
-        )
-        .values(credit_balance=Tenant.credit_balance - amount, active_jobs=Tenant.active_jobs + 1)
-    )
     moved = await _move_with_entry(
-        session, debit, tenant_id, CreditKind.RESERVE, -amount, job_id=job_id
+        session, RESERVE, tenant_id, CreditKind.RESERVE, -amount, job_id=job_id
     )
     if moved is None:
         await _explain_refusal(session, tenant_id, amount)
@@ -129,13 +180,8 @@ async def _settle(
     amount: int,
     reason: str | None,
 ) -> int:
-    credit = (
-        update(Tenant)
-        .where(Tenant.id == tenant_id)
-        .values(credit_balance=Tenant.credit_balance + amount, active_jobs=Tenant.active_jobs - 1)
-    )
     moved = await _move_with_entry(
-        session, credit, tenant_id, kind, amount, job_id=job_id, reason=reason
+        session, SETTLE, tenant_id, kind, amount, job_id=job_id, reason=reason
     )
     if moved is None:
         raise LookupError(f"tenant {tenant_id} does not exist")
@@ -185,16 +231,7 @@ async def grant_credits(
         raise InvalidParameter(
             f"one movement is at most {MAX_MOVEMENT} credits", extra={"field": "amount"}
         )
-    change = (
-        update(Tenant)
-        .where(
-            Tenant.id == tenant_id,
-            Tenant.credit_balance + amount >= 0,
-            Tenant.credit_balance + amount <= MAX_BALANCE,
-        )
-        .values(credit_balance=Tenant.credit_balance + amount)
-    )
-    moved = await _move_with_entry(session, change, tenant_id, kind, amount, reason=reason)
+    moved = await _move_with_entry(session, ADJUST, tenant_id, kind, amount, reason=reason)
     if moved is None:
         limit = "make the balance negative" if amount < 0 else f"exceed {MAX_BALANCE} credits"
         raise InvalidParameter(f"a movement of {amount} would {limit}", extra={"field": "amount"})

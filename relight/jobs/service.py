@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 import uuid
-from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -146,21 +146,20 @@ async def submit_job(
         webhook_events=list(options.webhook_events),
         http_request_id=http_request_id,
     )
-    # With an Idempotency-Key, a savepoint, so that losing the race for the key also undoes
-    # the reservation. Without one any failure rolls the whole request back: no savepoint
-    # (it would cost two more round trips per submit).
-    savepoint: AbstractAsyncContextManager[object] = (
-        session.begin_nested() if idempotency_key is not None else nullcontext()
-    )
+    if idempotency_key is None:
+        # Nothing to race on: no savepoint (two round trips saved on the common path).
+        await repository.insert_job(session, job)
+        await reserve_credits(session, tenant.id, job.id, cost)
+        metrics.count_job_submitted(session, options.backend.value)
+        await _store_input(storage, input_key, subject)
+        return Submission(job=job, replayed=False)
     try:
-        async with savepoint:
-            session.add(job)
-            await session.flush()
+        # A savepoint, so that losing an idempotency race also undoes the reservation.
+        async with session.begin_nested():
+            await repository.insert_job(session, job)
             await reserve_credits(session, tenant.id, job.id, cost)
             metrics.count_job_submitted(session, options.backend.value)
     except IntegrityError:
-        if idempotency_key is None:
-            raise
         existing = await repository.find_by_idempotency_key(session, tenant.id, idempotency_key)
         if existing is None:
             raise Conflict(
@@ -168,11 +167,16 @@ async def submit_job(
                 code="idempotency_key_in_flight",
             ) from None
         return _replay(existing, digest, idempotency_key)
-    if input_key is not None and subject.data is not None:
-        # Only once the request is paid for, so a refused request leaves nothing on disk; and
-        # without EXIF/GPS and other metadata (the pixels are untouched).
-        await storage.put(input_key, strip_metadata(subject.data))
+    await _store_input(storage, input_key, subject)
     return Submission(job=job, replayed=False)
+
+
+async def _store_input(storage: Storage, input_key: str | None, subject: SubjectSource) -> None:
+    """Store an inline subject: only once the request is paid for, so a refused request
+    leaves nothing on disk; and without EXIF/GPS and other metadata (pixels untouched)."""
+    if input_key is not None and subject.data is not None:
+        # Off the event loop: a large image takes a while to walk through.
+        await storage.put(input_key, await asyncio.to_thread(strip_metadata, subject.data))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,74 @@
+"""Each benchmark script runs end to end in a tiny mode and prints its table, so `make bench`
+cannot rot. Real processes, Postgres and Redis; the numbers themselves are not checked."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import PG_SERVER, ROOT, TEST_REDIS_URL
+
+pytestmark = pytest.mark.slow
+
+
+def run_script(name: str, *args: str) -> str:
+    env = {**os.environ, "RELIGHT_BENCH_PG": PG_SERVER, "RELIGHT_BENCH_REDIS_URL": TEST_REDIS_URL}
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / name), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    return completed.stdout
+
+
+def table_rows(output: str) -> list[list[str]]:
+    return [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in output.splitlines()
+        if line.startswith("| ") and not line.startswith("|:")
+    ]
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (make wrk)")
+def test_submit_benchmark_prints_the_three_endpoints_and_the_history_variant() -> None:
+    output = run_script(
+        "submit.py",
+        *("--duration", "1", "--connections", "4", "--rate", "20", "--rate-seconds", "0.5"),
+        *("--history", "500"),
+    )
+    rows = [row for row in table_rows(output) if row[0] != "endpoint"]
+    history = "submit, 500 jobs in the table"
+    closed_loop, open_loop = (
+        ["framework floor", "I/O floor", "submit", history],
+        ["submit", history],
+    )
+    assert [row[0] for row in rows] == closed_loop + open_loop
+    assert all(row[-1] == "0" for row in rows), "some requests failed"
+
+
+def test_dispatch_benchmark_runs_jobs_through_a_real_worker() -> None:
+    output = run_script("dispatch.py", "--jobs", "3", "--burst", "5", "--history", "500")
+    rows = [row for row in table_rows(output) if row[0] != "run"]
+    assert [row[0] for row in rows] == ["dispatch", "dispatch, 500 jobs in the table"]
+    assert all(float(row[-1]) > 0 for row in rows)
+
+
+def test_e2e_benchmark_breaks_a_default_job_down() -> None:
+    output = run_script("e2e.py", "--jobs", "1")
+    stages = [row[0] for row in table_rows(output)]
+    assert stages[1:] == [
+        "submit to completion (client)",
+        "queue wait",
+        "input fetch + decode",
+        "engine",
+        "encode",
+        "store",
+        "bookkeeping (the rest)",
+    ]

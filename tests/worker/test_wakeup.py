@@ -1,0 +1,116 @@
+"""The wake-up signal: a worker with a long poll delay starts new jobs at once, not at its
+next poll; deferred jobs start when due. Real worker, real API, real Redis and Postgres."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+from arq import constants as arq_constants
+from arq.connections import ArqRedis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from relight.config import Settings
+from relight.jobs import queue
+from tests.conftest import TenantKey
+from tests.helpers import fast_body, get_record, get_status, submit
+from worker.settings import build_worker
+
+LONG_POLL_DELAY_S = 5.0
+
+
+@contextlib.asynccontextmanager
+async def worker_with_long_poll(settings: Settings) -> AsyncIterator[None]:
+    # The sweeper runs once a minute, so its cron ticks do not wake the worker either.
+    quiet = settings.model_copy(update={"webhook_sweep_interval_s": 60})
+    worker = build_worker(quiet, poll_delay=LONG_POLL_DELAY_S, handle_signals=False)
+    task = asyncio.create_task(worker.async_run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await worker.close()
+
+
+async def seconds_until_started(
+    client: httpx.AsyncClient, tenant: TenantKey, request_id: str, limit_s: float
+) -> float:
+    """How long until the request leaves QUEUED (polling the API), at most `limit_s`."""
+    began = time.monotonic()
+    while time.monotonic() - began < limit_s:
+        status = await get_status(client, tenant, request_id)
+        if status["status"] != "QUEUED":
+            return time.monotonic() - began
+        await asyncio.sleep(0.02)
+    return limit_s
+
+
+async def test_new_jobs_start_long_before_the_poll_delay(
+    client: httpx.AsyncClient, tenant: TenantKey, settings: Settings, engine: AsyncEngine
+) -> None:
+    async with worker_with_long_poll(settings):
+        # Let the worker start, run its first poll and settle into waiting.
+        await asyncio.sleep(1.0)
+        for _ in range(3):
+            request_id = await submit(client, tenant, fast_body())
+            started_after = await seconds_until_started(client, tenant, request_id, 4.0)
+            assert started_after < 0.5
+            record = await get_record(client, tenant, request_id)
+            # The worker's own measure: from the commit of the submit to the claim.
+            if record["timings"]:
+                assert record["timings"]["queue_wait_ms"] < 1000
+            await asyncio.sleep(0.3)  # idle again, deep inside its 5 s wait
+
+
+async def test_a_deferred_job_starts_when_due_not_at_the_next_poll(
+    client: httpx.AsyncClient,
+    tenant: TenantKey,
+    settings: Settings,
+    redis: ArqRedis,
+    engine: AsyncEngine,
+) -> None:
+    request_id = await submit(client, tenant, fast_body())
+    # As a retry would be: due in 0.6 s (arq's queue score is the due time in ms).
+    due_ms = time.time() * 1000 + 600
+    await redis.zadd(settings.queue_name, {request_id: due_ms})
+    async with worker_with_long_poll(settings):
+        started_after = await seconds_until_started(client, tenant, request_id, 4.0)
+    assert 0.3 < started_after < 2.0
+
+
+async def test_a_full_worker_takes_the_next_job_when_a_slot_frees(
+    client: httpx.AsyncClient, tenant: TenantKey, settings: Settings, engine: AsyncEngine
+) -> None:
+    one_slot = settings.model_copy(update={"worker_concurrency": 1, "webhook_sweep_interval_s": 60})
+    worker = build_worker(one_slot, poll_delay=LONG_POLL_DELAY_S, handle_signals=False)
+    task = asyncio.create_task(worker.async_run())
+    try:
+        await asyncio.sleep(1.0)
+        first, second = [await submit(client, tenant, fast_body()) for _ in range(2)]
+        began = time.monotonic()
+        while time.monotonic() - began < 4.0:
+            statuses = [
+                (await get_status(client, tenant, rid))["status"] for rid in (first, second)
+            ]
+            if statuses == ["COMPLETED", "COMPLETED"]:
+                break
+            await asyncio.sleep(0.02)
+        assert statuses == ["COMPLETED", "COMPLETED"]
+        assert time.monotonic() - began < 3.0
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await worker.close()
+
+
+def test_the_scripted_enqueue_uses_arqs_storage_layout() -> None:
+    # relight.jobs.queue writes arq's keys itself (one round trip); it must match arq's.
+    assert queue.ARQ_JOB_KEY_PREFIX == arq_constants.job_key_prefix
+    assert queue.ARQ_RESULT_KEY_PREFIX == arq_constants.result_key_prefix
+    assert queue.JOB_EXPIRES_EXTRA_MS == arq_constants.expires_extra_ms

@@ -1,0 +1,154 @@
+"""An arq worker that starts new jobs when told to, instead of at its next poll.
+
+arq polls its queue every `poll_delay`, so a new job waits on average half of it: short delays
+make jobs start sooner but keep an idle worker busy. This worker subscribes to the queue's
+wake-up channel (`relight.jobs.queue.wake_channel`, published after every enqueue of a job that
+is due now) and waits between polls on that signal, with the poll delay as the timeout. It also
+polls at once when one of its own jobs finishes (a slot is free) and when the next deferred job
+(a retry, a cron run) falls due, so the poll delay only bounds how late a lost message can make
+a job. Claiming a job (arq's check that no other worker has it) is one Redis script instead of
+four round trips.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from datetime import datetime
+from typing import Any
+
+from arq.constants import in_progress_key_prefix
+from arq.worker import Worker
+from redis.exceptions import RedisError
+
+from relight.jobs.queue import wake_channel
+
+logger = logging.getLogger(__name__)
+
+# arq's claim of a queued job (`Worker.start_jobs`: not in progress elsewhere, still queued and
+# due, then mark it in progress) in one atomic round trip instead of WATCH, EXISTS, ZSCORE and
+# MULTI/EXEC. KEYS: in-progress key, queue. ARGV: job id, now (ms), in-progress timeout (ms).
+# The job's score, or false when another worker has it or it is not due.
+CLAIM_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if not score or tonumber(score) > tonumber(ARGV[2]) then return false end
+redis.call('PSETEX', KEYS[1], ARGV[3], '1')
+return score
+"""
+
+
+class WakeableWorker(Worker):
+    """arq's Worker, waiting between polls on the wake-up channel rather than sleeping."""
+
+    def __init__(self, *args: Any, poll_delay: float = 0.5, **kwargs: Any) -> None:
+        # arq's own poll loop sleeps `poll_delay` after each iteration; this class does the
+        # waiting itself (in `_poll_iteration`), so arq's loop must not sleep on top of it.
+        super().__init__(*args, poll_delay=0, **kwargs)
+        self.wake_timeout_s = float(poll_delay)
+        self._wake = asyncio.Event()
+        self._listener: asyncio.Task[None] | None = None
+
+    async def _poll_iteration(self) -> None:
+        if self._listener is None and not self.burst:
+            await self._start_listener()
+        # Cleared before reading the queue: a job enqueued while we read it sets the event
+        # again, so the wait below returns at once and the next iteration sees the job.
+        self._wake.clear()
+        await super()._poll_iteration()
+        timeout = await self._time_to_next_poll()
+        if timeout > 0:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+            # that arrives as the event is set, and the worker would never stop.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        """arq's `start_jobs`, with the claim of each job in one script (see CLAIM_SCRIPT)."""
+        claim = self.pool.register_script(CLAIM_SCRIPT)
+        timeout_ms = int(self.in_progress_timeout_s * 1000)
+        for job_id_b in job_ids:
+            await self.sem.acquire()
+            if self.job_counter >= self.max_jobs:
+                self.sem.release()
+                return
+            self.job_counter += 1
+            job_id = job_id_b.decode()
+            keys = [in_progress_key_prefix + job_id, self.queue_name]
+            try:
+                score = await claim(keys=keys, args=[job_id, round(time.time() * 1000), timeout_ms])
+            except BaseException:
+                self.job_counter -= 1
+                self.sem.release()
+                raise
+            if score is None:
+                # Running elsewhere, finished, or deferred again by another worker.
+                self.job_counter -= 1
+                self.sem.release()
+                continue
+            task = self.loop.create_task(self.run_job(job_id, int(float(score))))
+            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            self.tasks[job_id] = task
+
+    def _release_sem_dec_counter_on_complete(self) -> None:
+        super()._release_sem_dec_counter_on_complete()
+        # A slot is free: look for queued jobs now, not at the next poll.
+        self._wake.set()
+
+    async def _time_to_next_poll(self) -> float:
+        """The poll delay, shortened to when the next deferred job or cron run is due."""
+        timeout = self.wake_timeout_s
+        if timeout <= 0 or self.burst:
+            return timeout
+        now_ms = time.time() * 1000
+        try:
+            due = await self.pool.zrangebyscore(
+                self.queue_name, min=f"({now_ms:.0f}", max="+inf", start=0, num=1, withscores=True
+            )
+        except (RedisError, OSError):
+            return timeout
+        if due:
+            timeout = min(timeout, max(0.0, (due[0][1] - now_ms) / 1000))
+        for cron_job in self.cron_jobs:
+            if cron_job.next_run is not None:
+                # arq queues a cron run up to one second ahead (its window with no poll delay).
+                ahead = (cron_job.next_run - datetime.now(tz=self.timezone)).total_seconds()
+                timeout = min(timeout, max(0.0, ahead - 0.5))
+        return timeout
+
+    async def _start_listener(self) -> None:
+        subscribed = asyncio.Event()
+        self._listener = asyncio.create_task(self._listen(subscribed), name="relight-wakeup")
+        # Subscribed before the first read of the queue, so no wake-up falls in between.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2):
+                await subscribed.wait()
+
+    async def _listen(self, subscribed: asyncio.Event) -> None:
+        channel = wake_channel(self.queue_name)
+        while True:
+            try:
+                async with self.pool.pubsub() as pubsub:
+                    await pubsub.subscribe(channel)
+                    subscribed.set()
+                    # Anything published while we were not subscribed was missed: poll now.
+                    self._wake.set()
+                    async for message in pubsub.listen():
+                        if message.get("type") == "message":
+                            self._wake.set()
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError):
+                logger.warning("wake-up subscription lost; polling until it is back", exc_info=True)
+                await asyncio.sleep(1)
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
+        await super().close()

@@ -34,7 +34,7 @@ demo: install services  ## relight a sample image through the real API, queue an
 	$(BIN)/alembic upgrade head
 	$(BIN)/python scripts/demo.py
 
-test: install services  ## run the test suite against real Postgres and Redis
+test: install services wrk  ## run the test suite against real Postgres and Redis
 	$(BIN)/pytest
 
 lint: install  ## ruff check and format check

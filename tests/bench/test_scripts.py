@@ -36,8 +36,8 @@ def table_rows(output: str) -> list[list[str]]:
     ]
 
 
-@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (make wrk)")
 def test_submit_benchmark_prints_the_three_endpoints_and_the_history_variant() -> None:
+    assert shutil.which("wrk"), "wrk is not installed: `make test` installs it (make wrk)"
     output = run_script(
         "submit.py",
         *("--duration", "1", "--connections", "4", "--rate", "20", "--rate-seconds", "0.5"),

@@ -14,10 +14,8 @@ def load_engine(settings: NodeSettings) -> RelightEngine:
         return ClassicEngine()
     if settings.model_dir is None:
         raise SystemExit("RELIGHT_NODE_MODEL_DIR must name the model folder for the iclight engine")
-    # Written in another branch; torch loads only on nodes that serve it.
-    from inference.engines.iclight import (  # type: ignore[import-not-found,unused-ignore]
-        ICLightEngine,
-    )
+    # Imported here: torch and diffusers load only on nodes that serve IC-Light.
+    from inference.engines.iclight import ICLightEngine
 
     engine: RelightEngine = ICLightEngine.from_dir(
         settings.model_dir, device=settings.device, matting_model=settings.matting_model

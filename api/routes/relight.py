@@ -9,21 +9,24 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request, Response
 
-from api.body import SUBMIT_OPENAPI, read_submission
-from api.deps import SettingsDep, StateDep, SubmitterDep, UnitOfWorkDep, UrlsDep
+from api.body import SUBMIT_OPENAPI, Submitted, read_submission
+from api.deps import SubmitterDep, UnitOfWork, urls_for
 from api.errors import AUTHENTICATED, error_responses
 from api.responses import OrjsonResponse
+from api.state import AppState
 from api.waiting import wait_for_job
+from relight.config import Settings
 from relight.credits.service import get_balance
 from relight.errors import Conflict, RelightError
 from relight.jobs import repository
 from relight.jobs.schemas import RequestView, SubmitAccepted
-from relight.jobs.service import available_backends, submit_job
-from relight.jobs.views import accepted_view, request_view
+from relight.jobs.service import Submission, available_backends, submit_job
+from relight.jobs.views import UrlBuilder, accepted_view, request_view
 from relight.logs import current_request_id, job_context
 from relight.models import Job, JobStatus
 from relight.nodes.registry import discovered_gpu_nodes
 from relight.params import Backend
+from relight.tenants.auth_cache import TenantSnapshot
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["relight"])
@@ -51,13 +54,32 @@ IdempotencyKey = Annotated[
 
 
 async def _submit(
-    request: Request,
-    state: StateDep,
-    uow: UnitOfWorkDep,
-    tenant: SubmitterDep,
-    idempotency_key: str | None,
+    request: Request, state: AppState, tenant: TenantSnapshot, idempotency_key: str | None
 ) -> tuple[Job, bool]:
     submitted = await read_submission(request, state.settings)
+    # An inline subject is stored before the commit (a failed store undoes the paid job), so
+    # it needs a transaction; otherwise the job and its reservation are one statement, and an
+    # autocommit session saves the BEGIN and COMMIT round trips.
+    inline = submitted.subject.data is not None
+    sessionmaker = state.sessionmaker if inline else state.autocommit_sessionmaker
+    async with sessionmaker() as session:
+        uow = UnitOfWork(session)
+        try:
+            submission = await _submit_in(uow, request, state, tenant, submitted, idempotency_key)
+        except BaseException:
+            await uow.rollback()
+            raise
+    return submission.job, submission.replayed
+
+
+async def _submit_in(
+    uow: UnitOfWork,
+    request: Request,
+    state: AppState,
+    tenant: TenantSnapshot,
+    submitted: Submitted,
+    idempotency_key: str | None,
+) -> Submission:
     submission = await submit_job(
         uow.session,
         settings=state.settings,
@@ -96,7 +118,7 @@ async def _submit(
 
         uow.after_commit(enqueue)
     await uow.commit()
-    return job, submission.replayed
+    return submission
 
 
 @router.post(
@@ -112,16 +134,15 @@ async def _submit(
 )
 async def submit_async(
     request: Request,
-    state: StateDep,
-    uow: UnitOfWorkDep,
     tenant: SubmitterDep,
-    urls: UrlsDep,
     idempotency_key: IdempotencyKey = None,
     prefer: Annotated[
         str | None, Header(description="`wait=N` (N ≤ 60): answer when done within N s")
     ] = None,
 ) -> Any:
-    job, replayed = await _submit(request, state, uow, tenant, idempotency_key)
+    state: AppState = request.app.state.relight
+    urls = urls_for(request, state.settings)
+    job, replayed = await _submit(request, state, tenant, idempotency_key)
     headers = {"Location": urls.response_url(job.id)}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
@@ -139,7 +160,7 @@ async def submit_async(
     return OrjsonResponse(body, status_code=202, headers=headers)
 
 
-def _raise_for_unfinished(job: Job, urls: UrlsDep, settings: SettingsDep) -> None:
+def _raise_for_unfinished(job: Job, urls: UrlBuilder, settings: Settings) -> None:
     status = JobStatus(job.status)
     request_id = str(job.id)
     if status is JobStatus.FAILED:
@@ -186,14 +207,13 @@ def _raise_for_unfinished(job: Job, urls: UrlsDep, settings: SettingsDep) -> Non
 )
 async def submit_sync(
     request: Request,
-    state: StateDep,
-    uow: UnitOfWorkDep,
     tenant: SubmitterDep,
-    urls: UrlsDep,
     idempotency_key: IdempotencyKey = None,
     accept: Annotated[str | None, Header()] = None,
 ) -> Response:
-    job, _ = await _submit(request, state, uow, tenant, idempotency_key)
+    state: AppState = request.app.state.relight
+    urls = urls_for(request, state.settings)
+    job, _ = await _submit(request, state, tenant, idempotency_key)
     job = await wait_for_job(state, job.id, state.settings.sync_timeout_s)
     if job.status != JobStatus.SUCCEEDED.value:
         _raise_for_unfinished(job, urls, state.settings)

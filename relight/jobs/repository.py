@@ -76,13 +76,16 @@ async def insert_reserved_job(session: AsyncSession, job: Job, cost: int) -> Job
     """Reserve `cost` for a new job and insert it, in one statement (one round trip): the
     tenant's conditional UPDATE, its ledger entry and the job row all happen, or none does.
     Raises like `reserve_credits` when refused (403, 406, 429), IntegrityError when the
-    idempotency key is taken. `job` comes back filled in as stored; it is not in the session."""
+    idempotency key is taken. `job` comes back with the columns the database filled in; it is
+    not in the session."""
     values = {f"job_{name}": job.__dict__[name] for name in _SUBMITTED_COLUMNS}
     row = await reserve_credits_creating(
         session, _INSERT_RESERVED_JOB, job.tenant_id, job.id, cost, values
     )
+    # What the database filled in (defaults, timestamps); the rest is what was sent.
     for key, value in row._mapping.items():
-        setattr(job, key, value)
+        if key not in job.__dict__:
+            setattr(job, key, value)
     return job
 
 

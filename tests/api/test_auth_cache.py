@@ -260,3 +260,46 @@ async def test_a_too_long_idempotency_key_is_a_422(client: Client, tenant: Tenan
     assert payload["code"] == "validation_error"
     assert payload["field"] == "Idempotency-Key"
     assert "255" in payload["error"]
+
+
+async def test_a_lost_listener_empties_the_cache_and_comes_back(
+    settings: Settings, make_tenant: MakeTenant, image_server: ImageServer, engine: AsyncEngine
+) -> None:
+    first, second = await make_tenant("first"), await make_tenant("second")
+    body = url_body(image_server)
+    async with api_process(settings, auth_cache_s=LONG_TTL_S) as api:
+        assert await submit_status(api, first, body) == 202
+        # Postgres drops the connection that listens (a restart, a failover): whatever was
+        # announced meanwhile is unknown, so nothing cached may be trusted any more.
+        async with engine.begin() as connection:
+            killed = await connection.scalar(
+                text(
+                    "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) "
+                    "FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND query LIKE 'LISTEN%'"
+                )
+            )
+            assert killed == 1
+            await connection.execute(
+                text("UPDATE api_key SET revoked_at = now() WHERE tenant_id = :id"),
+                {"id": first.tenant_id},
+            )
+        await status_within(2, 401, lambda: submit_status(api, first, body))
+
+        # The listener reconnects (about a second later) and keys are cached again: a
+        # revocation it hears about still applies at once.
+        await asyncio.sleep(1.5)
+        assert await submit_status(api, second, body) == 202
+        async with engine.begin() as connection:
+            await connection.execute(
+                text("UPDATE api_key SET revoked_at = now() WHERE tenant_id = :id"),
+                {"id": second.tenant_id},
+            )
+        # Without an announcement (raw SQL) the cached key is still served...
+        assert await submit_status(api, second, body) == 202
+        async with engine.begin() as connection:
+            await connection.execute(
+                text("SELECT pg_notify('relight_auth_changed', :id)"), {"id": str(second.tenant_id)}
+            )
+        # ...and the announcement drops it.
+        await status_within(2, 401, lambda: submit_status(api, second, body))

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import CTE, bindparam, func, insert, inspect, select, update
+from sqlalchemy import CTE, bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relight import metrics
@@ -15,22 +15,7 @@ from relight.credits.service import reserve_credits_creating, reserving
 from relight.errors import RequestNotFound
 from relight.models import Job, JobOutput, JobStatus, Tenant
 
-_JOB_ATTRIBUTES = [attribute.key for attribute in inspect(Job).column_attrs]
 _JOB_TABLE = Job.metadata.tables[Job.__tablename__]
-_INSERT_JOB = insert(_JOB_TABLE).returning(*_JOB_TABLE.c)
-
-
-async def insert_job(session: AsyncSession, job: Job) -> Job:
-    """Insert a new job in one Core statement, in the session's transaction: cheaper than an
-    ORM flush on the submit path. `job` is not added to the session; it comes back with every
-    column filled in (defaults included), as the database stored it."""
-    values = {key: job.__dict__[key] for key in _JOB_ATTRIBUTES if key in job.__dict__}
-    connection = await session.connection()
-    row = (await connection.execute(_INSERT_JOB, values)).one()
-    for key, value in row._mapping.items():
-        setattr(job, key, value)
-    return job
-
 
 # What a submit sets; every other column takes its default. `id` and `tenant_id` are the
 # reservation's `job_id` and `tenant_id` parameters, so the job and its ledger entry agree.

@@ -24,6 +24,7 @@ from relight.jobs.queue import deserialize_job, redis_retry_options, serialize_j
 from relight.jobs.schemas import SubmitBody
 from relight.ratelimit import RateLimiter
 from relight.storage import FileSystemStorage
+from relight.tenants.auth_cache import AuthCache
 
 DESCRIPTION = """
 Relight relights images with IC-Light. It is a drop-in replacement for Segmind's `ic-light`
@@ -50,6 +51,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         waiter = JobWaiter(redis, settings.queue_name)
         await waiter.start()
+        auth_cache = AuthCache(
+            settings.auth_cache_s,
+            engine.url.set(drivername="postgresql").render_as_string(hide_password=False),
+        )
+        await auth_cache.start()
         app.state.relight = AppState(
             settings=settings,
             engine=engine,
@@ -61,10 +67,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             storage=FileSystemStorage(settings.storage_dir),
             waiter=waiter,
             limiter=RateLimiter(redis, f"{settings.queue_name}:ratelimit"),
+            auth_cache=auth_cache,
         )
         try:
             yield
         finally:
+            await auth_cache.stop()
             await waiter.stop()
             await redis.aclose()
             await engine.dispose()

@@ -15,7 +15,8 @@ from relight.errors import RelightError
 from relight.jobs.views import UrlBuilder
 from relight.models import Tenant
 from relight.ratelimit import RateLimitPolicy
-from relight.tenants.service import authenticate
+from relight.tenants.auth_cache import TenantSnapshot
+from relight.tenants.service import authenticate, authenticate_snapshot
 
 
 class RateLimited(RelightError):
@@ -95,7 +96,9 @@ async def authenticated_tenant(
     return await authenticate(uow.session, presented_key(x_api_key, authorization))
 
 
-async def apply_rate_limit(request: Request, state: AppState, tenant: Tenant, cost: int) -> None:
+async def apply_rate_limit(
+    request: Request, state: AppState, tenant: Tenant | TenantSnapshot, cost: int
+) -> None:
     policy = RateLimitPolicy(requests_per_minute=tenant.requests_per_minute, burst=tenant.burst)
     decision = await state.limiter.check(str(tenant.id), policy, cost=cost)
     if decision is None:
@@ -117,34 +120,42 @@ async def current_tenant(
     return tenant
 
 
-async def submitting_tenant(
-    request: Request,
-    state: StateDep,
-    x_api_key: Annotated[str | None, Header(description="Your Relight API key")] = None,
-    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
-) -> Tenant:
-    """The authenticated tenant, after spending one request of its rate limit (429 if none).
+async def submitting_tenant(request: Request) -> TenantSnapshot:
+    """The tenant whose API key the request presents, after spending one request of its rate
+    limit (429 if none). For the submit routes, which read their headers themselves: FastAPI's
+    parsing of declared header parameters costs more than the rest of this function.
 
-    The key is looked up outside the request's transaction (one autocommit statement): the
-    submit's transaction then starts only when the body is read and checked, so it is never
-    open, nor a pooled connection held, while a client uploads an image."""
-    async with state.autocommit_sessionmaker() as session:
-        tenant = await authenticate(session, presented_key(x_api_key, authorization))
+    A key seen lately comes from the process's auth cache (`RELIGHT_AUTH_CACHE_S`); else it is
+    looked up outside the request's transaction (one autocommit statement), so no transaction
+    is open, nor a pooled connection held, while a client uploads an image."""
+    state: AppState = request.app.state.relight
+    headers = request.headers
+    raw_key = presented_key(headers.get("x-api-key"), headers.get("authorization"))
+
+    async def look_up() -> TenantSnapshot:
+        async with state.autocommit_sessionmaker() as session:
+            return await authenticate_snapshot(session, raw_key)
+
+    tenant = await state.auth_cache.get(raw_key, look_up) if raw_key else await look_up()
     await apply_rate_limit(request, state, tenant, cost=1)
     return tenant
 
 
 TenantDep = Annotated[Tenant, Depends(current_tenant)]
-SubmitterDep = Annotated[Tenant, Depends(submitting_tenant)]
 
 
-async def url_builder(request: Request, settings: SettingsDep) -> UrlBuilder:
+def urls_for(request: Request, settings: Settings) -> UrlBuilder:
+    """The URLs of this request's answers (the public base URL, else the request's own)."""
     base_url = settings.public_base_url or str(request.base_url)
     return UrlBuilder(
         base_url=base_url,
         secret_key=settings.secret_key,
         output_url_ttl_s=settings.output_url_ttl_s,
     )
+
+
+async def url_builder(request: Request, settings: SettingsDep) -> UrlBuilder:
+    return urls_for(request, settings)
 
 
 UrlsDep = Annotated[UrlBuilder, Depends(url_builder)]

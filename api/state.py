@@ -16,6 +16,7 @@ from relight.jobs.events import JobWaiter
 from relight.jobs.queue import enqueue_delivery, enqueue_run
 from relight.ratelimit import RateLimiter
 from relight.storage import Storage
+from relight.tenants.auth_cache import AuthCache
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ class AppState:
     storage: Storage
     waiter: JobWaiter
     limiter: RateLimiter
+    auth_cache: AuthCache
 
     async def enqueue(self, job_id: uuid.UUID) -> None:
         """Hand a committed job to the workers; arq refuses a second copy of the same id."""

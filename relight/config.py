@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     # Bearer token of the admin API (/admin/v1); the admin API is off while this is unset.
     admin_token: str | None = Field(default=None, min_length=16)
     public_base_url: str | None = None
+    # How long an API process trusts an API key it authenticated, for submits (0: always ask
+    # Postgres); revocations and tenant changes reach every process at once through NOTIFY.
+    auth_cache_s: float = Field(default=5.0, ge=0)
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
 

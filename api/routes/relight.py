@@ -5,25 +5,29 @@ from __future__ import annotations
 import base64
 import logging
 import re
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Header, Request, Response
+from fastapi import APIRouter, Request, Response
+from fastapi.exceptions import RequestValidationError
 
-from api.body import SUBMIT_OPENAPI, read_submission
-from api.deps import SettingsDep, StateDep, SubmitterDep, UnitOfWorkDep, UrlsDep
+from api.body import SUBMIT_OPENAPI, Submitted, read_submission
+from api.deps import UnitOfWork, submitting_tenant, urls_for
 from api.errors import AUTHENTICATED, error_responses
 from api.responses import OrjsonResponse
+from api.state import AppState
 from api.waiting import wait_for_job
+from relight.config import Settings
 from relight.credits.service import get_balance
 from relight.errors import Conflict, RelightError
 from relight.jobs import repository
 from relight.jobs.schemas import RequestView, SubmitAccepted
-from relight.jobs.service import available_backends, submit_job
-from relight.jobs.views import accepted_view, request_view
+from relight.jobs.service import Submission, available_backends, submit_job
+from relight.jobs.views import UrlBuilder, accepted_view, request_view
 from relight.logs import current_request_id, job_context
 from relight.models import Job, JobStatus
 from relight.nodes.registry import discovered_gpu_nodes
 from relight.params import Backend
+from relight.tenants.auth_cache import TenantSnapshot
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["relight"])
@@ -40,24 +44,77 @@ FAILURE_STATUS = {
 # What a submission can be refused with, before any job exists.
 SUBMIT_ERRORS = (*AUTHENTICATED, 400, 403, 406, 409, 413, 415)
 
-IdempotencyKey = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        max_length=255,
-        description="Retries with the same key and body return the same request",
-    ),
-]
+IDEMPOTENCY_KEY_MAX_LENGTH = 255
+
+
+def _header(name: str, title: str, description: str | None, **string: Any) -> dict[str, Any]:
+    """The OpenAPI entry FastAPI would write for an optional `Header()` parameter."""
+    schema: dict[str, Any] = {"anyOf": [{"type": "string", **string}, {"type": "null"}]}
+    entry: dict[str, Any] = {"name": name, "in": "header", "required": False}
+    if description is not None:
+        schema["description"] = entry["description"] = description
+    schema["title"] = title
+    return {**entry, "schema": schema}
+
+
+# The submit routes read their headers themselves (FastAPI's header parameters cost about a
+# tenth of a submit's CPU), so their OpenAPI entries are written here, as FastAPI would.
+IDEMPOTENCY_KEY_HEADER = _header(
+    "Idempotency-Key",
+    "Idempotency-Key",
+    "Retries with the same key and body return the same request",
+    maxLength=IDEMPOTENCY_KEY_MAX_LENGTH,
+)
+API_KEY_HEADER = _header("x-api-key", "X-Api-Key", "Your Relight API key")
+PREFER_HEADER = _header("prefer", "Prefer", "`wait=N` (N ≤ 60): answer when done within N s")
+ACCEPT_HEADER = _header("accept", "Accept", None)
+
+
+def idempotency_key_of(request: Request) -> str | None:
+    """The `Idempotency-Key` header, validated as a declared header parameter would be."""
+    key = request.headers.get("idempotency-key")
+    if key is not None and len(key) > IDEMPOTENCY_KEY_MAX_LENGTH:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "string_too_long",
+                    "loc": ("header", "Idempotency-Key"),
+                    "msg": f"String should have at most {IDEMPOTENCY_KEY_MAX_LENGTH} characters",
+                    "input": key,
+                    "ctx": {"max_length": IDEMPOTENCY_KEY_MAX_LENGTH},
+                }
+            ]
+        )
+    return key
 
 
 async def _submit(
-    request: Request,
-    state: StateDep,
-    uow: UnitOfWorkDep,
-    tenant: SubmitterDep,
-    idempotency_key: str | None,
+    request: Request, state: AppState, tenant: TenantSnapshot, idempotency_key: str | None
 ) -> tuple[Job, bool]:
     submitted = await read_submission(request, state.settings)
+    # An inline subject is stored before the commit (a failed store undoes the paid job), so
+    # it needs a transaction; otherwise the job and its reservation are one statement, and an
+    # autocommit session saves the BEGIN and COMMIT round trips.
+    inline = submitted.subject.data is not None
+    sessionmaker = state.sessionmaker if inline else state.autocommit_sessionmaker
+    async with sessionmaker() as session:
+        uow = UnitOfWork(session)
+        try:
+            submission = await _submit_in(uow, request, state, tenant, submitted, idempotency_key)
+        except BaseException:
+            await uow.rollback()
+            raise
+    return submission.job, submission.replayed
+
+
+async def _submit_in(
+    uow: UnitOfWork,
+    request: Request,
+    state: AppState,
+    tenant: TenantSnapshot,
+    submitted: Submitted,
+    idempotency_key: str | None,
+) -> Submission:
     submission = await submit_job(
         uow.session,
         settings=state.settings,
@@ -96,7 +153,7 @@ async def _submit(
 
         uow.after_commit(enqueue)
     await uow.commit()
-    return job, submission.replayed
+    return submission
 
 
 @router.post(
@@ -108,20 +165,18 @@ async def _submit(
         200: {"model": RequestView, "description": "finished within `Prefer: wait`"},
         **error_responses(*SUBMIT_ERRORS),
     },
-    openapi_extra=SUBMIT_OPENAPI,
+    openapi_extra={
+        **SUBMIT_OPENAPI,
+        "parameters": [IDEMPOTENCY_KEY_HEADER, PREFER_HEADER, API_KEY_HEADER],
+    },
 )
-async def submit_async(
-    request: Request,
-    state: StateDep,
-    uow: UnitOfWorkDep,
-    tenant: SubmitterDep,
-    urls: UrlsDep,
-    idempotency_key: IdempotencyKey = None,
-    prefer: Annotated[
-        str | None, Header(description="`wait=N` (N ≤ 60): answer when done within N s")
-    ] = None,
-) -> Any:
-    job, replayed = await _submit(request, state, uow, tenant, idempotency_key)
+async def submit_async(request: Request) -> Any:
+    state: AppState = request.app.state.relight
+    tenant = await submitting_tenant(request)
+    idempotency_key = idempotency_key_of(request)
+    prefer = request.headers.get("prefer")
+    urls = urls_for(request, state.settings)
+    job, replayed = await _submit(request, state, tenant, idempotency_key)
     headers = {"Location": urls.response_url(job.id)}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
@@ -139,7 +194,7 @@ async def submit_async(
     return OrjsonResponse(body, status_code=202, headers=headers)
 
 
-def _raise_for_unfinished(job: Job, urls: UrlsDep, settings: SettingsDep) -> None:
+def _raise_for_unfinished(job: Job, urls: UrlBuilder, settings: Settings) -> None:
     status = JobStatus(job.status)
     request_id = str(job.id)
     if status is JobStatus.FAILED:
@@ -182,18 +237,18 @@ def _raise_for_unfinished(job: Job, urls: UrlsDep, settings: SettingsDep) -> Non
         # (it failed in Relight or in its backend), 504 (it did not finish in time).
         **error_responses(*SUBMIT_ERRORS, 500, 502, 504),
     },
-    openapi_extra=SUBMIT_OPENAPI,
+    openapi_extra={
+        **SUBMIT_OPENAPI,
+        "parameters": [IDEMPOTENCY_KEY_HEADER, ACCEPT_HEADER, API_KEY_HEADER],
+    },
 )
-async def submit_sync(
-    request: Request,
-    state: StateDep,
-    uow: UnitOfWorkDep,
-    tenant: SubmitterDep,
-    urls: UrlsDep,
-    idempotency_key: IdempotencyKey = None,
-    accept: Annotated[str | None, Header()] = None,
-) -> Response:
-    job, _ = await _submit(request, state, uow, tenant, idempotency_key)
+async def submit_sync(request: Request) -> Response:
+    state: AppState = request.app.state.relight
+    tenant = await submitting_tenant(request)
+    idempotency_key = idempotency_key_of(request)
+    accept = request.headers.get("accept")
+    urls = urls_for(request, state.settings)
+    job, _ = await _submit(request, state, tenant, idempotency_key)
     job = await wait_for_job(state, job.id, state.settings.sync_timeout_s)
     if job.status != JobStatus.SUCCEEDED.value:
         _raise_for_unfinished(job, urls, state.settings)

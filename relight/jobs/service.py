@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from relight import metrics
 from relight.config import Settings
 from relight.credits.pricing import price
-from relight.credits.service import refund_credits, reserve_credits
+from relight.credits.service import refund_credits
 from relight.egress import check_url
 from relight.errors import Conflict, Forbidden, InvalidParameter
 from relight.ids import uuid7
@@ -27,6 +27,7 @@ from relight.jobs.inputs import SubjectSource
 from relight.models import Job, JobStatus, Tenant
 from relight.params import Backend, RelightParams, SubmitOptions
 from relight.storage import Storage
+from relight.tenants.auth_cache import TenantSnapshot
 from relight.webhooks import service as webhooks
 
 
@@ -75,7 +76,11 @@ def available_backends(settings: Settings, *, live_gpu_nodes: bool = False) -> s
 
 
 def check_backend(
-    settings: Settings, backend: Backend, tenant: Tenant, *, live_gpu_nodes: bool = False
+    settings: Settings,
+    backend: Backend,
+    tenant: TenantSnapshot | Tenant,
+    *,
+    live_gpu_nodes: bool = False,
 ) -> None:
     """403 unless the requested backend (or, for `auto`, some backend) is both configured
     here and allowed for this tenant."""
@@ -106,7 +111,7 @@ async def submit_job(
     *,
     settings: Settings,
     storage: Storage,
-    tenant: Tenant,
+    tenant: TenantSnapshot,
     params: RelightParams,
     options: SubmitOptions,
     subject: SubjectSource,
@@ -115,7 +120,11 @@ async def submit_job(
     http_request_id: str | None = None,
 ) -> Submission:
     """Reserve the price and create the job; the caller commits, then enqueues.
-    `http_request_id` (the submit's X-Request-ID) is kept for the job's log lines."""
+    `http_request_id` (the submit's X-Request-ID) is kept for the job's log lines.
+
+    An inline subject is stored before the caller commits, so run this in a transaction when
+    `subject.data` is set: a failure to store then undoes the paid job. Without one, an
+    autocommit session is enough (the job and its reservation are one statement)."""
     digest = request_hash(params, options, subject)
     if idempotency_key is not None:
         existing = await repository.find_by_idempotency_key(session, tenant.id, idempotency_key)
@@ -146,29 +155,43 @@ async def submit_job(
         webhook_events=list(options.webhook_events),
         http_request_id=http_request_id,
     )
-    if idempotency_key is None:
-        # Nothing to race on: no savepoint (two round trips saved on the common path).
-        await repository.insert_job(session, job)
-        await reserve_credits(session, tenant.id, job.id, cost)
-        metrics.count_job_submitted(session, options.backend.value)
-        await _store_input(storage, input_key, subject)
-        return Submission(job=job, replayed=False)
-    try:
-        # A savepoint, so that losing an idempotency race also undoes the reservation.
-        async with session.begin_nested():
-            await repository.insert_job(session, job)
-            await reserve_credits(session, tenant.id, job.id, cost)
-            metrics.count_job_submitted(session, options.backend.value)
-    except IntegrityError:
-        existing = await repository.find_by_idempotency_key(session, tenant.id, idempotency_key)
-        if existing is None:
-            raise Conflict(
-                f"a request with Idempotency-Key {idempotency_key!r} is in flight; retry shortly",
-                code="idempotency_key_in_flight",
-            ) from None
-        return _replay(existing, digest, idempotency_key)
+    if idempotency_key is None or await _is_autocommit(session):
+        # One statement creates the job with its reservation: nothing to undo on a refusal or a
+        # lost idempotency race, so no savepoint (and, in autocommit, no BEGIN/COMMIT either).
+        try:
+            await repository.insert_reserved_job(session, job, cost)
+        except IntegrityError:
+            if idempotency_key is None:
+                raise
+            return await _after_lost_race(session, tenant, idempotency_key, digest)
+    else:
+        try:
+            # A savepoint, so that losing an idempotency race leaves the transaction usable.
+            async with session.begin_nested():
+                await repository.insert_reserved_job(session, job, cost)
+        except IntegrityError:
+            return await _after_lost_race(session, tenant, idempotency_key, digest)
+    metrics.count_job_submitted(session, options.backend.value)
     await _store_input(storage, input_key, subject)
     return Submission(job=job, replayed=False)
+
+
+async def _is_autocommit(session: AsyncSession) -> bool:
+    connection = (await session.connection()).sync_connection
+    assert connection is not None
+    return bool(connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT")
+
+
+async def _after_lost_race(
+    session: AsyncSession, tenant: TenantSnapshot, idempotency_key: str, digest: str
+) -> Submission:
+    existing = await repository.find_by_idempotency_key(session, tenant.id, idempotency_key)
+    if existing is None:
+        raise Conflict(
+            f"a request with Idempotency-Key {idempotency_key!r} is in flight; retry shortly",
+            code="idempotency_key_in_flight",
+        ) from None
+    return _replay(existing, digest, idempotency_key)
 
 
 async def _store_input(storage: Storage, input_key: str | None, subject: SubjectSource) -> None:

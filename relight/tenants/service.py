@@ -6,15 +6,21 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relight.credits.service import grant_credits
 from relight.egress import EgressPolicy, check_url
 from relight.errors import Conflict, InvalidParameter, RelightError, Unauthorized
+from relight.metrics import on_commit
 from relight.models import ApiKey, Tenant, TenantStatus
 from relight.params import Backend
+from relight.tenants.auth_cache import (
+    CHANGED_CHANNEL,
+    TenantSnapshot,
+    forget_tenant_everywhere_in_process,
+)
 from relight.tenants.keys import generate_key, parse_key, secret_matches
 from relight.tenants.schemas import LimitsUpdate
 
@@ -30,6 +36,13 @@ class TenantNotFound(RelightError):
 class CreatedKey:
     key: str
     api_key: ApiKey
+
+
+async def announce_change(session: AsyncSession, tenant_id: uuid.UUID) -> None:
+    """Tell every API process, when (and only if) the caller's transaction commits, that what
+    it may have cached about this tenant and its keys is stale (see `auth_cache`)."""
+    await session.execute(select(func.pg_notify(CHANGED_CHANNEL, str(tenant_id))))
+    on_commit(session, lambda: forget_tenant_everywhere_in_process(tenant_id))
 
 
 async def create_tenant(
@@ -76,6 +89,7 @@ async def set_tenant_status(session: AsyncSession, tenant: Tenant, status: Tenan
     """Suspend (submits answer 403; running jobs finish) or resume a tenant."""
     tenant.status = status.value
     await session.flush()
+    await announce_change(session, tenant.id)
     return tenant
 
 
@@ -90,6 +104,7 @@ async def set_limits(session: AsyncSession, tenant: Tenant, limits: LimitsUpdate
     for field, value in values.items():
         setattr(tenant, field, value)
     await session.flush()
+    await announce_change(session, tenant.id)
     return tenant
 
 
@@ -101,6 +116,7 @@ async def set_default_webhook(
         check_url(url, policy, field="url")
     tenant.webhook_url = url
     await session.flush()
+    await announce_change(session, tenant.id)
     return tenant
 
 
@@ -118,6 +134,7 @@ async def set_allowed_backends(
         )
     tenant.allowed_backends = sorted(set(backends))
     await session.flush()
+    await announce_change(session, tenant.id)
     return tenant
 
 
@@ -149,6 +166,7 @@ async def revoke_api_key(session: AsyncSession, key_or_prefix: str) -> ApiKey:
     if api_key.revoked_at is None:
         api_key.revoked_at = datetime.now(UTC)
         await session.flush()
+        await announce_change(session, api_key.tenant_id)
     return api_key
 
 
@@ -180,3 +198,8 @@ async def authenticate(session: AsyncSession, raw_key: str | None) -> Tenant:
             update(ApiKey).where(ApiKey.id == api_key.id).values(last_used_at=now)
         )
     return tenant
+
+
+async def authenticate_snapshot(session: AsyncSession, raw_key: str | None) -> TenantSnapshot:
+    """`authenticate`, answering a detached snapshot of the tenant (what the cache keeps)."""
+    return TenantSnapshot.of(await authenticate(session, raw_key))

@@ -13,13 +13,20 @@ from fastapi import FastAPI
 from sqlalchemy import event
 
 from tests.conftest import RunWorker, TenantKey
+from tests.fakes.image_server import ImageServer
 from tests.helpers import fast_body, get_status, submit
 
-# What a submit without an Idempotency-Key runs: the key lookup (with its tenant), the job
-# INSERT, and the credit reservation (one UPDATE … RETURNING feeding the ledger INSERT).
-SUBMIT_STATEMENTS = 3
-# With a key: the lookup of the key, and a savepoint around the job row and the reservation.
+# What a submit without an Idempotency-Key runs once its API key is in the auth cache: one
+# statement (the tenant's conditional UPDATE, its ledger entry and the job INSERT, as
+# data-modifying CTEs). An inline subject (these tests' default) runs it in a transaction, as
+# the input is stored before the commit (BEGIN and COMMIT are not cursor statements).
+SUBMIT_STATEMENTS = 1
+# With a key: the lookup of the key, and a savepoint around that statement.
 IDEMPOTENT_SUBMIT_STATEMENTS = SUBMIT_STATEMENTS + 3
+# A URL subject (nothing to store): the same statement in autocommit, so not even a BEGIN or
+# a COMMIT; with a key, the key's lookup first and no savepoint (one statement, nothing to undo).
+URL_SUBMIT_STATEMENTS = 1
+URL_IDEMPOTENT_SUBMIT_STATEMENTS = URL_SUBMIT_STATEMENTS + 1
 # What a status poll of a queued job runs: the key lookup, the job, its queue position.
 STATUS_STATEMENTS = 3
 
@@ -38,6 +45,23 @@ def count_statements(app: FastAPI) -> Iterator[list[str]]:
         yield statements
     finally:
         event.remove(engine, "before_cursor_execute", record)
+
+
+@contextmanager
+def count_transactions(app: FastAPI) -> Iterator[list[bool]]:
+    """One entry per transaction the app's engine begins while the block runs: whether it
+    really sent BEGIN to Postgres (False for an autocommit connection)."""
+    begun: list[bool] = []
+    engine = app.state.relight.engine.sync_engine
+
+    def record(conn: Any) -> None:
+        begun.append(conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT")
+
+    event.listen(engine, "begin", record)
+    try:
+        yield begun
+    finally:
+        event.remove(engine, "begin", record)
 
 
 async def submit_counted(
@@ -82,8 +106,9 @@ async def list_counted(
 async def test_submit_and_status_poll_run_a_fixed_number_of_statements(
     app: FastAPI, client: httpx.AsyncClient, tenant: TenantKey, run_worker: RunWorker
 ) -> None:
-    # Warm up: the first use of the key records its last use (once a minute at most), and the
-    # pool opens its connections; neither is what a steady submit costs.
+    # Warm up: the first use of the key looks it up, records its last use (once a minute at
+    # most) and caches it, and the pool opens its connections; none of it is what a steady
+    # submit costs.
     await submit(client, tenant, fast_body())
     await run_worker()
 
@@ -130,3 +155,25 @@ async def test_a_listing_does_not_grow_with_the_jobs_and_outputs_it_shows(
     assert len(twenty) == 20
     assert sum(len(record["outputs"]) for record in twenty) == 1 + 9 * 2 + 10
     assert len(twenty_statements) == len(one_statements), twenty_statements
+
+
+async def test_a_submit_by_url_is_one_statement_outside_any_transaction(
+    app: FastAPI, client: httpx.AsyncClient, tenant: TenantKey, image_server: ImageServer
+) -> None:
+    body = fast_body(subject_image=image_server.url("/cat.png"))
+    await submit(client, tenant, body)  # warm up: the key's lookup, then it is cached
+
+    with count_statements(app) as statements, count_transactions(app) as transactions:
+        await submit(client, tenant, body)
+    assert len(statements) == URL_SUBMIT_STATEMENTS, statements
+    assert statements[0].startswith("WITH moved AS"), statements
+    assert not any(transactions), transactions  # no BEGIN, no COMMIT
+
+    for key in ("url-1", "url-2"):
+        with count_statements(app) as statements, count_transactions(app) as transactions:
+            response = await client.post(
+                "/v2/ic-light", headers={**tenant.headers, "Idempotency-Key": key}, json=body
+            )
+        assert response.status_code == 202, response.text
+        assert len(statements) == URL_IDEMPOTENT_SUBMIT_STATEMENTS, statements
+        assert not any(transactions), transactions

@@ -9,8 +9,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from api.responses import OrjsonResponse
 from relight.errors import RelightError
@@ -161,6 +162,21 @@ def install_error_handlers(app: FastAPI) -> None:
             codes.get(exc.status_code, "http_error"),
             headers=dict(exc.headers) if exc.headers else None,
         )
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, exc: ClientDisconnect) -> OrjsonResponse:
+        # The client hung up while sending its body: nothing was done, and nobody will read
+        # this answer. Not an error of ours.
+        logger.info("client disconnected during %s %s", request.method, request.url.path)
+        return error_response(400, "the client disconnected before sending its body", "aborted")
+
+    @app.exception_handler(DBAPIError)
+    async def _database_error(request: Request, exc: Exception) -> OrjsonResponse:
+        # A connection Postgres dropped (a restart, a failover) is unavailability, whatever
+        # class the driver gave it; anything else from the database is a bug (500).
+        if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+            return await _database_unavailable(request, exc)
+        return await _unexpected(request, exc)
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(InterfaceError)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from sqlalchemy import MetaData
+from sqlalchemy import MetaData, event
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -38,13 +39,27 @@ def create_engine(
     checks each connection as it leaves the pool (with asyncpg: BEGIN, a no-op, ROLLBACK);
     without it a connection Postgres dropped fails its first use, which invalidates the pool."""
     size = pool_size or settings.database_pool_size
-    return create_async_engine(
+    engine = create_async_engine(
         settings.database_url,
         pool_size=size,
         max_overflow=settings.database_pool_size if max_overflow is None else max_overflow,
         pool_pre_ping=pre_ping,
         pool_recycle=1800,
     )
+    event.listen(engine.sync_engine, "handle_error", _broken_protocol_is_a_disconnect)
+    return engine
+
+
+def _broken_protocol_is_a_disconnect(context: ExceptionContext) -> None:
+    """asyncpg sometimes reports a connection the server terminated as an internal protocol
+    error ("cannot switch to state …") rather than as closed; SQLAlchemy does not count that as
+    a disconnect and would hand the broken connection out again. Mark it as one, so the pool
+    drops it and the error says `connection_invalidated` (the API answers 503, not 500)."""
+    original = context.original_exception
+    if type(original).__name__ == "InternalClientError" and "cannot switch to state" in str(
+        original
+    ):
+        context.is_disconnect = True
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

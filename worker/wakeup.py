@@ -151,4 +151,13 @@ class WakeableWorker(Worker):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
             self._listener = None
+        if not self._handle_signals and self.tasks:
+            # arq's close cancels the jobs still running (when it does not handle signals
+            # itself) and then gathers them, so a job cancelled there (a sweep that was
+            # running) would raise out of close and skip the shutdown hook. Cancel and collect
+            # them here first; the shutdown and the pool's close then always run.
+            for task in self.tasks.values():
+                task.cancel()
+            await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+            self.tasks.clear()
         await super().close()

@@ -31,11 +31,13 @@ from tests.nodes.processes import NodeProcess, node_process
 pytestmark = pytest.mark.slow
 
 TOKEN = "e2e-node-token-0123456789abcdef"
-# A realistic slow request for the classic engine: 12 images of 1536×1536, a few seconds.
+# A realistic slow request for the classic engine: 12 images of 2560×2560, a few seconds even
+# on a quiet machine (a kill 0.3 s into it lands mid-render).
 SLOW = {
     "prompt": "portrait, warm sunset light",
     "width": 1024,
     "height": 1024,
+    "highres_scale": 2.5,
     "number_of_images": 12,
     "backend": "gpu",
     "output_format": "jpg",

@@ -105,9 +105,7 @@ async def test_progress_moves_while_a_node_renders(
 ) -> None:
     config = gpu_settings(settings, namespace)
     # Long enough (a few seconds) for several progress writes, which come at most every 0.5 s.
-    slow = fast_body(
-        backend="gpu", width=1024, height=1024, highres_scale=2.5, number_of_images=12
-    )
+    slow = fast_body(backend="gpu", width=1024, height=1024, highres_scale=2.5, number_of_images=12)
     async with relight_client(config) as client, background_worker(config):
         response = await client.post("/v2/ic-light", headers=tenant.headers, json=slow)
         assert response.status_code == 202, response.text

@@ -11,6 +11,7 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.types import Message
 
 from tests.conftest import TenantKey
 from tests.helpers import balance_of
@@ -27,12 +28,12 @@ async def test_a_disconnect_mid_upload_charges_nothing_and_is_not_an_error(
         {"type": "http.request", "body": b'{"prompt": "sunset", "subject_ima', "more_body": True},
         {"type": "http.disconnect"},
     ]
-    sent: list[dict[str, Any]] = []
+    sent: list[Message] = []
 
-    async def receive() -> dict[str, Any]:
+    async def receive() -> Message:
         return chunks.pop(0) if chunks else {"type": "http.disconnect"}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: Message) -> None:
         sent.append(message)
 
     api_key = tenant.headers["x-api-key"]

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relight.config import Settings
 from relight.nodes.slots import slot_index_key, slots_key
-from scripts.stack import BIN, free_port
+from scripts.stack import BIN, free_port, wait_ready
 from tests.conftest import MakeTenant, TenantKey, example_base64
 from tests.e2e.test_live_stack import _environment
 from tests.nodes.processes import NodeProcess, node_process
@@ -93,16 +93,8 @@ def stack(settings: Settings, migrated: None, clean_state: None, tmp_path: Path)
             )
         try:
             url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"relight-api did not start; logs in {logs}")
-                time.sleep(0.1)
+            with httpx.Client(base_url=url, timeout=1) as probe:
+                wait_ready(probe, processes[0])
             yield Stack(url=url, nodes=nodes, namespace=namespace)
         finally:
             for process in processes:

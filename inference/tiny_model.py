@@ -3,25 +3,57 @@
 `python -m inference.tiny_model DIR` writes an SD1.5 diffusers folder (unet/, vae/,
 text_encoder/, tokenizer/, model_index.json) plus `iclight_sd15_fc.safetensors`, with the same
 file names, config keys and weight layout as the real model but a few thousand parameters per
-block, so tests run the real loading and sampling code on a CPU in seconds. The VAE has four
-blocks, so latents are 1/8 of the image size as in SD1.5; the tokenizer is a byte-level CLIP BPE
-written here (no hub access); the offsets have the keys and shapes of the widened UNet
-(`conv_in` with 8 input channels), as the real fc offsets have for the real UNet.
+block, so tests run the real loading and sampling code on a CPU in seconds.
+
+It is built to be as *sensitive* as the real model, so that a test comparing two pipelines
+catches a half-pixel or a one-level difference instead of averaging it away:
+
+- the VAE has four blocks, so latents are 1/8 of the image size, and its latent projection is
+  calibrated so that scaled latents (`mode() · scaling_factor`) have a standard deviation near
+  1, as SD1.5's VAE gives them (the decoder's input projection is scaled back to match);
+- the offsets' foreground channels of `conv_in` (the four that see the subject's latent) are
+  strong, so the subject drives the output as it does in IC-Light;
+- the tokenizer is a byte-level CLIP BPE with real merges, learned here from a small corpus of
+  lighting prompts (no hub access), so words become one or a few tokens as in CLIP;
+- the text encoder is stored under the `text_model.*` key names real checkpoints use;
+- the offsets have the keys and shapes of the widened UNet (`conv_in` with 8 input channels),
+  as the real fc offsets have for the real UNet.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import itertools
 import json
+import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import safetensors.torch
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from inference.iclight.weights import CONCAT_CHANNELS, OFFSETS_FILE, widen_conv_in
+
+LATENT_CHANNELS = 4
+# What the VAE is calibrated to: SD1.5's scaled latents have a standard deviation near 1.
+TARGET_LATENT_STD = 1.0
+# The standard deviation of the offsets of conv_in's foreground channels in the tiny model.
+TINY_FOREGROUND_OFFSET_STD = 0.5
+BPE_MERGES = 400
+# The text the tiny tokenizer's merges are learned from: IC-Light's quick prompts and defaults.
+BPE_CORPUS = """
+beautiful woman, detailed face. handsome man, detailed face. sunshine from window.
+neon light, city. sunset over sea. golden time. sci-fi rgb glowing, cyberpunk.
+natural lighting. warm atmosphere, at home, bedroom. magic lit. evil, gothic, yharnam.
+light and shadow. shadow from window. soft studio lighting. home atmosphere, cozy bedroom
+illumination. best quality. lowres, bad anatomy, bad hands, cropped, worst quality.
+a cat, sunset. a portrait of a cat in the light of the morning sun, warm light from the left,
+the cool light of the evening, a dog on the beach, product photo on a table, studio light.
+"""
 
 TOKENIZER_MAX_LENGTH = 77
 BOS_TOKEN = "<|startoftext|>"
@@ -82,14 +114,59 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(printable, (chr(c) for c in characters), strict=True))
 
 
+def learn_merges(corpus: str, count: int) -> list[tuple[str, str]]:
+    """Byte-level BPE merges learned from `corpus`, most frequent pair first (ties by name).
+
+    Words are split as CLIP splits them (lower case, letters, digits, other runs), each ends
+    with `</w>`, and the pair seen most often is merged, `count` times or until every word is
+    one symbol.
+    """
+    table = _bytes_to_unicode()
+    words = collections.Counter(
+        tuple("".join(table[b] for b in word.encode("utf-8")))
+        for word in re.findall(r"[a-z]+|[0-9]|[^\sa-z0-9]+", corpus.lower())
+    )
+    symbols = {word: (*word[:-1], word[-1] + "</w>") for word in words}
+    merges: list[tuple[str, str]] = []
+    while len(merges) < count:
+        pairs: collections.Counter[tuple[str, str]] = collections.Counter()
+        for word, frequency in words.items():
+            parts = symbols[word]
+            for pair in itertools.pairwise(parts):
+                pairs[pair] += frequency
+        if not pairs:
+            break
+        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
+        merges.append(best)
+        for word, parts in symbols.items():
+            merged: list[str] = []
+            index = 0
+            while index < len(parts):
+                if index + 1 < len(parts) and (parts[index], parts[index + 1]) == best:
+                    merged.append(parts[index] + parts[index + 1])
+                    index += 2
+                else:
+                    merged.append(parts[index])
+                    index += 1
+            symbols[word] = tuple(merged)
+    return merges
+
+
 def write_tokenizer(directory: Path) -> int:
-    """Write a byte-level CLIP tokenizer (every byte a token, no merges); its vocabulary size."""
+    """Write a byte-level CLIP BPE tokenizer with merges learned here; its vocabulary size.
+
+    The vocabulary is laid out as CLIP's: the 256 byte symbols, the same with `</w>`, one
+    token per merge, then the start and end tokens.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     symbols = list(_bytes_to_unicode().values())
-    tokens = symbols + [s + "</w>" for s in symbols] + [BOS_TOKEN, EOS_TOKEN]
-    vocab = {token: index for index, token in enumerate(tokens)}
+    merges = learn_merges(BPE_CORPUS, BPE_MERGES)
+    tokens = symbols + [s + "</w>" for s in symbols] + ["".join(pair) for pair in merges]
+    tokens += [BOS_TOKEN, EOS_TOKEN]
+    vocab = {token: index for index, token in enumerate(dict.fromkeys(tokens))}
     (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), "utf-8")
-    (directory / "merges.txt").write_text("#version: 0.2\n", "utf-8")
+    lines = ["#version: 0.2", *(f"{left} {right}" for left, right in merges)]
+    (directory / "merges.txt").write_text("\n".join(lines) + "\n", "utf-8")
     specials = {
         "bos_token": BOS_TOKEN,
         "eos_token": EOS_TOKEN,
@@ -107,6 +184,43 @@ def write_tokenizer(directory: Path) -> int:
     return len(vocab)
 
 
+def _calibration_image(size: int = 256) -> torch.Tensor:
+    """A fixed 1×3×size×size image in [-1, 1] with edges, gradients and texture."""
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    rings = np.sin(40 * np.hypot(x - 0.4, y - 0.6))
+    squares = np.where((x * 6).astype(int) % 2 == (y * 6).astype(int) % 2, 0.6, -0.6)
+    noise = np.random.default_rng(0).standard_normal((size, size)).astype(np.float32) * 0.3
+    channels = np.stack([rings * 0.7 + noise, squares + noise, 2 * x - 1 + noise * 0.5])
+    return torch.from_numpy(channels.clip(-1, 1).astype(np.float32))[None]
+
+
+def calibrate_vae(vae: AutoencoderKL, target_std: float = TARGET_LATENT_STD) -> float:
+    """Scale the VAE's latent projection so scaled latents have `target_std`; the factor.
+
+    The mean half of `quant_conv` is multiplied by the factor and `post_quant_conv` divided
+    by it, so the decoder sees what it saw before and only the latent scale changes.
+    """
+    with torch.no_grad():
+        latent = vae.encode(_calibration_image()).latent_dist.mode()
+        factor = target_std / float(latent.std() * vae.config.scaling_factor)
+        vae.quant_conv.weight[:LATENT_CHANNELS] *= factor
+        vae.quant_conv.bias[:LATENT_CHANNELS] *= factor
+        vae.post_quant_conv.weight /= factor
+    return factor
+
+
+def _save_text_encoder(text_encoder: CLIPTextModel, directory: Path) -> None:
+    """Save with the `text_model.*` key names of real SD1.5 checkpoints."""
+    text_encoder.save_pretrained(directory, safe_serialization=True)
+    weights = directory / "model.safetensors"
+    state = safetensors.torch.load_file(str(weights))
+    renamed = {
+        key if key.startswith("text_model.") else f"text_model.{key}": value
+        for key, value in state.items()
+    }
+    safetensors.torch.save_file(renamed, str(weights), metadata={"format": "pt"})
+
+
 def write_model(
     directory: Path,
     *,
@@ -115,12 +229,16 @@ def write_model(
     text_config: dict[str, Any],
     seed: int = 0,
     offset_scale: float = 0.02,
+    foreground_offset_scale: float | None = None,
+    calibrate: bool = False,
     dtype: torch.dtype = torch.float32,
 ) -> Path:
     """Write a randomly initialised model folder of the documented layout; returns it.
 
     The offsets are random too (normal, `offset_scale`), so the foreground channels of
-    `conv_in`, zero in the widened base, get weights from them as the real offsets give them.
+    `conv_in`, zero in the widened base, get weights from them as the real offsets give them;
+    `foreground_offset_scale` gives those four channels their own, stronger scale.
+    `calibrate` scales the VAE's latents to SD1.5's spread (`calibrate_vae`).
     """
     directory.mkdir(parents=True, exist_ok=True)
     vocab_size = write_tokenizer(directory / "tokenizer")
@@ -128,6 +246,8 @@ def write_model(
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(**unet_config)
         vae = AutoencoderKL(**vae_config)
+        if calibrate:
+            calibrate_vae(vae)
         text_encoder = CLIPTextModel(
             CLIPTextConfig(
                 vocab_size=max(vocab_size, int(text_config.get("vocab_size", 0))),
@@ -139,7 +259,7 @@ def write_model(
         )
         unet.to(dtype).save_pretrained(directory / "unet", safe_serialization=True)
         vae.to(dtype).save_pretrained(directory / "vae", safe_serialization=True)
-        text_encoder.to(dtype).save_pretrained(directory / "text_encoder", safe_serialization=True)
+        _save_text_encoder(text_encoder.to(dtype), directory / "text_encoder")
 
         widen_conv_in(unet)
         assert unet.conv_in.in_channels == CONCAT_CHANNELS
@@ -147,6 +267,10 @@ def write_model(
             key: (torch.randn(value.shape) * offset_scale).to(torch.float16).contiguous()
             for key, value in unet.state_dict().items()
         }
+        if foreground_offset_scale is not None:
+            foreground = offsets["conv_in.weight"][:, LATENT_CHANNELS:]
+            strong = torch.randn(foreground.shape) * foreground_offset_scale
+            offsets["conv_in.weight"][:, LATENT_CHANNELS:] = strong.to(torch.float16)
     safetensors.torch.save_file(offsets, str(directory / OFFSETS_FILE))
     index = {
         "_class_name": "StableDiffusionPipeline",
@@ -169,6 +293,8 @@ def write_tiny_model(directory: Path, *, seed: int = 0) -> Path:
         seed=seed,
         # Larger than real offsets, so the foreground visibly steers the tiny random UNet.
         offset_scale=0.2,
+        foreground_offset_scale=TINY_FOREGROUND_OFFSET_STD,
+        calibrate=True,
     )
 
 

@@ -76,22 +76,43 @@ def normalize(image: Image.Image) -> Image.Image:
     return result
 
 
-def resize_and_center_crop(image: Image.Image, width: int, height: int) -> Image.Image:
-    """Scale to cover width×height and keep the centre (IC-Light's reference behaviour).
+# The whole-image resize of the reference is used while the scaled image stays within this many
+# pixels (or 4× the target's, if that is more): every aspect ratio up to 4× away from W×H.
+EXACT_CROP_MAX_PIXELS = 16_000_000
 
-    The centre is cut from the source first and only that is resized, so a freak aspect ratio
-    (1×3000) never turns into a gigantic intermediate image.
+
+def resize_and_center_crop(image: Image.Image, width: int, height: int) -> Image.Image:
+    """Scale to cover width×height and keep the centre, with IC-Light's reference arithmetic.
+
+    As `gradio_demo.py` does it: the whole image is resized (LANCZOS) to
+    `round(w·s) × round(h·s)` with `s = max(W/w, H/h)`, then the centre is cropped
+    with the float box `((w'−W)/2, (h'−H)/2, (w'+W)/2, (h'+H)/2)`, which Pillow rounds. Those
+    are the reference's pixels exactly.
+
+    A freak aspect ratio (1×3000 into 1024×1024) would make that intermediate image gigantic:
+    beyond `EXACT_CROP_MAX_PIXELS` (or 4× the target, if more) only the source region behind
+    the same crop is resampled, at the same scale and alignment. That bounds memory by the
+    target's size and can differ from the reference by a rounding step.
     """
     source_width, source_height = image.size
     scale = max(width / source_width, height / source_height)
-    crop_width = min(source_width, width / scale)
-    crop_height = min(source_height, height / scale)
-    left = (source_width - crop_width) / 2
-    top = (source_height - crop_height) / 2
+    scaled_width = round(source_width * scale)
+    scaled_height = round(source_height * scale)
+    box = (
+        (scaled_width - width) / 2,
+        (scaled_height - height) / 2,
+        (scaled_width + width) / 2,
+        (scaled_height + height) / 2,
+    )
+    if scaled_width * scaled_height <= max(EXACT_CROP_MAX_PIXELS, 4 * width * height):
+        return image.resize((scaled_width, scaled_height), Image.Resampling.LANCZOS).crop(box)
+    # Pillow's crop rounds the box like this; map that pixel grid back onto the source.
+    left, top = round(box[0]), round(box[1])
+    x_step, y_step = source_width / scaled_width, source_height / scaled_height
     return image.resize(
         (width, height),
         Image.Resampling.LANCZOS,
-        box=(left, top, left + crop_width, top + crop_height),
+        box=(left * x_step, top * y_step, (left + width) * x_step, (top + height) * y_step),
     )
 
 

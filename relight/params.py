@@ -83,8 +83,8 @@ class RelightParams(BaseModel):
 
     @property
     def full_prompt(self) -> str:
-        """The prompt the model sees, as the IC-Light reference builds it."""
-        return f"{self.prompt}, {self.appended_prompt}" if self.appended_prompt else self.prompt
+        """The prompt the model sees, as the IC-Light reference builds it (always with ", ")."""
+        return f"{self.prompt}, {self.appended_prompt}"
 
     @property
     def output_size(self) -> tuple[int, int]:

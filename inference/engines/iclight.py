@@ -40,6 +40,9 @@ from relight.images import resize_and_center_crop
 from relight.params import LightSource, RelightParams
 
 LATENT_CHANNELS = 4
+# On CUDA a VAE call takes at most this many image pixels: twelve 3072² images in one decode
+# would need well over 80 GB. Segmind's default request (≤ 12 × 768×960) still fits one call.
+CUDA_VAE_BATCH_PIXELS = 12 * 768 * 960
 
 
 def default_device() -> torch.device:
@@ -63,6 +66,7 @@ class ICLightEngine:
         optimize: bool | None = None,
         compile_unet: bool = False,
         cuda_graphs: bool = False,
+        vae_batch_pixels: int | None = None,
     ) -> None:
         """Move the networks to `device` and prepare them for inference.
 
@@ -70,7 +74,9 @@ class ICLightEngine:
         unless `full_precision`; on the CPU everything is fp32. `optimize` (default: on CUDA)
         fuses the attention QKV projections and uses channels-last memory; `compile_unet`
         wraps the UNet in `torch.compile`; `cuda_graphs` (CUDA only) replays the UNet as
-        captured CUDA graphs, one per request shape.
+        captured CUDA graphs, one per request shape. `vae_batch_pixels` caps the pixels of
+        one VAE call (default: the whole batch on the CPU, as the reference;
+        `CUDA_VAE_BATCH_PIXELS` on CUDA).
         """
         if cuda_graphs and (device.type != "cuda" or compile_unet):
             raise ValueError("cuda_graphs needs a CUDA device and excludes compile_unet")
@@ -78,6 +84,9 @@ class ICLightEngine:
         self.device = device
         self.matting = matting
         on_cuda = device.type == "cuda"
+        if vae_batch_pixels is None and on_cuda:
+            vae_batch_pixels = CUDA_VAE_BATCH_PIXELS
+        self.vae_batch_pixels = vae_batch_pixels
         half = on_cuda and not full_precision
         self.unet_dtype = torch.float16 if half else torch.float32
         self.vae_dtype = torch.bfloat16 if half else torch.float32
@@ -231,21 +240,35 @@ class ICLightEngine:
         return images
 
     def encode(self, images: list[UInt8Array]) -> torch.Tensor:
-        """VAE latents (mode, scaled) of uint8 H×W×3 images, in the UNet's dtype."""
-        latents = []
-        # One image at a time bounds the VAE's activation memory at large sizes.
-        for image in images:
-            pixels = to_tensor([image]).to(device=self.device, dtype=self.vae_dtype)
-            latents.append(self.vae.encode(pixels).latent_dist.mode() * self.scaling_factor)
+        """VAE latents (mode, scaled) of uint8 H×W×3 images, in the UNet's dtype.
+
+        The batch goes through the VAE in one call, as the reference does (a batch rounds
+        differently from single images), split only beyond `vae_batch_pixels`.
+        """
+        height, width = images[0].shape[:2]
+        latents = [
+            self.vae.encode(
+                to_tensor(images[part]).to(device=self.device, dtype=self.vae_dtype)
+            ).latent_dist.mode()
+            * self.scaling_factor
+            for part in self._vae_batches(len(images), width * height)
+        ]
         return torch.cat(latents).to(self.unet_dtype)
 
     def decode(self, latents: torch.Tensor) -> list[UInt8Array]:
-        """uint8 H×W×3 images of latents, quantised as the reference does."""
+        """uint8 H×W×3 images of latents, quantised as the reference does (one VAE call)."""
+        pixels_per_image = latents.shape[-2] * latents.shape[-1] * self.vae_scale**2
         images: list[UInt8Array] = []
-        for latent in torch.split(latents, 1):
-            pixels = self.vae.decode(latent.to(self.vae_dtype) / self.scaling_factor).sample
-            images.extend(to_uint8(pixels))
+        for part in self._vae_batches(latents.shape[0], pixels_per_image):
+            scaled = latents[part].to(self.vae_dtype) / self.scaling_factor
+            images.extend(to_uint8(self.vae.decode(scaled).sample))
         return images
+
+    def _vae_batches(self, count: int, pixels_per_image: int) -> list[slice]:
+        per_call = count
+        if self.vae_batch_pixels is not None:
+            per_call = max(1, self.vae_batch_pixels // pixels_per_image)
+        return [slice(start, start + per_call) for start in range(0, count, per_call)]
 
     def _call_unet(
         self, sample: torch.Tensor, timestep: torch.Tensor, hidden_states: torch.Tensor

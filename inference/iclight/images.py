@@ -81,12 +81,15 @@ def light_gradient(source: LightSource, width: int, height: int) -> UInt8Array |
     """The initial image for a light direction (bright on the light's side); None for "None"."""
     if source is LightSource.NONE:
         return None
+    # Each direction has its own ramp, as the reference writes it: linspace(255, 0, n) is not
+    # always the mirror of linspace(0, 255, n) once truncated to uint8 (n = 896, for one).
+    bright_first = source in (LightSource.LEFT, LightSource.TOP)
     if source in (LightSource.LEFT, LightSource.RIGHT):
-        ramp = np.linspace(0, 255, width)
-        plane = np.tile(ramp[::-1] if source is LightSource.LEFT else ramp, (height, 1))
+        ramp = np.linspace(255, 0, width) if bright_first else np.linspace(0, 255, width)
+        plane = np.tile(ramp, (height, 1))
     else:
-        ramp = np.linspace(0, 255, height)[:, None]
-        plane = np.tile(ramp[::-1] if source is LightSource.TOP else ramp, (1, width))
+        column = np.linspace(255, 0, height) if bright_first else np.linspace(0, 255, height)
+        plane = np.tile(column[:, None], (1, width))
     return np.stack((plane,) * 3, axis=-1).astype(np.uint8)
 
 

@@ -35,6 +35,9 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 PROMPT = "a cat, sunset"
 # Small, quick requests for the tensor-level tests.
 SMALL: dict[str, Any] = {"width": 256, "height": 320, "steps": 2, "highres_scale": 1.0}
+# The tiny VAE's scaled latents spread like SD1.5's (std ≈ 1); the engine's VAE call and the
+# test's own (another load, another batch shape) agree to float rounding at that scale.
+LATENT_ATOL = 2e-3
 
 
 @pytest.fixture(scope="session")
@@ -166,7 +169,7 @@ def test_first_unet_call_sees_the_foreground_latent(
     assert first.shape == (2, 8, 40, 32)  # cfg 2: unconditional + conditional; 320×256 / 8
     expected = _vae_latent(tiny_model_dir, resize_and_center_crop(cat, 256, 320))
     for row in first:
-        torch.testing.assert_close(row[4:], expected[0], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(row[4:], expected[0], rtol=1e-3, atol=LATENT_ATOL)
     # "None" starts from the request's seeded noise (init sigma 1), the same in both halves.
     noise = torch.randn((1, 4, 40, 32), generator=torch.Generator().manual_seed(11))
     torch.testing.assert_close(first[0, :4], noise[0])
@@ -198,7 +201,7 @@ def test_light_gradient_starts_the_low_res_pass(
     noise = torch.randn((1, 4, 40, 32), generator=torch.Generator().manual_seed(4))
     expected = scheduler.add_noise(_vae_latent(tiny_model_dir, gradient), noise, first_timestep)
     assert int(calls.timesteps[0]) == int(first_timestep[0])
-    torch.testing.assert_close(calls.samples[0][0, :4], expected[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(calls.samples[0][0, :4], expected[0], rtol=1e-3, atol=LATENT_ATOL)
 
 
 def test_merged_unet_weights_are_base_plus_offset(
@@ -249,7 +252,7 @@ def test_rgba_subject_is_composited_on_gray_by_its_alpha(
         engine.relight(subject, RelightParams(prompt=PROMPT, **SMALL), 5)
     crop = resize_and_center_crop(Image.fromarray(composite), 256, 320)
     expected = _vae_latent(tiny_model_dir, crop)
-    torch.testing.assert_close(calls.samples[0][0, 4:], expected[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(calls.samples[0][0, 4:], expected[0], rtol=1e-3, atol=LATENT_ATOL)
 
 
 def test_without_alpha_or_matting_the_whole_image_is_the_subject(cat: Image.Image) -> None:
@@ -295,7 +298,7 @@ def test_matting_model_cuts_out_the_subject(
     cut_out = composite_on_gray(cat, matted.matting)
     assert cut_out.tobytes() != cat.tobytes()
     expected = _vae_latent(tiny_model_dir, resize_and_center_crop(cut_out, 256, 320))
-    torch.testing.assert_close(calls.samples[0][0, 4:], expected[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(calls.samples[0][0, 4:], expected[0], rtol=1e-3, atol=LATENT_ATOL)
 
 
 def test_long_prompts_are_encoded_in_75_token_chunks(

@@ -7,11 +7,14 @@ times, in the same run and on the same request (512×640, 25 steps, highres 1.5,
 - **ours**: `ICLightEngine` (merged fp16 UNet with fused QKV projections, channels-last,
   cuDNN autotuning, prompts encoded once, per-request scheduler), and the same with the UNet
   replayed as CUDA graphs (`ours+graphs`), and with `--compile` under torch.compile;
-- **plain**: the reference demo written the straightforward way: StableDiffusionPipeline and
-  StableDiffusionImg2ImgPipeline sharing the hooked 8-channel UNet, fp16 UNet, bf16 VAE, SDPA.
+- **plain**: the reference demo as `tests/inference/reference_demo.py` re-implements it (the
+  conformance test's independent version, sharing no helper with the engine):
+  StableDiffusionPipeline and StableDiffusionImg2ImgPipeline sharing the hooked 8-channel UNet,
+  fp16 UNet, bf16 VAE, SDPA, as `gradio_demo.py` runs it.
 
 It prints seconds per image, images per second and the speed-up (goal: at least 2×), then
-runs both once more in fp32 with the same seed and prints the largest pixel difference.
+runs the reference once more in fp32 and compares, on the same seed, ours in fp32 and (on CUDA)
+ours at a node's precisions (fp16 UNet, bf16 VAE) with it: largest and mean pixel difference.
 
 Without CUDA it prints that it was not run and exits 0. `--tiny --device cpu` runs the same
 script end to end with the tiny test model on the CPU (both versions in fp32), which is how
@@ -23,7 +26,6 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
-import math
 import sys
 import tempfile
 import time
@@ -108,229 +110,41 @@ class Request:
     light_source: str = "None"
 
 
-# ---------------------------------------------------------------------------------------------
-# The plain version: the reference demo's process(), on diffusers' pipelines, written plainly.
-# ---------------------------------------------------------------------------------------------
+def _run_reference(
+    reference: Any, subject: Image.Image, request: Request, seed: int
+) -> list[UInt8Array]:
+    """The reference demo's `process()` (tests/inference/reference_demo.py) on `request`."""
+    images: list[UInt8Array] = reference.process(
+        np.asarray(subject.convert("RGB")),
+        prompt=request.prompt,
+        image_width=request.width,
+        image_height=request.height,
+        num_samples=request.number_of_images,
+        seed=seed,
+        steps=request.steps,
+        a_prompt=request.appended_prompt,
+        n_prompt=request.negative_prompt,
+        cfg=request.cfg,
+        highres_scale=request.highres_scale,
+        highres_denoise=request.highres_denoise,
+        lowres_denoise=request.lowres_denoise,
+        bg_source=request.light_source,
+    )
+    return images
 
 
-class PlainICLight:
-    """gradio_demo.py's pipeline, kept as close to the reference as the bench allows."""
+def _reference(model_dir: Path, device: torch.device, *, half: bool) -> Any:
+    from tests.inference.reference_demo import ReferenceDemo
 
-    def __init__(self, model_dir: Path, device: torch.device, full_precision: bool) -> None:
-        from diffusers import (
-            AutoencoderKL,
-            DPMSolverMultistepScheduler,
-            StableDiffusionImg2ImgPipeline,
-            StableDiffusionPipeline,
-            UNet2DConditionModel,
-        )
-        from diffusers.models.attention_processor import AttnProcessor2_0
-        from safetensors.torch import load_file
-        from transformers import CLIPTextModel, CLIPTokenizer
-
-        self.device = device
-        tokenizer = CLIPTokenizer.from_pretrained(model_dir / "tokenizer")
-        text_encoder = CLIPTextModel.from_pretrained(
-            model_dir / "text_encoder", torch_dtype=torch.float32
-        )
-        vae = AutoencoderKL.from_pretrained(model_dir / "vae", torch_dtype=torch.float32)
-        unet = UNet2DConditionModel.from_pretrained(model_dir / "unet", torch_dtype=torch.float32)
-
-        with torch.no_grad():
-            new_conv_in = torch.nn.Conv2d(
-                8,
-                unet.conv_in.out_channels,
-                unet.conv_in.kernel_size,
-                unet.conv_in.stride,
-                unet.conv_in.padding,
-            )
-            new_conv_in.weight.zero_()
-            new_conv_in.weight[:, :4, :, :].copy_(unet.conv_in.weight)
-            new_conv_in.bias = unet.conv_in.bias
-            unet.conv_in = new_conv_in
-
-        unet_original_forward = unet.forward
-
-        def hooked_unet_forward(
-            sample: torch.Tensor,
-            timestep: torch.Tensor,
-            encoder_hidden_states: torch.Tensor,
-            **kwargs: Any,
-        ) -> Any:
-            c_concat = kwargs["cross_attention_kwargs"]["concat_conds"].to(sample)
-            c_concat = torch.cat([c_concat] * (sample.shape[0] // c_concat.shape[0]), dim=0)
-            new_sample = torch.cat([sample, c_concat], dim=1)
-            kwargs["cross_attention_kwargs"] = {}
-            return unet_original_forward(new_sample, timestep, encoder_hidden_states, **kwargs)
-
-        unet.forward = hooked_unet_forward
-
-        sd_offset = load_file(str(model_dir / "iclight_sd15_fc.safetensors"))
-        sd_origin = unet.state_dict()
-        sd_merged = {k: sd_origin[k] + sd_offset[k] for k in sd_origin}
-        unet.load_state_dict(sd_merged, strict=True)
-        del sd_offset, sd_origin, sd_merged
-
-        half = device.type == "cuda" and not full_precision
-        self.text_encoder = text_encoder.to(
-            device=device, dtype=torch.float16 if half else torch.float32
-        )
-        self.vae = vae.to(device=device, dtype=torch.bfloat16 if half else torch.float32)
-        self.unet = unet.to(device=device, dtype=torch.float16 if half else torch.float32)
-        self.unet.set_attn_processor(AttnProcessor2_0())
-        self.vae.set_attn_processor(AttnProcessor2_0())
-        self.tokenizer = tokenizer
-
-        scheduler = DPMSolverMultistepScheduler(
-            num_train_timesteps=1000,
-            beta_start=0.00085,
-            beta_end=0.012,
-            algorithm_type="sde-dpmsolver++",
-            use_karras_sigmas=True,
-            steps_offset=1,
-        )
-        parts: dict[str, Any] = {
-            "vae": self.vae,
-            "text_encoder": self.text_encoder,
-            "tokenizer": tokenizer,
-            "unet": self.unet,
-            "scheduler": scheduler,
-            "safety_checker": None,
-            "requires_safety_checker": False,
-            "feature_extractor": None,
-            "image_encoder": None,
-        }
-        self.t2i_pipe = StableDiffusionPipeline(**parts)
-        self.i2i_pipe = StableDiffusionImg2ImgPipeline(**parts)
-        for pipe in (self.t2i_pipe, self.i2i_pipe):
-            pipe.set_progress_bar_config(disable=True)
-
-    @torch.inference_mode()
-    def encode_prompt_inner(self, txt: str) -> torch.Tensor:
-        max_length = self.tokenizer.model_max_length
-        chunk_length = max_length - 2
-        id_start, id_end = self.tokenizer.bos_token_id, self.tokenizer.eos_token_id
-        tokens = self.tokenizer(txt, truncation=False, add_special_tokens=False)["input_ids"]
-        chunks = [
-            [id_start, *tokens[i : i + chunk_length], id_end]
-            for i in range(0, len(tokens), chunk_length)
-        ]
-        chunks = [ck + [id_end] * (max_length - len(ck)) for ck in chunks]
-        token_ids = torch.tensor(chunks).to(device=self.device, dtype=torch.int64)
-        conds: torch.Tensor = self.text_encoder(token_ids).last_hidden_state
-        return conds
-
-    @torch.inference_mode()
-    def encode_prompt_pair(self, positive: str, negative: str) -> tuple[torch.Tensor, torch.Tensor]:
-        c = self.encode_prompt_inner(positive)
-        uc = self.encode_prompt_inner(negative)
-        max_chunk = max(len(c), len(uc))
-        c = torch.cat([c] * math.ceil(max_chunk / len(c)), dim=0)[:max_chunk]
-        uc = torch.cat([uc] * math.ceil(max_chunk / len(uc)), dim=0)[:max_chunk]
-        c = torch.cat([p[None, ...] for p in c], dim=1)
-        uc = torch.cat([p[None, ...] for p in uc], dim=1)
-        return c, uc
-
-    def _encode(self, images: list[UInt8Array]) -> torch.Tensor:
-        h = torch.from_numpy(np.stack(images, axis=0)).float() / 127.0 - 1.0
-        h = h.movedim(-1, 1).to(device=self.vae.device, dtype=self.vae.dtype)
-        latent: torch.Tensor = self.vae.encode(h).latent_dist.mode()
-        return latent * float(self.vae.config.scaling_factor)
-
-    def _decode(self, latents: torch.Tensor) -> list[UInt8Array]:
-        pixels = self.vae.decode(latents).sample
-        out = (pixels.movedim(1, -1) * 127.5 + 127.5).float().cpu().numpy()
-        return [y.clip(0, 255).astype(np.uint8) for y in out]
-
-    @torch.inference_mode()
-    def process(self, subject: Image.Image, request: Request, seed: int) -> list[UInt8Array]:
-        from relight.images import resize_and_center_crop
-
-        width, height = request.width, request.height
-        input_bg = _gradient(request.light_source, width, height)
-        rng = torch.Generator(device=self.device).manual_seed(int(seed))
-
-        fg = np.asarray(resize_and_center_crop(subject, width, height))
-        concat_conds = self._encode([fg])
-        conds, unconds = self.encode_prompt_pair(
-            f"{request.prompt}, {request.appended_prompt}", request.negative_prompt
-        )
-        common: dict[str, Any] = {
-            "prompt_embeds": conds,
-            "negative_prompt_embeds": unconds,
-            "num_images_per_prompt": request.number_of_images,
-            "generator": rng,
-            "output_type": "latent",
-            "guidance_scale": request.cfg,
-        }
-        if input_bg is None:
-            latents = (
-                self.t2i_pipe(
-                    width=width,
-                    height=height,
-                    num_inference_steps=request.steps,
-                    cross_attention_kwargs={"concat_conds": concat_conds},
-                    **common,
-                ).images.to(self.vae.dtype)
-                / self.vae.config.scaling_factor
-            )
-        else:
-            latents = (
-                self.i2i_pipe(
-                    image=self._encode([input_bg]),
-                    strength=request.lowres_denoise,
-                    num_inference_steps=round(request.steps / request.lowres_denoise),
-                    cross_attention_kwargs={"concat_conds": concat_conds},
-                    **common,
-                ).images.to(self.vae.dtype)
-                / self.vae.config.scaling_factor
-            )
-
-        target = (
-            round(width * request.highres_scale / 64.0) * 64,
-            round(height * request.highres_scale / 64.0) * 64,
-        )
-        pixels = [
-            np.asarray(Image.fromarray(p).resize(target, Image.Resampling.LANCZOS))
-            for p in self._decode(latents)
-        ]
-        latents = self._encode(pixels).to(device=self.unet.device, dtype=self.unet.dtype)
-        fg = np.asarray(resize_and_center_crop(subject, *target))
-        concat_conds = self._encode([fg])
-        latents = (
-            self.i2i_pipe(
-                image=latents,
-                strength=request.highres_denoise,
-                num_inference_steps=round(request.steps / request.highres_denoise),
-                cross_attention_kwargs={"concat_conds": concat_conds},
-                **common,
-            ).images.to(self.vae.dtype)
-            / self.vae.config.scaling_factor
-        )
-        return self._decode(latents)
+    return ReferenceDemo(model_dir, device, half=half)
 
 
-def _gradient(light_source: str, width: int, height: int) -> UInt8Array | None:
-    if light_source == "None":
-        return None
-    if light_source in ("Left Light", "Right Light"):
-        ramp = (
-            np.linspace(255, 0, width)
-            if light_source == "Left Light"
-            else np.linspace(0, 255, width)
-        )
-        image = np.tile(ramp, (height, 1))
-    else:
-        ramp = (
-            np.linspace(255, 0, height)
-            if light_source == "Top Light"
-            else np.linspace(0, 255, height)
-        )
-        image = np.tile(ramp[:, None], (1, width))
-    return np.stack((image,) * 3, axis=-1).astype(np.uint8)
-
-
-# ---------------------------------------------------------------------------------------------
+def _difference(ours: list[UInt8Array], theirs: list[UInt8Array]) -> tuple[int, float]:
+    """Largest and mean absolute pixel difference (0-255 scale) over all images."""
+    pairs = [
+        np.abs(a.astype(np.int16) - b.astype(np.int16)) for a, b in zip(ours, theirs, strict=True)
+    ]
+    return max(int(d.max()) for d in pairs), float(np.mean([d.mean() for d in pairs]))
 
 
 def _ours(
@@ -496,11 +310,14 @@ def main() -> int:
             timings.append((label, seconds))
             del engine
             _free(device)
-        plain = PlainICLight(model_dir, device, full_precision=False)
+        reference = _reference(model_dir, device, half=device.type == "cuda")
         plain_s, _ = _time(
-            lambda seed: plain.process(subject, request, seed), device, args.warmup, args.runs
+            functools.partial(_run_reference, reference, subject, request),
+            device,
+            args.warmup,
+            args.runs,
         )
-        del plain
+        del reference
         _free(device)
 
         count = request.number_of_images
@@ -511,30 +328,25 @@ def main() -> int:
             print(f"speed-up (plain / {label}): {plain_s / seconds:.2f}x (goal: at least 2x)")
 
         if not args.skip_check:
-            engine = _ours(model_dir, device, full_precision=True)
-            ours_images = _run_ours(engine, subject, request, 1234)
-            del engine
+            # The reference in fp32 against ours in fp32 (bit-identical on the CPU with one
+            # thread) and, on CUDA, against ours at the precisions a node serves (fp16/bf16).
+            reference = _reference(model_dir, device, half=False)
+            theirs = _run_reference(reference, subject, request, 1234)
+            del reference
             _free(device)
-            plain = PlainICLight(model_dir, device, full_precision=True)
-            plain_images = plain.process(subject, request, 1234)
-            del plain
-            _free(device)
-            difference = max(
-                int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max())
-                for a, b in zip(ours_images, plain_images, strict=True)
-            )
-            mean = float(
-                np.mean(
-                    [
-                        np.abs(a.astype(np.int16) - b.astype(np.int16)).mean()
-                        for a, b in zip(ours_images, plain_images, strict=True)
-                    ]
+            precisions = [("fp32", True)]
+            if device.type == "cuda":
+                precisions.append(("fp16", False))
+            for label, full_precision in precisions:
+                engine = _ours(model_dir, device, full_precision=full_precision)
+                ours = _run_ours(engine, subject, request, 1234)
+                del engine
+                _free(device)
+                largest, mean = _difference(ours, theirs)
+                print(
+                    f"ours {label} vs reference fp32, same seed: max abs pixel difference "
+                    f"{largest}, mean {mean:.4f} (0-255 scale)"
                 )
-            )
-            print(
-                f"fp32, same seed: max abs pixel difference {difference}, "
-                f"mean {mean:.4f} (0-255 scale)"
-            )
     return 0
 
 

@@ -81,7 +81,13 @@ def normalize(image: Image.Image) -> Image.Image:
 EXACT_CROP_MAX_PIXELS = 16_000_000
 
 
-def resize_and_center_crop(image: Image.Image, width: int, height: int) -> Image.Image:
+def resize_and_center_crop(
+    image: Image.Image,
+    width: int,
+    height: int,
+    *,
+    exact_max_pixels: int = EXACT_CROP_MAX_PIXELS,
+) -> Image.Image:
     """Scale to cover width×height and keep the centre, with IC-Light's reference arithmetic.
 
     As `gradio_demo.py` does it: the whole image is resized (LANCZOS) to
@@ -90,7 +96,7 @@ def resize_and_center_crop(image: Image.Image, width: int, height: int) -> Image
     are the reference's pixels exactly.
 
     A freak aspect ratio (1×3000 into 1024×1024) would make that intermediate image gigantic:
-    beyond `EXACT_CROP_MAX_PIXELS` (or 4× the target, if more) only the source region behind
+    beyond `exact_max_pixels` (or 4× the target, if more) only the source region behind
     the same crop is resampled, at the same scale and alignment. That bounds memory by the
     target's size and can differ from the reference by a rounding step.
     """
@@ -104,7 +110,7 @@ def resize_and_center_crop(image: Image.Image, width: int, height: int) -> Image
         (scaled_width + width) / 2,
         (scaled_height + height) / 2,
     )
-    if scaled_width * scaled_height <= max(EXACT_CROP_MAX_PIXELS, 4 * width * height):
+    if scaled_width * scaled_height <= max(exact_max_pixels, 4 * width * height):
         return image.resize((scaled_width, scaled_height), Image.Resampling.LANCZOS).crop(box)
     # Pillow's crop rounds the box like this; map that pixel grid back onto the source.
     left, top = round(box[0]), round(box[1])

@@ -1,7 +1,7 @@
 """Pixels in and out of the IC-Light engine: gray compositing, matting, light gradients.
 
 Conversions follow the reference exactly: uint8 → tensor is `x / 127 - 1` (so gray 127 is
-exactly 0), tensor → uint8 is `x · 127.5 + 127.5`, clipped and truncated.
+exactly 0), tensor → uint8 is `x · 127.5 + 127.5` in the decoder's dtype, clipped and truncated.
 """
 
 from __future__ import annotations
@@ -100,6 +100,10 @@ def to_tensor(images: list[UInt8Array]) -> torch.Tensor:
 
 
 def to_uint8(pixels: torch.Tensor) -> list[UInt8Array]:
-    """N×3×H×W decoder output → uint8 H×W×3 images (as the reference quantises them)."""
-    scaled = (pixels.movedim(1, -1).float() * 127.5 + 127.5).cpu().numpy()
+    """N×3×H×W decoder output → uint8 H×W×3 images, quantised as the reference does.
+
+    The scaling happens in the decoder's dtype (bf16 on CUDA, as in the demo), then the values
+    are clipped and truncated.
+    """
+    scaled = (pixels.movedim(1, -1) * 127.5 + 127.5).float().cpu().numpy()
     return [image.clip(0, 255).astype(np.uint8) for image in scaled]

@@ -193,7 +193,8 @@ class ReferenceDemo:
     def vae_encode(self, images: list[Pixels]) -> torch.Tensor:
         pixels = to_model(images).to(device=self.vae.device, dtype=self.vae.dtype)
         latent: torch.Tensor = self.vae.encode(pixels).latent_dist.mode()
-        return latent * self.vae.config.scaling_factor
+        scaled: torch.Tensor = latent * self.vae.config.scaling_factor
+        return scaled
 
     @torch.inference_mode()
     def process(

@@ -11,6 +11,7 @@ levels), so encoding and decoding image by image would fail it.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from inference.engines.iclight import ICLightEngine
+from relight.images import decode_image
 from relight.params import RelightParams
 from tests.inference.reference_demo import ReferenceDemo, composite_by_alpha
 
@@ -146,3 +148,24 @@ def test_engine_pixels_equal_the_reference_demo(
 def test_the_long_prompt_cases_span_several_75_token_pieces(reference: ReferenceDemo) -> None:
     assert len(reference.encode_text(LONG_PROMPT)) >= 3
     assert len(reference.encode_text(LONG_NEGATIVE)) == 2
+
+
+def test_the_deliberate_differences_change_nothing_when_they_do_not_apply(
+    engine: ICLightEngine,
+) -> None:
+    """Upload decoding (EXIF orientation, mode normalisation) and alpha compositing leave an
+    untagged RGB subject, and an opaque RGBA one, exactly as the demo would see them."""
+    torch.set_num_threads(1)
+    cat = _subject("wide")
+    buffer = io.BytesIO()
+    cat.save(buffer, format="PNG")
+    decoded = decode_image(buffer.getvalue(), max_bytes=10_000_000, max_pixels=10_000_000)
+    assert decoded.mode == "RGB"
+    assert decoded.tobytes() == cat.tobytes()
+
+    opaque = cat.copy()
+    opaque.putalpha(255)
+    params = RelightParams(**BASE)
+    from_rgb = engine.relight(decoded, params, 3)[0]
+    from_opaque_rgba = engine.relight(opaque, params, 3)[0]
+    assert from_rgb.tobytes() == from_opaque_rgba.tobytes()

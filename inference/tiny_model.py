@@ -16,14 +16,16 @@ catches a half-pixel or a one-level difference instead of averaging it away:
 - the tokenizer is a byte-level CLIP BPE with real merges, learned here from a small corpus of
   lighting prompts (no hub access), so words become one or a few tokens as in CLIP;
 - the text encoder is stored under the `text_model.*` key names real checkpoints use;
-- the offsets have the keys and shapes of the widened UNet (`conv_in` with 8 input channels),
-  as the real fc offsets have for the real UNet.
+- the offsets have the keys and shapes of the widened UNet (`conv_in` with 8 input channels
+  for fc, 12 for fbc), as the real offsets have for the real UNet; `--fbc` writes the
+  background-conditioned model's offsets instead, `--both` writes both.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import copy
 import itertools
 import json
 import re
@@ -36,7 +38,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from inference.iclight.weights import CONCAT_CHANNELS, OFFSETS_FILE, widen_conv_in
+from inference.iclight.weights import Variant, widen_conv_in
 
 LATENT_CHANNELS = 4
 # What the VAE is calibrated to: SD1.5's scaled latents have a standard deviation near 1.
@@ -232,13 +234,15 @@ def write_model(
     foreground_offset_scale: float | None = None,
     calibrate: bool = False,
     dtype: torch.dtype = torch.float32,
+    variants: tuple[Variant, ...] = (Variant.FC,),
 ) -> Path:
     """Write a randomly initialised model folder of the documented layout; returns it.
 
-    The offsets are random too (normal, `offset_scale`), so the foreground channels of
-    `conv_in`, zero in the widened base, get weights from them as the real offsets give them;
-    `foreground_offset_scale` gives those four channels their own, stronger scale.
-    `calibrate` scales the VAE's latents to SD1.5's spread (`calibrate_vae`).
+    One offsets file per variant (fc: `conv_in` widened to 8 channels; fbc: to 12). The
+    offsets are random too (normal, `offset_scale`), so the condition channels of `conv_in`,
+    zero in the widened base, get weights from them as the real offsets give them;
+    `foreground_offset_scale` gives those channels their own, stronger scale. `calibrate`
+    scales the VAE's latents to SD1.5's spread (`calibrate_vae`).
     """
     directory.mkdir(parents=True, exist_ok=True)
     vocab_size = write_tokenizer(directory / "tokenizer")
@@ -261,17 +265,18 @@ def write_model(
         vae.to(dtype).save_pretrained(directory / "vae", safe_serialization=True)
         _save_text_encoder(text_encoder.to(dtype), directory / "text_encoder")
 
-        widen_conv_in(unet)
-        assert unet.conv_in.in_channels == CONCAT_CHANNELS
-        offsets = {
-            key: (torch.randn(value.shape) * offset_scale).to(torch.float16).contiguous()
-            for key, value in unet.state_dict().items()
-        }
-        if foreground_offset_scale is not None:
-            foreground = offsets["conv_in.weight"][:, LATENT_CHANNELS:]
-            strong = torch.randn(foreground.shape) * foreground_offset_scale
-            offsets["conv_in.weight"][:, LATENT_CHANNELS:] = strong.to(torch.float16)
-    safetensors.torch.save_file(offsets, str(directory / OFFSETS_FILE))
+        for variant in variants:
+            widened = copy.deepcopy(unet)
+            widen_conv_in(widened, variant.in_channels)
+            offsets = {
+                key: (torch.randn(value.shape) * offset_scale).to(torch.float16).contiguous()
+                for key, value in widened.state_dict().items()
+            }
+            if foreground_offset_scale is not None:
+                condition = offsets["conv_in.weight"][:, LATENT_CHANNELS:]
+                strong = torch.randn(condition.shape) * foreground_offset_scale
+                offsets["conv_in.weight"][:, LATENT_CHANNELS:] = strong.to(torch.float16)
+            safetensors.torch.save_file(offsets, str(directory / variant.offsets_file))
     index = {
         "_class_name": "StableDiffusionPipeline",
         "text_encoder": ["transformers", "CLIPTextModel"],
@@ -283,8 +288,13 @@ def write_model(
     return directory
 
 
-def write_tiny_model(directory: Path, *, seed: int = 0) -> Path:
-    """Write the tiny test model (see the module docstring) into `directory`."""
+def write_tiny_model(
+    directory: Path, *, seed: int = 0, variants: tuple[Variant, ...] = (Variant.FC,)
+) -> Path:
+    """Write the tiny test model (see the module docstring) into `directory`.
+
+    `variants`: which IC-Light offsets it has, fc (the default), fbc, or both.
+    """
     return write_model(
         directory,
         unet_config=TINY_UNET_CONFIG,
@@ -295,6 +305,7 @@ def write_tiny_model(directory: Path, *, seed: int = 0) -> Path:
         offset_scale=0.2,
         foreground_offset_scale=TINY_FOREGROUND_OFFSET_STD,
         calibrate=True,
+        variants=variants,
     )
 
 
@@ -302,8 +313,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("directory", type=Path, help="where to write the model folder")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    kind = parser.add_mutually_exclusive_group()
+    kind.add_argument("--fbc", action="store_true", help="the background-conditioned model only")
+    kind.add_argument("--both", action="store_true", help="both the fc and the fbc offsets")
     args = parser.parse_args()
-    path = write_tiny_model(args.directory, seed=args.seed)
+    variants: tuple[Variant, ...] = (Variant.FC,)
+    if args.fbc:
+        variants = (Variant.FBC,)
+    elif args.both:
+        variants = (Variant.FC, Variant.FBC)
+    path = write_tiny_model(args.directory, seed=args.seed, variants=variants)
     print(f"wrote a tiny IC-Light model folder to {path}")  # noqa: T201
 
 

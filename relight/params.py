@@ -23,6 +23,28 @@ class LightSource(StrEnum):
     BOTTOM = "Bottom Light"
 
 
+class BackgroundSource(StrEnum):
+    """What IC-Light's background-conditioned (fbc) model relights the subject to match.
+
+    The values of the reference demo (`gradio_demo_bg.py`): the uploaded background, mirrored
+    or not; a gray gradient from a side (224 → 32, used as the background, not as a start); or
+    flat gray 64.
+    """
+
+    UPLOAD = "Use Background Image"
+    UPLOAD_FLIP = "Use Flipped Background Image"
+    LEFT = "Left Light"
+    RIGHT = "Right Light"
+    TOP = "Top Light"
+    BOTTOM = "Bottom Light"
+    AMBIENT = "Ambient"
+
+    @property
+    def needs_image(self) -> bool:
+        """Whether this source is built from the request's `background_image`."""
+        return self in (BackgroundSource.UPLOAD, BackgroundSource.UPLOAD_FLIP)
+
+
 class OutputFormat(StrEnum):
     WEBP = "webp"
     JPG = "jpg"
@@ -65,6 +87,9 @@ class RelightParams(BaseModel):
     highres_denoise: Annotated[float, Field(ge=0.1, le=1)] = 0.5
     lowres_denoise: Annotated[float, Field(ge=0.1, le=1)] = 0.9
     light_source: LightSource = LightSource.NONE
+    # Relight's extension: set, the fbc model relights onto a background (light_source and
+    # lowres_denoise then play no part, as in the reference's fbc demo).
+    background_source: BackgroundSource | None = None
     number_of_images: Annotated[int, Field(ge=1, le=12)] = 1
     output_format: OutputFormat = OutputFormat.WEBP
     output_quality: Annotated[int, Field(ge=0, le=100)] = 80

@@ -1,6 +1,6 @@
-"""The IC-Light fc engine on diffusers + torch (DESIGN.md §7).
+"""The IC-Light engine on diffusers + torch (DESIGN.md §7): the fc and fbc models.
 
-It follows lllyasviel/IC-Light's `gradio_demo.py`: the subject is composited onto gray 127
+fc follows lllyasviel/IC-Light's `gradio_demo.py`: the subject is composited onto gray 127
 (its alpha, else a configured matting model, else the whole image) and cropped to W×H; its VAE
 latent is concatenated to the noisy latent at every call of the 8-channel UNet (offsets merged
 once at load); a light direction becomes a gray gradient whose latent starts an img2img pass
@@ -9,35 +9,44 @@ at `lowres_denoise` ("None" starts from noise); the result is decoded, resized b
 DPM++ 2M SDE Karras with the reference's betas; prompts in 75-token chunks; one generator per
 request seeded from `seed`; the `number_of_images` variations run as one batch.
 
+fbc (a request with `background_source`) follows `gradio_demo_bg.py`: the subject and the
+background (the uploaded one, mirrored or not, a 224 → 32 gradient, or gray 64) are cropped and
+encoded together, and both latents ride with the noisy latent into the 12-channel UNet; the
+low-res pass always starts from noise; the high-res pass is as fc's, with both conditions
+recomputed at the new size, and the result is quantised the way that demo does it.
+
 Nothing per request is stored on the engine (each call makes its own generator and
 scheduler), so one engine serves concurrent threads.
 """
 
 from __future__ import annotations
 
-import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor2_0
 from PIL import Image
 
 from inference.engines.base import ProgressCallback
-from inference.iclight.cuda_graphs import CudaGraphUNet
 from inference.iclight.images import (
     MattingModel,
     UInt8Array,
+    background_for,
     composite_on_gray,
     light_gradient,
     to_tensor,
     to_uint8,
+    to_uint8_via_unit,
 )
 from inference.iclight.prompts import encode_prompt_pair
 from inference.iclight.sampling import Guidance, denoise, img2img_steps
-from inference.iclight.weights import ICLightModel, load_model
+from inference.iclight.unet_runner import UNetRunner
+from inference.iclight.weights import ICLightModel, Variant, load_model
 from relight.images import resize_and_center_crop
-from relight.params import LightSource, RelightParams
+from relight.params import RelightParams
 
 LATENT_CHANNELS = 4
 # On CUDA a VAE call takes at most this many image pixels: twelve 3072² images in one decode
@@ -50,8 +59,12 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+class ModelNotLoaded(ValueError):
+    """The request needs a model variant this engine's folder does not have."""
+
+
 class ICLightEngine:
-    """IC-Light fc relighting (see the module docstring)."""
+    """IC-Light relighting, fc and/or fbc (see the module docstring)."""
 
     name: str = "iclight"
 
@@ -93,26 +106,33 @@ class ICLightEngine:
         self.tokenizer = model.tokenizer
         self.text_encoder = model.text_encoder.to(device=device, dtype=self.unet_dtype)
         self.vae = model.vae.to(device=device, dtype=self.vae_dtype)
-        self.unet = model.unet.to(device=device, dtype=self.unet_dtype)
         self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.scaling_factor = float(self.vae.config.scaling_factor)
-
-        self.unet.set_attn_processor(AttnProcessor2_0())
         self.vae.set_attn_processor(AttnProcessor2_0())
-        if optimize if optimize is not None else on_cuda:
-            self.unet.fuse_qkv_projections()
-            self.unet.to(memory_format=torch.channels_last)
+        optimize = optimize if optimize is not None else on_cuda
+        if optimize:
             self.vae.to(memory_format=torch.channels_last)
             if on_cuda:
                 # Fixed shapes per request size: let cuDNN pick the fastest kernels once.
                 torch.backends.cudnn.benchmark = True
-        self._unet_module: torch.nn.Module = self.unet
-        if compile_unet:
-            self._unet_module = torch.compile(self.unet)  # type: ignore[assignment]
-        # Dynamo's first trace of a shape is not thread-safe; later calls run concurrently.
-        self._compile_lock = threading.Lock() if compile_unet else None
-        self._compiled_shapes: set[tuple[int, ...]] = set()
-        self._graphs = CudaGraphUNet(self.unet) if cuda_graphs else None
+        self.runners = {
+            variant: UNetRunner(
+                unet,
+                device=device,
+                dtype=self.unet_dtype,
+                optimize=optimize,
+                compile_unet=compile_unet,
+                cuda_graphs=cuda_graphs,
+            )
+            for variant, unet in model.unets.items()
+        }
+        self.variants = list(self.runners)
+
+    @property
+    def unet(self) -> UNet2DConditionModel:
+        """The fc model's merged UNet (the fbc one when the folder has only fbc)."""
+        runner = self.runners.get(Variant.FC) or self.runners[Variant.FBC]
+        return runner.unet
 
     @classmethod
     def from_dir(
@@ -130,16 +150,17 @@ class ICLightEngine:
 
         `device` None means CUDA when available, else the CPU; `matting_model` is an alpha
         matting program saved with `torch.export.save` (see `MattingModel`), used for
-        subjects without alpha.
+        subjects without alpha. Every variant whose offsets the folder has is served.
         """
         target = torch.device(device) if device is not None else default_device()
         model = load_model(model_dir)
         matting = MattingModel(matting_model, target) if matting_model is not None else None
+        variants = "+".join(variant.value for variant in model.unets)
         return cls(
             model,
             device=target,
             matting=matting,
-            model_name=f"iclight_sd15_fc/{model_dir.name}",
+            model_name=f"iclight_sd15_{variants}/{model_dir.name}",
             full_precision=full_precision,
             optimize=optimize,
             compile_unet=compile_unet,
@@ -152,14 +173,30 @@ class ICLightEngine:
         params: RelightParams,
         seed: int,
         progress: ProgressCallback | None = None,
+        background: Image.Image | None = None,
     ) -> list[Image.Image]:
-        """`params.number_of_images` RGB images of `params.output_size`, in one batch."""
+        """`params.number_of_images` RGB images of `params.output_size`, in one batch.
+
+        With `params.background_source` the fbc model relights onto the background (the
+        `background` image for the sources that need one); otherwise the fc model runs.
+        ModelNotLoaded when the folder lacks the variant; ValueError when a background is
+        needed and missing.
+        """
+        variant = Variant.FC if params.background_source is None else Variant.FBC
+        runner = self.runners.get(variant)
+        if runner is None:
+            raise ModelNotLoaded(
+                f"this engine has no IC-Light {variant.value} model "
+                f"(its folder lacks {variant.offsets_file})"
+            )
         with torch.inference_mode():
-            return self._relight(subject, params, seed, progress)
+            return self._relight(runner, subject, background, params, seed, progress)
 
     def _relight(
         self,
+        unet: UNetRunner,
         subject: Image.Image,
+        background: Image.Image | None,
         params: RelightParams,
         seed: int,
         progress: ProgressCallback | None,
@@ -168,10 +205,15 @@ class ICLightEngine:
         out_width, out_height = params.output_size
         count = params.number_of_images
         composite = composite_on_gray(subject, self.matting)
+        source = params.background_source
+        scene = None if source is None else background_for(source, background, width, height)
+        gradient = (
+            None if source is not None else light_gradient(params.light_source, width, height)
+        )
 
         lowres_steps = (
             params.steps
-            if params.light_source is LightSource.NONE
+            if gradient is None
             else img2img_steps(params.steps, params.lowres_denoise)[1]
         )
         total_steps = lowres_steps + img2img_steps(params.steps, params.highres_denoise)[1]
@@ -194,13 +236,11 @@ class ICLightEngine:
             cond=cond.repeat(count, 1, 1), uncond=uncond.repeat(count, 1, 1), scale=params.cfg
         )
 
-        foreground = self.encode([_crop(composite, width, height)])
-        gradient = light_gradient(params.light_source, width, height)
         latents = denoise(
-            self._call_unet,
+            unet,
             init_latents=None if gradient is None else self.encode([gradient]),
             shape=(count, LATENT_CHANNELS, height // self.vae_scale, width // self.vae_scale),
-            foreground=foreground,
+            condition=self._condition(composite, scene, width, height),
             guidance=guidance,
             steps=params.steps,
             strength=params.lowres_denoise,
@@ -215,18 +255,16 @@ class ICLightEngine:
             )
             for pixels in self.decode(latents)
         ]
-        latents = self.encode(resized)
-        foreground = self.encode([_crop(composite, out_width, out_height)])
         latents = denoise(
-            self._call_unet,
-            init_latents=latents,
+            unet,
+            init_latents=self.encode(resized),
             shape=(
                 count,
                 LATENT_CHANNELS,
                 out_height // self.vae_scale,
                 out_width // self.vae_scale,
             ),
-            foreground=foreground,
+            condition=self._condition(composite, scene, out_width, out_height),
             guidance=guidance,
             steps=params.steps,
             strength=params.highres_denoise,
@@ -234,10 +272,25 @@ class ICLightEngine:
             dtype=self.unet_dtype,
             on_step=step_done,
         )
-        images = [Image.fromarray(pixels, "RGB") for pixels in self.decode(latents)]
+        quantise = to_uint8 if source is None else to_uint8_via_unit
+        images = [Image.fromarray(pixels, "RGB") for pixels in self.decode(latents, quantise)]
         if progress is not None:
             progress(1.0)
         return images
+
+    def _condition(
+        self, composite: Image.Image, scene: UInt8Array | None, width: int, height: int
+    ) -> torch.Tensor:
+        """What rides with the noisy latent: (1, 4, h, w) subject, or (1, 8, h, w) subject and
+        background, encoded in one VAE call as the reference does."""
+        if scene is None:
+            return self.encode([_crop(composite, width, height)])
+        pair = self.encode(
+            [_crop(composite, width, height), _crop(Image.fromarray(scene), width, height)]
+        )
+        # Side by side on the channel axis, built from per-image views as the reference builds
+        # it: the result's memory layout (and so the UNet's conv kernels) then match too.
+        return torch.cat([latent[None] for latent in pair], dim=1)
 
     def encode(self, images: list[UInt8Array]) -> torch.Tensor:
         """VAE latents (mode, scaled) of uint8 H×W×3 images, in the UNet's dtype.
@@ -255,13 +308,17 @@ class ICLightEngine:
         ]
         return torch.cat(latents).to(self.unet_dtype)
 
-    def decode(self, latents: torch.Tensor) -> list[UInt8Array]:
+    def decode(
+        self,
+        latents: torch.Tensor,
+        quantise: Callable[[torch.Tensor], list[UInt8Array]] = to_uint8,
+    ) -> list[UInt8Array]:
         """uint8 H×W×3 images of latents, quantised as the reference does (one VAE call)."""
         pixels_per_image = latents.shape[-2] * latents.shape[-1] * self.vae_scale**2
         images: list[UInt8Array] = []
         for part in self._vae_batches(latents.shape[0], pixels_per_image):
             scaled = latents[part].to(self.vae_dtype) / self.scaling_factor
-            images.extend(to_uint8(self.vae.decode(scaled).sample))
+            images.extend(quantise(self.vae.decode(scaled).sample))
         return images
 
     def _vae_batches(self, count: int, pixels_per_image: int) -> list[slice]:
@@ -269,25 +326,6 @@ class ICLightEngine:
         if self.vae_batch_pixels is not None:
             per_call = max(1, self.vae_batch_pixels // pixels_per_image)
         return [slice(start, start + per_call) for start in range(0, count, per_call)]
-
-    def _call_unet(
-        self, sample: torch.Tensor, timestep: torch.Tensor, hidden_states: torch.Tensor
-    ) -> torch.Tensor:
-        if self._graphs is not None:
-            return self._graphs(sample, timestep, hidden_states)
-        if self._compile_lock is not None:
-            shape = (*sample.shape, hidden_states.shape[1])
-            if shape not in self._compiled_shapes:
-                with self._compile_lock:
-                    out = self._unet_module(
-                        sample, timestep, encoder_hidden_states=hidden_states, return_dict=False
-                    )[0]
-                    self._compiled_shapes.add(shape)
-                    return out  # type: ignore[no-any-return]
-        result = self._unet_module(
-            sample, timestep, encoder_hidden_states=hidden_states, return_dict=False
-        )
-        return result[0]  # type: ignore[no-any-return]
 
 
 def _crop(image: Image.Image, width: int, height: int) -> UInt8Array:

@@ -1,4 +1,4 @@
-"""Pixels in and out of the IC-Light engine: gray compositing, matting, light gradients.
+"""Pixels in and out of the IC-Light engine: gray compositing, matting, gradients, backgrounds.
 
 Conversions follow the reference exactly: uint8 → tensor is `x / 127 - 1` (so gray 127 is
 exactly 0), tensor → uint8 is `x · 127.5 + 127.5` in the decoder's dtype, clipped and truncated.
@@ -14,11 +14,11 @@ import torch
 from PIL import Image
 from torch.export.passes import move_to_device_pass
 
-from relight.params import LightSource
+from relight.params import BackgroundSource, LightSource
 
 BACKGROUND_GRAY = 127
-# The matting model sees about this many pixels (the reference feeds RMBG ~1024²).
-MATTING_PIXELS = 1024 * 1024
+# The matting model sees about this many 64×64 cells (the reference feeds RMBG ~1024²).
+MATTING_CELLS = 256
 
 UInt8Array = npt.NDArray[np.uint8]
 
@@ -45,8 +45,9 @@ class MattingModel:
     def alpha(self, image: Image.Image) -> npt.NDArray[np.float32]:
         """Alpha in [0, 1] for every pixel of an RGB image, shape (H, W)."""
         width, height = image.size
-        k = (MATTING_PIXELS / float(width * height)) ** 0.5
-        feed_size = (max(64, 64 * round(width * k / 64)), max(64, 64 * round(height * k / 64)))
+        # The reference's arithmetic; at least one cell, where the reference would fail.
+        k = (MATTING_CELLS / float(height * width)) ** 0.5
+        feed_size = (max(64, 64 * round(width * k)), max(64, 64 * round(height * k)))
         feed = np.asarray(image.resize(feed_size, Image.Resampling.LANCZOS), dtype=np.float32)
         tensor = torch.from_numpy(feed / 255.0).permute(2, 0, 1)[None].to(self.device)
         with torch.inference_mode():
@@ -93,6 +94,31 @@ def light_gradient(source: LightSource, width: int, height: int) -> UInt8Array |
     return np.stack((plane,) * 3, axis=-1).astype(np.uint8)
 
 
+def background_for(
+    source: BackgroundSource, background: Image.Image | None, width: int, height: int
+) -> UInt8Array:
+    """The fbc model's background image, before cropping, as the reference builds it.
+
+    The uploaded background (RGB; mirrored for the flipped source), a width×height gray
+    gradient from 224 on the light's side to 32, or flat gray 64 ("Ambient").
+    """
+    if source.needs_image:
+        if background is None:
+            raise ValueError(f"background_source {source.value!r} needs a background_image")
+        pixels = np.asarray(background.convert("RGB"))
+        return np.fliplr(pixels) if source is BackgroundSource.UPLOAD_FLIP else pixels
+    if source is BackgroundSource.AMBIENT:
+        return np.zeros((height, width, 3), dtype=np.uint8) + 64
+    bright_first = source in (BackgroundSource.LEFT, BackgroundSource.TOP)
+    if source in (BackgroundSource.LEFT, BackgroundSource.RIGHT):
+        ramp = np.linspace(224, 32, width) if bright_first else np.linspace(32, 224, width)
+        plane = np.tile(ramp, (height, 1))
+    else:
+        column = np.linspace(224, 32, height) if bright_first else np.linspace(32, 224, height)
+        plane = np.tile(column[:, None], (1, width))
+    return np.stack((plane,) * 3, axis=-1).astype(np.uint8)
+
+
 def to_tensor(images: list[UInt8Array]) -> torch.Tensor:
     """uint8 H×W×3 images → N×3×H×W float32 with 127 ↦ 0."""
     stacked = torch.from_numpy(np.stack(images, axis=0)).float() / 127.0 - 1.0
@@ -107,3 +133,13 @@ def to_uint8(pixels: torch.Tensor) -> list[UInt8Array]:
     """
     scaled = (pixels.movedim(1, -1) * 127.5 + 127.5).float().cpu().numpy()
     return [image.clip(0, 255).astype(np.uint8) for image in scaled]
+
+
+def to_uint8_via_unit(pixels: torch.Tensor) -> list[UInt8Array]:
+    """Decoder output → uint8 as the fbc demo quantises its results.
+
+    `x · 0.5 + 0.5` in the decoder's dtype, clipped to [0, 1] in fp32, times 255, clipped and
+    truncated: a different rounding path from `to_uint8`, kept for identical pixels.
+    """
+    unit = (pixels.movedim(1, -1) * 0.5 + 0.5).float().cpu().numpy().clip(0, 1)
+    return [(image * 255.0).clip(0, 255).astype(np.uint8) for image in unit]

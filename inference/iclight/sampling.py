@@ -1,4 +1,4 @@
-"""The denoising loop: DPM++ 2M SDE Karras, txt2img or img2img, foreground concatenated.
+"""The denoising loop: DPM++ 2M SDE Karras, txt2img or img2img, conditions concatenated.
 
 It does what diffusers' StableDiffusion(Img2Img)Pipeline does with the reference's hooked UNet
 (same random draws in the same order, same timesteps, same guidance), but with a scheduler
@@ -71,7 +71,7 @@ def denoise(
     *,
     init_latents: torch.Tensor | None,
     shape: tuple[int, int, int, int],
-    foreground: torch.Tensor,
+    condition: torch.Tensor,
     guidance: Guidance,
     steps: int,
     strength: float,
@@ -81,9 +81,10 @@ def denoise(
 ) -> torch.Tensor:
     """Run one pass; `init_latents` None means txt2img from noise, else img2img at `strength`.
 
-    `foreground` is the (1, 4, h, w) foreground latent concatenated to every UNet input.
+    `condition` is concatenated to every UNet input on the channel axis: the (1, 4, h, w)
+    foreground latent (fc), or foreground and background latents, (1, 8, h, w) (fbc).
     """
-    device = foreground.device
+    device = condition.device
     scheduler = new_scheduler()
     if init_latents is None:
         scheduler.set_timesteps(steps, device=device)
@@ -104,7 +105,7 @@ def denoise(
 
     hidden_states = guidance.hidden_states().to(dtype)
     batch = hidden_states.shape[0]
-    concat = torch.cat([foreground.to(device=device, dtype=dtype)] * batch, dim=0)
+    concat = torch.cat([condition.to(device=device, dtype=dtype)] * batch, dim=0)
     for t in timesteps:
         model_input = torch.cat([latents] * 2) if guidance.classifier_free else latents
         model_input = scheduler.scale_model_input(model_input, t)

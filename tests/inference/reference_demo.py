@@ -1,4 +1,4 @@
-"""A plain, independent re-implementation of IC-Light's reference demo (fc model).
+"""A plain, independent re-implementation of IC-Light's reference demos (fc and fbc models).
 
 lllyasviel/IC-Light's `gradio_demo.py` relights with `process()`: crop the foreground, encode it,
 build the prompt pair, run diffusers' StableDiffusionPipeline (no light) or
@@ -8,7 +8,9 @@ with the img2img pipeline. This module does the same, written from that descript
 demo's arithmetic, on diffusers' public pipelines, and shares **no helper** with Relight's
 engine: its own loading and widening of the UNet, crop, gradients, prompt chunking, scheduler
 and pixel conversions. The conformance test (`test_reference_conformance.py`) and
-`bench/node_gpu.py` hold the engine to it.
+`bench/node_gpu.py` hold the engine to it. `process_background()` does the same for
+`gradio_demo_bg.py`'s `process()` (the fbc model: a 12-channel UNet that sees the foreground and
+the background latents, a text-to-image first pass, its own output quantisation).
 
 It takes the foreground as the demo's `process()` does: a uint8 RGB array already composited on
 gray (the demo mattes with RMBG first; `composite_by_alpha` is that step with a given alpha).
@@ -86,6 +88,27 @@ def gradient(light: str, width: int, height: int) -> Pixels | None:
     return np.stack([plane, plane, plane], axis=-1).astype(np.uint8)
 
 
+def background(source: str, image: Pixels | None, width: int, height: int) -> Pixels:
+    """The fbc demo's background for a source (its values, its 224/32 gradients, gray 64)."""
+    if source == "Use Background Image":
+        assert image is not None
+        return image
+    if source == "Use Flipped Background Image":
+        assert image is not None
+        return np.fliplr(image)
+    if source == "Ambient":
+        return np.zeros(shape=(height, width, 3), dtype=np.uint8) + 64
+    ramps = {
+        "Left Light": (np.linspace(224, 32, width), False),
+        "Right Light": (np.linspace(32, 224, width), False),
+        "Top Light": (np.linspace(224, 32, height), True),
+        "Bottom Light": (np.linspace(32, 224, height), True),
+    }
+    ramp, vertical = ramps[source]
+    plane = np.tile(ramp[:, None], (1, width)) if vertical else np.tile(ramp, (height, 1))
+    return np.stack([plane, plane, plane], axis=-1).astype(np.uint8)
+
+
 def to_model(images: list[Pixels]) -> torch.Tensor:
     """uint8 images → N×3×H×W with 127 exactly 0 (the demo divides by 127, not 127.5)."""
     stacked = torch.from_numpy(np.stack(images)).float() / 127.0 - 1.0
@@ -102,12 +125,15 @@ def to_pixels(decoded: torch.Tensor) -> list[Pixels]:
 
 
 class ReferenceDemo:
-    """`gradio_demo.py`'s fc pipeline on diffusers' pipelines (see the module docstring)."""
+    """The demos' pipelines on diffusers' pipelines (see the module docstring)."""
 
-    def __init__(self, model_dir: Path, device: torch.device, *, half: bool = False) -> None:
+    def __init__(
+        self, model_dir: Path, device: torch.device, *, half: bool = False, model: str = "fc"
+    ) -> None:
         """Load the model folder as the demo loads its hub folders, widen and merge the UNet.
 
         `half`: the demo's precisions (fp16 text encoder and UNet, bf16 VAE); else all fp32.
+        `model`: "fc" (8-channel UNet, `process`) or "fbc" (12 channels, `process_background`).
         """
         self.device = device
         self.tokenizer = CLIPTokenizer.from_pretrained(model_dir / "tokenizer")
@@ -119,7 +145,10 @@ class ReferenceDemo:
 
         with torch.no_grad():
             old = unet.conv_in
-            wide = torch.nn.Conv2d(8, old.out_channels, old.kernel_size, old.stride, old.padding)
+            channels = 8 if model == "fc" else 12
+            wide = torch.nn.Conv2d(
+                channels, old.out_channels, old.kernel_size, old.stride, old.padding
+            )
             wide.weight.zero_()
             wide.weight[:, :4].copy_(old.weight)
             wide.bias = old.bias
@@ -136,7 +165,7 @@ class ReferenceDemo:
             return original_forward(widened, timestep, encoder_hidden_states, **kw)
 
         unet.forward = forward_with_foreground
-        offsets = safetensors.torch.load_file(str(model_dir / "iclight_sd15_fc.safetensors"))
+        offsets = safetensors.torch.load_file(str(model_dir / f"iclight_sd15_{model}.safetensors"))
         unet.load_state_dict({k: v + offsets[k] for k, v in unet.state_dict().items()})
 
         low = torch.float16 if half else torch.float32
@@ -264,3 +293,71 @@ class ReferenceDemo:
             ).images
         latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
         return to_pixels(self.vae.decode(latents).sample)
+
+    @torch.inference_mode()
+    def process_background(
+        self,
+        input_fg: Pixels,
+        input_bg: Pixels | None,
+        *,
+        prompt: str,
+        image_width: int,
+        image_height: int,
+        num_samples: int,
+        seed: int,
+        steps: int,
+        a_prompt: str,
+        n_prompt: str,
+        cfg: float,
+        highres_scale: float,
+        highres_denoise: float,
+        bg_source: str,
+    ) -> list[Pixels]:
+        """`gradio_demo_bg.py`'s `process()` (fbc model): `num_samples` uint8 RGB images."""
+        scene = background(bg_source, input_bg, image_width, image_height)
+        rng = torch.Generator(device=self.device).manual_seed(seed)
+
+        def conditions(width: int, height: int) -> torch.Tensor:
+            both = self.vae_encode(
+                [center_crop(input_fg, width, height), center_crop(scene, width, height)]
+            )
+            return torch.cat([latent[None] for latent in both], dim=1)
+
+        conds, unconds = self.encode_pair(prompt + ", " + a_prompt, n_prompt)
+        shared: dict[str, Any] = {
+            "prompt_embeds": conds,
+            "negative_prompt_embeds": unconds,
+            "num_images_per_prompt": num_samples,
+            "generator": rng,
+            "output_type": "latent",
+            "guidance_scale": cfg,
+        }
+        latents = self.text_to_image(
+            width=image_width,
+            height=image_height,
+            num_inference_steps=steps,
+            cross_attention_kwargs={"concat_conds": conditions(image_width, image_height)},
+            **shared,
+        ).images
+        latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
+        pixels = to_pixels(self.vae.decode(latents).sample)
+        high_width = int(round(image_width * highres_scale / 64.0) * 64)
+        high_height = int(round(image_height * highres_scale / 64.0) * 64)
+        pixels = [resize(p, high_width, high_height) for p in pixels]
+        latents = self.vae_encode(pixels).to(device=self.unet.device, dtype=self.unet.dtype)
+        high_height, high_width = latents.shape[2] * 8, latents.shape[3] * 8
+        latents = self.image_to_image(
+            image=latents,
+            strength=highres_denoise,
+            num_inference_steps=round(steps / highres_denoise),
+            cross_attention_kwargs={"concat_conds": conditions(high_width, high_height)},
+            **shared,
+        ).images
+        latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
+        decoded = self.vae.decode(latents).sample
+        # This demo quantises through [0, 1]: x · 0.5 + 0.5, clipped, times 255, truncated.
+        out = []
+        for image in decoded:
+            unit = (image.movedim(0, -1) * 0.5 + 0.5).detach().float().cpu().numpy()
+            out.append((unit.clip(0, 1).astype(np.float32) * 255.0).clip(0, 255).astype(np.uint8))
+        return out

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from time import perf_counter
 
 import numpy as np
 import torch
@@ -31,6 +32,7 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from PIL import Image
 
 from inference.engines.base import ProgressCallback
+from inference.iclight.batching import BatchObserver, PassBatcher
 from inference.iclight.images import (
     MattingModel,
     UInt8Array,
@@ -42,7 +44,14 @@ from inference.iclight.images import (
     to_uint8_via_unit,
 )
 from inference.iclight.prompts import encode_prompt_pair
-from inference.iclight.sampling import Guidance, denoise, img2img_steps
+from inference.iclight.sampling import (
+    Guidance,
+    PassJob,
+    PassShape,
+    denoise_together,
+    img2img_steps,
+    pass_shape,
+)
 from inference.iclight.unet_runner import UNetRunner
 from inference.iclight.weights import ICLightModel, Variant, load_model
 from relight.images import resize_and_center_crop
@@ -80,6 +89,9 @@ class ICLightEngine:
         compile_unet: bool = False,
         cuda_graphs: bool = False,
         vae_batch_pixels: int | None = None,
+        max_batch_images: int = 1,
+        batch_window_s: float = 0.02,
+        batch_observer: BatchObserver | None = None,
     ) -> None:
         """Move the networks to `device` and prepare them for inference.
 
@@ -89,7 +101,9 @@ class ICLightEngine:
         wraps the UNet in `torch.compile`; `cuda_graphs` (CUDA only) replays the UNet as
         captured CUDA graphs, one per request shape. `vae_batch_pixels` caps the pixels of
         one VAE call (default: the whole batch on the CPU, as the reference;
-        `CUDA_VAE_BATCH_PIXELS` on CUDA).
+        `CUDA_VAE_BATCH_PIXELS` on CUDA). `max_batch_images` above 1 lets concurrent requests
+        (on other threads) share denoising passes, up to that many images per UNet batch,
+        waiting at most `batch_window_s` for company (`inference.iclight.batching`).
         """
         if cuda_graphs and (device.type != "cuda" or compile_unet):
             raise ValueError("cuda_graphs needs a CUDA device and excludes compile_unet")
@@ -127,6 +141,14 @@ class ICLightEngine:
             for variant, unet in model.unets.items()
         }
         self.variants = list(self.runners)
+        self.batcher = (
+            PassBatcher(
+                max_images=max_batch_images, window_s=batch_window_s, observer=batch_observer
+            )
+            if max_batch_images > 1
+            else None
+        )
+        self.batch_observer = batch_observer
 
     @property
     def unet(self) -> UNet2DConditionModel:
@@ -145,6 +167,9 @@ class ICLightEngine:
         optimize: bool | None = None,
         compile_unet: bool = False,
         cuda_graphs: bool = False,
+        max_batch_images: int = 1,
+        batch_window_s: float = 0.02,
+        batch_observer: BatchObserver | None = None,
     ) -> ICLightEngine:
         """Load the model folder (layout in `inference.iclight.weights`) onto `device`.
 
@@ -165,6 +190,9 @@ class ICLightEngine:
             optimize=optimize,
             compile_unet=compile_unet,
             cuda_graphs=cuda_graphs,
+            max_batch_images=max_batch_images,
+            batch_window_s=batch_window_s,
+            batch_observer=batch_observer,
         )
 
     def relight(
@@ -189,12 +217,16 @@ class ICLightEngine:
                 f"this engine has no IC-Light {variant.value} model "
                 f"(its folder lacks {variant.offsets_file})"
             )
-        with torch.inference_mode():
-            return self._relight(runner, subject, background, params, seed, progress)
+        if self.batcher is None:
+            with torch.inference_mode():
+                return self._relight(runner, variant, subject, background, params, seed, progress)
+        with self.batcher.request(), torch.inference_mode():
+            return self._relight(runner, variant, subject, background, params, seed, progress)
 
     def _relight(
         self,
         unet: UNetRunner,
+        variant: Variant,
         subject: Image.Image,
         background: Image.Image | None,
         params: RelightParams,
@@ -236,47 +268,77 @@ class ICLightEngine:
             cond=cond.repeat(count, 1, 1), uncond=uncond.repeat(count, 1, 1), scale=params.cfg
         )
 
-        latents = denoise(
+        latents = self._denoise(
             unet,
-            init_latents=None if gradient is None else self.encode([gradient]),
-            shape=(count, LATENT_CHANNELS, height // self.vae_scale, width // self.vae_scale),
-            condition=self._condition(composite, scene, width, height),
-            guidance=guidance,
-            steps=params.steps,
-            strength=params.lowres_denoise,
-            generator=generator,
-            dtype=self.unet_dtype,
-            on_step=step_done,
+            variant,
+            PassJob(
+                count=count,
+                condition=self._condition(composite, scene, width, height),
+                guidance=guidance,
+                generator=generator,
+                init_latents=None if gradient is None else self.encode([gradient]),
+                on_step=step_done,
+            ),
+            (height // self.vae_scale, width // self.vae_scale),
+            params.steps,
+            params.lowres_denoise,
         )
-
         resized = [
             np.asarray(
                 Image.fromarray(pixels).resize((out_width, out_height), Image.Resampling.LANCZOS)
             )
             for pixels in self.decode(latents)
         ]
-        latents = denoise(
+        latents = self._denoise(
             unet,
-            init_latents=self.encode(resized),
-            shape=(
-                count,
-                LATENT_CHANNELS,
-                out_height // self.vae_scale,
-                out_width // self.vae_scale,
+            variant,
+            PassJob(
+                count=count,
+                condition=self._condition(composite, scene, out_width, out_height),
+                guidance=guidance,
+                generator=generator,
+                init_latents=self.encode(resized),
+                on_step=step_done,
             ),
-            condition=self._condition(composite, scene, out_width, out_height),
-            guidance=guidance,
-            steps=params.steps,
-            strength=params.highres_denoise,
-            generator=generator,
-            dtype=self.unet_dtype,
-            on_step=step_done,
+            (out_height // self.vae_scale, out_width // self.vae_scale),
+            params.steps,
+            params.highres_denoise,
         )
         quantise = to_uint8 if source is None else to_uint8_via_unit
         images = [Image.fromarray(pixels, "RGB") for pixels in self.decode(latents, quantise)]
         if progress is not None:
             progress(1.0)
         return images
+
+    def _denoise(
+        self,
+        unet: UNetRunner,
+        variant: Variant,
+        job: PassJob,
+        size: tuple[int, int],
+        steps: int,
+        strength: float,
+    ) -> torch.Tensor:
+        """Run one pass for `job`: alone, or batched with concurrent requests of its shape."""
+        shape = pass_shape(
+            job, (job.count, LATENT_CHANNELS, *size), steps, strength, self.unet_dtype
+        )
+
+        def run(shape: PassShape, jobs: list[PassJob]) -> None:
+            denoise_together(unet, shape, jobs)
+
+        if self.batcher is None:
+            started = perf_counter()
+            run(shape, [job])
+            if self.batch_observer is not None:
+                seconds = perf_counter() - started
+                self.batch_observer.pass_ran(job.count, 1, shape.steps_run, seconds)
+        else:
+            self.batcher.run((variant.value, shape), job, run)
+        if job.error is not None:
+            raise job.error
+        assert job.result is not None
+        return job.result
 
     def _condition(
         self, composite: Image.Image, scene: UInt8Array | None, width: int, height: int

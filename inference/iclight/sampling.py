@@ -7,6 +7,7 @@ made for this one call, so concurrent requests never share solver state.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,8 @@ SCHEDULER_CONFIG: dict[str, Any] = {
     "use_karras_sigmas": True,
     "steps_offset": 1,
 }
+
+LATENT_CHANNELS = 4
 
 UNetCall = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 StepCallback = Callable[[], None]
@@ -66,6 +69,134 @@ class Guidance:
         return self.cond
 
 
+@dataclass(frozen=True, slots=True)
+class PassShape:
+    """What requests must have in common to share one denoising pass (one UNet batch)."""
+
+    height: int  # latent rows
+    width: int  # latent columns
+    steps: int
+    strength: float | None  # None: txt2img from noise; else img2img at this strength
+    classifier_free: bool
+    prompt_length: int  # tokens of the hidden states (77 per 75-token piece)
+    condition_channels: int  # 4 (fc: foreground) or 8 (fbc: foreground and background)
+    dtype: torch.dtype
+
+    @property
+    def steps_run(self) -> int:
+        """How many UNet steps the pass runs (per half of the guidance batch)."""
+        return self.steps if self.strength is None else img2img_steps(self.steps, self.strength)[1]
+
+    def timesteps(
+        self, scheduler: DPMSolverMultistepScheduler, device: torch.device
+    ) -> torch.Tensor:
+        """Set `scheduler` up for this pass; the timesteps it runs."""
+        if self.strength is None:
+            scheduler.set_timesteps(self.steps, device=device)
+            every: torch.Tensor = scheduler.timesteps
+            return every
+        total, run = img2img_steps(self.steps, self.strength)
+        scheduler.set_timesteps(total, device=device)
+        start = (total - run) * scheduler.order
+        scheduler.set_begin_index(start)
+        last: torch.Tensor = scheduler.timesteps[start:]
+        return last
+
+
+@dataclass(slots=True)
+class PassJob:
+    """One request's share of a pass: its own images, conditions, prompts and random draws.
+
+    `init_latents` (img2img) is one latent or one per image; `condition` the (1, C, h, w)
+    latent concatenated to each of its UNet inputs. After the pass, `result` holds its
+    latents, or `error` what went wrong for it alone (its `on_step` raised).
+    """
+
+    count: int
+    condition: torch.Tensor
+    guidance: Guidance
+    generator: torch.Generator
+    init_latents: torch.Tensor | None = None
+    on_step: StepCallback | None = None
+    result: torch.Tensor | None = None
+    error: BaseException | None = None
+
+
+def denoise_together(unet: UNetCall, shape: PassShape, jobs: list[PassJob]) -> None:
+    """Run one pass for every job in one batch; each job gets its `result` (or `error`).
+
+    Each job draws its noise from its own generator, in the order and shapes it would alone
+    (initial noise, then the SDE noise of every step), and gets its own guidance scale, so its
+    images are the ones it would get alone up to the UNet's batch-size rounding (none on a
+    CPU in fp32 with one thread).
+    """
+    device = jobs[0].condition.device
+    dtype = shape.dtype
+    scheduler = new_scheduler()
+    timesteps = shape.timesteps(scheduler, device)
+    latent_shape = (LATENT_CHANNELS, shape.height, shape.width)
+    parts = []
+    for job in jobs:
+        size = (job.count, *latent_shape)
+        if job.init_latents is None:
+            noise = randn_tensor(size, generator=job.generator, device=device, dtype=dtype)
+            parts.append(noise * scheduler.init_noise_sigma)
+        else:
+            init = job.init_latents.to(device=device, dtype=dtype)
+            if init.shape[0] != job.count:
+                init = torch.cat([init] * (job.count // init.shape[0]), dim=0)
+            noise = randn_tensor(size, generator=job.generator, device=device, dtype=dtype)
+            parts.append(scheduler.add_noise(init, noise, timesteps[:1].repeat(job.count)))
+    latents = torch.cat(parts)
+
+    halves = 2 if shape.classifier_free else 1
+    if shape.classifier_free:
+        hidden_states = torch.cat(
+            [job.guidance.uncond for job in jobs] + [job.guidance.cond for job in jobs]
+        )
+    else:
+        hidden_states = torch.cat([job.guidance.cond for job in jobs])
+    hidden_states = hidden_states.to(dtype)
+    rows = [job.condition.to(device=device, dtype=dtype) for job in jobs for _ in range(job.count)]
+    concat = torch.cat(rows * halves, dim=0)
+    bounds = list(itertools.accumulate([0, *(job.count for job in jobs)]))
+    for t in timesteps:
+        model_input = torch.cat([latents] * 2) if shape.classifier_free else latents
+        model_input = scheduler.scale_model_input(model_input, t)
+        noise_pred = unet(torch.cat([model_input, concat], dim=1), t, hidden_states)
+        if shape.classifier_free:
+            uncond, cond = noise_pred.chunk(2)
+            noise_pred = torch.cat(
+                [
+                    uncond[a:b] + job.guidance.scale * (cond[a:b] - uncond[a:b])
+                    for job, a, b in zip(jobs, bounds, bounds[1:], strict=False)
+                ]
+            )
+        variance = torch.cat(
+            [
+                randn_tensor(
+                    (job.count, *latent_shape),
+                    generator=job.generator,
+                    device=device,
+                    dtype=torch.float32,
+                )
+                for job in jobs
+            ]
+        )
+        latents = scheduler.step(
+            noise_pred, t, latents, variance_noise=variance, return_dict=False
+        )[0]
+        for job in jobs:
+            if job.on_step is not None and job.error is None:
+                try:
+                    job.on_step()
+                except Exception as exc:  # the job's own failure, kept for it alone
+                    job.error = exc
+    for job, a, b in zip(jobs, bounds, bounds[1:], strict=False):
+        if job.error is None:
+            job.result = latents[a:b]
+
+
 def denoise(
     unet: UNetCall,
     *,
@@ -79,42 +210,41 @@ def denoise(
     dtype: torch.dtype,
     on_step: StepCallback | None = None,
 ) -> torch.Tensor:
-    """Run one pass; `init_latents` None means txt2img from noise, else img2img at `strength`.
+    """Run one pass for one request; `init_latents` None means txt2img, else img2img.
 
     `condition` is concatenated to every UNet input on the channel axis: the (1, 4, h, w)
     foreground latent (fc), or foreground and background latents, (1, 8, h, w) (fbc).
     """
-    device = condition.device
-    scheduler = new_scheduler()
-    if init_latents is None:
-        scheduler.set_timesteps(steps, device=device)
-        timesteps = scheduler.timesteps
-        latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-        latents = latents * scheduler.init_noise_sigma
-    else:
-        total, run = img2img_steps(steps, strength)
-        scheduler.set_timesteps(total, device=device)
-        start = (total - run) * scheduler.order
-        timesteps = scheduler.timesteps[start:]
-        scheduler.set_begin_index(start)
-        init = init_latents.to(device=device, dtype=dtype)
-        if init.shape[0] != shape[0]:
-            init = torch.cat([init] * (shape[0] // init.shape[0]), dim=0)
-        noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-        latents = scheduler.add_noise(init, noise, timesteps[:1].repeat(shape[0]))
+    job = PassJob(
+        count=shape[0],
+        condition=condition,
+        guidance=guidance,
+        generator=generator,
+        init_latents=init_latents,
+        on_step=on_step,
+    )
+    denoise_together(unet, pass_shape(job, shape, steps, strength, dtype), [job])
+    if job.error is not None:
+        raise job.error
+    assert job.result is not None
+    return job.result
 
-    hidden_states = guidance.hidden_states().to(dtype)
-    batch = hidden_states.shape[0]
-    concat = torch.cat([condition.to(device=device, dtype=dtype)] * batch, dim=0)
-    for t in timesteps:
-        model_input = torch.cat([latents] * 2) if guidance.classifier_free else latents
-        model_input = scheduler.scale_model_input(model_input, t)
-        noise_pred = unet(torch.cat([model_input, concat], dim=1), t, hidden_states)
-        if guidance.classifier_free:
-            uncond, cond = noise_pred.chunk(2)
-            noise_pred = uncond + guidance.scale * (cond - uncond)
-        latents = scheduler.step(noise_pred, t, latents, generator=generator, return_dict=False)[0]
-        if on_step is not None:
-            on_step()
-    result: torch.Tensor = latents
-    return result
+
+def pass_shape(
+    job: PassJob,
+    shape: tuple[int, int, int, int],
+    steps: int,
+    strength: float,
+    dtype: torch.dtype,
+) -> PassShape:
+    """The PassShape of `job` (batch, channels, height, width latents) at `steps`/`strength`."""
+    return PassShape(
+        height=shape[2],
+        width=shape[3],
+        steps=steps,
+        strength=None if job.init_latents is None else strength,
+        classifier_free=job.guidance.classifier_free,
+        prompt_length=job.guidance.cond.shape[1],
+        condition_channels=job.condition.shape[1],
+        dtype=dtype,
+    )

@@ -2,8 +2,9 @@
 and announces itself in Redis so workers find it; see relight/nodes/protocol.py for the wire
 format.
 
-    POST /v1/relight   params + subject → images (NDJSON progress stream, or plain JSON)
-    GET  /healthz      engine, model, device, capacity, in-flight, version
+    POST /v1/relight   params + subject (+ background) → images (NDJSON progress, or JSON)
+    GET  /healthz      engine, model, device, capacity, in-flight, backgrounds, batching, version
+    GET  /metrics      Prometheus: renders, durations, batch sizes, refusals, GPU memory
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from redis.asyncio import Redis
 
 from inference.engines.base import RelightEngine
+from inference.node import metrics
 from inference.node.engines import engine_device, load_engine
 from inference.node.heartbeat import Heartbeat
 from inference.node.service import NodeService
@@ -42,6 +44,12 @@ PING_S = 5.0
 
 def _error(status: int, message: str, code: str, headers: dict[str, str] | None = None) -> Any:
     return JSONResponse({"error": message, "code": code}, status_code=status, headers=headers)
+
+
+def _max_batch_images(engine: RelightEngine) -> int:
+    """Images per denoising pass the engine batches (1: it does not batch)."""
+    batcher = getattr(engine, "batcher", None)
+    return int(batcher.max_images) if batcher is not None else 1
 
 
 def _line(event: dict[str, Any]) -> bytes:
@@ -64,6 +72,7 @@ def create_node_app(
             device=engine_device(service.engine),
             in_flight=service.in_flight,
             version=__version__,
+            backgrounds=service.engine.serves_backgrounds,
         )
 
     @asynccontextmanager
@@ -151,7 +160,15 @@ def create_node_app(
             capacity=info.capacity,
             in_flight=info.in_flight,
             version=__version__,
+            backgrounds=info.backgrounds,
+            max_batch_images=_max_batch_images(app.state.service.engine),
         )
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus() -> Response:
+        service: NodeService = app.state.service
+        body = metrics.render(lambda: service.in_flight, engine_device(service.engine))
+        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.post(RELIGHT_PATH, dependencies=[Depends(authorize)])
     async def relight(

@@ -16,11 +16,14 @@ class RelightEngine(Protocol):
     """Turns one subject image into `params.number_of_images` relit images.
 
     Contract: images are RGB, sized `params.output_size`; the same subject, params and seed give
-    identical pixels; `progress`, when given, is called with fractions in [0, 1].
+    identical pixels; `progress`, when given, is called with fractions in [0, 1]. An engine
+    that `serves_backgrounds` relights onto `background` for requests with a
+    `background_source` (IC-Light fbc); the node refuses such requests for the others.
     """
 
     name: str
     model: str
+    serves_backgrounds: bool
 
     def relight(
         self,
@@ -28,4 +31,5 @@ class RelightEngine(Protocol):
         params: RelightParams,
         seed: int,
         progress: ProgressCallback | None = None,
+        background: Image.Image | None = None,
     ) -> list[Image.Image]: ...

@@ -203,6 +203,7 @@ class ClassicEngine:
 
     name: str = "classic"
     model: str = "classic-v1"
+    serves_backgrounds: bool = False
 
     def relight(
         self,
@@ -210,7 +211,10 @@ class ClassicEngine:
         params: RelightParams,
         seed: int,
         progress: ProgressCallback | None = None,
+        background: Image.Image | None = None,
     ) -> list[Image.Image]:
+        if params.background_source is not None:
+            raise ValueError("the classic engine does not relight onto backgrounds")
         scene = _prepare(subject, params)
         style = light_style(params.prompt)
         count = params.number_of_images

@@ -141,6 +141,7 @@ class ICLightEngine:
             for variant, unet in model.unets.items()
         }
         self.variants = list(self.runners)
+        self.serves_backgrounds = Variant.FBC in self.runners
         self.batcher = (
             PassBatcher(
                 max_images=max_batch_images, window_s=batch_window_s, observer=batch_observer

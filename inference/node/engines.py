@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from inference.engines.base import RelightEngine
+from inference.node.metrics import PassMetrics
 from inference.node.settings import NodeSettings
 
 
@@ -18,7 +19,12 @@ def load_engine(settings: NodeSettings) -> RelightEngine:
     from inference.engines.iclight import ICLightEngine
 
     engine: RelightEngine = ICLightEngine.from_dir(
-        settings.model_dir, device=settings.device, matting_model=settings.matting_model
+        settings.model_dir,
+        device=settings.device,
+        matting_model=settings.matting_model,
+        max_batch_images=settings.max_batch,
+        batch_window_s=settings.batch_window_ms / 1000,
+        batch_observer=PassMetrics(),
     )
     return engine
 

@@ -1,5 +1,6 @@
 """What a node does with a request: hold one of its capacity slots, decode, render on a
 thread (one per slot, so the event loop keeps answering health checks and refusals), encode.
+Requests rendering at the same time may share denoising passes inside the engine (batching).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from time import perf_counter
 from PIL import Image
 
 from inference.engines.base import RelightEngine
-from relight.errors import InvalidImage, RelightError
+from inference.node import metrics
+from relight.errors import InvalidImage, InvalidParameter, RelightError
 from relight.images import decode_image, encode_image
 from relight.nodes.protocol import NodeImage, NodeRequest, NodeResult
 from relight.params import RelightParams
@@ -27,6 +29,11 @@ logger = logging.getLogger(__name__)
 class NodeBusy(RelightError):
     status_code = 503
     code = "node_busy"
+
+
+class BackgroundNotServed(RelightError):
+    status_code = 422
+    code = "background_not_served"
 
 
 class NodeService:
@@ -52,6 +59,7 @@ class NodeService:
     def take_slot(self) -> None:
         """Claim a slot or refuse at once (no await between the check and the claim)."""
         if self.in_flight >= self.capacity:
+            metrics.BUSY_REFUSALS.inc()
             raise NodeBusy(
                 f"this node is running {self.in_flight} of {self.capacity} requests; retry later",
                 extra={"retry_after": 1},
@@ -63,23 +71,49 @@ class NodeService:
         self.in_flight -= 1
         self.on_change()
 
-    def decode(self, request: NodeRequest) -> Image.Image:
+    def decode(self, request: NodeRequest) -> tuple[Image.Image, Image.Image | None]:
+        """The subject, and the background when the request carries one."""
+        subject = self._image(request.image, "image")
+        background = None
+        if request.background is not None:
+            background = self._image(request.background, "background")
+        source = request.params.background_source
+        if source is not None and not self.engine.serves_backgrounds:
+            raise BackgroundNotServed(
+                "this node does not relight onto backgrounds (its model folder has no "
+                "iclight_sd15_fbc.safetensors)"
+            )
+        if source is not None and source.needs_image and background is None:
+            raise InvalidParameter(
+                f"background: background_source {source.value!r} needs a background image",
+                extra={"field": "background"},
+            )
+        return subject, background
+
+    def _image(self, data: str, field: str) -> Image.Image:
         try:
-            data = base64.b64decode(request.image, validate=True)
+            raw = base64.b64decode(data, validate=True)
         except (binascii.Error, ValueError) as exc:
-            raise InvalidImage("`image` is not valid base64") from exc
-        return decode_image(data, max_bytes=self.max_input_bytes, max_pixels=self.max_input_pixels)
+            raise InvalidImage(f"`{field}` is not valid base64") from exc
+        return decode_image(raw, max_bytes=self.max_input_bytes, max_pixels=self.max_input_pixels)
 
     def _render(
         self,
-        subject: Image.Image,
+        images_in: tuple[Image.Image, Image.Image | None],
         params: RelightParams,
         seed: int,
         progress: Callable[[float], None],
     ) -> NodeResult:
+        subject, background = images_in
         started = perf_counter()
-        images = self.engine.relight(subject, params, seed, progress)
+        try:
+            images = self.engine.relight(subject, params, seed, progress, background=background)
+        except Exception:
+            metrics.RENDERS.labels("error").inc()
+            raise
         rendered = perf_counter()
+        metrics.RENDERS.labels("ok").inc()
+        metrics.RENDER_SECONDS.observe(rendered - started)
         encoded = [
             NodeImage(
                 index=index,
@@ -113,11 +147,13 @@ class NodeService:
         self.take_slot()
         loop = asyncio.get_running_loop()
         try:
-            subject = await loop.run_in_executor(self.executor, self.decode, request)
-        except BaseException:
+            images = await loop.run_in_executor(self.executor, self.decode, request)
+        except BaseException as exc:
             self.free_slot()
+            if isinstance(exc, RelightError):
+                metrics.RENDERS.labels("rejected").inc()
             raise
-        future = self.executor.submit(self._render, subject, request.params, request.seed, progress)
+        future = self.executor.submit(self._render, images, request.params, request.seed, progress)
         future.add_done_callback(lambda _: loop.call_soon_threadsafe(self.free_slot))
         return future
 

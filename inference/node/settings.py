@@ -25,6 +25,11 @@ class NodeSettings(BaseSettings):
     device: str | None = None
     # Requests rendered at once; more are refused with 503 and Retry-After.
     capacity: int = Field(default=1, ge=1, le=64)
+    # Images that may share one denoising pass (UNet batch) across concurrent requests of the
+    # same shape; 1 turns batching off. Needs a capacity above 1 to have company.
+    max_batch: int = Field(default=8, ge=1, le=64)
+    # How long a request waits for batch-mates (only while other requests are rendering).
+    batch_window_ms: float = Field(default=20.0, ge=0, le=5000)
     # Name in discovery and in job records; unset = host name and port.
     id: str | None = None
     # URL workers use to reach this node; unset = http://<host name>:<port>.

@@ -1,7 +1,10 @@
 """The wire format between workers and GPU nodes (`POST /v1/relight`).
 
 Request: JSON `{"image": <base64 bytes of the subject>, "params": RelightParams, "seed": int}`
-with `Authorization: Bearer <RELIGHT_NODE_TOKEN>` when a token is set.
+(plus `"background"`, base64, for a `background_source` that uses an uploaded background) with
+`Authorization: Bearer <RELIGHT_NODE_TOKEN>` when a token is set. A node whose engine does not
+relight onto backgrounds (no fbc model) refuses a `background_source` with 422
+`background_not_served`; `backgrounds` in its health and heartbeat says which it is.
 
 Answer with `Accept: application/x-ndjson`: one JSON object per line, `{"event": "started"}`,
 then `{"event": "progress", "progress": 0.4}` as the engine advances (and `{"event": "ping"}`
@@ -31,6 +34,9 @@ class NodeRequest(BaseModel):
     image: Annotated[str, Field(min_length=1, description="the subject image, base64")]
     params: RelightParams
     seed: Annotated[int, Field(ge=0, le=SEED_MAX)]
+    background: Annotated[
+        str | None, Field(min_length=1, description="the background image, base64")
+    ] = None
 
 
 class NodeImage(BaseModel):
@@ -61,3 +67,6 @@ class NodeHealth(BaseModel):
     capacity: int
     in_flight: int
     version: str
+    # Whether it relights onto backgrounds (IC-Light fbc), and how many images share a pass.
+    backgrounds: bool = False
+    max_batch_images: int = 1

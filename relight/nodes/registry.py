@@ -32,6 +32,7 @@ class NodeInfo:
     in_flight: int = 0
     version: str | None = None
     source: str = "heartbeat"
+    backgrounds: bool = False
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)

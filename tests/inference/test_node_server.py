@@ -83,6 +83,8 @@ async def test_healthz_describes_the_node(node: NodeProcess) -> None:
         "capacity": 1,
         "in_flight": 0,
         "version": __version__,
+        "backgrounds": False,
+        "max_batch_images": 1,
     }
 
 

@@ -46,6 +46,7 @@ def node_process(
     heartbeat_s: float = 0.5,
     model_dir: Path | None = None,
     startup_timeout_s: float = 30,
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[NodeProcess]:
     """`relight-node` on a free port until the block ends: the classic engine, or IC-Light
     loaded from `model_dir` when one is given."""
@@ -62,6 +63,7 @@ def node_process(
         "RELIGHT_GPU_NAMESPACE": namespace,
         "RELIGHT_NODE_TOKEN": token or "",
         "RELIGHT_LOG_FORMAT": "text",
+        **(extra_env or {}),
     }
     env.pop("RELIGHT_NODE_REDIS_URL", None)
     log_dir.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,10 +75,27 @@ async def _read_json(request: Request, settings: Settings) -> tuple[dict[str, An
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise InvalidBody(f"the request body is not valid JSON: {exc}") from exc
+        data = _read_json_strictly_valid(raw, exc)
     if not isinstance(data, dict):
         raise InvalidBody("the request body must be a JSON object")
     return data, None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _read_json_strictly_valid(raw: bytes, orjson_error: orjson.JSONDecodeError) -> Any:
+    """What orjson refused, read by the standard parser when it is JSON all the same.
+
+    orjson refuses two things JSON's grammar allows: a `\\ud800` escape of a lone surrogate
+    and an integer beyond 64 bits. Read here, they reach the field rules and become a 422
+    naming the field (unstorable text, out of range) instead of a 400 for the whole body.
+    """
+    try:
+        return json.loads(raw.decode(), parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):
+        raise InvalidBody(f"the request body is not valid JSON: {orjson_error}") from orjson_error
 
 
 async def _read_form(request: Request, settings: Settings) -> tuple[dict[str, Any], bytes | None]:

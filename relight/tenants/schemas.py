@@ -9,6 +9,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field
 
 from relight.models import ApiKey, Tenant
+from relight.text import ClientModel
 
 
 class LimitsView(BaseModel):
@@ -17,7 +18,7 @@ class LimitsView(BaseModel):
     max_in_flight: int = Field(description="queued plus running requests at most")
 
 
-class LimitsUpdate(BaseModel):
+class LimitsUpdate(ClientModel):
     model_config = ConfigDict(extra="forbid")
 
     requests_per_minute: Annotated[int | None, Field(ge=1, le=1_000_000)] = None
@@ -55,19 +56,19 @@ class TenantView(BaseModel):
         )
 
 
-class BackendsUpdate(BaseModel):
+class BackendsUpdate(ClientModel):
     model_config = ConfigDict(extra="forbid")
 
     backends: list[str] = Field(description="any of gpu, segmind, local")
 
 
-class WebhookUrlUpdate(BaseModel):
+class WebhookUrlUpdate(ClientModel):
     model_config = ConfigDict(extra="forbid")
 
     url: Annotated[str | None, Field(max_length=2048, description="null: no default")]
 
 
-class TenantCreate(BaseModel):
+class TenantCreate(ClientModel):
     model_config = ConfigDict(extra="forbid")
 
     name: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[\w.@-]+$")]
@@ -97,7 +98,7 @@ class ApiKeyView(BaseModel):
         )
 
 
-class KeyCreate(BaseModel):
+class KeyCreate(ClientModel):
     model_config = ConfigDict(extra="forbid")
 
     name: Annotated[str | None, Field(max_length=200)] = None

@@ -271,6 +271,9 @@ class WebhookDelivery(Base):
     job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("job.id", ondelete="CASCADE"))
     event: Mapped[str] = mapped_column(String(20))
     url: Mapped[str] = mapped_column(Text)
+    # The JSON body, rendered when the event happened; every attempt sends these bytes. Text,
+    # not jsonb, which would reorder keys and respace. NULL only for rows made before 0009.
+    payload: Mapped[str | None] = mapped_column(Text)
     status: Mapped[str] = mapped_column(
         String(20), default=WebhookStatus.PENDING.value, server_default="pending"
     )

@@ -8,6 +8,7 @@ from fastapi import APIRouter
 
 from api.deps import SettingsDep, StateDep, TenantDep, UnitOfWorkDep
 from api.errors import AUTHENTICATED, error_responses
+from relight.jobs.views import UrlBuilder
 from relight.webhooks import service
 from relight.webhooks.schemas import DeliveryList, DeliveryView, WebhookSecretView
 
@@ -69,7 +70,9 @@ async def list_deliveries(
 async def redeliver(
     request_id: uuid.UUID, state: StateDep, uow: UnitOfWorkDep, tenant: TenantDep
 ) -> DeliveryList:
-    delivery_ids = await service.redeliver(uow.session, tenant.id, request_id)
+    delivery_ids = await service.redeliver(
+        uow.session, tenant.id, request_id, UrlBuilder.background(state.settings)
+    )
 
     async def enqueue() -> None:
         await state.enqueue_deliveries(delivery_ids)

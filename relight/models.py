@@ -280,6 +280,8 @@ class WebhookDelivery(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # Attempts made before the current round (a redelivery starts a new round of retries).
     round_start: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Who asked for the current round (`api_key:<prefix>`); NULL: the event itself.
+    round_requested_by: Mapped[str | None] = mapped_column(Text)
     next_attempt_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now()
     )
@@ -305,3 +307,5 @@ class WebhookAttempt(Base):
     status_code: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
     response_excerpt: Mapped[str | None] = mapped_column(Text)
+    # Who asked for it: NULL when the event scheduled it, else the redelivery's asker.
+    requested_by: Mapped[str | None] = mapped_column(Text)

@@ -142,6 +142,7 @@ async def record_attempt(
             status_code=outcome.status_code,
             error=outcome.error,
             response_excerpt=outcome.response_excerpt,
+            requested_by=delivery.round_requested_by,
         )
     )
     values: dict[str, object] = {
@@ -209,9 +210,15 @@ async def list_deliveries(
 
 
 async def redeliver(
-    session: AsyncSession, tenant_id: uuid.UUID, job_id: uuid.UUID, urls: UrlBuilder
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    job_id: uuid.UUID,
+    urls: UrlBuilder,
+    *,
+    requested_by: str,
 ) -> list[uuid.UUID]:
-    """Send a request's webhooks again now (a new round of attempts, same webhook-id and body)."""
+    """Send a request's webhooks again now (a new round of attempts, same webhook-id and body);
+    the round's attempts record `requested_by`."""
     job = await jobs.get_job(session, tenant_id, job_id)
     if not job.webhook_url:
         raise Conflict("this request has no webhook_url", code="no_webhook")
@@ -225,6 +232,7 @@ async def redeliver(
             status=WebhookStatus.PENDING.value,
             next_attempt_at=func.now(),
             round_start=WebhookDelivery.attempts,
+            round_requested_by=requested_by,
         )
         .returning(WebhookDelivery.id)
     )

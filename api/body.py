@@ -13,7 +13,7 @@ from starlette.datastructures import UploadFile
 
 from relight.config import Settings
 from relight.errors import ImageTooLarge, RelightError
-from relight.images import decode_image
+from relight.image_structure import verify_structure
 from relight.jobs.inputs import SubjectSource, parse_subject_image
 from relight.jobs.schemas import SubmitBody
 from relight.params import RelightParams, SubmitOptions
@@ -135,7 +135,7 @@ async def _read_form(request: Request, settings: Settings) -> tuple[dict[str, An
 
 
 async def read_submission(request: Request, settings: Settings) -> Submitted:
-    """Parse, validate and (for inline images) decode the subject, before anything is stored."""
+    """Parse and validate, inline images included (their structure), before anything is stored."""
     content_type = request.headers.get("content-type", "application/json").lower()
     if content_type.startswith(FORM_TYPES):
         data, upload = await _read_form(request, settings)
@@ -159,9 +159,10 @@ async def read_submission(request: Request, settings: Settings) -> Submitted:
             policy=settings.egress_policy,
         )
     if subject.data is not None:
-        # Decode now so a bad image is a 400/413 at submit, not a failed job later.
+        # Check the structure now, so a bad image is a 400/413 at submit, not a failed job
+        # later; without its pixels, which only the worker decodes.
         await run_in_threadpool(
-            decode_image,
+            verify_structure,
             subject.data,
             max_bytes=settings.max_input_bytes,
             max_pixels=settings.max_input_pixels,

@@ -17,8 +17,8 @@ from api.deps import (
 )
 from api.errors import AUTHENTICATED, error_responses
 from relight.errors import RelightError, RequestNotFound, Unauthorized
+from relight.image_structure import sniff_format
 from relight.images import ALLOWED_FORMATS as INPUT_TYPES
-from relight.images import sniff_format
 from relight.jobs import repository
 from relight.jobs.schemas import PublicStatus, RequestList, RequestView, StatusView
 from relight.jobs.service import cancel_job

@@ -282,11 +282,14 @@ class JobRunner:
             )
         fetched = perf_counter()
         timings["fetch_ms"] = _ms(fetched - started)
+        # Decoded no larger than the output's crop needs (`resize_and_center_crop`).
         image = await asyncio.to_thread(
             decode_image,
             data,
             max_bytes=self.settings.max_input_bytes,
             max_pixels=self.settings.max_input_pixels,
+            crop_width=int(job.params["width"]),
+            crop_height=int(job.params["height"]),
         )
         timings["decode_ms"] = _ms(perf_counter() - fetched)
         return JobInput(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +13,7 @@ from starlette.datastructures import UploadFile
 
 from relight.config import Settings
 from relight.errors import ImageTooLarge, RelightError
-from relight.images import decode_image
+from relight.image_structure import verify_structure
 from relight.jobs.inputs import SubjectSource, parse_subject_image
 from relight.jobs.schemas import SubmitBody
 from relight.params import RelightParams, SubmitOptions
@@ -74,10 +75,27 @@ async def _read_json(request: Request, settings: Settings) -> tuple[dict[str, An
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise InvalidBody(f"the request body is not valid JSON: {exc}") from exc
+        data = _read_json_strictly_valid(raw, exc)
     if not isinstance(data, dict):
         raise InvalidBody("the request body must be a JSON object")
     return data, None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _read_json_strictly_valid(raw: bytes, orjson_error: orjson.JSONDecodeError) -> Any:
+    """What orjson refused, read by the standard parser when it is JSON all the same.
+
+    orjson refuses two things JSON's grammar allows: a `\\ud800` escape of a lone surrogate
+    and an integer beyond 64 bits. Read here, they reach the field rules and become a 422
+    naming the field (unstorable text, out of range) instead of a 400 for the whole body.
+    """
+    try:
+        return json.loads(raw.decode(), parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):
+        raise InvalidBody(f"the request body is not valid JSON: {orjson_error}") from orjson_error
 
 
 async def _read_form(request: Request, settings: Settings) -> tuple[dict[str, Any], bytes | None]:
@@ -117,7 +135,7 @@ async def _read_form(request: Request, settings: Settings) -> tuple[dict[str, An
 
 
 async def read_submission(request: Request, settings: Settings) -> Submitted:
-    """Parse, validate and (for inline images) decode the subject, before anything is stored."""
+    """Parse and validate, inline images included (their structure), before anything is stored."""
     content_type = request.headers.get("content-type", "application/json").lower()
     if content_type.startswith(FORM_TYPES):
         data, upload = await _read_form(request, settings)
@@ -141,9 +159,10 @@ async def read_submission(request: Request, settings: Settings) -> Submitted:
             policy=settings.egress_policy,
         )
     if subject.data is not None:
-        # Decode now so a bad image is a 400/413 at submit, not a failed job later.
+        # Check the structure now, so a bad image is a 400/413 at submit, not a failed job
+        # later; without its pixels, which only the worker decodes.
         await run_in_threadpool(
-            decode_image,
+            verify_structure,
             subject.data,
             max_bytes=settings.max_input_bytes,
             max_pixels=settings.max_input_pixels,

@@ -100,13 +100,33 @@ async def apply_rate_limit(
     request: Request, state: AppState, tenant: Tenant | TenantSnapshot, cost: int
 ) -> None:
     policy = RateLimitPolicy(requests_per_minute=tenant.requests_per_minute, burst=tenant.burst)
-    decision = await state.limiter.check(str(tenant.id), policy, cost=cost)
+    await _spend(request, state, str(tenant.id), policy, cost, "rate limit exceeded")
+
+
+async def spend_redelivery(request: Request, state: AppState, tenant: Tenant) -> None:
+    """One redelivery of the tenant's own budget (`RELIGHT_WEBHOOK_REDELIVER_*`), else 429."""
+    settings = state.settings
+    policy = RateLimitPolicy(
+        requests_per_minute=settings.webhook_redeliver_per_minute,
+        burst=settings.webhook_redeliver_burst,
+        name="redeliver",
+    )
+    await _spend(
+        request, state, f"{tenant.id}:redeliver", policy, 1, "webhook redelivery budget spent"
+    )
+
+
+async def _spend(
+    request: Request, state: AppState, key: str, policy: RateLimitPolicy, cost: int, what: str
+) -> None:
+    decision = await state.limiter.check(key, policy, cost=cost)
     if decision is None:
         return
+    # The middleware writes this decision's headers (Retry-After too) on the answer.
     setattr(request.state, RATE_LIMIT_STATE, decision)
     if not decision.allowed:
         raise RateLimited(
-            f"rate limit exceeded: {policy.burst} requests at once, "
+            f"{what}: {policy.burst} requests at once, "
             f"{policy.requests_per_minute} per minute; retry in "
             f"{decision.headers()['Retry-After']} s"
         )

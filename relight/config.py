@@ -104,6 +104,10 @@ class Settings(BaseSettings):
     webhook_retry_schedule: str = "5,300,1800,7200,18000,36000,36000"
     webhook_secret_overlap_s: int = Field(default=24 * 3600, ge=0)
     webhook_sweep_interval_s: int = Field(default=5, ge=1, le=60)
+    # Redeliveries a tenant may ask for (each sends signed POSTs to a URL it chose, so it has a
+    # budget of its own, apart from the submit limit): this many at once, then this many a minute.
+    webhook_redeliver_burst: int = Field(default=5, ge=1)
+    webhook_redeliver_per_minute: int = Field(default=1, ge=1)
 
     # Credits: the price of the default request (one 768x960 image, 25 steps).
     credits_per_default_image: int = Field(default=10, ge=0)

@@ -15,7 +15,7 @@ import zlib
 
 from PIL import Image
 
-from relight.images import sniff_format
+from relight.image_structure import sniff_format
 
 ORIENTATION_TAG = 0x0112
 # JPEG segments kept: APP0 (JFIF), APP2 (ICC profile), APP14 (Adobe colour transform).
@@ -28,13 +28,35 @@ VP8X_XMP_FLAG = 0x04
 
 def orientation_of(data: bytes) -> int:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data)) as image:
-                value = image.getexif().get(ORIENTATION_TAG, 1)
+        if sniff_format(data) == "PNG":
+            # Pillow's PNG `getexif` decodes every pixel to find an eXIf after the image
+            # data; the API never decodes, so the chunk is looked up here.
+            exif = Image.Exif()
+            raw = _png_exif(data)
+            if raw:
+                exif.load(raw)
+            value = exif.get(ORIENTATION_TAG, 1)
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with Image.open(io.BytesIO(data)) as image:
+                    value = image.getexif().get(ORIENTATION_TAG, 1)
     except Exception:
         return 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _png_exif(data: bytes) -> bytes | None:
+    """The payload of a PNG's eXIf chunk, wherever it is, or None."""
+    position = 8
+    while position + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[position : position + 8])
+        if kind == b"eXIf":
+            return data[position + 8 : position + 8 + length]
+        if kind == b"IEND":
+            break
+        position += 12 + length
+    return None
 
 
 def minimal_exif(orientation: int) -> bytes:

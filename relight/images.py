@@ -1,17 +1,24 @@
 """Image decoding with limits, normalisation and encoding.
 
-Decoding sniffs the format from the bytes (never trusts a name or a content type), reads the
-dimensions from the header and refuses oversized images *before* any pixel is allocated.
+Decoding first checks the bytes' structure (`relight.image_structure`: format from the magic
+bytes, never a name or a content type; size from the header; complete data), so an oversized
+or truncated image is refused before any pixel is allocated. Given the size the caller will
+resize and crop to, it then keeps no more pixels than that needs: a JPEG is decoded at the
+smallest DCT scale (1/2 to 1/8) that still covers it, any other image is reduced right after
+decoding. A job's decoded subject thus peaks at about 4 bytes × `max_input_pixels` (160 MB at
+the default 40 Mpx) for a PNG or WebP, briefly, and far less for a JPEG.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import warnings
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
-from relight.errors import ImageTooLarge, InvalidImage
+from relight.errors import InvalidImage
+from relight.image_structure import verify_structure
 from relight.params import OutputFormat
 
 ALLOWED_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
@@ -20,60 +27,115 @@ ALLOWED_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp
 # limit, and a clear message.
 Image.MAX_IMAGE_PIXELS = None
 
+ORIENTATION_TAG = 0x0112
+# EXIF orientation → the transpose that makes the image upright (as ImageOps.exif_transpose).
+ORIENTATION_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+SIDEWAYS = {5, 6, 7, 8}
+# Modes Image.reduce works on, and the rows of a band it reduces at a time.
+REDUCIBLE_MODES = {"L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "I", "F"}
+REDUCE_BAND_ROWS = 256
 
-def sniff_format(data: bytes) -> str | None:
-    """The image format named by the file's magic bytes, or None when it is not one we take."""
-    if data.startswith(b"\xff\xd8\xff"):
-        return "JPEG"
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "PNG"
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "WEBP"
-    return None
 
+def decode_image(
+    data: bytes,
+    *,
+    max_bytes: int,
+    max_pixels: int,
+    crop_width: int | None = None,
+    crop_height: int | None = None,
+) -> Image.Image:
+    """Decode JPEG/PNG/WebP bytes into an upright RGB or RGBA image, within the limits.
 
-def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image:
-    """Decode JPEG/PNG/WebP bytes into an upright RGB or RGBA image, within the limits."""
-    if len(data) > max_bytes:
-        raise ImageTooLarge(
-            f"subject_image is {len(data)} bytes; the limit is {max_bytes} bytes",
-            extra={"limit_bytes": max_bytes},
-        )
-    if not data:
-        raise InvalidImage("subject_image is empty")
-    fmt = sniff_format(data)
-    if fmt is None:
-        raise InvalidImage("subject_image is not a JPEG, PNG or WebP image")
+    `crop_width` × `crop_height`: what the caller will resize and crop to
+    (`resize_and_center_crop`); the image is then decoded, or reduced, to the smallest size
+    that still covers it. Without them, the full size.
+    """
+    cover = (crop_width, crop_height) if crop_width and crop_height else None
+    fmt = verify_structure(data, max_bytes=max_bytes, max_pixels=max_pixels).format
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            image = Image.open(io.BytesIO(data), formats=[fmt])
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ImageTooLarge(
-                    f"subject_image is {width}x{height} = {width * height} pixels; "
-                    f"the limit is {max_pixels} pixels",
-                    extra={"limit_pixels": max_pixels},
-                )
+            image: Image.Image = Image.open(io.BytesIO(data), formats=[fmt])
             if getattr(image, "n_frames", 1) > 1:
                 raise InvalidImage("animated images are not supported; send a single frame")
+            orientation = _orientation(image)
+            if cover is not None and orientation in SIDEWAYS:
+                cover = (cover[1], cover[0])  # the stored image is turned a quarter
+            if cover is not None and fmt == "JPEG":
+                image.draft(image.mode, covering_size(image.size, cover))
             image.load()
+            if cover is not None:
+                image = reduce_covering(image, covering_size(image.size, cover))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InvalidImage(f"subject_image could not be decoded as {fmt}: {exc}") from exc
-    return normalize(image)
+    return normalize(image, orientation)
 
 
-def normalize(image: Image.Image) -> Image.Image:
-    """Apply EXIF orientation and reduce every mode to RGB, or RGBA when there is alpha."""
-    upright = ImageOps.exif_transpose(image) or image
-    has_alpha = upright.mode in ("RGBA", "LA", "PA") or (
-        upright.mode == "P" and "transparency" in upright.info
-    )
-    if upright.mode == "I;16" or upright.mode == "I":
-        upright = upright.point(lambda value: value / 256).convert("L")
-    result = upright.convert("RGBA" if has_alpha else "RGB")
+def covering_size(size: tuple[int, int], cover: tuple[int, int]) -> tuple[int, int]:
+    """The smallest size of `size`'s aspect ratio that covers `cover` (never larger)."""
+    scale = min(1.0, max(cover[0] / size[0], cover[1] / size[1]))
+    return (max(1, math.ceil(size[0] * scale)), max(1, math.ceil(size[1] * scale)))
+
+
+def reduce_covering(image: Image.Image, needed: tuple[int, int]) -> Image.Image:
+    """`image` shrunk by the largest whole factor that keeps it at least `needed`.
+
+    Band by band: `Image.reduce` would first make a full-size copy of an RGBA image (to
+    premultiply its alpha) and a palette image needs its colours first; a band of rows at a
+    time, those copies stay a few megabytes. Bands are whole multiples of the factor, so the
+    result is the same as reducing the whole image at once.
+    """
+    factor = min(image.width // needed[0], image.height // needed[1])
+    if factor < 2:
+        return image
+    band = factor * max(1, REDUCE_BAND_ROWS // factor)
+    reduced: Image.Image | None = None
+    for top in range(0, image.height, band):
+        strip = image.crop((0, top, image.width, min(image.height, top + band)))
+        if strip.mode not in REDUCIBLE_MODES:
+            strip = _to_rgb(strip)  # palette, 1-bit and 16-bit images: colours first
+        piece = strip.reduce(factor)
+        if reduced is None:
+            size = (-(-image.width // factor), -(-image.height // factor))
+            reduced = Image.new(piece.mode, size)
+        reduced.paste(piece, (0, top // factor))
+    assert reduced is not None
+    return reduced
+
+
+def _orientation(image: Image.Image) -> int:
+    value = image.getexif().get(ORIENTATION_TAG, 1)
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def normalize(image: Image.Image, orientation: int | None = None) -> Image.Image:
+    """Apply EXIF orientation and reduce every mode to RGB, or RGBA when there is alpha;
+    without copying an image that is already upright and RGB(A)."""
+    if orientation is None:
+        orientation = _orientation(image)
+    result = _to_rgb(image)
+    if orientation != 1:
+        result = result.transpose(ORIENTATION_TRANSPOSE[orientation])
     result.info.clear()
     return result
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    has_alpha = image.mode in ("RGBA", "LA", "PA") or (
+        image.mode == "P" and "transparency" in image.info
+    )
+    if image.mode == "I;16" or image.mode == "I":
+        image = image.point(lambda value: value / 256).convert("L")
+    target = "RGBA" if has_alpha else "RGB"
+    return image if image.mode == target else image.convert(target)
 
 
 # The whole-image resize of the reference is used while the scaled image stays within this many

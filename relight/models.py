@@ -271,12 +271,17 @@ class WebhookDelivery(Base):
     job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("job.id", ondelete="CASCADE"))
     event: Mapped[str] = mapped_column(String(20))
     url: Mapped[str] = mapped_column(Text)
+    # The JSON body, rendered when the event happened; every attempt sends these bytes. Text,
+    # not jsonb, which would reorder keys and respace. NULL only for rows made before 0009.
+    payload: Mapped[str | None] = mapped_column(Text)
     status: Mapped[str] = mapped_column(
         String(20), default=WebhookStatus.PENDING.value, server_default="pending"
     )
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # Attempts made before the current round (a redelivery starts a new round of retries).
     round_start: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Who asked for the current round (`api_key:<prefix>`); NULL: the event itself.
+    round_requested_by: Mapped[str | None] = mapped_column(Text)
     next_attempt_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now()
     )
@@ -302,3 +307,5 @@ class WebhookAttempt(Base):
     status_code: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
     response_excerpt: Mapped[str | None] = mapped_column(Text)
+    # Who asked for it: NULL when the event scheduled it, else the redelivery's asker.
+    requested_by: Mapped[str | None] = mapped_column(Text)

@@ -9,7 +9,9 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
+
+from relight.text import ClientModel
 
 SIZE_CHOICES: tuple[int, ...] = tuple(range(256, 1025, 64))
 SEED_MAX = 999_999_999_999_999
@@ -68,7 +70,7 @@ def _check_size(value: int) -> int:
     return value
 
 
-class RelightParams(BaseModel):
+class RelightParams(ClientModel):
     """Everything that decides the pixels of a result (the subject image aside)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
@@ -131,7 +133,7 @@ def default_webhook_events() -> list[WebhookEvent]:
     return ["completed"]
 
 
-class SubmitOptions(BaseModel):
+class SubmitOptions(ClientModel):
     """Relight's extensions to Segmind's body."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -45,6 +45,8 @@ return {1, math.floor((capacity - (new_tat - now)) / interval), new_tat - now, 0
 class RateLimitPolicy:
     requests_per_minute: int
     burst: int
+    # The policy's name in the RateLimit headers.
+    name: str = "tenant"
 
     @property
     def interval_us(self) -> int:
@@ -67,8 +69,10 @@ class RateLimitDecision:
     def headers(self) -> dict[str, str]:
         """IETF draft RateLimit headers (structured fields), plus Retry-After when refused."""
         headers = {
-            "RateLimit-Policy": f'"tenant";q={self.policy.burst};w={self.policy.window_s}',
-            "RateLimit": f'"tenant";r={max(0, self.remaining)};t={math.ceil(self.reset_s)}',
+            "RateLimit-Policy": f'"{self.policy.name}";q={self.policy.burst};'
+            f"w={self.policy.window_s}",
+            "RateLimit": f'"{self.policy.name}";r={max(0, self.remaining)};'
+            f"t={math.ceil(self.reset_s)}",
         }
         if not self.allowed:
             # Rounded up: waiting this long really lets the next request through.

@@ -40,9 +40,6 @@ from worker.wakeup import WakeableWorker
 
 logger = logging.getLogger(__name__)
 
-# Output URLs in webhooks need an absolute base; set RELIGHT_PUBLIC_BASE_URL in production.
-DEFAULT_PUBLIC_BASE_URL = "http://127.0.0.1:8000"
-
 
 async def start_metrics_server(ctx: dict[str, Any], settings: Settings) -> None:
     """Serve this worker's metrics on RELIGHT_WORKER_METRICS_PORT (0: off). A port already
@@ -90,11 +87,7 @@ def build_worker(
         # Outbound requests to user URLs; egress_stream never follows redirects blindly.
         http = httpx.AsyncClient(headers={"user-agent": "relight/0.1"})
         sessionmaker = create_sessionmaker(engine)
-        urls = UrlBuilder(
-            base_url=settings.public_base_url or DEFAULT_PUBLIC_BASE_URL,
-            secret_key=settings.secret_key,
-            output_url_ttl_s=settings.output_url_ttl_s,
-        )
+        urls = UrlBuilder.background(settings)
         if settings.segmind_api_key:
             # One pooled client for every Segmind call of this worker.
             segmind_http = httpx.AsyncClient(

@@ -18,6 +18,7 @@ from relight.jobs import sweeper
 from relight.jobs.events import publish_finished
 from relight.jobs.execution import JobRunner
 from relight.jobs.queue import delivery_job_id, enqueue_delivery, enqueue_run
+from relight.jobs.views import UrlBuilder
 from relight.logs import job_context
 from relight.webhooks.delivery import WebhookSender
 from relight.webhooks.service import due_deliveries
@@ -69,7 +70,9 @@ async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
     settings: Settings = ctx["settings"]
     redis = ctx["redis"]
     async with sessionmaker() as session, session.begin():
-        reclaimed = await sweeper.reclaim_expired(session, settings.job_max_attempts)
+        reclaimed = await sweeper.reclaim_expired(
+            session, settings.job_max_attempts, UrlBuilder.background(settings)
+        )
     async with sessionmaker() as session, session.begin():
         expired = await sweeper.expire_stored_images(session, ctx["storage"], settings.retention_s)
     async with sessionmaker() as session:

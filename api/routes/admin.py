@@ -11,7 +11,7 @@ import hmac
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query
+from fastapi import APIRouter, Depends, Header, Path, Query
 
 from api.deps import SettingsDep, UnitOfWorkDep
 from api.errors import ADMIN, error_responses
@@ -30,6 +30,7 @@ from relight.tenants.schemas import (
     TenantView,
     WebhookUrlUpdate,
 )
+from relight.text import StorableStr
 
 
 async def require_admin(
@@ -60,7 +61,7 @@ router = APIRouter(
 NOT_FOUND = error_responses(404)
 WITH_BODY = error_responses(400, 404)
 
-TenantRef = Annotated[str, "tenant name or id"]
+TenantRef = Annotated[StorableStr, Path(description="tenant name or id")]
 
 
 async def _tenant(uow: UnitOfWorkDep, tenant: TenantRef) -> Tenant:
@@ -185,7 +186,10 @@ async def list_keys(tenant: AdminTenantDep, uow: UnitOfWorkDep) -> list[ApiKeyVi
     summary="Revoke an API key",
     responses=NOT_FOUND,
 )
-async def revoke_key(prefix: str, uow: UnitOfWorkDep) -> ApiKeyView:
+async def revoke_key(
+    prefix: Annotated[StorableStr, Path(description="the key's public prefix")],
+    uow: UnitOfWorkDep,
+) -> ApiKeyView:
     return ApiKeyView.of(await tenants.revoke_api_key(uow.session, prefix))
 
 

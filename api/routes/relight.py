@@ -28,6 +28,7 @@ from relight.models import Job, JobStatus
 from relight.nodes.registry import discovered_gpu_nodes
 from relight.params import Backend
 from relight.tenants.auth_cache import TenantSnapshot
+from relight.text import unstorable_character
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["relight"])
@@ -73,7 +74,22 @@ ACCEPT_HEADER = _header("accept", "Accept", None)
 def idempotency_key_of(request: Request) -> str | None:
     """The `Idempotency-Key` header, validated as a declared header parameter would be."""
     key = request.headers.get("idempotency-key")
-    if key is not None and len(key) > IDEMPOTENCY_KEY_MAX_LENGTH:
+    if key is None:
+        return None
+    # Stored with the job, so the text rule of every stored field applies.
+    problem = unstorable_character(key)
+    if problem is not None:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "value_error",
+                    "loc": ("header", "Idempotency-Key"),
+                    "msg": problem,
+                    "input": key,
+                }
+            ]
+        )
+    if len(key) > IDEMPOTENCY_KEY_MAX_LENGTH:
         raise RequestValidationError(
             [
                 {

@@ -17,12 +17,12 @@ from api.deps import (
 )
 from api.errors import AUTHENTICATED, error_responses
 from relight.errors import RelightError, RequestNotFound, Unauthorized
+from relight.image_structure import sniff_format
 from relight.images import ALLOWED_FORMATS as INPUT_TYPES
-from relight.images import sniff_format
 from relight.jobs import repository
 from relight.jobs.schemas import PublicStatus, RequestList, RequestView, StatusView
 from relight.jobs.service import cancel_job
-from relight.jobs.views import request_view, status_view
+from relight.jobs.views import UrlBuilder, request_view, status_view
 from relight.models import JobOutput, JobStatus
 from relight.signing import INPUT_INDEX, verify_output_signature
 from relight.storage import StoredObjectMissing
@@ -108,7 +108,9 @@ async def list_requests(
 async def cancel_request(
     request_id: uuid.UUID, state: StateDep, uow: UnitOfWorkDep, tenant: TenantDep, urls: UrlsDep
 ) -> RequestView:
-    job, delivery = await cancel_job(uow.session, tenant.id, request_id)
+    job, delivery = await cancel_job(
+        uow.session, tenant.id, request_id, UrlBuilder.background(state.settings)
+    )
     if delivery is not None:
 
         async def enqueue() -> None:

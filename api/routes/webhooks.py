@@ -4,14 +4,30 @@ from __future__ import annotations
 
 import uuid
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
-from api.deps import SettingsDep, StateDep, TenantDep, UnitOfWorkDep
+from api.deps import (
+    SettingsDep,
+    StateDep,
+    TenantDep,
+    UnitOfWorkDep,
+    presented_key,
+    spend_redelivery,
+)
 from api.errors import AUTHENTICATED, error_responses
+from relight.jobs.views import UrlBuilder
+from relight.tenants.keys import parse_key
 from relight.webhooks import service
 from relight.webhooks.schemas import DeliveryList, DeliveryView, WebhookSecretView
 
 router = APIRouter(tags=["webhooks"], responses=error_responses(*AUTHENTICATED))
+
+
+def asker(request: Request) -> str:
+    """Who asked, for the attempt log: the public prefix of the API key presented."""
+    headers = request.headers
+    parsed = parse_key(presented_key(headers.get("x-api-key"), headers.get("authorization")) or "")
+    return f"api_key:{parsed[0]}" if parsed else "api_key:unknown"
 
 
 def _secret_view(secret: str | None, previous_expires_at: object) -> WebhookSecretView:
@@ -67,9 +83,19 @@ async def list_deliveries(
     responses=error_responses(404, 409),
 )
 async def redeliver(
-    request_id: uuid.UUID, state: StateDep, uow: UnitOfWorkDep, tenant: TenantDep
+    request: Request, request_id: uuid.UUID, state: StateDep, uow: UnitOfWorkDep, tenant: TenantDep
 ) -> DeliveryList:
-    delivery_ids = await service.redeliver(uow.session, tenant.id, request_id)
+    """Each accepted redelivery spends one of the tenant's redelivery budget (a refused one,
+    404 or 409, does not); beyond it, 429 with `Retry-After`, and nothing is sent."""
+    delivery_ids = await service.redeliver(
+        uow.session,
+        tenant.id,
+        request_id,
+        UrlBuilder.background(state.settings),
+        requested_by=asker(request),
+    )
+    # After the checks, inside the transaction: a 429 rolls the new round back.
+    await spend_redelivery(request, state, tenant)
 
     async def enqueue() -> None:
         await state.enqueue_deliveries(delivery_ids)

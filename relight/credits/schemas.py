@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from relight.credits.service import MAX_MOVEMENT
 from relight.models import CreditEntry
 from relight.tenants.schemas import LimitsView
+from relight.text import ClientModel
 
 
 class CreditEntryView(BaseModel):
@@ -41,7 +42,7 @@ class LedgerPage(BaseModel):
     next_cursor: str | None
 
 
-class CreditMovement(BaseModel):
+class CreditMovement(ClientModel):
     """A grant (positive) or an adjustment (either sign) by an operator."""
 
     model_config = ConfigDict(extra="forbid")

@@ -35,6 +35,7 @@ from relight.jobs.events import publish_finished
 from relight.jobs.progress import track_progress
 from relight.jobs.queue import Enqueuer, enqueue_delivery
 from relight.jobs.service import fail_running_job
+from relight.jobs.views import UrlBuilder
 from relight.logs import request_context
 from relight.models import Job, JobOutput, JobStatus
 from relight.params import Backend as BackendName
@@ -91,6 +92,7 @@ class JobRunner:
         self.enqueuer = enqueuer
         self.http = http
         self.backends = backends
+        self.urls = UrlBuilder.background(settings)
 
     async def run(self, job_id: uuid.UUID) -> RunOutcome:
         started = perf_counter()
@@ -101,7 +103,9 @@ class JobRunner:
             if job is not None:
                 allowed = await repository.allowed_backends(session, job.tenant_id)
                 if job.attempts == 1:
-                    start_delivery = await webhooks.schedule_delivery(session, job, webhooks.START)
+                    start_delivery = await webhooks.schedule_delivery(
+                        session, job, webhooks.START, self.urls
+                    )
             else:
                 # Rare (a repeated run): one more read, so that this line carries the request id.
                 request_id = await repository.http_request_id_of(session, job_id)
@@ -278,11 +282,14 @@ class JobRunner:
             )
         fetched = perf_counter()
         timings["fetch_ms"] = _ms(fetched - started)
+        # Decoded no larger than the output's crop needs (`resize_and_center_crop`).
         image = await asyncio.to_thread(
             decode_image,
             data,
             max_bytes=self.settings.max_input_bytes,
             max_pixels=self.settings.max_input_pixels,
+            crop_width=int(job.params["width"]),
+            crop_height=int(job.params["height"]),
         )
         timings["decode_ms"] = _ms(perf_counter() - fetched)
         return JobInput(
@@ -358,7 +365,9 @@ class JobRunner:
                 reserved=job.credits_reserved,
                 cost=job.credits_reserved,
             )
-            delivery = await webhooks.schedule_delivery(session, done, webhooks.COMPLETED)
+            delivery = await webhooks.schedule_delivery(
+                session, done, webhooks.COMPLETED, self.urls
+            )
         await self._announce_finished(job.id, delivery)
         logger.info("job %s succeeded on %s in %.0f ms", job.id, backend_name, timings["total_ms"])
         return RunOutcome(status=JobStatus.SUCCEEDED)
@@ -415,7 +424,13 @@ class JobRunner:
                     return RunOutcome(status=None)
             else:
                 failed = await fail_running_job(
-                    session, job, code, error.message, timings=timings, backend_calls=log
+                    session,
+                    job,
+                    code,
+                    error.message,
+                    self.urls,
+                    timings=timings,
+                    backend_calls=log,
                 )
                 if failed is None:
                     return RunOutcome(status=None)

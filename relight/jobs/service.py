@@ -24,6 +24,7 @@ from relight.ids import uuid7
 from relight.image_metadata import strip_metadata
 from relight.jobs import repository
 from relight.jobs.inputs import SubjectSource
+from relight.jobs.views import UrlBuilder
 from relight.models import Job, JobStatus, Tenant
 from relight.params import Backend, RelightParams, SubmitOptions
 from relight.storage import Storage
@@ -209,7 +210,7 @@ class Failed:
 
 
 async def fail_running_job(
-    session: AsyncSession, job: Job, code: str, message: str, **values: Any
+    session: AsyncSession, job: Job, code: str, message: str, urls: UrlBuilder, **values: Any
 ) -> Failed | None:
     """End a running attempt `failed`: refund it once and schedule its webhook, in the
     caller's transaction. None when the attempt no longer holds the job (nothing changes)."""
@@ -231,12 +232,12 @@ async def fail_running_job(
     if moved is None:
         return None
     await refund_credits(session, job.tenant_id, job.id, job.credits_reserved, reason=code)
-    delivery = await webhooks.schedule_delivery(session, moved, webhooks.COMPLETED)
+    delivery = await webhooks.schedule_delivery(session, moved, webhooks.COMPLETED, urls)
     return Failed(job=moved, delivery=delivery)
 
 
 async def cancel_job(
-    session: AsyncSession, tenant_id: uuid.UUID, job_id: uuid.UUID
+    session: AsyncSession, tenant_id: uuid.UUID, job_id: uuid.UUID, urls: UrlBuilder
 ) -> tuple[Job, uuid.UUID | None]:
     """Cancel a queued job and refund it; canceling twice is harmless. The job, and the
     webhook delivery its cancellation created (to queue after the commit)."""
@@ -256,7 +257,7 @@ async def cancel_job(
         await refund_credits(
             session, tenant_id, canceled.id, canceled.credits_reserved, reason="canceled"
         )
-        delivery = await webhooks.schedule_delivery(session, canceled, webhooks.COMPLETED)
+        delivery = await webhooks.schedule_delivery(session, canceled, webhooks.COMPLETED, urls)
         return canceled, delivery
     await session.refresh(job)
     if job.job_status is JobStatus.CANCELED:

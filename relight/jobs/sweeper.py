@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from relight.jobs import repository
 from relight.jobs.service import fail_running_job
+from relight.jobs.views import UrlBuilder
 from relight.logs import job_context
 from relight.models import Job, JobOutput, JobStatus
 from relight.storage import Storage
@@ -49,7 +50,9 @@ async def queued_before(
     return {row.id: row.http_request_id for row in rows}
 
 
-async def reclaim_expired(session: AsyncSession, max_attempts: int, limit: int = 200) -> Reclaimed:
+async def reclaim_expired(
+    session: AsyncSession, max_attempts: int, urls: UrlBuilder, limit: int = 200
+) -> Reclaimed:
     """Take back running jobs whose lease expired; the caller commits, then enqueues."""
     now = datetime.now(UTC)
     expired = (
@@ -87,7 +90,7 @@ async def reclaim_expired(session: AsyncSession, max_attempts: int, limit: int =
             if moved is not None:
                 result.requeued.append(job.id)
             continue
-        failed = await fail_running_job(session, job, "worker_lost", message)
+        failed = await fail_running_job(session, job, "worker_lost", message, urls)
         if failed is None:
             continue
         result.failed.append(job.id)

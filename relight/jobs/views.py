@@ -6,6 +6,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from relight.config import Settings
 from relight.jobs.schemas import (
     BackendView,
     CreditsView,
@@ -18,12 +19,25 @@ from relight.jobs.schemas import (
 from relight.models import Job, JobOutput, JobStatus
 from relight.signing import INPUT_INDEX, sign_output
 
+# Webhook bodies and the input URL handed to Segmind need an absolute base even when no client
+# request names the host; set RELIGHT_PUBLIC_BASE_URL in production.
+DEFAULT_PUBLIC_BASE_URL = "http://127.0.0.1:8000"
+
 
 @dataclass(frozen=True)
 class UrlBuilder:
     base_url: str
     secret_key: str
     output_url_ttl_s: int
+
+    @classmethod
+    def background(cls, settings: Settings) -> UrlBuilder:
+        """The URLs of what no client request is there for: webhook bodies, Segmind's input."""
+        return cls(
+            base_url=settings.public_base_url or DEFAULT_PUBLIC_BASE_URL,
+            secret_key=settings.secret_key,
+            output_url_ttl_s=settings.output_url_ttl_s,
+        )
 
     def _url(self, path: str) -> str:
         return self.base_url.rstrip("/") + path

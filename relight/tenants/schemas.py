@@ -2,13 +2,57 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from relight.models import ApiKey, Tenant
+from relight.text import ClientModel
+
+TENANT_NAME_MAX_LENGTH = 200
+TENANT_NAME_CHARACTERS = re.compile(r"[\w.@-]+")
+
+
+def tenant_name_problem(name: str) -> str | None:
+    """What is wrong with `name` as a tenant name, or None. The one rule, for the admin API
+    and `relight-admin` alike: `{tenant}` in routes and commands takes a name or an id, so a
+    name must never read as an id (a UUID in any spelling `uuid.UUID` accepts), nor as a path.
+    """
+    if not 1 <= len(name) <= TENANT_NAME_MAX_LENGTH:
+        return f"must be 1 to {TENANT_NAME_MAX_LENGTH} characters long, not {len(name)}"
+    if TENANT_NAME_CHARACTERS.fullmatch(name) is None:
+        return "may contain only letters, digits and . _ @ -"
+    if set(name) == {"."}:
+        return "must not be only dots (it reads as a path)"
+    try:
+        uuid.UUID(name)
+    except ValueError:
+        return None
+    return "must not read as a tenant id (a UUID): routes and commands take a name or an id"
+
+
+def _check_tenant_name(name: str) -> str:
+    problem = tenant_name_problem(name)
+    if problem is not None:
+        raise ValueError(problem)
+    return name
+
+
+TenantName = Annotated[
+    str,
+    AfterValidator(_check_tenant_name),
+    Field(
+        description="letters, digits and . _ @ - (1 to 200); never a UUID, never only dots",
+        json_schema_extra={
+            "pattern": f"^{TENANT_NAME_CHARACTERS.pattern}$",
+            "minLength": 1,
+            "maxLength": TENANT_NAME_MAX_LENGTH,
+        },
+    ),
+]
 
 
 class LimitsView(BaseModel):
@@ -17,7 +61,7 @@ class LimitsView(BaseModel):
     max_in_flight: int = Field(description="queued plus running requests at most")
 
 
-class LimitsUpdate(BaseModel):
+class LimitsUpdate(ClientModel):
     model_config = ConfigDict(extra="forbid")
 
     requests_per_minute: Annotated[int | None, Field(ge=1, le=1_000_000)] = None
@@ -55,22 +99,22 @@ class TenantView(BaseModel):
         )
 
 
-class BackendsUpdate(BaseModel):
+class BackendsUpdate(ClientModel):
     model_config = ConfigDict(extra="forbid")
 
     backends: list[str] = Field(description="any of gpu, segmind, local")
 
 
-class WebhookUrlUpdate(BaseModel):
+class WebhookUrlUpdate(ClientModel):
     model_config = ConfigDict(extra="forbid")
 
     url: Annotated[str | None, Field(max_length=2048, description="null: no default")]
 
 
-class TenantCreate(BaseModel):
+class TenantCreate(ClientModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[\w.@-]+$")]
+    name: TenantName
     credits: Annotated[int, Field(ge=0, le=10**12)] = 0
     limits: LimitsUpdate | None = None
 
@@ -97,7 +141,7 @@ class ApiKeyView(BaseModel):
         )
 
 
-class KeyCreate(BaseModel):
+class KeyCreate(ClientModel):
     model_config = ConfigDict(extra="forbid")
 
     name: Annotated[str | None, Field(max_length=200)] = None

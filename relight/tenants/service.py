@@ -22,7 +22,7 @@ from relight.tenants.auth_cache import (
     forget_tenant_everywhere_in_process,
 )
 from relight.tenants.keys import generate_key, parse_key, secret_matches
-from relight.tenants.schemas import LimitsUpdate
+from relight.tenants.schemas import LimitsUpdate, tenant_name_problem
 
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 
@@ -48,6 +48,9 @@ async def announce_change(session: AsyncSession, tenant_id: uuid.UUID) -> None:
 async def create_tenant(
     session: AsyncSession, name: str, credits: int = 0, limits: LimitsUpdate | None = None
 ) -> Tenant:
+    problem = tenant_name_problem(name)
+    if problem is not None:
+        raise InvalidParameter(f"name: {problem}", extra={"field": "name"})
     if credits < 0:
         raise RelightError("credits must not be negative", status_code=422)
     tenant = Tenant(name=name, credit_balance=0)
@@ -67,14 +70,13 @@ async def create_tenant(
 
 
 async def find_tenant(session: AsyncSession, name_or_id: str) -> Tenant:
-    """A tenant by name, or by id when the text is a UUID."""
-    query = select(Tenant).where(Tenant.name == name_or_id)
+    """A tenant by id when the text reads as a UUID, else by name. No name reads as an id
+    (`tenant_name_problem`), so the two never meet; should an older row carry such a name,
+    the id wins, and that row is reached by its own id."""
     try:
-        query = select(Tenant).where(
-            (Tenant.id == uuid.UUID(name_or_id)) | (Tenant.name == name_or_id)
-        )
+        query = select(Tenant).where(Tenant.id == uuid.UUID(name_or_id))
     except ValueError:
-        pass
+        query = select(Tenant).where(Tenant.name == name_or_id)
     found: Tenant | None = await session.scalar(query)
     if found is None:
         raise TenantNotFound(f"no tenant {name_or_id!r}")

@@ -1,4 +1,5 @@
-"""Sending one webhook attempt: build the body, sign it, POST it through the egress checks."""
+"""Sending one webhook attempt: sign the body stored with the event, POST it through the egress
+checks, record the outcome."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from datetime import UTC, datetime
 from time import perf_counter
 
 import httpx
-import orjson
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from relight import metrics
@@ -19,9 +19,9 @@ from relight.config import Settings
 from relight.egress import EgressRefused, egress_stream
 from relight.errors import RelightError
 from relight.jobs import repository as jobs
-from relight.jobs.views import UrlBuilder, request_view
+from relight.jobs.views import UrlBuilder
 from relight.logs import job_context
-from relight.models import Job, JobOutput, WebhookDelivery
+from relight.models import WebhookDelivery
 from relight.webhooks import service
 from relight.webhooks.schemas import message_id
 from relight.webhooks.signing import signature_header
@@ -81,26 +81,22 @@ class WebhookSender:
                 return None
             job = await jobs.get_job_by_id(session, delivery.job_id)
             assert job is not None
-            outputs = await jobs.get_outputs(session, [job.id])
+            if delivery.payload is not None:
+                data = delivery.payload.encode()
+            else:
+                # A row from before bodies were stored with the event (migration 0009).
+                outputs = await jobs.get_outputs(session, [job.id])
+                data = service.render_body(delivery.event, job, outputs, self.urls)
             signing_secrets = await service.secrets_in_use(session, delivery.tenant_id)
         # The attempt's lines carry the job and the request id of its submit.
         with job_context(job.id, job.http_request_id):
-            delay = await self._attempt(delivery, job, outputs, signing_secrets)
+            delay = await self._attempt(delivery, data, signing_secrets)
         return None if delay is None else (delivery.attempts, delay)
 
     async def _attempt(
-        self,
-        delivery: WebhookDelivery,
-        job: Job,
-        outputs: list[JobOutput],
-        signing_secrets: list[str],
+        self, delivery: WebhookDelivery, data: bytes, signing_secrets: list[str]
     ) -> float | None:
         """POST the signed body once, record the attempt; the delay before the next one."""
-        body = {
-            "event": delivery.event,
-            **request_view(job, outputs, self.urls).model_dump(mode="json"),
-        }
-        data = orjson.dumps(body)
         webhook_id = message_id(delivery.id)
         now = datetime.now(UTC)
         headers = {

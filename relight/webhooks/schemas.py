@@ -16,6 +16,10 @@ class AttemptView(BaseModel):
     duration_ms: float
     status_code: int | None
     error: str | None
+    requested_by: str | None = Field(
+        description="null when the event scheduled it; for a redelivery, who asked "
+        "(`api_key:<prefix>`)"
+    )
 
     @classmethod
     def of(cls, attempt: WebhookAttempt) -> AttemptView:
@@ -25,6 +29,7 @@ class AttemptView(BaseModel):
             duration_ms=attempt.duration_ms,
             status_code=attempt.status_code,
             error=attempt.error,
+            requested_by=attempt.requested_by,
         )
 
 

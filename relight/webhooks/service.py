@@ -2,7 +2,9 @@
 its outcome and the next retry, redelivery, and the tenant's signing secrets.
 
 Delivery rows are written in the same transaction as the state change that causes them, so a
-crash after the commit loses nothing: the sweeper finds due rows and sends them.
+crash after the commit loses nothing: the sweeper finds due rows and sends them. The row
+carries its body, rendered then: every attempt and every redelivery sends the same bytes under
+the same `webhook-id`, describing the request as it was when the event happened.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+import orjson
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -19,7 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from relight.errors import Conflict
 from relight.ids import uuid7
 from relight.jobs import repository as jobs
-from relight.models import Job, Tenant, WebhookAttempt, WebhookDelivery, WebhookStatus
+from relight.jobs.views import UrlBuilder, request_view
+from relight.models import Job, JobOutput, Tenant, WebhookAttempt, WebhookDelivery, WebhookStatus
 from relight.webhooks.signing import generate_secret
 
 COMPLETED = "completed"
@@ -44,13 +48,26 @@ class AttemptOutcome:
         return self.status_code == 410
 
 
-async def schedule_delivery(session: AsyncSession, job: Job, event: str) -> uuid.UUID | None:
+def render_body(event: str, job: Job, outputs: list[JobOutput], urls: UrlBuilder) -> bytes:
+    """A webhook's body: the request's public record, as `GET /v2/requests/{id}`, plus `event`."""
+    return orjson.dumps(
+        {"event": event, **request_view(job, outputs, urls).model_dump(mode="json")}
+    )
+
+
+async def schedule_delivery(
+    session: AsyncSession, job: Job, event: str, urls: UrlBuilder
+) -> uuid.UUID | None:
     """Create the delivery of `event` for `job` if it asked for it; its id (None if not).
 
-    Idempotent: a job has one delivery per event, whatever retries happen.
+    `job` is the row as the event left it (in the caller's transaction); the body is rendered
+    from it now, so later attempts cannot describe a later state. Idempotent: a job has one
+    delivery per event, whatever retries happen; the first body stays.
     """
     if not job.webhook_url or event not in job.webhook_events:
         return None
+    await session.flush()  # outputs added in this transaction belong to the body
+    outputs = await jobs.get_outputs(session, [job.id])
     statement = (
         insert(WebhookDelivery)
         .values(
@@ -59,6 +76,7 @@ async def schedule_delivery(session: AsyncSession, job: Job, event: str) -> uuid
             job_id=job.id,
             event=event,
             url=job.webhook_url,
+            payload=render_body(event, job, outputs, urls).decode(),
         )
         .on_conflict_do_nothing(index_elements=["job_id", "event"])
         .returning(WebhookDelivery.id)
@@ -124,6 +142,7 @@ async def record_attempt(
             status_code=outcome.status_code,
             error=outcome.error,
             response_excerpt=outcome.response_excerpt,
+            requested_by=delivery.round_requested_by,
         )
     )
     values: dict[str, object] = {
@@ -191,15 +210,21 @@ async def list_deliveries(
 
 
 async def redeliver(
-    session: AsyncSession, tenant_id: uuid.UUID, job_id: uuid.UUID
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    job_id: uuid.UUID,
+    urls: UrlBuilder,
+    *,
+    requested_by: str,
 ) -> list[uuid.UUID]:
-    """Send a request's webhooks again now (a new round of attempts, same webhook-id)."""
+    """Send a request's webhooks again now (a new round of attempts, same webhook-id and body);
+    the round's attempts record `requested_by`."""
     job = await jobs.get_job(session, tenant_id, job_id)
     if not job.webhook_url:
         raise Conflict("this request has no webhook_url", code="no_webhook")
     if not job.job_status.is_terminal:
         raise Conflict("the request has not finished yet", code="not_finished")
-    await schedule_delivery(session, job, COMPLETED)
+    await schedule_delivery(session, job, COMPLETED, urls)
     result = await session.execute(
         update(WebhookDelivery)
         .where(WebhookDelivery.job_id == job.id)
@@ -207,6 +232,7 @@ async def redeliver(
             status=WebhookStatus.PENDING.value,
             next_attempt_at=func.now(),
             round_start=WebhookDelivery.attempts,
+            round_requested_by=requested_by,
         )
         .returning(WebhookDelivery.id)
     )

@@ -23,7 +23,7 @@ from relight.jobs.events import JobWaiter
 from relight.jobs.queue import deserialize_job, redis_retry_options, serialize_job
 from relight.jobs.schemas import SubmitBody
 from relight.ratelimit import RateLimiter
-from relight.storage import FileSystemStorage
+from relight.storage import open_storage
 from relight.tenants.auth_cache import AuthCache
 
 DESCRIPTION = """
@@ -64,7 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 engine.execution_options(isolation_level="AUTOCOMMIT")
             ),
             redis=redis,
-            storage=FileSystemStorage(settings.storage_dir),
+            storage=open_storage(settings),
             waiter=waiter,
             limiter=RateLimiter(redis, f"{settings.queue_name}:ratelimit"),
             auth_cache=auth_cache,

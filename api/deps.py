@@ -15,6 +15,7 @@ from relight.errors import RelightError
 from relight.jobs.views import UrlBuilder
 from relight.models import Tenant
 from relight.ratelimit import RateLimitPolicy
+from relight.storage import presigner_for
 from relight.tenants.auth_cache import TenantSnapshot
 from relight.tenants.service import authenticate, authenticate_snapshot
 
@@ -171,6 +172,7 @@ def urls_for(request: Request, settings: Settings) -> UrlBuilder:
         base_url=base_url,
         secret_key=settings.secret_key,
         output_url_ttl_s=settings.output_url_ttl_s,
+        presigner=presigner_for(settings),
     )
 
 

@@ -23,6 +23,13 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     queue_name: str = "relight:queue"
     storage_dir: Path = Path("var/storage")
+    # `file:///path` or `s3://bucket/prefix`; unset = the folder RELIGHT_STORAGE_DIR.
+    storage_url: str | None = None
+    # An S3-compatible endpoint (MinIO, R2, a test server); unset = AWS S3 itself.
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    # With S3: output URLs on this public (CDN) base instead of presigned URLs.
+    public_output_base_url: str | None = None
     secret_key: str = DEVELOPMENT_SECRET
     # Bearer token of the admin API (/admin/v1); the admin API is off while this is unset.
     admin_token: str | None = Field(default=None, min_length=16)
@@ -152,7 +159,14 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "admin_token", "segmind_api_key", "public_base_url", "node_token", mode="before"
+        "admin_token",
+        "segmind_api_key",
+        "public_base_url",
+        "node_token",
+        "storage_url",
+        "s3_endpoint_url",
+        "public_output_base_url",
+        mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:

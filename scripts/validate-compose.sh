@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Validate docker-compose.yml without a Docker engine: `docker-compose config -q`, for the
-# default services and for the `gpu` profile.
+# default services and for the `gpu` and `s3` profiles.
 #
 # Uses `docker-compose` from PATH; when absent and running as root on a Debian-like system it
 # installs Debian's docker-compose package (1.29.x, which reads the Compose Specification:
@@ -38,6 +38,8 @@ help_text="$(docker-compose --help 2>&1 || true)"
 if [[ "${help_text}" == *--profile* ]]; then
     docker-compose -f "${COMPOSE_FILE_PATH}" --profile gpu config -q
     echo "profile gpu: ok"
+    RELIGHT_STORAGE_URL=s3://relight docker-compose -f "${COMPOSE_FILE_PATH}" --profile s3 config -q
+    echo "profile s3: ok"
 else
     echo "profile gpu: skipped (this docker-compose has no --profile option)"
 fi

@@ -29,7 +29,7 @@ from relight.jobs.queue import (
 from relight.jobs.views import UrlBuilder
 from relight.nodes.dispatch import GpuDispatcher
 from relight.params import Backend as BackendName
-from relight.storage import FileSystemStorage
+from relight.storage import open_storage
 from relight.webhooks.delivery import WebhookSender
 from worker.backends.gpu import GpuBackend
 from worker.backends.local import LocalBackend
@@ -113,7 +113,7 @@ def build_worker(
                 GpuDispatcher(settings=settings, redis=ctx["redis"], http=gpu_http)
             )
         backends.update(extra_backends)
-        storage = FileSystemStorage(settings.storage_dir)
+        storage = open_storage(settings)
         ctx.update(
             settings=settings,
             storage=storage,

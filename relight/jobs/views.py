@@ -18,6 +18,7 @@ from relight.jobs.schemas import (
 )
 from relight.models import Job, JobOutput, JobStatus
 from relight.signing import INPUT_INDEX, sign_output
+from relight.storage import PresigningStorage, presigner_for
 
 # Webhook bodies and the input URL handed to Segmind need an absolute base even when no client
 # request names the host; set RELIGHT_PUBLIC_BASE_URL in production.
@@ -26,9 +27,13 @@ DEFAULT_PUBLIC_BASE_URL = "http://127.0.0.1:8000"
 
 @dataclass(frozen=True)
 class UrlBuilder:
+    """Absolute URLs of a request's resources; outputs signed by the api, or presigned by the
+    object store when storage is S3 (clients then download from the store directly)."""
+
     base_url: str
     secret_key: str
     output_url_ttl_s: int
+    presigner: PresigningStorage | None = None
 
     @classmethod
     def background(cls, settings: Settings) -> UrlBuilder:
@@ -37,6 +42,7 @@ class UrlBuilder:
             base_url=settings.public_base_url or DEFAULT_PUBLIC_BASE_URL,
             secret_key=settings.secret_key,
             output_url_ttl_s=settings.output_url_ttl_s,
+            presigner=presigner_for(settings),
         )
 
     def _url(self, path: str) -> str:
@@ -58,7 +64,10 @@ class UrlBuilder:
         )
         return self._url(f"/v2/requests/{job_id}/input?expires={expires}&signature={signature}")
 
-    def output_url(self, job_id: uuid.UUID, index: int) -> str:
+    def output_url(self, job_id: uuid.UUID, index: int, storage_key: str | None = None) -> str:
+        """The output's expiring URL: the store's presigned one when it presigns."""
+        if self.presigner is not None and storage_key is not None:
+            return self.presigner.presigned_url(storage_key, self.output_url_ttl_s)
         expires, signature = sign_output(self.secret_key, job_id, index, self.output_url_ttl_s)
         return self._url(
             f"/v2/requests/{job_id}/outputs/{index}?expires={expires}&signature={signature}"
@@ -84,7 +93,7 @@ def request_view(job: Job, outputs: list[JobOutput], urls: UrlBuilder) -> Reques
         outputs=[
             OutputView(
                 index=output.index,
-                url=urls.output_url(job.id, output.index),
+                url=urls.output_url(job.id, output.index, output.storage_key),
                 content_type=output.content_type,
                 width=output.width,
                 height=output.height,

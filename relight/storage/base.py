@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 class StoredObjectMissing(LookupError):
@@ -20,4 +20,13 @@ class Storage(Protocol):
 
     async def delete(self, key: str) -> None:
         """Remove `key`; removing a missing key is not an error."""
+        ...
+
+
+@runtime_checkable
+class PresigningStorage(Storage, Protocol):
+    """A store that can hand out its own expiring URLs (an object store)."""
+
+    def presigned_url(self, key: str, expires_s: int) -> str:
+        """A URL that reads `key` without credentials for `expires_s` seconds."""
         ...

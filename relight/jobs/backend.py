@@ -9,6 +9,7 @@ from typing import Protocol, runtime_checkable
 
 from PIL import Image
 
+from relight.errors import BackendFailed
 from relight.params import RelightParams
 
 ProgressCallback = Callable[[float], None]
@@ -25,6 +26,8 @@ class JobInput:
     # What the job asked for (`auto` or a backend's name): a backend may wait for capacity
     # when it was asked for by name, and should step aside at once under `auto`.
     backend_requested: str = "auto"
+    # The background image's bytes, for a `background_source` built from one (IC-Light fbc).
+    background: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -88,3 +91,18 @@ class Backend(Protocol):
         """Relight the subject, appending any outside call to `calls`; raise BackendFailed
         (retryable or not) when it cannot."""
         ...
+
+
+def refuse_backgrounds(backend: str, params: RelightParams) -> None:
+    """For backends without IC-Light's fbc model: a background request is not theirs.
+
+    Routing never sends one (only GPU nodes with the fbc model take them); this makes a
+    routing mistake a clear failure instead of an image that ignores the background.
+    """
+    if params.background_source is not None:
+        raise BackendFailed(
+            f"the {backend} backend cannot relight onto a background",
+            code="background_not_served",
+            retryable=False,
+            failover=True,
+        )

@@ -30,6 +30,7 @@ class FailureKind(StrEnum):
     FAILED = "failed"  # the node answered 5xx or an error event, or nonsense
     AUTH = "auth"  # the node refused our token
     REJECTED = "rejected"  # the request itself is wrong (400/413/422): no node will take it
+    UNSUITED = "unsuited"  # this node cannot run this kind of request (no fbc model): try another
 
 
 class NodeCallFailed(Exception):
@@ -58,9 +59,19 @@ def _error_text(body: bytes) -> str:
     return body[:ERROR_EXCERPT].decode(errors="replace")
 
 
+def _error_code(body: bytes) -> str | None:
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return str(payload.get("code")) if isinstance(payload, dict) else None
+
+
 def _refusal(status: int, body: bytes, retry_after: str | None) -> NodeCallFailed:
     detail = _error_text(body)
-    if status == 503:
+    if _error_code(body) == "background_not_served":
+        kind = FailureKind.UNSUITED
+    elif status == 503:
         kind = FailureKind.BUSY
     elif status in (401, 403):
         kind = FailureKind.AUTH
@@ -101,9 +112,15 @@ async def call_node(
     seed: int,
     token: str | None,
     progress: Callable[[float], None] | None = None,
+    background: bytes | None = None,
 ) -> tuple[NodeResult, list[RenderedImage]]:
     """Relight on `node`, streaming progress; raise NodeCallFailed when it cannot."""
-    body = NodeRequest(image=base64.b64encode(image).decode(), params=params, seed=seed)
+    body = NodeRequest(
+        image=base64.b64encode(image).decode(),
+        params=params,
+        seed=seed,
+        background=base64.b64encode(background).decode() if background is not None else None,
+    )
     headers = {"accept": NDJSON, "content-type": "application/json"}
     if token:
         headers["authorization"] = f"Bearer {token}"

@@ -75,6 +75,11 @@ class GpuDispatcher:
         """Whether any node is configured or alive (full ones count: a job can wait)."""
         return bool(await self.nodes())
 
+    async def serves_backgrounds(self) -> bool:
+        """Whether some node relights onto backgrounds (a heartbeat says so, or a static node,
+        which cannot say and is tried)."""
+        return any(node.backgrounds or node.source == "static" for node in await self.nodes())
+
     async def render(
         self,
         job_input: JobInput,
@@ -90,7 +95,7 @@ class GpuDispatcher:
         while True:
             busy: set[str] = set()
             while True:
-                candidates = await self._candidates(exclude=failed | busy)
+                candidates = await self._candidates(exclude=failed | busy, params=params)
                 lease = await slots.acquire_least_loaded(
                     self.redis,
                     self.namespace,
@@ -112,8 +117,18 @@ class GpuDispatcher:
                         ) from exc
                     last = exc
                     (busy if exc.kind is FailureKind.BUSY else failed).add(lease.node.id)
-            if not await self._candidates(exclude=failed):
+            if not await self._candidates(exclude=failed, params=params):
                 # Nothing left that could ever take it now: none known, all failed or open.
+                if params.background_source is not None and (
+                    not await self.serves_backgrounds()
+                    or (last is not None and last.kind is FailureKind.UNSUITED)
+                ):
+                    raise BackendFailed(
+                        "no GPU node relights onto backgrounds (none has the fbc model)",
+                        code="background_not_served",
+                        retryable=wait,
+                        failover=False,
+                    )
                 raise self._unavailable(job_input, last, nothing=not await self.nodes())
             if time.monotonic() >= deadline:
                 raise BackendFailed(
@@ -125,10 +140,18 @@ class GpuDispatcher:
                 )
             await asyncio.sleep(WAIT_POLL_S)
 
-    async def _candidates(self, exclude: set[str]) -> list[NodeInfo]:
+    async def _candidates(
+        self, exclude: set[str], params: RelightParams | None = None
+    ) -> list[NodeInfo]:
+        """Nodes that may take the request now: not excluded, circuit closed, and for a
+        background request one that serves backgrounds (a static node without a heartbeat
+        cannot say: it is tried, and one that refuses is left for this try)."""
+        needs_backgrounds = params is not None and params.background_source is not None
         candidates = []
         for node in await self.nodes():
             if node.id in exclude:
+                continue
+            if needs_backgrounds and not node.backgrounds and node.source != "static":
                 continue
             try:
                 if not await self.breaker.allows(node.id):
@@ -194,6 +217,7 @@ class GpuDispatcher:
                     seed=seed,
                     token=self.settings.node_token,
                     progress=progress,
+                    background=job_input.background,
                 )
             except NodeCallFailed as exc:
                 record(exc.kind.value, exc.status_code, exc.message)

@@ -14,6 +14,7 @@ from relight.jobs.backend import (
     JobInput,
     ProgressCallback,
     RenderedImage,
+    refuse_backgrounds,
 )
 from relight.params import RelightParams
 
@@ -61,6 +62,7 @@ class LocalBackend:
         calls: list[BackendCall],
         progress: ProgressCallback | None = None,
     ) -> BackendResult:
+        refuse_backgrounds("local", params)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
             self.executor, self._render_sync, job_input, params, seed, progress

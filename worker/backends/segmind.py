@@ -30,6 +30,7 @@ from relight.jobs.backend import (
     JobInput,
     ProgressCallback,
     RenderedImage,
+    refuse_backgrounds,
 )
 from relight.jobs.views import UrlBuilder
 from relight.params import RelightParams
@@ -90,6 +91,7 @@ class SegmindBackend:
         calls: list[BackendCall],
         progress: ProgressCallback | None = None,
     ) -> BackendResult:
+        refuse_backgrounds("segmind", params)
         subject = self.subject_for(job_input)
         limit = asyncio.Semaphore(self.settings.segmind_concurrency)
         done = 0

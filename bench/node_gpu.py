@@ -114,21 +114,10 @@ def _run_reference(
     reference: Any, subject: Image.Image, request: Request, seed: int
 ) -> list[UInt8Array]:
     """The reference demo's `process()` (tests/inference/reference_demo.py) on `request`."""
+    from tests.inference.reference_demo import demo_arguments
+
     images: list[UInt8Array] = reference.process(
-        np.asarray(subject.convert("RGB")),
-        prompt=request.prompt,
-        image_width=request.width,
-        image_height=request.height,
-        num_samples=request.number_of_images,
-        seed=seed,
-        steps=request.steps,
-        a_prompt=request.appended_prompt,
-        n_prompt=request.negative_prompt,
-        cfg=request.cfg,
-        highres_scale=request.highres_scale,
-        highres_denoise=request.highres_denoise,
-        lowres_denoise=request.lowres_denoise,
-        bg_source=request.light_source,
+        np.asarray(subject.convert("RGB")), **demo_arguments(_params(request), seed)
     )
     return images
 
@@ -166,10 +155,10 @@ def _ours(
     )
 
 
-def _run_ours(engine: Any, subject: Image.Image, request: Request, seed: int) -> list[UInt8Array]:
+def _params(request: Request) -> Any:
     from relight.params import RelightParams
 
-    params = RelightParams(
+    return RelightParams(
         prompt=request.prompt,
         appended_prompt=request.appended_prompt,
         negative_prompt=request.negative_prompt,
@@ -183,7 +172,10 @@ def _run_ours(engine: Any, subject: Image.Image, request: Request, seed: int) ->
         light_source=request.light_source,
         number_of_images=request.number_of_images,
     )
-    return [np.asarray(image) for image in engine.relight(subject, params, seed)]
+
+
+def _run_ours(engine: Any, subject: Image.Image, request: Request, seed: int) -> list[UInt8Array]:
+    return [np.asarray(image) for image in engine.relight(subject, _params(request), seed)]
 
 
 def _synchronize(device: torch.device) -> None:

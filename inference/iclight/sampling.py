@@ -197,39 +197,6 @@ def denoise_together(unet: UNetCall, shape: PassShape, jobs: list[PassJob]) -> N
             job.result = latents[a:b]
 
 
-def denoise(
-    unet: UNetCall,
-    *,
-    init_latents: torch.Tensor | None,
-    shape: tuple[int, int, int, int],
-    condition: torch.Tensor,
-    guidance: Guidance,
-    steps: int,
-    strength: float,
-    generator: torch.Generator,
-    dtype: torch.dtype,
-    on_step: StepCallback | None = None,
-) -> torch.Tensor:
-    """Run one pass for one request; `init_latents` None means txt2img, else img2img.
-
-    `condition` is concatenated to every UNet input on the channel axis: the (1, 4, h, w)
-    foreground latent (fc), or foreground and background latents, (1, 8, h, w) (fbc).
-    """
-    job = PassJob(
-        count=shape[0],
-        condition=condition,
-        guidance=guidance,
-        generator=generator,
-        init_latents=init_latents,
-        on_step=on_step,
-    )
-    denoise_together(unet, pass_shape(job, shape, steps, strength, dtype), [job])
-    if job.error is not None:
-        raise job.error
-    assert job.result is not None
-    return job.result
-
-
 def pass_shape(
     job: PassJob,
     shape: tuple[int, int, int, int],

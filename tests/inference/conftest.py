@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from inference.iclight.weights import Variant
 from inference.tiny_model import write_tiny_model
@@ -21,3 +23,12 @@ def tiny_fc_and_fbc_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_model(
         tmp_path_factory.mktemp("iclight-both") / "model", variants=(Variant.FC, Variant.FBC)
     )
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for the module (identity tests: thread count changes rounding)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -42,7 +42,34 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from PIL import Image
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from relight.params import RelightParams
+
 Pixels = npt.NDArray[np.uint8]
+
+
+def demo_arguments(params: RelightParams, seed: int) -> dict[str, Any]:
+    """A request as the keyword arguments of the demos' `process()` (the fc demo's `bg_source`
+    is the light source, the fbc demo's the background source; `lowres_denoise` is fc's)."""
+    arguments: dict[str, Any] = {
+        "prompt": params.prompt,
+        "image_width": params.width,
+        "image_height": params.height,
+        "num_samples": params.number_of_images,
+        "seed": seed,
+        "steps": params.steps,
+        "a_prompt": params.appended_prompt,
+        "n_prompt": params.negative_prompt,
+        "cfg": params.cfg,
+        "highres_scale": params.highres_scale,
+        "highres_denoise": params.highres_denoise,
+    }
+    if params.background_source is not None:
+        return {**arguments, "bg_source": params.background_source.value}
+    return {
+        **arguments,
+        "lowres_denoise": params.lowres_denoise,
+        "bg_source": params.light_source.value,
+    }
 
 
 def composite_by_alpha(rgba: Image.Image) -> Pixels:

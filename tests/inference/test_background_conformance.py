@@ -8,7 +8,6 @@ the CPU in fp32 with one torch thread; every output image must be byte-identical
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +18,9 @@ from PIL import Image, ImageDraw
 
 from inference.engines.iclight import ICLightEngine, ModelNotLoaded
 from relight.params import BackgroundSource, RelightParams
-from tests.inference.reference_demo import ReferenceDemo, composite_by_alpha
+from tests.inference.reference_demo import ReferenceDemo, composite_by_alpha, demo_arguments
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 BASE: dict[str, Any] = {
@@ -46,14 +45,6 @@ CASES: list[tuple[str, str, dict[str, Any]]] = [
     ("width-896", "wide", {"width": 896, "height": 256, "background_source": "Left Light"}),
     ("light-source-ignored", "wide", {"light_source": "Left Light", "lowres_denoise": 0.5}),
 ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -102,18 +93,7 @@ def test_engine_pixels_equal_the_reference_background_demo(
     theirs = reference.process_background(
         composite_by_alpha(image) if image.mode == "RGBA" else np.asarray(image),
         np.asarray(scene),
-        prompt=params.prompt,
-        image_width=params.width,
-        image_height=params.height,
-        num_samples=params.number_of_images,
-        seed=seed,
-        steps=params.steps,
-        a_prompt=params.appended_prompt,
-        n_prompt=params.negative_prompt,
-        cfg=params.cfg,
-        highres_scale=params.highres_scale,
-        highres_denoise=params.highres_denoise,
-        bg_source=params.background_source.value,
+        **demo_arguments(params, seed),
     )
 
     assert len(ours) == len(theirs) == params.number_of_images

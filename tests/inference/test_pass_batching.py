@@ -12,20 +12,19 @@ steps and 0.26 % at 25 steps for the request in the first rows; the others were 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from inference.engines.iclight import ICLightEngine
 from relight.params import RelightParams
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SMALL: dict[str, Any] = {"width": 256, "height": 320, "steps": 3, "highres_scale": 1.0}
@@ -41,14 +40,6 @@ class Passes:
 
     def pass_ran(self, images: int, requests: int, steps: int, seconds: float) -> None:
         self.runs.append((images, requests))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

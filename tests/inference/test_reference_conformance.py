@@ -12,7 +12,6 @@ levels), so encoding and decoding image by image would fail it.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +23,9 @@ from PIL import Image, ImageDraw
 from inference.engines.iclight import ICLightEngine
 from relight.images import decode_image
 from relight.params import RelightParams
-from tests.inference.reference_demo import ReferenceDemo, composite_by_alpha
+from tests.inference.reference_demo import ReferenceDemo, composite_by_alpha, demo_arguments
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 LONG_PROMPT = ", ".join(
@@ -66,13 +65,6 @@ CASES: list[tuple[str, str, dict[str, Any], int]] = [
     ("square-subject", "square", {"light_source": "Right Light"}, 1),
     ("tall-subject", "tall", {}, 1),
 ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def restore_torch_threads() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -118,22 +110,7 @@ def test_engine_pixels_equal_the_reference_demo(
 
     ours = [np.asarray(out) for out in engine.relight(image, params, seed)]
     foreground = composite_by_alpha(image) if image.mode == "RGBA" else np.asarray(image)
-    theirs = reference.process(
-        foreground,
-        prompt=params.prompt,
-        image_width=params.width,
-        image_height=params.height,
-        num_samples=params.number_of_images,
-        seed=seed,
-        steps=params.steps,
-        a_prompt=params.appended_prompt,
-        n_prompt=params.negative_prompt,
-        cfg=params.cfg,
-        highres_scale=params.highres_scale,
-        highres_denoise=params.highres_denoise,
-        lowres_denoise=params.lowres_denoise,
-        bg_source=params.light_source.value,
-    )
+    theirs = reference.process(foreground, **demo_arguments(params, seed))
 
     assert len(ours) == len(theirs) == params.number_of_images
     for index, (mine, demo) in enumerate(zip(ours, theirs, strict=True)):

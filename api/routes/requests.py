@@ -35,18 +35,33 @@ ONE_REQUEST = error_responses(*AUTHENTICATED, 404)
 PUBLIC_TO_STATUS = {status.public: status for status in JobStatus}
 
 
+def segmind_sdk_called(request: Request) -> bool:
+    """Whether Segmind's SDK made the call: it marks its traffic `X-Initiator: SDK-PY`.
+
+    Its `wait()` knows two terminal states, COMPLETED and FAILED, and would poll a CANCELED
+    request until its 600 s timeout; so to it a canceled request reads FAILED (with `error`
+    "the request was canceled" and `error_code` "canceled") and `wait()` raises at once.
+    """
+    return request.headers.get("x-initiator", "").upper().startswith("SDK-")
+
+
 @router.get(
     "/{request_id}/status",
     response_model=StatusView,
     summary="A request's status",
     responses=ONE_REQUEST,
 )
-async def get_status(request_id: uuid.UUID, uow: UnitOfWorkDep, tenant: TenantDep) -> StatusView:
+async def get_status(
+    request: Request, request_id: uuid.UUID, uow: UnitOfWorkDep, tenant: TenantDep
+) -> StatusView:
     job = await repository.get_job(uow.session, tenant.id, request_id)
     position = None
     if job.status == JobStatus.QUEUED.value:
         position = await repository.queue_position(uow.session, job)
-    return status_view(job, position)
+    view = status_view(job, position)
+    if view.status == "CANCELED" and segmind_sdk_called(request):
+        view = view.model_copy(update={"status": "FAILED"})
+    return view
 
 
 @router.get(
@@ -56,11 +71,14 @@ async def get_status(request_id: uuid.UUID, uow: UnitOfWorkDep, tenant: TenantDe
     responses=ONE_REQUEST,
 )
 async def get_request(
-    request_id: uuid.UUID, uow: UnitOfWorkDep, tenant: TenantDep, urls: UrlsDep
+    request: Request, request_id: uuid.UUID, uow: UnitOfWorkDep, tenant: TenantDep, urls: UrlsDep
 ) -> RequestView:
     job = await repository.get_job(uow.session, tenant.id, request_id)
     outputs = await repository.get_outputs(uow.session, [job.id])
-    return request_view(job, outputs, urls)
+    view = request_view(job, outputs, urls)
+    if view.status == "CANCELED" and segmind_sdk_called(request):
+        view = view.model_copy(update={"status": "FAILED"})
+    return view
 
 
 @router.get(

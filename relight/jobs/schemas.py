@@ -18,6 +18,11 @@ from relight.params import (
 
 PublicStatus = Literal["QUEUED", "PROCESSING", "COMPLETED", "FAILED", "CANCELED"]
 
+# Segmind's shape: `error` is the message a person reads (its SDK raises it as the detail of
+# InferenceFailed); the code a program branches on sits beside it, as in every error answer.
+ERROR_DESCRIPTION = "on FAILED (and CANCELED), what went wrong, for people"
+ERROR_CODE_DESCRIPTION = "on FAILED (and CANCELED), what went wrong, for programs"
+
 
 class SubmitBody(RelightParams):
     """The body of `POST /v1/ic-light` and `POST /v2/ic-light`: Segmind's fields plus ours."""
@@ -55,11 +60,6 @@ class SubmitBody(RelightParams):
         )
         data.pop("subject_image")
         return RelightParams(**data), options
-
-
-class ErrorInfo(BaseModel):
-    code: str
-    message: str
 
 
 class OutputView(BaseModel):
@@ -101,13 +101,19 @@ class RequestView(BaseModel):
     subject_image: str | None = Field(
         description="the URL the subject came from, or null when it was sent inline"
     )
+    output: str | list[str] | None = Field(
+        description="Segmind's field: the signed URL of the image once COMPLETED (a list of URLs "
+        "when `number_of_images` > 1); null before. `outputs` has the details"
+    )
     outputs: list[OutputView]
-    error: ErrorInfo | None
+    error: str | None = Field(description=ERROR_DESCRIPTION)
+    error_code: str | None = Field(description=ERROR_CODE_DESCRIPTION)
     credits: CreditsView
     backend: BackendView
     attempts: int
     progress: float
     timings: dict[str, float]
+    metrics: dict[str, float] = Field(description="Segmind's field: the same as `timings`")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -120,8 +126,9 @@ class StatusView(BaseModel):
     status: PublicStatus
     queue_position: int | None = None
     progress: float | None = None
-    error: ErrorInfo | None = None
-    metrics: dict[str, float]
+    error: str | None = Field(default=None, description=ERROR_DESCRIPTION)
+    error_code: str | None = Field(default=None, description=ERROR_CODE_DESCRIPTION)
+    metrics: dict[str, float] = Field(description="timings so far, in milliseconds")
 
 
 class SubmitAccepted(BaseModel):

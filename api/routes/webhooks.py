@@ -8,16 +8,20 @@ from fastapi import APIRouter
 
 from api.deps import SettingsDep, StateDep, TenantDep, UnitOfWorkDep
 from api.errors import AUTHENTICATED, error_responses
+from relight.models import Tenant
 from relight.webhooks import service
 from relight.webhooks.schemas import DeliveryList, DeliveryView, WebhookSecretView
 
 router = APIRouter(tags=["webhooks"], responses=error_responses(*AUTHENTICATED))
 
 
-def _secret_view(secret: str | None, previous_expires_at: object) -> WebhookSecretView:
-    assert secret is not None
-    return WebhookSecretView.model_validate(
-        {"secret": secret, "previous_secret_expires_at": previous_expires_at}
+def _secret_view(tenant: Tenant) -> WebhookSecretView:
+    assert tenant.webhook_secret is not None
+    expiries = [retired.expires_at for retired in service.retired_secrets(tenant)]
+    return WebhookSecretView(
+        secret=tenant.webhook_secret,
+        previous_secret_expires_at=expiries[0] if expiries else None,
+        retired_secrets_expire_at=expiries,
     )
 
 
@@ -27,21 +31,19 @@ def _secret_view(secret: str | None, previous_expires_at: object) -> WebhookSecr
     summary="The signing secret to verify webhooks with",
 )
 async def get_secret(uow: UnitOfWorkDep, tenant: TenantDep) -> WebhookSecretView:
-    owner = await service.ensure_secret(uow.session, tenant.id)
-    expires = owner.webhook_secret_previous_expires_at if owner.webhook_secret_previous else None
-    return _secret_view(owner.webhook_secret, expires)
+    return _secret_view(await service.ensure_secret(uow.session, tenant.id))
 
 
 @router.post(
     "/v2/webhooks/secret/rotate",
     response_model=WebhookSecretView,
-    summary="A new signing secret; the old one also signs until the overlap ends",
+    summary="A new signing secret; the old ones also sign until each one's overlap ends",
 )
 async def rotate_secret(
     uow: UnitOfWorkDep, tenant: TenantDep, settings: SettingsDep
 ) -> WebhookSecretView:
     owner = await service.rotate_secret(uow.session, tenant.id, settings.webhook_secret_overlap_s)
-    return _secret_view(owner.webhook_secret, owner.webhook_secret_previous_expires_at)
+    return _secret_view(owner)
 
 
 @router.get(

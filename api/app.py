@@ -11,6 +11,7 @@ from arq.connections import RedisSettings, create_pool
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from api.cors import PublicCors
 from api.errors import install_error_handlers
 from api.middleware import HttpMetrics, RateLimitHeaders, RequestId
 from api.responses import OrjsonResponse
@@ -86,6 +87,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(RateLimitHeaders)
     app.add_middleware(HttpMetrics)
+    if settings.cors_origin_list:
+        app.add_middleware(PublicCors, settings=settings)
     # Outermost, so every line logged while handling the request carries its id.
     app.add_middleware(RequestId)
     install_error_handlers(app)

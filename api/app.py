@@ -10,7 +10,9 @@ from typing import Any
 from arq.connections import RedisSettings, create_pool
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
 
+from api.body import submit_form_schema
 from api.cors import PublicCors
 from api.errors import install_error_handlers
 from api.middleware import HttpMetrics, RateLimitHeaders, RequestId
@@ -84,6 +86,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
         default_response_class=OrjsonResponse,
+        # Operation ids are the route functions' names (`submit_relight`, `get_request`, ...):
+        # what generated clients name their methods.
+        generate_unique_id_function=operation_id,
     )
     app.add_middleware(RateLimitHeaders)
     app.add_middleware(HttpMetrics)
@@ -103,9 +108,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+def operation_id(route: APIRoute) -> str:
+    return route.name
+
+
 def install_openapi(app: FastAPI) -> None:
-    """Add the submit body's schema: the submit routes read the body themselves (JSON or
-    multipart), so FastAPI does not see the model their `requestBody` refers to."""
+    """Add the submit bodies' schemas: the submit routes read the body themselves (JSON or
+    multipart), so FastAPI does not see the models their `requestBody` refers to."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -119,6 +128,7 @@ def install_openapi(app: FastAPI) -> None:
             schemas = schema.setdefault("components", {}).setdefault("schemas", {})
             schemas.update(body.pop("$defs", {}))
             schemas["SubmitBody"] = body
+            schemas["SubmitForm"] = submit_form_schema(body)
             app.openapi_schema = schema
         return app.openapi_schema
 

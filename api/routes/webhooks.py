@@ -30,7 +30,7 @@ def _secret_view(tenant: Tenant) -> WebhookSecretView:
     response_model=WebhookSecretView,
     summary="The signing secret to verify webhooks with",
 )
-async def get_secret(uow: UnitOfWorkDep, tenant: TenantDep) -> WebhookSecretView:
+async def get_webhook_secret(uow: UnitOfWorkDep, tenant: TenantDep) -> WebhookSecretView:
     return _secret_view(await service.ensure_secret(uow.session, tenant.id))
 
 
@@ -39,7 +39,7 @@ async def get_secret(uow: UnitOfWorkDep, tenant: TenantDep) -> WebhookSecretView
     response_model=WebhookSecretView,
     summary="A new signing secret; the old ones also sign until each one's overlap ends",
 )
-async def rotate_secret(
+async def rotate_webhook_secret(
     uow: UnitOfWorkDep, tenant: TenantDep, settings: SettingsDep
 ) -> WebhookSecretView:
     owner = await service.rotate_secret(uow.session, tenant.id, settings.webhook_secret_overlap_s)
@@ -53,7 +53,7 @@ async def rotate_secret(
     summary="A request's webhook deliveries and every attempt",
     responses=error_responses(404),
 )
-async def list_deliveries(
+async def list_webhook_deliveries(
     request_id: uuid.UUID, uow: UnitOfWorkDep, tenant: TenantDep
 ) -> DeliveryList:
     found = await service.list_deliveries(uow.session, tenant.id, request_id)
@@ -68,7 +68,7 @@ async def list_deliveries(
     summary="Send a finished request's webhooks again",
     responses=error_responses(404, 409),
 )
-async def redeliver(
+async def redeliver_webhooks(
     request_id: uuid.UUID, state: StateDep, uow: UnitOfWorkDep, tenant: TenantDep
 ) -> DeliveryList:
     delivery_ids = await service.redeliver(uow.session, tenant.id, request_id)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
 from relight.jobs.schemas import (
+    BackendAttemptView,
     BackendView,
     CreditsView,
     OutputView,
+    RequestParams,
     RequestView,
     StatusView,
     SubmitAccepted,
@@ -75,8 +76,8 @@ def _segmind_output(job: Job, urls: list[str]) -> str | list[str] | None:
     return urls
 
 
-def _public_params(job: Job) -> dict[str, Any]:
-    return {**job.params, "seed": job.seed}
+def _public_params(job: Job) -> RequestParams:
+    return RequestParams.model_validate({**job.params, "seed": job.seed})
 
 
 def request_view(job: Job, outputs: list[JobOutput], urls: UrlBuilder) -> RequestView:
@@ -109,7 +110,7 @@ def request_view(job: Job, outputs: list[JobOutput], urls: UrlBuilder) -> Reques
             requested=job.backend_requested,
             used=job.backend_used,
             node=job.node,
-            attempts=job.backend_calls,
+            attempts=[BackendAttemptView.model_validate(entry) for entry in job.backend_calls],
         ),
         attempts=job.attempts,
         progress=job.progress,

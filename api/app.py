@@ -14,6 +14,7 @@ from fastapi.routing import APIRoute
 
 from api.body import submit_form_schema
 from api.cors import PublicCors
+from api.docs import install_docs
 from api.errors import install_error_handlers
 from api.middleware import HttpMetrics, RateLimitHeaders, RequestId
 from api.responses import OrjsonResponse
@@ -86,6 +87,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
         default_response_class=OrjsonResponse,
+        # Served by install_docs, with local assets.
+        docs_url=None,
+        redoc_url=None,
         # Operation ids are the route functions' names (`submit_relight`, `get_request`, ...):
         # what generated clients name their methods.
         generate_unique_id_function=operation_id,
@@ -105,6 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(metrics.router)
     install_openapi(app)
+    install_docs(app)
     return app
 
 

@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 DATABASE ?= relight
 export RELIGHT_DATABASE_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/$(DATABASE)
 
-.PHONY: help install services migrate demo test lint typecheck bench wrk up down compose-check clean
+.PHONY: help install services migrate demo test lint typecheck bench wrk chromium up down compose-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -34,7 +34,7 @@ demo: install services  ## relight a sample image through the real API, queue an
 	$(BIN)/alembic upgrade head
 	$(BIN)/python scripts/demo.py
 
-test: install services wrk  ## run the test suite against real Postgres and Redis
+test: install services wrk chromium  ## run the test suite against real Postgres and Redis
 	$(BIN)/pytest
 
 lint: install  ## ruff check and format check
@@ -54,14 +54,10 @@ bench: install services wrk  ## benchmarks (each prints a markdown table)
 	$(BIN)/python bench/segmind_overhead.py
 
 wrk:  ## the HTTP load generator the submit benchmark drives (apt-get install wrk when missing)
-	@command -v wrk >/dev/null 2>&1 || { \
-		if [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then \
-			echo "installing wrk with apt-get" >&2; \
-			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null || \
-			{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }; \
-		else \
-			echo "wrk is missing: install it (Debian: apt-get install wrk)" >&2; exit 1; \
-		fi; }
+	@bash scripts/ensure-tool.sh wrk
+
+chromium:  ## the headless browser the /docs test renders with (apt-get install chromium when missing)
+	@bash scripts/ensure-tool.sh chromium
 
 compose-check:  ## validate docker-compose.yml
 	@bash scripts/validate-compose.sh

@@ -10,7 +10,11 @@ from typing import Any
 from arq.connections import RedisSettings, create_pool
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
 
+from api.body import submit_form_schema
+from api.cors import PublicCors
+from api.docs import install_docs
 from api.errors import install_error_handlers
 from api.middleware import HttpMetrics, RateLimitHeaders, RequestId
 from api.responses import OrjsonResponse
@@ -83,9 +87,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
         default_response_class=OrjsonResponse,
+        # Served by install_docs, with local assets.
+        docs_url=None,
+        redoc_url=None,
+        # Operation ids are the route functions' names (`submit_relight`, `get_request`, ...):
+        # what generated clients name their methods.
+        generate_unique_id_function=operation_id,
     )
     app.add_middleware(RateLimitHeaders)
     app.add_middleware(HttpMetrics)
+    if settings.cors_origin_list:
+        app.add_middleware(PublicCors, settings=settings)
     # Outermost, so every line logged while handling the request carries its id.
     app.add_middleware(RequestId)
     install_error_handlers(app)
@@ -97,12 +109,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(metrics.router)
     install_openapi(app)
+    install_docs(app)
     return app
 
 
+def operation_id(route: APIRoute) -> str:
+    return route.name
+
+
 def install_openapi(app: FastAPI) -> None:
-    """Add the submit body's schema: the submit routes read the body themselves (JSON or
-    multipart), so FastAPI does not see the model their `requestBody` refers to."""
+    """Add the submit bodies' schemas: the submit routes read the body themselves (JSON or
+    multipart), so FastAPI does not see the models their `requestBody` refers to."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -116,6 +133,7 @@ def install_openapi(app: FastAPI) -> None:
             schemas = schema.setdefault("components", {}).setdefault("schemas", {})
             schemas.update(body.pop("$defs", {}))
             schemas["SubmitBody"] = body
+            schemas["SubmitForm"] = submit_form_schema(body)
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -21,20 +21,31 @@ from relight.params import RelightParams, SubmitOptions
 UPLOADED = "(uploaded file)"
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 
+# Two bodies, two schemas: generated clients make one model of each and send JSON or a form
+# by which one they are given (SubmitForm is SubmitBody with `subject_image` a file; see
+# api/app.py, which adds both to the components).
 SUBMIT_OPENAPI: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
             "application/json": {"schema": {"$ref": "#/components/schemas/SubmitBody"}},
-            "multipart/form-data": {
-                "schema": {
-                    "allOf": [{"$ref": "#/components/schemas/SubmitBody"}],
-                    "properties": {"subject_image": {"type": "string", "format": "binary"}},
-                }
-            },
+            "multipart/form-data": {"schema": {"$ref": "#/components/schemas/SubmitForm"}},
         },
     }
 }
+
+
+def submit_form_schema(body: dict[str, Any]) -> dict[str, Any]:
+    """The multipart body's schema, from the JSON body's: `subject_image` is the image file."""
+    properties = dict(body["properties"])
+    properties["subject_image"] = {
+        "type": "string",
+        "format": "binary",
+        "description": "the image file (a URL or base64 also works, sent as a text field)",
+    }
+    form = {**body, "title": "SubmitForm", "properties": properties}
+    form.pop("example", None)
+    return form
 
 
 class InvalidBody(RelightError):

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.middleware import RATE_LIMIT_STATE
@@ -89,12 +90,37 @@ def presented_key(x_api_key: str | None, authorization: str | None) -> str | Non
     return None
 
 
+# The two ways to present a key, as OpenAPI security schemes (either one will do), so that
+# generated clients send the key themselves instead of taking it on every call.
+API_KEY_SCHEME = APIKeyHeader(
+    name="x-api-key",
+    scheme_name="ApiKey",
+    description="Your Relight API key in Segmind's header",
+    auto_error=False,
+)
+BEARER_SCHEME = HTTPBearer(
+    scheme_name="Bearer",
+    description="Your Relight API key as `Authorization: Bearer <key>`",
+    auto_error=False,
+)
+# The `security` of an operation behind an API key, for routes that read their headers
+# themselves (the submit routes) and so declare no security dependency.
+API_KEY_SECURITY: list[dict[str, list[str]]] = [{"ApiKey": []}, {"Bearer": []}]
+
+# Declared by the routes that take a key, for the spec; the key itself is read with
+# `request_key`, the one rule every route (the submit routes too) reads it by.
+ApiKeyHeaderDep = Annotated[str | None, Security(API_KEY_SCHEME)]
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Security(BEARER_SCHEME)]
+
+
+def request_key(request: Request) -> str | None:
+    return presented_key(request.headers.get("x-api-key"), request.headers.get("authorization"))
+
+
 async def authenticated_tenant(
-    uow: UnitOfWorkDep,
-    x_api_key: Annotated[str | None, Header(description="Your Relight API key")] = None,
-    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+    request: Request, uow: UnitOfWorkDep, _api_key: ApiKeyHeaderDep, _bearer: BearerDep
 ) -> Tenant:
-    return await authenticate(uow.session, presented_key(x_api_key, authorization))
+    return await authenticate(uow.session, request_key(request))
 
 
 async def apply_rate_limit(
@@ -150,8 +176,7 @@ async def submitting_tenant(request: Request) -> TenantSnapshot:
     looked up outside the request's transaction (one autocommit statement), so no transaction
     is open, nor a pooled connection held, while a client uploads an image."""
     state: AppState = request.app.state.relight
-    headers = request.headers
-    raw_key = presented_key(headers.get("x-api-key"), headers.get("authorization"))
+    raw_key = request_key(request)
 
     async def look_up() -> TenantSnapshot:
         async with state.autocommit_sessionmaker() as session:

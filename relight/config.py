@@ -37,6 +37,12 @@ class Settings(BaseSettings):
     # How long an API process trusts an API key it authenticated, for submits (0: always ask
     # Postgres); revocations and tenant changes reach every process at once through NOTIFY.
     auth_cache_s: float = Field(default=5.0, ge=0)
+    # Browser front-ends on these origins may call the public API (CORS): comma-separated
+    # `https://app.example.com` origins, or `*` for any; empty (the default) is off.
+    cors_origins: str = ""
+    # Let browsers send cookies / HTTP auth cross-origin (never with `*`). The API key travels
+    # in a header, so no front-end needs this to call Relight.
+    cors_allow_credentials: bool = False
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
 
@@ -132,6 +138,12 @@ class Settings(BaseSettings):
         return [name.strip() for name in self.backend_failover_order.split(",") if name.strip()]
 
     @property
+    def cors_origin_list(self) -> list[str]:
+        return [
+            origin.strip().rstrip("/") for origin in self.cors_origins.split(",") if origin.strip()
+        ]
+
+    @property
     def egress_policy(self) -> EgressPolicy:
         return EgressPolicy.parse(self.egress_allowlist)
 
@@ -172,6 +184,15 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         # `RELIGHT_ADMIN_TOKEN=` in a .env file or compose means "not set", not "".
         return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _refuse_credentials_for_any_origin(self) -> Settings:
+        # Any site could then act with a signed-in visitor's cookies.
+        if self.cors_allow_credentials and "*" in self.cors_origin_list:
+            raise ValueError(
+                "RELIGHT_CORS_ALLOW_CREDENTIALS is refused with RELIGHT_CORS_ORIGINS=*"
+            )
+        return self
 
     @model_validator(mode="after")
     def _refuse_development_secret_in_production(self) -> Settings:

@@ -99,11 +99,11 @@ class Tenant(Base):
     )
     # Where webhooks go when a request names no webhook_url.
     webhook_url: Mapped[str | None] = mapped_column(Text)
-    # Standard Webhooks signing secrets (whsec_…); the previous one keeps signing until it expires.
+    # Standard Webhooks signing secrets (whsec_…). Rotated-out ones keep signing until each
+    # expires: `[{"secret", "expires_at"}]`, newest first (relight/webhooks/service.py).
     webhook_secret: Mapped[str | None] = mapped_column(String(100))
-    webhook_secret_previous: Mapped[str | None] = mapped_column(String(100))
-    webhook_secret_previous_expires_at: Mapped[datetime | None] = mapped_column(
-        DateTime(timezone=True)
+    webhook_retired_secrets: Mapped[list[dict[str, str]]] = mapped_column(
+        JSONB, default=list, server_default=text("'[]'::jsonb")
     )
     created_at: Mapped[datetime] = _now_column()
 

@@ -18,8 +18,11 @@ from redis.exceptions import RedisError
 
 logger = logging.getLogger(__name__)
 
-# KEYS[1]: the tenant's key. ARGV: emission interval (µs), burst, cost (0 = only look).
-# Returns {allowed, remaining, reset_us, retry_after_us}.
+# KEYS[1]: the tenant's hash {tat, interval}. ARGV: emission interval (µs), burst, cost (0 =
+# only look). Returns {allowed, remaining, reset_us, retry_after_us}.
+# When the tenant's limits changed since the last request (another interval), what it has spent
+# is re-measured in requests at the new rate: a raised limit lets the very next request through
+# instead of waiting for the old, slower allowance to drain; a lowered one still counts them.
 GCRA_SCRIPT = """
 local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) * 1000000 + tonumber(now_parts[2])
@@ -27,15 +30,21 @@ local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
 local capacity = interval * burst
-local tat = tonumber(redis.call('GET', KEYS[1])) or now
+local stored = redis.call('HMGET', KEYS[1], 'tat', 'interval')
+local tat = tonumber(stored[1]) or now
+local stored_interval = tonumber(stored[2]) or interval
 if tat < now then tat = now end
+if stored_interval ~= interval then
+  tat = now + math.floor((tat - now) / stored_interval * interval)
+end
 local new_tat = tat + interval * cost
 if new_tat - capacity > now then
   local remaining = math.floor((capacity - (tat - now)) / interval)
   return {0, remaining, tat - now, new_tat - capacity - now}
 end
 if cost > 0 then
-  redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil((new_tat - now) / 1000) + 1)
+  redis.call('HSET', KEYS[1], 'tat', new_tat, 'interval', interval)
+  redis.call('PEXPIRE', KEYS[1], math.ceil((new_tat - now) / 1000) + 1)
 end
 return {1, math.floor((capacity - (new_tat - now)) / interval), new_tat - now, 0}
 """
@@ -93,7 +102,7 @@ class RateLimiter:
         """Spend `cost` requests of `key`'s allowance (0 only reads it); None if Redis is down."""
         try:
             allowed, remaining, reset_us, retry_us = await self._script(
-                keys=[f"{self._prefix}:{key}"], args=[policy.interval_us, policy.burst, cost]
+                keys=[f"{self._prefix}:gcra:{key}"], args=[policy.interval_us, policy.burst, cost]
             )
         except (RedisError, OSError):
             now = time.monotonic()

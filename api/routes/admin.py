@@ -11,7 +11,8 @@ import hmac
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Path, Query
+from fastapi import APIRouter, Depends, Path, Query, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.deps import SettingsDep, UnitOfWorkDep
 from api.errors import ADMIN, error_responses
@@ -32,28 +33,31 @@ from relight.tenants.schemas import (
 )
 from relight.text import StorableStr
 
+ADMIN_SCHEME = HTTPBearer(
+    scheme_name="AdminToken",
+    description="`Authorization: Bearer <RELIGHT_ADMIN_TOKEN>`",
+    auto_error=False,
+)
+
 
 async def require_admin(
     settings: SettingsDep,
-    authorization: Annotated[
-        str | None, Header(description="`Bearer <RELIGHT_ADMIN_TOKEN>`")
-    ] = None,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(ADMIN_SCHEME)],
 ) -> None:
     if not settings.admin_token:
         raise Forbidden(
             "the admin API is disabled: set RELIGHT_ADMIN_TOKEN to enable it",
             code="admin_disabled",
         )
-    scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        token.strip().encode(), settings.admin_token.encode()
-    ):
+    token = credentials.credentials.strip() if credentials is not None else ""
+    if not token or not hmac.compare_digest(token.encode(), settings.admin_token.encode()):
         raise Unauthorized("missing or invalid admin token", code="invalid_admin_token")
 
 
 router = APIRouter(
     prefix="/admin/v1",
     tags=["admin"],
+    generate_unique_id_function=lambda route: f"admin_{route.name}",
     dependencies=[Depends(require_admin)],
     responses=error_responses(*ADMIN),
 )

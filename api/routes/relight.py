@@ -11,16 +11,16 @@ from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 
 from api.body import SUBMIT_OPENAPI, Submitted, read_submission
-from api.deps import UnitOfWork, submitting_tenant, urls_for
+from api.deps import API_KEY_SECURITY, UnitOfWork, submitting_tenant, urls_for
 from api.errors import AUTHENTICATED, error_responses
-from api.responses import OrjsonResponse
+from api.responses import OrjsonResponse, image_content
 from api.state import AppState
 from api.waiting import wait_for_job
 from relight.config import Settings
 from relight.credits.service import get_balance
 from relight.errors import Conflict, RelightError
 from relight.jobs import repository
-from relight.jobs.schemas import RequestView, SubmitAccepted
+from relight.jobs.schemas import RequestView, SubmitAccepted, SyncImage, SyncImages
 from relight.jobs.service import Submission, available_backends, submit_job
 from relight.jobs.views import UrlBuilder, accepted_view, request_view
 from relight.logs import current_request_id, job_context
@@ -66,7 +66,6 @@ IDEMPOTENCY_KEY_HEADER = _header(
     "Retries with the same key and body return the same request",
     maxLength=IDEMPOTENCY_KEY_MAX_LENGTH,
 )
-API_KEY_HEADER = _header("x-api-key", "X-Api-Key", "Your Relight API key")
 PREFER_HEADER = _header("prefer", "Prefer", "`wait=N` (N ≤ 60): answer when done within N s")
 ACCEPT_HEADER = _header("accept", "Accept", None)
 
@@ -183,10 +182,11 @@ async def _submit_in(
     },
     openapi_extra={
         **SUBMIT_OPENAPI,
-        "parameters": [IDEMPOTENCY_KEY_HEADER, PREFER_HEADER, API_KEY_HEADER],
+        "parameters": [IDEMPOTENCY_KEY_HEADER, PREFER_HEADER],
+        "security": API_KEY_SECURITY,
     },
 )
-async def submit_async(request: Request) -> Any:
+async def submit_relight(request: Request) -> Any:
     state: AppState = request.app.state.relight
     tenant = await submitting_tenant(request)
     idempotency_key = idempotency_key_of(request)
@@ -240,12 +240,8 @@ def _raise_for_unfinished(job: Job, urls: UrlBuilder, settings: Settings) -> Non
     response_class=Response,
     responses={
         200: {
-            "content": {
-                "image/webp": {},
-                "image/jpeg": {},
-                "image/png": {},
-                "application/json": {},
-            },
+            "model": SyncImages,
+            "content": image_content(),
             "description": "the first image; all images as base64 JSON with Accept: "
             "application/json",
         },
@@ -255,10 +251,11 @@ def _raise_for_unfinished(job: Job, urls: UrlBuilder, settings: Settings) -> Non
     },
     openapi_extra={
         **SUBMIT_OPENAPI,
-        "parameters": [IDEMPOTENCY_KEY_HEADER, ACCEPT_HEADER, API_KEY_HEADER],
+        "parameters": [IDEMPOTENCY_KEY_HEADER, ACCEPT_HEADER],
+        "security": API_KEY_SECURITY,
     },
 )
-async def submit_sync(request: Request) -> Response:
+async def relight_sync(request: Request) -> Response:
     state: AppState = request.app.state.relight
     tenant = await submitting_tenant(request)
     idempotency_key = idempotency_key_of(request)
@@ -281,17 +278,17 @@ async def submit_sync(request: Request) -> Response:
         for output in outputs:
             data = await state.storage.get(output.storage_key)
             images.append(
-                {
-                    "index": output.index,
-                    "content_type": output.content_type,
-                    "width": output.width,
-                    "height": output.height,
-                    "seed": output.seed,
-                    "data": base64.b64encode(data).decode(),
-                }
+                SyncImage(
+                    index=output.index,
+                    content_type=output.content_type,
+                    width=output.width,
+                    height=output.height,
+                    seed=output.seed,
+                    data=base64.b64encode(data).decode(),
+                )
             )
-        body = {"request_id": str(job.id), "seed": job.seed, "images": images}
-        return OrjsonResponse(body, headers=headers)
+        body = SyncImages(request_id=job.id, seed=job.seed, images=images)
+        return OrjsonResponse(body.model_dump(mode="json"), headers=headers)
     first = outputs[0]
     data = await state.storage.get(first.storage_key)
     return Response(content=data, media_type=first.content_type, headers=headers)

@@ -5,17 +5,20 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 
 from api.deps import (
+    ApiKeyHeaderDep,
+    BearerDep,
     StateDep,
     TenantDep,
     UnitOfWorkDep,
     UrlsDep,
     apply_rate_limit,
-    presented_key,
+    request_key,
 )
 from api.errors import AUTHENTICATED, error_responses
+from api.responses import image_content
 from relight.errors import RelightError, RequestNotFound, Unauthorized
 from relight.image_structure import sniff_format
 from relight.images import ALLOWED_FORMATS as INPUT_TYPES
@@ -35,18 +38,33 @@ ONE_REQUEST = error_responses(*AUTHENTICATED, 404)
 PUBLIC_TO_STATUS = {status.public: status for status in JobStatus}
 
 
+def segmind_sdk_called(request: Request) -> bool:
+    """Whether Segmind's SDK made the call: it marks its traffic `X-Initiator: SDK-PY`.
+
+    Its `wait()` knows two terminal states, COMPLETED and FAILED, and would poll a CANCELED
+    request until its 600 s timeout; so to it a canceled request reads FAILED (with `error`
+    "the request was canceled" and `error_code` "canceled") and `wait()` raises at once.
+    """
+    return request.headers.get("x-initiator", "").upper().startswith("SDK-")
+
+
 @router.get(
     "/{request_id}/status",
     response_model=StatusView,
     summary="A request's status",
     responses=ONE_REQUEST,
 )
-async def get_status(request_id: uuid.UUID, uow: UnitOfWorkDep, tenant: TenantDep) -> StatusView:
+async def get_request_status(
+    request: Request, request_id: uuid.UUID, uow: UnitOfWorkDep, tenant: TenantDep
+) -> StatusView:
     job = await repository.get_job(uow.session, tenant.id, request_id)
     position = None
     if job.status == JobStatus.QUEUED.value:
         position = await repository.queue_position(uow.session, job)
-    return status_view(job, position)
+    view = status_view(job, position)
+    if view.status is PublicStatus.CANCELED and segmind_sdk_called(request):
+        view = view.model_copy(update={"status": PublicStatus.FAILED})
+    return view
 
 
 @router.get(
@@ -56,11 +74,14 @@ async def get_status(request_id: uuid.UUID, uow: UnitOfWorkDep, tenant: TenantDe
     responses=ONE_REQUEST,
 )
 async def get_request(
-    request_id: uuid.UUID, uow: UnitOfWorkDep, tenant: TenantDep, urls: UrlsDep
+    request: Request, request_id: uuid.UUID, uow: UnitOfWorkDep, tenant: TenantDep, urls: UrlsDep
 ) -> RequestView:
     job = await repository.get_job(uow.session, tenant.id, request_id)
     outputs = await repository.get_outputs(uow.session, [job.id])
-    return request_view(job, outputs, urls)
+    view = request_view(job, outputs, urls)
+    if view.status is PublicStatus.CANCELED and segmind_sdk_called(request):
+        view = view.model_copy(update={"status": PublicStatus.FAILED})
+    return view
 
 
 @router.get(
@@ -126,12 +147,12 @@ async def cancel_request(
     summary="The stored subject image, with the signed URL handed to Segmind",
     response_class=Response,
     responses={
-        200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}},
+        200: {"content": image_content(), "description": "the subject image"},
         # Signed, not behind an API key: no rate limit.
         **error_responses(401, 404, 410, 422, 503),
     },
 )
-async def get_input(
+async def get_request_input(
     request_id: uuid.UUID,
     state: StateDep,
     uow: UnitOfWorkDep,
@@ -159,22 +180,24 @@ async def get_input(
     summary="An output image: with the API key, or with the signed URL from the record",
     response_class=Response,
     responses={
-        200: {"content": {"image/webp": {}, "image/jpeg": {}, "image/png": {}}},
+        200: {"content": image_content(), "description": "the image"},
         **error_responses(*AUTHENTICATED, 404, 410),
     },
+    # Either the API key or the signed URL's query: no credentials is a valid alternative.
+    openapi_extra={"security": [{}]},
 )
-async def get_output(
+async def get_request_output(
     request: Request,
     request_id: uuid.UUID,
     index: Annotated[int, Path(ge=0, le=11, description="output index, from 0")],
     state: StateDep,
     uow: UnitOfWorkDep,
+    _api_key: ApiKeyHeaderDep,
+    _bearer: BearerDep,
     expires: Annotated[int | None, Query(description="from the signed URL")] = None,
     signature: Annotated[
         str | None, Query(max_length=128, description="from the signed URL")
     ] = None,
-    x_api_key: Annotated[str | None, Header()] = None,
-    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Response:
     if expires is not None and signature is not None:
         if not verify_output_signature(
@@ -185,7 +208,7 @@ async def get_output(
         if job is None:
             raise RequestNotFound(f"no request {request_id}")
     else:
-        tenant = await authenticate(uow.session, presented_key(x_api_key, authorization))
+        tenant = await authenticate(uow.session, request_key(request))
         await apply_rate_limit(request, state, tenant, cost=0)
         job = await repository.get_job(uow.session, tenant.id, request_id)
     output = await repository.get_output(uow.session, job.id, index)

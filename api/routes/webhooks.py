@@ -16,6 +16,7 @@ from api.deps import (
 )
 from api.errors import AUTHENTICATED, error_responses
 from relight.jobs.views import UrlBuilder
+from relight.models import Tenant
 from relight.tenants.keys import parse_key
 from relight.webhooks import service
 from relight.webhooks.schemas import DeliveryList, DeliveryView, WebhookSecretView
@@ -30,10 +31,13 @@ def asker(request: Request) -> str:
     return f"api_key:{parsed[0]}" if parsed else "api_key:unknown"
 
 
-def _secret_view(secret: str | None, previous_expires_at: object) -> WebhookSecretView:
-    assert secret is not None
-    return WebhookSecretView.model_validate(
-        {"secret": secret, "previous_secret_expires_at": previous_expires_at}
+def _secret_view(tenant: Tenant) -> WebhookSecretView:
+    assert tenant.webhook_secret is not None
+    expiries = [retired.expires_at for retired in service.retired_secrets(tenant)]
+    return WebhookSecretView(
+        secret=tenant.webhook_secret,
+        previous_secret_expires_at=expiries[0] if expiries else None,
+        retired_secrets_expire_at=expiries,
     )
 
 
@@ -42,22 +46,20 @@ def _secret_view(secret: str | None, previous_expires_at: object) -> WebhookSecr
     response_model=WebhookSecretView,
     summary="The signing secret to verify webhooks with",
 )
-async def get_secret(uow: UnitOfWorkDep, tenant: TenantDep) -> WebhookSecretView:
-    owner = await service.ensure_secret(uow.session, tenant.id)
-    expires = owner.webhook_secret_previous_expires_at if owner.webhook_secret_previous else None
-    return _secret_view(owner.webhook_secret, expires)
+async def get_webhook_secret(uow: UnitOfWorkDep, tenant: TenantDep) -> WebhookSecretView:
+    return _secret_view(await service.ensure_secret(uow.session, tenant.id))
 
 
 @router.post(
     "/v2/webhooks/secret/rotate",
     response_model=WebhookSecretView,
-    summary="A new signing secret; the old one also signs until the overlap ends",
+    summary="A new signing secret; the old ones also sign until each one's overlap ends",
 )
-async def rotate_secret(
+async def rotate_webhook_secret(
     uow: UnitOfWorkDep, tenant: TenantDep, settings: SettingsDep
 ) -> WebhookSecretView:
     owner = await service.rotate_secret(uow.session, tenant.id, settings.webhook_secret_overlap_s)
-    return _secret_view(owner.webhook_secret, owner.webhook_secret_previous_expires_at)
+    return _secret_view(owner)
 
 
 @router.get(
@@ -67,7 +69,7 @@ async def rotate_secret(
     summary="A request's webhook deliveries and every attempt",
     responses=error_responses(404),
 )
-async def list_deliveries(
+async def list_webhook_deliveries(
     request_id: uuid.UUID, uow: UnitOfWorkDep, tenant: TenantDep
 ) -> DeliveryList:
     found = await service.list_deliveries(uow.session, tenant.id, request_id)
@@ -82,7 +84,7 @@ async def list_deliveries(
     summary="Send a finished request's webhooks again",
     responses=error_responses(404, 409),
 )
-async def redeliver(
+async def redeliver_webhooks(
     request: Request, request_id: uuid.UUID, state: StateDep, uow: UnitOfWorkDep, tenant: TenantDep
 ) -> DeliveryList:
     """Each accepted redelivery spends one of the tenant's redelivery budget (a refused one,

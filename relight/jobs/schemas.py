@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from enum import StrEnum
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -16,7 +17,25 @@ from relight.params import (
     default_webhook_events,
 )
 
-PublicStatus = Literal["QUEUED", "PROCESSING", "COMPLETED", "FAILED", "CANCELED"]
+
+class PublicStatus(StrEnum):
+    """A request's status as Segmind's v2 API spells it (one schema for every view)."""
+
+    QUEUED = "QUEUED"
+    PROCESSING = "PROCESSING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELED = "CANCELED"
+
+
+# Segmind's shape: `error` is the message a person reads (its SDK raises it as the detail of
+# InferenceFailed); the code a program branches on sits beside it, as in every error answer.
+ERROR_DESCRIPTION = "on FAILED (and CANCELED), what went wrong, for people"
+ERROR_CODE_DESCRIPTION = "on FAILED (and CANCELED), what went wrong, for programs"
+TIMINGS_DESCRIPTION = (
+    "milliseconds by stage: `fetch_ms`, `decode_ms`, `backend_ms`, `store_ms`, `total_ms`, and "
+    "the backend's own (`engine_ms`, `upstream_ms`, `node_ms`, ...)"
+)
 
 
 class SubmitBody(RelightParams):
@@ -57,11 +76,6 @@ class SubmitBody(RelightParams):
         return RelightParams(**data), options
 
 
-class ErrorInfo(BaseModel):
-    code: str
-    message: str
-
-
 class OutputView(BaseModel):
     index: int
     url: str
@@ -81,11 +95,46 @@ class CreditsView(BaseModel):
     charged: int
 
 
+class RequestParams(RelightParams):
+    """The parameters a request ran with: Segmind's, with the seed that was used."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="RequestParams")
+
+    seed: int = Field(description="the seed used (drawn at submit when none was given)")
+
+
+class BackendCallView(BaseModel):
+    """One call an attempt made outside the worker (Segmind's API, a GPU node)."""
+
+    backend: str
+    started_at: str = Field(description="ISO 8601")
+    latency_ms: float
+    outcome: str = Field(description="ok, or what went wrong (http_error, timeout, ...)")
+    status_code: int | None = None
+    error: str | None = None
+    remaining_credits: float | None = Field(
+        default=None, description="Segmind's x-remaining-credits, when it answered one"
+    )
+    node: str | None = Field(default=None, description="the GPU node, for `gpu`")
+
+
+class BackendAttemptView(BaseModel):
+    """One attempt at running the request, on one backend."""
+
+    attempt: int = Field(description="from 1")
+    backend: str
+    outcome: Literal["ok", "failed"]
+    calls: list[BackendCallView] = Field(default_factory=list)
+    code: str | None = Field(default=None, description="on failure, the error code")
+    retryable: bool | None = Field(default=None, description="on failure: worth another try")
+    failover: bool | None = Field(default=None, description="on failure: try another backend")
+
+
 class BackendView(BaseModel):
     requested: str
     used: str | None
     node: str | None
-    attempts: list[dict[str, Any]] = Field(
+    attempts: list[BackendAttemptView] = Field(
         default_factory=list,
         description="one entry per attempt: backend, outcome, error code and the upstream calls "
         "it made (status, latency, remaining credits)",
@@ -97,17 +146,23 @@ class RequestView(BaseModel):
 
     request_id: uuid.UUID
     status: PublicStatus
-    params: dict[str, Any]
+    params: RequestParams
     subject_image: str | None = Field(
         description="the URL the subject came from, or null when it was sent inline"
     )
+    output: str | list[str] | None = Field(
+        description="Segmind's field: the signed URL of the image once COMPLETED (a list of URLs "
+        "when `number_of_images` > 1); null before. `outputs` has the details"
+    )
     outputs: list[OutputView]
-    error: ErrorInfo | None
+    error: str | None = Field(description=ERROR_DESCRIPTION)
+    error_code: str | None = Field(description=ERROR_CODE_DESCRIPTION)
     credits: CreditsView
     backend: BackendView
     attempts: int
     progress: float
-    timings: dict[str, float]
+    timings: dict[str, float] = Field(description=TIMINGS_DESCRIPTION)
+    metrics: dict[str, float] = Field(description="Segmind's field: the same as `timings`")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -120,8 +175,9 @@ class StatusView(BaseModel):
     status: PublicStatus
     queue_position: int | None = None
     progress: float | None = None
-    error: ErrorInfo | None = None
-    metrics: dict[str, float]
+    error: str | None = Field(default=None, description=ERROR_DESCRIPTION)
+    error_code: str | None = Field(default=None, description=ERROR_CODE_DESCRIPTION)
+    metrics: dict[str, float] = Field(description="timings so far, in milliseconds")
 
 
 class SubmitAccepted(BaseModel):
@@ -134,6 +190,23 @@ class SubmitAccepted(BaseModel):
     response_url: str
     cancel_url: str
     credits_reserved: int
+
+
+class SyncImage(BaseModel):
+    index: int
+    content_type: str
+    width: int
+    height: int
+    seed: int
+    data: str = Field(description="the image bytes, base64")
+
+
+class SyncImages(BaseModel):
+    """`POST /v1/ic-light` answered with `Accept: application/json`: every image, base64."""
+
+    request_id: uuid.UUID
+    seed: int
+    images: list[SyncImage]
 
 
 class RequestList(BaseModel):

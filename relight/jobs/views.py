@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
 from relight.config import Settings
 from relight.jobs.schemas import (
+    BackendAttemptView,
     BackendView,
     CreditsView,
-    ErrorInfo,
     OutputView,
+    RequestParams,
     RequestView,
     StatusView,
     SubmitAccepted,
@@ -74,26 +74,48 @@ class UrlBuilder:
         )
 
 
-def _error(job: Job) -> ErrorInfo | None:
-    if job.error_code is None or job.job_status is not JobStatus.FAILED:
+CANCELED_MESSAGE = "the request was canceled"
+CANCELED_CODE = "canceled"
+
+
+def _error(job: Job) -> tuple[str | None, str | None]:
+    """`(error, error_code)`: the message and the code of a FAILED or CANCELED job."""
+    status = job.job_status
+    if status is JobStatus.CANCELED:
+        return CANCELED_MESSAGE, CANCELED_CODE
+    if status is not JobStatus.FAILED:
+        return None, None
+    code = job.error_code or "backend_failed"
+    return job.error_message or code, code
+
+
+def _segmind_output(job: Job, urls: list[str]) -> str | list[str] | None:
+    """Segmind's `output`: the image URL, or the list of them when several were asked for (so
+    its type follows from the request, not from how many images happen to exist yet)."""
+    if job.job_status is not JobStatus.SUCCEEDED:
         return None
-    return ErrorInfo(code=job.error_code, message=job.error_message or job.error_code)
+    if job.params.get("number_of_images", 1) == 1:
+        return urls[0] if urls else None
+    return urls
 
 
-def _public_params(job: Job) -> dict[str, Any]:
-    return {**job.params, "seed": job.seed}
+def _public_params(job: Job) -> RequestParams:
+    return RequestParams.model_validate({**job.params, "seed": job.seed})
 
 
 def request_view(job: Job, outputs: list[JobOutput], urls: UrlBuilder) -> RequestView:
+    output_urls = [urls.output_url(job.id, output.index, output.storage_key) for output in outputs]
+    error, error_code = _error(job)
     return RequestView(
         request_id=job.id,
         status=job.job_status.public,
         params=_public_params(job),
         subject_image=job.input_url,
+        output=_segmind_output(job, output_urls),
         outputs=[
             OutputView(
                 index=output.index,
-                url=urls.output_url(job.id, output.index, output.storage_key),
+                url=url,
                 content_type=output.content_type,
                 width=output.width,
                 height=output.height,
@@ -102,19 +124,21 @@ def request_view(job: Job, outputs: list[JobOutput], urls: UrlBuilder) -> Reques
                 sha256=output.sha256,
                 expired_at=output.deleted_at,
             )
-            for output in outputs
+            for output, url in zip(outputs, output_urls, strict=True)
         ],
-        error=_error(job),
+        error=error,
+        error_code=error_code,
         credits=CreditsView(reserved=job.credits_reserved, charged=job.credits_charged),
         backend=BackendView(
             requested=job.backend_requested,
             used=job.backend_used,
             node=job.node,
-            attempts=job.backend_calls,
+            attempts=[BackendAttemptView.model_validate(entry) for entry in job.backend_calls],
         ),
         attempts=job.attempts,
         progress=job.progress,
         timings=job.timings,
+        metrics=job.timings,
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
@@ -125,12 +149,14 @@ def request_view(job: Job, outputs: list[JobOutput], urls: UrlBuilder) -> Reques
 
 def status_view(job: Job, queue_position: int | None) -> StatusView:
     status = job.job_status
+    error, error_code = _error(job)
     return StatusView(
         request_id=job.id,
         status=status.public,
         queue_position=queue_position if status is JobStatus.QUEUED else None,
         progress=job.progress if status is JobStatus.RUNNING else None,
-        error=_error(job),
+        error=error,
+        error_code=error_code,
         metrics=job.timings,
     )
 

@@ -72,6 +72,11 @@ class WebhookSecretView(BaseModel):
     previous_secret_expires_at: datetime | None = Field(
         description="until then, webhooks also carry a signature made with the previous secret"
     )
+    retired_secrets_expire_at: list[datetime] = Field(
+        default_factory=list,
+        description="every rotated-out secret still signing, newest first: until each time, "
+        "webhooks also carry a signature made with it (at most 5)",
+    )
 
 
 def message_id(delivery_id: uuid.UUID) -> str:

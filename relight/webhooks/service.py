@@ -239,34 +239,64 @@ async def redeliver(
     return list(result.scalars().all())
 
 
+# At most this many rotated-out secrets keep signing (the newest ones): each adds a signature
+# to every delivery, and no receiver switches through more at once. Rotating more often than
+# that within the overlap retires the oldest early.
+MAX_RETIRED_SECRETS = 5
+
+
+@dataclass(frozen=True)
+class RetiredSecret:
+    secret: str
+    expires_at: datetime
+
+
+def retired_secrets(tenant: Tenant, now: datetime | None = None) -> list[RetiredSecret]:
+    """The tenant's rotated-out secrets that still sign, newest first."""
+    now = now or datetime.now(UTC)
+    signing = []
+    for entry in tenant.webhook_retired_secrets:
+        retired = RetiredSecret(entry["secret"], datetime.fromisoformat(entry["expires_at"]))
+        if retired.expires_at > now:
+            signing.append(retired)
+    return signing[:MAX_RETIRED_SECRETS]
+
+
 async def secrets_in_use(session: AsyncSession, tenant_id: uuid.UUID) -> list[str]:
-    """The secrets to sign with now: the current one, and the previous during its overlap."""
+    """The secrets to sign with now: the current one, and each rotated-out one until it expires."""
     tenant = await ensure_secret(session, tenant_id)
     assert tenant.webhook_secret is not None
-    in_use = [tenant.webhook_secret]
-    expires = tenant.webhook_secret_previous_expires_at
-    if tenant.webhook_secret_previous and expires and expires > datetime.now(UTC):
-        in_use.append(tenant.webhook_secret_previous)
-    return in_use
+    return [tenant.webhook_secret, *(retired.secret for retired in retired_secrets(tenant))]
 
 
-async def ensure_secret(session: AsyncSession, tenant_id: uuid.UUID) -> Tenant:
+async def ensure_secret(
+    session: AsyncSession, tenant_id: uuid.UUID, *, for_update: bool = False
+) -> Tenant:
     """The tenant, with a signing secret (made on first use)."""
     await session.execute(
         update(Tenant)
         .where(Tenant.id == tenant_id, Tenant.webhook_secret.is_(None))
         .values(webhook_secret=generate_secret())
     )
-    tenant = await session.get(Tenant, tenant_id, populate_existing=True)
+    tenant = await session.get(
+        Tenant, tenant_id, populate_existing=True, with_for_update=for_update
+    )
     assert tenant is not None
     return tenant
 
 
 async def rotate_secret(session: AsyncSession, tenant_id: uuid.UUID, overlap_s: int) -> Tenant:
-    """A new secret; the old one keeps signing (alongside) for `overlap_s` seconds."""
-    tenant = await ensure_secret(session, tenant_id)
-    tenant.webhook_secret_previous = tenant.webhook_secret
-    tenant.webhook_secret_previous_expires_at = datetime.now(UTC) + timedelta(seconds=overlap_s)
+    """A new secret; the one it replaces keeps signing (alongside) for `overlap_s` seconds, and
+    those rotated out before keep signing until their own expiry (up to MAX_RETIRED_SECRETS)."""
+    # Locked: two rotations at once must not both retire the same secret and lose one.
+    tenant = await ensure_secret(session, tenant_id, for_update=True)
+    assert tenant.webhook_secret is not None
+    now = datetime.now(UTC)
+    retiring = RetiredSecret(tenant.webhook_secret, now + timedelta(seconds=overlap_s))
+    kept = [retiring, *retired_secrets(tenant, now)][:MAX_RETIRED_SECRETS]
+    tenant.webhook_retired_secrets = [
+        {"secret": retired.secret, "expires_at": retired.expires_at.isoformat()} for retired in kept
+    ]
     tenant.webhook_secret = generate_secret()
     await session.flush()
     return tenant

@@ -177,6 +177,35 @@ async def test_reads_never_spend_and_are_never_rate_limited(
     assert_rate_limited(await post(client, tenant))
 
 
+async def test_a_throttled_tenant_whose_limits_are_raised_gets_its_next_request_through(
+    client: httpx.AsyncClient,
+    tenant: TenantKey,
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    # One a minute, one at a time: after one submit the next is a minute away.
+    await limit(sessionmaker, tenant, requests_per_minute=1, burst=1)
+    assert (await post(client, tenant)).status_code == 202
+    refused = await post(client, tenant)
+    assert_rate_limited(refused)
+    assert retry_after(refused) > 30
+
+    await limit(sessionmaker, tenant, requests_per_minute=600, burst=5)
+
+    # The very next request: what was spent counts as requests under the new limits (1 of 5).
+    raised = await post(client, tenant)
+    assert raised.status_code == 202, raised.text
+    assert_policy(raised, quota=5, window_s=1)
+    assert remaining(raised) == 3
+    assert [(await post(client, tenant)).status_code for _ in range(3)] == [202] * 3
+    assert_rate_limited(await post(client, tenant))
+
+    # Lowered again, the requests already made still count: nothing is left at 1 a minute.
+    await limit(sessionmaker, tenant, requests_per_minute=1, burst=2)
+    lowered = await post(client, tenant)
+    assert_rate_limited(lowered)
+    assert_policy(lowered, quota=2, window_s=120)
+
+
 async def test_a_tenant_at_its_limit_does_not_slow_another(
     client: httpx.AsyncClient,
     make_tenant: MakeTenant,

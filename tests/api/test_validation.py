@@ -538,14 +538,14 @@ async def test_a_bad_subject_url_fails_the_request_and_refunds_it(
 
     record = (await client.get(f"/v2/requests/{request_id}", headers=tenant.headers)).json()
     assert record["status"] == "FAILED"
-    assert record["error"]["code"] == code
-    assert record["error"]["message"]
+    assert record["error_code"] == code
+    assert record["error"]
     assert record["outputs"] == []
     assert record["credits"]["charged"] == 0
     assert await balance_of(engine, tenant.tenant_id) == 1000
     status = await get_status(client, tenant, request_id)
     assert status["status"] == "FAILED"
-    assert status["error"]["code"] == code
+    assert status["error_code"] == code
 
 
 # --- request ids ---------------------------------------------------------------------------

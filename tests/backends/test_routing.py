@@ -291,7 +291,7 @@ async def test_auto_without_local_allowed_fails_upstream_unavailable_and_refunds
 
     record = await get_record(sclient, tenant, request_id)
     assert record["status"] == "FAILED"
-    assert record["error"]["code"] == "upstream_unavailable"
+    assert record["error_code"] == "upstream_unavailable"
     assert record["attempts"] == MAX
     assert record["backend"]["used"] is None
     assert tried(record) == [("segmind", "failed", "upstream_error")] * MAX
@@ -344,7 +344,7 @@ async def test_auto_does_not_fail_over_when_segmind_rejects_the_request(
 
     record = await get_record(sclient, tenant, request_id)
     assert record["status"] == "FAILED"
-    assert record["error"]["code"] == "upstream_rejected"
+    assert record["error_code"] == "upstream_rejected"
     assert record["attempts"] == 1
     assert tried(record) == [("segmind", "failed", "upstream_rejected")]
     assert await ledger_kinds(engine, request_id) == ["reserve", "refund"]
@@ -429,6 +429,6 @@ async def test_when_every_backend_fails_transiently_the_job_ends_failed_and_refu
     )
     assert record["attempts"] == 2 * MAX
     assert tried(record)[MAX:] == [("local", "failed", "engine_error")] * MAX
-    assert record["error"]["code"] == "engine_error"
+    assert record["error_code"] == "engine_error"
     assert await ledger_kinds(engine, request_id) == ["reserve", "refund"]
     assert await balance_of(engine, tenant.tenant_id) == START

@@ -423,7 +423,7 @@ async def test_each_upstream_answer_ends_the_job_as_specified(
     record = await get_record(sclient, tenant, request_id)
     assert record["status"] == case.status
     assert record["attempts"] == case.attempts
-    assert (record["error"] or {}).get("code") == case.code
+    assert record["error_code"] == case.code
     assert record["backend"]["requested"] == "segmind"
     # Explicitly segmind: never another backend.
     assert {attempt["backend"] for attempt in record["backend"]["attempts"]} == {"segmind"}
@@ -462,7 +462,7 @@ async def test_a_wrong_api_key_is_refused_by_segmind_and_fails_at_once(
         await run_burst_worker(wrong)
         record = await get_record(client, tenant, request_id)
     assert record["status"] == "FAILED"
-    assert record["error"]["code"] == "upstream_auth"
+    assert record["error_code"] == "upstream_auth"
     assert record["attempts"] == 1
     [call] = stand_in.calls()
     assert (call.headers["x-api-key"], call.status) == ("not-the-key", 401)
@@ -491,7 +491,7 @@ async def test_segmind_out_of_credits_answers_406_and_the_job_is_refunded(
     assert (await get_record(sclient, tenant, first))["status"] == "COMPLETED"
     record = await get_record(sclient, tenant, second)
     assert record["status"] == "FAILED"
-    assert record["error"]["code"] == "upstream_credits"
+    assert record["error_code"] == "upstream_credits"
     assert record["attempts"] == 1
     assert [call.status for call in stand_in.calls()] == [200, 406]
     assert [kind for kind, _ in await ledger(engine, second)] == ["reserve", "refund"]

@@ -225,7 +225,7 @@ async def test_a_failed_job_is_refunded_once_when_the_failure_path_runs_twice_co
     for request_id in request_ids:
         record = await get_record(client, tenant, request_id)
         assert (record["status"], record["attempts"]) == ("FAILED", 1)
-        assert record["error"]["code"] == "invalid_image"
+        assert record["error_code"] == "invalid_image"
         assert record["credits"] == {"reserved": cost, "charged": 0}
         entries = await ledger(sessionmaker, tenant, request_id)
         assert kinds(entries) == {"reserve": 1, "refund": 1}
@@ -247,7 +247,7 @@ async def test_refunding_a_job_a_second_time_is_refused_by_the_unique_index(
         bare_runner.run(uuid.UUID(failed)), bare_runner.run(uuid.UUID(failed))
     )
     assert sorted(str(outcome.status) for outcome in outcomes) == ["None", "failed"]
-    assert (await get_record(client, tenant, failed))["error"]["code"] == "backend_unavailable"
+    assert (await get_record(client, tenant, failed))["error_code"] == "backend_unavailable"
     cost = (await get_record(client, tenant, failed))["credits"]["reserved"]
     # Another job in flight, so that a second refund cannot trip the active_jobs ≥ 0 CHECK
     # first: what must stop it is the one-refund-per-job index.

@@ -97,6 +97,11 @@ def comparable(view: dict[str, Any]) -> dict[str, Any]:
     result["outputs"] = [
         {**output, "url": urlsplit(output["url"]).path} for output in result["outputs"]
     ]
+    output = result["output"]
+    if isinstance(output, str):
+        result["output"] = urlsplit(output).path
+    elif isinstance(output, list):
+        result["output"] = [urlsplit(url).path for url in output]
     return result
 
 
@@ -176,6 +181,8 @@ async def test_completed_webhook_verifies_and_carries_the_signed_record(
     assert payload["request_id"] == request_id
     assert payload["params"]["prompt"] == prompt
     assert len(payload["outputs"]) == 1
+    # Segmind's field, too: `output` is the image URL.
+    assert payload["output"] == payload["outputs"][0]["url"]
 
     # Its output URLs are signed: downloadable without an API key.
     for output in payload["outputs"]:
@@ -340,10 +347,8 @@ async def test_failed_and_canceled_requests_get_their_completed_webhook(
     assert payload["event"] == "completed"
     assert payload["request_id"] == failed_id
     assert payload["status"] == "FAILED"
-    assert (
-        payload["error"]["code"] == (await get_record(client, tenant, failed_id))["error"]["code"]
-    )
-    assert "404" in payload["error"]["message"]
+    assert payload["error_code"] == (await get_record(client, tenant, failed_id))["error_code"]
+    assert "404" in payload["error"]
     assert payload["outputs"] == []
 
     [canceled] = receiver.received("/canceled")
@@ -580,14 +585,7 @@ async def test_rotation_overlap_signs_with_both_secrets(
         )
 
     # Once the overlap is over, only the new secret signs.
-    async with engine.begin() as connection:
-        await connection.execute(
-            text(
-                "update tenant set webhook_secret_previous_expires_at = now() - interval '1 s' "
-                "where id = :id"
-            ),
-            {"id": tenant.tenant_id},
-        )
+    await expire_retired_secret(engine, tenant, old)
     response = await redeliver(client, tenant, request_id)
     assert response.status_code == 202, response.text
     await run_worker()
@@ -596,6 +594,104 @@ async def test_rotation_overlap_signs_with_both_secrets(
     verify(new, after)
     with pytest.raises(WebhookVerificationError):
         verify(old, after)
+
+
+async def expire_retired_secret(engine: AsyncEngine, tenant: TenantKey, secret: str) -> None:
+    """Move the expiry of the rotated-out `secret` into the past (its overlap is over)."""
+    async with engine.begin() as connection:
+        changed = await connection.execute(
+            text(
+                """
+                update tenant set webhook_retired_secrets = (
+                    select jsonb_agg(case when retired ->> 'secret' = :secret
+                        then jsonb_set(retired, '{expires_at}', to_jsonb(now() - interval '1 s'))
+                        else retired end order by position)
+                    from jsonb_array_elements(webhook_retired_secrets)
+                        with ordinality as entries(retired, position))
+                where id = :id and webhook_retired_secrets @> jsonb_build_array(
+                    jsonb_build_object('secret', cast(:secret as text)))
+                """
+            ),
+            {"id": tenant.tenant_id, "secret": secret},
+        )
+        assert changed.rowcount == 1
+
+
+async def rotate_secret(client: httpx.AsyncClient, tenant: TenantKey) -> dict[str, Any]:
+    rotated = await client.post("/v2/webhooks/secret/rotate", headers=tenant.headers)
+    assert rotated.status_code == 200, rotated.text
+    view: dict[str, Any] = rotated.json()
+    return view
+
+
+def verifying_secrets(request: Received, secrets: list[str]) -> list[str]:
+    """Those of `secrets` that the official verifier accepts the request with."""
+    accepted = []
+    for secret in secrets:
+        with contextlib.suppress(WebhookVerificationError):
+            verify(secret, request)
+            accepted.append(secret)
+    return accepted
+
+
+async def test_two_rotations_within_the_overlap_sign_with_all_three_secrets_until_each_expires(
+    client: httpx.AsyncClient,
+    tenant: TenantKey,
+    run_worker: RunWorker,
+    receiver: WebhookReceiver,
+    engine: AsyncEngine,
+) -> None:
+    first = await webhook_secret(client, tenant)
+    second = (await rotate_secret(client, tenant))["secret"]
+    rotated = await rotate_secret(client, tenant)
+    third = rotated["secret"]
+    assert len({first, second, third}) == 3
+    # Each rotated-out secret has its own expiry, newest first.
+    second_expires, first_expires = rotated["retired_secrets_expire_at"]
+    assert first_expires < second_expires == rotated["previous_secret_expires_at"]
+
+    request_id = await submit(client, tenant, body(webhook_url=receiver.url(HOOK)))
+    await run_worker()
+    [request] = receiver.received(HOOK)
+    assert len(request.signatures) == 3
+    assert verifying_secrets(request, [first, second, third]) == [first, second, third]
+    for signature in request.signatures:
+        alone = replace(request, headers={**request.headers, "webhook-signature": signature})
+        assert len(verifying_secrets(alone, [first, second, third])) == 1
+
+    # The first secret's overlap ends: the second still signs, beside the current one.
+    await expire_retired_secret(engine, tenant, first)
+    assert (await redeliver(client, tenant, request_id)).status_code == 202
+    await run_worker()
+    _, after_first = receiver.received(HOOK)
+    assert len(after_first.signatures) == 2
+    assert verifying_secrets(after_first, [first, second, third]) == [second, third]
+
+    # Then the second's: only the current secret signs.
+    await expire_retired_secret(engine, tenant, second)
+    assert (await redeliver(client, tenant, request_id)).status_code == 202
+    await run_worker()
+    *_, after_second = receiver.received(HOOK)
+    assert len(after_second.signatures) == 1
+    assert verifying_secrets(after_second, [first, second, third]) == [third]
+    view = await client.get("/v2/webhooks/secret", headers=tenant.headers)
+    assert view.json()["retired_secrets_expire_at"] == []
+    assert view.json()["previous_secret_expires_at"] is None
+
+
+async def test_at_most_five_rotated_out_secrets_keep_signing(
+    client: httpx.AsyncClient, tenant: TenantKey, run_worker: RunWorker, receiver: WebhookReceiver
+) -> None:
+    secrets = [await webhook_secret(client, tenant)]
+    for _ in range(7):
+        secrets.append((await rotate_secret(client, tenant))["secret"])
+
+    await submit(client, tenant, body(webhook_url=receiver.url(HOOK)))
+    await run_worker()
+    [request] = receiver.received(HOOK)
+    # The current secret and the five newest rotated-out ones; the two oldest retired early.
+    assert len(request.signatures) == 6
+    assert verifying_secrets(request, secrets) == secrets[2:]
 
 
 # --- must show 5: rows are the source of truth ----------------------------------------------

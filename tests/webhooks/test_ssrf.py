@@ -162,8 +162,8 @@ async def test_worker_refuses_subject_image_urls_in_every_spelling(
     for host, request_id in zip(REFUSED_HOSTS, request_ids, strict=True):
         record = await get_record(client, tenant, request_id)
         assert record["status"] == "FAILED", host
-        assert record["error"]["code"] == "url_not_allowed", (host, record["error"])
-        assert "not a public address" in record["error"]["message"], host
+        assert record["error_code"] == "url_not_allowed", (host, record["error"])
+        assert "not a public address" in record["error"], host
         assert record["attempts"] == 1, host  # a refusal is final, not retried
         assert record["credits"]["charged"] == 0
     assert len(image_server.requests) == seen

@@ -256,6 +256,6 @@ async def test_a_gpu_job_whose_only_node_is_down_fails_refunded_after_its_tries(
         await run_burst_worker(config)
         record = await get_record(client, tenant, response.json()["request_id"])
     assert record["status"] == "FAILED"
-    assert record["error"]["code"] == "upstream_unavailable"
+    assert record["error_code"] == "upstream_unavailable"
     assert [a["backend"] for a in record["backend"]["attempts"]] == ["gpu"] * 3
     assert await balance_of(engine, tenant.tenant_id) == START

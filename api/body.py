@@ -35,13 +35,22 @@ SUBMIT_OPENAPI: dict[str, Any] = {
 }
 
 
+IMAGE_FIELDS = ("subject_image", "background_image")
+
+
 def submit_form_schema(body: dict[str, Any]) -> dict[str, Any]:
-    """The multipart body's schema, from the JSON body's: `subject_image` is the image file."""
+    """The multipart body's schema, from the JSON body's: the image fields are files."""
     properties = dict(body["properties"])
     properties["subject_image"] = {
         "type": "string",
         "format": "binary",
         "description": "the image file (a URL or base64 also works, sent as a text field)",
+    }
+    properties["background_image"] = {
+        "type": "string",
+        "format": "binary",
+        "description": "the background image file, for IC-Light's background model (a URL or "
+        "base64 also works, sent as a text field)",
     }
     form = {**body, "title": "SubmitForm", "properties": properties}
     form.pop("example", None)
@@ -58,6 +67,14 @@ class Submitted:
     params: RelightParams
     options: SubmitOptions
     subject: SubjectSource
+    background: SubjectSource | None = None
+
+    @property
+    def inline(self) -> bool:
+        """Whether an image came inline (to be stored inside the submit's transaction)."""
+        return self.subject.data is not None or (
+            self.background is not None and self.background.data is not None
+        )
 
 
 def body_limit(settings: Settings) -> int:
@@ -79,7 +96,9 @@ async def _read_capped(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _read_json(request: Request, settings: Settings) -> tuple[dict[str, Any], None]:
+async def _read_json(
+    request: Request, settings: Settings
+) -> tuple[dict[str, Any], dict[str, bytes]]:
     raw = await _read_capped(request, body_limit(settings))
     if not raw.strip():
         raise InvalidBody("the request body is empty; send the parameters as a JSON object")
@@ -89,7 +108,7 @@ async def _read_json(request: Request, settings: Settings) -> tuple[dict[str, An
         data = _read_json_strictly_valid(raw, exc)
     if not isinstance(data, dict):
         raise InvalidBody("the request body must be a JSON object")
-    return data, None
+    return data, {}
 
 
 def _refuse_constant(name: str) -> Any:
@@ -109,32 +128,34 @@ def _read_json_strictly_valid(raw: bytes, orjson_error: orjson.JSONDecodeError) 
         raise InvalidBody(f"the request body is not valid JSON: {orjson_error}") from orjson_error
 
 
-async def _read_form(request: Request, settings: Settings) -> tuple[dict[str, Any], bytes | None]:
+async def _read_form(
+    request: Request, settings: Settings
+) -> tuple[dict[str, Any], dict[str, bytes]]:
     limit = body_limit(settings)
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ImageTooLarge(f"the request body is {declared} bytes; the limit is {limit} bytes")
     try:
-        form = await request.form(max_files=1, max_fields=64, max_part_size=limit)
+        form = await request.form(max_files=2, max_fields=64, max_part_size=limit)
     except RelightError:
         raise
     except Exception as exc:
         raise InvalidBody(f"the multipart form could not be read: {exc}") from exc
     data: dict[str, Any] = {}
-    upload: bytes | None = None
+    uploads: dict[str, bytes] = {}
     try:
         for name, value in form.multi_items():
             if isinstance(value, UploadFile):
-                if name != "subject_image":
+                if name not in IMAGE_FIELDS:
                     raise InvalidBody(
-                        f"unexpected file field {name!r}; send the image as subject_image"
+                        f"unexpected file field {name!r}; send the image as subject_image "
+                        "(and a background as background_image)"
                     )
                 upload = await value.read(settings.max_input_bytes + 1)
                 if len(upload) > settings.max_input_bytes:
                     limit_bytes = settings.max_input_bytes
-                    raise ImageTooLarge(
-                        f"subject_image is larger than the limit of {limit_bytes} bytes"
-                    )
+                    raise ImageTooLarge(f"{name} is larger than the limit of {limit_bytes} bytes")
+                uploads[name] = upload
                 data[name] = UPLOADED
             elif name == "webhook_events":
                 data.setdefault(name, []).append(value)
@@ -142,16 +163,16 @@ async def _read_form(request: Request, settings: Settings) -> tuple[dict[str, An
                 data[name] = value
     finally:
         await form.close()
-    return data, upload
+    return data, uploads
 
 
 async def read_submission(request: Request, settings: Settings) -> Submitted:
     """Parse and validate, inline images included (their structure), before anything is stored."""
     content_type = request.headers.get("content-type", "application/json").lower()
     if content_type.startswith(FORM_TYPES):
-        data, upload = await _read_form(request, settings)
+        data, uploads = await _read_form(request, settings)
     elif content_type.startswith("application/json") or "json" in content_type:
-        data, upload = await _read_json(request, settings)
+        data, uploads = await _read_json(request, settings)
     else:
         raise RelightError(
             f"unsupported content type {content_type!r}; send application/json or "
@@ -161,21 +182,39 @@ async def read_submission(request: Request, settings: Settings) -> Submitted:
         )
     body = SubmitBody.model_validate(data)
     params, options = body.split()
-    if upload is not None:
-        subject = SubjectSource(data=upload)
+    subject = await _image(settings, "subject_image", body.subject_image, uploads)
+    background = None
+    if body.background_image is not None and (
+        params.background_source is not None and params.background_source.needs_image
+    ):
+        background = await _image(settings, "background_image", body.background_image, uploads)
+    return Submitted(params=params, options=options, subject=subject, background=background)
+
+
+async def _image(
+    settings: Settings, field: str, value: str, uploads: dict[str, bytes]
+) -> SubjectSource:
+    """An image field as a source: an uploaded file, a URL (fetched by the worker), or inline
+    data whose structure is checked now, so a bad image is a 400/413 at submit and not a failed
+    job later (without its pixels, which only the worker decodes)."""
+    if field in uploads:
+        source = SubjectSource(data=uploads[field])
     else:
-        subject = parse_subject_image(
-            body.subject_image,
-            max_bytes=settings.max_input_bytes,
-            policy=settings.egress_policy,
+        source = parse_subject_image(
+            value, max_bytes=settings.max_input_bytes, policy=settings.egress_policy, field=field
         )
-    if subject.data is not None:
-        # Check the structure now, so a bad image is a 400/413 at submit, not a failed job
-        # later; without its pixels, which only the worker decodes.
-        await run_in_threadpool(
-            verify_structure,
-            subject.data,
-            max_bytes=settings.max_input_bytes,
-            max_pixels=settings.max_input_pixels,
-        )
-    return Submitted(params=params, options=options, subject=subject)
+    if source.data is not None:
+        try:
+            await run_in_threadpool(
+                verify_structure,
+                source.data,
+                max_bytes=settings.max_input_bytes,
+                max_pixels=settings.max_input_pixels,
+            )
+        except RelightError as exc:
+            if field != "subject_image":
+                # The structure checks speak of the subject; this one is another field.
+                exc.message = exc.message.replace("subject_image", field)
+                exc.args = (exc.message,)
+            raise
+    return source

@@ -144,6 +144,11 @@ class Job(Base):
             "finished_at",
             postgresql_where=text("input_storage_key IS NOT NULL"),
         ),
+        Index(
+            "ix_job_stored_background_finished_at",
+            "finished_at",
+            postgresql_where=text("background_storage_key IS NOT NULL"),
+        ),
         CheckConstraint(
             "status IN ('queued', 'running', 'succeeded', 'failed', 'canceled')",
             name="status_known",
@@ -158,6 +163,9 @@ class Job(Base):
     params: Mapped[dict[str, Any]] = mapped_column(JSONB)
     input_url: Mapped[str | None] = mapped_column(Text)
     input_storage_key: Mapped[str | None] = mapped_column(String(300))
+    # The background image of an IC-Light fbc request (`params.background_source`).
+    background_url: Mapped[str | None] = mapped_column(Text)
+    background_storage_key: Mapped[str | None] = mapped_column(String(300))
     seed: Mapped[int] = mapped_column(BigInteger)
     backend_requested: Mapped[str] = mapped_column(String(20))
     backend_used: Mapped[str | None] = mapped_column(String(20))

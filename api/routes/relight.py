@@ -110,7 +110,7 @@ async def _submit(
     # An inline subject is stored before the commit (a failed store undoes the paid job), so
     # it needs a transaction; otherwise the job and its reservation are one statement, and an
     # autocommit session saves the BEGIN and COMMIT round trips.
-    inline = submitted.subject.data is not None
+    inline = submitted.inline
     sessionmaker = state.sessionmaker if inline else state.autocommit_sessionmaker
     async with sessionmaker() as session:
         uow = UnitOfWork(session)
@@ -138,6 +138,7 @@ async def _submit_in(
         params=submitted.params,
         options=submitted.options,
         subject=submitted.subject,
+        background=submitted.background,
         idempotency_key=idempotency_key,
         live_gpu_nodes=await discovered_gpu_nodes(
             state.redis,
@@ -146,8 +147,10 @@ async def _submit_in(
             enabled=state.settings.gpu_discovery
             and (
                 submitted.options.backend is Backend.GPU
+                or submitted.params.background_source is not None
                 or not available_backends(state.settings) - {Backend.GPU}
             ),
+            backgrounds=submitted.params.background_source is not None,
         ),
         http_request_id=current_request_id.get(),
     )

@@ -156,14 +156,20 @@ class JobRunner:
             for name, backend in self.backends.items()
             if job.backend_requested != routing.AUTO or await is_available(backend)
         ]
+        backgrounds = job.params.get("background_source") is not None
         choices = routing.candidates(
-            job.backend_requested, allowed, self.settings.failover_order, available
+            job.backend_requested,
+            allowed,
+            self.settings.failover_order,
+            available,
+            backgrounds=backgrounds,
         )
         name = routing.choose(choices, job.backend_calls, self.settings.job_max_attempts)
         if name is None:
+            what = "relight onto a background" if backgrounds else "serve"
             unavailable = BackendFailed(
-                f"no backend can serve {job.backend_requested!r} for this account",
-                code="backend_unavailable",
+                f"no backend can {what} {job.backend_requested!r} for this account",
+                code="background_not_served" if backgrounds else "backend_unavailable",
                 retryable=False,
             )
             return await self._fail_or_retry(job, unavailable, timings)
@@ -292,13 +298,35 @@ class JobRunner:
             crop_height=int(job.params["height"]),
         )
         timings["decode_ms"] = _ms(perf_counter() - fetched)
+        background = await self._load_background(job)
         return JobInput(
             job_id=job.id,
             data=data,
             url=job.input_url,
             image=image,
             backend_requested=job.backend_requested,
+            background=background,
         )
+
+    async def _load_background(self, job: Job) -> bytes | None:
+        """The background image's bytes (IC-Light fbc), from storage or its URL; None when the
+        request has none. Decoded on the GPU node, within the same limits as the subject."""
+        if job.background_storage_key is not None:
+            try:
+                return await self.storage.get(job.background_storage_key)
+            except StoredObjectMissing as exc:
+                raise RelightError(
+                    "the stored background image is gone", status_code=500, code="input_missing"
+                ) from exc
+        if job.background_url is not None:
+            return await fetch_image_bytes(
+                self.http,
+                job.background_url,
+                policy=self.settings.egress_policy,
+                max_bytes=self.settings.max_input_bytes,
+                timeout_s=self.settings.fetch_timeout_s,
+            )
+        return None
 
     async def _store_outputs(
         self, job: Job, result: BackendResult, timings: dict[str, float]

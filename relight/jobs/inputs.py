@@ -1,4 +1,5 @@
-"""The `subject_image` field: an http(s) URL, a data URL, or base64, decoded to a source."""
+"""The `subject_image` (and `background_image`) fields: an http(s) URL, a data URL, or base64,
+decoded to a source."""
 
 from __future__ import annotations
 
@@ -31,26 +32,28 @@ class SubjectSource:
         return "url:" + (self.url or "")
 
 
-def parse_subject_image(value: str, *, max_bytes: int, policy: EgressPolicy) -> SubjectSource:
-    """Interpret the string form of `subject_image` (a URL, a data URL or plain base64)."""
+def parse_subject_image(
+    value: str, *, max_bytes: int, policy: EgressPolicy, field: str = "subject_image"
+) -> SubjectSource:
+    """Interpret the string form of an image field (a URL, a data URL or plain base64)."""
     text = value.strip()
     if not text:
-        raise InvalidParameter("subject_image: must not be empty", extra={"field": "subject_image"})
+        raise InvalidParameter(f"{field}: must not be empty", extra={"field": field})
     lowered = text[:8].lower()
     if URL_SCHEME.match(text):
         # Any scheme://, so ftp:// or file:// is a clear 422 rather than "bad base64".
-        check_url(text, policy, field="subject_image")
+        check_url(text, policy, field=field)
         return SubjectSource(url=text)
     payload = text
     if lowered.startswith("data:"):
         match = DATA_URL.match(text)
         if match is None:
-            raise InvalidImage("subject_image: a data URL must be base64-encoded (;base64,)")
+            raise InvalidImage(f"{field}: a data URL must be base64-encoded (;base64,)")
         payload = text[match.end() :]
     # base64 grows data by 4/3; refuse before decoding what cannot fit the byte limit.
     if len(payload) > (max_bytes * 4) // 3 + 8:
         raise ImageTooLarge(
-            f"subject_image is larger than the limit of {max_bytes} bytes",
+            f"{field} is larger than the limit of {max_bytes} bytes",
             extra={"limit_bytes": max_bytes},
         )
     compact = re.sub(r"\s+", "", payload).translate(URLSAFE_TO_STANDARD)
@@ -58,6 +61,6 @@ def parse_subject_image(value: str, *, max_bytes: int, policy: EgressPolicy) -> 
         data = base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
     except (binascii.Error, ValueError) as exc:
         raise InvalidImage(
-            "subject_image is neither an http(s) URL nor valid base64 image data"
+            f"{field} is neither an http(s) URL nor valid base64 image data"
         ) from exc
     return SubjectSource(data=data)

@@ -24,6 +24,8 @@ _SUBMITTED_COLUMNS = [
     "params",
     "input_url",
     "input_storage_key",
+    "background_url",
+    "background_storage_key",
     "seed",
     "backend_requested",
     "credits_reserved",

@@ -15,13 +15,24 @@ from relight.errors import BackendFailed
 AUTO = "auto"
 # Transient failures of these backends end as `upstream_unavailable` once every try is spent.
 REMOTE_BACKENDS = frozenset({"gpu", "segmind"})
+# The only backends that relight onto a background (IC-Light fbc on GPU nodes that have it);
+# Segmind's ic-light has no such model and the classic CPU engine does not try.
+BACKGROUND_BACKENDS = frozenset({"gpu"})
 
 
 def candidates(
-    requested: str, allowed: Iterable[str], order: Iterable[str], available: Iterable[str]
+    requested: str,
+    allowed: Iterable[str],
+    order: Iterable[str],
+    available: Iterable[str],
+    *,
+    backgrounds: bool = False,
 ) -> list[str]:
-    """The backends a job may run on, in the order to try them."""
+    """The backends a job may run on, in the order to try them (for a background request,
+    only `BACKGROUND_BACKENDS`)."""
     usable = set(allowed) & set(available)
+    if backgrounds:
+        usable &= BACKGROUND_BACKENDS
     if requested != AUTO:
         return [requested] if requested in usable else []
     return [name for name in order if name in usable]

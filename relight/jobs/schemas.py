@@ -7,10 +7,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from relight.params import (
     Backend,
+    BackgroundSource,
     RelightParams,
     SubmitOptions,
     WebhookEvent,
@@ -61,9 +62,38 @@ class SubmitBody(RelightParams):
             description="http(s) URL, base64 or data URL (or a file part in multipart form)",
         ),
     ]
+    background_image: Annotated[
+        str | None,
+        Field(
+            min_length=1,
+            validate_default=True,
+            description="Relight's extension (IC-Light fbc): the background to relight the "
+            "subject onto, as subject_image (URL, base64, data URL or a file part); with it, "
+            "background_source defaults to 'Use Background Image'",
+        ),
+    ] = None
     backend: Backend = Backend.AUTO
     webhook_url: Annotated[str | None, Field(max_length=2048)] = None
     webhook_events: list[WebhookEvent] = Field(default_factory=default_webhook_events)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _background_source_follows_the_image(cls, data: object) -> object:
+        if (
+            isinstance(data, dict)
+            and data.get("background_image") not in (None, "")
+            and data.get("background_source") in (None, "")
+        ):
+            return {**data, "background_source": BackgroundSource.UPLOAD.value}
+        return data
+
+    @field_validator("background_image")
+    @classmethod
+    def _image_for_an_image_source(cls, value: str | None, info: ValidationInfo) -> str | None:
+        source = info.data.get("background_source")
+        if value is None and source is not None and source.needs_image:
+            raise ValueError(f"background_source {source.value!r} needs a background_image")
+        return value
 
     def split(self) -> tuple[RelightParams, SubmitOptions]:
         data = self.model_dump()
@@ -73,6 +103,7 @@ class SubmitBody(RelightParams):
             webhook_events=data.pop("webhook_events"),
         )
         data.pop("subject_image")
+        data.pop("background_image")
         return RelightParams(**data), options
 
 
@@ -149,6 +180,11 @@ class RequestView(BaseModel):
     params: RequestParams
     subject_image: str | None = Field(
         description="the URL the subject came from, or null when it was sent inline"
+    )
+    background_image: str | None = Field(
+        default=None,
+        description="the URL the background came from (IC-Light fbc), or null when it was sent "
+        "inline or there is none",
     )
     output: str | list[str] | None = Field(
         description="Segmind's field: the signed URL of the image once COMPLETED (a list of URLs "

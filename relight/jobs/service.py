@@ -24,6 +24,7 @@ from relight.ids import uuid7
 from relight.image_metadata import strip_metadata
 from relight.jobs import repository
 from relight.jobs.inputs import SubjectSource
+from relight.jobs.routing import BACKGROUND_BACKENDS
 from relight.jobs.views import UrlBuilder
 from relight.models import Job, JobStatus, Tenant
 from relight.params import Backend, RelightParams, SubmitOptions
@@ -42,16 +43,21 @@ class Submission:
     replayed: bool
 
 
-def request_hash(params: RelightParams, options: SubmitOptions, subject: SubjectSource) -> str:
+def request_hash(
+    params: RelightParams,
+    options: SubmitOptions,
+    subject: SubjectSource,
+    background: SubjectSource | None = None,
+) -> str:
     """A digest of everything that defines the request, to recognise an idempotent retry."""
-    canonical = orjson.dumps(
-        {
-            "params": params.model_dump(mode="json"),
-            "options": options.model_dump(mode="json"),
-            "subject": subject.digest,
-        },
-        option=orjson.OPT_SORT_KEYS,
-    )
+    fields: dict[str, object] = {
+        "params": params.model_dump(mode="json"),
+        "options": options.model_dump(mode="json"),
+        "subject": subject.digest,
+    }
+    if background is not None:
+        fields["background"] = background.digest
+    canonical = orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(canonical).hexdigest()
 
 
@@ -62,10 +68,13 @@ def resolve_seed(seed: int | None) -> int:
     return seed
 
 
-def available_backends(settings: Settings, *, live_gpu_nodes: bool = False) -> set[Backend]:
+def available_backends(
+    settings: Settings, *, live_gpu_nodes: bool = False, backgrounds: bool = False
+) -> set[Backend]:
     """The backends this deployment is configured for; `auto` resolves among them. `gpu`
     counts when nodes are listed in RELIGHT_GPU_NODES or some node's heartbeat is live (the
-    caller looks that up: `relight.nodes.registry.has_live_nodes`)."""
+    caller looks that up: `relight.nodes.registry.has_live_nodes`). For a request that relights
+    onto a background (`backgrounds`), only the backends that can (`BACKGROUND_BACKENDS`)."""
     available: set[Backend] = set()
     if settings.local_backend_enabled:
         available.add(Backend.LOCAL)
@@ -73,6 +82,8 @@ def available_backends(settings: Settings, *, live_gpu_nodes: bool = False) -> s
         available.add(Backend.SEGMIND)
     if settings.static_gpu_nodes or (settings.gpu_discovery and live_gpu_nodes):
         available.add(Backend.GPU)
+    if backgrounds:
+        available = {b for b in available if b.value in BACKGROUND_BACKENDS}
     return available
 
 
@@ -82,12 +93,25 @@ def check_backend(
     tenant: TenantSnapshot | Tenant,
     *,
     live_gpu_nodes: bool = False,
+    backgrounds: bool = False,
 ) -> None:
     """403 unless the requested backend (or, for `auto`, some backend) is both configured
-    here and allowed for this tenant."""
-    available = available_backends(settings, live_gpu_nodes=live_gpu_nodes)
+    here and allowed for this tenant (and, for `backgrounds`, can relight onto one)."""
+    if backgrounds and backend not in (Backend.AUTO, Backend.GPU):
+        raise Forbidden(
+            f"backend {backend.value!r} cannot relight onto a background: only GPU nodes with "
+            "IC-Light's background model can (backend 'gpu' or 'auto')",
+            code="background_not_served",
+        )
+    available = available_backends(settings, live_gpu_nodes=live_gpu_nodes, backgrounds=backgrounds)
     usable = {b for b in available if b.value in tenant.allowed_backends}
     if backend is Backend.AUTO:
+        if not usable and backgrounds:
+            raise Forbidden(
+                "no backend here can relight onto a background: that needs a GPU node with "
+                "IC-Light's background model (iclight_sd15_fbc.safetensors)",
+                code="background_not_served",
+            )
         if not usable:
             raise Forbidden("no backend is available to this account", code="backend_unavailable")
         return
@@ -119,6 +143,7 @@ async def submit_job(
     idempotency_key: str | None,
     live_gpu_nodes: bool = False,
     http_request_id: str | None = None,
+    background: SubjectSource | None = None,
 ) -> Submission:
     """Reserve the price and create the job; the caller commits, then enqueues.
     `http_request_id` (the submit's X-Request-ID) is kept for the job's log lines.
@@ -126,18 +151,27 @@ async def submit_job(
     An inline subject is stored before the caller commits, so run this in a transaction when
     `subject.data` is set: a failure to store then undoes the paid job. Without one, an
     autocommit session is enough (the job and its reservation are one statement)."""
-    digest = request_hash(params, options, subject)
+    digest = request_hash(params, options, subject, background)
     if idempotency_key is not None:
         existing = await repository.find_by_idempotency_key(session, tenant.id, idempotency_key)
         if existing is not None:
             return _replay(existing, digest, idempotency_key)
-    check_backend(settings, options.backend, tenant, live_gpu_nodes=live_gpu_nodes)
+    check_backend(
+        settings,
+        options.backend,
+        tenant,
+        live_gpu_nodes=live_gpu_nodes,
+        backgrounds=params.background_source is not None,
+    )
     webhook_url = options.webhook_url or tenant.webhook_url
     if options.webhook_url is not None:
         check_url(options.webhook_url, settings.egress_policy, field="webhook_url")
 
     job_id = uuid7()
     input_key = f"inputs/{tenant.id}/{job_id}" if subject.data is not None else None
+    background_key = None
+    if background is not None and background.data is not None:
+        background_key = f"inputs/{tenant.id}/{job_id}.background"
 
     cost = price(params, settings.credits_per_default_image)
     job = Job(
@@ -147,6 +181,8 @@ async def submit_job(
         params=params.model_dump(mode="json", exclude={"seed"}),
         input_url=subject.url,
         input_storage_key=input_key,
+        background_url=background.url if background is not None else None,
+        background_storage_key=background_key,
         seed=resolve_seed(params.seed),
         backend_requested=options.backend.value,
         credits_reserved=cost,
@@ -174,6 +210,8 @@ async def submit_job(
             return await _after_lost_race(session, tenant, idempotency_key, digest)
     metrics.count_job_submitted(session, options.backend.value)
     await _store_input(storage, input_key, subject)
+    if background is not None:
+        await _store_input(storage, background_key, background)
     return Submission(job=job, replayed=False)
 
 

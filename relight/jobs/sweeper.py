@@ -125,6 +125,13 @@ async def expire_stored_images(
             .limit(limit)
         )
     ).all()
+    backgrounds = (
+        await session.scalars(
+            select(Job)
+            .where(Job.background_storage_key.is_not(None), Job.finished_at < cutoff)
+            .limit(limit)
+        )
+    ).all()
     now = datetime.now(UTC)
     for output in outputs:
         await storage.delete(output.storage_key)
@@ -133,5 +140,9 @@ async def expire_stored_images(
         assert job.input_storage_key is not None
         await storage.delete(job.input_storage_key)
         job.input_storage_key = None
+    for job in backgrounds:
+        assert job.background_storage_key is not None
+        await storage.delete(job.background_storage_key)
+        job.background_storage_key = None
     await session.flush()
-    return len(outputs) + len(inputs)
+    return len(outputs) + len(inputs) + len(backgrounds)

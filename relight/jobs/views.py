@@ -111,6 +111,7 @@ def request_view(job: Job, outputs: list[JobOutput], urls: UrlBuilder) -> Reques
         status=job.job_status.public,
         params=_public_params(job),
         subject_image=job.input_url,
+        background_image=job.background_url,
         output=_segmind_output(job, output_urls),
         outputs=[
             OutputView(

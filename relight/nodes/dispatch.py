@@ -88,7 +88,9 @@ class GpuDispatcher:
         calls: list[BackendCall],
         progress: Callable[[float], None] | None = None,
     ) -> BackendResult:
-        wait = job_input.backend_requested == BACKEND
+        # A job that named `gpu` waits for a slot; so does a background job under `auto`, since
+        # no other backend can run it.
+        wait = job_input.backend_requested == BACKEND or params.background_source is not None
         deadline = time.monotonic() + (self.settings.gpu_wait_s if wait else 0.0)
         failed: set[str] = set()
         last: NodeCallFailed | None = None

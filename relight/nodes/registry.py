@@ -108,13 +108,22 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-async def discovered_gpu_nodes(redis: Redis, namespace: str, *, enabled: bool) -> bool:
-    """For submit: whether heartbeats show a GPU node (False when discovery is off or Redis
-    does not answer: a submit then sees only the static list)."""
+async def has_background_nodes(redis: Redis, namespace: str) -> bool:
+    """Whether some live node relights onto backgrounds (IC-Light fbc)."""
+    return any(node.backgrounds for node in await live_nodes(redis, namespace))
+
+
+async def discovered_gpu_nodes(
+    redis: Redis, namespace: str, *, enabled: bool, backgrounds: bool = False
+) -> bool:
+    """For submit: whether heartbeats show a GPU node (with `backgrounds`: one that relights
+    onto backgrounds). False when discovery is off or Redis does not answer: a submit then sees
+    only the static list."""
     if not enabled:
         return False
+    check = has_background_nodes if backgrounds else has_live_nodes
     try:
         # Bounded: a Redis outage must not hold a submit through the client's retries.
-        return await asyncio.wait_for(has_live_nodes(redis, namespace), DISCOVERY_TIMEOUT_S)
+        return await asyncio.wait_for(check(redis, namespace), DISCOVERY_TIMEOUT_S)
     except (RedisError, OSError, TimeoutError):
         return False

@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 DATABASE ?= relight
 export RELIGHT_DATABASE_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/$(DATABASE)
 
-.PHONY: help install services migrate demo test lint typecheck bench wrk up down compose-check clean
+.PHONY: help install services migrate demo test lint typecheck bench wrk chromium up down compose-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -34,7 +34,7 @@ demo: install services  ## relight a sample image through the real API, queue an
 	$(BIN)/alembic upgrade head
 	$(BIN)/python scripts/demo.py
 
-test: install services wrk  ## run the test suite against real Postgres and Redis
+test: install services wrk chromium  ## run the test suite against real Postgres and Redis
 	$(BIN)/pytest
 
 lint: install  ## ruff check and format check
@@ -62,6 +62,9 @@ wrk:  ## the HTTP load generator the submit benchmark drives (apt-get install wr
 		else \
 			echo "wrk is missing: install it (Debian: apt-get install wrk)" >&2; exit 1; \
 		fi; }
+
+chromium:  ## Debian's chromium for the browser tests (apt-get install chromium when missing)
+	@bash scripts/ensure-chromium.sh
 
 compose-check:  ## validate docker-compose.yml
 	@bash scripts/validate-compose.sh

@@ -9,18 +9,26 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Form, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
-from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from api.deps import StateDep, UnitOfWorkDep, urls_for
 from api.ui import session as sessions
+from api.ui.pages import (
+    PAGE_OFF,
+    PREFIX,
+    STATIC,
+    LoginRequired,
+    PageRefused,
+    install_page_handlers,
+    render,
+    see_other,
+)
 from api.ui.session import OperatorSession
 from relight.credits import service as credits
 from relight.credits.schemas import CreditMovement
@@ -33,63 +41,10 @@ from relight.ops.tenants import tenants_with_usage
 from relight.params import Backend
 from relight.tenants import service as tenants
 
-HERE = Path(__file__).parent
-templates = Jinja2Templates(directory=HERE / "templates")
-PREFIX = "/admin/ui"
-# Which tab of the navigation each page belongs to.
-SECTIONS = {"request.html": "requests", "tenant.html": "tenants"}
-
-
-class LoginRequired(Exception):
-    """No valid session: the browser goes to the sign-in form."""
-
-
-class PageRefused(Exception):
-    """The page is off (no admin token) or a form's CSRF token is wrong: 403."""
-
-    def __init__(self, message: str) -> None:
-        self.message = message
-
-
-def _security_headers(response: Response, request: Request) -> Response:
-    state = request.app.state.relight
-    images = (
-        "'self'" if not (state.settings.storage_url or "").startswith("s3") else "'self' https:"
-    )
-    # Every asset comes from this server; the browser enforces it.
-    response.headers["Content-Security-Policy"] = (
-        f"default-src 'self'; img-src {images}; style-src 'self'; script-src 'self'; "
-        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-    )
-    response.headers["Cache-Control"] = "no-store"
-    response.headers["Referrer-Policy"] = "same-origin"
-    return response
-
-
-def render(
-    request: Request,
-    name: str,
-    operator: OperatorSession | None,
-    status_code: int = 200,
-    **context: Any,
-) -> HTMLResponse:
-    response = templates.TemplateResponse(
-        request,
-        name,
-        {
-            "operator": operator,
-            "prefix": PREFIX,
-            "active": SECTIONS.get(name, name.removesuffix(".html")),
-            **context,
-        },
-        status_code=status_code,
-    )
-    return _security_headers(response, request)  # type: ignore[return-value]
-
 
 async def current_operator(request: Request, state: StateDep) -> OperatorSession:
     if not state.settings.admin_token:
-        raise PageRefused("The operators' page is off: set RELIGHT_ADMIN_TOKEN to turn it on.")
+        raise PageRefused(PAGE_OFF)
     operator = await sessions.read_session(
         state.settings, state.redis, request.cookies.get(sessions.COOKIE_NAME)
     )
@@ -107,17 +62,13 @@ def check_csrf(operator: OperatorSession, csrf_token: str | None) -> None:
         raise PageRefused("This form has expired or did not come from this page; reload it.")
 
 
-def see_other(path: str) -> RedirectResponse:
-    return RedirectResponse(PREFIX + path, status_code=303)
-
-
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
 
 
 @router.get("/login")
 async def login_form(request: Request, state: StateDep) -> Response:
     if not state.settings.admin_token:
-        raise PageRefused("The operators' page is off: set RELIGHT_ADMIN_TOKEN to turn it on.")
+        raise PageRefused(PAGE_OFF)
     return render(request, "login.html", None)
 
 
@@ -126,7 +77,7 @@ async def login(
     request: Request, state: StateDep, token: Annotated[str, Form(max_length=500)] = ""
 ) -> Response:
     if not state.settings.admin_token:
-        raise PageRefused("The operators' page is off: set RELIGHT_ADMIN_TOKEN to turn it on.")
+        raise PageRefused(PAGE_OFF)
     if not sessions.token_matches(state.settings, token):
         return render(request, "login.html", None, 401, error="That is not the admin token.")
     _, cookie = sessions.new_session(state.settings)
@@ -295,17 +246,8 @@ async def tenant_status(
 
 
 def install_ui(app: FastAPI) -> None:
-    """Add the page, its assets (served from the package) and its two answers that are not
+    """Add the page, its assets (served from the package) and its answers that are not
     pages: the redirect to sign in, and the refusal."""
     app.include_router(router)
-    app.mount(f"{PREFIX}/static", StaticFiles(directory=HERE / "static"), name="admin-ui-static")
-
-    async def _login_required(request: Request, exc: Exception) -> Response:
-        return see_other("/login")
-
-    async def _refused(request: Request, exc: Exception) -> Response:
-        message = exc.message if isinstance(exc, PageRefused) else "refused"
-        return render(request, "refused.html", None, 403, message=message)
-
-    app.add_exception_handler(LoginRequired, _login_required)
-    app.add_exception_handler(PageRefused, _refused)
+    app.mount(f"{PREFIX}/static", StaticFiles(directory=STATIC), name="admin-ui-static")
+    install_page_handlers(app)

@@ -56,7 +56,7 @@ bench: install services wrk  ## benchmarks (each prints a markdown table)
 wrk:  ## the HTTP load generator the submit benchmark drives (apt-get install wrk when missing)
 	@bash scripts/ensure-tool.sh wrk
 
-chromium:  ## the headless browser the /docs test renders with (apt-get install chromium when missing)
+chromium:  ## the headless browser of the /docs and operators' page tests (apt-get install when missing)
 	@bash scripts/ensure-tool.sh chromium
 
 compose-check:  ## validate docker-compose.yml

@@ -20,6 +20,7 @@ from api.middleware import HttpMetrics, RateLimitHeaders, RequestId
 from api.responses import OrjsonResponse
 from api.routes import account, admin, health, metrics, relight, requests, webhooks
 from api.state import AppState
+from api.ui.routes import install_ui
 from relight import __version__
 from relight.config import Settings, get_settings
 from relight.db import create_engine, create_sessionmaker
@@ -108,6 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    install_ui(app)
     install_openapi(app)
     install_docs(app)
     return app

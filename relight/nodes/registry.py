@@ -49,9 +49,13 @@ def node_key(namespace: str, node_id: str) -> str:
 async def publish_heartbeat(redis: Redis, namespace: str, node: NodeInfo, ttl_s: float) -> None:
     """Announce (or refresh) `node` for `ttl_s` seconds."""
     ttl_ms = max(1, int(ttl_s * 1000))
-    expires_ms = int(time.time() * 1000) + ttl_ms
+    beat_at = time.time()
+    expires_ms = int(beat_at * 1000) + ttl_ms
+    # `heartbeat_at` rides beside the description (not a NodeInfo field: it changes every
+    # beat), for the operators' page to show how old a node's last word is.
+    payload = {**node.as_json(), "heartbeat_at": beat_at}
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.set(node_key(namespace, node.id), orjson.dumps(node.as_json()), px=ttl_ms)
+        pipe.set(node_key(namespace, node.id), orjson.dumps(payload), px=ttl_ms)
         pipe.zadd(nodes_key(namespace), {node.id: expires_ms})
         # Ids whose heartbeat expired long ago (a node that died) leave the index.
         pipe.zremrangebyscore(nodes_key(namespace), "-inf", expires_ms - 10 * ttl_ms)
@@ -68,6 +72,12 @@ async def withdraw(redis: Redis, namespace: str, node_id: str) -> None:
 
 async def live_nodes(redis: Redis, namespace: str) -> list[NodeInfo]:
     """Nodes whose heartbeat has not expired."""
+    return [node for node, _ in await live_heartbeats(redis, namespace)]
+
+
+async def live_heartbeats(redis: Redis, namespace: str) -> list[tuple[NodeInfo, float | None]]:
+    """Nodes whose heartbeat has not expired, each with the time of its last beat (epoch
+    seconds; None from a node that does not say)."""
     now_ms = int(time.time() * 1000)
     ids = await redis.zrangebyscore(nodes_key(namespace), now_ms, "+inf")
     if not ids:
@@ -79,7 +89,8 @@ async def live_nodes(redis: Redis, namespace: str) -> list[NodeInfo]:
             continue
         data = orjson.loads(payload)
         fields = {name: data.get(name) for name in NodeInfo.__dataclass_fields__ if name in data}
-        nodes.append(NodeInfo(**fields))
+        beat_at = data.get("heartbeat_at")
+        nodes.append((NodeInfo(**fields), float(beat_at) if beat_at is not None else None))
     return nodes
 
 

@@ -1,0 +1,1 @@
+"""The operators' web page (`/admin/ui`): server-rendered views over `relight.ops`."""

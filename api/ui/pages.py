@@ -1,0 +1,84 @@
+"""How the operators' page answers: templates, security headers, redirects and refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from api.ui.session import OperatorSession
+
+HERE = Path(__file__).parent
+STATIC = HERE / "static"
+templates = Jinja2Templates(directory=HERE / "templates")
+PREFIX = "/admin/ui"
+PAGE_OFF = "The operators' page is off: set RELIGHT_ADMIN_TOKEN to turn it on."
+# Which tab of the navigation each page belongs to.
+SECTIONS = {"request.html": "requests", "tenant.html": "tenants"}
+
+
+class LoginRequired(Exception):
+    """No valid session: the browser goes to the sign-in form."""
+
+
+class PageRefused(Exception):
+    """The page is off (no admin token) or a form's CSRF token is wrong: 403."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def _security_headers(response: Response, request: Request) -> Response:
+    state = request.app.state.relight
+    settings = state.settings
+    # Thumbnails come from the object store when it presigns (S3) or has a public base.
+    from_store = (settings.storage_url or "").startswith("s3") or settings.public_output_base_url
+    images = "'self' https: http:" if from_store else "'self'"
+    # Every asset comes from this server; the browser enforces it.
+    response.headers["Content-Security-Policy"] = (
+        f"default-src 'self'; img-src {images}; style-src 'self'; script-src 'self'; "
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    )
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Referrer-Policy"] = "same-origin"
+    return response
+
+
+def render(
+    request: Request,
+    name: str,
+    operator: OperatorSession | None,
+    status_code: int = 200,
+    **context: Any,
+) -> HTMLResponse:
+    response = templates.TemplateResponse(
+        request,
+        name,
+        {
+            "operator": operator,
+            "prefix": PREFIX,
+            "active": SECTIONS.get(name, name.removesuffix(".html")),
+            **context,
+        },
+        status_code=status_code,
+    )
+    return _security_headers(response, request)  # type: ignore[return-value]
+
+
+def see_other(path: str) -> RedirectResponse:
+    return RedirectResponse(PREFIX + path, status_code=303)
+
+
+def install_page_handlers(app: FastAPI) -> None:
+    async def _login_required(request: Request, exc: Exception) -> Response:
+        return see_other("/login")
+
+    async def _refused(request: Request, exc: Exception) -> Response:
+        message = exc.message if isinstance(exc, PageRefused) else "refused"
+        return render(request, "refused.html", None, 403, message=message)
+
+    app.add_exception_handler(LoginRequired, _login_required)
+    app.add_exception_handler(PageRefused, _refused)

@@ -1,0 +1,253 @@
+"""The operators' web page under `/admin/ui`: sign-in, views, and three actions.
+
+Thin on purpose: the numbers come from `relight.ops`, the actions call the same service
+functions as the admin API (`relight.tenants.service`, `relight.credits.service`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Form, Request
+from fastapi.responses import Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+
+from api.deps import StateDep, UnitOfWorkDep, urls_for
+from api.ui import session as sessions
+from api.ui.pages import (
+    PAGE_OFF,
+    PREFIX,
+    STATIC,
+    LoginRequired,
+    PageRefused,
+    install_page_handlers,
+    render,
+    see_other,
+)
+from api.ui.session import OperatorSession
+from relight.credits import service as credits
+from relight.credits.schemas import CreditMovement
+from relight.errors import RelightError
+from relight.models import CreditKind, JobStatus, TenantStatus
+from relight.ops.nodes import node_statuses
+from relight.ops.overview import load_overview
+from relight.ops.requests import RequestFilters, list_requests, request_record
+from relight.ops.tenants import tenants_with_usage
+from relight.params import Backend
+from relight.tenants import service as tenants
+
+
+async def current_operator(request: Request, state: StateDep) -> OperatorSession:
+    if not state.settings.admin_token:
+        raise PageRefused(PAGE_OFF)
+    operator = await sessions.read_session(
+        state.settings, state.redis, request.cookies.get(sessions.COOKIE_NAME)
+    )
+    if operator is None:
+        raise LoginRequired
+    return operator
+
+
+OperatorDep = Annotated[OperatorSession, Depends(current_operator)]
+CsrfField = Annotated[str | None, Form()]
+
+
+def check_csrf(operator: OperatorSession, csrf_token: str | None) -> None:
+    if not sessions.csrf_matches(operator, csrf_token):
+        raise PageRefused("This form has expired or did not come from this page; reload it.")
+
+
+router = APIRouter(prefix=PREFIX, include_in_schema=False)
+
+
+@router.get("/login")
+async def login_form(request: Request, state: StateDep) -> Response:
+    if not state.settings.admin_token:
+        raise PageRefused(PAGE_OFF)
+    return render(request, "login.html", None)
+
+
+@router.post("/login")
+async def login(
+    request: Request, state: StateDep, token: Annotated[str, Form(max_length=500)] = ""
+) -> Response:
+    if not state.settings.admin_token:
+        raise PageRefused(PAGE_OFF)
+    if not sessions.token_matches(state.settings, token):
+        return render(request, "login.html", None, 401, error="That is not the admin token.")
+    _, cookie = sessions.new_session(state.settings)
+    response = see_other("")
+    response.set_cookie(
+        sessions.COOKIE_NAME,
+        cookie,
+        max_age=sessions.SESSION_TTL_S,
+        path=sessions.COOKIE_PATH,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https" or state.settings.environment == "production",
+    )
+    return response
+
+
+@router.post("/logout")
+async def logout(state: StateDep, operator: OperatorDep, csrf_token: CsrfField = None) -> Response:
+    check_csrf(operator, csrf_token)
+    await sessions.end_session(state.settings, state.redis, operator)
+    response = see_other("/login")
+    response.delete_cookie(sessions.COOKIE_NAME, path=sessions.COOKIE_PATH)
+    return response
+
+
+@router.get("")
+async def overview(
+    request: Request, state: StateDep, uow: UnitOfWorkDep, operator: OperatorDep
+) -> Response:
+    queue_entries: int | None
+    try:
+        async with asyncio.timeout(1.0):
+            queue_entries = int(await state.redis.zcard(state.settings.queue_name))
+    except (RedisError, OSError, TimeoutError):
+        queue_entries = None
+    data = await load_overview(uow.session, datetime.now(UTC), queue_entries)
+    return render(request, "overview.html", operator, overview=data)
+
+
+@router.get("/requests")
+async def requests_list(
+    request: Request,
+    uow: UnitOfWorkDep,
+    operator: OperatorDep,
+    tenant: str = "",
+    status: str = "",
+    backend: str = "",
+) -> Response:
+    filters = RequestFilters(tenant=tenant or None, status=status or None, backend=backend or None)
+    return render(
+        request,
+        "requests.html",
+        operator,
+        rows=await list_requests(uow.session, filters),
+        filters=filters,
+        statuses=[s.value for s in JobStatus],
+        backends=[b.value for b in Backend],
+    )
+
+
+@router.get("/requests/{request_id}")
+async def request_detail(
+    request: Request,
+    request_id: uuid.UUID,
+    state: StateDep,
+    uow: UnitOfWorkDep,
+    operator: OperatorDep,
+) -> Response:
+    record = await request_record(uow.session, request_id)
+    if record is None:
+        return render(request, "missing.html", operator, 404, what=f"request {request_id}")
+    return render(
+        request, "request.html", operator, record=record, urls=urls_for(request, state.settings)
+    )
+
+
+@router.get("/nodes")
+async def nodes(request: Request, state: StateDep, operator: OperatorDep) -> Response:
+    try:
+        async with asyncio.timeout(2.0):
+            statuses = await node_statuses(state.redis, state.settings)
+        error = None
+    except (RedisError, OSError, TimeoutError):
+        statuses, error = [], "Redis did not answer: node heartbeats and slots are unknown."
+    return render(request, "nodes.html", operator, nodes=statuses, error=error)
+
+
+@router.get("/tenants")
+async def tenants_list(request: Request, uow: UnitOfWorkDep, operator: OperatorDep) -> Response:
+    since = datetime.now(UTC) - timedelta(days=1)
+    return render(
+        request, "tenants.html", operator, rows=await tenants_with_usage(uow.session, since)
+    )
+
+
+async def _tenant_page(
+    request: Request,
+    uow: UnitOfWorkDep,
+    operator: OperatorSession,
+    name: str,
+    status_code: int = 200,
+    **context: Any,
+) -> Response:
+    try:
+        tenant = await tenants.find_tenant(uow.session, name)
+    except tenants.TenantNotFound:
+        return render(request, "missing.html", operator, 404, what=f"tenant {name!r}")
+    ledger = await credits.list_entries(uow.session, tenant.id, limit=50, before=None)
+    return render(
+        request, "tenant.html", operator, status_code, tenant=tenant, ledger=ledger, **context
+    )
+
+
+@router.get("/tenants/{name}")
+async def tenant_detail(
+    request: Request, name: str, uow: UnitOfWorkDep, operator: OperatorDep, done: str = ""
+) -> Response:
+    return await _tenant_page(request, uow, operator, name, done=done)
+
+
+@router.post("/tenants/{name}/{action}")
+async def tenant_status(
+    request: Request,
+    name: str,
+    action: str,
+    uow: UnitOfWorkDep,
+    operator: OperatorDep,
+    csrf_token: CsrfField = None,
+    amount: Annotated[str, Form()] = "",
+    reason: Annotated[str, Form()] = "",
+    kind: Annotated[str, Form()] = "grant",
+) -> Response:
+    check_csrf(operator, csrf_token)
+    try:
+        tenant = await tenants.find_tenant(uow.session, name)
+    except tenants.TenantNotFound:
+        return render(request, "missing.html", operator, 404, what=f"tenant {name!r}")
+    tenant_name = tenant.name  # a rollback below expires the row
+    try:
+        if action in ("suspend", "resume"):
+            status = TenantStatus.SUSPENDED if action == "suspend" else TenantStatus.ACTIVE
+            await tenants.set_tenant_status(uow.session, tenant, status)
+        elif action == "credits":
+            movement = CreditMovement.model_validate(
+                {"amount": amount.strip() or None, "reason": reason.strip(), "kind": kind}
+            )
+            await credits.grant_credits(
+                uow.session,
+                tenant.id,
+                movement.amount,
+                reason=movement.reason,
+                kind=CreditKind(movement.kind),
+            )
+        else:
+            return render(request, "missing.html", operator, 404, what=f"action {action!r}")
+    except ValidationError as exc:
+        await uow.rollback()
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return await _tenant_page(request, uow, operator, tenant_name, 422, error=problems)
+    except RelightError as exc:
+        await uow.rollback()
+        return await _tenant_page(
+            request, uow, operator, tenant_name, exc.status_code, error=exc.message
+        )
+    return see_other(f"/tenants/{tenant_name}?done={action}")
+
+
+def install_ui(app: FastAPI) -> None:
+    """Add the page, its assets (served from the package) and its answers that are not
+    pages: the redirect to sign in, and the refusal."""
+    app.include_router(router)
+    app.mount(f"{PREFIX}/static", StaticFiles(directory=STATIC), name="admin-ui-static")
+    install_page_handlers(app)

@@ -1,0 +1,1 @@
+"""What operators look at: read-only summaries across tenants, for the operators' page."""

@@ -1,0 +1,194 @@
+"""The overview's numbers, each from one SQL query over the job table (and the queue's size).
+
+Every number the operators' overview shows comes from `load_overview`, so a test can set up a
+known set of jobs and compare each number with its own query. Windows end at `now` (a
+parameter, not the database clock, so a test can pin it) and count a job by the moment that
+matters for the number: submissions by `created_at`, queue waits by `started_at`, completions
+and run times by `finished_at`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, Float, cast, extract, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from relight.models import Job, JobStatus
+
+WINDOWS: dict[str, timedelta] = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
+TOP_ERRORS = 10
+CHART_HOURS = 24
+
+
+@dataclass(frozen=True)
+class Percentiles:
+    """Seconds; None when no job fell in the window."""
+
+    count: int
+    p50: float | None
+    p95: float | None
+
+
+@dataclass(frozen=True)
+class WindowStats:
+    """One window (the last hour, the last day) ending at `now`."""
+
+    name: str
+    submitted: dict[str, int]  # jobs created in the window, by status (every status present)
+    succeeded: int  # jobs that finished successfully in the window
+    failed: int  # jobs that ended failed in the window
+    throughput_per_minute: float  # succeeded / minutes in the window
+    queue_wait: Percentiles  # started_at - created_at, jobs started in the window
+    run_time: Percentiles  # finished_at - started_at, jobs succeeded in the window
+
+
+@dataclass(frozen=True)
+class Overview:
+    now: datetime
+    queued: int  # jobs waiting now (Postgres, the source of truth)
+    running: int  # jobs running now
+    queue_entries: int | None  # entries in the arq queue (Redis); None if unread
+    windows: list[WindowStats]
+    errors: list[tuple[str, int]]  # failed jobs of the last day by error code, most first
+    # Completed and failed jobs per hour over the last CHART_HOURS, oldest hour first.
+    hourly: list[tuple[datetime, int, int]] = field(default_factory=list)
+
+
+def _seconds(later: Any, earlier: Any) -> ColumnElement[float]:
+    """`later - earlier` in seconds (columns or a bound datetime)."""
+    return cast(extract("epoch", later - earlier), Float)
+
+
+async def _percentiles(
+    session: AsyncSession, seconds: ColumnElement[float], *conditions: ColumnElement[bool]
+) -> Percentiles:
+    row = (
+        await session.execute(
+            select(
+                func.count(),
+                func.percentile_cont(0.5).within_group(seconds),
+                func.percentile_cont(0.95).within_group(seconds),
+            ).where(*conditions)
+        )
+    ).one()
+    count, p50, p95 = row
+    return Percentiles(
+        count=int(count),
+        p50=float(p50) if p50 is not None else None,
+        p95=float(p95) if p95 is not None else None,
+    )
+
+
+async def count_by_status(session: AsyncSession, since: datetime, now: datetime) -> dict[str, int]:
+    rows = await session.execute(
+        select(Job.status, func.count())
+        .where(Job.created_at >= since, Job.created_at < now)
+        .group_by(Job.status)
+    )
+    counts = {status.value: 0 for status in JobStatus}
+    for status, count in rows:
+        counts[status] = int(count)
+    return counts
+
+
+async def finished_count(
+    session: AsyncSession, status: JobStatus, since: datetime, now: datetime
+) -> int:
+    value = await session.scalar(
+        select(func.count()).where(
+            Job.status == status.value, Job.finished_at >= since, Job.finished_at < now
+        )
+    )
+    return int(value or 0)
+
+
+async def window_stats(
+    session: AsyncSession, name: str, length: timedelta, now: datetime
+) -> WindowStats:
+    since = now - length
+    succeeded = await finished_count(session, JobStatus.SUCCEEDED, since, now)
+    started = Job.started_at.is_not(None)
+    return WindowStats(
+        name=name,
+        submitted=await count_by_status(session, since, now),
+        succeeded=succeeded,
+        failed=await finished_count(session, JobStatus.FAILED, since, now),
+        throughput_per_minute=succeeded / (length.total_seconds() / 60),
+        queue_wait=await _percentiles(
+            session,
+            _seconds(Job.started_at, Job.created_at),
+            started,
+            Job.started_at >= since,
+            Job.started_at < now,
+        ),
+        run_time=await _percentiles(
+            session,
+            _seconds(Job.finished_at, Job.started_at),
+            started,
+            Job.status == JobStatus.SUCCEEDED.value,
+            Job.finished_at >= since,
+            Job.finished_at < now,
+        ),
+    )
+
+
+async def ranked_errors(
+    session: AsyncSession, since: datetime, now: datetime
+) -> list[tuple[str, int]]:
+    code = func.coalesce(Job.error_code, "unknown")
+    rows = await session.execute(
+        select(code, func.count())
+        .where(
+            Job.status == JobStatus.FAILED.value, Job.finished_at >= since, Job.finished_at < now
+        )
+        .group_by(code)
+        .order_by(func.count().desc(), code)
+        .limit(TOP_ERRORS)
+    )
+    return [(str(error), int(count)) for error, count in rows]
+
+
+async def hourly_outcomes(session: AsyncSession, now: datetime) -> list[tuple[datetime, int, int]]:
+    """(hour start, succeeded, failed) for each of the last CHART_HOURS hours ending at `now`."""
+    since = now - timedelta(hours=CHART_HOURS)
+    hour = func.floor(_seconds(Job.finished_at, since) / 3600)
+    rows = await session.execute(
+        select(hour, Job.status, func.count())
+        .where(
+            Job.status.in_([JobStatus.SUCCEEDED.value, JobStatus.FAILED.value]),
+            Job.finished_at >= since,
+            Job.finished_at < now,
+        )
+        .group_by(hour, Job.status)
+    )
+    succeeded = [0] * CHART_HOURS
+    failed = [0] * CHART_HOURS
+    for index, status, count in rows:
+        (succeeded if status == JobStatus.SUCCEEDED.value else failed)[int(index)] = int(count)
+    return [(since + timedelta(hours=n), succeeded[n], failed[n]) for n in range(CHART_HOURS)]
+
+
+async def load_overview(
+    session: AsyncSession, now: datetime, queue_entries: int | None
+) -> Overview:
+    """Every number of the overview, as of `now`."""
+    live = await session.execute(
+        select(Job.status, func.count())
+        .where(Job.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]))
+        .group_by(Job.status)
+    )
+    current = {status: int(count) for status, count in live}
+    return Overview(
+        now=now,
+        queued=current.get(JobStatus.QUEUED.value, 0),
+        running=current.get(JobStatus.RUNNING.value, 0),
+        queue_entries=queue_entries,
+        windows=[
+            await window_stats(session, name, length, now) for name, length in WINDOWS.items()
+        ],
+        errors=await ranked_errors(session, now - WINDOWS["day"], now),
+        hourly=await hourly_outcomes(session, now),
+    )

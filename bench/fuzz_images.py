@@ -5,13 +5,14 @@ worker's decode (`relight.images.decode_image`), for a bounded time per target.
 Run as `.venv/bin/python bench/fuzz_images.py [--seconds 60] [--targets strip_metadata ...]`.
 Each target runs in a process of its own under atheris (libFuzzer driving Python with
 coverage feedback from `relight` and Pillow's Python plugins), from a seed corpus of small
-JPEG (baseline, progressive, CMYK, restart markers, EXIF, ICC), PNG (8- and 16-bit,
-palette, interlaced, tEXt/zTXt/iTXt/eXIf, ICC) and WebP (lossy, lossless, EXIF/XMP, ICC) files
-made with Pillow. What is checked is `bench/fuzz_targets.py`. Every
-input that breaks a check is written to `tests/fuzz_corpus/<target>/` (one per distinct
-failure, shrunk), where `tests/test_fuzz_regressions.py` replays it; a hang (`--timeout`) or
-running out of memory (`--rss-limit-mb`) is kept there too. Prints a markdown table: target,
-executions, seconds, exec/s, crashes.
+JPEG (baseline, progressive, CMYK, restart markers, EXIF, ICC), PNG (8- and 16-bit, palette,
+interlaced, tEXt/zTXt/iTXt/eXIf, ICC) and WebP (lossy, lossless, EXIF/XMP, ICC) files made
+with Pillow, plus the corpus earlier runs grew (`var/fuzz/<target>/corpus`). What is checked
+is `bench/fuzz_targets.py`. Every input that breaks a check is written to
+`tests/fuzz_corpus/<target>/` (one per distinct failure, shrunk), where
+`tests/test_fuzz_regressions.py` replays it; a hang (`--timeout`) or running out of memory
+(`--rss-limit-mb`) is kept there too. Prints a markdown table: target, executions, seconds,
+exec/s, crashes.
 
 atheris ships binary wheels for CPython on Linux x86_64 (the dev extra installs it there);
 elsewhere it needs clang with libFuzzer to build, and this script says so and stops.
@@ -38,6 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+# The keys of `bench.fuzz_targets.TARGETS`, named here because that module (and `relight`)
+# must first be imported in the fuzzed process, under instrumentation.
 TARGET_NAMES = ["strip_metadata", "verify_structure", "decode_image"]
 CRASH_LINE = re.compile(r"^CRASH (\S+) (.*)$")
 # Where libFuzzer wrote the input it stopped on (a hang, too much memory, a native crash).

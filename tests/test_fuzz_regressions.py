@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.fuzz_images import TARGET_NAMES
 from bench.fuzz_targets import TARGETS
 
 CORPUS = Path(__file__).parent / "fuzz_corpus"
@@ -18,6 +19,7 @@ INPUTS = sorted(CORPUS.glob("*/*"))
 
 
 def test_the_corpus_is_where_the_fuzzer_writes_it() -> None:
+    assert list(TARGETS) == TARGET_NAMES
     assert {path.parent.name for path in INPUTS} <= set(TARGETS)
     assert INPUTS, f"no fuzz inputs under {CORPUS}"
 

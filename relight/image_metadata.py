@@ -133,7 +133,11 @@ def _strip_png(data: bytes, orientation: int) -> bytes:
 def _strip_webp(data: bytes, orientation: int) -> bytes:
     chunks = bytearray()
     position = 12
-    while position + 8 <= len(data):
+    # Only the chunks inside the RIFF size are the image (what `verify_structure` checks);
+    # found by fuzzing: bytes after it were kept as a chunk, and the result no longer verified.
+    (riff_size,) = struct.unpack("<I", data[4:8])
+    riff_end = min(len(data), 8 + riff_size)
+    while position + 8 <= riff_end:
         kind = data[position : position + 4]
         (size,) = struct.unpack("<I", data[position + 4 : position + 8])
         end = position + 8 + size + (size & 1)

@@ -299,6 +299,9 @@ def _webp(data: bytes, max_pixels: int) -> ImageHeader:
         body = data[body_start:body_end]
         position = body_end + (size & 1)
         if kind == b"VP8X":
+            # Found by fuzzing: a VP8X chunk shorter than its 10 bytes was an IndexError (500).
+            if len(body) < 10:
+                raise _truncated("WebP", "its VP8X header is damaged")
             flags = body[0]
             if flags & VP8X_ANIMATION_FLAG:
                 raise InvalidImage("animated images are not supported; send a single frame")

@@ -15,11 +15,13 @@ import zlib
 
 from PIL import Image
 
-from relight.image_structure import sniff_format
+from relight.image_structure import end_of_entropy_data, sniff_format
 
 ORIENTATION_TAG = 0x0112
-# JPEG segments kept: APP0 (JFIF), APP2 (ICC profile), APP14 (Adobe colour transform).
+# JPEG segments kept: APP0 (JFIF), APP2 (ICC profile only: an MPO's APP2 "MPF" index of further
+# pictures goes), APP14 (Adobe colour transform).
 JPEG_KEEP = {0xE0, 0xE2, 0xEE}
+ICC_PROFILE = b"ICC_PROFILE\0"
 PNG_DROP = {b"eXIf", b"tEXt", b"zTXt", b"iTXt", b"tIME"}
 WEBP_DROP = {b"EXIF", b"XMP "}
 VP8X_EXIF_FLAG = 0x08
@@ -82,6 +84,12 @@ def strip_metadata(data: bytes) -> bytes:
 
 
 def _strip_jpeg(data: bytes, orientation: int) -> bytes:
+    """The primary picture's segments without metadata, up to its end (EOI).
+
+    What follows the EOI goes: a multi-picture file's (MPO, as phones write) further pictures
+    with their own EXIF and GPS, or appended bytes. Scans are copied as they are (progressive
+    JPEGs have several, with tables between them).
+    """
     out = bytearray(data[:2])  # SOI
     if orientation != 1:
         block = minimal_exif(orientation)
@@ -94,14 +102,28 @@ def _strip_jpeg(data: bytes, orientation: int) -> bytes:
         if marker == 0xFF:  # fill byte
             position += 1
             continue
-        if marker == 0xDA or 0xD0 <= marker <= 0xD9 or marker == 0x01:
-            # Start of scan (or a marker without length): the rest is image data.
-            out += data[position:]
+        if marker == 0xD9:  # EOI: the primary picture ends here
+            out += data[position : position + 2]
             return bytes(out)
+        if 0xD0 <= marker <= 0xD8 or marker == 0x01:  # markers without a length
+            out += data[position : position + 2]
+            position += 2
+            continue
         (length,) = struct.unpack(">H", data[position + 2 : position + 4])
+        if marker == 0xDA:  # start of scan: its header, then entropy-coded data
+            scan_end = end_of_entropy_data(data, position + 2 + length)
+            if scan_end is None:  # the data runs to the end of the file (no EOI)
+                out += data[position:]
+                return bytes(out)
+            out += data[position:scan_end]
+            position = scan_end
+            continue
         segment = data[position : position + 2 + length]
         is_app_or_comment = 0xE0 <= marker <= 0xEF or marker == 0xFE
-        if not is_app_or_comment or marker in JPEG_KEEP:
+        keep = not is_app_or_comment or marker in JPEG_KEEP
+        if marker == 0xE2 and not segment[4:].startswith(ICC_PROFILE):
+            keep = False
+        if keep:
             out += segment
         position += 2 + length
     return bytes(out)

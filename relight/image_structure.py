@@ -153,7 +153,7 @@ def _jpeg(data: bytes, max_pixels: int) -> ImageHeader:
         elif marker == 0xDA:  # start of scan: entropy-coded data up to the next marker
             if header is None:
                 raise _truncated("JPEG", "a scan comes before the frame header")
-            scan_end = _end_of_entropy_data(data, position)
+            scan_end = end_of_entropy_data(data, position)
             if scan_end is None:
                 raise _truncated("JPEG", "it ends inside its image data")
             entropy_bytes += scan_end - position
@@ -170,7 +170,7 @@ def _jpeg(data: bytes, max_pixels: int) -> ImageHeader:
     return header
 
 
-def _end_of_entropy_data(data: bytes, position: int) -> int | None:
+def end_of_entropy_data(data: bytes, position: int) -> int | None:
     """Where the marker after a scan's data starts (0xFF then neither 0x00, a restart marker,
     nor a fill byte), or None when the data runs to the end of the file."""
     while True:

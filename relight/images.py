@@ -64,7 +64,9 @@ def decode_image(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             image: Image.Image = Image.open(io.BytesIO(data), formats=[fmt])
-            if getattr(image, "n_frames", 1) > 1:
+            # A multi-picture JPEG (MPO, as phones write) is its primary picture; the others
+            # (depth maps, previews) play no part. Other formats with frames are animations.
+            if getattr(image, "n_frames", 1) > 1 and image.format != "MPO":
                 raise InvalidImage("animated images are not supported; send a single frame")
             orientation = _orientation(image)
             if cover is not None and orientation in SIDEWAYS:

@@ -7,6 +7,7 @@ import base64
 import io
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -88,3 +89,44 @@ async def test_the_stored_input_has_no_gps_and_outputs_have_no_exif(
         assert dict(image.getexif()) == {}
         # The subject was upright-corrected before relighting: a portrait output.
         assert image.size == (768, 960)
+
+
+def _multi_picture_jpeg() -> bytes:
+    """A phone-style MPO (Pillow writes the MPF index): a red primary picture, then a green one."""
+    primary = Image.new("RGB", (64, 48), (200, 10, 10))
+    second = Image.new("RGB", (64, 48), (10, 200, 10))
+    buffer = io.BytesIO()
+    primary.save(buffer, "MPO", save_all=True, append_images=[second])
+    return buffer.getvalue()
+
+
+def _jpeg(color: tuple[int, int, int], exif: bytes = b"") -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), color).save(buffer, "JPEG", exif=exif)
+    return buffer.getvalue()
+
+
+def test_pictures_after_the_primary_one_go_with_their_gps() -> None:
+    gps = Image.Exif()
+    gps.get_ifd(0x8825)[2] = (48.0, 51.0, 30.0)  # GPSLatitude
+    second = _jpeg((10, 200, 10), gps.tobytes())
+    for original in (_multi_picture_jpeg() + second, _jpeg((200, 10, 10)) + second):
+        assert original.count(b"Exif\0\0") == 1  # the second picture's, with the GPS block
+
+        stripped = strip_metadata(original)
+
+        with Image.open(io.BytesIO(stripped)) as opened:
+            assert (opened.format, getattr(opened, "n_frames", 1)) == ("JPEG", 1)
+            assert np.asarray(opened.convert("RGB"))[5, 5, 0] > 150  # the red primary picture
+        assert b"Exif\0\0" not in stripped
+        assert b"MPF\0" not in stripped
+        assert pixels(stripped) == pixels(original)
+
+
+def test_the_worker_decodes_a_multi_picture_jpeg_as_its_primary_picture() -> None:
+    original = _multi_picture_jpeg()
+    with Image.open(io.BytesIO(original)) as opened:
+        assert (opened.format, getattr(opened, "n_frames", 1)) == ("MPO", 2)
+    image = decode_image(original, max_bytes=10_000_000, max_pixels=10_000_000)
+    assert image.size == (64, 48)
+    assert np.asarray(image.convert("RGB"))[5, 5, 0] > 150

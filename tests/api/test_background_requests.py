@@ -24,7 +24,7 @@ from tests.api.test_validation import assert_error, assert_invalid_field, body
 from tests.conftest import TenantKey, example_bytes
 from tests.fakes.segmind import relight_client, run_burst_worker
 from tests.helpers import balance_of, get_record, job_count
-from tests.nodes.processes import NodeProcess, node_process
+from tests.nodes.processes import NodeProcess, clear_slots, node_process
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SMALL: dict[str, Any] = {"width": 256, "height": 320, "steps": 3, "highres_scale": 1.0}
@@ -148,9 +148,7 @@ def fbc_node(
 @pytest.fixture
 async def clean_namespace(redis: Redis, namespace: str) -> AsyncIterator[str]:
     yield namespace
-    keys = [key async for key in redis.scan_iter(match=f"{namespace}:slots*")]
-    if keys:
-        await redis.delete(*keys)
+    await clear_slots(redis, namespace)
 
 
 def _size(data: bytes) -> tuple[int, int]:

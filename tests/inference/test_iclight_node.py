@@ -20,7 +20,7 @@ from relight.config import Settings
 from tests.conftest import TenantKey, example_bytes
 from tests.fakes.segmind import relight_client, run_burst_worker
 from tests.helpers import get_record
-from tests.nodes.processes import NodeProcess, node_process
+from tests.nodes.processes import NodeProcess, clear_slots, node_process
 
 pytestmark = pytest.mark.slow
 
@@ -53,9 +53,7 @@ def iclight_node(
 @pytest.fixture
 async def clean_namespace(redis: Redis, namespace: str) -> AsyncIterator[str]:
     yield namespace
-    keys = [key async for key in redis.scan_iter(match=f"{namespace}:slots*")]
-    if keys:
-        await redis.delete(*keys)
+    await clear_slots(redis, namespace)
 
 
 async def relight(node: NodeProcess, seed: int, **params: Any) -> list[bytes]:

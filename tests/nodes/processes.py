@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from redis.asyncio import Redis
 
 from scripts.stack import BIN, free_port
 
@@ -98,3 +99,10 @@ def node_process(
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
+
+
+async def clear_slots(redis: Redis, namespace: str) -> None:
+    """Forget every node slot held in `namespace` (between tests that share a node)."""
+    keys = [key async for key in redis.scan_iter(match=f"{namespace}:slots*")]
+    if keys:
+        await redis.delete(*keys)

@@ -91,6 +91,20 @@ def test_503s_beyond_max_retries_raise(account: Account, proxy: FlakyProxy) -> N
     assert [e.outcome for e in proxy.exchanges("GET", "/v2/account")] == [503, 503, 503, 200]
 
 
+def test_a_retry_after_beyond_max_retry_after_is_raised_at_once(
+    account: Account, proxy: FlakyProxy
+) -> None:
+    proxy.script("GET", "/v2/account", [Fault.answer(503, {"Retry-After": "120"})])
+
+    with Relight(proxy.url, account.key, max_retry_after=60) as client:
+        started = time.monotonic()
+        with pytest.raises(ServiceUnavailableError) as raised:
+            client.account()
+
+    assert time.monotonic() - started < 5
+    assert raised.value.retry_after == 120
+
+
 def test_a_submit_whose_answer_was_lost_is_resent_and_charged_once(
     admin: Admin, account: Account, proxy: FlakyProxy
 ) -> None:

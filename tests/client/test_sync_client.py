@@ -70,6 +70,15 @@ def test_run_takes_a_url_or_a_data_url(client: Relight, image_server: ImageServe
     assert from_data_url.subject_image is None
 
 
+def test_a_missing_file_raises_before_anything_is_sent(client: Relight, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        client.relight(tmp_path / "nowhere.png", "cat")
+    with pytest.raises(FileNotFoundError):
+        client.relight("typo/astronaut.png", "cat")
+
+    assert list(client.requests.list()) == []
+
+
 def test_stream_yields_each_change_until_the_end(client: Relight) -> None:
     request = client.relight(png_bytes(), "cat", **fast(steps=20))
 

@@ -25,6 +25,7 @@ from relight_client.models import (
 ImageInput = str | bytes | os.PathLike[str]
 MAX_PREFER_WAIT_S = 60
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 def encode_image(image: ImageInput) -> str:
@@ -33,10 +34,17 @@ def encode_image(image: ImageInput) -> str:
         return base64.b64encode(image).decode()
     if isinstance(image, str) and image.startswith(("http://", "https://", "data:")):
         return image
-    path = Path(image)
-    if isinstance(image, os.PathLike) or (len(image) < 4096 and path.is_file()):
-        return base64.b64encode(path.read_bytes()).decode()
+    if isinstance(image, os.PathLike) or _names_a_file(image):
+        return base64.b64encode(Path(image).read_bytes()).decode()
     return image  # already base64
+
+
+def _names_a_file(text: str) -> bool:
+    """A path, not base64: an existing file, or a name with an image extension (so a mistyped
+    path raises FileNotFoundError here rather than a 400 from the server)."""
+    if len(text) > 4096:
+        return False
+    return Path(text).is_file() or text.lower().endswith(IMAGE_SUFFIXES)
 
 
 def new_idempotency_key() -> str:

@@ -80,24 +80,24 @@ class BackendInfo(_Model):
 
 
 class RequestParams(_Model):
-    """The parameters a request ran with (Segmind's), with the seed that was used."""
+    """The parameters a request ran with (Segmind's, with their defaults), and the seed used."""
 
     prompt: str
-    appended_prompt: str
-    negative_prompt: str
-    cfg: float
-    width: int
-    height: int
-    steps: int
+    appended_prompt: str = "best quality"
+    negative_prompt: str = "lowres, bad anatomy, bad hands, cropped, worst quality"
+    cfg: float = 2
+    width: int = 512
+    height: int = 640
+    steps: int = 25
     seed: int
-    highres_scale: float
-    highres_denoise: float
-    lowres_denoise: float
-    light_source: str
+    highres_scale: float = 1.5
+    highres_denoise: float = 0.5
+    lowres_denoise: float = 0.9
+    light_source: str = "None"
     background_source: str | None = None
-    number_of_images: int
-    output_format: str
-    output_quality: int
+    number_of_images: int = 1
+    output_format: str = "webp"
+    output_quality: int = 80
 
 
 class Record(_Model):

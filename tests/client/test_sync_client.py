@@ -15,6 +15,7 @@ from relight_client import (
     ConflictError,
     InsufficientCreditsError,
     NotFoundError,
+    PermissionDeniedError,
     Record,
     Relight,
     RequestFailedError,
@@ -77,6 +78,14 @@ def test_a_missing_file_raises_before_anything_is_sent(client: Relight, tmp_path
         client.relight("typo/astronaut.png", "cat")
 
     assert list(client.requests.list()) == []
+
+
+def test_a_background_image_is_sent_and_refused_without_an_fbc_node(client: Relight) -> None:
+    with pytest.raises(PermissionDeniedError) as raised:
+        client.relight(png_bytes(), "cat", background_image=png_bytes((64, 64)), **fast())
+
+    # The server read it as a background request: only a GPU node with IC-Light fbc serves one.
+    assert (raised.value.status_code, raised.value.code) == (403, "background_not_served")
 
 
 def test_stream_yields_each_change_until_the_end(client: Relight) -> None:

@@ -129,11 +129,11 @@ def iterate_sync(client: httpx.Client, operation: Operation[Any]) -> Iterator[An
 def run_sync(client: httpx.Client, operation: Operation[T]) -> T:
     """Drive an operation that emits nothing to its result."""
     iterator = iterate_sync(client, operation)
-    while True:
-        try:
-            next(iterator)
-        except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
+    try:
+        next(iterator)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+    raise TypeError("run_sync: this operation emits values; iterate it instead")
 
 
 async def iterate_async(client: httpx.AsyncClient, operation: Operation[Any]) -> AsyncIterator[Any]:

@@ -17,11 +17,12 @@ help:  ## list the targets
 
 install: $(STAMP)  ## create .venv and install the project with its dev tools
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 		{ echo "Python >= 3.11 is required (set PYTHON=...)"; exit 1; }
 	@$(PYTHON) -m venv $(VENV) || { echo "python venv failed: on Debian, apt-get install python3-venv"; exit 1; }
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,node]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ./clients/python
 	@touch $(STAMP)
 
 services:  ## make sure Postgres and Redis answer (installs and starts them on Debian if not)

@@ -1,0 +1,172 @@
+"""What each call of the tenant API does, written once as a sans-I/O operation (see `_core`)."""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from relight_client._core import Call, Emit, Operation, RetryPolicy, Sleep, json_of, send
+from relight_client.errors import RequestFailedError, WaitTimeoutError
+from relight_client.models import (
+    Accepted,
+    Account,
+    Record,
+    RequestStatus,
+    Status,
+    WebhookSecret,
+)
+
+# Image inputs: a local file (path), raw bytes, or a string the server takes as it is
+# (an http(s) URL, a data URL, base64).
+ImageInput = str | bytes | os.PathLike[str]
+MAX_PREFER_WAIT_S = 60
+EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def encode_image(image: ImageInput) -> str:
+    """The JSON value of `subject_image`/`background_image` for `image`."""
+    if isinstance(image, bytes):
+        return base64.b64encode(image).decode()
+    if isinstance(image, str) and image.startswith(("http://", "https://", "data:")):
+        return image
+    if isinstance(image, os.PathLike) or _names_a_file(image):
+        return base64.b64encode(Path(image).read_bytes()).decode()
+    return image  # already base64
+
+
+def _names_a_file(text: str) -> bool:
+    """A path, not base64: an existing file, or a name with an image extension (so a mistyped
+    path raises FileNotFoundError here rather than a 400 from the server)."""
+    if len(text) > 4096:
+        return False
+    return Path(text).is_file() or text.lower().endswith(IMAGE_SUFFIXES)
+
+
+def new_idempotency_key() -> str:
+    return f"relight-py-{uuid.uuid4()}"
+
+
+class Operations:
+    """The tenant API's operations; `policy` decides the retries of every call."""
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.policy = policy
+
+    def submit(
+        self,
+        image: ImageInput,
+        prompt: str,
+        *,
+        background_image: ImageInput | None,
+        wait: float | None,
+        idempotency_key: str | None,
+        params: dict[str, Any],
+    ) -> Operation[Accepted | Record]:
+        """`POST /v2/ic-light`; the key is drawn once here, so every retry reuses it and the
+        server replays the first request instead of charging again."""
+        body: dict[str, Any] = {"prompt": prompt, "subject_image": encode_image(image), **params}
+        if background_image is not None:
+            body["background_image"] = encode_image(background_image)
+        headers = {"Idempotency-Key": idempotency_key or new_idempotency_key()}
+        if wait is not None and wait > 0:
+            headers["Prefer"] = f"wait={min(int(wait), MAX_PREFER_WAIT_S)}"
+        response = yield from send(
+            Call("POST", "/v2/ic-light", json=body, headers=headers), self.policy
+        )
+        if response.status_code == 200:
+            return Record.model_validate(json_of(response))
+        return Accepted.model_validate(json_of(response))
+
+    def get(self, request_id: str) -> Operation[Record]:
+        response = yield from send(Call("GET", f"/v2/requests/{request_id}"), self.policy)
+        return Record.model_validate(json_of(response))
+
+    def status(self, request_id: str) -> Operation[RequestStatus]:
+        response = yield from send(Call("GET", f"/v2/requests/{request_id}/status"), self.policy)
+        return RequestStatus.model_validate(json_of(response))
+
+    def cancel(self, request_id: str) -> Operation[Record]:
+        # Not resent after a dropped connection: a second cancel of a canceled request is a 409.
+        call = Call("POST", f"/v2/requests/{request_id}/cancel", idempotent=False)
+        response = yield from send(call, self.policy)
+        return Record.model_validate(json_of(response))
+
+    def list_requests(self, status: Status | str | None, page_size: int) -> Operation[None]:
+        """Emit every record, newest first, following `next_cursor` page by page."""
+        cursor: str | None = None
+        while True:
+            params: dict[str, Any] = {"limit": page_size}
+            if status is not None:
+                params["status"] = str(status)
+            if cursor is not None:
+                params["cursor"] = cursor
+            response = yield from send(Call("GET", "/v2/requests", params=params), self.policy)
+            page = json_of(response)
+            for item in page["data"]:
+                yield Emit(Record.model_validate(item))
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
+
+    def poll(
+        self, request_id: str, *, timeout: float | None, interval: float, emit: bool
+    ) -> Operation[RequestStatus]:
+        """Poll the status until it is terminal (Relight has no status stream endpoint yet),
+        emitting each change when `emit`; raises `WaitTimeoutError` after `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        seen: tuple[object, ...] | None = None
+        delay = min(0.1, interval)
+        while True:
+            current = yield from self.status(request_id)
+            state = (current.status, current.queue_position, current.progress)
+            if emit and state != seen:
+                yield Emit(current)
+            seen = state
+            if current.status.is_terminal:
+                return current
+            if deadline is not None and time.monotonic() + delay > deadline:
+                raise WaitTimeoutError(request_id, timeout or 0.0)
+            yield Sleep(delay)
+            delay = min(interval, delay * 1.5)
+
+    def wait(self, request_id: str, *, timeout: float | None, interval: float) -> Operation[Record]:
+        yield from self.poll(request_id, timeout=timeout, interval=interval, emit=False)
+        return (yield from self.get(request_id))
+
+    def output(self, request_id: str, index: int) -> Operation[bytes]:
+        call = Call("GET", f"/v2/requests/{request_id}/outputs/{index}")
+        response = yield from send(call, self.policy)
+        return response.content
+
+    def download(self, request_id: str, directory: Path) -> Operation[list[Path]]:
+        """Write every output of a COMPLETED request to `directory` (`<id>-<index>.<ext>`)."""
+        record = yield from self.get(request_id)
+        if record.status is not Status.COMPLETED:
+            raise RequestFailedError(request_id, record.status, record.error_code, record.error)
+        directory.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for output in record.outputs:
+            content = yield from self.output(request_id, output.index)
+            extension = EXTENSIONS.get(output.content_type, "bin")
+            path = directory / f"{request_id}-{output.index}.{extension}"
+            path.write_bytes(content)
+            paths.append(path)
+        return paths
+
+    def account(self) -> Operation[Account]:
+        response = yield from send(Call("GET", "/v2/account"), self.policy)
+        return Account.model_validate(json_of(response))
+
+    def webhook_secret(self) -> Operation[WebhookSecret]:
+        response = yield from send(Call("GET", "/v2/webhooks/secret"), self.policy)
+        return WebhookSecret.model_validate(json_of(response))
+
+    def rotate_webhook_secret(self) -> Operation[WebhookSecret]:
+        call = Call("POST", "/v2/webhooks/secret/rotate", idempotent=False)
+        response = yield from send(call, self.policy)
+        return WebhookSecret.model_validate(json_of(response))

@@ -1,0 +1,222 @@
+"""Typed views of Relight's JSON, mirroring the server's schemas (`relight/jobs/schemas.py`,
+`relight/credits/schemas.py`, `relight/tenants/schemas.py`, the live `/openapi.json`).
+
+Models accept fields they do not know yet (`extra="allow"`), so a newer server never breaks an
+older client; everything documented is typed.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class Status(StrEnum):
+    """A request's status, as Segmind's v2 API spells it."""
+
+    QUEUED = "QUEUED"
+    PROCESSING = "PROCESSING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELED = "CANCELED"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (Status.COMPLETED, Status.FAILED, Status.CANCELED)
+
+
+class Output(_Model):
+    """One image of a finished request; `url` is signed and expires (no key needed)."""
+
+    index: int
+    url: str
+    content_type: str
+    width: int
+    height: int
+    bytes: int
+    seed: int
+    sha256: str
+    expired_at: datetime | None = None
+
+
+class Credits(_Model):
+    reserved: int
+    charged: int
+
+
+class BackendCall(_Model):
+    backend: str
+    started_at: str
+    latency_ms: float
+    outcome: str
+    status_code: int | None = None
+    error: str | None = None
+    remaining_credits: float | None = None
+    node: str | None = None
+
+
+class BackendAttempt(_Model):
+    attempt: int
+    backend: str
+    outcome: Literal["ok", "failed"]
+    calls: list[BackendCall] = Field(default_factory=list)
+    code: str | None = None
+    retryable: bool | None = None
+    failover: bool | None = None
+
+
+class BackendInfo(_Model):
+    requested: str
+    used: str | None = None
+    node: str | None = None
+    attempts: list[BackendAttempt] = Field(default_factory=list)
+
+
+class RequestParams(_Model):
+    """The parameters a request ran with (Segmind's, with their defaults), and the seed used."""
+
+    prompt: str
+    appended_prompt: str = "best quality"
+    negative_prompt: str = "lowres, bad anatomy, bad hands, cropped, worst quality"
+    cfg: float = 2
+    width: int = 512
+    height: int = 640
+    steps: int = 25
+    seed: int
+    highres_scale: float = 1.5
+    highres_denoise: float = 0.5
+    lowres_denoise: float = 0.9
+    light_source: str = "None"
+    background_source: str | None = None
+    number_of_images: int = 1
+    output_format: str = "webp"
+    output_quality: int = 80
+
+
+class Record(_Model):
+    """The full record of a request: `GET /v2/requests/{id}` (and a webhook's body)."""
+
+    request_id: str
+    status: Status
+    params: RequestParams
+    subject_image: str | None = None
+    background_image: str | None = None
+    output: str | list[str] | None = None
+    outputs: list[Output] = Field(default_factory=list)
+    error: str | None = None
+    error_code: str | None = None
+    credits: Credits
+    backend: BackendInfo
+    attempts: int
+    progress: float
+    timings: dict[str, float] = Field(default_factory=dict)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    status_url: str
+    response_url: str
+
+
+class RequestStatus(_Model):
+    """`GET /v2/requests/{id}/status`: what `stream()` yields on every change."""
+
+    request_id: str
+    status: Status
+    queue_position: int | None = None
+    progress: float | None = None
+    error: str | None = None
+    error_code: str | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+
+class Accepted(_Model):
+    """The 202 answer of `POST /v2/ic-light`."""
+
+    request_id: str
+    status: Status
+    poll_url: str
+    status_url: str
+    response_url: str
+    cancel_url: str
+    credits_reserved: int
+
+
+class Limits(_Model):
+    requests_per_minute: int
+    burst: int
+    max_in_flight: int
+
+
+class Usage(_Model):
+    active_jobs: int
+    requests_30d: dict[str, int]
+    credits_charged_30d: int
+
+
+class Account(_Model):
+    """`GET /v2/account`: balance, limits and the last 30 days' usage."""
+
+    tenant_id: str
+    name: str
+    status: str
+    credits: int
+    limits: Limits
+    usage: Usage
+
+
+class WebhookSecret(_Model):
+    """`GET /v2/webhooks/secret`: the Standard Webhooks signing secret (`whsec_…`)."""
+
+    secret: str
+    previous_secret_expires_at: datetime | None = None
+    retired_secrets_expire_at: list[datetime] = Field(default_factory=list)
+
+
+class WebhookEvent(Record):
+    """A webhook's body: the request's record plus the event (`completed` or `start`)."""
+
+    event: str
+
+
+class Tenant(_Model):
+    id: str
+    name: str
+    status: str
+    credit_balance: int
+    active_jobs: int
+    limits: Limits
+    allowed_backends: list[str]
+    webhook_url: str | None = None
+    created_at: datetime
+
+
+class ApiKey(_Model):
+    id: str
+    prefix: str
+    tenant_id: str
+    name: str | None = None
+    created_at: datetime
+    last_used_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+class CreatedApiKey(ApiKey):
+    key: str = Field(description="the key itself: shown once, never stored")
+
+
+class LedgerEntry(_Model):
+    id: str
+    kind: str
+    amount: int
+    balance_after: int
+    request_id: str | None = None
+    reason: str | None = None
+    created_at: datetime

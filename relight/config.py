@@ -57,6 +57,8 @@ class Settings(BaseSettings):
 
     # Jobs.
     sync_timeout_s: float = Field(default=60.0, gt=0)
+    # A status stream sends a comment this often while nothing changes, so proxies keep it open.
+    status_stream_ping_s: float = Field(default=15.0, gt=0)
     job_timeout_s: float = Field(default=300.0, gt=0)
     job_max_attempts: int = Field(default=3, ge=1)
     retry_backoff_s: float = Field(default=2.0, ge=0)

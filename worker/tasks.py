@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from relight.config import Settings
 from relight.jobs import sweeper
-from relight.jobs.events import publish_finished
+from relight.jobs.events import publish_changed, publish_finished
 from relight.jobs.execution import JobRunner
 from relight.jobs.queue import delivery_job_id, enqueue_delivery, enqueue_run
 from relight.jobs.views import UrlBuilder
@@ -84,6 +84,7 @@ async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
         # it expires (job timeout + 40 s). Only the current attempt can finish the job, so
         # dropping the marker is safe even if the old worker is somehow still alive.
         await redis.delete(in_progress_key_prefix + str(job_id))
+        await publish_changed(redis, queue, job_id, "status")
 
     async def run_again(job_id: uuid.UUID) -> bool:
         return await enqueue_run(redis, queue, job_id)

@@ -1,11 +1,12 @@
-"""The v2 request API: status, record, listing, cancel, and output downloads."""
+"""The v2 request API: status (polled or streamed), record, listing, cancel, output downloads."""
 
 from __future__ import annotations
 
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
+from sse_starlette import EventSourceResponse
 
 from api.deps import (
     ApiKeyHeaderDep,
@@ -19,10 +20,12 @@ from api.deps import (
 )
 from api.errors import AUTHENTICATED, error_responses
 from api.responses import image_content
+from api.streaming import DONE_EVENT, EVENT_SCHEMA, STATUS_EVENT, status_events
 from relight.errors import RelightError, RequestNotFound, Unauthorized
 from relight.image_structure import sniff_format
 from relight.images import ALLOWED_FORMATS as INPUT_TYPES
 from relight.jobs import repository
+from relight.jobs.events import publish_finished
 from relight.jobs.schemas import PublicStatus, RequestList, RequestView, StatusView
 from relight.jobs.service import cancel_job
 from relight.jobs.views import UrlBuilder, request_view, status_view
@@ -65,6 +68,49 @@ async def get_request_status(
     if view.status is PublicStatus.CANCELED and segmind_sdk_called(request):
         view = view.model_copy(update={"status": PublicStatus.FAILED})
     return view
+
+
+@router.get(
+    "/{request_id}/status/stream",
+    summary="A request's status as Server-Sent Events, until it is finished",
+    description=(
+        f"`{STATUS_EVENT}` events (the JSON of `GET /v2/requests/{{id}}/status`) whenever the "
+        "status, queue position or progress changes, heartbeat comments while nothing does, "
+        f"then `{DONE_EVENT}` (the JSON of `GET /v2/requests/{{id}}`) once the request is "
+        "finished, and the stream ends. Each event's id names the state it shows: reconnect "
+        "with `Last-Event-ID` to skip what you saw; a finished request always answers its "
+        "final events."
+    ),
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"text/event-stream": {"itemSchema": EVENT_SCHEMA}},
+            "description": "the event stream",
+        },
+        **ONE_REQUEST,
+    },
+)
+async def stream_request_status(
+    request_id: uuid.UUID,
+    state: StateDep,
+    uow: UnitOfWorkDep,
+    tenant: TenantDep,
+    urls: UrlsDep,
+    last_event_id: Annotated[
+        str | None,
+        Header(
+            alias="Last-Event-ID",
+            max_length=200,
+            description="the id of the last event received, when reconnecting",
+        ),
+    ] = None,
+) -> EventSourceResponse:
+    # Checked here, so that an unknown or another account's request is a 404, not a stream.
+    job = await repository.get_job(uow.session, tenant.id, request_id)
+    return EventSourceResponse(
+        status_events(state, tenant.id, job.id, urls, last_event_id),
+        ping=state.settings.status_stream_ping_s,
+    )
 
 
 @router.get(
@@ -132,12 +178,14 @@ async def cancel_request(
     job, delivery = await cancel_job(
         uow.session, tenant.id, request_id, UrlBuilder.background(state.settings)
     )
-    if delivery is not None:
 
-        async def enqueue() -> None:
+    async def announce() -> None:
+        # Wakes the request's status streams and waiters (again, harmlessly, on a repeat).
+        await publish_finished(state.redis, state.settings.queue_name, job.id)
+        if delivery is not None:
             await state.enqueue_deliveries([delivery])
 
-        uow.after_commit(enqueue)
+    uow.after_commit(announce)
     outputs = await repository.get_outputs(uow.session, [job.id])
     return request_view(job, outputs, urls)
 

@@ -16,12 +16,16 @@ then upsampled and applied with a soft highlight roll-off. With an alpha channel
 first composited onto gray 127 (as IC-Light does), and that background is lit by the same light.
 Shadows cast by one part onto another, materials, specular highlights and a prompt-matching
 background are out of its reach. The same subject, params and seed give the same pixels.
+
+Progress is reported by stages of about equal cost: preparing the scene counts as much as one
+variation, and a variation reports after its light field and after each colour channel.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +47,10 @@ LUT_STEPS = 4
 GAMMA = 2.2
 
 _NEUTRAL: RGB = (1.0, 1.0, 1.0)
+
+# Progress stages of one variation: its light field, then each of the three channels. Preparing
+# the scene is counted as the same number of stages (it costs about one variation).
+STAGES_PER_IMAGE = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,20 +223,39 @@ class ClassicEngine:
     ) -> list[Image.Image]:
         if params.background_source is not None:
             raise ValueError("the classic engine does not relight onto backgrounds")
-        scene = _prepare(subject, params)
-        style = light_style(params.prompt)
         count = params.number_of_images
+        stages = _Stages(progress, total=STAGES_PER_IMAGE * (count + 1))
+        scene = _prepare(subject, params, stages.advance)
+        style = light_style(params.prompt)
         images: list[Image.Image] = []
         for index in range(count):
             # SeedSequence wants non-negative entries; the index makes each variation distinct.
             rng = np.random.default_rng([seed % 2**64, index])
-            images.append(_render(scene, style, params.light_source, rng))
-            if progress is not None:
-                progress((index + 1) / count)
+            images.append(_render(scene, style, params.light_source, rng, stages.advance))
         return images
 
 
-def _prepare(subject: Image.Image, params: RelightParams) -> _Scene:
+class _Stages:
+    """Counts the stages done and reports the fraction to the caller's progress callback."""
+
+    def __init__(self, progress: ProgressCallback | None, total: int) -> None:
+        self.progress = progress
+        self.total = total
+        self.done = 0
+
+    def advance(self, stages: int = 1) -> None:
+        self.done = min(self.done + stages, self.total)
+        if self.progress is not None:
+            self.progress(self.done / self.total)
+
+
+def _ignore(stages: int = 1) -> None:
+    """The stage counter of a caller that wants no progress."""
+
+
+def _prepare(
+    subject: Image.Image, params: RelightParams, advance: Callable[[int], None] = _ignore
+) -> _Scene:
     if subject.mode not in ("RGB", "RGBA"):
         has_alpha = subject.mode in ("LA", "PA", "La") or "transparency" in subject.info
         subject = subject.convert("RGBA" if has_alpha else "RGB")
@@ -248,6 +275,8 @@ def _prepare(subject: Image.Image, params: RelightParams) -> _Scene:
     # IC-Light stretches (never crops) to the highres size, which may differ in aspect slightly.
     full = composite.resize((out_w, out_h), Image.Resampling.BICUBIC)
     base = np.ascontiguousarray(np.asarray(full, dtype=np.float32).transpose(2, 0, 1))
+    # The full-size resize and copy are about half of the preparation's cost.
+    advance(STAGES_PER_IMAGE // 2)
 
     lum = _to_float(composite.convert("L").resize(lo_size, Image.Resampling.BOX))
     lum /= np.float32(255)
@@ -281,6 +310,7 @@ def _prepare(subject: Image.Image, params: RelightParams) -> _Scene:
 
     u = (np.arange(lo_w, dtype=np.float32) + 0.5) / np.float32(lo_w) - np.float32(0.5)
     v = (np.arange(lo_h, dtype=np.float32) + 0.5) / np.float32(lo_h) - np.float32(0.5)
+    advance(STAGES_PER_IMAGE - STAGES_PER_IMAGE // 2)
     return _Scene(
         base=base,
         nx=nx * inv,
@@ -295,7 +325,11 @@ def _prepare(subject: Image.Image, params: RelightParams) -> _Scene:
 
 
 def _render(
-    scene: _Scene, style: LightStyle, source: LightSource, rng: np.random.Generator
+    scene: _Scene,
+    style: LightStyle,
+    source: LightSource,
+    rng: np.random.Generator,
+    advance: Callable[[int], None] = _ignore,
 ) -> Image.Image:
     contrast = style.contrast
     directional = source in _DIRECTIONS
@@ -343,6 +377,7 @@ def _render(
         planes.append((np.minimum(field, 16.0) * LUT_STEPS).astype(np.float32))
     peak = max(float(p.max()) for p in planes)
     lut = _tone_lut(int(255 * peak) + 2)
+    advance(1)
     channels: list[Image.Image] = []
     for c, field in enumerate(planes):
         up = np.asarray(
@@ -352,6 +387,7 @@ def _render(
         # Bilinear upsampling never exceeds the low-res peak, so indices stay inside the LUT.
         product = scene.base[c] * up
         channels.append(Image.fromarray(np.take(lut, product.astype(np.uint16))))
+        advance(1)
     return Image.merge("RGB", channels)
 
 

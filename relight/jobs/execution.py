@@ -15,6 +15,7 @@ import random
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from time import perf_counter
 from typing import Any
 
@@ -31,7 +32,7 @@ from relight.fetch import fetch_image_bytes
 from relight.images import decode_image
 from relight.jobs import repository, routing
 from relight.jobs.backend import Backend, BackendCall, BackendResult, JobInput, is_available
-from relight.jobs.events import publish_finished
+from relight.jobs.events import Change, publish_changed, publish_finished
 from relight.jobs.progress import track_progress
 from relight.jobs.queue import Enqueuer, enqueue_delivery
 from relight.jobs.service import fail_running_job
@@ -115,6 +116,7 @@ class JobRunner:
             return RunOutcome(status=None)
         if job.attempts == 1:
             metrics.QUEUE_WAIT.observe((datetime.now(UTC) - job.created_at).total_seconds())
+        await self._announce_change(job.id, "status")
         # From here on every line (and the lease keeper's) carries the submit's request id.
         with request_context(job.http_request_id):
             await self._enqueue_deliveries([start_delivery])
@@ -189,7 +191,9 @@ class JobRunner:
         calls: list[BackendCall] = []
         engine_started = perf_counter()
         try:
-            async with track_progress(self.sessionmaker, job) as progress:
+            async with track_progress(
+                self.sessionmaker, job, written=partial(self._announce_change, job.id, "progress")
+            ) as progress:
                 result = await asyncio.wait_for(
                     backend.render(job_input, params, job.seed, calls, progress),
                     timeout=self.settings.job_timeout_s,
@@ -234,6 +238,10 @@ class JobRunner:
         entry = routing.attempt_entry(job.attempts, name, failure, _as_json(calls))
         return await self._fail_or_retry(job, failure, timings, entry, choices)
 
+    async def _announce_change(self, job_id: uuid.UUID, change: Change) -> None:
+        """After a commit that moved a job that is not finished: wake its status streams."""
+        await publish_changed(self.redis, self.settings.queue_name, job_id, change)
+
     async def _announce_finished(self, job_id: uuid.UUID, delivery: uuid.UUID | None) -> None:
         """After the terminal commit: wake synchronous waiters, queue the webhook."""
         await publish_finished(self.redis, self.settings.queue_name, job_id)
@@ -265,6 +273,7 @@ class JobRunner:
                     },
                 )
             logger.warning("job %s handed back to the queue (worker stopping)", job.id)
+            await self._announce_change(job.id, "status")
         except Exception:
             logger.exception("could not hand job %s back; its lease will expire", job.id)
 
@@ -463,6 +472,7 @@ class JobRunner:
                 if failed is None:
                     return RunOutcome(status=None)
         if retry:
+            await self._announce_change(job.id, "status")
             retried_on = entry["backend"] if entry is not None else "none"
             metrics.JOB_RETRIES.labels(backend=retried_on).inc()
             logger.warning(

@@ -2,7 +2,7 @@
 
 Backends call the callback from any thread (the local engine runs on a pool) as often as they
 like; a writer task stores the latest value at most every `interval_s`, only while the attempt
-still holds the job.
+still holds the job, and calls `written` after each commit (to announce it to status streams).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -35,34 +35,40 @@ class ProgressReport:
 
 @asynccontextmanager
 async def track_progress(
-    sessionmaker: async_sessionmaker[AsyncSession], job: Job, interval_s: float = 0.5
+    sessionmaker: async_sessionmaker[AsyncSession],
+    job: Job,
+    interval_s: float = 0.5,
+    written: Callable[[], Awaitable[None]] | None = None,
 ) -> AsyncIterator[Callable[[float], None]]:
     """A progress callback for the block's duration, persisted in the background."""
     report = ProgressReport()
     done = asyncio.Event()
 
     async def write() -> None:
-        written = 0.0
+        stored = 0.0
         while not done.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(done.wait(), interval_s)
             value = report.latest
             if done.is_set():
                 return
-            if value - written < 0.01:
+            if value - stored < 0.01:
                 continue
             try:
                 async with sessionmaker() as session, session.begin():
-                    await repository.transition(
+                    moved = await repository.transition(
                         session,
                         job.id,
                         from_status=JobStatus.RUNNING,
                         attempt=job.attempts,
                         values={"progress": value},
                     )
-                written = value
+                stored = value
             except Exception:
                 logger.warning("could not record the progress of job %s", job.id, exc_info=True)
+                continue
+            if moved is not None and written is not None:
+                await written()
 
     writer = asyncio.create_task(write())
     try:

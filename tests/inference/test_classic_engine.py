@@ -186,10 +186,22 @@ def test_variations_are_distinct_and_report_progress(
     params = RelightParams(prompt="sunset", number_of_images=3, light_source=LightSource.LEFT)
     images = engine.relight(cat, params, 11, progress=fractions.append)
     assert len(images) == 3
-    assert fractions == pytest.approx([1 / 3, 2 / 3, 1.0])
+    # 16 stages: the scene (2 + 2, as much as one variation), then each variation's light field
+    # and three channels; each variation ends on its quarter of the remaining work.
+    assert fractions == pytest.approx([stage / 16 for stage in (2, *range(4, 17))])
+    assert [fractions.index(boundary) for boundary in (8 / 16, 12 / 16, 1.0)] == [5, 9, 13]
     pixels = [image.tobytes() for image in images]
     assert len(set(pixels)) == 3
     assert all(image.size == (768, 960) for image in images)
+
+
+def test_progress_moves_through_the_stages_of_a_single_image(
+    engine: ClassicEngine, cat: Image.Image
+) -> None:
+    fractions: list[float] = []
+    engine.relight(cat, RelightParams(prompt="sunset"), 3, progress=fractions.append)
+    # Before: one call, 1.0, at the very end (the job's progress stayed 0 until then).
+    assert fractions == pytest.approx([2 / 8, 4 / 8, 5 / 8, 6 / 8, 7 / 8, 1.0])
 
 
 @pytest.mark.parametrize("output_format", list(OutputFormat))

@@ -128,7 +128,9 @@ async def test_ndjson_stream_reports_progress_then_the_result(node: NodeProcess)
     assert kinds[0] == "started"
     assert kinds[-1] == "result"
     progress = [event["progress"] for event in events if event["event"] == "progress"]
-    assert progress == [0.25, 0.5, 0.75, 1.0]
+    # The classic engine's 20 stages: the scene (2 + 2), then 4 per image (light field and
+    # three channels).
+    assert progress == [round(stage / 20, 4) for stage in (2, *range(4, 21))]
     assert len(events[-1]["images"]) == 4
 
 

@@ -1,4 +1,9 @@
-"""The `local` backend: the classic CPU engine inside the worker process, on a thread pool."""
+"""The `local` backend: the classic CPU engine inside the worker process, on a thread pool.
+
+Its progress is the engine's stages, then the encoding of each image, so `progress` moves
+through the whole render instead of jumping to the end. Encoding took from a sixth (one 3072²
+webp) to under half (one default 768×960 webp) of the time here: `RENDER_SHARE` is a middle.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +23,9 @@ from relight.jobs.backend import (
 )
 from relight.params import RelightParams
 
+# The share of the work that the engine's stages stand for; encoding is the rest.
+RENDER_SHARE = 0.7
+
 
 class LocalBackend:
     name = "local"
@@ -33,19 +41,26 @@ class LocalBackend:
         seed: int,
         progress: ProgressCallback | None,
     ) -> BackendResult:
+        def rendering(fraction: float) -> None:
+            if progress is not None:
+                progress(fraction * RENDER_SHARE)
+
         started = perf_counter()
-        images = self.engine.relight(job_input.image, params, seed, progress)
+        images = self.engine.relight(job_input.image, params, seed, rendering)
         rendered = perf_counter()
-        encoded = [
-            RenderedImage(
-                data=encode_image(image, params.output_format, params.output_quality),
-                content_type=params.output_format.content_type,
-                width=image.width,
-                height=image.height,
-                seed=seed,
+        encoded = []
+        for index, image in enumerate(images, start=1):
+            encoded.append(
+                RenderedImage(
+                    data=encode_image(image, params.output_format, params.output_quality),
+                    content_type=params.output_format.content_type,
+                    width=image.width,
+                    height=image.height,
+                    seed=seed,
+                )
             )
-            for image in images
-        ]
+            if progress is not None:
+                progress(RENDER_SHARE + (1 - RENDER_SHARE) * index / len(images))
         return BackendResult(
             images=encoded,
             timings={

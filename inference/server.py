@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import hmac
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -28,7 +29,7 @@ from inference.engines.base import RelightEngine
 from inference.node import metrics
 from inference.node.engines import engine_device, load_engine
 from inference.node.heartbeat import Heartbeat
-from inference.node.service import NodeService
+from inference.node.service import NodeService, RenderAbandoned
 from inference.node.settings import NodeSettings
 from relight import __version__
 from relight.errors import RelightError, Unauthorized
@@ -178,7 +179,13 @@ def create_node_app(
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[float | None] = asyncio.Queue()
 
+        abandoned = threading.Event()
+
         def progress(fraction: float) -> None:
+            # The engine calls this between stages / denoising steps: the place to stop once
+            # the worker went away (a canceled job), so the slot is free again at once.
+            if abandoned.is_set():
+                raise RenderAbandoned("the worker closed the stream")
             loop.call_soon_threadsafe(events.put_nowait, fraction)
 
         future = await service.start(body, progress)
@@ -188,16 +195,21 @@ def create_node_app(
             return Response(result.model_dump_json(), media_type="application/json")
 
         async def stream() -> AsyncIterator[bytes]:
-            yield _line({"event": "started", "node": node_id})
-            while True:
-                try:
-                    value = await asyncio.wait_for(events.get(), PING_S)
-                except TimeoutError:
-                    yield _line({"event": "ping"})
-                    continue
-                if value is None:
-                    break
-                yield _line({"event": "progress", "progress": round(value, 4)})
+            try:
+                yield _line({"event": "started", "node": node_id})
+                while True:
+                    try:
+                        value = await asyncio.wait_for(events.get(), PING_S)
+                    except TimeoutError:
+                        yield _line({"event": "ping"})
+                        continue
+                    if value is None:
+                        break
+                    yield _line({"event": "progress", "progress": round(value, 4)})
+            finally:
+                # Left early: the client disconnected (a worker abandoning a canceled job).
+                if not future.done():
+                    abandoned.set()
             error = future.exception()
             if error is None:
                 yield _line({"event": "result", **future.result().model_dump(mode="json")})

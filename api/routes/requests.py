@@ -169,7 +169,11 @@ async def list_requests(
 @router.post(
     "/{request_id}/cancel",
     response_model=RequestView,
-    summary="Cancel a queued request (refunded at once)",
+    summary="Cancel a queued or running request (refunded at once)",
+    description=(
+        "A queued or running request ends CANCELED and refunded; a running one stops at its "
+        "next safe point. One that already completed or failed stays so: 409 not_cancelable."
+    ),
     responses=error_responses(*AUTHENTICATED, 404, 409),
 )
 async def cancel_request(

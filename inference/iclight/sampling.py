@@ -192,6 +192,8 @@ def denoise_together(unet: UNetCall, shape: PassShape, jobs: list[PassJob]) -> N
                     job.on_step()
                 except Exception as exc:  # the job's own failure, kept for it alone
                     job.error = exc
+        if all(job.error is not None for job in jobs):
+            break  # everyone in the batch gave up (e.g. canceled): stop between steps
     for job, a, b in zip(jobs, bounds, bounds[1:], strict=False):
         if job.error is None:
             job.result = latents[a:b]

@@ -36,6 +36,10 @@ class BackgroundNotServed(RelightError):
     code = "background_not_served"
 
 
+class RenderAbandoned(Exception):
+    """Raised at the engine's next step once the client went away: frees the slot early."""
+
+
 class NodeService:
     def __init__(
         self,

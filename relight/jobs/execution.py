@@ -3,6 +3,14 @@
 Every step is safe to repeat (arq runs a job at least once): the claim is a conditional
 `queued → running`, output keys are deterministic, and the finishing UPDATE only applies to the
 attempt that holds the job, so a job is charged, refunded and announced exactly once.
+
+A job canceled while it runs (the api moves it `running → canceled` and refunds it) is watched
+for during the render (`_watch_until_released`: the `finished` notification, and a re-read of
+the row as a fallback); the runner then abandons the render at the next safe point: the local
+engine's next stage (its progress callback raises `RenderAbandoned`), the GPU node's next
+denoising step (closing the stream makes the node stop and free its slot), Segmind's pending
+call (abandoned). Nothing is stored for it; if the render finished first, the guarded
+`running → succeeded` update finds the job gone and the stored outputs are deleted again.
 """
 
 from __future__ import annotations
@@ -12,7 +20,9 @@ import contextlib
 import hashlib
 import logging
 import random
+import threading
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -21,6 +31,7 @@ from typing import Any
 
 import httpx
 from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -32,7 +43,7 @@ from relight.fetch import fetch_image_bytes
 from relight.images import decode_image
 from relight.jobs import repository, routing
 from relight.jobs.backend import Backend, BackendCall, BackendResult, JobInput, is_available
-from relight.jobs.events import Change, publish_changed, publish_finished
+from relight.jobs.events import Change, finished_channel, publish_changed, publish_finished
 from relight.jobs.progress import track_progress
 from relight.jobs.queue import Enqueuer, enqueue_delivery
 from relight.jobs.service import fail_running_job
@@ -64,6 +75,27 @@ class RunOutcome:
 MAX_RETRY_AFTER_S = 600.0
 # Failures that count as `timeout` (rather than `error`) in relight_backend_duration_seconds.
 TIMEOUT_CODES = frozenset({"backend_timeout", "upstream_timeout"})
+
+
+# How often a running job's row is re-read for a cancel, should its notification be lost.
+RELEASE_RECHECK_S = 2.0
+
+
+class RenderAbandoned(Exception):
+    """Raised in a backend's progress callback once its job was canceled: stops the engine."""
+
+
+async def _until_mentioned(pubsub: PubSub, job_id: str, timeout_s: float) -> None:
+    """Wait until `job_id` is published on the subscribed channel, or `timeout_s` passed."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while (left := deadline - loop.time()) > 0:
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=left)
+        data = message.get("data") if message is not None else None
+        if isinstance(data, bytes):
+            data = data.decode()
+        if data == job_id:
+            return
 
 
 def _as_json(calls: list[BackendCall]) -> list[dict[str, Any]]:
@@ -190,14 +222,31 @@ class JobRunner:
         params = RelightParams(**job.params, seed=job.seed)
         calls: list[BackendCall] = []
         engine_started = perf_counter()
+        abandoned = threading.Event()
         try:
             async with track_progress(
                 self.sessionmaker, job, written=partial(self._announce_change, job.id, "progress")
             ) as progress:
-                result = await asyncio.wait_for(
-                    backend.render(job_input, params, job.seed, calls, progress),
-                    timeout=self.settings.job_timeout_s,
+
+                def report(fraction: float) -> None:
+                    # Called between the engine's stages (or a node's steps): a safe point.
+                    if abandoned.is_set():
+                        raise RenderAbandoned
+                    progress(fraction)
+
+                rendered = await self._render_until_released(
+                    job,
+                    asyncio.wait_for(
+                        backend.render(job_input, params, job.seed, calls, report),
+                        timeout=self.settings.job_timeout_s,
+                    ),
+                    abandoned,
                 )
+            if rendered is None:
+                # Canceled (or, rarely, taken back by the sweeper): whoever moved it settled it.
+                logger.info("job %s left this attempt while it ran; render abandoned", job.id)
+                return RunOutcome(status=None)
+            result = rendered
         except asyncio.CancelledError:
             # The worker is shutting down: hand the job back rather than leave it `running`.
             await asyncio.shield(self._hand_back(job))
@@ -237,6 +286,60 @@ class JobRunner:
         )
         entry = routing.attempt_entry(job.attempts, name, failure, _as_json(calls))
         return await self._fail_or_retry(job, failure, timings, entry, choices)
+
+    async def _render_until_released(
+        self, job: Job, render: Awaitable[BackendResult], abandoned: threading.Event
+    ) -> BackendResult | None:
+        """The render's result, or None when the job was canceled (or taken back) meanwhile:
+        then the render is abandoned (`abandoned` set, its task canceled) before returning."""
+        rendering = asyncio.ensure_future(render)
+        watcher = asyncio.create_task(self._watch_until_released(job))
+        try:
+            await asyncio.wait({rendering, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            abandoned.set()
+            rendering.cancel()
+            watcher.cancel()
+            await asyncio.wait({rendering, watcher})
+            raise
+        if rendering.done():
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            return rendering.result()
+        abandoned.set()
+        rendering.cancel()
+        # Closes a node's stream (the node stops at its next step) or Segmind's pending call.
+        await asyncio.wait({rendering})
+        if not rendering.cancelled():
+            rendering.exception()  # retrieved: the job is gone, whatever the render did
+        return None
+
+    async def _watch_until_released(self, job: Job) -> None:
+        """Return once the attempt no longer holds the job: woken by the `finished`
+        notification a cancel publishes, and re-reading the row every RELEASE_RECHECK_S in
+        case that message is lost (or Redis is away)."""
+        channel = finished_channel(self.settings.queue_name)
+        while True:
+            try:
+                async with self.redis.pubsub() as pubsub:
+                    await pubsub.subscribe(channel)
+                    while await self._still_holds(job):
+                        await _until_mentioned(pubsub, str(job.id), RELEASE_RECHECK_S)
+                    return
+            except (RedisError, OSError):
+                logger.warning("cancel notifications lost for job %s", job.id, exc_info=True)
+                if not await self._still_holds(job):
+                    return
+                await asyncio.sleep(RELEASE_RECHECK_S)
+
+    async def _still_holds(self, job: Job) -> bool:
+        try:
+            async with self.sessionmaker() as session:
+                return await repository.holds(session, job.id, job.attempts)
+        except Exception:
+            logger.warning("could not check whether job %s was canceled", job.id, exc_info=True)
+            return True
 
     async def _announce_change(self, job_id: uuid.UUID, change: Change) -> None:
         """After a commit that moved a job that is not finished: wake its status streams."""
@@ -362,6 +465,14 @@ class JobRunner:
         timings["store_ms"] = _ms(perf_counter() - started)
         return outputs
 
+    async def _delete_outputs(self, outputs: list[JobOutput]) -> None:
+        """Nothing is kept for a job this attempt no longer holds (canceled meanwhile)."""
+        for output in outputs:
+            try:
+                await self.storage.delete(output.storage_key)
+            except Exception:
+                logger.warning("could not delete %s", output.storage_key, exc_info=True)
+
     async def _succeed(
         self,
         job: Job,
@@ -371,6 +482,8 @@ class JobRunner:
         timings: dict[str, float],
         entry: dict[str, Any],
     ) -> RunOutcome:
+        delivery = None
+        canceled = False
         async with self.sessionmaker() as session, session.begin():
             done = await repository.transition(
                 session,
@@ -392,19 +505,28 @@ class JobRunner:
                 },
             )
             if done is None:
-                logger.warning("job %s was taken back before it finished; dropping result", job.id)
-                return RunOutcome(status=None)
-            repository.add_outputs(session, outputs)
-            await charge_credits(
-                session,
-                job.tenant_id,
-                job.id,
-                reserved=job.credits_reserved,
-                cost=job.credits_reserved,
+                now = await repository.get_job_by_id(session, job.id)
+                canceled = now is not None and now.job_status is JobStatus.CANCELED
+            else:
+                repository.add_outputs(session, outputs)
+                await charge_credits(
+                    session,
+                    job.tenant_id,
+                    job.id,
+                    reserved=job.credits_reserved,
+                    cost=job.credits_reserved,
+                )
+                delivery = await webhooks.schedule_delivery(
+                    session, done, webhooks.COMPLETED, self.urls
+                )
+        if done is None:
+            logger.warning(
+                "job %s was canceled or taken back before it finished; dropping result", job.id
             )
-            delivery = await webhooks.schedule_delivery(
-                session, done, webhooks.COMPLETED, self.urls
-            )
+            if canceled:
+                # Not when taken back: another attempt may have stored the same keys since.
+                await self._delete_outputs(outputs)
+            return RunOutcome(status=None)
         await self._announce_finished(job.id, delivery)
         logger.info("job %s succeeded on %s in %.0f ms", job.id, backend_name, timings["total_ms"])
         return RunOutcome(status=JobStatus.SUCCEEDED)

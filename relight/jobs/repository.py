@@ -217,6 +217,16 @@ async def renew_lease(
     return result.scalar_one_or_none() is not None
 
 
+async def holds(session: AsyncSession, job_id: uuid.UUID, attempt: int) -> bool:
+    """Whether the attempt still holds the job (`running`, not canceled, not taken back)."""
+    held = await session.scalar(
+        select(Job.id).where(
+            Job.id == job_id, Job.status == JobStatus.RUNNING.value, Job.attempts == attempt
+        )
+    )
+    return held is not None
+
+
 def add_outputs(session: AsyncSession, outputs: Sequence[JobOutput]) -> None:
     session.add_all(outputs)
 

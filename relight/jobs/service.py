@@ -277,20 +277,27 @@ async def fail_running_job(
 async def cancel_job(
     session: AsyncSession, tenant_id: uuid.UUID, job_id: uuid.UUID, urls: UrlBuilder
 ) -> tuple[Job, uuid.UUID | None]:
-    """Cancel a queued job and refund it; canceling twice is harmless. The job, and the
-    webhook delivery its cancellation created (to queue after the commit)."""
+    """Cancel a queued or running job and refund it; canceling twice is harmless. The job, and
+    the webhook delivery its cancellation created (to queue after the commit).
+
+    A running job is canceled here, in the database, by the same guarded `running → canceled`
+    update that completion, retry and the sweeper race with: whichever commits first wins, so
+    the job ends either canceled and refunded or completed and charged, never both. The worker
+    holding it sees the job leave `running` and stops at its next safe point (`execution`)."""
     job = await repository.get_job(session, tenant_id, job_id)
+    values = {
+        "status": JobStatus.CANCELED.value,
+        "finished_at": datetime.now(UTC),
+        "credits_charged": 0,
+        "lease_expires_at": None,
+    }
     canceled = await repository.transition(
-        session,
-        job.id,
-        from_status=JobStatus.QUEUED,
-        values={
-            "status": JobStatus.CANCELED.value,
-            "finished_at": datetime.now(UTC),
-            "credits_charged": 0,
-            "lease_expires_at": None,
-        },
+        session, job.id, from_status=JobStatus.QUEUED, values=values
     )
+    if canceled is None:
+        canceled = await repository.transition(
+            session, job.id, from_status=JobStatus.RUNNING, values=values
+        )
     if canceled is not None:
         await refund_credits(
             session, tenant_id, canceled.id, canceled.credits_reserved, reason="canceled"

@@ -4,11 +4,15 @@ The worker is the product's (`build_worker`: the runner, claim, storage, credits
 wake-up); only the `local` backend is replaced, through `build_worker(backends=...)`, by one that
 answers a tiny image at once.
 
-    .venv/bin/python bench/noop_worker.py   (RELIGHT_* settings from the environment)
+    .venv/bin/python bench/noop_worker.py [--job-ms 50]   (RELIGHT_* settings from the environment)
+
+`--job-ms` makes every job take that long (a sleep), for benches that need jobs of a known
+length (bench/fairness.py).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import io
 import sys
@@ -41,12 +45,13 @@ def tiny_png() -> bytes:
 
 
 class NoopBackend:
-    """Answers one 8×8 image immediately, whatever was asked."""
+    """Answers one 8×8 image after `delay_s` (immediately by default), whatever was asked."""
 
     name = BackendName.LOCAL.value
 
-    def __init__(self) -> None:
+    def __init__(self, delay_s: float = 0.0) -> None:
         self._image = tiny_png()
+        self._delay_s = delay_s
 
     async def render(
         self,
@@ -56,15 +61,20 @@ class NoopBackend:
         calls: list[BackendCall],
         progress: ProgressCallback | None = None,
     ) -> BackendResult:
+        if self._delay_s:
+            await asyncio.sleep(self._delay_s)
         image = RenderedImage(self._image, "image/png", 8, 8, seed)
         return BackendResult(images=[image])
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--job-ms", type=float, default=0, help="how long each job takes")
+    args = parser.parse_args()
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
     asyncio.set_event_loop(uvloop.new_event_loop())
-    build_worker(settings, backends={BackendName.LOCAL: NoopBackend()}).run()
+    build_worker(settings, backends={BackendName.LOCAL: NoopBackend(args.job_ms / 1000)}).run()
 
 
 if __name__ == "__main__":

@@ -185,6 +185,7 @@ def build_worker(
         "max_jobs": settings.worker_concurrency,
         "job_timeout": settings.job_timeout_s + 30,
         "poll_delay": settings.worker_poll_delay_s,
+        "fair_dispatch": settings.fair_dispatch,
         "keep_result": 0,
         "job_serializer": serialize_job,
         "job_deserializer": deserialize_job,

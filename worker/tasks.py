@@ -78,6 +78,7 @@ async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
     async with sessionmaker() as session:
         queued = await sweeper.queued_before(session, settings.requeue_grace_s)
         due = await due_deliveries(session)
+        tenants = await sweeper.tenants_of(session, {*queued, *reclaimed.requeued})
     queue = settings.queue_name
     for job_id in reclaimed.requeued:
         # The dead worker's in-progress marker would keep arq from running the job again until
@@ -87,7 +88,7 @@ async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
         await publish_changed(redis, queue, job_id, "status")
 
     async def run_again(job_id: uuid.UUID) -> bool:
-        return await enqueue_run(redis, queue, job_id)
+        return await enqueue_run(redis, queue, job_id, tenants.get(job_id))
 
     async def send_again(delivery_id: uuid.UUID, attempt: int) -> bool:
         return await enqueue_delivery(redis, queue, delivery_id, attempt)

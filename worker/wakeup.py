@@ -8,6 +8,12 @@ polls at once when one of its own jobs finishes (a slot is free) and when the ne
 (a retry, a cron run) falls due, so the poll delay only bounds how late a lost message can make
 a job. Claiming a job (arq's check that no other worker has it) is one Redis script instead of
 four round trips.
+
+With fair dispatch (the default), the claim also chooses which job: arq reads its queue in due
+order, but a job that belongs to a tenant is traded for the next job of the tenant whose turn is
+oldest (FAIR_CLAIM_SCRIPT), so one tenant's backlog never holds another tenant's job for long.
+Jobs of no tenant (webhook deliveries, sweeps) keep arq's order. arq has one queue per worker
+and no notion of tenants, hence the hand-written script; it keeps arq's keys and claim exactly.
 """
 
 from __future__ import annotations
@@ -23,7 +29,13 @@ from arq.constants import in_progress_key_prefix
 from arq.worker import Worker
 from redis.exceptions import RedisError
 
-from relight.jobs.queue import wake_channel
+from relight.jobs.queue import (
+    job_tenant_key,
+    tenant_queue_prefix,
+    tenant_ring_key,
+    turn_counter_key,
+    wake_channel,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -39,15 +51,63 @@ redis.call('PSETEX', KEYS[1], ARGV[3], '1')
 return score
 """
 
+# CLAIM_SCRIPT with fair turns between tenants (layout in relight/jobs/queue.py). When arq's
+# candidate belongs to no tenant it is claimed as above. Otherwise the tenants are tried from
+# the oldest turn: the first due job of a tenant's queue that is not in progress is claimed and
+# the tenant goes to the back of the ring; entries of jobs gone from arq's queue (finished) are
+# dropped on the way, and a tenant with none left leaves the ring. If no tenant has a job to
+# give, the candidate is claimed after all. A tenant's first ARGV[6] entries are looked at (its
+# running and deferred jobs come first), which bounds the script's work per claim.
+# KEYS: queue, tenant ring, job → tenant hash, turn counter. ARGV: candidate job id, now (ms),
+# in-progress timeout (ms), in-progress key prefix, tenant queue key prefix, entries per tenant.
+# {job id, score}, or false when nothing could be claimed.
+FAIR_CLAIM_SCRIPT = """
+local function claim(job_id)
+  local in_progress = ARGV[4] .. job_id
+  if redis.call('EXISTS', in_progress) == 1 then return false end
+  local score = redis.call('ZSCORE', KEYS[1], job_id)
+  if not score or tonumber(score) > tonumber(ARGV[2]) then return false end
+  redis.call('PSETEX', in_progress, ARGV[3], '1')
+  return score
+end
+local candidate = ARGV[1]
+if redis.call('HEXISTS', KEYS[3], candidate) == 1 then
+  for _, tenant in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+    local tenant_queue = ARGV[5] .. tenant
+    for _, job_id in ipairs(redis.call('ZRANGE', tenant_queue, 0, tonumber(ARGV[6]) - 1)) do
+      if not redis.call('ZSCORE', KEYS[1], job_id) then
+        redis.call('ZREM', tenant_queue, job_id)
+        redis.call('HDEL', KEYS[3], job_id)
+      else
+        local score = claim(job_id)
+        if score then
+          redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[4]), tenant)
+          return {job_id, score}
+        end
+      end
+    end
+    if redis.call('ZCARD', tenant_queue) == 0 then redis.call('ZREM', KEYS[2], tenant) end
+  end
+end
+local score = claim(candidate)
+if score then return {candidate, score} end
+return false
+"""
+# How many entries of one tenant's queue a fair claim looks at (see FAIR_CLAIM_SCRIPT).
+FAIR_CLAIM_SCAN = 256
+
 
 class WakeableWorker(Worker):
     """arq's Worker, waiting between polls on the wake-up channel rather than sleeping."""
 
-    def __init__(self, *args: Any, poll_delay: float = 0.5, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, poll_delay: float = 0.5, fair_dispatch: bool = True, **kwargs: Any
+    ) -> None:
         # arq's own poll loop sleeps `poll_delay` after each iteration; this class does the
         # waiting itself (in `_poll_iteration`), so arq's loop must not sleep on top of it.
         super().__init__(*args, poll_delay=0, **kwargs)
         self.wake_timeout_s = float(poll_delay)
+        self.fair_dispatch = fair_dispatch
         self._wake = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
 
@@ -67,31 +127,57 @@ class WakeableWorker(Worker):
                     await self._wake.wait()
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
-        """arq's `start_jobs`, with the claim of each job in one script (see CLAIM_SCRIPT)."""
-        claim = self.pool.register_script(CLAIM_SCRIPT)
-        timeout_ms = int(self.in_progress_timeout_s * 1000)
+        """arq's `start_jobs`, with the claim of each job in one script (CLAIM_SCRIPT, or
+        FAIR_CLAIM_SCRIPT, which may start another tenant's job in place of the one given)."""
         for job_id_b in job_ids:
             await self.sem.acquire()
             if self.job_counter >= self.max_jobs:
                 self.sem.release()
                 return
             self.job_counter += 1
-            job_id = job_id_b.decode()
-            keys = [in_progress_key_prefix + job_id, self.queue_name]
             try:
-                score = await claim(keys=keys, args=[job_id, round(time.time() * 1000), timeout_ms])
+                claimed = await self._claim(job_id_b.decode())
             except BaseException:
                 self.job_counter -= 1
                 self.sem.release()
                 raise
-            if score is None:
+            if claimed is None:
                 # Running elsewhere, finished, or deferred again by another worker.
                 self.job_counter -= 1
                 self.sem.release()
                 continue
-            task = self.loop.create_task(self.run_job(job_id, int(float(score))))
+            job_id, score = claimed
+            task = self.loop.create_task(self.run_job(job_id, score))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[job_id] = task
+
+    async def _claim(self, candidate: str) -> tuple[str, int] | None:
+        """Mark a due job in progress: (its id, its score), or None when none could be had."""
+        now_ms = round(time.time() * 1000)
+        timeout_ms = int(self.in_progress_timeout_s * 1000)
+        if not self.fair_dispatch:
+            keys = [in_progress_key_prefix + candidate, self.queue_name]
+            score = await self.pool.register_script(CLAIM_SCRIPT)(
+                keys=keys, args=[candidate, now_ms, timeout_ms]
+            )
+            return None if score is None else (candidate, int(float(score)))
+        queue = self.queue_name
+        keys = [queue, tenant_ring_key(queue), job_tenant_key(queue), turn_counter_key(queue)]
+        args: list[str | int] = [
+            candidate,
+            now_ms,
+            timeout_ms,
+            in_progress_key_prefix,
+            tenant_queue_prefix(queue),
+            FAIR_CLAIM_SCAN,
+        ]
+        claimed = await self.pool.register_script(FAIR_CLAIM_SCRIPT)(keys=keys, args=args)
+        if not claimed:
+            return None
+        job_id, score = claimed
+        if isinstance(job_id, bytes):
+            job_id = job_id.decode()
+        return str(job_id), int(float(score))
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()

@@ -164,10 +164,10 @@ async def _submit_in(
             job.credits_reserved,
         )
     if not submission.replayed:
-        job_id = job.id
+        job_id, tenant_id = job.id, job.tenant_id
 
         async def enqueue() -> None:
-            await state.enqueue(job_id)
+            await state.enqueue(job_id, tenant_id)
 
         uow.after_commit(enqueue)
     await uow.commit()

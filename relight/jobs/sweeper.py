@@ -50,6 +50,14 @@ async def queued_before(
     return {row.id: row.http_request_id for row in rows}
 
 
+async def tenants_of(session: AsyncSession, job_ids: set[uuid.UUID]) -> dict[uuid.UUID, uuid.UUID]:
+    """job id → tenant id, so that a job queued again keeps taking its tenant's turns."""
+    if not job_ids:
+        return {}
+    rows = await session.execute(select(Job.id, Job.tenant_id).where(Job.id.in_(job_ids)))
+    return {row.id: row.tenant_id for row in rows}
+
+
 async def reclaim_expired(
     session: AsyncSession, max_attempts: int, urls: UrlBuilder, limit: int = 200
 ) -> Reclaimed:

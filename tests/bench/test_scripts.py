@@ -60,6 +60,13 @@ def test_dispatch_benchmark_runs_jobs_through_a_real_worker() -> None:
     assert all(float(row[-1]) > 0 for row in rows)
 
 
+def test_fairness_benchmark_compares_arq_order_with_fair_turns() -> None:
+    output = run_script("fairness.py", "--backlog", "5", "--job-ms", "20", "--burst", "5")
+    rows = [row for row in table_rows(output) if row[0] != "dispatch"]
+    assert [row[0] for row in rows] == ["FIFO (before)", "fair turns"]
+    assert all(float(row[-1]) > 0 for row in rows)
+
+
 def test_e2e_benchmark_breaks_a_default_job_down() -> None:
     output = run_script("e2e.py", "--jobs", "1")
     stages = [row[0] for row in table_rows(output)]

@@ -1,0 +1,179 @@
+"""Fair turns between tenants: how long one tenant's job waits behind another's backlog.
+
+A real `relight-api` and one worker process (`bench/noop_worker.py`, one job at a time, each
+job taking `--job-ms`) on a scratch database and a queue of their own. Tenant A submits
+`--backlog` jobs at once, then tenant B submits one; measured from the job rows: B's
+submit→start (`created_at` → `started_at`) and how many of A's jobs started before it. Then
+dispatch throughput: jobs/s one worker (default concurrency, no-op backend) completes with
+`--burst` jobs submitted at once. Each measure runs with fair dispatch off (arq's global due
+order, as before) and on (`RELIGHT_FAIR_DISPATCH`), in the same run.
+
+    .venv/bin/python bench/fairness.py [--backlog 200] [--job-ms 50] [--burst 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import (  # noqa: E402
+    DATABASE,
+    PG_SERVER,
+    bench_env,
+    create_bench_tenant,
+    create_scratch_database,
+    drop_queue,
+    drop_scratch_database,
+    markdown_table,
+)
+from bench.dispatch import submit_many  # noqa: E402
+from bench.noop_worker import tiny_png  # noqa: E402
+from scripts.stack import BIN, free_port, running, wait_ready  # noqa: E402
+
+
+@dataclass
+class Measure:
+    mode: str
+    b_start_ms: float
+    a_started_before_b: int
+    jobs_per_s: float
+
+
+async def job_rows(ids: list[str]) -> list[asyncpg.Record]:
+    connection = await asyncpg.connect(f"{PG_SERVER}/{DATABASE}")
+    try:
+        rows: list[asyncpg.Record] = await connection.fetch(
+            "SELECT id::text, status, created_at, started_at, finished_at FROM job "
+            "WHERE id = ANY($1::uuid[])",
+            ids,
+        )
+    finally:
+        await connection.close()
+    return rows
+
+
+def wait_done(ids: list[str], timeout_s: float) -> list[asyncpg.Record]:
+    """Wait until every job succeeded; their rows."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        rows = asyncio.run(job_rows(ids))
+        if len(rows) == len(ids) and all(row["status"] == "succeeded" for row in rows):
+            return rows
+        if time.monotonic() > deadline:
+            raise SystemExit(f"jobs did not succeed within {timeout_s:g} s")
+        time.sleep(0.2)
+
+
+def measure(
+    mode: str,
+    fair: bool,
+    base: str,
+    keys: tuple[str, str],
+    body: dict[str, object],
+    env: dict[str, str],
+    logs: Path,
+    args: argparse.Namespace,
+) -> Measure:
+    key_a, key_b = keys
+    setting = {"RELIGHT_FAIR_DISPATCH": "true" if fair else "false"}
+    one_slot = {**env, **setting, "RELIGHT_WORKER_CONCURRENCY": "1"}
+    worker = [sys.executable, str(ROOT / "bench" / "noop_worker.py"), "--job-ms", str(args.job_ms)]
+    with running(f"worker-{mode}-latency", worker, one_slot, logs):
+        backlog = asyncio.run(submit_many(base, {"x-api-key": key_a}, body, args.backlog))
+        single = asyncio.run(submit_many(base, {"x-api-key": key_b}, body, 1))
+        timeout = 60 + args.backlog * args.job_ms / 1000 * 3
+        rows = wait_done([*backlog, *single], timeout)
+    b_row = next(row for row in rows if row["id"] == single[0])
+    b_start_ms = (b_row["started_at"] - b_row["created_at"]).total_seconds() * 1000
+    before = sum(1 for row in rows if row["started_at"] < b_row["started_at"])
+    # Throughput: the default concurrency and a backend that takes no time.
+    throughput = [sys.executable, str(ROOT / "bench" / "noop_worker.py")]
+    with running(f"worker-{mode}-throughput", throughput, {**env, **setting}, logs):
+        burst = asyncio.run(submit_many(base, {"x-api-key": key_a}, body, args.burst))
+        done = wait_done(burst, 300)
+    first = min(row["created_at"] for row in done)
+    last = max(row["finished_at"] for row in done)
+    jobs_per_s = len(done) / max(1e-3, (last - first).total_seconds())
+    return Measure(mode, b_start_ms, before, jobs_per_s)
+
+
+def run(args: argparse.Namespace) -> list[Measure]:
+    url = asyncio.run(create_scratch_database())
+    _, key_a = asyncio.run(create_bench_tenant("tenant-a"))
+    _, key_b = asyncio.run(create_bench_tenant("tenant-b"))
+    body: dict[str, object] = {
+        "prompt": "noop",
+        "subject_image": base64.b64encode(tiny_png()).decode(),
+    }
+    results = []
+    try:
+        with tempfile.TemporaryDirectory() as scratch_dir:
+            scratch = Path(scratch_dir)
+            port = free_port()
+            base = f"http://127.0.0.1:{port}"
+            env = bench_env(url, scratch / "storage", RELIGHT_PUBLIC_BASE_URL=base)
+            api = [str(BIN / "relight-api"), "--port", str(port)]
+            with (
+                running("api", api, env, scratch / "logs") as api_process,
+                httpx.Client(base_url=base, timeout=60) as client,
+            ):
+                wait_ready(client, api_process)
+                for mode, fair in (("FIFO (before)", False), ("fair turns", True)):
+                    results.append(
+                        measure(mode, fair, base, (key_a, key_b), body, env, scratch, args)
+                    )
+    finally:
+        asyncio.run(drop_queue())
+        asyncio.run(drop_scratch_database())
+    return results
+
+
+def report(args: argparse.Namespace, results: list[Measure]) -> str:
+    title = (
+        f"**Fairness** (one worker, one job at a time, {args.job_ms:g} ms per job; tenant A "
+        f"submits {args.backlog} jobs at once, then tenant B one; jobs/s: no-op backend, default "
+        f"concurrency, {args.burst} jobs at once)"
+    )
+    rows = [
+        [
+            m.mode,
+            f"{m.b_start_ms:.0f}",
+            f"{m.b_start_ms / args.job_ms:.1f}",
+            str(m.a_started_before_b),
+            f"{m.jobs_per_s:.0f}",
+        ]
+        for m in results
+    ]
+    headers = [
+        "dispatch",
+        "B submit→start ms",
+        "in job durations",
+        "A's jobs started before B",
+        "dispatch jobs/s",
+    ]
+    return f"{title}\n\n{markdown_table(headers, rows)}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backlog", type=int, default=200, help="tenant A's jobs")
+    parser.add_argument("--job-ms", type=float, default=50, help="how long each job takes")
+    parser.add_argument("--burst", type=int, default=500, help="jobs for the throughput")
+    args = parser.parse_args()
+    print(report(args, run(args)))
+
+
+if __name__ == "__main__":
+    main()

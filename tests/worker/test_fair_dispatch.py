@@ -1,0 +1,124 @@
+"""Fair turns between tenants (DESIGN.md §5): a tenant's single job starts before another
+tenant's backlog drains. Real API, a real worker (one slot, jobs of a fixed length), real Redis
+and Postgres; the same backlog in arq's old global order shows what the turns change."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from datetime import datetime
+
+import httpx
+from arq.connections import ArqRedis
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from bench.noop_worker import NoopBackend
+from relight.config import Settings
+from relight.jobs import queue
+from relight.models import Job
+from relight.params import Backend as BackendName
+from tests.conftest import MakeTenant
+from tests.helpers import fast_body, submit
+from worker.settings import build_worker
+
+BACKLOG = 12
+JOB_S = 0.05
+
+
+async def run_backlog_then_single(
+    client: httpx.AsyncClient,
+    make_tenant: MakeTenant,
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    redis: ArqRedis,
+    *,
+    fair: bool,
+) -> tuple[list[datetime], datetime]:
+    """Tenant A queues BACKLOG jobs, then tenant B one; one worker with one slot runs them all.
+    The start times of A's jobs and of B's."""
+    tenant_a = await make_tenant("tenant-a")
+    tenant_b = await make_tenant("tenant-b")
+    backlog = [await submit(client, tenant_a, fast_body()) for _ in range(BACKLOG)]
+    single = await submit(client, tenant_b, fast_body())
+    one_slot = settings.model_copy(
+        update={"worker_concurrency": 1, "webhook_sweep_interval_s": 60, "fair_dispatch": fair}
+    )
+    worker = build_worker(
+        one_slot, backends={BackendName.LOCAL: NoopBackend(JOB_S)}, handle_signals=False
+    )
+    task = asyncio.create_task(worker.async_run())
+    ids = [uuid.UUID(request_id) for request_id in [*backlog, single]]
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            async with sessionmaker() as session:
+                statuses = (await session.scalars(select(Job.status).where(Job.id.in_(ids)))).all()
+            # arq takes a job out of its queue just after the job's last commit.
+            in_queue = await redis.zmscore(settings.queue_name, [str(i) for i in ids])
+            done = len(statuses) == len(ids) and all(s == "succeeded" for s in statuses)
+            if done and all(score is None for score in in_queue):
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await worker.close()
+    async with sessionmaker() as session:
+        rows = (
+            await session.execute(select(Job.id, Job.status, Job.started_at).where(Job.id.in_(ids)))
+        ).all()
+    assert {row.status for row in rows} == {"succeeded"}
+    started = {str(row.id): row.started_at for row in rows}
+    return [started[request_id] for request_id in backlog], started[single]
+
+
+async def test_another_tenants_job_starts_before_a_backlog_drains(
+    client: httpx.AsyncClient,
+    make_tenant: MakeTenant,
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    redis: ArqRedis,
+    engine: AsyncEngine,
+) -> None:
+    backlog, single = await run_backlog_then_single(
+        client, make_tenant, settings, sessionmaker, redis, fair=True
+    )
+    # B waits for at most the job that was starting when its turn came, not for the backlog.
+    assert sum(1 for started in backlog if started < single) <= 1
+
+
+async def test_in_arq_order_the_same_job_waits_for_the_whole_backlog(
+    client: httpx.AsyncClient,
+    make_tenant: MakeTenant,
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    redis: ArqRedis,
+    engine: AsyncEngine,
+) -> None:
+    backlog, single = await run_backlog_then_single(
+        client, make_tenant, settings, sessionmaker, redis, fair=False
+    )
+    assert all(started < single for started in backlog)
+
+
+async def test_finished_jobs_leave_no_tenant_entries_behind(
+    client: httpx.AsyncClient,
+    make_tenant: MakeTenant,
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    redis: ArqRedis,
+    engine: AsyncEngine,
+) -> None:
+    await run_backlog_then_single(client, make_tenant, settings, sessionmaker, redis, fair=True)
+    name = settings.queue_name
+    # Only sweeps (cron runs, no tenant's) are left in arq's queue.
+    members = await redis.zrange(name, 0, -1)
+    assert all(member.startswith(f"{queue.SWEEP_TASK}:".encode()) for member in members)
+    # The last claims drop what they find finished; at most the last job per tenant remains.
+    tenants = await redis.zrange(queue.tenant_ring_key(name), 0, -1)
+    listed = [await redis.zcard(queue.tenant_queue_key(name, t.decode())) for t in tenants]
+    assert sum(listed) <= 2

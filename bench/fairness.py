@@ -29,8 +29,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import (  # noqa: E402
-    DATABASE,
-    PG_SERVER,
     bench_env,
     create_bench_tenant,
     create_scratch_database,
@@ -38,7 +36,7 @@ from bench.common import (  # noqa: E402
     drop_scratch_database,
     markdown_table,
 )
-from bench.dispatch import submit_many  # noqa: E402
+from bench.dispatch import job_times, submit_many  # noqa: E402
 from bench.noop_worker import tiny_png  # noqa: E402
 from scripts.stack import BIN, free_port, running, wait_ready  # noqa: E402
 
@@ -51,24 +49,11 @@ class Measure:
     jobs_per_s: float
 
 
-async def job_rows(ids: list[str]) -> list[asyncpg.Record]:
-    connection = await asyncpg.connect(f"{PG_SERVER}/{DATABASE}")
-    try:
-        rows: list[asyncpg.Record] = await connection.fetch(
-            "SELECT id::text, status, created_at, started_at, finished_at FROM job "
-            "WHERE id = ANY($1::uuid[])",
-            ids,
-        )
-    finally:
-        await connection.close()
-    return rows
-
-
 def wait_done(ids: list[str], timeout_s: float) -> list[asyncpg.Record]:
     """Wait until every job succeeded; their rows."""
     deadline = time.monotonic() + timeout_s
     while True:
-        rows = asyncio.run(job_rows(ids))
+        rows = asyncio.run(job_times(ids))
         if len(rows) == len(ids) and all(row["status"] == "succeeded" for row in rows):
             return rows
         if time.monotonic() > deadline:

@@ -5,24 +5,20 @@ Every step is safe to repeat (arq runs a job at least once): the claim is a cond
 attempt that holds the job, so a job is charged, refunded and announced exactly once.
 
 A job canceled while it runs (the api moves it `running → canceled` and refunds it) is watched
-for during the render (`_watch_until_released`: the `finished` notification, and a re-read of
-the row as a fallback); the runner then abandons the render at the next safe point: the local
-engine's next stage (its progress callback raises `RenderAbandoned`), the GPU node's next
-denoising step (closing the stream makes the node stop and free its slot), Segmind's pending
-call (abandoned). Nothing is stored for it; if the render finished first, the guarded
-`running → succeeded` update finds the job gone and the stored outputs are deleted again.
+for during the render and the render abandoned at its next safe point
+(`relight.jobs.cancel_watch`). Nothing is stored for it; if the render finished first, the
+guarded `running → succeeded` update finds the job gone and the stored outputs are deleted
+again. Loading the subject and storing outputs live in `relight.jobs.job_images`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import random
 import threading
 import uuid
-from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -31,7 +27,6 @@ from typing import Any
 
 import httpx
 from redis.asyncio import Redis
-from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -39,11 +34,11 @@ from relight import metrics
 from relight.config import Settings
 from relight.credits.service import charge_credits
 from relight.errors import BackendFailed, RelightError
-from relight.fetch import fetch_image_bytes
-from relight.images import decode_image
 from relight.jobs import repository, routing
 from relight.jobs.backend import Backend, BackendCall, BackendResult, JobInput, is_available
+from relight.jobs.cancel_watch import RenderAbandoned, render_until_released, watch_until_released
 from relight.jobs.events import Change, finished_channel, publish_changed, publish_finished
+from relight.jobs.job_images import delete_outputs, elapsed_ms, load_input, store_outputs
 from relight.jobs.progress import track_progress
 from relight.jobs.queue import Enqueuer, enqueue_delivery
 from relight.jobs.service import fail_running_job
@@ -52,12 +47,10 @@ from relight.logs import request_context
 from relight.models import Job, JobOutput, JobStatus
 from relight.params import Backend as BackendName
 from relight.params import RelightParams
-from relight.storage import Storage, StoredObjectMissing
+from relight.storage import Storage
 from relight.webhooks import service as webhooks
 
 logger = logging.getLogger(__name__)
-
-EXTENSIONS = {"image/webp": "webp", "image/jpeg": "jpg", "image/png": "png"}
 
 
 @dataclass(frozen=True)
@@ -77,33 +70,8 @@ MAX_RETRY_AFTER_S = 600.0
 TIMEOUT_CODES = frozenset({"backend_timeout", "upstream_timeout"})
 
 
-# How often a running job's row is re-read for a cancel, should its notification be lost.
-RELEASE_RECHECK_S = 2.0
-
-
-class RenderAbandoned(Exception):
-    """Raised in a backend's progress callback once its job was canceled: stops the engine."""
-
-
-async def _until_mentioned(pubsub: PubSub, job_id: str, timeout_s: float) -> None:
-    """Wait until `job_id` is published on the subscribed channel, or `timeout_s` passed."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while (left := deadline - loop.time()) > 0:
-        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=left)
-        data = message.get("data") if message is not None else None
-        if isinstance(data, bytes):
-            data = data.decode()
-        if data == job_id:
-            return
-
-
 def _as_json(calls: list[BackendCall]) -> list[dict[str, Any]]:
     return [call.as_json() for call in calls]
-
-
-def _ms(seconds: float) -> float:
-    return round(seconds * 1000, 2)
 
 
 class JobRunner:
@@ -174,10 +142,12 @@ class JobRunner:
 
     async def _process(self, job: Job, allowed: list[str], started: float) -> RunOutcome:
         timings: dict[str, float] = {
-            "queue_wait_ms": _ms((datetime.now(UTC) - job.created_at).total_seconds())
+            "queue_wait_ms": elapsed_ms((datetime.now(UTC) - job.created_at).total_seconds())
         }
         try:
-            job_input = await self._load_input(job, timings)
+            job_input = await load_input(
+                job, storage=self.storage, http=self.http, settings=self.settings, timings=timings
+            )
         except asyncio.CancelledError:
             await asyncio.shield(self._hand_back(job))
             raise
@@ -234,11 +204,16 @@ class JobRunner:
                         raise RenderAbandoned
                     progress(fraction)
 
-                rendered = await self._render_until_released(
-                    job,
+                rendered = await render_until_released(
                     asyncio.wait_for(
                         backend.render(job_input, params, job.seed, calls, report),
                         timeout=self.settings.job_timeout_s,
+                    ),
+                    watch_until_released(
+                        self.redis,
+                        finished_channel(self.settings.queue_name),
+                        str(job.id),
+                        partial(self._still_holds, job),
                     ),
                     abandoned,
                 )
@@ -270,15 +245,15 @@ class JobRunner:
             metrics.BACKEND_DURATION.labels(backend=name.value, outcome="success").observe(
                 perf_counter() - engine_started
             )
-            timings["backend_ms"] = _ms(perf_counter() - engine_started)
+            timings["backend_ms"] = elapsed_ms(perf_counter() - engine_started)
             timings.update(result.timings)
             entry = routing.attempt_entry(job.attempts, name, None, _as_json(calls))
             try:
-                outputs = await self._store_outputs(job, result, timings)
+                outputs = await store_outputs(self.storage, job, result, timings)
             except asyncio.CancelledError:
                 await asyncio.shield(self._hand_back(job))
                 raise
-            timings["total_ms"] = _ms(perf_counter() - started)
+            timings["total_ms"] = elapsed_ms(perf_counter() - started)
             return await self._succeed(job, name, result, outputs, timings, entry)
         outcome = "timeout" if failure.code in TIMEOUT_CODES else "error"
         metrics.BACKEND_DURATION.labels(backend=name.value, outcome=outcome).observe(
@@ -286,52 +261,6 @@ class JobRunner:
         )
         entry = routing.attempt_entry(job.attempts, name, failure, _as_json(calls))
         return await self._fail_or_retry(job, failure, timings, entry, choices)
-
-    async def _render_until_released(
-        self, job: Job, render: Awaitable[BackendResult], abandoned: threading.Event
-    ) -> BackendResult | None:
-        """The render's result, or None when the job was canceled (or taken back) meanwhile:
-        then the render is abandoned (`abandoned` set, its task canceled) before returning."""
-        rendering = asyncio.ensure_future(render)
-        watcher = asyncio.create_task(self._watch_until_released(job))
-        try:
-            await asyncio.wait({rendering, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            abandoned.set()
-            rendering.cancel()
-            watcher.cancel()
-            await asyncio.wait({rendering, watcher})
-            raise
-        if rendering.done():
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
-            return rendering.result()
-        abandoned.set()
-        rendering.cancel()
-        # Closes a node's stream (the node stops at its next step) or Segmind's pending call.
-        await asyncio.wait({rendering})
-        if not rendering.cancelled():
-            rendering.exception()  # retrieved: the job is gone, whatever the render did
-        return None
-
-    async def _watch_until_released(self, job: Job) -> None:
-        """Return once the attempt no longer holds the job: woken by the `finished`
-        notification a cancel publishes, and re-reading the row every RELEASE_RECHECK_S in
-        case that message is lost (or Redis is away)."""
-        channel = finished_channel(self.settings.queue_name)
-        while True:
-            try:
-                async with self.redis.pubsub() as pubsub:
-                    await pubsub.subscribe(channel)
-                    while await self._still_holds(job):
-                        await _until_mentioned(pubsub, str(job.id), RELEASE_RECHECK_S)
-                    return
-            except (RedisError, OSError):
-                logger.warning("cancel notifications lost for job %s", job.id, exc_info=True)
-                if not await self._still_holds(job):
-                    return
-                await asyncio.sleep(RELEASE_RECHECK_S)
 
     async def _still_holds(self, job: Job) -> bool:
         try:
@@ -379,99 +308,6 @@ class JobRunner:
             await self._announce_change(job.id, "status")
         except Exception:
             logger.exception("could not hand job %s back; its lease will expire", job.id)
-
-    async def _load_input(self, job: Job, timings: dict[str, float]) -> JobInput:
-        started = perf_counter()
-        if job.input_storage_key is not None:
-            try:
-                data = await self.storage.get(job.input_storage_key)
-            except StoredObjectMissing as exc:
-                raise RelightError(
-                    "the stored subject image is gone", status_code=500, code="input_missing"
-                ) from exc
-        else:
-            assert job.input_url is not None
-            data = await fetch_image_bytes(
-                self.http,
-                job.input_url,
-                policy=self.settings.egress_policy,
-                max_bytes=self.settings.max_input_bytes,
-                timeout_s=self.settings.fetch_timeout_s,
-            )
-        fetched = perf_counter()
-        timings["fetch_ms"] = _ms(fetched - started)
-        # Decoded no larger than the output's crop needs (`resize_and_center_crop`).
-        image = await asyncio.to_thread(
-            decode_image,
-            data,
-            max_bytes=self.settings.max_input_bytes,
-            max_pixels=self.settings.max_input_pixels,
-            crop_width=int(job.params["width"]),
-            crop_height=int(job.params["height"]),
-        )
-        timings["decode_ms"] = _ms(perf_counter() - fetched)
-        background = await self._load_background(job)
-        return JobInput(
-            job_id=job.id,
-            data=data,
-            url=job.input_url,
-            image=image,
-            backend_requested=job.backend_requested,
-            background=background,
-        )
-
-    async def _load_background(self, job: Job) -> bytes | None:
-        """The background image's bytes (IC-Light fbc), from storage or its URL; None when the
-        request has none. Decoded on the GPU node, within the same limits as the subject."""
-        if job.background_storage_key is not None:
-            try:
-                return await self.storage.get(job.background_storage_key)
-            except StoredObjectMissing as exc:
-                raise RelightError(
-                    "the stored background image is gone", status_code=500, code="input_missing"
-                ) from exc
-        if job.background_url is not None:
-            return await fetch_image_bytes(
-                self.http,
-                job.background_url,
-                policy=self.settings.egress_policy,
-                max_bytes=self.settings.max_input_bytes,
-                timeout_s=self.settings.fetch_timeout_s,
-            )
-        return None
-
-    async def _store_outputs(
-        self, job: Job, result: BackendResult, timings: dict[str, float]
-    ) -> list[JobOutput]:
-        started = perf_counter()
-        outputs = []
-        for index, image in enumerate(result.images):
-            extension = EXTENSIONS.get(image.content_type, "bin")
-            key = f"outputs/{job.tenant_id}/{job.id}/{index}.{extension}"
-            await self.storage.put(key, image.data)
-            outputs.append(
-                JobOutput(
-                    job_id=job.id,
-                    index=index,
-                    storage_key=key,
-                    content_type=image.content_type,
-                    width=image.width,
-                    height=image.height,
-                    bytes=len(image.data),
-                    sha256=hashlib.sha256(image.data).hexdigest(),
-                    seed=image.seed,
-                )
-            )
-        timings["store_ms"] = _ms(perf_counter() - started)
-        return outputs
-
-    async def _delete_outputs(self, outputs: list[JobOutput]) -> None:
-        """Nothing is kept for a job this attempt no longer holds (canceled meanwhile)."""
-        for output in outputs:
-            try:
-                await self.storage.delete(output.storage_key)
-            except Exception:
-                logger.warning("could not delete %s", output.storage_key, exc_info=True)
 
     async def _succeed(
         self,
@@ -525,7 +361,7 @@ class JobRunner:
             )
             if canceled:
                 # Not when taken back: another attempt may have stored the same keys since.
-                await self._delete_outputs(outputs)
+                await delete_outputs(self.storage, outputs)
             return RunOutcome(status=None)
         await self._announce_finished(job.id, delivery)
         logger.info("job %s succeeded on %s in %.0f ms", job.id, backend_name, timings["total_ms"])

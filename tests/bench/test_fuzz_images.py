@@ -3,7 +3,7 @@ writing nothing into the repository (its work and crash folders are the test's).
 
 from __future__ import annotations
 
-import importlib.util
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +14,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = [
     pytest.mark.slow,
+    # The dev extra installs atheris where it has wheels (Linux x86_64); there a missing
+    # atheris is a failure, not a skip.
     pytest.mark.skipif(
-        importlib.util.find_spec("atheris") is None, reason="atheris is not installed"
+        sys.platform != "linux" or platform.machine() != "x86_64",
+        reason="atheris has wheels for Linux x86_64 only (elsewhere it needs clang)",
     ),
 ]
 

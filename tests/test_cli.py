@@ -11,10 +11,10 @@ import pytest
 from redis.asyncio import Redis
 
 from relight.config import Settings
-from relight.jobs.queue import tenant_weights_key
 from relight.tenants.keys import format_key
 from tests.cli_runner import ADMIN, Result, admin_env, run_admin
 from tests.conftest import database_url
+from tests.weights import mirrored_weight
 
 pytestmark = pytest.mark.slow
 
@@ -65,22 +65,21 @@ async def test_tenant_create_then_duplicate_then_list(admin: Admin) -> None:
 async def test_a_weight_set_with_the_cli_is_shown_and_reaches_the_workers(
     admin: Admin, redis: Redis, settings: Settings
 ) -> None:
-    weights = tenant_weights_key(settings.queue_name)
     created = (await admin("tenant", "create", "globex", "--weight", "4")).json()
     assert created["weight"] == 4
-    assert await redis.hget(weights, created["id"]) == b"4"
+    assert await mirrored_weight(redis, settings.queue_name, created["id"]) == b"4"
 
     updated = (await admin("tenant", "set-weight", "globex", "2")).json()
     assert updated["weight"] == 2
     assert [tenant["weight"] for tenant in (await admin("tenant", "list")).json()] == [2]
-    assert await redis.hget(weights, created["id"]) == b"2"
+    assert await mirrored_weight(redis, settings.queue_name, created["id"]) == b"2"
 
     for bad in ("0", "101", "heavy"):
         assert (await admin("tenant", "set-weight", "globex", bad)).code != 0
     assert (await admin("tenant", "create", "initech", "--weight", "0")).code != 0
     listed = (await admin("tenant", "list")).json()
     assert [(tenant["name"], tenant["weight"]) for tenant in listed] == [("globex", 2)]
-    assert await redis.hget(weights, created["id"]) == b"2"
+    assert await mirrored_weight(redis, settings.queue_name, created["id"]) == b"2"
 
 
 async def test_negative_credits_are_refused(admin: Admin) -> None:

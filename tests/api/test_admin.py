@@ -22,6 +22,7 @@ from relight.jobs.queue import tenant_weights_key
 from tests.conftest import MakeTenant, RunWorker, TenantKey
 from tests.helpers import FAST, balance_of, job_count
 from tests.helpers import small_body as body
+from tests.weights import mirrored_weight
 
 ADMIN_TOKEN = "x" * 32
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -190,21 +191,20 @@ async def test_a_weight_set_over_rest_is_shown_and_reaches_the_workers(
     admin_client: httpx.AsyncClient, redis: Redis, settings: Settings
 ) -> None:
     client = admin_client
-    weights = tenant_weights_key(settings.queue_name)
     tenant = await created(
         await client.post(
             "/admin/v1/tenants", headers=ADMIN, json={"name": "globex", "credits": 100, "weight": 3}
         )
     )
     assert tenant["weight"] == 3
-    assert await redis.hget(weights, tenant["id"]) == b"3"
+    assert await mirrored_weight(redis, settings.queue_name, tenant["id"]) == b"3"
     plain = await created(await client.post("/admin/v1/tenants", headers=ADMIN, json={"name": "x"}))
     assert plain["weight"] == 1
 
     path = "/admin/v1/tenants/globex/weight"
     assert ok(await client.put(path, headers=ADMIN, json={"weight": 5}))["weight"] == 5
     assert ok(await client.get("/admin/v1/tenants/globex", headers=ADMIN))["weight"] == 5
-    assert await redis.hget(weights, tenant["id"]) == b"5"
+    assert await mirrored_weight(redis, settings.queue_name, tenant["id"]) == b"5"
 
     for bad in (0, 101, "heavy", None):
         response = await client.put(path, headers=ADMIN, json={"weight": bad})
@@ -213,16 +213,16 @@ async def test_a_weight_set_over_rest_is_shown_and_reaches_the_workers(
     refused = await client.post("/admin/v1/tenants", headers=ADMIN, json={"name": "y", "weight": 0})
     assert_error(refused, 422, "validation_error")
     assert ok(await client.get("/admin/v1/tenants/globex", headers=ADMIN))["weight"] == 5
-    assert await redis.hget(weights, tenant["id"]) == b"5"
+    assert await mirrored_weight(redis, settings.queue_name, tenant["id"]) == b"5"
 
     # Redis lost the mirror (a flush): the tenant's next submit writes it again.
-    await redis.delete(weights)
+    await redis.delete(tenant_weights_key(settings.queue_name))
     key = await created(await client.post("/admin/v1/tenants/globex/keys", headers=ADMIN, json={}))
     submitted = await client.post(
         "/v2/ic-light", headers={"x-api-key": key["key"]}, json=body(**FAST)
     )
     assert submitted.status_code == 202, submitted.text
-    assert await redis.hget(weights, tenant["id"]) == b"5"
+    assert await mirrored_weight(redis, settings.queue_name, tenant["id"]) == b"5"
 
 
 # --- who may call it -------------------------------------------------------------------------

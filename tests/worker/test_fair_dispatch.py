@@ -9,11 +9,12 @@ import asyncio
 import contextlib
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 
 import httpx
 from arq.connections import ArqRedis
-from sqlalchemy import Row, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bench.noop_worker import NoopBackend
@@ -24,10 +25,18 @@ from relight.params import Backend as BackendName
 from relight.tenants.service import find_tenant, set_weight
 from tests.conftest import MakeTenant
 from tests.helpers import fast_body, submit
+from tests.weights import mirrored_weight
 from worker.settings import build_worker
 
 BACKLOG = 12
 JOB_S = 0.05
+
+
+@dataclass(frozen=True)
+class JobRun:
+    id: str
+    started_at: datetime
+    attempts: int
 
 
 async def run_one_slot(
@@ -37,9 +46,9 @@ async def run_one_slot(
     redis: ArqRedis,
     *,
     fair: bool,
-) -> list[Row[tuple[uuid.UUID, str, datetime | None, int]]]:
+) -> list[JobRun]:
     """Run the queued jobs `ids` on one worker with one slot (jobs of JOB_S each) until they
-    all succeeded and left arq's queue; their rows (id, status, started_at, attempts)."""
+    all succeeded and left arq's queue; how each ran."""
     one_slot = settings.model_copy(
         update={"worker_concurrency": 1, "webhook_sweep_interval_s": 60, "fair_dispatch": fair}
     )
@@ -71,7 +80,8 @@ async def run_one_slot(
         rows = (await session.execute(query.where(Job.id.in_(job_ids)))).all()
     assert {row.status for row in rows} == {"succeeded"}
     assert len(rows) == len(ids)
-    return list(rows)
+    assert all(row.started_at is not None for row in rows)
+    return [JobRun(str(row.id), row.started_at, row.attempts) for row in rows]
 
 
 async def run_backlog_then_single(
@@ -90,8 +100,8 @@ async def run_backlog_then_single(
     backlog = [await submit(client, tenant_a, fast_body()) for _ in range(BACKLOG)]
     single = await submit(client, tenant_b, fast_body())
     rows = await run_one_slot([*backlog, single], settings, sessionmaker, redis, fair=fair)
-    started = {str(row.id): row.started_at for row in rows}
-    return [started[request_id] for request_id in backlog], started[single]  # type: ignore[misc]
+    started = {run.id: run.started_at for run in rows}
+    return [started[request_id] for request_id in backlog], started[single]
 
 
 async def test_another_tenants_job_starts_before_a_backlog_drains(
@@ -158,20 +168,18 @@ async def test_a_tenant_of_weight_3_starts_3_jobs_for_each_job_of_a_tenant_of_we
     light_jobs = [await submit(client, light, fast_body()) for _ in range(BACKLOG)]
     heavy_jobs = [await submit(client, heavy, fast_body()) for _ in range(BACKLOG)]
     # Each submit told the workers its tenant's weight (no admin call reached Redis here).
-    weights = queue.tenant_weights_key(settings.queue_name)
-    assert await redis.hget(weights, str(heavy.tenant_id)) == b"3"
-    assert await redis.hget(weights, str(light.tenant_id)) == b"1"
+    assert await mirrored_weight(redis, settings.queue_name, str(heavy.tenant_id)) == b"3"
+    assert await mirrored_weight(redis, settings.queue_name, str(light.tenant_id)) == b"1"
 
     rows = await run_one_slot([*light_jobs, *heavy_jobs], settings, sessionmaker, redis, fair=True)
 
     # Nothing lost, nothing run twice.
-    assert sorted(str(row.id) for row in rows) == sorted([*light_jobs, *heavy_jobs])
-    assert {row.attempts for row in rows} == {1}
+    assert sorted(run.id for run in rows) == sorted([*light_jobs, *heavy_jobs])
+    assert {run.attempts for run in rows} == {1}
     heavy_ids = set(heavy_jobs)
     # The start order, H for heavy's jobs and L for light's.
     order = "".join(
-        "H" if str(row.id) in heavy_ids else "L"
-        for row in sorted(rows, key=lambda row: row.started_at or datetime.max)
+        "H" if run.id in heavy_ids else "L" for run in sorted(rows, key=lambda run: run.started_at)
     )
     # While both have a backlog (heavy's lasts BACKLOG / 3 turns of 3 + 1), heavy starts 3
     # jobs for each of light's: HHHL or LHHH repeated, never two L nor four H in a row.

@@ -165,18 +165,18 @@ async def add_job(
     now_ms = round(time.time() * 1000)
     score = now_ms + round((defer_s or 0) * 1000)
     payload = serializer(job_definition(function, args, now_ms))
-    listed = fair is not None and tenant_id is not None
+    # "" for a job that takes no turns (no tenant, or fair turns not asked for).
+    tenant = tenant_id if fair is not None and tenant_id is not None else ""
     keys = [JOB_KEY_PREFIX + job_id, RESULT_KEY_PREFIX + job_id, queue_name, wake_channel]
     if fair is not None:
-        keys += [fair.tenant_queue_prefix + (tenant_id or ""), fair.ring, fair.job_tenant]
-        keys.append(fair.weights)
+        keys += [fair.tenant_queue_prefix + tenant, fair.ring, fair.job_tenant, fair.weights]
     argv: list[bytes | str | int] = [
         score - now_ms + EXPIRES_EXTRA_MS,
         payload,
         score,
         job_id,
         "1" if score <= now_ms else "0",
-        tenant_id if listed and tenant_id is not None else "",
+        tenant,
         "" if weight is None else weight,
     ]
     # A Script object is cheap (it hashes the source); it runs EVALSHA and loads the script

@@ -43,7 +43,7 @@ def deserialize_job(data: bytes) -> dict[str, Any]:
 # Fair turns between tenants (DESIGN.md §5). arq's queue (one sorted set) stays the only truth
 # of what is queued and when it is due: arq, the sweeper and the metrics read it unchanged. A
 # job submitted for a tenant is also listed in that tenant's queue, the tenant in the ring of
-# tenants with work (scored by the turn in which it was last served; 0 = never, first in line),
+# tenants with work (scored by the turn in which its last turn ended; 0 = never, first in line),
 # and the job in a job → tenant hash. The worker's claim (`arq_format.FAIR_CLAIM_SCRIPT`) takes
 # the next job from the tenant whose turn is oldest; a tenant starts as many jobs per turn as
 # its weight (the weights hash, tenant id → weight, absent = 1; the served hash counts the jobs
@@ -65,7 +65,7 @@ def tenant_queue_key(queue_name: str, tenant_id: str) -> str:
 
 
 def tenant_ring_key(queue_name: str) -> str:
-    """The sorted set of tenants with jobs listed, scored by the turn they were last served."""
+    """The sorted set of tenants with jobs listed, scored by the turn their last turn ended."""
     return f"{queue_name}:tenants"
 
 

@@ -216,8 +216,8 @@ def build_worker(
 ) -> WakeableWorker:
     """An arq Worker for `settings`; tests pass `burst=True`, `poll_delay=0` and the like.
 
-    `backends` are added to (or replace) the configured ones by name: how benchmarks run the
-    worker with a backend that does no work.
+    `backends` replace the configured ones by name: how benchmarks run the worker with a
+    backend that does no work. Jobs reach one only where `available_backends` allows its name.
     """
     options = worker_options(settings)
     options["on_startup"] = partial(startup, settings=settings, extra_backends=dict(backends or {}))

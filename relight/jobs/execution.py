@@ -368,7 +368,9 @@ class JobRunner:
     ) -> RunOutcome:
         """Put the job back in the queue (same backend later, or the next one now), or end it
         `failed` with a refund."""
-        log = [*job.backend_calls, *([entry.to_json()] if entry is not None else [])]
+        log = list(job.backend_calls)
+        if entry is not None:
+            log.append(entry.to_json())
         step = routing.after_failure(
             error,
             attempts=job.attempts,

@@ -15,7 +15,7 @@ from relight.egress import EgressPolicy, check_url
 from relight.errors import Conflict, InvalidParameter, RelightError, Unauthorized
 from relight.metrics import on_commit
 from relight.models import ApiKey, Tenant, TenantStatus
-from relight.params import Backend
+from relight.params import BackendName
 from relight.tenants.auth_cache import (
     CHANGED_CHANNEL,
     TenantSnapshot,
@@ -126,7 +126,7 @@ async def set_allowed_backends(
     session: AsyncSession, tenant: Tenant, backends: list[str]
 ) -> Tenant:
     """The backends the tenant's requests may run on (`auto` chooses among them)."""
-    known = {backend.value for backend in Backend} - {Backend.AUTO.value}
+    known = {backend.value for backend in BackendName} - {BackendName.AUTO.value}
     unknown = sorted(set(backends) - known)
     if unknown or not backends:
         raise InvalidParameter(

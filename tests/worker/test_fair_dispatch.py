@@ -19,7 +19,7 @@ from bench.noop_worker import NoopBackend
 from relight.config import Settings
 from relight.jobs import queue
 from relight.models import Job
-from relight.params import Backend as BackendName
+from relight.params import BackendName
 from tests.conftest import MakeTenant
 from tests.helpers import fast_body, submit
 from worker.settings import build_worker

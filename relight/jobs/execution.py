@@ -16,14 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import threading
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from time import perf_counter
-from typing import Any
 
 import httpx
 from redis.asyncio import Redis
@@ -31,11 +29,14 @@ from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from relight import metrics
+from relight.backends import routing
+from relight.backends.attempts import Attempt, BackendCall, read_attempts
+from relight.backends.availability import available_to_run
+from relight.backends.protocol import BackendResult, JobInput, RenderBackend
 from relight.config import Settings
 from relight.credits.service import charge_credits
 from relight.errors import BackendFailed, RelightError
-from relight.jobs import repository, routing
-from relight.jobs.backend import Backend, BackendCall, BackendResult, JobInput, is_available
+from relight.jobs import repository
 from relight.jobs.cancel_watch import RenderAbandoned, render_until_released, watch_until_released
 from relight.jobs.events import Change, finished_channel, publish_changed, publish_finished
 from relight.jobs.job_images import delete_outputs, elapsed_ms, load_input, store_outputs
@@ -45,8 +46,7 @@ from relight.jobs.service import fail_running_job
 from relight.jobs.views import UrlBuilder
 from relight.logs import request_context
 from relight.models import Job, JobOutput, JobStatus
-from relight.params import Backend as BackendName
-from relight.params import RelightParams
+from relight.params import BackendName, RelightParams
 from relight.storage import Storage
 from relight.webhooks import service as webhooks
 
@@ -65,13 +65,8 @@ class RunOutcome:
         return self.status is None
 
 
-MAX_RETRY_AFTER_S = 600.0
 # Failures that count as `timeout` (rather than `error`) in relight_backend_duration_seconds.
 TIMEOUT_CODES = frozenset({"backend_timeout", "upstream_timeout"})
-
-
-def _as_json(calls: list[BackendCall]) -> list[dict[str, Any]]:
-    return [call.as_json() for call in calls]
 
 
 class JobRunner:
@@ -84,7 +79,7 @@ class JobRunner:
         redis: Redis,
         enqueuer: Enqueuer,
         http: httpx.AsyncClient,
-        backends: dict[BackendName, Backend],
+        backends: dict[BackendName, RenderBackend],
     ) -> None:
         self.settings = settings
         self.sessionmaker = sessionmaker
@@ -153,22 +148,18 @@ class JobRunner:
             raise
         except RelightError as exc:
             return await self._fail_or_retry(job, exc, timings)
-        # Under `auto`, backends that can tell (GPU nodes come and go) are left out while they
-        # have nothing to run on; a job that named one waits for it (retries) instead.
-        available = [
-            name
-            for name, backend in self.backends.items()
-            if job.backend_requested != routing.AUTO or await is_available(backend)
-        ]
+        requested = BackendName(job.backend_requested)
         backgrounds = job.params.get("background_source") is not None
         choices = routing.candidates(
-            job.backend_requested,
+            requested,
             allowed,
             self.settings.failover_order,
-            available,
-            backgrounds=backgrounds,
+            await available_to_run(
+                self.settings, self.backends, requested=requested, backgrounds=backgrounds
+            ),
         )
-        name = routing.choose(choices, job.backend_calls, self.settings.job_max_attempts)
+        log = read_attempts(job.backend_calls)
+        name = routing.choose(choices, log, self.settings.job_max_attempts)
         if name is None:
             what = "relight onto a background" if backgrounds else "serve"
             unavailable = BackendFailed(
@@ -177,13 +168,13 @@ class JobRunner:
                 retryable=False,
             )
             return await self._fail_or_retry(job, unavailable, timings)
-        return await self._render(job, BackendName(name), choices, job_input, timings, started)
+        return await self._render(job, name, choices, job_input, timings, started)
 
     async def _render(
         self,
         job: Job,
         name: BackendName,
-        choices: list[str],
+        choices: list[BackendName],
         job_input: JobInput,
         timings: dict[str, float],
         started: float,
@@ -247,7 +238,7 @@ class JobRunner:
             )
             timings["backend_ms"] = elapsed_ms(perf_counter() - engine_started)
             timings.update(result.timings)
-            entry = routing.attempt_entry(job.attempts, name, None, _as_json(calls))
+            entry = Attempt.record(job.attempts, name, None, calls)
             try:
                 outputs = await store_outputs(self.storage, job, result, timings)
             except asyncio.CancelledError:
@@ -259,7 +250,7 @@ class JobRunner:
         metrics.BACKEND_DURATION.labels(backend=name.value, outcome=outcome).observe(
             perf_counter() - engine_started
         )
-        entry = routing.attempt_entry(job.attempts, name, failure, _as_json(calls))
+        entry = Attempt.record(job.attempts, name, failure, calls)
         return await self._fail_or_retry(job, failure, timings, entry, choices)
 
     async def _still_holds(self, job: Job) -> bool:
@@ -312,11 +303,11 @@ class JobRunner:
     async def _succeed(
         self,
         job: Job,
-        backend_name: str,
+        backend_name: BackendName,
         result: BackendResult,
         outputs: list[JobOutput],
         timings: dict[str, float],
-        entry: dict[str, Any],
+        entry: Attempt,
     ) -> RunOutcome:
         delivery = None
         canceled = False
@@ -334,7 +325,7 @@ class JobRunner:
                     "node": result.node,
                     "progress": 1.0,
                     "timings": timings,
-                    "backend_calls": [*job.backend_calls, entry],
+                    "backend_calls": [*job.backend_calls, entry.to_json()],
                     "lease_expires_at": None,
                     "error_code": None,
                     "error_message": None,
@@ -372,32 +363,24 @@ class JobRunner:
         job: Job,
         error: RelightError,
         timings: dict[str, float],
-        entry: dict[str, Any] | None = None,
-        choices: list[str] | None = None,
+        entry: Attempt | None = None,
+        choices: list[BackendName] | None = None,
     ) -> RunOutcome:
         """Put the job back in the queue (same backend later, or the next one now), or end it
         `failed` with a refund."""
-        code = error.code
-        delay = self.settings.retry_backoff_s * 2 ** (job.attempts - 1) * random.uniform(0.9, 1.1)
         log = list(job.backend_calls)
-        if entry is None or choices is None or not isinstance(error, BackendFailed):
-            retry = error.retryable and job.attempts < self.settings.job_max_attempts
-        else:
-            log.append(entry)
-            backend = entry["backend"]
-            following = None
-            if error.retryable or error.failover:
-                following = routing.choose(choices, log, self.settings.job_max_attempts)
-            retry = following is not None
-            if following == backend:
-                tries = routing.tries_on(backend, log)
-                delay = self.settings.retry_backoff_s * 2 ** (tries - 1) * random.uniform(0.9, 1.1)
-                # Honour the upstream's Retry-After, within reason.
-                delay = max(delay, min(error.retry_after_s or 0.0, MAX_RETRY_AFTER_S))
-            elif following is not None:
-                delay = 0.0  # fail over at once
-            else:
-                code = routing.final_code(backend, error)
+        if entry is not None:
+            log.append(entry.to_json())
+        step = routing.after_failure(
+            error,
+            attempts=job.attempts,
+            failed=entry,
+            choices=choices or [],
+            log=read_attempts(log),
+            max_tries=self.settings.job_max_attempts,
+            backoff_s=self.settings.retry_backoff_s,
+        )
+        retry, delay, code = step.retry, step.delay_s, step.code
         failed = None
         async with self.sessionmaker() as session, session.begin():
             if retry:
@@ -431,7 +414,7 @@ class JobRunner:
                     return RunOutcome(status=None)
         if retry:
             await self._announce_change(job.id, "status")
-            retried_on = entry["backend"] if entry is not None else "none"
+            retried_on = entry.backend.value if entry is not None else "none"
             metrics.JOB_RETRIES.labels(backend=retried_on).inc()
             logger.warning(
                 "job %s attempt %d failed (%s: %s); retrying in %.1f s",

@@ -21,7 +21,7 @@ from bench.noop_worker import NoopBackend
 from relight.config import Settings
 from relight.jobs import queue
 from relight.models import Job
-from relight.params import Backend as BackendName
+from relight.params import BackendName
 from relight.tenants.service import find_tenant, set_weight
 from tests.conftest import MakeTenant
 from tests.helpers import fast_body, submit

@@ -165,10 +165,10 @@ async def _submit_in(
             job.credits_reserved,
         )
     if not submission.replayed:
-        job_id, tenant_id = job.id, job.tenant_id
+        job_id, tenant_id, weight = job.id, job.tenant_id, tenant.weight
 
         async def enqueue() -> None:
-            await state.enqueue(job_id, tenant_id)
+            await state.enqueue(job_id, tenant_id, weight)
 
         uow.after_commit(enqueue)
     await uow.commit()

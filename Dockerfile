@@ -1,18 +1,18 @@
-# One image for the gateway (relight-api), the worker (relight-worker), the admin CLI
-# (relight-admin) and the migrations (alembic upgrade head). Pick the role with the command.
+# Two images, one per deployable, each with only what it runs:
 #
-#   docker build -t relight .                          # api / worker / migrate
-#   docker build -t relight-node --build-arg EXTRAS=node .   # + torch/diffusers for the GPU node
+#   docker build -t relight .                         # the service: relight-api, relight-worker,
+#                                                     #   relight-admin, alembic upgrade head
+#   docker build -t relight-node --target node .      # the GPU node: relight-node with torch and
+#                                                     #   diffusers, no Postgres driver or arq
 #
-# EXTRAS is a comma-separated list of the optional dependency groups in pyproject.toml
-# (e.g. "node" or "node,dev"); empty installs the core package only.
+# The service image installs the `service` extra of pyproject.toml, the node image the `node`
+# extra; neither installs the other's (tests/inference/test_node_dependencies.py).
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
-# --------------------------------------------------------------------------- build stage
-FROM ${PYTHON_IMAGE} AS build
+# ------------------------------------------------------------------------- build stages
+FROM ${PYTHON_IMAGE} AS build-base
 
-ARG EXTRAS=""
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
@@ -23,24 +23,28 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 
 # Dependencies first, from pyproject.toml alone, so that editing the code does not reinstall
-# them (this layer matters most for EXTRAS=node: torch is gigabytes).
+# them (this layer matters most for the node: torch is gigabytes): one requirements file per
+# image, the core dependencies plus its extra.
 COPY pyproject.toml ./
-RUN python -c 'import os, tomllib; \
+RUN python -c 'import tomllib; \
 p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
-deps = list(p.get("dependencies", [])); \
-extras = [e.strip() for e in os.environ.get("EXTRAS", "").split(",") if e.strip()]; \
-[deps.extend(p.get("optional-dependencies", {})[e]) for e in extras]; \
-print("\n".join(deps))' > /tmp/requirements.txt \
- && pip install --no-cache-dir -r /tmp/requirements.txt
+[open(f"/tmp/requirements-{e}.txt", "w").write( \
+    "\n".join(p["dependencies"] + p["optional-dependencies"][e]) + "\n") \
+ for e in ("service", "node")]'
 
+FROM build-base AS build-service
+RUN pip install --no-cache-dir -r /tmp/requirements-service.txt
 # Then the project itself (the .dockerignore keeps .venv, .git, tests, caches... out).
 COPY . .
-# hadolint ignore=DL3013
-RUN if [ -n "${EXTRAS}" ]; then target=".[${EXTRAS}]"; else target="."; fi \
- && pip install --no-cache-dir "${target}"
+RUN pip install --no-cache-dir ".[service]"
 
-# ------------------------------------------------------------------------- runtime stage
-FROM ${PYTHON_IMAGE} AS runtime
+FROM build-base AS build-node
+RUN pip install --no-cache-dir -r /tmp/requirements-node.txt
+COPY . .
+RUN pip install --no-cache-dir ".[node]"
+
+# ----------------------------------------------------------------------- runtime stages
+FROM ${PYTHON_IMAGE} AS runtime-base
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -56,14 +60,30 @@ RUN groupadd --system --gid 10001 relight \
  && mkdir -p /app /data /models \
  && chown relight:relight /app /data
 
-COPY --from=build /opt/venv /opt/venv
+WORKDIR /app
+
+# The GPU node: `docker build --target node`.
+FROM runtime-base AS node
+
+COPY --from=build-node /opt/venv /opt/venv
+
+# Numeric, so that runtimes enforcing runAsNonRoot can check it.
+USER 10001:10001
+
+EXPOSE 9000
+
+CMD ["relight-node", "--host", "0.0.0.0", "--port", "9000"]
+
+# The service (the default target, last): api, worker, admin CLI and migrations; pick the role
+# with the command.
+FROM runtime-base AS service
+
+COPY --from=build-service /opt/venv /opt/venv
 
 # alembic runs from here: `alembic upgrade head` finds alembic.ini in the working directory.
-WORKDIR /app
 COPY alembic.ini ./
 COPY migrations ./migrations
 
-# Numeric, so that runtimes enforcing runAsNonRoot can check it.
 USER 10001:10001
 
 EXPOSE 8000

@@ -8,7 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 from arq.connections import RedisSettings, create_pool
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 
@@ -37,50 +37,26 @@ API (same parameters, defaults, `x-api-key` header and status codes) with an asy
 API on top: request ids, polling, listing, cancel, idempotency and signed output URLs.
 """
 
+# In the order their routes appear in the OpenAPI document.
+ROUTERS: tuple[APIRouter, ...] = (
+    relight.router,
+    requests.router,
+    webhooks.router,
+    account.router,
+    admin.router,
+    health.router,
+    metrics.router,
+)
+
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # A fixed pool (no overflow): a burst queues for a connection instead of opening and
-        # closing extra ones, and each api process holds a known number of them. No pre-ping
-        # (three round trips per checkout with asyncpg): after Postgres drops our connections,
-        # the first request to meet one answers 503 with Retry-After and the pool is renewed.
-        engine = create_engine(settings, max_overflow=0, pre_ping=False)
-        redis = await create_pool(
-            replace(RedisSettings.from_dsn(settings.redis_url), **redis_retry_options()),
-            job_serializer=serialize_job,
-            job_deserializer=deserialize_job,
-            default_queue_name=settings.queue_name,
-        )
-        waiter = JobWaiter(redis, settings.queue_name)
-        await waiter.start()
-        auth_cache = AuthCache(
-            settings.auth_cache_s,
-            engine.url.set(drivername="postgresql").render_as_string(hide_password=False),
-        )
-        await auth_cache.start()
-        app.state.relight = AppState(
-            settings=settings,
-            engine=engine,
-            sessionmaker=create_sessionmaker(engine),
-            autocommit_sessionmaker=create_sessionmaker(
-                engine.execution_options(isolation_level="AUTOCOMMIT")
-            ),
-            redis=redis,
-            storage=open_storage(settings),
-            waiter=waiter,
-            limiter=RateLimiter(redis, f"{settings.queue_name}:ratelimit"),
-            auth_cache=auth_cache,
-        )
-        try:
+        async with open_app_state(settings) as state:
+            app.state.relight = state
             yield
-        finally:
-            await auth_cache.stop()
-            await waiter.stop()
-            await redis.aclose()
-            await engine.dispose()
 
     app = FastAPI(
         title="Relight",
@@ -102,17 +78,56 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Outermost, so every line logged while handling the request carries its id.
     app.add_middleware(RequestId)
     install_error_handlers(app)
-    app.include_router(relight.router)
-    app.include_router(requests.router)
-    app.include_router(webhooks.router)
-    app.include_router(account.router)
-    app.include_router(admin.router)
-    app.include_router(health.router)
-    app.include_router(metrics.router)
+    for router in ROUTERS:
+        app.include_router(router)
     install_ui(app)
     install_openapi(app)
     install_docs(app)
     return app
+
+
+@asynccontextmanager
+async def open_app_state(settings: Settings) -> AsyncIterator[AppState]:
+    """The api process's resources (database pool, Redis pool, waiter, auth cache) while the
+    block runs; closed in reverse on the way out."""
+    # A fixed pool (no overflow): a burst queues for a connection instead of opening and
+    # closing extra ones, and each api process holds a known number of them. No pre-ping
+    # (three round trips per checkout with asyncpg): after Postgres drops our connections,
+    # the first request to meet one answers 503 with Retry-After and the pool is renewed.
+    engine = create_engine(settings, max_overflow=0, pre_ping=False)
+    redis = await create_pool(
+        replace(RedisSettings.from_dsn(settings.redis_url), **redis_retry_options()),
+        job_serializer=serialize_job,
+        job_deserializer=deserialize_job,
+        default_queue_name=settings.queue_name,
+    )
+    waiter = JobWaiter(redis, settings.queue_name)
+    await waiter.start()
+    auth_cache = AuthCache(
+        settings.auth_cache_s,
+        engine.url.set(drivername="postgresql").render_as_string(hide_password=False),
+    )
+    await auth_cache.start()
+    state = AppState(
+        settings=settings,
+        engine=engine,
+        sessionmaker=create_sessionmaker(engine),
+        autocommit_sessionmaker=create_sessionmaker(
+            engine.execution_options(isolation_level="AUTOCOMMIT")
+        ),
+        redis=redis,
+        storage=open_storage(settings),
+        waiter=waiter,
+        limiter=RateLimiter(redis, f"{settings.queue_name}:ratelimit"),
+        auth_cache=auth_cache,
+    )
+    try:
+        yield state
+    finally:
+        await auth_cache.stop()
+        await waiter.stop()
+        await redis.aclose()
+        await engine.dispose()
 
 
 def operation_id(route: APIRoute) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -125,82 +125,100 @@ def validation_error_response(errors: Sequence[Any]) -> OrjsonResponse:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(RelightError)
-    async def _relight_error(request: Request, exc: RelightError) -> OrjsonResponse:
-        if exc.status_code >= 500:
-            logger.error("%s on %s: %s", exc.code, request.url.path, exc.message)
-        extra = dict(exc.extra)
-        if exc.status_code == 422 and "details" not in extra:
-            # Every 422 has the same shape, whichever layer found the problem.
-            field = extra.setdefault("field", None)
-            extra["details"] = [{"field": field, "message": exc.message, "type": exc.code}]
-        request_id = extra.pop("request_id", None)
-        headers = extra.pop("headers", None)
-        return error_response(
-            exc.status_code,
-            exc.message,
-            exc.code,
-            request_id=request_id,
-            extra=extra,
-            headers=headers,
-        )
+    """Render every error the app can raise as `{"error", "code", "request_id"}`."""
+    for exception, handler in _HANDLERS:
+        app.exception_handler(exception)(handler)
 
-    @app.exception_handler(RequestValidationError)
-    async def _request_validation(request: Request, exc: RequestValidationError) -> OrjsonResponse:
-        return validation_error_response(exc.errors())
 
-    @app.exception_handler(ValidationError)
-    async def _model_validation(request: Request, exc: ValidationError) -> OrjsonResponse:
-        return validation_error_response(exc.errors())
+async def _relight_error(request: Request, exc: RelightError) -> OrjsonResponse:
+    if exc.status_code >= 500:
+        logger.error("%s on %s: %s", exc.code, request.url.path, exc.message)
+    extra = dict(exc.extra)
+    if exc.status_code == 422 and "details" not in extra:
+        # Every 422 has the same shape, whichever layer found the problem.
+        field = extra.setdefault("field", None)
+        extra["details"] = [{"field": field, "message": exc.message, "type": exc.code}]
+    request_id = extra.pop("request_id", None)
+    headers = extra.pop("headers", None)
+    return error_response(
+        exc.status_code,
+        exc.message,
+        exc.code,
+        request_id=request_id,
+        extra=extra,
+        headers=headers,
+    )
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> OrjsonResponse:
-        codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}
-        return error_response(
-            exc.status_code,
-            str(exc.detail),
-            codes.get(exc.status_code, "http_error"),
-            headers=dict(exc.headers) if exc.headers else None,
-        )
 
-    @app.exception_handler(ClientDisconnect)
-    async def _client_gone(request: Request, exc: ClientDisconnect) -> OrjsonResponse:
-        # The client hung up while sending its body: nothing was done, and nobody will read
-        # this answer. Not an error of ours.
-        logger.info("client disconnected during %s %s", request.method, request.url.path)
-        return error_response(400, "the client disconnected before sending its body", "aborted")
+async def _request_validation(request: Request, exc: RequestValidationError) -> OrjsonResponse:
+    return validation_error_response(exc.errors())
 
-    @app.exception_handler(DBAPIError)
-    async def _database_error(request: Request, exc: Exception) -> OrjsonResponse:
-        # A connection Postgres dropped (a restart, a failover) is unavailability, whatever
-        # class the driver gave it; anything else from the database is a bug (500).
-        if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-            return await _database_unavailable(request, exc)
-        return await _unexpected(request, exc)
 
-    @app.exception_handler(OperationalError)
-    @app.exception_handler(InterfaceError)
-    @app.exception_handler(ConnectionError)
-    async def _database_unavailable(request: Request, exc: Exception) -> OrjsonResponse:
-        # Postgres is down or unreachable: nothing was committed, the client may retry.
-        logger.warning("database unavailable on %s: %s", request.url.path, exc)
-        return error_response(
-            503,
-            "the service is temporarily unavailable (database); retry shortly",
-            "database_unavailable",
-            headers={"Retry-After": "2"},
-        )
+async def _model_validation(request: Request, exc: ValidationError) -> OrjsonResponse:
+    return validation_error_response(exc.errors())
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> OrjsonResponse:
-        # Starlette answers unhandled errors outside every middleware: carry the request id
-        # into this line and this answer by hand.
-        request_id = request.scope.get("state", {}).get("request_id")
-        logger.exception(
-            "unhandled error on %s %s",
-            request.method,
-            request.url.path,
-            extra={"request_id": request_id},
-        )
-        headers = {"x-request-id": request_id} if request_id else None
-        return error_response(500, "internal server error", "internal_error", headers=headers)
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> OrjsonResponse:
+    codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}
+    return error_response(
+        exc.status_code,
+        str(exc.detail),
+        codes.get(exc.status_code, "http_error"),
+        headers=dict(exc.headers) if exc.headers else None,
+    )
+
+
+async def _client_gone(request: Request, exc: ClientDisconnect) -> OrjsonResponse:
+    # The client hung up while sending its body: nothing was done, and nobody will read
+    # this answer. Not an error of ours.
+    logger.info("client disconnected during %s %s", request.method, request.url.path)
+    return error_response(400, "the client disconnected before sending its body", "aborted")
+
+
+async def _database_error(request: Request, exc: Exception) -> OrjsonResponse:
+    # A connection Postgres dropped (a restart, a failover) is unavailability, whatever
+    # class the driver gave it; anything else from the database is a bug (500).
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return await _database_unavailable(request, exc)
+    return await _unexpected(request, exc)
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> OrjsonResponse:
+    # Postgres is down or unreachable: nothing was committed, the client may retry.
+    logger.warning("database unavailable on %s: %s", request.url.path, exc)
+    return error_response(
+        503,
+        "the service is temporarily unavailable (database); retry shortly",
+        "database_unavailable",
+        headers={"Retry-After": "2"},
+    )
+
+
+async def _unexpected(request: Request, exc: Exception) -> OrjsonResponse:
+    # Starlette answers unhandled errors outside every middleware: carry the request id
+    # into this line and this answer by hand.
+    request_id = request.scope.get("state", {}).get("request_id")
+    logger.exception(
+        "unhandled error on %s %s",
+        request.method,
+        request.url.path,
+        extra={"request_id": request_id},
+    )
+    headers = {"x-request-id": request_id} if request_id else None
+    return error_response(500, "internal server error", "internal_error", headers=headers)
+
+
+_Handler = Callable[[Request, Any], Awaitable[OrjsonResponse]]
+# Starlette picks the handler of the nearest class in the exception's MRO.
+_HANDLERS: tuple[tuple[type[Exception], _Handler], ...] = (
+    (RelightError, _relight_error),
+    (RequestValidationError, _request_validation),
+    (ValidationError, _model_validation),
+    (StarletteHTTPException, _http_error),
+    (ClientDisconnect, _client_gone),
+    (DBAPIError, _database_error),
+    (OperationalError, _database_unavailable),
+    (InterfaceError, _database_unavailable),
+    (ConnectionError, _database_unavailable),
+    (Exception, _unexpected),
+)

@@ -61,6 +61,14 @@ TOKENIZER_MAX_LENGTH = 77
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
 
+MODEL_INDEX = {
+    "_class_name": "StableDiffusionPipeline",
+    "text_encoder": ["transformers", "CLIPTextModel"],
+    "tokenizer": ["transformers", "CLIPTokenizer"],
+    "unet": ["diffusers", "UNet2DConditionModel"],
+    "vae": ["diffusers", "AutoencoderKL"],
+}
+
 TINY_UNET_CONFIG: dict[str, Any] = {
     "sample_size": 64,
     "in_channels": 4,
@@ -252,40 +260,48 @@ def write_model(
         vae = AutoencoderKL(**vae_config)
         if calibrate:
             calibrate_vae(vae)
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=max(vocab_size, int(text_config.get("vocab_size", 0))),
-                bos_token_id=vocab_size - 2,
-                eos_token_id=vocab_size - 1,
-                pad_token_id=vocab_size - 1,
-                **{k: v for k, v in text_config.items() if k != "vocab_size"},
-            )
-        )
+        text_encoder = _text_encoder(text_config, vocab_size)
         unet.to(dtype).save_pretrained(directory / "unet", safe_serialization=True)
         vae.to(dtype).save_pretrained(directory / "vae", safe_serialization=True)
         _save_text_encoder(text_encoder.to(dtype), directory / "text_encoder")
-
         for variant in variants:
-            widened = copy.deepcopy(unet)
-            widen_conv_in(widened, variant.in_channels)
-            offsets = {
-                key: (torch.randn(value.shape) * offset_scale).to(torch.float16).contiguous()
-                for key, value in widened.state_dict().items()
-            }
-            if foreground_offset_scale is not None:
-                condition = offsets["conv_in.weight"][:, LATENT_CHANNELS:]
-                strong = torch.randn(condition.shape) * foreground_offset_scale
-                offsets["conv_in.weight"][:, LATENT_CHANNELS:] = strong.to(torch.float16)
+            offsets = _random_offsets(unet, variant, offset_scale, foreground_offset_scale)
             safetensors.torch.save_file(offsets, str(directory / variant.offsets_file))
-    index = {
-        "_class_name": "StableDiffusionPipeline",
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-    }
-    (directory / "model_index.json").write_text(json.dumps(index, indent=2), "utf-8")
+    (directory / "model_index.json").write_text(json.dumps(MODEL_INDEX, indent=2), "utf-8")
     return directory
+
+
+def _text_encoder(text_config: dict[str, Any], vocab_size: int) -> CLIPTextModel:
+    """A random CLIP text encoder for the tokenizer's vocabulary (its last two: start, end)."""
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=max(vocab_size, int(text_config.get("vocab_size", 0))),
+            bos_token_id=vocab_size - 2,
+            eos_token_id=vocab_size - 1,
+            pad_token_id=vocab_size - 1,
+            **{k: v for k, v in text_config.items() if k != "vocab_size"},
+        )
+    )
+
+
+def _random_offsets(
+    unet: UNet2DConditionModel,
+    variant: Variant,
+    offset_scale: float,
+    foreground_offset_scale: float | None,
+) -> dict[str, torch.Tensor]:
+    """Random fp16 offsets with the keys and shapes of `unet` widened for `variant`."""
+    widened = copy.deepcopy(unet)
+    widen_conv_in(widened, variant.in_channels)
+    offsets = {
+        key: (torch.randn(value.shape) * offset_scale).to(torch.float16).contiguous()
+        for key, value in widened.state_dict().items()
+    }
+    if foreground_offset_scale is not None:
+        condition = offsets["conv_in.weight"][:, LATENT_CHANNELS:]
+        strong = torch.randn(condition.shape) * foreground_offset_scale
+        offsets["conv_in.weight"][:, LATENT_CHANNELS:] = strong.to(torch.float16)
+    return offsets
 
 
 def write_tiny_model(

@@ -12,6 +12,21 @@ from relight.params import RelightParams
 ProgressCallback = Callable[[float], None]
 
 
+class ProgressCounter:
+    """Counts the stages (or denoising steps) done out of `total` and reports the fraction
+    to the caller's progress callback, never past 1."""
+
+    def __init__(self, progress: ProgressCallback | None, total: int) -> None:
+        self.progress = progress
+        self.total = total
+        self.done = 0
+
+    def advance(self, stages: int = 1) -> None:
+        self.done = min(self.done + stages, self.total)
+        if self.progress is not None:
+            self.progress(self.done / self.total)
+
+
 class RelightEngine(Protocol):
     """Turns one subject image into `params.number_of_images` relit images.
 

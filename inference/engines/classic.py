@@ -32,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from inference.engines.base import ProgressCallback
+from inference.engines.base import ProgressCallback, ProgressCounter
 from relight.images import resize_and_center_crop
 from relight.params import LightSource, RelightParams
 
@@ -224,7 +224,7 @@ class ClassicEngine:
         if params.background_source is not None:
             raise ValueError("the classic engine does not relight onto backgrounds")
         count = params.number_of_images
-        stages = _Stages(progress, total=STAGES_PER_IMAGE * (count + 1))
+        stages = ProgressCounter(progress, total=STAGES_PER_IMAGE * (count + 1))
         scene = _prepare(subject, params, stages.advance)
         style = light_style(params.prompt)
         images: list[Image.Image] = []
@@ -235,20 +235,6 @@ class ClassicEngine:
         return images
 
 
-class _Stages:
-    """Counts the stages done and reports the fraction to the caller's progress callback."""
-
-    def __init__(self, progress: ProgressCallback | None, total: int) -> None:
-        self.progress = progress
-        self.total = total
-        self.done = 0
-
-    def advance(self, stages: int = 1) -> None:
-        self.done = min(self.done + stages, self.total)
-        if self.progress is not None:
-            self.progress(self.done / self.total)
-
-
 def _ignore(stages: int = 1) -> None:
     """The stage counter of a caller that wants no progress."""
 
@@ -256,21 +242,9 @@ def _ignore(stages: int = 1) -> None:
 def _prepare(
     subject: Image.Image, params: RelightParams, advance: Callable[[int], None] = _ignore
 ) -> _Scene:
-    if subject.mode not in ("RGB", "RGBA"):
-        has_alpha = subject.mode in ("LA", "PA", "La") or "transparency" in subject.info
-        subject = subject.convert("RGBA" if has_alpha else "RGB")
-    crop = resize_and_center_crop(subject, params.width, params.height)
     out_w, out_h = params.output_size
     lo_size = (max(8, out_w // FIELD_DOWNSCALE), max(8, out_h // FIELD_DOWNSCALE))
-
-    mask_lo: FloatArray | None = None
-    if crop.mode == "RGBA":
-        alpha = crop.getchannel("A")
-        background = Image.new("RGB", crop.size, (BACKGROUND_GRAY,) * 3)
-        composite = Image.composite(crop.convert("RGB"), background, alpha)
-        mask_lo = _to_float(alpha.resize(lo_size, Image.Resampling.BOX)) / np.float32(255)
-    else:
-        composite = crop
+    composite, mask_lo = _composite(subject, params, lo_size)
 
     # IC-Light stretches (never crops) to the highres size, which may differ in aspect slightly.
     full = composite.resize((out_w, out_h), Image.Resampling.BICUBIC)
@@ -282,21 +256,7 @@ def _prepare(
     lum /= np.float32(255)
     lo_w, lo_h = lo_size
     scale = min(lo_w, lo_h)
-
-    # Height field: the silhouette bulges, and bright detail reads as slightly raised.
-    height = np.float32(0.25) * _smooth(lum, scale / 80)
-    if mask_lo is not None:
-        height += _smooth(mask_lo, scale / 20)
-    grad_y, grad_x = np.gradient(height)
-    # Per-pixel gradients are rescaled to per-frame units so the tilt does not depend on size.
-    nx = (grad_x * np.float32(-0.35 * scale)).astype(np.float32)
-    ny = (grad_y * np.float32(-0.35 * scale)).astype(np.float32)
-    if mask_lo is not None:
-        # The background is a flat card: without this the blurred silhouette would leave a
-        # lit/shaded halo around the subject.
-        nx *= mask_lo
-        ny *= mask_lo
-    inv = (1.0 / np.sqrt(nx * nx + ny * ny + 1.0)).astype(np.float32)
+    nx, ny, inv = _normals(lum, mask_lo, scale)
 
     weight = mask_lo if mask_lo is not None and float(mask_lo.mean()) > 1e-3 else None
     if weight is None:
@@ -324,6 +284,43 @@ def _prepare(
     )
 
 
+def _composite(
+    subject: Image.Image, params: RelightParams, lo_size: tuple[int, int]
+) -> tuple[Image.Image, FloatArray | None]:
+    """The subject cropped to W×H, on gray 127 when it has alpha; and its low-res mask."""
+    if subject.mode not in ("RGB", "RGBA"):
+        has_alpha = subject.mode in ("LA", "PA", "La") or "transparency" in subject.info
+        subject = subject.convert("RGBA" if has_alpha else "RGB")
+    crop = resize_and_center_crop(subject, params.width, params.height)
+    if crop.mode != "RGBA":
+        return crop, None
+    alpha = crop.getchannel("A")
+    background = Image.new("RGB", crop.size, (BACKGROUND_GRAY,) * 3)
+    composite = Image.composite(crop.convert("RGB"), background, alpha)
+    return composite, _to_float(alpha.resize(lo_size, Image.Resampling.BOX)) / np.float32(255)
+
+
+def _normals(
+    lum: FloatArray, mask_lo: FloatArray | None, scale: int
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Unnormalised normals (nx, ny) of a pseudo-3D height field, and 1 / their length."""
+    # Height field: the silhouette bulges, and bright detail reads as slightly raised.
+    height = np.float32(0.25) * _smooth(lum, scale / 80)
+    if mask_lo is not None:
+        height += _smooth(mask_lo, scale / 20)
+    grad_y, grad_x = np.gradient(height)
+    # Per-pixel gradients are rescaled to per-frame units so the tilt does not depend on size.
+    nx = (grad_x * np.float32(-0.35 * scale)).astype(np.float32)
+    ny = (grad_y * np.float32(-0.35 * scale)).astype(np.float32)
+    if mask_lo is not None:
+        # The background is a flat card: without this the blurred silhouette would leave a
+        # lit/shaded halo around the subject.
+        nx *= mask_lo
+        ny *= mask_lo
+    inv = (1.0 / np.sqrt(nx * nx + ny * ny + 1.0)).astype(np.float32)
+    return nx, ny, inv
+
+
 def _render(
     scene: _Scene,
     style: LightStyle,
@@ -331,9 +328,47 @@ def _render(
     rng: np.random.Generator,
     advance: Callable[[int], None] = _ignore,
 ) -> Image.Image:
+    key_map, fill_map = _light_maps(scene, style, source, rng)
+    total = key_map + fill_map
+    mean = float((total * scene.weight).sum() / scene.weight.sum())
+    exposure = style.intensity * rng.uniform(0.93, 1.07) / max(mean, 1e-3)
+
+    # Colour temperature jitter: a small warm/cool shift of the key.
+    temperature = rng.uniform(-0.05, 0.05)
+    key = _unit_luminance(style.key or _NEUTRAL)
+    key = (key[0] * (1 + temperature), key[1], key[2] * (1 - temperature))
+    fill = _unit_luminance(style.fill or _NEUTRAL)
+
+    planes: list[FloatArray] = []
+    for c in range(3):
+        light = (key[c] * key_map + fill[c] * fill_map) * exposure
+        # Lighting multiplies, and multiplication commutes with a power gamma, so the linear
+        # field is converted once here, at low resolution, and applied to the sRGB pixels.
+        field = np.power(np.maximum(light, 0.0), 1.0 / GAMMA) * scene.flatten
+        # Past 16x every pixel is white anyway; the cap keeps LUT indices within uint16.
+        planes.append((np.minimum(field, 16.0) * LUT_STEPS).astype(np.float32))
+    peak = max(float(p.max()) for p in planes)
+    lut = _tone_lut(int(255 * peak) + 2)
+    advance(1)
+    channels: list[Image.Image] = []
+    for c, field in enumerate(planes):
+        up = np.asarray(
+            Image.fromarray(field).resize(scene.output_size, Image.Resampling.BILINEAR),
+            dtype=np.float32,
+        )
+        # Bilinear upsampling never exceeds the low-res peak, so indices stay inside the LUT.
+        product = scene.base[c] * up
+        channels.append(Image.fromarray(np.take(lut, product.astype(np.uint16))))
+        advance(1)
+    return Image.merge("RGB", channels)
+
+
+def _light_maps(
+    scene: _Scene, style: LightStyle, source: LightSource, rng: np.random.Generator
+) -> tuple[FloatArray, FloatArray]:
+    """The key and fill light at low resolution, from a seed-jittered light direction."""
     contrast = style.contrast
-    directional = source in _DIRECTIONS
-    if directional:
+    if source in _DIRECTIONS:
         angle = _DIRECTIONS[source] + rng.uniform(-0.17, 0.17)
         elevation = math.radians(min(80.0, 55.0 + 15.0 * (contrast - 1.0)) + rng.uniform(-6, 6))
         ramp_gain = 1.0
@@ -356,39 +391,7 @@ def _render(
     back = np.maximum((cos_e * scene.nz - scene.nx * lx - scene.ny * ly + 1.0) * 0.5, 0.0)
     key_map = (0.12 + 0.88 * ramp**contrast) * diffuse
     fill_map = fill_ratio * (0.5 + 0.5 * (1.0 - ramp)) * back
-    total = key_map + fill_map
-    mean = float((total * scene.weight).sum() / scene.weight.sum())
-    exposure = style.intensity * rng.uniform(0.93, 1.07) / max(mean, 1e-3)
-
-    # Colour temperature jitter: a small warm/cool shift of the key.
-    temperature = rng.uniform(-0.05, 0.05)
-    key = _unit_luminance(style.key or _NEUTRAL)
-    key = (key[0] * (1 + temperature), key[1], key[2] * (1 - temperature))
-    fill = _unit_luminance(style.fill or _NEUTRAL)
-
-    out_w, out_h = scene.output_size
-    planes: list[FloatArray] = []
-    for c in range(3):
-        light = (key[c] * key_map + fill[c] * fill_map) * exposure
-        # Lighting multiplies, and multiplication commutes with a power gamma, so the linear
-        # field is converted once here, at low resolution, and applied to the sRGB pixels.
-        field = np.power(np.maximum(light, 0.0), 1.0 / GAMMA) * scene.flatten
-        # Past 16x every pixel is white anyway; the cap keeps LUT indices within uint16.
-        planes.append((np.minimum(field, 16.0) * LUT_STEPS).astype(np.float32))
-    peak = max(float(p.max()) for p in planes)
-    lut = _tone_lut(int(255 * peak) + 2)
-    advance(1)
-    channels: list[Image.Image] = []
-    for c, field in enumerate(planes):
-        up = np.asarray(
-            Image.fromarray(field).resize((out_w, out_h), Image.Resampling.BILINEAR),
-            dtype=np.float32,
-        )
-        # Bilinear upsampling never exceeds the low-res peak, so indices stay inside the LUT.
-        product = scene.base[c] * up
-        channels.append(Image.fromarray(np.take(lut, product.astype(np.uint16))))
-        advance(1)
-    return Image.merge("RGB", channels)
+    return key_map, fill_map
 
 
 def _to_float(image: Image.Image) -> FloatArray:

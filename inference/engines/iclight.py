@@ -31,7 +31,7 @@ from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor2_0
 from PIL import Image
 
-from inference.engines.base import ProgressCallback
+from inference.engines.base import ProgressCallback, ProgressCounter
 from inference.iclight.batching import BatchObserver, PassBatcher
 from inference.iclight.images import (
     MattingModel,
@@ -119,20 +119,25 @@ class ICLightEngine:
         self.vae_dtype = torch.bfloat16 if half else torch.float32
         self.tokenizer = model.tokenizer
         self.text_encoder = model.text_encoder.to(device=device, dtype=self.unet_dtype)
-        self.vae = model.vae.to(device=device, dtype=self.vae_dtype)
-        self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        self.scaling_factor = float(self.vae.config.scaling_factor)
-        self.vae.set_attn_processor(AttnProcessor2_0())
         optimize = optimize if optimize is not None else on_cuda
-        if optimize:
-            self.vae.to(memory_format=torch.channels_last)
-            if on_cuda:
-                # Fixed shapes per request size: let cuDNN pick the fastest kernels once.
-                torch.backends.cudnn.benchmark = True
+        self._prepare_vae(model, optimize)
+        self._prepare_unets(model, optimize, compile_unet, cuda_graphs)
+        self.batcher = (
+            PassBatcher(
+                max_images=max_batch_images, window_s=batch_window_s, observer=batch_observer
+            )
+            if max_batch_images > 1
+            else None
+        )
+        self.batch_observer = batch_observer
+
+    def _prepare_unets(
+        self, model: ICLightModel, optimize: bool, compile_unet: bool, cuda_graphs: bool
+    ) -> None:
         self.runners = {
             variant: UNetRunner(
                 unet,
-                device=device,
+                device=self.device,
                 dtype=self.unet_dtype,
                 optimize=optimize,
                 compile_unet=compile_unet,
@@ -142,14 +147,17 @@ class ICLightEngine:
         }
         self.variants = list(self.runners)
         self.serves_backgrounds = Variant.FBC in self.runners
-        self.batcher = (
-            PassBatcher(
-                max_images=max_batch_images, window_s=batch_window_s, observer=batch_observer
-            )
-            if max_batch_images > 1
-            else None
-        )
-        self.batch_observer = batch_observer
+
+    def _prepare_vae(self, model: ICLightModel, optimize: bool) -> None:
+        self.vae = model.vae.to(device=self.device, dtype=self.vae_dtype)
+        self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.scaling_factor = float(self.vae.config.scaling_factor)
+        self.vae.set_attn_processor(AttnProcessor2_0())
+        if optimize:
+            self.vae.to(memory_format=torch.channels_last)
+            if self.device.type == "cuda":
+                # Fixed shapes per request size: let cuDNN pick the fastest kernels once.
+                torch.backends.cudnn.benchmark = True
 
     @property
     def unet(self) -> UNet2DConditionModel:
@@ -236,53 +244,34 @@ class ICLightEngine:
     ) -> list[Image.Image]:
         width, height = params.width, params.height
         out_width, out_height = params.output_size
-        count = params.number_of_images
         composite = composite_on_gray(subject, self.matting)
         source = params.background_source
         scene = None if source is None else background_for(source, background, width, height)
         gradient = (
             None if source is not None else light_gradient(params.light_source, width, height)
         )
-
-        lowres_steps = (
-            params.steps
-            if gradient is None
-            else img2img_steps(params.steps, params.lowres_denoise)[1]
-        )
-        total_steps = lowres_steps + img2img_steps(params.steps, params.highres_denoise)[1]
-        done = 0
-
-        def step_done() -> None:
-            nonlocal done
-            done += 1
-            if progress is not None:
-                progress(min(1.0, done / total_steps))
-
+        steps = ProgressCounter(progress, _denoising_steps(params, gradient is not None))
         if progress is not None:
             progress(0.0)
         generator = torch.Generator(device=self.device).manual_seed(seed)
-        cond, uncond = encode_prompt_pair(
-            self.tokenizer, self.text_encoder, params.full_prompt, params.negative_prompt
-        )
-        # Encoded once, used by both passes.
-        guidance = Guidance(
-            cond=cond.repeat(count, 1, 1), uncond=uncond.repeat(count, 1, 1), scale=params.cfg
-        )
+        guidance = self._guidance(params)  # encoded once, used by both passes
 
-        latents = self._denoise(
-            unet,
-            variant,
-            PassJob(
-                count=count,
-                condition=self._condition(composite, scene, width, height),
+        def job(condition: torch.Tensor, init_latents: torch.Tensor | None) -> PassJob:
+            return PassJob(
+                count=params.number_of_images,
+                condition=condition,
                 guidance=guidance,
                 generator=generator,
-                init_latents=None if gradient is None else self.encode([gradient]),
-                on_step=step_done,
-            ),
-            (height // self.vae_scale, width // self.vae_scale),
-            params.steps,
-            params.lowres_denoise,
+                init_latents=init_latents,
+                on_step=steps.advance,
+            )
+
+        lowres = job(
+            self._condition(composite, scene, width, height),
+            None if gradient is None else self.encode([gradient]),
+        )
+        latents = self._denoise(
+            unet, variant, lowres, (width, height), params.steps, params.lowres_denoise
         )
         resized = [
             np.asarray(
@@ -290,20 +279,11 @@ class ICLightEngine:
             )
             for pixels in self.decode(latents)
         ]
+        highres = job(
+            self._condition(composite, scene, out_width, out_height), self.encode(resized)
+        )
         latents = self._denoise(
-            unet,
-            variant,
-            PassJob(
-                count=count,
-                condition=self._condition(composite, scene, out_width, out_height),
-                guidance=guidance,
-                generator=generator,
-                init_latents=self.encode(resized),
-                on_step=step_done,
-            ),
-            (out_height // self.vae_scale, out_width // self.vae_scale),
-            params.steps,
-            params.highres_denoise,
+            unet, variant, highres, params.output_size, params.steps, params.highres_denoise
         )
         quantise = to_uint8 if source is None else to_uint8_via_unit
         images = [Image.fromarray(pixels, "RGB") for pixels in self.decode(latents, quantise)]
@@ -311,19 +291,29 @@ class ICLightEngine:
             progress(1.0)
         return images
 
+    def _guidance(self, params: RelightParams) -> Guidance:
+        """The prompt pair's embeddings, repeated for `params.number_of_images`."""
+        count = params.number_of_images
+        cond, uncond = encode_prompt_pair(
+            self.tokenizer, self.text_encoder, params.full_prompt, params.negative_prompt
+        )
+        return Guidance(
+            cond=cond.repeat(count, 1, 1), uncond=uncond.repeat(count, 1, 1), scale=params.cfg
+        )
+
     def _denoise(
         self,
         unet: UNetRunner,
         variant: Variant,
         job: PassJob,
-        size: tuple[int, int],
+        image_size: tuple[int, int],
         steps: int,
         strength: float,
     ) -> torch.Tensor:
         """Run one pass for `job`: alone, or batched with concurrent requests of its shape."""
-        shape = pass_shape(
-            job, (job.count, LATENT_CHANNELS, *size), steps, strength, self.unet_dtype
-        )
+        width, height = image_size
+        latent = (job.count, LATENT_CHANNELS, height // self.vae_scale, width // self.vae_scale)
+        shape = pass_shape(job, latent, steps, strength, self.unet_dtype)
 
         def run(shape: PassShape, jobs: list[PassJob]) -> None:
             denoise_together(unet, shape, jobs)
@@ -389,6 +379,14 @@ class ICLightEngine:
         if self.vae_batch_pixels is not None:
             per_call = max(1, self.vae_batch_pixels // pixels_per_image)
         return [slice(start, start + per_call) for start in range(0, count, per_call)]
+
+
+def _denoising_steps(params: RelightParams, from_gradient: bool) -> int:
+    """UNet steps of both passes: the low-res one is img2img when it starts from a gradient."""
+    lowres = params.steps
+    if from_gradient:
+        lowres = img2img_steps(params.steps, params.lowres_denoise)[1]
+    return lowres + img2img_steps(params.steps, params.highres_denoise)[1]
 
 
 def _crop(image: Image.Image, width: int, height: int) -> UInt8Array:

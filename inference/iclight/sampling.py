@@ -134,10 +134,42 @@ def denoise_together(unet: UNetCall, shape: PassShape, jobs: list[PassJob]) -> N
     dtype = shape.dtype
     scheduler = new_scheduler()
     timesteps = shape.timesteps(scheduler, device)
-    latent_shape = (LATENT_CHANNELS, shape.height, shape.width)
+    latents = _initial_latents(scheduler, timesteps, shape, jobs)
+    hidden_states = _hidden_states(shape, jobs).to(dtype)
+    rows = [job.condition.to(device=device, dtype=dtype) for job in jobs for _ in range(job.count)]
+    concat = torch.cat(rows * (2 if shape.classifier_free else 1), dim=0)
+    bounds = list(itertools.accumulate([0, *(job.count for job in jobs)]))
+    for t in timesteps:
+        model_input = torch.cat([latents] * 2) if shape.classifier_free else latents
+        model_input = scheduler.scale_model_input(model_input, t)
+        noise_pred = unet(torch.cat([model_input, concat], dim=1), t, hidden_states)
+        if shape.classifier_free:
+            noise_pred = _guided(noise_pred, jobs, bounds)
+        variance = _step_noise(shape, jobs, device)
+        latents = scheduler.step(
+            noise_pred, t, latents, variance_noise=variance, return_dict=False
+        )[0]
+        _report_step(jobs)
+        if all(job.error is not None for job in jobs):
+            break  # everyone in the batch gave up (e.g. canceled): stop between steps
+    for job, a, b in zip(jobs, bounds, bounds[1:], strict=False):
+        if job.error is None:
+            job.result = latents[a:b]
+
+
+def _initial_latents(
+    scheduler: DPMSolverMultistepScheduler,
+    timesteps: torch.Tensor,
+    shape: PassShape,
+    jobs: list[PassJob],
+) -> torch.Tensor:
+    """Each job's starting latents, in job order: noise (txt2img), or its init latents noised
+    to the first timestep (img2img), one draw from its generator either way."""
+    device = jobs[0].condition.device
+    dtype = shape.dtype
     parts = []
     for job in jobs:
-        size = (job.count, *latent_shape)
+        size = (job.count, LATENT_CHANNELS, shape.height, shape.width)
         if job.init_latents is None:
             noise = randn_tensor(size, generator=job.generator, device=device, dtype=dtype)
             parts.append(noise * scheduler.init_noise_sigma)
@@ -147,56 +179,52 @@ def denoise_together(unet: UNetCall, shape: PassShape, jobs: list[PassJob]) -> N
                 init = torch.cat([init] * (job.count // init.shape[0]), dim=0)
             noise = randn_tensor(size, generator=job.generator, device=device, dtype=dtype)
             parts.append(scheduler.add_noise(init, noise, timesteps[:1].repeat(job.count)))
-    latents = torch.cat(parts)
+    return torch.cat(parts)
 
-    halves = 2 if shape.classifier_free else 1
+
+def _hidden_states(shape: PassShape, jobs: list[PassJob]) -> torch.Tensor:
+    """The batch's text conditioning: every job's uncond, then every job's cond (with CFG)."""
     if shape.classifier_free:
-        hidden_states = torch.cat(
+        return torch.cat(
             [job.guidance.uncond for job in jobs] + [job.guidance.cond for job in jobs]
         )
-    else:
-        hidden_states = torch.cat([job.guidance.cond for job in jobs])
-    hidden_states = hidden_states.to(dtype)
-    rows = [job.condition.to(device=device, dtype=dtype) for job in jobs for _ in range(job.count)]
-    concat = torch.cat(rows * halves, dim=0)
-    bounds = list(itertools.accumulate([0, *(job.count for job in jobs)]))
-    for t in timesteps:
-        model_input = torch.cat([latents] * 2) if shape.classifier_free else latents
-        model_input = scheduler.scale_model_input(model_input, t)
-        noise_pred = unet(torch.cat([model_input, concat], dim=1), t, hidden_states)
-        if shape.classifier_free:
-            uncond, cond = noise_pred.chunk(2)
-            noise_pred = torch.cat(
-                [
-                    uncond[a:b] + job.guidance.scale * (cond[a:b] - uncond[a:b])
-                    for job, a, b in zip(jobs, bounds, bounds[1:], strict=False)
-                ]
+    return torch.cat([job.guidance.cond for job in jobs])
+
+
+def _guided(noise_pred: torch.Tensor, jobs: list[PassJob], bounds: list[int]) -> torch.Tensor:
+    """Classifier-free guidance, each job's rows at its own scale."""
+    uncond, cond = noise_pred.chunk(2)
+    return torch.cat(
+        [
+            uncond[a:b] + job.guidance.scale * (cond[a:b] - uncond[a:b])
+            for job, a, b in zip(jobs, bounds, bounds[1:], strict=False)
+        ]
+    )
+
+
+def _step_noise(shape: PassShape, jobs: list[PassJob], device: torch.device) -> torch.Tensor:
+    """One step's SDE noise, each job's rows drawn from its own generator (fp32, as alone)."""
+    return torch.cat(
+        [
+            randn_tensor(
+                (job.count, LATENT_CHANNELS, shape.height, shape.width),
+                generator=job.generator,
+                device=device,
+                dtype=torch.float32,
             )
-        variance = torch.cat(
-            [
-                randn_tensor(
-                    (job.count, *latent_shape),
-                    generator=job.generator,
-                    device=device,
-                    dtype=torch.float32,
-                )
-                for job in jobs
-            ]
-        )
-        latents = scheduler.step(
-            noise_pred, t, latents, variance_noise=variance, return_dict=False
-        )[0]
-        for job in jobs:
-            if job.on_step is not None and job.error is None:
-                try:
-                    job.on_step()
-                except Exception as exc:  # the job's own failure, kept for it alone
-                    job.error = exc
-        if all(job.error is not None for job in jobs):
-            break  # everyone in the batch gave up (e.g. canceled): stop between steps
-    for job, a, b in zip(jobs, bounds, bounds[1:], strict=False):
-        if job.error is None:
-            job.result = latents[a:b]
+            for job in jobs
+        ]
+    )
+
+
+def _report_step(jobs: list[PassJob]) -> None:
+    """Tell each job still running that a step is done; a job whose callback raises fails."""
+    for job in jobs:
+        if job.on_step is not None and job.error is None:
+            try:
+                job.on_step()
+            except Exception as exc:  # the job's own failure, kept for it alone
+                job.error = exc
 
 
 def pass_shape(

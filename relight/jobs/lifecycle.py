@@ -85,12 +85,10 @@ async def succeed(
 ) -> Moved | None:
     """`running → succeeded` for the attempt that holds `job`: its outputs recorded, the
     reservation charged, the `completed` webhook scheduled."""
-    done = await repository.transition(
+    done = await _end_attempt(
         session,
-        job.id,
-        from_status=JobStatus.RUNNING,
-        attempt=job.attempts,
-        values={
+        job,
+        {
             "status": JobStatus.SUCCEEDED.value,
             "finished_at": datetime.now(UTC),
             "credits_charged": job.credits_reserved,
@@ -99,7 +97,6 @@ async def succeed(
             "progress": 1.0,
             "timings": timings,
             "backend_calls": backend_calls,
-            "lease_expires_at": None,
             "error_code": None,
             "error_message": None,
         },
@@ -159,17 +156,14 @@ async def fail(
         kept["timings"] = timings
     if backend_calls is not None:
         kept["backend_calls"] = backend_calls
-    moved = await repository.transition(
+    moved = await _end_attempt(
         session,
-        job.id,
-        from_status=JobStatus.RUNNING,
-        attempt=job.attempts,
-        values={
+        job,
+        {
             **kept,
             "status": JobStatus.FAILED.value,
             "finished_at": datetime.now(UTC),
             "credits_charged": 0,
-            "lease_expires_at": None,
             "error_code": code,
             "error_message": message,
         },
@@ -231,12 +225,18 @@ async def record_progress(session: AsyncSession, job: Job, fraction: float) -> M
 
 
 async def _back_to_queue(session: AsyncSession, job: Job, **values: Any) -> Job | None:
+    return await _end_attempt(session, job, {**values, "status": JobStatus.QUEUED.value})
+
+
+async def _end_attempt(session: AsyncSession, job: Job, values: dict[str, Any]) -> Job | None:
+    """Move the attempt that holds `job` out of `running`; its lease ends with it. None when
+    that attempt no longer holds the job (canceled, taken back, finished by a twin run)."""
     return await repository.transition(
         session,
         job.id,
         from_status=JobStatus.RUNNING,
         attempt=job.attempts,
-        values={**values, "status": JobStatus.QUEUED.value, "lease_expires_at": None},
+        values={**values, "lease_expires_at": None},
     )
 
 

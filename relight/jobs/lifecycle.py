@@ -1,9 +1,12 @@
 """A job's life, in one place: every change of its status is one function here.
 
     queued ──claim──▶ running ──succeed──▶ succeeded   (charged)
-      ▲                 │ └────fail──────▶ failed      (refunded)
-      └── retry, hand_back, expire_lease ──┘
+      ▲                 │  └─────fail────▶ failed      (refunded)
+      └─────────────────┘  retry, hand_back, expire_lease
     queued or running ──cancel──▶ canceled             (refunded)
+
+(`expire_lease` fails the job once its attempts ran out; `record_progress` writes a running
+attempt's progress under the same guard.)
 
 The invariant: a job's `status` is written only here, through the guarded UPDATEs of
 `repository` (`claim`, `transition`). Each step names the status, and for a running job the

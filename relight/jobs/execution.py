@@ -181,10 +181,12 @@ class JobRunner:
         timings: dict[str, float],
         started: float,
     ) -> RunOutcome:
+        backend = self.backends[name]
+        params = RelightParams(**job.params, seed=job.seed)
         calls: list[BackendCall] = []
         engine_started = perf_counter()
         try:
-            rendered = await self._render_while_held(job, name, job_input, calls)
+            rendered = await self._render_while_held(job, backend, params, job_input, calls)
         except asyncio.CancelledError:
             # The worker is shutting down: hand the job back rather than leave it `running`.
             await asyncio.shield(self._hand_back(job))
@@ -207,12 +209,15 @@ class JobRunner:
         return await self._fail_or_retry(job, failure, timings, entry, choices)
 
     async def _render_while_held(
-        self, job: Job, name: BackendName, job_input: JobInput, calls: list[BackendCall]
+        self,
+        job: Job,
+        backend: Backend,
+        params: RelightParams,
+        job_input: JobInput,
+        calls: list[BackendCall],
     ) -> BackendResult | None:
         """The backend's result, or None when the job left this attempt (canceled, taken back)
         while it rendered: the render is then abandoned at its next safe point."""
-        backend = self.backends[name]
-        params = RelightParams(**job.params, seed=job.seed)
         abandoned = threading.Event()
         async with track_progress(self.sessionmaker, job, written=self._announce) as progress:
 

@@ -35,14 +35,16 @@ class AppState:
     limiter: RateLimiter
     auth_cache: AuthCache
 
-    async def enqueue(self, job_id: uuid.UUID, tenant_id: uuid.UUID) -> None:
-        """Hand a committed job to the workers, in its tenant's turns; arq refuses a second
-        copy of the same id."""
+    async def enqueue(
+        self, job_id: uuid.UUID, tenant_id: uuid.UUID, weight: int | None = None
+    ) -> None:
+        """Hand a committed job to the workers, in its tenant's turns (at its weight); arq
+        refuses a second copy of the same id."""
         if self.settings.fault_injection == "exit_before_enqueue":
             logger.critical("fault injection: exiting between commit and enqueue of %s", job_id)
             os._exit(70)
         try:
-            await enqueue_run(self.redis, self.settings.queue_name, job_id, tenant_id)
+            await enqueue_run(self.redis, self.settings.queue_name, job_id, tenant_id, weight)
         except (RedisError, OSError):
             # The job is committed and stays `queued`; the sweeper re-enqueues what Redis lacks.
             logger.exception("could not enqueue job %s", job_id)

@@ -8,7 +8,12 @@ dispatch throughput: jobs/s one worker (default concurrency, no-op backend) comp
 `--burst` jobs submitted at once. Each measure runs with fair dispatch off (arq's global due
 order, as before) and on (`RELIGHT_FAIR_DISPATCH`), in the same run.
 
+Then weighted turns: tenant H (weight `--weight`) and tenant L (weight 1) each queue
+`--weighted-jobs` jobs before one worker (one slot) starts; measured from the start order: how
+many of H's and of L's jobs started while both still had jobs queued.
+
     .venv/bin/python bench/fairness.py [--backlog 200] [--job-ms 50] [--burst 500]
+        [--weighted-jobs 60] [--weight 3]
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from bench.common import (  # noqa: E402
     drop_queue,
     drop_scratch_database,
     markdown_table,
+    sql,
 )
 from bench.dispatch import job_times, submit_many  # noqa: E402
 from bench.noop_worker import tiny_png  # noqa: E402
@@ -47,6 +53,12 @@ class Measure:
     b_start_ms: float
     a_started_before_b: int
     jobs_per_s: float
+
+
+@dataclass
+class WeightedMeasure:
+    heavy_started: int
+    light_started: int
 
 
 def wait_done(ids: list[str], timeout_s: float) -> list[asyncpg.Record]:
@@ -94,10 +106,40 @@ def measure(
     return Measure(mode, b_start_ms, before, jobs_per_s)
 
 
-def run(args: argparse.Namespace) -> list[Measure]:
+def measure_weighted(
+    base: str,
+    keys: tuple[str, str],
+    body: dict[str, object],
+    env: dict[str, str],
+    logs: Path,
+    args: argparse.Namespace,
+) -> WeightedMeasure:
+    """H (weight `--weight`) and L (weight 1) queue their jobs, then one worker with one slot
+    runs them: how many of each started while both had jobs queued."""
+    key_heavy, key_light = keys
+    heavy = asyncio.run(submit_many(base, {"x-api-key": key_heavy}, body, args.weighted_jobs))
+    light = asyncio.run(submit_many(base, {"x-api-key": key_light}, body, args.weighted_jobs))
+    one_slot = {**env, "RELIGHT_FAIR_DISPATCH": "true", "RELIGHT_WORKER_CONCURRENCY": "1"}
+    worker = [sys.executable, str(ROOT / "bench" / "noop_worker.py"), "--job-ms", str(args.job_ms)]
+    with running("worker-weighted", worker, one_slot, logs):
+        timeout = 60 + 2 * args.weighted_jobs * args.job_ms / 1000 * 3
+        rows = wait_done([*heavy, *light], timeout)
+    heavy_ids = set(heavy)
+    order = [row["id"] in heavy_ids for row in sorted(rows, key=lambda row: row["started_at"])]
+    # Both had jobs queued until the last job of one of them started.
+    last = {queued_by_heavy: index for index, queued_by_heavy in enumerate(order)}
+    both_waiting = order[: min(last.values()) + 1]
+    return WeightedMeasure(sum(both_waiting), len(both_waiting) - sum(both_waiting))
+
+
+def run(args: argparse.Namespace) -> tuple[list[Measure], WeightedMeasure]:
     url = asyncio.run(create_scratch_database())
     _, key_a = asyncio.run(create_bench_tenant("tenant-a"))
     _, key_b = asyncio.run(create_bench_tenant("tenant-b"))
+    heavy_id, key_heavy = asyncio.run(create_bench_tenant("tenant-h"))
+    _, key_light = asyncio.run(create_bench_tenant("tenant-l"))
+    # Set before the API starts; each submit then tells the workers (relight/jobs/queue.py).
+    asyncio.run(sql(f"UPDATE tenant SET weight = {args.weight} WHERE id = '{heavy_id}'"))
     body: dict[str, object] = {
         "prompt": "noop",
         "subject_image": base64.b64encode(tiny_png()).decode(),
@@ -119,13 +161,14 @@ def run(args: argparse.Namespace) -> list[Measure]:
                     results.append(
                         measure(mode, fair, base, (key_a, key_b), body, env, scratch, args)
                     )
+                weighted = measure_weighted(base, (key_heavy, key_light), body, env, scratch, args)
     finally:
         asyncio.run(drop_queue())
         asyncio.run(drop_scratch_database())
-    return results
+    return results, weighted
 
 
-def report(args: argparse.Namespace, results: list[Measure]) -> str:
+def report(args: argparse.Namespace, results: list[Measure], weighted: WeightedMeasure) -> str:
     title = (
         f"**Fairness** (one worker, one job at a time, {args.job_ms:g} ms per job; tenant A "
         f"submits {args.backlog} jobs at once, then tenant B one; jobs/s: no-op backend, default "
@@ -148,7 +191,15 @@ def report(args: argparse.Namespace, results: list[Measure]) -> str:
         "A's jobs started before B",
         "dispatch jobs/s",
     ]
-    return f"{title}\n\n{markdown_table(headers, rows)}"
+    share = weighted.heavy_started / max(1, weighted.light_started)
+    # A sentence, not a table: the table above is the one the bench's smoke test reads.
+    weighted_line = (
+        f"**Weighted turns** (the same worker; tenants H, weight {args.weight}, and L, weight 1, "
+        f"each queue {args.weighted_jobs} jobs before it starts): while both had jobs queued, "
+        f"H started {weighted.heavy_started} and L {weighted.light_started}, {share:.2f} of H's "
+        f"for each of L's."
+    )
+    return f"{title}\n\n{markdown_table(headers, rows)}\n\n{weighted_line}"
 
 
 def main() -> None:
@@ -156,8 +207,10 @@ def main() -> None:
     parser.add_argument("--backlog", type=int, default=200, help="tenant A's jobs")
     parser.add_argument("--job-ms", type=float, default=50, help="how long each job takes")
     parser.add_argument("--burst", type=int, default=500, help="jobs for the throughput")
+    parser.add_argument("--weighted-jobs", type=int, default=60, help="jobs of H and of L each")
+    parser.add_argument("--weight", type=int, default=3, help="tenant H's weight (L's is 1)")
     args = parser.parse_args()
-    print(report(args, run(args)))
+    print(report(args, *run(args)))
 
 
 if __name__ == "__main__":

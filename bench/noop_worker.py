@@ -24,17 +24,16 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from relight.config import get_settings  # noqa: E402
-from relight.jobs.backend import (  # noqa: E402
-    BackendCall,
+from relight.backends.attempts import BackendCall  # noqa: E402
+from relight.backends.protocol import (  # noqa: E402
     BackendResult,
     JobInput,
     ProgressCallback,
     RenderedImage,
 )
+from relight.config import get_settings  # noqa: E402
 from relight.logs import configure_logging  # noqa: E402
-from relight.params import Backend as BackendName  # noqa: E402
-from relight.params import RelightParams  # noqa: E402
+from relight.params import BackendName, RelightParams  # noqa: E402
 from worker.settings import build_worker  # noqa: E402
 
 
@@ -47,7 +46,7 @@ def tiny_png() -> bytes:
 class NoopBackend:
     """Answers one 8×8 image after `delay_s` (immediately by default), whatever was asked."""
 
-    name = BackendName.LOCAL.value
+    name = BackendName.LOCAL
 
     def __init__(self, delay_s: float = 0.0) -> None:
         self._image = tiny_png()

@@ -77,7 +77,7 @@ async def _store(kind: str, scratch: Path) -> AsyncIterator[dict[str, Any]]:
 async def _measure(kind: str, jobs: int, key: str, scratch: Path) -> dict[str, float]:
     from api.app import create_app
     from relight.config import Settings
-    from relight.params import Backend as BackendName
+    from relight.params import BackendName
     from worker.settings import build_worker
 
     queue = f"relight:bench-scale:{uuid.uuid4().hex[:8]}"

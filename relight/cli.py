@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import orjson
 import typer
+from redis.asyncio import Redis
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -19,7 +21,13 @@ from relight.db import create_engine, create_sessionmaker
 from relight.errors import RelightError
 from relight.models import ApiKey, CreditKind, Tenant, TenantStatus
 from relight.tenants import service
-from relight.tenants.schemas import LimitsUpdate, TenantView
+from relight.tenants.schemas import (
+    WEIGHT_DESCRIPTION,
+    WEIGHT_MAX,
+    WEIGHT_MIN,
+    LimitsUpdate,
+    TenantView,
+)
 
 app = typer.Typer(
     help="Manage Relight tenants and API keys.",
@@ -81,19 +89,56 @@ def _key_json(api_key: ApiKey, tenant_name: str | None = None) -> dict[str, Any]
     }
 
 
+def _mirror_weight(tenant: dict[str, Any]) -> None:
+    """Tell the workers a committed weight (the admin API does the same after its commit)."""
+    settings = get_settings()
+
+    async def mirror() -> None:
+        redis = Redis.from_url(settings.redis_url, socket_connect_timeout=5)
+        try:
+            tenant_id = uuid.UUID(tenant["id"])
+            await service.mirror_weight(redis, settings.queue_name, tenant_id, tenant["weight"])
+        finally:
+            await redis.aclose()
+
+    asyncio.run(mirror())
+
+
+WeightOption = Annotated[int, typer.Option(min=WEIGHT_MIN, max=WEIGHT_MAX, help=WEIGHT_DESCRIPTION)]
+
+
 @tenant_app.command("create")
 def tenant_create(
     name: Annotated[str, typer.Argument(help="unique tenant name")],
     credits: Annotated[int, typer.Option(min=0, help="starting credit balance")] = 0,
+    weight: WeightOption = 1,
 ) -> None:
     """Create a tenant."""
 
     async def work(session: AsyncSession) -> dict[str, Any]:
-        tenant = await service.create_tenant(session, name, credits)
+        tenant = await service.create_tenant(session, name, credits, weight=weight)
         await session.refresh(tenant)
         return _tenant_json(tenant)
 
-    _emit(_run(work))
+    created = _run(work)
+    _mirror_weight(created)
+    _emit(created)
+
+
+@tenant_app.command("set-weight")
+def tenant_set_weight(
+    tenant: Annotated[str, typer.Argument(help="tenant name or id")],
+    weight: Annotated[int, typer.Argument(min=WEIGHT_MIN, max=WEIGHT_MAX, help=WEIGHT_DESCRIPTION)],
+) -> None:
+    """Set how many jobs a tenant starts per turn of fair dispatch (1: an equal share)."""
+
+    async def work(session: AsyncSession) -> dict[str, Any]:
+        owner = await service.find_tenant(session, tenant)
+        return _tenant_json(await service.set_weight(session, owner, weight))
+
+    updated = _run(work)
+    _mirror_weight(updated)
+    _emit(updated)
 
 
 @tenant_app.command("set-limits")

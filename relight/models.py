@@ -78,6 +78,7 @@ class Tenant(Base):
         CheckConstraint(
             "requests_per_minute > 0 AND burst > 0 AND max_in_flight > 0", name="limits_positive"
         ),
+        CheckConstraint("weight BETWEEN 1 AND 100", name="weight_in_range"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid7)
@@ -91,6 +92,8 @@ class Tenant(Base):
     requests_per_minute: Mapped[int] = mapped_column(Integer, default=120, server_default="120")
     burst: Mapped[int] = mapped_column(Integer, default=30, server_default="30")
     max_in_flight: Mapped[int] = mapped_column(Integer, default=20, server_default="20")
+    # Jobs started per turn of fair dispatch (relight/jobs/queue.py mirrors it into Redis).
+    weight: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     # Backends this tenant's requests may use (`auto` picks among them).
     allowed_backends: Mapped[list[str]] = mapped_column(
         JSONB,

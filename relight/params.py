@@ -57,7 +57,10 @@ class OutputFormat(StrEnum):
         return {"webp": "image/webp", "jpg": "image/jpeg", "png": "image/png"}[self.value]
 
 
-class Backend(StrEnum):
+class BackendName(StrEnum):
+    """The name of a backend, as a request asks for one (`backend`) and the job records it;
+    `auto` lets routing choose (`relight.backends.routing`)."""
+
     AUTO = "auto"
     GPU = "gpu"
     SEGMIND = "segmind"
@@ -138,6 +141,6 @@ class SubmitOptions(ClientModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    backend: Backend = Backend.AUTO
+    backend: BackendName = BackendName.AUTO
     webhook_url: Annotated[str | None, Field(max_length=2048)] = None
     webhook_events: list[WebhookEvent] = Field(default_factory=default_webhook_events)

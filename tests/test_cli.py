@@ -8,11 +8,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from redis.asyncio import Redis
 
 from relight.config import Settings
 from relight.tenants.keys import format_key
 from tests.cli_runner import ADMIN, Result, admin_env, run_admin
 from tests.conftest import database_url
+from tests.weights import mirrored_weight
 
 pytestmark = pytest.mark.slow
 
@@ -21,8 +23,13 @@ Admin = Callable[..., Awaitable[Result]]
 
 @pytest.fixture
 def admin(settings: Settings, clean_state: None, tmp_path: Path) -> Admin:
-    """Runs `relight-admin ARGS…` against the (migrated, emptied) test database."""
-    env = admin_env()
+    """Runs `relight-admin ARGS…` against the (migrated, emptied) test database, and the test
+    run's Redis and queue."""
+    env = {
+        **admin_env(),
+        "RELIGHT_REDIS_URL": settings.redis_url,
+        "RELIGHT_QUEUE_NAME": settings.queue_name,
+    }
 
     async def run(*args: str, database_url: str = settings.database_url) -> Result:
         # cwd: no stray .env file
@@ -53,6 +60,26 @@ async def test_tenant_create_then_duplicate_then_list(admin: Admin) -> None:
     listed = (await admin("tenant", "list")).json()
     assert [(tenant["name"], tenant["credit_balance"]) for tenant in listed] == [("globex", 50)]
     assert listed[0]["id"] == created["id"]
+
+
+async def test_a_weight_set_with_the_cli_is_shown_and_reaches_the_workers(
+    admin: Admin, redis: Redis, settings: Settings
+) -> None:
+    created = (await admin("tenant", "create", "globex", "--weight", "4")).json()
+    assert created["weight"] == 4
+    assert await mirrored_weight(redis, settings.queue_name, created["id"]) == b"4"
+
+    updated = (await admin("tenant", "set-weight", "globex", "2")).json()
+    assert updated["weight"] == 2
+    assert [tenant["weight"] for tenant in (await admin("tenant", "list")).json()] == [2]
+    assert await mirrored_weight(redis, settings.queue_name, created["id"]) == b"2"
+
+    for bad in ("0", "101", "heavy"):
+        assert (await admin("tenant", "set-weight", "globex", bad)).code != 0
+    assert (await admin("tenant", "create", "initech", "--weight", "0")).code != 0
+    listed = (await admin("tenant", "list")).json()
+    assert [(tenant["name"], tenant["weight"]) for tenant in listed] == [("globex", 2)]
+    assert await mirrored_weight(redis, settings.queue_name, created["id"]) == b"2"
 
 
 async def test_negative_credits_are_refused(admin: Admin) -> None:

@@ -1,11 +1,16 @@
-"""Builds the arq worker from Relight's settings: startup wires the runner and its backends."""
+"""Builds the arq worker from Relight's settings: startup wires the runner and its backends.
+
+The backends built are the ones `available_backends` allows this deployment (the same rule
+submit applies); this is the one place that hands the local backend an inference engine.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import httpx
@@ -14,9 +19,13 @@ from arq.connections import RedisSettings
 
 from inference.engines.classic import ClassicEngine
 from relight import metrics
+from relight.backends.availability import available_backends
+from relight.backends.gpu import GpuBackend
+from relight.backends.local import LocalBackend
+from relight.backends.protocol import RenderBackend
+from relight.backends.segmind import SegmindBackend
 from relight.config import Settings
 from relight.db import create_engine, create_sessionmaker
-from relight.jobs.backend import Backend
 from relight.jobs.execution import JobRunner
 from relight.jobs.queue import (
     DELIVER_WEBHOOK_TASK,
@@ -28,17 +37,16 @@ from relight.jobs.queue import (
 )
 from relight.jobs.views import UrlBuilder
 from relight.nodes.dispatch import GpuDispatcher
-from relight.params import Backend as BackendName
+from relight.params import BackendName
 from relight.storage import open_storage
 from relight.webhooks.delivery import WebhookSender
-from worker.backends.gpu import GpuBackend
-from worker.backends.local import LocalBackend
-from worker.backends.segmind import SegmindBackend
 from worker.metrics_server import MetricsServer
 from worker.tasks import deliver_webhook, run_job, sweep
 from worker.wakeup import WakeableWorker
 
 logger = logging.getLogger(__name__)
+
+USER_AGENT = "relight/0.1"
 
 
 async def start_metrics_server(ctx: dict[str, Any], settings: Settings) -> None:
@@ -62,97 +70,104 @@ async def start_metrics_server(ctx: dict[str, Any], settings: Settings) -> None:
     ctx["metrics_server"] = server
 
 
-def build_worker(
-    settings: Settings,
-    *,
-    backends: Mapping[BackendName, Backend] | None = None,
-    **overrides: Any,
-) -> WakeableWorker:
-    """An arq Worker for `settings`; tests pass `burst=True`, `poll_delay=0` and the like.
-
-    `backends` are added to (or replace) the configured ones by name: how benchmarks run the
-    worker with a backend that does no work.
-    """
-
-    extra_backends = dict(backends or {})
-
-    async def startup(ctx: dict[str, Any]) -> None:
-        engine = create_engine(settings, pool_size=settings.worker_concurrency + 1)
-        executor = ThreadPoolExecutor(
-            max_workers=settings.local_engine_threads, thread_name_prefix="relight-engine"
+def build_backends(
+    settings: Settings, ctx: dict[str, Any], executor: Executor
+) -> dict[BackendName, RenderBackend]:
+    """The backends this deployment is configured for. GPU nodes may start beating at any time,
+    so with discovery on the `gpu` backend is built even while none is live. Their HTTP clients
+    go into `ctx`, for shutdown to close."""
+    configured = available_backends(settings, live_gpu_nodes=True)
+    backends: dict[BackendName, RenderBackend] = {}
+    if BackendName.LOCAL in configured:
+        backends[BackendName.LOCAL] = LocalBackend(ClassicEngine(), executor)
+    if BackendName.SEGMIND in configured:
+        # One pooled client for every Segmind call of this worker.
+        ctx["segmind_http"] = httpx.AsyncClient(
+            headers={"user-agent": USER_AGENT},
+            limits=httpx.Limits(
+                max_connections=settings.segmind_concurrency * settings.worker_concurrency
+            ),
         )
-        backends: dict[BackendName, Backend] = {}
-        if settings.local_backend_enabled:
-            backends[BackendName.LOCAL] = LocalBackend(ClassicEngine(), executor)
-        # Outbound requests to user URLs; egress_stream never follows redirects blindly.
-        http = httpx.AsyncClient(headers={"user-agent": "relight/0.1"})
-        sessionmaker = create_sessionmaker(engine)
         urls = UrlBuilder.background(settings)
-        if settings.segmind_api_key:
-            # One pooled client for every Segmind call of this worker.
-            segmind_http = httpx.AsyncClient(
-                headers={"user-agent": "relight/0.1"},
-                limits=httpx.Limits(
-                    max_connections=settings.segmind_concurrency * settings.worker_concurrency
-                ),
-            )
-            ctx["segmind_http"] = segmind_http
-            backends[BackendName.SEGMIND] = SegmindBackend(segmind_http, settings, urls)
-        if settings.static_gpu_nodes or settings.gpu_discovery:
-            # Node calls hold a connection for the whole render, so no pool limit below the
-            # jobs this worker runs at once; reads time out on a silent (dead) node.
-            gpu_http = httpx.AsyncClient(
-                headers={"user-agent": "relight/0.1"},
-                timeout=httpx.Timeout(
-                    settings.gpu_read_timeout_s, connect=settings.gpu_connect_timeout_s
-                ),
-                limits=httpx.Limits(max_connections=settings.worker_concurrency * 2),
-            )
-            ctx["gpu_http"] = gpu_http
-            backends[BackendName.GPU] = GpuBackend(
-                GpuDispatcher(settings=settings, redis=ctx["redis"], http=gpu_http)
-            )
-        backends.update(extra_backends)
-        storage = open_storage(settings)
-        ctx.update(
+        backends[BackendName.SEGMIND] = SegmindBackend(ctx["segmind_http"], settings, urls)
+    if BackendName.GPU in configured:
+        # Node calls hold a connection for the whole render, so no pool limit below the jobs
+        # this worker runs at once; reads time out on a silent (dead) node.
+        ctx["gpu_http"] = httpx.AsyncClient(
+            headers={"user-agent": USER_AGENT},
+            timeout=httpx.Timeout(
+                settings.gpu_read_timeout_s, connect=settings.gpu_connect_timeout_s
+            ),
+            limits=httpx.Limits(max_connections=settings.worker_concurrency * 2),
+        )
+        dispatcher = GpuDispatcher(settings=settings, redis=ctx["redis"], http=ctx["gpu_http"])
+        backends[BackendName.GPU] = GpuBackend(dispatcher)
+    return backends
+
+
+async def startup(
+    ctx: dict[str, Any],
+    *,
+    settings: Settings,
+    extra_backends: Mapping[BackendName, RenderBackend],
+) -> None:
+    """arq's on_startup: open the database, storage and HTTP clients, build the backends and
+    the job runner, start the metrics server."""
+    engine = create_engine(settings, pool_size=settings.worker_concurrency + 1)
+    executor = ThreadPoolExecutor(
+        max_workers=settings.local_engine_threads, thread_name_prefix="relight-engine"
+    )
+    # Outbound requests to user URLs; egress_stream never follows redirects blindly.
+    http = httpx.AsyncClient(headers={"user-agent": USER_AGENT})
+    ctx.update(db_engine=engine, executor=executor, http=http)
+    backends = build_backends(settings, ctx, executor)
+    backends.update(extra_backends)
+    sessionmaker = create_sessionmaker(engine)
+    storage = open_storage(settings)
+    ctx.update(
+        settings=settings,
+        storage=storage,
+        sessionmaker=sessionmaker,
+        runner=JobRunner(
             settings=settings,
-            storage=storage,
-            db_engine=engine,
             sessionmaker=sessionmaker,
-            executor=executor,
+            storage=storage,
+            redis=ctx["redis"],
+            enqueuer=ctx["redis"],
             http=http,
-            runner=JobRunner(
-                settings=settings,
-                sessionmaker=sessionmaker,
-                storage=storage,
-                redis=ctx["redis"],
-                enqueuer=ctx["redis"],
-                http=http,
-                backends=backends,
-            ),
-            webhooks=WebhookSender(
-                settings=settings, sessionmaker=sessionmaker, http=http, urls=urls
-            ),
-        )
-        await start_metrics_server(ctx, settings)
-        logger.info(
-            "worker ready on queue %s with backends %s",
-            settings.queue_name,
-            ", ".join(sorted(backends)) or "none",
-        )
+            backends=backends,
+        ),
+        webhooks=WebhookSender(
+            settings=settings,
+            sessionmaker=sessionmaker,
+            http=http,
+            urls=UrlBuilder.background(settings),
+        ),
+    )
+    await start_metrics_server(ctx, settings)
+    logger.info(
+        "worker ready on queue %s with backends %s",
+        settings.queue_name,
+        ", ".join(sorted(backends)) or "none",
+    )
 
-    async def shutdown(ctx: dict[str, Any]) -> None:
-        if "metrics_server" in ctx:
-            await ctx["metrics_server"].stop()
-        for client in ("http", "segmind_http", "gpu_http"):
-            if client in ctx:
-                await ctx[client].aclose()
-        if "executor" in ctx:
-            ctx["executor"].shutdown(wait=True)
-        if "db_engine" in ctx:
-            await ctx["db_engine"].dispose()
 
-    options: dict[str, Any] = {
+async def shutdown(ctx: dict[str, Any]) -> None:
+    """arq's on_shutdown: close what startup opened (whatever it got to)."""
+    if "metrics_server" in ctx:
+        await ctx["metrics_server"].stop()
+    for client in ("http", "segmind_http", "gpu_http"):
+        if client in ctx:
+            await ctx[client].aclose()
+    if "executor" in ctx:
+        ctx["executor"].shutdown(wait=True)
+    if "db_engine" in ctx:
+        await ctx["db_engine"].dispose()
+
+
+def worker_options(settings: Settings) -> dict[str, Any]:
+    """arq's Worker options for `settings`, but for on_startup."""
+    return {
         "functions": [
             # The runner decides when a job is done trying (per backend, with failover); arq's
             # own cap only has to stay out of its way.
@@ -180,7 +195,6 @@ def build_worker(
         "redis_settings": replace(
             RedisSettings.from_dsn(settings.redis_url), **redis_retry_options()
         ),
-        "on_startup": startup,
         "on_shutdown": shutdown,
         "max_jobs": settings.worker_concurrency,
         "job_timeout": settings.job_timeout_s + 30,
@@ -192,6 +206,21 @@ def build_worker(
         "health_check_interval": 60,
         "job_completion_wait": settings.shutdown_grace_s,
     }
+
+
+def build_worker(
+    settings: Settings,
+    *,
+    backends: Mapping[BackendName, RenderBackend] | None = None,
+    **overrides: Any,
+) -> WakeableWorker:
+    """An arq Worker for `settings`; tests pass `burst=True`, `poll_delay=0` and the like.
+
+    `backends` replace the configured ones by name: how benchmarks run the worker with a
+    backend that does no work. Jobs reach one only where `available_backends` allows its name.
+    """
+    options = worker_options(settings)
+    options["on_startup"] = partial(startup, settings=settings, extra_backends=dict(backends or {}))
     options.update(overrides)
     if options.get("burst"):
         # A burst worker stops at an empty queue; cron would keep a next run queued forever.

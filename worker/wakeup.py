@@ -10,10 +10,16 @@ a job. Claiming a job (arq's check that no other worker has it) is one Redis scr
 four round trips.
 
 With fair dispatch (the default), the claim also chooses which job: arq reads its queue in due
-order, but a job that belongs to a tenant is traded for the next job of the tenant whose turn is
-oldest (FAIR_CLAIM_SCRIPT), so one tenant's backlog never holds another tenant's job for long.
-Jobs of no tenant (webhook deliveries, sweeps) keep arq's order. arq has one queue per worker
-and no notion of tenants, hence the hand-written script; it keeps arq's keys and claim exactly.
+order, but a job that belongs to a tenant is traded for the next job of the tenant whose turn it
+is (weighted turns, see `relight.jobs.queue`), so one tenant's backlog never holds another
+tenant's job for long. Jobs of no tenant (webhook deliveries, sweeps) keep arq's order.
+
+The scripts, and everything else that knows arq's private keys, live in
+`relight.jobs.arq_format`. This class overrides arq Worker methods that are not public API
+(`_poll_iteration`, `start_jobs`, `_release_sem_dec_counter_on_complete`, `close`) and relies on
+its attributes (`sem`, `job_counter`, `tasks`, `run_job`, ...): tests/worker/test_arq_contract.py
+pins the source of each of those arq methods and fails, naming this module, if an arq upgrade
+changes one.
 """
 
 from __future__ import annotations
@@ -25,76 +31,13 @@ import time
 from datetime import datetime
 from typing import Any
 
-from arq.constants import in_progress_key_prefix
 from arq.worker import Worker
 from redis.exceptions import RedisError
 
-from relight.jobs.queue import (
-    job_tenant_key,
-    tenant_queue_prefix,
-    tenant_ring_key,
-    turn_counter_key,
-    wake_channel,
-)
+from relight.jobs.arq_format import claim_job
+from relight.jobs.queue import fair_keys, wake_channel
 
 logger = logging.getLogger(__name__)
-
-# arq's claim of a queued job (`Worker.start_jobs`: not in progress elsewhere, still queued and
-# due, then mark it in progress) in one atomic round trip instead of WATCH, EXISTS, ZSCORE and
-# MULTI/EXEC. KEYS: in-progress key, queue. ARGV: job id, now (ms), in-progress timeout (ms).
-# The job's score, or false when another worker has it or it is not due.
-CLAIM_SCRIPT = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return false end
-local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if not score or tonumber(score) > tonumber(ARGV[2]) then return false end
-redis.call('PSETEX', KEYS[1], ARGV[3], '1')
-return score
-"""
-
-# CLAIM_SCRIPT with fair turns between tenants (layout in relight/jobs/queue.py). When arq's
-# candidate belongs to no tenant it is claimed as above. Otherwise the tenants are tried from
-# the oldest turn: the first due job of a tenant's queue that is not in progress is claimed and
-# the tenant goes to the back of the ring; entries of jobs gone from arq's queue (finished) are
-# dropped on the way, and a tenant with none left leaves the ring. If no tenant has a job to
-# give, the candidate is claimed after all. A tenant's first ARGV[6] entries are looked at (its
-# running and deferred jobs come first), which bounds the script's work per claim.
-# KEYS: queue, tenant ring, job → tenant hash, turn counter. ARGV: candidate job id, now (ms),
-# in-progress timeout (ms), in-progress key prefix, tenant queue key prefix, entries per tenant.
-# {job id, score}, or false when nothing could be claimed.
-FAIR_CLAIM_SCRIPT = """
-local function claim(job_id)
-  local in_progress = ARGV[4] .. job_id
-  if redis.call('EXISTS', in_progress) == 1 then return false end
-  local score = redis.call('ZSCORE', KEYS[1], job_id)
-  if not score or tonumber(score) > tonumber(ARGV[2]) then return false end
-  redis.call('PSETEX', in_progress, ARGV[3], '1')
-  return score
-end
-local candidate = ARGV[1]
-if redis.call('HEXISTS', KEYS[3], candidate) == 1 then
-  for _, tenant in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-    local tenant_queue = ARGV[5] .. tenant
-    for _, job_id in ipairs(redis.call('ZRANGE', tenant_queue, 0, tonumber(ARGV[6]) - 1)) do
-      if not redis.call('ZSCORE', KEYS[1], job_id) then
-        redis.call('ZREM', tenant_queue, job_id)
-        redis.call('HDEL', KEYS[3], job_id)
-      else
-        local score = claim(job_id)
-        if score then
-          redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[4]), tenant)
-          return {job_id, score}
-        end
-      end
-    end
-    if redis.call('ZCARD', tenant_queue) == 0 then redis.call('ZREM', KEYS[2], tenant) end
-  end
-end
-local score = claim(candidate)
-if score then return {candidate, score} end
-return false
-"""
-# How many entries of one tenant's queue a fair claim looks at (see FAIR_CLAIM_SCRIPT).
-FAIR_CLAIM_SCAN = 256
 
 
 class WakeableWorker(Worker):
@@ -127,8 +70,8 @@ class WakeableWorker(Worker):
                     await self._wake.wait()
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
-        """arq's `start_jobs`, with the claim of each job in one script (CLAIM_SCRIPT, or
-        FAIR_CLAIM_SCRIPT, which may start another tenant's job in place of the one given)."""
+        """arq's `start_jobs`, with the claim of each job in one script (`arq_format.claim_job`,
+        which with fair dispatch may start another tenant's job in place of the one given)."""
         for job_id_b in job_ids:
             await self.sem.acquire()
             if self.job_counter >= self.max_jobs:
@@ -153,31 +96,10 @@ class WakeableWorker(Worker):
 
     async def _claim(self, candidate: str) -> tuple[str, int] | None:
         """Mark a due job in progress: (its id, its score), or None when none could be had."""
-        now_ms = round(time.time() * 1000)
-        timeout_ms = int(self.in_progress_timeout_s * 1000)
-        if not self.fair_dispatch:
-            keys = [in_progress_key_prefix + candidate, self.queue_name]
-            score = await self.pool.register_script(CLAIM_SCRIPT)(
-                keys=keys, args=[candidate, now_ms, timeout_ms]
-            )
-            return None if score is None else (candidate, int(float(score)))
-        queue = self.queue_name
-        keys = [queue, tenant_ring_key(queue), job_tenant_key(queue), turn_counter_key(queue)]
-        args: list[str | int] = [
-            candidate,
-            now_ms,
-            timeout_ms,
-            in_progress_key_prefix,
-            tenant_queue_prefix(queue),
-            FAIR_CLAIM_SCAN,
-        ]
-        claimed = await self.pool.register_script(FAIR_CLAIM_SCRIPT)(keys=keys, args=args)
-        if not claimed:
-            return None
-        job_id, score = claimed
-        if isinstance(job_id, bytes):
-            job_id = job_id.decode()
-        return str(job_id), int(float(score))
+        fair = fair_keys(self.queue_name) if self.fair_dispatch else None
+        return await claim_job(
+            self.pool, self.queue_name, candidate, self.in_progress_timeout_s, fair
+        )
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()

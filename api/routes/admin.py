@@ -14,8 +14,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from api.deps import SettingsDep, UnitOfWorkDep
+from api.deps import SettingsDep, StateDep, UnitOfWork, UnitOfWorkDep
 from api.errors import ADMIN, error_responses
+from api.state import AppState
 from relight.credits import service as credits
 from relight.credits.schemas import CreditEntryView, CreditMovement, LedgerPage
 from relight.errors import Forbidden, Unauthorized
@@ -30,6 +31,7 @@ from relight.tenants.schemas import (
     TenantCreate,
     TenantView,
     WebhookUrlUpdate,
+    WeightUpdate,
 )
 from relight.text import StorableStr
 
@@ -82,10 +84,23 @@ AdminTenantDep = Annotated[Tenant, Depends(_tenant)]
     summary="Create a tenant",
     responses=error_responses(400, 409),
 )
-async def create_tenant(body: TenantCreate, uow: UnitOfWorkDep) -> TenantView:
-    tenant = await tenants.create_tenant(uow.session, body.name, body.credits, body.limits)
+async def create_tenant(body: TenantCreate, uow: UnitOfWorkDep, state: StateDep) -> TenantView:
+    tenant = await tenants.create_tenant(
+        uow.session, body.name, body.credits, body.limits, body.weight
+    )
     await uow.session.refresh(tenant)
+    _mirror_weight_after_commit(uow, state, tenant)
     return TenantView.of(tenant)
+
+
+def _mirror_weight_after_commit(uow: UnitOfWork, state: AppState, tenant: Tenant) -> None:
+    """Tell the workers the tenant's weight once it is committed (never one that rolls back)."""
+    tenant_id, weight = tenant.id, tenant.weight
+
+    async def mirror() -> None:
+        await tenants.mirror_weight(state.redis, state.settings.queue_name, tenant_id, weight)
+
+    uow.after_commit(mirror)
 
 
 @router.get("/tenants", response_model=list[TenantView], summary="List tenants")
@@ -145,6 +160,20 @@ async def set_backends(
     tenant: AdminTenantDep, body: BackendsUpdate, uow: UnitOfWorkDep
 ) -> TenantView:
     return TenantView.of(await tenants.set_allowed_backends(uow.session, tenant, body.backends))
+
+
+@router.put(
+    "/tenants/{tenant}/weight",
+    response_model=TenantView,
+    summary="Set the dispatch weight",
+    responses=WITH_BODY,
+)
+async def set_weight(
+    tenant: AdminTenantDep, body: WeightUpdate, uow: UnitOfWorkDep, state: StateDep
+) -> TenantView:
+    updated = await tenants.set_weight(uow.session, tenant, body.weight)
+    _mirror_weight_after_commit(uow, state, updated)
+    return TenantView.of(updated)
 
 
 @router.put(

@@ -16,17 +16,18 @@ from api.errors import AUTHENTICATED, error_responses
 from api.responses import OrjsonResponse, image_content
 from api.state import AppState
 from api.waiting import wait_for_job
+from relight.backends.availability import available_backends
 from relight.config import Settings
 from relight.credits.service import get_balance
 from relight.errors import Conflict, RelightError
 from relight.jobs import repository
 from relight.jobs.schemas import RequestView, SubmitAccepted, SyncImage, SyncImages
-from relight.jobs.service import Submission, available_backends, submit_job
+from relight.jobs.service import Submission, submit_job
 from relight.jobs.views import UrlBuilder, accepted_view, request_view
 from relight.logs import current_request_id, job_context
 from relight.models import Job, JobStatus
 from relight.nodes.registry import discovered_gpu_nodes
-from relight.params import Backend
+from relight.params import BackendName
 from relight.tenants.auth_cache import TenantSnapshot
 from relight.text import unstorable_character
 
@@ -146,9 +147,9 @@ async def _submit_in(
             # A Redis round trip only when the answer can change the outcome.
             enabled=state.settings.gpu_discovery
             and (
-                submitted.options.backend is Backend.GPU
+                submitted.options.backend is BackendName.GPU
                 or submitted.params.background_source is not None
-                or not available_backends(state.settings) - {Backend.GPU}
+                or not available_backends(state.settings) - {BackendName.GPU}
             ),
             backgrounds=submitted.params.background_source is not None,
         ),
@@ -164,10 +165,10 @@ async def _submit_in(
             job.credits_reserved,
         )
     if not submission.replayed:
-        job_id, tenant_id = job.id, job.tenant_id
+        job_id, tenant_id, weight = job.id, job.tenant_id, tenant.weight
 
         async def enqueue() -> None:
-            await state.enqueue(job_id, tenant_id)
+            await state.enqueue(job_id, tenant_id, weight)
 
         uow.after_commit(enqueue)
     await uow.commit()

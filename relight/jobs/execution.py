@@ -24,29 +24,29 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from time import perf_counter
-from typing import Any
 
 import httpx
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from relight import metrics
+from relight.backends import routing
+from relight.backends.attempts import Attempt, BackendCall, read_attempts
+from relight.backends.availability import available_to_run
+from relight.backends.protocol import BackendResult, JobInput, RenderBackend
 from relight.config import Settings
 from relight.errors import BackendFailed, RelightError
-from relight.jobs import lifecycle, repository, routing
-from relight.jobs.backend import Backend, BackendCall, BackendResult, JobInput, is_available
+from relight.jobs import lifecycle, repository
 from relight.jobs.cancel_watch import RenderAbandoned, render_until_released, watch_until_released
 from relight.jobs.events import finished_channel
 from relight.jobs.job_images import delete_outputs, elapsed_ms, load_input, store_outputs
 from relight.jobs.lifecycle import Moved
 from relight.jobs.progress import track_progress
 from relight.jobs.queue import Enqueuer
-from relight.jobs.retries import next_step
 from relight.jobs.views import UrlBuilder
 from relight.logs import request_context
 from relight.models import Job, JobOutput, JobStatus
-from relight.params import Backend as BackendName
-from relight.params import RelightParams
+from relight.params import BackendName, RelightParams
 from relight.storage import Storage
 
 logger = logging.getLogger(__name__)
@@ -68,10 +68,6 @@ class RunOutcome:
 TIMEOUT_CODES = frozenset({"backend_timeout", "upstream_timeout"})
 
 
-def _as_json(calls: list[BackendCall]) -> list[dict[str, Any]]:
-    return [call.as_json() for call in calls]
-
-
 class JobRunner:
     def __init__(
         self,
@@ -82,7 +78,7 @@ class JobRunner:
         redis: Redis,
         enqueuer: Enqueuer,
         http: httpx.AsyncClient,
-        backends: dict[BackendName, Backend],
+        backends: dict[BackendName, RenderBackend],
     ) -> None:
         self.settings = settings
         self.sessionmaker = sessionmaker
@@ -146,22 +142,18 @@ class JobRunner:
             raise
         except RelightError as exc:
             return await self._fail_or_retry(job, exc, timings)
-        # Under `auto`, backends that can tell (GPU nodes come and go) are left out while they
-        # have nothing to run on; a job that named one waits for it (retries) instead.
-        available = [
-            name
-            for name, backend in self.backends.items()
-            if job.backend_requested != routing.AUTO or await is_available(backend)
-        ]
+        requested = BackendName(job.backend_requested)
         backgrounds = job.params.get("background_source") is not None
         choices = routing.candidates(
-            job.backend_requested,
+            requested,
             allowed,
             self.settings.failover_order,
-            available,
-            backgrounds=backgrounds,
+            await available_to_run(
+                self.settings, self.backends, requested=requested, backgrounds=backgrounds
+            ),
         )
-        name = routing.choose(choices, job.backend_calls, self.settings.job_max_attempts)
+        log = read_attempts(job.backend_calls)
+        name = routing.choose(choices, log, self.settings.job_max_attempts)
         if name is None:
             what = "relight onto a background" if backgrounds else "serve"
             unavailable = BackendFailed(
@@ -170,13 +162,13 @@ class JobRunner:
                 retryable=False,
             )
             return await self._fail_or_retry(job, unavailable, timings)
-        return await self._render(job, BackendName(name), choices, job_input, timings, started)
+        return await self._render(job, name, choices, job_input, timings, started)
 
     async def _render(
         self,
         job: Job,
         name: BackendName,
-        choices: list[str],
+        choices: list[BackendName],
         job_input: JobInput,
         timings: dict[str, float],
         started: float,
@@ -205,13 +197,13 @@ class JobRunner:
         metrics.BACKEND_DURATION.labels(backend=name.value, outcome=outcome).observe(
             perf_counter() - engine_started
         )
-        entry = routing.attempt_entry(job.attempts, name, failure, _as_json(calls))
+        entry = Attempt.record(job.attempts, name, failure, calls)
         return await self._fail_or_retry(job, failure, timings, entry, choices)
 
     async def _render_while_held(
         self,
         job: Job,
-        backend: Backend,
+        backend: RenderBackend,
         params: RelightParams,
         job_input: JobInput,
         calls: list[BackendCall],
@@ -298,7 +290,7 @@ class JobRunner:
         )
         timings["backend_ms"] = elapsed_ms(perf_counter() - engine_started)
         timings.update(result.timings)
-        entry = routing.attempt_entry(job.attempts, name, None, _as_json(calls))
+        entry = Attempt.record(job.attempts, name, None, calls)
         try:
             outputs = await store_outputs(self.storage, job, result, timings)
         except asyncio.CancelledError:
@@ -310,11 +302,11 @@ class JobRunner:
     async def _succeed(
         self,
         job: Job,
-        backend_name: str,
+        backend_name: BackendName,
         result: BackendResult,
         outputs: list[JobOutput],
         timings: dict[str, float],
-        entry: dict[str, Any],
+        entry: Attempt,
     ) -> RunOutcome:
         canceled = False
         async with self.sessionmaker() as session, session.begin():
@@ -325,7 +317,7 @@ class JobRunner:
                 node=result.node,
                 outputs=outputs,
                 timings=timings,
-                backend_calls=[*job.backend_calls, entry],
+                backend_calls=[*job.backend_calls, entry.to_json()],
                 urls=self.urls,
             )
             if done is None:
@@ -348,12 +340,23 @@ class JobRunner:
         job: Job,
         error: RelightError,
         timings: dict[str, float],
-        entry: dict[str, Any] | None = None,
-        choices: list[str] | None = None,
+        entry: Attempt | None = None,
+        choices: list[BackendName] | None = None,
     ) -> RunOutcome:
         """Put the job back in the queue (same backend later, or the next one now), or end it
         `failed` with a refund."""
-        step = next_step(self.settings, job, error, entry, choices)
+        log = list(job.backend_calls)
+        if entry is not None:
+            log.append(entry.to_json())
+        step = routing.after_failure(
+            error,
+            attempts=job.attempts,
+            failed=entry,
+            choices=choices or [],
+            log=read_attempts(log),
+            max_tries=self.settings.job_max_attempts,
+            backoff_s=self.settings.retry_backoff_s,
+        )
         async with self.sessionmaker() as session, session.begin():
             if step.retry:
                 moved = await lifecycle.retry(
@@ -362,7 +365,7 @@ class JobRunner:
                     code=step.code,
                     message=error.message,
                     timings=timings,
-                    backend_calls=step.log,
+                    backend_calls=log,
                 )
             else:
                 moved = await lifecycle.fail(
@@ -372,7 +375,7 @@ class JobRunner:
                     error.message,
                     self.urls,
                     timings=timings,
-                    backend_calls=step.log,
+                    backend_calls=log,
                 )
         if moved is None:
             return RunOutcome(status=None)
@@ -380,7 +383,7 @@ class JobRunner:
         if not step.retry:
             logger.info("job %s failed: %s: %s", job.id, step.code, error.message)
             return RunOutcome(status=JobStatus.FAILED)
-        retried_on = entry["backend"] if entry is not None else "none"
+        retried_on = entry.backend.value if entry is not None else "none"
         metrics.JOB_RETRIES.labels(backend=retried_on).inc()
         logger.warning(
             "job %s attempt %d failed (%s: %s); retrying in %.1f s",
@@ -388,6 +391,6 @@ class JobRunner:
             job.attempts,
             error.code,
             error.message,
-            step.delay,
+            step.delay_s,
         )
-        return RunOutcome(status=JobStatus.QUEUED, retry_in_s=step.delay)
+        return RunOutcome(status=JobStatus.QUEUED, retry_in_s=step.delay_s)

@@ -11,12 +11,13 @@ from time import perf_counter
 
 import httpx
 
+from relight.backends.protocol import BackendResult, JobInput
 from relight.config import Settings
 from relight.errors import RelightError
 from relight.fetch import fetch_image_bytes
 from relight.images import decode_image
-from relight.jobs.backend import BackendResult, JobInput
 from relight.models import Job, JobOutput
+from relight.params import BackendName
 from relight.storage import Storage, StoredObjectMissing
 
 logger = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ async def load_input(
         data=data,
         url=job.input_url,
         image=image,
-        backend_requested=job.backend_requested,
+        backend_requested=BackendName(job.backend_requested),
         background=background,
     )
 

@@ -1,15 +1,14 @@
 """The contract between whoever enqueues a job and the worker that runs it.
 
 Kept in the core so the api and the worker agree without importing each other: the task name,
-the JSON (not pickle) serializer arq uses for job payloads, how jobs are put in arq's queue, and
-the wake-up channel: whoever enqueues a job that is due now publishes on it, so idle workers
-start the job at once instead of at their next poll (the poll stays as the fallback when a
-message is lost).
+the JSON (not pickle) serializer arq uses for job payloads, how jobs are put in arq's queue (in
+tenants' fair turns; arq's own layout is written by `relight.jobs.arq_format`), and the wake-up
+channel: whoever enqueues a job that is due now publishes on it, so idle workers start the job
+at once instead of at their next poll (the poll stays as the fallback when a message is lost).
 """
 
 from __future__ import annotations
 
-import time
 import uuid
 from typing import Any
 
@@ -19,6 +18,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from relight.jobs.arq_format import FairKeys, add_job
 
 RUN_JOB_TASK = "run_job"
 DELIVER_WEBHOOK_TASK = "deliver_webhook"
@@ -39,40 +40,21 @@ def deserialize_job(data: bytes) -> dict[str, Any]:
     return result
 
 
-# arq's storage layout (arq.constants; tests/worker/test_wakeup.py checks they still agree):
-# a job is a key holding its serialized definition plus a member of the queue's sorted set,
-# scored by the time it is due (ms).
-ARQ_JOB_KEY_PREFIX = "arq:job:"
-ARQ_RESULT_KEY_PREFIX = "arq:result:"
-# How long a queued job's definition outlives its due time (arq's `expires_extra_ms`).
-JOB_EXPIRES_EXTRA_MS = 86_400_000
-
-# arq's `enqueue_job` in one round trip instead of four (WATCH, EXISTS, MULTI/EXEC and the
-# wake-up PUBLISH), and atomic without WATCH. KEYS: job key, result key, queue, wake channel,
-# the tenant's queue, the tenant ring, the job → tenant hash (see `tenant_queue_key`).
-# ARGV: expiry ms, payload, score, job id, "1" to wake the workers, tenant id ("" for a job
-# that belongs to no tenant). 0 when the job exists.
-ENQUEUE_SCRIPT = """
-if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
-redis.call('PSETEX', KEYS[1], ARGV[1], ARGV[2])
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
-if ARGV[6] ~= '' then
-  redis.call('ZADD', KEYS[5], ARGV[3], ARGV[4])
-  redis.call('ZADD', KEYS[6], 'NX', 0, ARGV[6])
-  redis.call('HSET', KEYS[7], ARGV[4], ARGV[6])
-end
-if ARGV[5] == '1' then redis.call('PUBLISH', KEYS[4], '') end
-return 1
-"""
-
-
 # Fair turns between tenants (DESIGN.md §5). arq's queue (one sorted set) stays the only truth
 # of what is queued and when it is due: arq, the sweeper and the metrics read it unchanged. A
 # job submitted for a tenant is also listed in that tenant's queue, the tenant in the ring of
-# tenants with work (scored by the turn in which it was last served; 0 = never, first in line),
-# and the job in a job → tenant hash; the worker's claim script (worker/wakeup.py) takes the
-# next job from the tenant whose turn is oldest. Entries of finished jobs are dropped lazily
-# by that script, when it finds them gone from arq's queue.
+# tenants with work (scored by the turn in which its last turn ended; 0 = never, first in line),
+# and the job in a job → tenant hash. The worker's claim (`arq_format.FAIR_CLAIM_SCRIPT`) takes
+# the next job from the tenant whose turn is oldest; a tenant starts as many jobs per turn as
+# its weight (the weights hash, tenant id → weight, absent = 1; the served hash counts the jobs
+# started in the current turn), then goes to the back of the ring. Entries of finished jobs are
+# dropped lazily by that script, when it finds them gone from arq's queue.
+#
+# A tenant's weight lives in Postgres (`tenant.weight`); Redis holds a mirror, written after
+# the admin API or `relight-admin` commits a change and again by every submit of the tenant's
+# jobs (the API knows the weight from the tenant it authenticated). So a Redis that lost the
+# hash (a flush, a restart without persistence) heals with the tenant's next submit; until
+# then, and for jobs the sweeper queues again, the tenant counts as weight 1.
 def tenant_queue_prefix(queue_name: str) -> str:
     return f"{queue_name}:tenant:"
 
@@ -83,7 +65,7 @@ def tenant_queue_key(queue_name: str, tenant_id: str) -> str:
 
 
 def tenant_ring_key(queue_name: str) -> str:
-    """The sorted set of tenants with jobs listed, scored by the turn they were last served."""
+    """The sorted set of tenants with jobs listed, scored by the turn their last turn ended."""
     return f"{queue_name}:tenants"
 
 
@@ -94,6 +76,35 @@ def job_tenant_key(queue_name: str) -> str:
 
 def turn_counter_key(queue_name: str) -> str:
     return f"{queue_name}:turn"
+
+
+def tenant_weights_key(queue_name: str) -> str:
+    """The hash tenant id → weight (jobs started per turn), mirrored from Postgres."""
+    return f"{queue_name}:tenant-weights"
+
+
+def served_in_turn_key(queue_name: str) -> str:
+    """The hash tenant id → jobs started in its current turn (absent: none yet)."""
+    return f"{queue_name}:tenant-served"
+
+
+def fair_keys(queue_name: str) -> FairKeys:
+    """The keys of fair turns for `queue_name`, as the scripts of `arq_format` take them."""
+    return FairKeys(
+        tenant_queue_prefix=tenant_queue_prefix(queue_name),
+        ring=tenant_ring_key(queue_name),
+        job_tenant=job_tenant_key(queue_name),
+        turn_counter=turn_counter_key(queue_name),
+        weights=tenant_weights_key(queue_name),
+        served=served_in_turn_key(queue_name),
+    )
+
+
+async def mirror_tenant_weight(
+    redis: Redis, queue_name: str, tenant_id: uuid.UUID, weight: int
+) -> None:
+    """Tell the workers of `queue_name` a tenant's weight (call after the change commits)."""
+    await redis.hset(tenant_weights_key(queue_name), str(tenant_id), str(weight))  # type: ignore[misc]
 
 
 Enqueuer = Redis
@@ -107,42 +118,37 @@ async def enqueue(
     *args: Any,
     defer_s: float | None = None,
     tenant_id: str | None = None,
+    weight: int | None = None,
 ) -> bool:
     """Queue `function(*args)` for arq's workers as arq's own `enqueue_job` would (same keys,
     same payload, refused when `job_id` is queued, running or kept as a result), waking idle
     workers when it is due now. With `tenant_id`, the job takes fair turns with other tenants'
-    jobs (see `tenant_queue_key`). False when arq already holds the job."""
-    now_ms = round(time.time() * 1000)
-    score = now_ms + round((defer_s or 0) * 1000)
-    payload = serialize_job({"t": None, "f": function, "a": args, "k": {}, "et": now_ms})
-    keys = [
-        ARQ_JOB_KEY_PREFIX + job_id,
-        ARQ_RESULT_KEY_PREFIX + job_id,
+    jobs, `weight` (when given) being the tenant's. False when arq already holds the job."""
+    return await add_job(
+        redis,
         queue_name,
-        wake_channel(queue_name),
-        tenant_queue_key(queue_name, tenant_id or ""),
-        tenant_ring_key(queue_name),
-        job_tenant_key(queue_name),
-    ]
-    wake = "1" if score <= now_ms else "0"
-    argv: list[bytes | str | int] = [
-        score - now_ms + JOB_EXPIRES_EXTRA_MS,
-        payload,
-        score,
+        function,
         job_id,
-        wake,
-        tenant_id or "",
-    ]
-    # A Script object is cheap (it hashes the source); it runs EVALSHA and loads the script
-    # when Redis does not know it yet.
-    return bool(await redis.register_script(ENQUEUE_SCRIPT)(keys=keys, args=argv))
+        args,
+        serializer=serialize_job,
+        wake_channel=wake_channel(queue_name),
+        defer_s=defer_s,
+        fair=fair_keys(queue_name),
+        tenant_id=tenant_id,
+        weight=weight,
+    )
 
 
 async def enqueue_run(
-    enqueuer: Enqueuer, queue_name: str, job_id: uuid.UUID, tenant_id: uuid.UUID | None = None
+    enqueuer: Enqueuer,
+    queue_name: str,
+    job_id: uuid.UUID,
+    tenant_id: uuid.UUID | None = None,
+    weight: int | None = None,
 ) -> bool:
-    """Queue a committed job, in its tenant's turns when `tenant_id` is given; False when arq
-    already holds it (it refuses a second copy)."""
+    """Queue a committed job, in its tenant's turns when `tenant_id` is given (with the
+    tenant's `weight` when the caller knows it, which refreshes the mirror in Redis); False
+    when arq already holds it (it refuses a second copy)."""
     return await enqueue(
         enqueuer,
         queue_name,
@@ -150,6 +156,7 @@ async def enqueue_run(
         str(job_id),
         str(job_id),
         tenant_id=None if tenant_id is None else str(tenant_id),
+        weight=weight,
     )
 
 

@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relight import metrics
+from relight.backends.availability import available_backends
 from relight.config import Settings
 from relight.credits.pricing import price
 from relight.egress import check_url
@@ -24,10 +25,9 @@ from relight.image_metadata import strip_metadata
 from relight.jobs import lifecycle, repository
 from relight.jobs.inputs import SubjectSource
 from relight.jobs.lifecycle import Moved
-from relight.jobs.routing import BACKGROUND_BACKENDS
 from relight.jobs.views import UrlBuilder
 from relight.models import Job, JobStatus, Tenant
-from relight.params import Backend, RelightParams, SubmitOptions
+from relight.params import BackendName, RelightParams, SubmitOptions
 from relight.storage import Storage
 from relight.tenants.auth_cache import TenantSnapshot
 
@@ -67,28 +67,9 @@ def resolve_seed(seed: int | None) -> int:
     return seed
 
 
-def available_backends(
-    settings: Settings, *, live_gpu_nodes: bool = False, backgrounds: bool = False
-) -> set[Backend]:
-    """The backends this deployment is configured for; `auto` resolves among them. `gpu`
-    counts when nodes are listed in RELIGHT_GPU_NODES or some node's heartbeat is live (the
-    caller looks that up: `relight.nodes.registry.has_live_nodes`). For a request that relights
-    onto a background (`backgrounds`), only the backends that can (`BACKGROUND_BACKENDS`)."""
-    available: set[Backend] = set()
-    if settings.local_backend_enabled:
-        available.add(Backend.LOCAL)
-    if settings.segmind_api_key:
-        available.add(Backend.SEGMIND)
-    if settings.static_gpu_nodes or (settings.gpu_discovery and live_gpu_nodes):
-        available.add(Backend.GPU)
-    if backgrounds:
-        available = {b for b in available if b.value in BACKGROUND_BACKENDS}
-    return available
-
-
 def check_backend(
     settings: Settings,
-    backend: Backend,
+    backend: BackendName,
     tenant: TenantSnapshot | Tenant,
     *,
     live_gpu_nodes: bool = False,
@@ -96,7 +77,7 @@ def check_backend(
 ) -> None:
     """403 unless the requested backend (or, for `auto`, some backend) is both configured
     here and allowed for this tenant (and, for `backgrounds`, can relight onto one)."""
-    if backgrounds and backend not in (Backend.AUTO, Backend.GPU):
+    if backgrounds and backend not in (BackendName.AUTO, BackendName.GPU):
         raise Forbidden(
             f"backend {backend.value!r} cannot relight onto a background: only GPU nodes with "
             "IC-Light's background model can (backend 'gpu' or 'auto')",
@@ -104,7 +85,7 @@ def check_backend(
         )
     available = available_backends(settings, live_gpu_nodes=live_gpu_nodes, backgrounds=backgrounds)
     usable = {b for b in available if b.value in tenant.allowed_backends}
-    if backend is Backend.AUTO:
+    if backend is BackendName.AUTO:
         if not usable and backgrounds:
             raise Forbidden(
                 "no backend here can relight onto a background: that needs a GPU node with "

@@ -14,11 +14,11 @@ import httpx
 import orjson
 from pydantic import ValidationError
 
-from relight.jobs.backend import RenderedImage
+from relight.backends.backoff import parse_retry_after
+from relight.backends.protocol import RenderedImage
 from relight.nodes.protocol import NDJSON, RELIGHT_PATH, NodeRequest, NodeResult
 from relight.nodes.registry import NodeInfo
 from relight.params import RelightParams
-from relight.webhooks.delivery import parse_retry_after
 
 ERROR_EXCERPT = 300
 
@@ -125,7 +125,6 @@ async def call_node(
     if token:
         headers["authorization"] = f"Bearer {token}"
     url = node.url.rstrip("/") + RELIGHT_PATH
-    result: dict[str, Any] | None = None
     try:
         async with http.stream(
             "POST", url, content=body.model_dump_json().encode(), headers=headers
@@ -133,22 +132,7 @@ async def call_node(
             if response.status_code != 200:
                 raw = await response.aread()
                 raise _refusal(response.status_code, raw, response.headers.get("retry-after"))
-            async for line in response.aiter_lines():
-                if not line.strip():
-                    continue
-                event = orjson.loads(line)
-                kind = event.get("event")
-                if kind == "progress" and progress is not None:
-                    progress(float(event.get("progress", 0.0)))
-                elif kind == "result":
-                    result = event
-                elif kind == "error":
-                    failure = (
-                        FailureKind.REJECTED
-                        if event.get("code") in ("invalid_image", "validation_error")
-                        else FailureKind.FAILED
-                    )
-                    raise NodeCallFailed(failure, f"node failed: {event.get('error')}")
+            result = await _follow_events(response, progress)
     except httpx.ConnectError as exc:
         raise NodeCallFailed(FailureKind.UNREACHABLE, f"node unreachable: {exc}") from exc
     except httpx.ConnectTimeout as exc:
@@ -169,3 +153,28 @@ async def call_node(
     except ValidationError as exc:
         raise NodeCallFailed(FailureKind.FAILED, "node sent a malformed result") from exc
     return parsed, _images(parsed)
+
+
+async def _follow_events(
+    response: httpx.Response, progress: Callable[[float], None] | None
+) -> dict[str, Any] | None:
+    """Read the node's NDJSON events, passing progress on: the result event, or None when the
+    stream ends without one. An error event raises NodeCallFailed."""
+    result: dict[str, Any] | None = None
+    async for line in response.aiter_lines():
+        if not line.strip():
+            continue
+        event = orjson.loads(line)
+        kind = event.get("event")
+        if kind == "progress" and progress is not None:
+            progress(float(event.get("progress", 0.0)))
+        elif kind == "result":
+            result = event
+        elif kind == "error":
+            failure = (
+                FailureKind.REJECTED
+                if event.get("code") in ("invalid_image", "validation_error")
+                else FailureKind.FAILED
+            )
+            raise NodeCallFailed(failure, f"node failed: {event.get('error')}")
+    return result

@@ -24,18 +24,19 @@ import httpx
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from relight.backends.attempts import BackendCall
+from relight.backends.protocol import BackendResult, JobInput
 from relight.config import Settings
 from relight.errors import BackendFailed
-from relight.jobs.backend import BackendCall, BackendResult, JobInput
 from relight.nodes import registry, slots
 from relight.nodes.breaker import CircuitBreaker
 from relight.nodes.client import FailureKind, NodeCallFailed, call_node
 from relight.nodes.registry import NodeInfo
-from relight.params import RelightParams
+from relight.params import BackendName, RelightParams
 
 logger = logging.getLogger(__name__)
 
-BACKEND = "gpu"
+BACKEND = BackendName.GPU
 # How often a job waiting for a free slot looks again.
 WAIT_POLL_S = 0.2
 # A Redis outage leaves a job with the static nodes rather than stuck in client retries.
@@ -88,6 +89,16 @@ class GpuDispatcher:
         calls: list[BackendCall],
         progress: Callable[[float], None] | None = None,
     ) -> BackendResult:
+        """Relight on a GPU node, recording each node call in `calls`.
+
+        Takes a slot on the least-loaded node that may serve the request and calls it. A node
+        that fails (unreachable, lost mid-request, 5xx) is left for the rest of this try and the
+        next one is called; a busy one is passed over for now. When every node is busy, a job
+        that named `gpu` (or a background job, which no other backend can run) waits up to
+        `gpu_wait_s` for a slot, an `auto` job steps aside at once. Raises BackendFailed when no
+        node serves it: `retryable` when a later try may succeed, `failover` when another backend
+        may take it.
+        """
         # A job that named `gpu` waits for a slot; so does a background job under `auto`, since
         # no other backend can run it.
         wait = job_input.backend_requested == BACKEND or params.background_source is not None
@@ -95,43 +106,15 @@ class GpuDispatcher:
         failed: set[str] = set()
         last: NodeCallFailed | None = None
         while True:
-            busy: set[str] = set()
-            while True:
-                candidates = await self._candidates(exclude=failed | busy, params=params)
-                lease = await slots.acquire_least_loaded(
-                    self.redis,
-                    self.namespace,
-                    candidates,
-                    self.settings.gpu_slot_ttl_s,
-                    holder=f"{self.worker_id}:{job_input.job_id}:{uuid.uuid4().hex[:8]}",
-                )
-                if lease is None:
-                    break
-                try:
-                    return await self._call(lease, job_input, params, seed, calls, progress)
-                except NodeCallFailed as exc:
-                    if exc.kind is FailureKind.REJECTED:
-                        raise BackendFailed(
-                            f"the GPU node refused the request: {exc.message}",
-                            code="upstream_rejected",
-                            retryable=False,
-                            failover=False,
-                        ) from exc
-                    last = exc
-                    (busy if exc.kind is FailureKind.BUSY else failed).add(lease.node.id)
+            result, failure = await self._call_free_nodes(
+                failed, job_input, params, seed, calls, progress
+            )
+            if result is not None:
+                return result
+            last = failure or last
             if not await self._candidates(exclude=failed, params=params):
                 # Nothing left that could ever take it now: none known, all failed or open.
-                if params.background_source is not None and (
-                    not await self.serves_backgrounds()
-                    or (last is not None and last.kind is FailureKind.UNSUITED)
-                ):
-                    raise BackendFailed(
-                        "no GPU node relights onto backgrounds (none has the fbc model)",
-                        code="background_not_served",
-                        retryable=wait,
-                        failover=False,
-                    )
-                raise self._unavailable(job_input, last, nothing=not await self.nodes())
+                raise await self._no_node_left(job_input, params, last, wait=wait)
             if time.monotonic() >= deadline:
                 raise BackendFailed(
                     "every GPU node is busy",
@@ -141,6 +124,44 @@ class GpuDispatcher:
                     retry_after_s=1.0,
                 )
             await asyncio.sleep(WAIT_POLL_S)
+
+    async def _call_free_nodes(
+        self,
+        failed: set[str],
+        job_input: JobInput,
+        params: RelightParams,
+        seed: int,
+        calls: list[BackendCall],
+        progress: Callable[[float], None] | None,
+    ) -> tuple[BackendResult | None, NodeCallFailed | None]:
+        """One pass over the nodes with a free slot, until one renders: `(result, None)`, or
+        `(None, the last node failure)` once no free slot is left. Nodes that fail join
+        `failed`; busy ones are passed over for this pass only."""
+        busy: set[str] = set()
+        last: NodeCallFailed | None = None
+        while True:
+            candidates = await self._candidates(exclude=failed | busy, params=params)
+            lease = await slots.acquire_least_loaded(
+                self.redis,
+                self.namespace,
+                candidates,
+                self.settings.gpu_slot_ttl_s,
+                holder=f"{self.worker_id}:{job_input.job_id}:{uuid.uuid4().hex[:8]}",
+            )
+            if lease is None:
+                return None, last
+            try:
+                return await self._call(lease, job_input, params, seed, calls, progress), None
+            except NodeCallFailed as exc:
+                if exc.kind is FailureKind.REJECTED:
+                    raise BackendFailed(
+                        f"the GPU node refused the request: {exc.message}",
+                        code="upstream_rejected",
+                        retryable=False,
+                        failover=False,
+                    ) from exc
+                last = exc
+                (busy if exc.kind is FailureKind.BUSY else failed).add(lease.node.id)
 
     async def _candidates(
         self, exclude: set[str], params: RelightParams | None = None
@@ -163,13 +184,30 @@ class GpuDispatcher:
             candidates.append(node)
         return candidates
 
-    def _unavailable(
-        self, job_input: JobInput, last: NodeCallFailed | None, *, nothing: bool
+    async def _no_node_left(
+        self,
+        job_input: JobInput,
+        params: RelightParams,
+        last: NodeCallFailed | None,
+        *,
+        wait: bool,
     ) -> BackendFailed:
-        wait = job_input.backend_requested == BACKEND
+        """Why no node can take the request now, as the failure routing acts on."""
+        if params.background_source is not None and (
+            not await self.serves_backgrounds()
+            or (last is not None and last.kind is FailureKind.UNSUITED)
+        ):
+            return BackendFailed(
+                "no GPU node relights onto backgrounds (none has the fbc model)",
+                code="background_not_served",
+                retryable=wait,
+                failover=False,
+            )
+        nothing = not await self.nodes()
+        named = job_input.backend_requested == BACKEND
         if nothing or last is None:
             message = "no GPU node is available" if nothing else "every GPU node's circuit is open"
-            return BackendFailed(message, code="gpu_unavailable", retryable=wait, failover=True)
+            return BackendFailed(message, code="gpu_unavailable", retryable=named, failover=True)
         if last.kind is FailureKind.AUTH:
             logger.error("GPU nodes refused our token: check RELIGHT_NODE_TOKEN")
             return BackendFailed(

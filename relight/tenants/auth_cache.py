@@ -1,13 +1,14 @@
 """A short-lived, per-process cache of authenticated API keys, for the submit path.
 
 A submit needs only a snapshot of its tenant (id, name, limits, allowed backends, default
-webhook); reading it from Postgres on every request costs a round trip and an ORM load. The
-cache keeps the snapshot of a key that authenticated for `RELIGHT_AUTH_CACHE_S` seconds.
+webhook, dispatch weight); reading it from Postgres on every request costs a round trip and an
+ORM load. The cache keeps the snapshot of a key that authenticated for `RELIGHT_AUTH_CACHE_S`
+seconds.
 
-Changes that matter (a key revoked; a tenant suspended, resumed, or its limits, backends or
-webhook changed) are announced with Postgres `NOTIFY` in the transaction that makes them, so
-the announcement goes out only if the change commits, from whatever process made it (the
-admin API, `relight-admin`). Every cache listens on a connection of its own and drops the
+Changes that matter (a key revoked; a tenant suspended, resumed, or its limits, backends,
+webhook or weight changed) are announced with Postgres `NOTIFY` in the transaction that makes
+them, so the announcement goes out only if the change commits, from whatever process made it
+(the admin API, `relight-admin`). Every cache listens on a connection of its own and drops the
 tenant's entries at once; in the process that made the change, the commit itself drops them.
 A lost announcement (the listening connection died) is bounded by the TTL, and while the
 listener is down nothing is cached. Money never depends on the cache: the reservation is a
@@ -50,6 +51,7 @@ class TenantSnapshot:
     max_in_flight: int
     allowed_backends: tuple[str, ...]
     webhook_url: str | None
+    weight: int
 
     @classmethod
     def of(cls, tenant: Tenant) -> TenantSnapshot:
@@ -62,6 +64,7 @@ class TenantSnapshot:
             max_in_flight=tenant.max_in_flight,
             allowed_backends=tuple(tenant.allowed_backends),
             webhook_url=tenant.webhook_url,
+            weight=tenant.weight,
         )
 
 

@@ -14,6 +14,14 @@ from relight.text import ClientModel
 
 TENANT_NAME_MAX_LENGTH = 200
 TENANT_NAME_CHARACTERS = re.compile(r"[\w.@-]+")
+# A tenant's dispatch weight: jobs it starts per turn of fair dispatch (the tenant table's
+# check constraint says the same).
+WEIGHT_MIN, WEIGHT_MAX = 1, 100
+WEIGHT_DESCRIPTION = (
+    f"jobs this tenant starts per turn of fair dispatch while others wait ({WEIGHT_MIN} to "
+    f"{WEIGHT_MAX}; 1 = an equal share)"
+)
+Weight = Annotated[int, Field(ge=WEIGHT_MIN, le=WEIGHT_MAX, description=WEIGHT_DESCRIPTION)]
 
 
 def tenant_name_problem(name: str) -> str | None:
@@ -78,6 +86,7 @@ class TenantView(BaseModel):
     limits: LimitsView
     allowed_backends: list[str]
     webhook_url: str | None
+    weight: int = Field(description=WEIGHT_DESCRIPTION)
     created_at: datetime
 
     @classmethod
@@ -95,6 +104,7 @@ class TenantView(BaseModel):
             ),
             allowed_backends=list(tenant.allowed_backends),
             webhook_url=tenant.webhook_url,
+            weight=tenant.weight,
             created_at=tenant.created_at,
         )
 
@@ -103,6 +113,12 @@ class BackendsUpdate(ClientModel):
     model_config = ConfigDict(extra="forbid")
 
     backends: list[str] = Field(description="any of gpu, segmind, local")
+
+
+class WeightUpdate(ClientModel):
+    model_config = ConfigDict(extra="forbid")
+
+    weight: Weight
 
 
 class WebhookUrlUpdate(ClientModel):
@@ -117,6 +133,7 @@ class TenantCreate(ClientModel):
     name: TenantName
     credits: Annotated[int, Field(ge=0, le=10**12)] = 0
     limits: LimitsUpdate | None = None
+    weight: Weight = 1
 
 
 class ApiKeyView(BaseModel):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -13,16 +16,19 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from relight.credits.service import grant_credits
 from relight.egress import EgressPolicy, check_url
 from relight.errors import Conflict, InvalidParameter, RelightError, Unauthorized
+from relight.jobs.queue import mirror_tenant_weight
 from relight.metrics import on_commit
 from relight.models import ApiKey, Tenant, TenantStatus
-from relight.params import Backend
+from relight.params import BackendName
 from relight.tenants.auth_cache import (
     CHANGED_CHANNEL,
     TenantSnapshot,
     forget_tenant_everywhere_in_process,
 )
 from relight.tenants.keys import generate_key, parse_key, secret_matches
-from relight.tenants.schemas import LimitsUpdate, tenant_name_problem
+from relight.tenants.schemas import WEIGHT_MAX, WEIGHT_MIN, LimitsUpdate, tenant_name_problem
+
+logger = logging.getLogger(__name__)
 
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 
@@ -46,14 +52,19 @@ async def announce_change(session: AsyncSession, tenant_id: uuid.UUID) -> None:
 
 
 async def create_tenant(
-    session: AsyncSession, name: str, credits: int = 0, limits: LimitsUpdate | None = None
+    session: AsyncSession,
+    name: str,
+    credits: int = 0,
+    limits: LimitsUpdate | None = None,
+    weight: int = 1,
 ) -> Tenant:
     problem = tenant_name_problem(name)
     if problem is not None:
         raise InvalidParameter(f"name: {problem}", extra={"field": "name"})
     if credits < 0:
         raise RelightError("credits must not be negative", status_code=422)
-    tenant = Tenant(name=name, credit_balance=0)
+    _check_weight(weight)
+    tenant = Tenant(name=name, credit_balance=0, weight=weight)
     if limits is not None:
         for field, value in limits.model_dump(exclude_none=True).items():
             setattr(tenant, field, value)
@@ -110,6 +121,34 @@ async def set_limits(session: AsyncSession, tenant: Tenant, limits: LimitsUpdate
     return tenant
 
 
+def _check_weight(weight: int) -> None:
+    if not WEIGHT_MIN <= weight <= WEIGHT_MAX:
+        raise InvalidParameter(
+            f"weight must be {WEIGHT_MIN} to {WEIGHT_MAX}, not {weight}", extra={"field": "weight"}
+        )
+
+
+async def set_weight(session: AsyncSession, tenant: Tenant, weight: int) -> Tenant:
+    """How many jobs the tenant starts per turn of fair dispatch. The caller tells the workers
+    once this commits (`mirror_weight`); until then they go by the old weight."""
+    _check_weight(weight)
+    tenant.weight = weight
+    await session.flush()
+    await announce_change(session, tenant.id)
+    return tenant
+
+
+async def mirror_weight(redis: Redis, queue_name: str, tenant_id: uuid.UUID, weight: int) -> None:
+    """Copy a committed weight to the Redis hash the workers' claim reads. Best effort: Postgres
+    holds the weight, and the tenant's next submit copies it again if this fails."""
+    try:
+        await mirror_tenant_weight(redis, queue_name, tenant_id, weight)
+    except (RedisError, OSError):
+        logger.warning(
+            "could not copy tenant %s's weight to Redis; its next submit will", tenant_id
+        )
+
+
 async def set_default_webhook(
     session: AsyncSession, tenant: Tenant, url: str | None, policy: EgressPolicy
 ) -> Tenant:
@@ -126,7 +165,7 @@ async def set_allowed_backends(
     session: AsyncSession, tenant: Tenant, backends: list[str]
 ) -> Tenant:
     """The backends the tenant's requests may run on (`auto` chooses among them)."""
-    known = {backend.value for backend in Backend} - {Backend.AUTO.value}
+    known = {backend.value for backend in BackendName} - {BackendName.AUTO.value}
     unknown = sorted(set(backends) - known)
     if unknown or not backends:
         raise InvalidParameter(

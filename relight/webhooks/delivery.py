@@ -4,7 +4,6 @@ checks, record the outcome."""
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
 import math
 import uuid
@@ -15,6 +14,7 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from relight import metrics
+from relight.backends.backoff import parse_retry_after
 from relight.config import Settings
 from relight.egress import EgressRefused, egress_stream
 from relight.errors import RelightError
@@ -30,21 +30,6 @@ logger = logging.getLogger(__name__)
 
 RESPONSE_EXCERPT_BYTES = 2048
 USER_AGENT = "relight-webhooks/0.1 (+https://www.standardwebhooks.com)"
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Retry-After as seconds or an HTTP date; None when absent or unreadable."""
-    if not value:
-        return None
-    if value.strip().isdigit():
-        return float(value.strip())
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def attempt_outcome(outcome: service.AttemptOutcome) -> str:

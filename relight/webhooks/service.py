@@ -9,7 +9,6 @@ the same `webhook-id`, describing the request as it was when the event happened.
 
 from __future__ import annotations
 
-import random
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,6 +18,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from relight.backends.backoff import retry_delay_s
 from relight.errors import Conflict
 from relight.ids import uuid7
 from relight.jobs import repository as jobs
@@ -28,6 +28,8 @@ from relight.webhooks.signing import generate_secret
 
 COMPLETED = "completed"
 START = "start"
+# A receiver's Retry-After is honoured up to a day.
+MAX_RETRY_AFTER_S = 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -120,10 +122,11 @@ def next_delay(
     """
     if attempts_made > len(schedule):
         return None
-    delay = schedule[attempts_made - 1] * random.uniform(0.9, 1.1)
-    if retry_after_s is not None:
-        delay = max(delay, min(retry_after_s, 24 * 3600))
-    return delay
+    return retry_delay_s(
+        schedule[attempts_made - 1],
+        retry_after_s=retry_after_s,
+        max_retry_after_s=MAX_RETRY_AFTER_S,
+    )
 
 
 async def record_attempt(

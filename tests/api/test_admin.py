@@ -13,13 +13,16 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.app import create_app
 from relight.config import Settings
+from relight.jobs.queue import tenant_weights_key
 from tests.conftest import MakeTenant, RunWorker, TenantKey
 from tests.helpers import FAST, balance_of, job_count
 from tests.helpers import small_body as body
+from tests.weights import mirrored_weight
 
 ADMIN_TOKEN = "x" * 32
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -30,6 +33,7 @@ ADMIN_PATHS = {
     "/admin/v1/tenants/{tenant}/suspend",
     "/admin/v1/tenants/{tenant}/resume",
     "/admin/v1/tenants/{tenant}/limits",
+    "/admin/v1/tenants/{tenant}/weight",
     "/admin/v1/tenants/{tenant}/keys",
     "/admin/v1/keys/{prefix}/revoke",
     "/admin/v1/tenants/{tenant}/credits",
@@ -178,6 +182,47 @@ async def test_a_tenant_created_keyed_and_funded_over_rest_can_submit(
         401,
         "unauthorized",
     )
+
+
+# --- dispatch weight --------------------------------------------------------------------------
+
+
+async def test_a_weight_set_over_rest_is_shown_and_reaches_the_workers(
+    admin_client: httpx.AsyncClient, redis: Redis, settings: Settings
+) -> None:
+    client = admin_client
+    tenant = await created(
+        await client.post(
+            "/admin/v1/tenants", headers=ADMIN, json={"name": "globex", "credits": 100, "weight": 3}
+        )
+    )
+    assert tenant["weight"] == 3
+    assert await mirrored_weight(redis, settings.queue_name, tenant["id"]) == b"3"
+    plain = await created(await client.post("/admin/v1/tenants", headers=ADMIN, json={"name": "x"}))
+    assert plain["weight"] == 1
+
+    path = "/admin/v1/tenants/globex/weight"
+    assert ok(await client.put(path, headers=ADMIN, json={"weight": 5}))["weight"] == 5
+    assert ok(await client.get("/admin/v1/tenants/globex", headers=ADMIN))["weight"] == 5
+    assert await mirrored_weight(redis, settings.queue_name, tenant["id"]) == b"5"
+
+    for bad in (0, 101, "heavy", None):
+        response = await client.put(path, headers=ADMIN, json={"weight": bad})
+        assert_error(response, 422, "validation_error")
+        assert response.json()["field"] == "weight", response.text
+    refused = await client.post("/admin/v1/tenants", headers=ADMIN, json={"name": "y", "weight": 0})
+    assert_error(refused, 422, "validation_error")
+    assert ok(await client.get("/admin/v1/tenants/globex", headers=ADMIN))["weight"] == 5
+    assert await mirrored_weight(redis, settings.queue_name, tenant["id"]) == b"5"
+
+    # Redis lost the mirror (a flush): the tenant's next submit writes it again.
+    await redis.delete(tenant_weights_key(settings.queue_name))
+    key = await created(await client.post("/admin/v1/tenants/globex/keys", headers=ADMIN, json={}))
+    submitted = await client.post(
+        "/v2/ic-light", headers={"x-api-key": key["key"]}, json=body(**FAST)
+    )
+    assert submitted.status_code == 202, submitted.text
+    assert await mirrored_weight(redis, settings.queue_name, tenant["id"]) == b"5"
 
 
 # --- who may call it -------------------------------------------------------------------------

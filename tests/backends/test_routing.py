@@ -1,5 +1,5 @@
-"""Choosing a backend and failing over: `relight.jobs.routing` on its own, then `auto` jobs run
-by the real worker with the segmind backend pointed at the stand-in (tests/fakes/segmind.py).
+"""Choosing a backend and failing over: `relight.backends.routing` on its own, then `auto` jobs
+run by the real worker with the segmind backend pointed at the stand-in (tests/fakes/segmind.py).
 """
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from relight.backends import routing
+from relight.backends.attempts import Attempt, BackendCall, read_attempts
+from relight.backends.protocol import BackendResult, JobInput, ProgressCallback
 from relight.config import Settings
 from relight.errors import BackendFailed
-from relight.jobs import routing
-from relight.jobs.backend import BackendCall, BackendResult, JobInput, ProgressCallback
-from relight.params import RelightParams
+from relight.params import BackendName, RelightParams
 from relight.tenants.service import find_tenant, set_allowed_backends
 from tests.conftest import MakeTenant, TenantKey, example_base64
 from tests.fakes.segmind import (
@@ -31,6 +32,12 @@ from tests.helpers import balance_of, get_record
 
 START = 1000
 MAX = 3  # settings.job_max_attempts in tests/conftest.py
+GPU, SEGMIND, LOCAL, AUTO = (
+    BackendName.GPU,
+    BackendName.SEGMIND,
+    BackendName.LOCAL,
+    BackendName.AUTO,
+)
 ORDER = ["gpu", "segmind", "local"]
 ALL = ["gpu", "segmind", "local"]
 
@@ -38,12 +45,16 @@ ALL = ["gpu", "segmind", "local"]
 # --- routing, on its own ----------------------------------------------------------------------
 
 
-def failed(code: str, *, retryable: bool, failover: bool = False) -> BackendFailed:
-    return BackendFailed("it failed", code=code, retryable=retryable, failover=failover)
+def failed(
+    code: str, *, retryable: bool, failover: bool = False, retry_after_s: float | None = None
+) -> BackendFailed:
+    return BackendFailed(
+        "it failed", code=code, retryable=retryable, failover=failover, retry_after_s=retry_after_s
+    )
 
 
-def entry(attempt: int, backend: str, error: BackendFailed | None = None) -> dict[str, Any]:
-    return routing.attempt_entry(attempt, backend, error, [])
+def entry(attempt: int, backend: BackendName, error: BackendFailed | None = None) -> Attempt:
+    return Attempt.record(attempt, backend, error, [])
 
 
 @pytest.mark.parametrize(
@@ -69,22 +80,35 @@ def entry(attempt: int, backend: str, error: BackendFailed | None = None) -> dic
 def test_candidates(
     requested: str, allowed: list[str], available: set[str], expected: list[str]
 ) -> None:
-    assert routing.candidates(requested, allowed, ORDER, available) == expected
+    names = {BackendName(name) for name in available}
+    assert routing.candidates(BackendName(requested), allowed, ORDER, names) == expected
 
 
 def test_candidates_follow_the_configured_order() -> None:
-    assert routing.candidates("auto", ALL, ["local", "segmind"], {"segmind", "local"}) == [
+    assert routing.candidates(AUTO, ALL, ["local", "segmind"], {SEGMIND, LOCAL}) == [
         "local",
         "segmind",
     ]
     # A backend missing from the failover order is never chosen by `auto`.
-    assert routing.candidates("auto", ALL, ["segmind"], {"segmind", "local"}) == ["segmind"]
+    assert routing.candidates(AUTO, ALL, ["segmind"], {SEGMIND, LOCAL}) == ["segmind"]
+
+
+def test_candidates_are_backend_names() -> None:
+    """The settings and the tenant's row hold plain strings; routing answers with the enum."""
+    assert all(
+        type(name) is BackendName for name in routing.candidates(AUTO, ALL, ORDER, {GPU, LOCAL})
+    )
 
 
 def test_attempt_entry_records_the_outcome() -> None:
-    assert entry(1, "local") == {"attempt": 1, "backend": "local", "calls": [], "outcome": "ok"}
+    assert entry(1, LOCAL).to_json() == {
+        "attempt": 1,
+        "backend": "local",
+        "calls": [],
+        "outcome": "ok",
+    }
     error = failed("upstream_auth", retryable=False, failover=True)
-    assert entry(2, "segmind", error) == {
+    assert entry(2, SEGMIND, error).to_json() == {
         "attempt": 2,
         "backend": "segmind",
         "calls": [],
@@ -95,36 +119,66 @@ def test_attempt_entry_records_the_outcome() -> None:
     }
 
 
+def test_the_attempt_log_reads_back_what_it_stored() -> None:
+    call = BackendCall(
+        backend=SEGMIND,
+        started_at="2026-11-27T08:00:00+00:00",
+        latency_ms=12.5,
+        outcome="error",
+        status_code=500,
+        remaining_credits=9.5,
+    )
+    stored = [
+        Attempt.record(1, SEGMIND, failed("upstream_error", retryable=True), [call]).to_json(),
+        Attempt.record(2, LOCAL, None, []).to_json(),
+    ]
+    assert stored[0]["calls"] == [
+        {
+            "backend": "segmind",
+            "started_at": "2026-11-27T08:00:00+00:00",
+            "latency_ms": 12.5,
+            "outcome": "error",
+            "status_code": 500,
+            "remaining_credits": 9.5,
+        }
+    ]
+    log = read_attempts(stored)
+    assert log[0].calls == (call,)
+    assert [attempt.to_json() for attempt in log] == stored
+    with pytest.raises(ValueError, match="outcome"):
+        Attempt.from_json({"attempt": 1, "backend": "local", "outcome": "maybe"})
+
+
 def test_a_backend_is_exhausted_after_max_tries_or_one_permanent_failure() -> None:
     transient = failed("upstream_error", retryable=True)
-    log = [entry(1, "segmind", transient), entry(2, "segmind", transient)]
-    assert not routing.is_exhausted("segmind", log, 3)
-    assert routing.is_exhausted("segmind", log, 2)
-    assert routing.tries_on("segmind", log) == 2
-    assert routing.tries_on("local", log) == 0
-    assert not routing.is_exhausted("local", log, 1)  # other backends' tries do not count
+    log = [entry(1, SEGMIND, transient), entry(2, SEGMIND, transient)]
+    assert not routing.is_exhausted(SEGMIND, log, 3)
+    assert routing.is_exhausted(SEGMIND, log, 2)
+    assert routing.tries_on(SEGMIND, log) == 2
+    assert routing.tries_on(LOCAL, log) == 0
+    assert not routing.is_exhausted(LOCAL, log, 1)  # other backends' tries do not count
     for permanent in (
         failed("upstream_auth", retryable=False, failover=True),
         failed("upstream_rejected", retryable=False),
     ):
-        assert routing.is_exhausted("segmind", [entry(1, "segmind", permanent)], 3)
-    assert routing.is_exhausted("segmind", [], 0)
+        assert routing.is_exhausted(SEGMIND, [entry(1, SEGMIND, permanent)], 3)
+    assert routing.is_exhausted(SEGMIND, [], 0)
 
 
 def test_choose_takes_the_first_candidate_not_exhausted() -> None:
     transient = failed("upstream_error", retryable=True)
     auth = failed("upstream_auth", retryable=False, failover=True)
-    choices = ["segmind", "local"]
+    choices = [SEGMIND, LOCAL]
     assert routing.choose(choices, [], 3) == "segmind"
-    assert routing.choose(choices, [entry(1, "segmind", transient)], 3) == "segmind"
-    spent = [entry(n, "segmind", transient) for n in (1, 2, 3)]
+    assert routing.choose(choices, [entry(1, SEGMIND, transient)], 3) == "segmind"
+    spent = [entry(n, SEGMIND, transient) for n in (1, 2, 3)]
     assert routing.choose(choices, spent, 3) == "local"
-    assert routing.choose(choices, [entry(1, "segmind", auth)], 3) == "local"
+    assert routing.choose(choices, [entry(1, SEGMIND, auth)], 3) == "local"
     assert (
-        routing.choose(choices, [*spent, *(entry(n, "local", transient) for n in (4, 5, 6))], 3)
+        routing.choose(choices, [*spent, *(entry(n, LOCAL, transient) for n in (4, 5, 6))], 3)
         is None
     )
-    assert routing.choose(["segmind"], spent, 3) is None
+    assert routing.choose([SEGMIND], spent, 3) is None
     assert routing.choose([], [], 3) is None
 
 
@@ -132,48 +186,105 @@ def test_choose_takes_the_first_candidate_not_exhausted() -> None:
     ("backend", "error", "code"),
     [
         pytest.param(
-            "segmind",
+            SEGMIND,
             failed("upstream_error", retryable=True),
             "upstream_unavailable",
             id="segmind-transient",
         ),
         pytest.param(
-            "segmind",
+            SEGMIND,
             failed("upstream_timeout", retryable=True),
             "upstream_unavailable",
             id="segmind-timeout",
         ),
         pytest.param(
-            "gpu", failed("node_error", retryable=True), "upstream_unavailable", id="gpu-transient"
+            GPU, failed("node_error", retryable=True), "upstream_unavailable", id="gpu-transient"
         ),
         pytest.param(
-            "segmind",
+            SEGMIND,
             failed("upstream_auth", retryable=False, failover=True),
             "upstream_auth",
             id="segmind-auth",
         ),
         pytest.param(
-            "segmind",
+            SEGMIND,
             failed("upstream_credits", retryable=False, failover=True),
             "upstream_credits",
             id="segmind-credits",
         ),
         pytest.param(
-            "segmind",
+            SEGMIND,
             failed("upstream_rejected", retryable=False),
             "upstream_rejected",
             id="segmind-rejected",
         ),
         pytest.param(
-            "local",
+            LOCAL,
             failed("internal_error", retryable=True),
             "internal_error",
             id="local-keeps-its-code",
         ),
     ],
 )
-def test_final_code(backend: str, error: BackendFailed, code: str) -> None:
+def test_final_code(backend: BackendName, error: BackendFailed, code: str) -> None:
     assert routing.final_code(backend, error) == code
+
+
+def decide(
+    error: BackendFailed, log: list[Attempt], choices: list[BackendName], attempts: int = 1
+) -> routing.NextStep:
+    return routing.after_failure(
+        error,
+        attempts=attempts,
+        failed=log[-1] if log else None,
+        choices=choices,
+        log=log,
+        max_tries=MAX,
+        backoff_s=2.0,
+    )
+
+
+def test_a_transient_failure_is_retried_on_the_same_backend_with_a_growing_backoff() -> None:
+    transient = failed("upstream_error", retryable=True)
+    first = decide(transient, [entry(1, SEGMIND, transient)], [SEGMIND, LOCAL])
+    assert first.retry
+    assert first.code == "upstream_error"
+    assert 1.8 <= first.delay_s <= 2.2
+    log = [entry(1, SEGMIND, transient), entry(2, SEGMIND, transient)]
+    second = decide(transient, log, [SEGMIND, LOCAL], attempts=2)
+    assert second.retry
+    assert 3.6 <= second.delay_s <= 4.4
+
+
+def test_the_upstreams_retry_after_is_honoured_within_reason() -> None:
+    slow_down = failed("upstream_rate_limited", retryable=True, retry_after_s=30)
+    assert decide(slow_down, [entry(1, SEGMIND, slow_down)], [SEGMIND]).delay_s == 30
+    forever = failed("upstream_rate_limited", retryable=True, retry_after_s=86_400)
+    step = decide(forever, [entry(1, SEGMIND, forever)], [SEGMIND])
+    assert step.delay_s == routing.MAX_RETRY_AFTER_S
+
+
+def test_a_spent_backend_fails_over_at_once_and_the_last_one_ends_the_job() -> None:
+    transient = failed("upstream_error", retryable=True)
+    spent = [entry(n, SEGMIND, transient) for n in (1, 2, 3)]
+    over = decide(transient, spent, [SEGMIND, LOCAL], attempts=3)
+    assert (over.retry, over.delay_s, over.code) == (True, 0.0, "upstream_error")
+    last = decide(transient, spent, [SEGMIND], attempts=3)
+    assert (last.retry, last.code) == (False, "upstream_unavailable")
+
+
+def test_a_rejected_request_is_not_tried_elsewhere() -> None:
+    rejected = failed("upstream_rejected", retryable=False)
+    step = decide(rejected, [entry(1, SEGMIND, rejected)], [SEGMIND, LOCAL])
+    assert (step.retry, step.code) == (False, "upstream_rejected")
+
+
+def test_a_failure_before_any_backend_is_retried_while_tries_are_left() -> None:
+    fetch = failed("input_fetch_failed", retryable=True)
+    assert decide(fetch, [], [], attempts=1).retry
+    assert not decide(fetch, [], [], attempts=MAX).retry
+    refused = failed("backend_unavailable", retryable=False)
+    assert not decide(refused, [], [], attempts=1).retry
 
 
 # --- auto jobs through the worker -------------------------------------------------------------
@@ -388,7 +499,7 @@ async def test_auto_with_no_usable_backend_is_refused_at_submit(
 class BrokenLocalBackend:
     """A `local` backend whose engine fails transiently every time (say, out of memory)."""
 
-    name = "local"
+    name = BackendName.LOCAL
 
     def __init__(self, *args: object) -> None:
         del args

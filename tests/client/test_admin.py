@@ -22,6 +22,7 @@ def test_a_tenants_life_through_the_admin_client(base_url: str, admin: Admin) ->
     limited = admin.set_limits(name, burst=7)
     backends = admin.set_backends(name, ["local"])
     hooked = admin.set_webhook(name, "https://example.com/hook")
+    weighted = admin.set_weight(name, 3)
     granted = admin.grant_credits(name, 50, "invoice 42")
     adjusted = admin.grant_credits(name, -20, "correction", kind="adjust")
 
@@ -32,6 +33,7 @@ def test_a_tenants_life_through_the_admin_client(base_url: str, admin: Admin) ->
     assert limited.limits.burst == 7
     assert backends.allowed_backends == ["local"]
     assert hooked.webhook_url == "https://example.com/hook"
+    assert (created.weight, weighted.weight) == (1, 3)
     assert (granted.kind, granted.balance_after) == ("grant", 150)
     assert (adjusted.kind, adjusted.balance_after) == ("adjust", 130)
     assert admin.get_tenant(name).credit_balance == 130

@@ -32,6 +32,8 @@ import contextlib
 import io
 import json
 import re
+import select
+import socket
 import threading
 import time
 import urllib.request
@@ -305,6 +307,7 @@ class SegmindStandIn(ThreadedServer):
         self._script: deque[Answer] = deque()
         self._fallback = Answer.image()
         self._calls: list[SegmindCall] = []
+        self._hang_ups: list[float] = []
         self._stopping = threading.Event()
         stand_in = self
 
@@ -377,12 +380,28 @@ class SegmindStandIn(ThreadedServer):
             self._calls.append(call)
         answer = self._decide(handler, call)
         if answer.kind is Kind.HANG:
-            self._stopping.wait(answer.hang_s)
+            self._hang(handler, answer.hang_s)
             handler.close_connection = True
             return
         if answer.kind is Kind.IMAGE:
             answer = self._render(call)
         self._send(handler, call, answer)
+
+    def _hang(self, handler: BaseHTTPRequestHandler, seconds: float) -> None:
+        """Say nothing for `seconds`, noting when the caller hangs up first (`hang_ups()`)."""
+        deadline = time.monotonic() + seconds
+        connection = handler.connection
+        while not self._stopping.wait(0.02) and time.monotonic() < deadline:
+            readable, _, _ = select.select([connection], [], [], 0)
+            if readable and connection.recv(1, socket.MSG_PEEK) == b"":
+                with self._lock:
+                    self._hang_ups.append(time.monotonic())
+                return
+
+    def hang_ups(self) -> list[float]:
+        """When callers left a hanging answer before it ended (monotonic clock)."""
+        with self._lock:
+            return list(self._hang_ups)
 
     def _decide(self, handler: BaseHTTPRequestHandler, call: SegmindCall) -> Answer:
         """Checks in Segmind's order: route, API key, body; then the script."""

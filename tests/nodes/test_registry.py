@@ -11,10 +11,8 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from relight.config import Settings
-from relight.jobs.service import available_backends
 from relight.nodes import registry
 from relight.nodes.registry import NodeInfo
-from relight.params import Backend
 
 
 @pytest.fixture
@@ -60,11 +58,3 @@ def test_a_heartbeat_describes_the_static_node_at_the_same_url() -> None:
     live = [NodeInfo(id="gpu-1", url="http://gpu-1:9000/", capacity=2, in_flight=1)]
     merged = registry.merge(static, live)
     assert sorted(node.id for node in merged) == ["gpu-1", "http://gpu-2:9000"]
-
-
-def test_gpu_is_available_when_nodes_are_listed_or_beating() -> None:
-    assert Backend.GPU not in available_backends(Settings())
-    assert Backend.GPU in available_backends(Settings(), live_gpu_nodes=True)
-    assert Backend.GPU in available_backends(Settings(gpu_nodes="http://gpu-1:9000"))
-    no_discovery = Settings(gpu_discovery=False)
-    assert Backend.GPU not in available_backends(no_discovery, live_gpu_nodes=True)

@@ -1,6 +1,7 @@
 """Fair turns between tenants (DESIGN.md §5): a tenant's single job starts before another
-tenant's backlog drains. Real API, a real worker (one slot, jobs of a fixed length), real Redis
-and Postgres; the same backlog in arq's old global order shows what the turns change."""
+tenant's backlog drains, and a tenant of weight w starts w jobs per turn. Real API, a real
+worker (one slot, jobs of a fixed length), real Redis and Postgres; the same backlog in arq's
+old global order shows what the turns change."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import asyncio
 import contextlib
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 
 import httpx
@@ -19,13 +21,67 @@ from bench.noop_worker import NoopBackend
 from relight.config import Settings
 from relight.jobs import queue
 from relight.models import Job
-from relight.params import Backend as BackendName
+from relight.params import BackendName
+from relight.tenants.service import find_tenant, set_weight
 from tests.conftest import MakeTenant
 from tests.helpers import fast_body, submit
+from tests.weights import mirrored_weight
 from worker.settings import build_worker
 
 BACKLOG = 12
 JOB_S = 0.05
+
+
+@dataclass(frozen=True)
+class JobRun:
+    id: str
+    started_at: datetime
+    attempts: int
+
+
+async def run_one_slot(
+    ids: list[str],
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    redis: ArqRedis,
+    *,
+    fair: bool,
+) -> list[JobRun]:
+    """Run the queued jobs `ids` on one worker with one slot (jobs of JOB_S each) until they
+    all succeeded and left arq's queue; how each ran."""
+    one_slot = settings.model_copy(
+        update={"worker_concurrency": 1, "webhook_sweep_interval_s": 60, "fair_dispatch": fair}
+    )
+    worker = build_worker(
+        one_slot, backends={BackendName.LOCAL: NoopBackend(JOB_S)}, handle_signals=False
+    )
+    task = asyncio.create_task(worker.async_run())
+    job_ids = [uuid.UUID(request_id) for request_id in ids]
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            async with sessionmaker() as session:
+                statuses = (
+                    await session.scalars(select(Job.status).where(Job.id.in_(job_ids)))
+                ).all()
+            # arq takes a job out of its queue just after the job's last commit.
+            in_queue = await redis.zmscore(settings.queue_name, ids)
+            done = len(statuses) == len(ids) and all(s == "succeeded" for s in statuses)
+            if done and all(score is None for score in in_queue):
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await worker.close()
+    async with sessionmaker() as session:
+        query = select(Job.id, Job.status, Job.started_at, Job.attempts)
+        rows = (await session.execute(query.where(Job.id.in_(job_ids)))).all()
+    assert {row.status for row in rows} == {"succeeded"}
+    assert len(rows) == len(ids)
+    assert all(row.started_at is not None for row in rows)
+    return [JobRun(str(row.id), row.started_at, row.attempts) for row in rows]
 
 
 async def run_backlog_then_single(
@@ -43,36 +99,8 @@ async def run_backlog_then_single(
     tenant_b = await make_tenant("tenant-b")
     backlog = [await submit(client, tenant_a, fast_body()) for _ in range(BACKLOG)]
     single = await submit(client, tenant_b, fast_body())
-    one_slot = settings.model_copy(
-        update={"worker_concurrency": 1, "webhook_sweep_interval_s": 60, "fair_dispatch": fair}
-    )
-    worker = build_worker(
-        one_slot, backends={BackendName.LOCAL: NoopBackend(JOB_S)}, handle_signals=False
-    )
-    task = asyncio.create_task(worker.async_run())
-    ids = [uuid.UUID(request_id) for request_id in [*backlog, single]]
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            async with sessionmaker() as session:
-                statuses = (await session.scalars(select(Job.status).where(Job.id.in_(ids)))).all()
-            # arq takes a job out of its queue just after the job's last commit.
-            in_queue = await redis.zmscore(settings.queue_name, [str(i) for i in ids])
-            done = len(statuses) == len(ids) and all(s == "succeeded" for s in statuses)
-            if done and all(score is None for score in in_queue):
-                break
-            await asyncio.sleep(0.1)
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await worker.close()
-    async with sessionmaker() as session:
-        rows = (
-            await session.execute(select(Job.id, Job.status, Job.started_at).where(Job.id.in_(ids)))
-        ).all()
-    assert {row.status for row in rows} == {"succeeded"}
-    started = {str(row.id): row.started_at for row in rows}
+    rows = await run_one_slot([*backlog, single], settings, sessionmaker, redis, fair=fair)
+    started = {run.id: run.started_at for run in rows}
     return [started[request_id] for request_id in backlog], started[single]
 
 
@@ -122,3 +150,40 @@ async def test_finished_jobs_leave_no_tenant_entries_behind(
     tenants = await redis.zrange(queue.tenant_ring_key(name), 0, -1)
     listed = [await redis.zcard(queue.tenant_queue_key(name, t.decode())) for t in tenants]
     assert sum(listed) <= 2
+
+
+async def test_a_tenant_of_weight_3_starts_3_jobs_for_each_job_of_a_tenant_of_weight_1(
+    client: httpx.AsyncClient,
+    make_tenant: MakeTenant,
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    redis: ArqRedis,
+    engine: AsyncEngine,
+) -> None:
+    heavy = await make_tenant("heavy")
+    light = await make_tenant("light")
+    async with sessionmaker() as session, session.begin():
+        await set_weight(session, await find_tenant(session, "heavy"), 3)
+    # Light's jobs are queued first: in arq's order they would all run before heavy's.
+    light_jobs = [await submit(client, light, fast_body()) for _ in range(BACKLOG)]
+    heavy_jobs = [await submit(client, heavy, fast_body()) for _ in range(BACKLOG)]
+    # Each submit told the workers its tenant's weight (no admin call reached Redis here).
+    assert await mirrored_weight(redis, settings.queue_name, str(heavy.tenant_id)) == b"3"
+    assert await mirrored_weight(redis, settings.queue_name, str(light.tenant_id)) == b"1"
+
+    rows = await run_one_slot([*light_jobs, *heavy_jobs], settings, sessionmaker, redis, fair=True)
+
+    # Nothing lost, nothing run twice.
+    assert sorted(run.id for run in rows) == sorted([*light_jobs, *heavy_jobs])
+    assert {run.attempts for run in rows} == {1}
+    heavy_ids = set(heavy_jobs)
+    # The start order, H for heavy's jobs and L for light's.
+    order = "".join(
+        "H" if run.id in heavy_ids else "L" for run in sorted(rows, key=lambda run: run.started_at)
+    )
+    # While both have a backlog (heavy's lasts BACKLOG / 3 turns of 3 + 1), heavy starts 3
+    # jobs for each of light's: HHHL or LHHH repeated, never two L nor four H in a row.
+    both_waiting = order[: BACKLOG + BACKLOG // 3]
+    assert both_waiting.count("H") == BACKLOG, order
+    assert "LL" not in both_waiting, order
+    assert "HHHH" not in both_waiting, order

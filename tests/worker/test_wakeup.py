@@ -9,12 +9,10 @@ import time
 from collections.abc import AsyncIterator
 
 import httpx
-from arq import constants as arq_constants
 from arq.connections import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relight.config import Settings
-from relight.jobs import queue
 from tests.conftest import TenantKey
 from tests.helpers import fast_body, get_record, get_status, submit
 from worker.settings import build_worker
@@ -107,10 +105,3 @@ async def test_a_full_worker_takes_the_next_job_when_a_slot_frees(
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await worker.close()
-
-
-def test_the_scripted_enqueue_uses_arqs_storage_layout() -> None:
-    # relight.jobs.queue writes arq's keys itself (one round trip); it must match arq's.
-    assert queue.ARQ_JOB_KEY_PREFIX == arq_constants.job_key_prefix
-    assert queue.ARQ_RESULT_KEY_PREFIX == arq_constants.result_key_prefix
-    assert queue.JOB_EXPIRES_EXTRA_MS == arq_constants.expires_extra_ms

@@ -70,10 +70,10 @@ class RelightRequest:
     def stream(
         self, timeout: float | None = 600, poll_interval: float = 0.5
     ) -> Iterator[RequestStatus]:
-        """Each change of status, queue position or progress, until a terminal status."""
-        operation = self._client._ops.poll(
-            self.id, timeout=timeout, interval=poll_interval, emit=True
-        )
+        """Each change of status, queue position or progress, until a terminal status: read
+        from the server's status stream (Server-Sent Events); `poll_interval` is used only with
+        a server that has no stream."""
+        operation = self._client._ops.follow(self.id, timeout=timeout, interval=poll_interval)
         return iterate_sync(self._client._http, operation)
 
     def cancel(self) -> Record:
@@ -115,9 +115,7 @@ class AsyncRelightRequest:
     def stream(
         self, timeout: float | None = 600, poll_interval: float = 0.5
     ) -> AsyncIterator[RequestStatus]:
-        operation = self._client._ops.poll(
-            self.id, timeout=timeout, interval=poll_interval, emit=True
-        )
+        operation = self._client._ops.follow(self.id, timeout=timeout, interval=poll_interval)
         return iterate_async(self._client._http, operation)
 
     async def cancel(self) -> Record:

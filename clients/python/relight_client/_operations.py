@@ -9,8 +9,26 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from relight_client._core import Call, Emit, Operation, RetryPolicy, Sleep, json_of, send
-from relight_client.errors import RequestFailedError, WaitTimeoutError
+import httpx
+
+from relight_client._core import (
+    Call,
+    Emit,
+    Event,
+    Listen,
+    NextEvent,
+    Operation,
+    RetryPolicy,
+    Sleep,
+    json_of,
+    send,
+)
+from relight_client.errors import (
+    ConnectionFailedError,
+    NotFoundError,
+    RequestFailedError,
+    WaitTimeoutError,
+)
 from relight_client.models import (
     Accepted,
     Account,
@@ -26,6 +44,9 @@ ImageInput = str | bytes | os.PathLike[str]
 MAX_PREFER_WAIT_S = 60
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+# The server sends a heartbeat every RELIGHT_STATUS_STREAM_PING_S (15 s by default): a stream
+# silent for this long is taken as dead and opened again.
+STREAM_SILENCE_S = 60.0
 
 
 def encode_image(image: ImageInput) -> str:
@@ -113,11 +134,76 @@ class Operations:
             if not cursor:
                 return
 
+    def follow(
+        self, request_id: str, *, timeout: float | None, interval: float
+    ) -> Operation[RequestStatus]:
+        """Emit each change of the request's status from its Server-Sent Events stream
+        (`/status/stream`) until it is terminal; the terminal status is the result. A dropped
+        or silent stream is opened again with `Last-Event-ID` (the server then sends only what
+        changed, and always the end); a server without the stream (404 with no error code) is
+        polled every `interval` instead. `WaitTimeoutError` after `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        path = f"/v2/requests/{request_id}/status/stream"
+        last_id: str | None = None
+        failures = 0
+        seen: RequestStatus | None = None
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise WaitTimeoutError(request_id, timeout or 0.0)
+            headers = {"Accept": "text/event-stream", "Cache-Control": "no-store"}
+            if last_id is not None:
+                headers["Last-Event-ID"] = last_id
+            silence = STREAM_SILENCE_S if remaining is None else min(STREAM_SILENCE_S, remaining)
+            try:
+                yield from send(
+                    Listen("GET", path, headers=headers, read_timeout=silence), self.policy
+                )
+            except NotFoundError as error:
+                if error.code is not None:
+                    raise  # the request is unknown (or another tenant's)
+                return (
+                    yield from self.poll(
+                        request_id, timeout=remaining, interval=interval, emit=True
+                    )
+                )
+            try:
+                while True:
+                    event = yield NextEvent()
+                    if event is None:
+                        break  # closed before the end (a proxy's limit): open it again
+                    failures = 0
+                    last_id = event.id or last_id
+                    status = yield from self._on_event(request_id, event, seen)
+                    if status is not None and status != seen:
+                        seen = status
+                        yield Emit(status)
+                    if event.event == "done" and seen is not None:
+                        return seen
+            except httpx.TransportError as error:
+                failures += 1
+                if failures > self.policy.max_retries:
+                    raise ConnectionFailedError(
+                        f"GET {path}: {type(error).__name__}: {error}", cause=error
+                    ) from error
+                yield Sleep(self.policy.backoff(failures - 1))
+
+    def _on_event(
+        self, request_id: str, event: Event, seen: RequestStatus | None
+    ) -> Operation[RequestStatus | None]:
+        """The status an event shows: a `status` event's own; at `done`, the terminal status
+        (read once more when a reconnect skipped its `status` event)."""
+        if event.event == "status":
+            return RequestStatus.model_validate_json(event.data)
+        if event.event == "done" and (seen is None or not seen.status.is_terminal):
+            return (yield from self.status(request_id))
+        return None
+
     def poll(
         self, request_id: str, *, timeout: float | None, interval: float, emit: bool
     ) -> Operation[RequestStatus]:
-        """Poll the status until it is terminal (Relight has no status stream endpoint yet),
-        emitting each change when `emit`; raises `WaitTimeoutError` after `timeout` seconds."""
+        """Poll the status until it is terminal, emitting each change when `emit`; raises
+        `WaitTimeoutError` after `timeout` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
         seen: tuple[object, ...] | None = None
         delay = min(0.1, interval)

@@ -73,6 +73,10 @@ class AdminOperations:
     def set_webhook(self, tenant: str, url: str | None) -> Operation[Tenant]:
         return (yield from self._tenant("PUT", f"/tenants/{tenant}/webhook", json={"url": url}))
 
+    def set_weight(self, tenant: str, weight: int) -> Operation[Tenant]:
+        body = {"weight": weight}
+        return (yield from self._tenant("PUT", f"/tenants/{tenant}/weight", json=body))
+
     def create_key(self, tenant: str, name: str | None) -> Operation[CreatedApiKey]:
         data = yield from self._call("POST", f"/tenants/{tenant}/keys", json={"name": name})
         return CreatedApiKey.model_validate(data)
@@ -174,6 +178,10 @@ class Admin:
     def set_webhook(self, tenant: str, url: str | None) -> Tenant:
         return self._run(self._ops.set_webhook(tenant, url))
 
+    def set_weight(self, tenant: str, weight: int) -> Tenant:
+        """Jobs the tenant starts per turn of fair dispatch (1 to 100)."""
+        return self._run(self._ops.set_weight(tenant, weight))
+
     def create_key(self, tenant: str, name: str | None = None) -> CreatedApiKey:
         return self._run(self._ops.create_key(tenant, name))
 
@@ -259,6 +267,10 @@ class AsyncAdmin:
 
     async def set_webhook(self, tenant: str, url: str | None) -> Tenant:
         return await self._run(self._ops.set_webhook(tenant, url))
+
+    async def set_weight(self, tenant: str, weight: int) -> Tenant:
+        """Jobs the tenant starts per turn of fair dispatch (1 to 100)."""
+        return await self._run(self._ops.set_weight(tenant, weight))
 
     async def create_key(self, tenant: str, name: str | None = None) -> CreatedApiKey:
         return await self._run(self._ops.create_key(tenant, name))

@@ -195,6 +195,7 @@ class Tenant(_Model):
     limits: Limits
     allowed_backends: list[str]
     webhook_url: str | None = None
+    weight: int = 1
     created_at: datetime
 
 

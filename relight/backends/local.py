@@ -1,4 +1,7 @@
-"""The `local` backend: the classic CPU engine inside the worker process, on a thread pool.
+"""The `local` backend: a CPU engine inside the worker process, on a thread pool.
+
+The engine (inference's classic one) is handed in by the worker's wiring: `relight` never
+imports `inference`, so it asks only for what `RelightEngine` below describes.
 
 Its progress is the engine's stages, then the encoding of each image, so `progress` moves
 through the whole render instead of jumping to the end. Encoding took from a sixth (one 3072²
@@ -10,25 +13,40 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import Executor
 from time import perf_counter
+from typing import Protocol
 
-from inference.engines.base import RelightEngine
-from relight.images import encode_image
-from relight.jobs.backend import (
-    BackendCall,
+from PIL import Image
+
+from relight.backends.attempts import BackendCall
+from relight.backends.protocol import (
     BackendResult,
     JobInput,
     ProgressCallback,
     RenderedImage,
     refuse_backgrounds,
 )
-from relight.params import RelightParams
+from relight.images import encode_image
+from relight.params import BackendName, RelightParams
 
 # The share of the work that the engine's stages stand for; encoding is the rest.
 RENDER_SHARE = 0.7
 
 
+class RelightEngine(Protocol):
+    """What the local backend needs of an engine (`inference.engines.base.RelightEngine` is one):
+    the subject relit `params.number_of_images` times, RGB, sized `params.output_size`."""
+
+    def relight(
+        self,
+        subject: Image.Image,
+        params: RelightParams,
+        seed: int,
+        progress: ProgressCallback | None = None,
+    ) -> list[Image.Image]: ...
+
+
 class LocalBackend:
-    name = "local"
+    name = BackendName.LOCAL
 
     def __init__(self, engine: RelightEngine, executor: Executor) -> None:
         self.engine = engine
@@ -77,7 +95,7 @@ class LocalBackend:
         calls: list[BackendCall],
         progress: ProgressCallback | None = None,
     ) -> BackendResult:
-        refuse_backgrounds("local", params)
+        refuse_backgrounds(self.name, params)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
             self.executor, self._render_sync, job_input, params, seed, progress

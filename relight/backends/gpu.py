@@ -3,18 +3,14 @@
 
 from __future__ import annotations
 
-from relight.jobs.backend import (
-    BackendCall,
-    BackendResult,
-    JobInput,
-    ProgressCallback,
-)
+from relight.backends.attempts import BackendCall
+from relight.backends.protocol import BackendResult, JobInput, ProgressCallback
 from relight.nodes.dispatch import GpuDispatcher
-from relight.params import RelightParams
+from relight.params import BackendName, RelightParams
 
 
 class GpuBackend:
-    name = "gpu"
+    name = BackendName.GPU
 
     def __init__(self, dispatcher: GpuDispatcher) -> None:
         self.dispatcher = dispatcher

@@ -22,19 +22,19 @@ from typing import Any
 import httpx
 from PIL import Image, UnidentifiedImageError
 
-from relight.config import Settings
-from relight.errors import BackendFailed
-from relight.jobs.backend import (
-    BackendCall,
+from relight.backends.attempts import BackendCall
+from relight.backends.backoff import parse_retry_after
+from relight.backends.protocol import (
     BackendResult,
     JobInput,
     ProgressCallback,
     RenderedImage,
     refuse_backgrounds,
 )
+from relight.config import Settings
+from relight.errors import BackendFailed
 from relight.jobs.views import UrlBuilder
-from relight.params import RelightParams
-from relight.webhooks.delivery import parse_retry_after
+from relight.params import BackendName, RelightParams
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def segmind_body(params: RelightParams, subject_image: str, seed: int) -> dict[s
 
 
 class SegmindBackend:
-    name = "segmind"
+    name = BackendName.SEGMIND
 
     def __init__(self, client: httpx.AsyncClient, settings: Settings, urls: UrlBuilder) -> None:
         assert settings.segmind_api_key, "the segmind backend needs RELIGHT_SEGMIND_API_KEY"
@@ -91,7 +91,7 @@ class SegmindBackend:
         calls: list[BackendCall],
         progress: ProgressCallback | None = None,
     ) -> BackendResult:
-        refuse_backgrounds("segmind", params)
+        refuse_backgrounds(self.name, params)
         subject = self.subject_for(job_input)
         limit = asyncio.Semaphore(self.settings.segmind_concurrency)
         done = 0

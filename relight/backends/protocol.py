@@ -1,16 +1,22 @@
-"""What a backend is to the job runner: subject in, encoded images out."""
+"""What a backend is to the job runner: subject in, encoded images out.
+
+A backend records every call it makes outside the worker in the `calls` it is given (even when
+it then fails), and fails only by raising `BackendFailed`, whose `retryable` and `failover` tell
+routing whether to try it again or move on to the next backend.
+"""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from PIL import Image
 
+from relight.backends.attempts import BackendCall
 from relight.errors import BackendFailed
-from relight.params import RelightParams
+from relight.params import BackendName, RelightParams
 
 ProgressCallback = Callable[[float], None]
 
@@ -25,26 +31,9 @@ class JobInput:
     image: Image.Image
     # What the job asked for (`auto` or a backend's name): a backend may wait for capacity
     # when it was asked for by name, and should step aside at once under `auto`.
-    backend_requested: str = "auto"
+    backend_requested: BackendName = BackendName.AUTO
     # The background image's bytes, for a `background_source` built from one (IC-Light fbc).
     background: bytes | None = None
-
-
-@dataclass(frozen=True)
-class BackendCall:
-    """One call a backend made to something outside the worker, as recorded on the job."""
-
-    backend: str
-    started_at: str
-    latency_ms: float
-    outcome: str
-    status_code: int | None = None
-    error: str | None = None
-    remaining_credits: float | None = None
-    node: str | None = None
-
-    def as_json(self) -> dict[str, object]:
-        return {key: value for key, value in asdict(self).items() if value is not None}
 
 
 @dataclass(frozen=True)
@@ -71,14 +60,16 @@ class ReportsAvailability(Protocol):
 
 
 async def is_available(backend: object) -> bool:
-    """Whether `auto` should consider the backend now; backends that cannot tell always are."""
+    """Whether the backend has something to run on now; backends that cannot tell always do."""
     if isinstance(backend, ReportsAvailability):
         return await backend.available()
     return True
 
 
-class Backend(Protocol):
-    name: str
+class RenderBackend(Protocol):
+    """A backend the runner renders on: `local`, `segmind` or `gpu` (or a benchmark's stand-in)."""
+
+    name: BackendName
 
     async def render(
         self,
@@ -93,7 +84,7 @@ class Backend(Protocol):
         ...
 
 
-def refuse_backgrounds(backend: str, params: RelightParams) -> None:
+def refuse_backgrounds(backend: BackendName, params: RelightParams) -> None:
     """For backends without IC-Light's fbc model: a background request is not theirs.
 
     Routing never sends one (only GPU nodes with the fbc model take them); this makes a
@@ -101,7 +92,7 @@ def refuse_backgrounds(backend: str, params: RelightParams) -> None:
     """
     if params.background_source is not None:
         raise BackendFailed(
-            f"the {backend} backend cannot relight onto a background",
+            f"the {backend.value} backend cannot relight onto a background",
             code="background_not_served",
             retryable=False,
             failover=True,

@@ -1,1 +1,0 @@
-"""Backends the worker can dispatch a job to."""

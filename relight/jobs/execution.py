@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from time import perf_counter
+from typing import Any
 
 import httpx
 from redis.asyncio import Redis
@@ -54,14 +55,11 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RunOutcome:
-    """What became of one run: `retry_in_s` is set when the job went back to the queue."""
+    """What became of one run (`status` None: nothing to do, or the job left this attempt);
+    `retry_in_s` is set when the job went back to the queue."""
 
     status: JobStatus | None
     retry_in_s: float | None = None
-
-    @property
-    def skipped(self) -> bool:
-        return self.status is None
 
 
 # Failures that count as `timeout` (rather than `error`) in relight_backend_duration_seconds.
@@ -357,26 +355,7 @@ class JobRunner:
             max_tries=self.settings.job_max_attempts,
             backoff_s=self.settings.retry_backoff_s,
         )
-        async with self.sessionmaker() as session, session.begin():
-            if step.retry:
-                moved = await lifecycle.retry(
-                    session,
-                    job,
-                    code=step.code,
-                    message=error.message,
-                    timings=timings,
-                    backend_calls=log,
-                )
-            else:
-                moved = await lifecycle.fail(
-                    session,
-                    job,
-                    step.code,
-                    error.message,
-                    self.urls,
-                    timings=timings,
-                    backend_calls=log,
-                )
+        moved = await self._retry_or_fail(job, step, error.message, timings, log)
         if moved is None:
             return RunOutcome(status=None)
         await self._announce(moved)
@@ -394,3 +373,26 @@ class JobRunner:
             step.delay_s,
         )
         return RunOutcome(status=JobStatus.QUEUED, retry_in_s=step.delay_s)
+
+    async def _retry_or_fail(
+        self,
+        job: Job,
+        step: routing.NextStep,
+        message: str,
+        timings: dict[str, float],
+        log: list[dict[str, Any]],
+    ) -> Moved | None:
+        """Back to the queue or failed, as `step` decided, with the attempt log `log`."""
+        async with self.sessionmaker() as session, session.begin():
+            if step.retry:
+                return await lifecycle.retry(
+                    session,
+                    job,
+                    code=step.code,
+                    message=message,
+                    timings=timings,
+                    backend_calls=log,
+                )
+            return await lifecycle.fail(
+                session, job, step.code, message, self.urls, timings=timings, backend_calls=log
+            )

@@ -11,6 +11,9 @@ from api.state import AppState
 from relight.jobs import repository
 from relight.models import Job, JobStatus
 
+# What a lost notification can cost a waiter at most: it re-reads the row this often anyway.
+RECHECK_S = 5.0
+
 
 async def _load(state: AppState, job_id: uuid.UUID) -> Job:
     async with state.sessionmaker() as session:
@@ -31,4 +34,4 @@ async def wait_for_job(state: AppState, job_id: uuid.UUID, timeout_s: float) -> 
             finished.clear()
             # The re-check above closes the race; the cap bounds the cost of a lost message.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(finished.wait(), timeout=min(remaining, 5.0))
+                await asyncio.wait_for(finished.wait(), timeout=min(remaining, RECHECK_S))

@@ -15,8 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from relight.config import Settings
 from relight.jobs import sweeper
-from relight.jobs.events import publish_changed, publish_finished
 from relight.jobs.execution import JobRunner
+from relight.jobs.lifecycle import announce
 from relight.jobs.queue import delivery_job_id, enqueue_delivery, enqueue_run
 from relight.jobs.views import UrlBuilder
 from relight.logs import job_context
@@ -85,7 +85,7 @@ async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
         # it expires (job timeout + 40 s). Only the current attempt can finish the job, so
         # dropping the marker is safe even if the old worker is somehow still alive.
         await redis.delete(in_progress_key_prefix + str(job_id))
-        await publish_changed(redis, queue, job_id, "status")
+    await announce(redis, queue, *reclaimed.moves)
 
     async def run_again(job_id: uuid.UUID) -> bool:
         return await enqueue_run(redis, queue, job_id, tenants.get(job_id))
@@ -101,10 +101,6 @@ async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
             if job_id in queued:
                 with job_context(job_id, queued[job_id]):
                     logger.warning("job %s was missing from the queue; queued again", job_id)
-    for job_id in reclaimed.failed:
-        await publish_finished(redis, queue, job_id)
-    for delivery_id in reclaimed.deliveries:
-        await send_again(delivery_id, 1)
     for delivery_id, attempts in due:
         # The attempt number is in the arq job id, so a delivery already queued is not doubled.
         arq_job_id = delivery_job_id(delivery_id, attempts + 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
@@ -25,7 +26,7 @@ from relight.errors import RelightError, RequestNotFound, Unauthorized
 from relight.image_structure import sniff_format
 from relight.images import ALLOWED_FORMATS as INPUT_TYPES
 from relight.jobs import repository
-from relight.jobs.events import publish_finished
+from relight.jobs.lifecycle import announce
 from relight.jobs.schemas import PublicStatus, RequestList, RequestView, StatusView
 from relight.jobs.service import cancel_job
 from relight.jobs.views import UrlBuilder, request_view, status_view
@@ -179,19 +180,14 @@ async def list_requests(
 async def cancel_request(
     request_id: uuid.UUID, state: StateDep, uow: UnitOfWorkDep, tenant: TenantDep, urls: UrlsDep
 ) -> RequestView:
-    job, delivery = await cancel_job(
+    canceled = await cancel_job(
         uow.session, tenant.id, request_id, UrlBuilder.background(state.settings)
     )
-
-    async def announce() -> None:
-        # Wakes the request's status streams and waiters (again, harmlessly, on a repeat).
-        await publish_finished(state.redis, state.settings.queue_name, job.id)
-        if delivery is not None:
-            await state.enqueue_deliveries([delivery])
-
-    uow.after_commit(announce)
-    outputs = await repository.get_outputs(uow.session, [job.id])
-    return request_view(job, outputs, urls)
+    # Wakes the request's waiters, status streams and the worker running it (again,
+    # harmlessly, on a repeat), then queues its webhook.
+    uow.after_commit(partial(announce, state.redis, state.settings.queue_name, canceled))
+    outputs = await repository.get_outputs(uow.session, [canceled.job.id])
+    return request_view(canceled.job, outputs, urls)
 
 
 @router.get(

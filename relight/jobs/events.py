@@ -1,13 +1,13 @@
 """Job notifications over Redis pub/sub, so callers wait and follow jobs without polling.
 
-Two channels per queue. The worker publishes a job's id on `finished` after the commit that
-ends it (and the api after a cancel's commit); it publishes `<id> status` or `<id> progress` on
-`changed` after a commit that moves a job that is not finished (claimed, handed back, retried,
-progress written). Each API process keeps one subscription to both and wakes the requests
-waiting on a job (`watch`: its end only) or following it (`follow`: every change, and while it
-is queued every status change of any job, since that may move its queue position). Whoever
-is woken re-reads the database, so a lost message costs at most a re-check's delay, never a
-wrong answer.
+Two channels per queue. After the commit that ends a job, its id is published on `finished`;
+after a commit that moves a job that is not finished (claimed, handed back, retried, taken back,
+progress written), `<id> status` or `<id> progress` on `changed`: both by
+`relight.jobs.lifecycle.announce`, whoever made the move (the worker, the sweeper, a cancel).
+Each API process keeps one subscription to both and wakes the requests waiting on a job
+(`watch`: its end only) or following it (`follow`: every change, and while it is queued every
+status change of any job, since that may move its queue position). Whoever is woken re-reads
+the database, so a lost message costs at most a re-check's delay, never a wrong answer.
 """
 
 from __future__ import annotations

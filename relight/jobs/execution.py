@@ -1,8 +1,10 @@
 """Running one job: claim, load the subject, render on a backend, store, finish.
 
 Every step is safe to repeat (arq runs a job at least once): the claim is a conditional
-`queued → running`, output keys are deterministic, and the finishing UPDATE only applies to the
-attempt that holds the job, so a job is charged, refunded and announced exactly once.
+`queued → running`, output keys are deterministic, and the finishing step only applies to the
+attempt that holds the job, so a job is charged, refunded and announced exactly once. The steps
+themselves (each status change, and what it charges, refunds and announces) are
+`relight.jobs.lifecycle`'s; this module decides which to take.
 
 A job canceled while it runs (the api moves it `running → canceled` and refunds it) is watched
 for during the render and the render abandoned at its next safe point
@@ -22,10 +24,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from time import perf_counter
+from typing import Any
 
 import httpx
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from relight import metrics
@@ -34,35 +36,30 @@ from relight.backends.attempts import Attempt, BackendCall, read_attempts
 from relight.backends.availability import available_to_run
 from relight.backends.protocol import BackendResult, JobInput, RenderBackend
 from relight.config import Settings
-from relight.credits.service import charge_credits
 from relight.errors import BackendFailed, RelightError
-from relight.jobs import repository
+from relight.jobs import lifecycle, repository
 from relight.jobs.cancel_watch import RenderAbandoned, render_until_released, watch_until_released
-from relight.jobs.events import Change, finished_channel, publish_changed, publish_finished
+from relight.jobs.events import finished_channel
 from relight.jobs.job_images import delete_outputs, elapsed_ms, load_input, store_outputs
+from relight.jobs.lifecycle import Moved
 from relight.jobs.progress import track_progress
-from relight.jobs.queue import Enqueuer, enqueue_delivery
-from relight.jobs.service import fail_running_job
+from relight.jobs.queue import Enqueuer
 from relight.jobs.views import UrlBuilder
 from relight.logs import request_context
 from relight.models import Job, JobOutput, JobStatus
 from relight.params import BackendName, RelightParams
 from relight.storage import Storage
-from relight.webhooks import service as webhooks
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class RunOutcome:
-    """What became of one run: `retry_in_s` is set when the job went back to the queue."""
+    """What became of one run (`status` None: nothing to do, or the job left this attempt);
+    `retry_in_s` is set when the job went back to the queue."""
 
     status: JobStatus | None
     retry_in_s: float | None = None
-
-    @property
-    def skipped(self) -> bool:
-        return self.status is None
 
 
 # Failures that count as `timeout` (rather than `error`) in relight_backend_duration_seconds.
@@ -93,28 +90,23 @@ class JobRunner:
     async def run(self, job_id: uuid.UUID) -> RunOutcome:
         started = perf_counter()
         async with self.sessionmaker() as session, session.begin():
-            job = await repository.claim(session, job_id, self.settings.lease_s)
-            start_delivery = None
+            claimed = await lifecycle.claim(session, job_id, self.settings.lease_s, self.urls)
             allowed: list[str] = []
-            if job is not None:
-                allowed = await repository.allowed_backends(session, job.tenant_id)
-                if job.attempts == 1:
-                    start_delivery = await webhooks.schedule_delivery(
-                        session, job, webhooks.START, self.urls
-                    )
+            if claimed is not None:
+                allowed = await repository.allowed_backends(session, claimed.job.tenant_id)
             else:
                 # Rare (a repeated run): one more read, so that this line carries the request id.
                 request_id = await repository.http_request_id_of(session, job_id)
-        if job is None:
+        if claimed is None:
             with request_context(request_id):
                 logger.info("job %s is not queued; nothing to do", job_id)
             return RunOutcome(status=None)
+        job = claimed.job
         if job.attempts == 1:
             metrics.QUEUE_WAIT.observe((datetime.now(UTC) - job.created_at).total_seconds())
-        await self._announce_change(job.id, "status")
         # From here on every line (and the lease keeper's) carries the submit's request id.
         with request_context(job.http_request_id):
-            await self._enqueue_deliveries([start_delivery])
+            await self._announce(claimed)
             keeper = asyncio.create_task(self._keep_lease(job))
             try:
                 return await self._process(job, allowed, started)
@@ -183,75 +175,78 @@ class JobRunner:
         params = RelightParams(**job.params, seed=job.seed)
         calls: list[BackendCall] = []
         engine_started = perf_counter()
-        abandoned = threading.Event()
         try:
-            async with track_progress(
-                self.sessionmaker, job, written=partial(self._announce_change, job.id, "progress")
-            ) as progress:
-
-                def report(fraction: float) -> None:
-                    # Called between the engine's stages (or a node's steps): a safe point.
-                    if abandoned.is_set():
-                        raise RenderAbandoned
-                    progress(fraction)
-
-                rendered = await render_until_released(
-                    asyncio.wait_for(
-                        backend.render(job_input, params, job.seed, calls, report),
-                        timeout=self.settings.job_timeout_s,
-                    ),
-                    watch_until_released(
-                        self.redis,
-                        finished_channel(self.settings.queue_name),
-                        str(job.id),
-                        partial(self._still_holds, job),
-                    ),
-                    abandoned,
-                )
-            if rendered is None:
-                # Canceled (or, rarely, taken back by the sweeper): whoever moved it settled it.
-                logger.info("job %s left this attempt while it ran; render abandoned", job.id)
-                return RunOutcome(status=None)
-            result = rendered
+            rendered = await self._render_while_held(job, backend, params, job_input, calls)
         except asyncio.CancelledError:
             # The worker is shutting down: hand the job back rather than leave it `running`.
             await asyncio.shield(self._hand_back(job))
             raise
-        except BackendFailed as exc:
-            failure = exc
-        except TimeoutError:
-            failure = BackendFailed(
-                f"the backend did not finish within {self.settings.job_timeout_s:g} s",
-                code="backend_timeout",
-                retryable=True,
-            )
         except Exception as exc:
-            logger.exception("job %s crashed on attempt %d", job.id, job.attempts)
-            failure = BackendFailed(
-                f"internal error while processing the request ({exc.__class__.__name__})",
-                code="internal_error",
-                retryable=True,
-            )
+            failure = self._as_failure(job, exc)
         else:
-            metrics.BACKEND_DURATION.labels(backend=name.value, outcome="success").observe(
-                perf_counter() - engine_started
+            if rendered is None:
+                # Canceled (or, rarely, taken back by the sweeper): whoever moved it settled it.
+                logger.info("job %s left this attempt while it ran; render abandoned", job.id)
+                return RunOutcome(status=None)
+            return await self._store_and_succeed(
+                job, name, rendered, calls, timings, started, engine_started
             )
-            timings["backend_ms"] = elapsed_ms(perf_counter() - engine_started)
-            timings.update(result.timings)
-            entry = Attempt.record(job.attempts, name, None, calls)
-            try:
-                outputs = await store_outputs(self.storage, job, result, timings)
-            except asyncio.CancelledError:
-                await asyncio.shield(self._hand_back(job))
-                raise
-            timings["total_ms"] = elapsed_ms(perf_counter() - started)
-            return await self._succeed(job, name, result, outputs, timings, entry)
         outcome = "timeout" if failure.code in TIMEOUT_CODES else "error"
         metrics.BACKEND_DURATION.labels(backend=name.value, outcome=outcome).observe(
             perf_counter() - engine_started
         )
         entry = Attempt.record(job.attempts, name, failure, calls)
         return await self._fail_or_retry(job, failure, timings, entry, choices)
+
+    async def _render_while_held(
+        self,
+        job: Job,
+        backend: RenderBackend,
+        params: RelightParams,
+        job_input: JobInput,
+        calls: list[BackendCall],
+    ) -> BackendResult | None:
+        """The backend's result, or None when the job left this attempt (canceled, taken back)
+        while it rendered: the render is then abandoned at its next safe point."""
+        abandoned = threading.Event()
+        async with track_progress(self.sessionmaker, job, written=self._announce) as progress:
+
+            def report(fraction: float) -> None:
+                # Called between the engine's stages (or a node's steps): a safe point.
+                if abandoned.is_set():
+                    raise RenderAbandoned
+                progress(fraction)
+
+            return await render_until_released(
+                asyncio.wait_for(
+                    backend.render(job_input, params, job.seed, calls, report),
+                    timeout=self.settings.job_timeout_s,
+                ),
+                watch_until_released(
+                    self.redis,
+                    finished_channel(self.settings.queue_name),
+                    str(job.id),
+                    partial(self._still_holds, job),
+                ),
+                abandoned,
+            )
+
+    def _as_failure(self, job: Job, exc: Exception) -> BackendFailed:
+        """A render's exception as the failure it counts as (a crash is retried)."""
+        if isinstance(exc, BackendFailed):
+            return exc
+        if isinstance(exc, TimeoutError):
+            return BackendFailed(
+                f"the backend did not finish within {self.settings.job_timeout_s:g} s",
+                code="backend_timeout",
+                retryable=True,
+            )
+        logger.exception("job %s crashed on attempt %d", job.id, job.attempts)
+        return BackendFailed(
+            f"internal error while processing the request ({exc.__class__.__name__})",
+            code="internal_error",
+            retryable=True,
+        )
 
     async def _still_holds(self, job: Job) -> bool:
         try:
@@ -261,44 +256,46 @@ class JobRunner:
             logger.warning("could not check whether job %s was canceled", job.id, exc_info=True)
             return True
 
-    async def _announce_change(self, job_id: uuid.UUID, change: Change) -> None:
-        """After a commit that moved a job that is not finished: wake its status streams."""
-        await publish_changed(self.redis, self.settings.queue_name, job_id, change)
-
-    async def _announce_finished(self, job_id: uuid.UUID, delivery: uuid.UUID | None) -> None:
-        """After the terminal commit: wake synchronous waiters, queue the webhook."""
-        await publish_finished(self.redis, self.settings.queue_name, job_id)
-        await self._enqueue_deliveries([delivery])
-
-    async def _enqueue_deliveries(self, deliveries: list[uuid.UUID | None]) -> None:
-        for delivery_id in deliveries:
-            if delivery_id is None:
-                continue
-            try:
-                await enqueue_delivery(self.enqueuer, self.settings.queue_name, delivery_id, 1)
-            except (RedisError, OSError):
-                # The row is committed: the sweeper sends it when Redis is back.
-                logger.warning("could not queue webhook delivery %s", delivery_id, exc_info=True)
+    async def _announce(self, *moves: Moved | None) -> None:
+        """After the commit that made `moves`: wake the job's waiters and followers, queue its
+        webhooks (`lifecycle.announce`)."""
+        await lifecycle.announce(
+            self.redis, self.settings.queue_name, *moves, enqueuer=self.enqueuer
+        )
 
     async def _hand_back(self, job: Job) -> None:
         """Return an interrupted job to the queue; the interrupted attempt does not count."""
         try:
             async with self.sessionmaker() as session, session.begin():
-                await repository.transition(
-                    session,
-                    job.id,
-                    from_status=JobStatus.RUNNING,
-                    attempt=job.attempts,
-                    values={
-                        "status": JobStatus.QUEUED.value,
-                        "attempts": job.attempts - 1,
-                        "lease_expires_at": None,
-                    },
-                )
+                moved = await lifecycle.hand_back(session, job)
             logger.warning("job %s handed back to the queue (worker stopping)", job.id)
-            await self._announce_change(job.id, "status")
+            await self._announce(moved)
         except Exception:
             logger.exception("could not hand job %s back; its lease will expire", job.id)
+
+    async def _store_and_succeed(
+        self,
+        job: Job,
+        name: BackendName,
+        result: BackendResult,
+        calls: list[BackendCall],
+        timings: dict[str, float],
+        started: float,
+        engine_started: float,
+    ) -> RunOutcome:
+        metrics.BACKEND_DURATION.labels(backend=name.value, outcome="success").observe(
+            perf_counter() - engine_started
+        )
+        timings["backend_ms"] = elapsed_ms(perf_counter() - engine_started)
+        timings.update(result.timings)
+        entry = Attempt.record(job.attempts, name, None, calls)
+        try:
+            outputs = await store_outputs(self.storage, job, result, timings)
+        except asyncio.CancelledError:
+            await asyncio.shield(self._hand_back(job))
+            raise
+        timings["total_ms"] = elapsed_ms(perf_counter() - started)
+        return await self._succeed(job, name, result, outputs, timings, entry)
 
     async def _succeed(
         self,
@@ -309,43 +306,21 @@ class JobRunner:
         timings: dict[str, float],
         entry: Attempt,
     ) -> RunOutcome:
-        delivery = None
         canceled = False
         async with self.sessionmaker() as session, session.begin():
-            done = await repository.transition(
+            done = await lifecycle.succeed(
                 session,
-                job.id,
-                from_status=JobStatus.RUNNING,
-                attempt=job.attempts,
-                values={
-                    "status": JobStatus.SUCCEEDED.value,
-                    "finished_at": datetime.now(UTC),
-                    "credits_charged": job.credits_reserved,
-                    "backend_used": backend_name,
-                    "node": result.node,
-                    "progress": 1.0,
-                    "timings": timings,
-                    "backend_calls": [*job.backend_calls, entry.to_json()],
-                    "lease_expires_at": None,
-                    "error_code": None,
-                    "error_message": None,
-                },
+                job,
+                backend_name=backend_name,
+                node=result.node,
+                outputs=outputs,
+                timings=timings,
+                backend_calls=[*job.backend_calls, entry.to_json()],
+                urls=self.urls,
             )
             if done is None:
                 now = await repository.get_job_by_id(session, job.id)
                 canceled = now is not None and now.job_status is JobStatus.CANCELED
-            else:
-                repository.add_outputs(session, outputs)
-                await charge_credits(
-                    session,
-                    job.tenant_id,
-                    job.id,
-                    reserved=job.credits_reserved,
-                    cost=job.credits_reserved,
-                )
-                delivery = await webhooks.schedule_delivery(
-                    session, done, webhooks.COMPLETED, self.urls
-                )
         if done is None:
             logger.warning(
                 "job %s was canceled or taken back before it finished; dropping result", job.id
@@ -354,7 +329,7 @@ class JobRunner:
                 # Not when taken back: another attempt may have stored the same keys since.
                 await delete_outputs(self.storage, outputs)
             return RunOutcome(status=None)
-        await self._announce_finished(job.id, delivery)
+        await self._announce(done)
         logger.info("job %s succeeded on %s in %.0f ms", job.id, backend_name, timings["total_ms"])
         return RunOutcome(status=JobStatus.SUCCEEDED)
 
@@ -380,52 +355,44 @@ class JobRunner:
             max_tries=self.settings.job_max_attempts,
             backoff_s=self.settings.retry_backoff_s,
         )
-        retry, delay, code = step.retry, step.delay_s, step.code
-        failed = None
+        moved = await self._retry_or_fail(job, step, error.message, timings, log)
+        if moved is None:
+            return RunOutcome(status=None)
+        await self._announce(moved)
+        if not step.retry:
+            logger.info("job %s failed: %s: %s", job.id, step.code, error.message)
+            return RunOutcome(status=JobStatus.FAILED)
+        retried_on = entry.backend.value if entry is not None else "none"
+        metrics.JOB_RETRIES.labels(backend=retried_on).inc()
+        logger.warning(
+            "job %s attempt %d failed (%s: %s); retrying in %.1f s",
+            job.id,
+            job.attempts,
+            error.code,
+            error.message,
+            step.delay_s,
+        )
+        return RunOutcome(status=JobStatus.QUEUED, retry_in_s=step.delay_s)
+
+    async def _retry_or_fail(
+        self,
+        job: Job,
+        step: routing.NextStep,
+        message: str,
+        timings: dict[str, float],
+        log: list[dict[str, Any]],
+    ) -> Moved | None:
+        """Back to the queue or failed, as `step` decided, with the attempt log `log`."""
         async with self.sessionmaker() as session, session.begin():
-            if retry:
-                moved = await repository.transition(
-                    session,
-                    job.id,
-                    from_status=JobStatus.RUNNING,
-                    attempt=job.attempts,
-                    values={
-                        "status": JobStatus.QUEUED.value,
-                        "error_code": code,
-                        "error_message": error.message,
-                        "timings": timings,
-                        "backend_calls": log,
-                        "lease_expires_at": None,
-                    },
-                )
-                if moved is None:
-                    return RunOutcome(status=None)
-            else:
-                failed = await fail_running_job(
+            if step.retry:
+                return await lifecycle.retry(
                     session,
                     job,
-                    code,
-                    error.message,
-                    self.urls,
+                    code=step.code,
+                    message=message,
                     timings=timings,
                     backend_calls=log,
                 )
-                if failed is None:
-                    return RunOutcome(status=None)
-        if retry:
-            await self._announce_change(job.id, "status")
-            retried_on = entry.backend.value if entry is not None else "none"
-            metrics.JOB_RETRIES.labels(backend=retried_on).inc()
-            logger.warning(
-                "job %s attempt %d failed (%s: %s); retrying in %.1f s",
-                job.id,
-                job.attempts,
-                error.code,
-                error.message,
-                delay,
+            return await lifecycle.fail(
+                session, job, step.code, message, self.urls, timings=timings, backend_calls=log
             )
-            return RunOutcome(status=JobStatus.QUEUED, retry_in_s=delay)
-        assert failed is not None
-        await self._announce_finished(job.id, failed.delivery)
-        logger.info("job %s failed: %s: %s", job.id, code, error.message)
-        return RunOutcome(status=JobStatus.FAILED)

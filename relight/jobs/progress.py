@@ -2,7 +2,8 @@
 
 Backends call the callback from any thread (the local engine runs on a pool) as often as they
 like; a writer task stores the latest value at most every `interval_s`, only while the attempt
-still holds the job, and calls `written` after each commit (to announce it to status streams).
+still holds the job (`lifecycle.record_progress`), and calls `written` after each commit (to
+announce it to status streams).
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from contextlib import asynccontextmanager
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from relight.jobs import repository
-from relight.models import Job, JobStatus
+from relight.jobs import lifecycle
+from relight.jobs.lifecycle import Moved
+from relight.models import Job
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +40,7 @@ async def track_progress(
     sessionmaker: async_sessionmaker[AsyncSession],
     job: Job,
     interval_s: float = 0.5,
-    written: Callable[[], Awaitable[None]] | None = None,
+    written: Callable[[Moved], Awaitable[None]] | None = None,
 ) -> AsyncIterator[Callable[[float], None]]:
     """A progress callback for the block's duration, persisted in the background."""
     report = ProgressReport()
@@ -56,19 +58,13 @@ async def track_progress(
                 continue
             try:
                 async with sessionmaker() as session, session.begin():
-                    moved = await repository.transition(
-                        session,
-                        job.id,
-                        from_status=JobStatus.RUNNING,
-                        attempt=job.attempts,
-                        values={"progress": value},
-                    )
+                    moved = await lifecycle.record_progress(session, job, value)
                 stored = value
             except Exception:
                 logger.warning("could not record the progress of job %s", job.id, exc_info=True)
                 continue
             if moved is not None and written is not None:
-                await written()
+                await written(moved)
 
     writer = asyncio.create_task(write())
     try:

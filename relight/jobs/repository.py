@@ -1,4 +1,7 @@
-"""Every query on `job` and `job_output`. Tenant-owned reads always filter by tenant."""
+"""Every query on `job` and `job_output`. Tenant-owned reads always filter by tenant.
+
+The queries that change a job's status (`claim`, `transition`) are `relight.jobs.lifecycle`'s to
+call: a transition is written there, once, with what it charges, refunds and announces."""
 
 from __future__ import annotations
 

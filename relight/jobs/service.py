@@ -1,4 +1,6 @@
-"""Submitting and canceling jobs: the rules, in one unit of work that the caller commits."""
+"""Submitting and canceling jobs: the rules, in one unit of work that the caller commits.
+
+The status changes themselves (and the refund a cancel owes) are `relight.jobs.lifecycle`'s."""
 
 from __future__ import annotations
 
@@ -7,8 +9,6 @@ import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
 
 import orjson
 from sqlalchemy.exc import IntegrityError
@@ -18,19 +18,18 @@ from relight import metrics
 from relight.backends.availability import available_backends
 from relight.config import Settings
 from relight.credits.pricing import price
-from relight.credits.service import refund_credits
 from relight.egress import check_url
 from relight.errors import Conflict, Forbidden, InvalidParameter
 from relight.ids import uuid7
 from relight.image_metadata import strip_metadata
-from relight.jobs import repository
+from relight.jobs import lifecycle, repository
 from relight.jobs.inputs import SubjectSource
+from relight.jobs.lifecycle import Moved
 from relight.jobs.views import UrlBuilder
 from relight.models import Job, JobStatus, Tenant
 from relight.params import BackendName, RelightParams, SubmitOptions
 from relight.storage import Storage
 from relight.tenants.auth_cache import TenantSnapshot
-from relight.webhooks import service as webhooks
 
 
 class IdempotencyKeyReused(InvalidParameter):
@@ -137,6 +136,38 @@ async def submit_job(
         existing = await repository.find_by_idempotency_key(session, tenant.id, idempotency_key)
         if existing is not None:
             return _replay(existing, digest, idempotency_key)
+    _check_submission(settings, tenant, params, options, live_gpu_nodes=live_gpu_nodes)
+    cost = price(params, settings.credits_per_default_image)
+    job = _new_job(
+        tenant,
+        params,
+        options,
+        subject,
+        background,
+        cost=cost,
+        idempotency_key=idempotency_key,
+        digest=digest,
+        http_request_id=http_request_id,
+    )
+    replayed = await _insert(session, job, cost, tenant, idempotency_key, digest)
+    if replayed is not None:
+        return replayed
+    metrics.count_job_submitted(session, options.backend.value)
+    await _store_input(storage, job.input_storage_key, subject)
+    if background is not None:
+        await _store_input(storage, job.background_storage_key, background)
+    return Submission(job=job, replayed=False)
+
+
+def _check_submission(
+    settings: Settings,
+    tenant: TenantSnapshot,
+    params: RelightParams,
+    options: SubmitOptions,
+    *,
+    live_gpu_nodes: bool,
+) -> None:
+    """Refuse a backend this account cannot use here, or a webhook URL we may not call."""
     check_backend(
         settings,
         options.backend,
@@ -144,18 +175,29 @@ async def submit_job(
         live_gpu_nodes=live_gpu_nodes,
         backgrounds=params.background_source is not None,
     )
-    webhook_url = options.webhook_url or tenant.webhook_url
     if options.webhook_url is not None:
         check_url(options.webhook_url, settings.egress_policy, field="webhook_url")
 
+
+def _new_job(
+    tenant: TenantSnapshot,
+    params: RelightParams,
+    options: SubmitOptions,
+    subject: SubjectSource,
+    background: SubjectSource | None,
+    *,
+    cost: int,
+    idempotency_key: str | None,
+    digest: str,
+    http_request_id: str | None,
+) -> Job:
+    """The job row a submit creates (`queued`); inline images get their storage keys."""
     job_id = uuid7()
     input_key = f"inputs/{tenant.id}/{job_id}" if subject.data is not None else None
     background_key = None
     if background is not None and background.data is not None:
         background_key = f"inputs/{tenant.id}/{job_id}.background"
-
-    cost = price(params, settings.credits_per_default_image)
-    job = Job(
+    return Job(
         id=job_id,
         tenant_id=tenant.id,
         status=JobStatus.QUEUED.value,
@@ -169,10 +211,22 @@ async def submit_job(
         credits_reserved=cost,
         idempotency_key=idempotency_key,
         request_hash=digest,
-        webhook_url=webhook_url,
+        webhook_url=options.webhook_url or tenant.webhook_url,
         webhook_events=list(options.webhook_events),
         http_request_id=http_request_id,
     )
+
+
+async def _insert(
+    session: AsyncSession,
+    job: Job,
+    cost: int,
+    tenant: TenantSnapshot,
+    idempotency_key: str | None,
+    digest: str,
+) -> Submission | None:
+    """Insert `job` with its reservation; None when inserted, else the replay of the
+    submission with the same Idempotency-Key that won the race."""
     if idempotency_key is None or await _is_autocommit(session):
         # One statement creates the job with its reservation: nothing to undo on a refusal or a
         # lost idempotency race, so no savepoint (and, in autocommit, no BEGIN/COMMIT either).
@@ -189,11 +243,7 @@ async def submit_job(
                 await repository.insert_reserved_job(session, job, cost)
         except IntegrityError:
             return await _after_lost_race(session, tenant, idempotency_key, digest)
-    metrics.count_job_submitted(session, options.backend.value)
-    await _store_input(storage, input_key, subject)
-    if background is not None:
-        await _store_input(storage, background_key, background)
-    return Submission(job=job, replayed=False)
+    return None
 
 
 async def _is_autocommit(session: AsyncSession) -> bool:
@@ -222,72 +272,24 @@ async def _store_input(storage: Storage, input_key: str | None, subject: Subject
         await storage.put(input_key, await asyncio.to_thread(strip_metadata, subject.data))
 
 
-@dataclass(frozen=True)
-class Failed:
-    job: Job
-    delivery: uuid.UUID | None
-
-
-async def fail_running_job(
-    session: AsyncSession, job: Job, code: str, message: str, urls: UrlBuilder, **values: Any
-) -> Failed | None:
-    """End a running attempt `failed`: refund it once and schedule its webhook, in the
-    caller's transaction. None when the attempt no longer holds the job (nothing changes)."""
-    moved = await repository.transition(
-        session,
-        job.id,
-        from_status=JobStatus.RUNNING,
-        attempt=job.attempts,
-        values={
-            **values,
-            "status": JobStatus.FAILED.value,
-            "finished_at": datetime.now(UTC),
-            "credits_charged": 0,
-            "lease_expires_at": None,
-            "error_code": code,
-            "error_message": message,
-        },
-    )
-    if moved is None:
-        return None
-    await refund_credits(session, job.tenant_id, job.id, job.credits_reserved, reason=code)
-    delivery = await webhooks.schedule_delivery(session, moved, webhooks.COMPLETED, urls)
-    return Failed(job=moved, delivery=delivery)
-
-
 async def cancel_job(
     session: AsyncSession, tenant_id: uuid.UUID, job_id: uuid.UUID, urls: UrlBuilder
-) -> tuple[Job, uuid.UUID | None]:
-    """Cancel a queued or running job and refund it; canceling twice is harmless. The job, and
-    the webhook delivery its cancellation created (to queue after the commit).
+) -> Moved:
+    """Cancel the tenant's queued or running job and refund it (`lifecycle.cancel`); canceling
+    twice is harmless. What happened, to `announce` after the commit: on a repeat, the job as it
+    stands with nothing to deliver (announcing its end again wakes nobody wrongly).
 
     A running job is canceled here, in the database, by the same guarded `running → canceled`
     update that completion, retry and the sweeper race with: whichever commits first wins, so
     the job ends either canceled and refunded or completed and charged, never both. The worker
     holding it sees the job leave `running` and stops at its next safe point (`execution`)."""
     job = await repository.get_job(session, tenant_id, job_id)
-    values = {
-        "status": JobStatus.CANCELED.value,
-        "finished_at": datetime.now(UTC),
-        "credits_charged": 0,
-        "lease_expires_at": None,
-    }
-    canceled = await repository.transition(
-        session, job.id, from_status=JobStatus.QUEUED, values=values
-    )
-    if canceled is None:
-        canceled = await repository.transition(
-            session, job.id, from_status=JobStatus.RUNNING, values=values
-        )
+    canceled = await lifecycle.cancel(session, job.id, urls)
     if canceled is not None:
-        await refund_credits(
-            session, tenant_id, canceled.id, canceled.credits_reserved, reason="canceled"
-        )
-        delivery = await webhooks.schedule_delivery(session, canceled, webhooks.COMPLETED, urls)
-        return canceled, delivery
+        return canceled
     await session.refresh(job)
     if job.job_status is JobStatus.CANCELED:
-        return job, None
+        return Moved(job)
     raise Conflict(
         f"request {job.id} is {job.job_status.public} and can no longer be canceled",
         code="not_cancelable",

@@ -19,8 +19,8 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from relight.jobs import repository
-from relight.jobs.service import fail_running_job
+from relight.jobs import lifecycle
+from relight.jobs.lifecycle import Moved
 from relight.jobs.views import UrlBuilder
 from relight.logs import job_context
 from relight.models import Job, JobOutput, JobStatus
@@ -31,9 +31,17 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Reclaimed:
-    requeued: list[uuid.UUID] = field(default_factory=list)
-    failed: list[uuid.UUID] = field(default_factory=list)
-    deliveries: list[uuid.UUID] = field(default_factory=list)
+    """The jobs taken back, as `lifecycle.expire_lease` moved them (to `announce`)."""
+
+    moves: list[Moved] = field(default_factory=list)
+
+    @property
+    def requeued(self) -> list[uuid.UUID]:
+        return [moved.job.id for moved in self.moves if not moved.finished]
+
+    @property
+    def failed(self) -> list[uuid.UUID]:
+        return [moved.job.id for moved in self.moves if moved.finished]
 
 
 async def queued_before(
@@ -61,7 +69,8 @@ async def tenants_of(session: AsyncSession, job_ids: set[uuid.UUID]) -> dict[uui
 async def reclaim_expired(
     session: AsyncSession, max_attempts: int, urls: UrlBuilder, limit: int = 200
 ) -> Reclaimed:
-    """Take back running jobs whose lease expired; the caller commits, then enqueues."""
+    """Take back running jobs whose lease expired; the caller commits, then announces the
+    moves (`lifecycle.announce`) and queues the requeued jobs again."""
     now = datetime.now(UTC)
     expired = (
         await session.scalars(
@@ -74,36 +83,17 @@ async def reclaim_expired(
     ).all()
     result = Reclaimed()
     for job in expired:
-        message = f"the worker running attempt {job.attempts} stopped answering (lease expired)"
+        moved = await lifecycle.expire_lease(session, job, max_attempts, urls)
+        if moved is None:
+            continue
         with job_context(job.id, job.http_request_id):
             logger.warning(
                 "job %s: lease of attempt %d expired; %s",
                 job.id,
                 job.attempts,
-                "back to the queue" if job.attempts < max_attempts else "failing it",
+                "failing it" if moved.finished else "back to the queue",
             )
-        if job.attempts < max_attempts:
-            moved = await repository.transition(
-                session,
-                job.id,
-                from_status=JobStatus.RUNNING,
-                attempt=job.attempts,
-                values={
-                    "status": JobStatus.QUEUED.value,
-                    "lease_expires_at": None,
-                    "error_code": "worker_lost",
-                    "error_message": message,
-                },
-            )
-            if moved is not None:
-                result.requeued.append(job.id)
-            continue
-        failed = await fail_running_job(session, job, "worker_lost", message, urls)
-        if failed is None:
-            continue
-        result.failed.append(job.id)
-        if failed.delivery is not None:
-            result.deliveries.append(failed.delivery)
+        result.moves.append(moved)
     return result
 
 

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from api.waiting import RECHECK_S
 from relight.config import Settings
 from relight.signing import sign_output
 from tests.conftest import MakeTenant, RunWorker, TenantKey
@@ -301,6 +302,58 @@ async def test_prefer_wait_without_a_worker_answers_202_when_the_wait_runs_out(
     assert 0.9 <= elapsed < 3.0, elapsed
     status = await client.get(response.json()["status_url"], headers=tenant.headers)
     assert status.json()["status"] == "QUEUED"
+
+
+async def test_canceling_a_queued_request_wakes_its_prefer_wait_and_v1_waiters_at_once(
+    client: httpx.AsyncClient, tenant: TenantKey
+) -> None:
+    # No worker: the request stays queued until it is canceled. A v2 submit with `Prefer: wait`
+    # and a synchronous v1 submit of the same request (one Idempotency-Key) both wait on it.
+    headers = {**tenant.headers, "Idempotency-Key": "waited-on-twice"}
+    waited = body("waited on twice")
+    answers: dict[str, tuple[httpx.Response, float]] = {}
+
+    async def wait_on(name: str, url: str, extra: dict[str, str]) -> None:
+        response = await client.post(url, headers={**headers, **extra}, json=waited)
+        answers[name] = (response, time.monotonic())
+
+    v2 = asyncio.create_task(wait_on("v2", "/v2/ic-light", {"Prefer": "wait=60"}))
+    request_id = await _only_queued_request(client, tenant)
+    v1 = asyncio.create_task(wait_on("v1", "/v1/ic-light", {}))
+    # Both waiters are past their first read of the row, waiting for its end.
+    await asyncio.sleep(0.5)
+    assert not answers, answers
+
+    canceled_at = time.monotonic()
+    canceled = await cancel(client, tenant, request_id)
+    await asyncio.wait_for(asyncio.gather(v2, v1), timeout=2 * RECHECK_S)
+
+    # Woken by the cancel's announcement, not by their periodic re-check of the row.
+    for name, (_, answered_at) in answers.items():
+        assert answered_at - canceled_at < RECHECK_S / 5, (name, answered_at - canceled_at)
+    waited_v2, _ = answers["v2"]
+    assert waited_v2.status_code == 200, waited_v2.text
+    assert waited_v2.headers["Preference-Applied"] == "wait=60"
+    assert waited_v2.json() == canceled
+    assert canceled["status"] == "CANCELED"
+    assert canceled["credits"]["charged"] == 0
+    waited_v1, _ = answers["v1"]
+    assert waited_v1.status_code == 409, waited_v1.text
+    assert (waited_v1.json()["code"], waited_v1.json()["request_id"]) == ("canceled", request_id)
+
+
+async def _only_queued_request(client: httpx.AsyncClient, tenant: TenantKey) -> str:
+    """The id of the tenant's one request, once its submit committed it."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        listed = await client.get("/v2/requests", headers=tenant.headers)
+        if data := listed.json()["data"]:
+            [record] = data
+            assert record["status"] == "QUEUED"
+            request_id: str = record["request_id"]
+            return request_id
+        await asyncio.sleep(0.02)
+    raise AssertionError("the submit never committed its request")
 
 
 # --- outputs ---------------------------------------------------------------------------------

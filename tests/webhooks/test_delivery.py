@@ -713,7 +713,7 @@ async def test_restarted_worker_delivers_what_was_committed_but_never_queued(
         lost.append(delivery_id)  # the process is gone before it reaches Redis
 
     with monkeypatch.context() as patch:
-        patch.setattr("relight.jobs.execution.enqueue_delivery", crash_before_queueing)
+        patch.setattr("relight.jobs.lifecycle.enqueue_delivery", crash_before_queueing)
         request_id = await submit(client, tenant, body(webhook_url=receiver.url(HOOK)))
         await run_worker()
 
@@ -853,9 +853,9 @@ async def test_delivery_that_redis_refused_to_queue_is_sent_by_the_sweeper(
         raise RedisError("Connection refused")
 
     with monkeypatch.context() as patch:
-        # The worker finishing a job, and the API canceling one, both meet a Redis outage.
-        patch.setattr("relight.jobs.execution.enqueue_delivery", redis_down)
-        patch.setattr("api.state.enqueue_delivery", redis_down)
+        # The worker finishing a job, and the API canceling one, both meet a Redis outage (both
+        # queue their deliveries through `lifecycle.announce`).
+        patch.setattr("relight.jobs.lifecycle.enqueue_delivery", redis_down)
         done_id = await submit(client, tenant, body(webhook_url=receiver.url("/done")))
         await run_worker()
         canceled_id = await submit(client, tenant, body(webhook_url=receiver.url("/canceled")))

@@ -33,7 +33,7 @@ from relight.backends.protocol import (  # noqa: E402
 )
 from relight.config import get_settings  # noqa: E402
 from relight.logs import configure_logging  # noqa: E402
-from relight.params import BackendName, RelightParams  # noqa: E402
+from relight.params import Backend, RelightParams  # noqa: E402
 from worker.settings import build_worker  # noqa: E402
 
 
@@ -46,7 +46,7 @@ def tiny_png() -> bytes:
 class NoopBackend:
     """Answers one 8×8 image after `delay_s` (immediately by default), whatever was asked."""
 
-    name = BackendName.LOCAL
+    name = Backend.LOCAL
 
     def __init__(self, delay_s: float = 0.0) -> None:
         self._image = tiny_png()
@@ -73,7 +73,7 @@ def main() -> None:
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
     asyncio.set_event_loop(uvloop.new_event_loop())
-    build_worker(settings, backends={BackendName.LOCAL: NoopBackend(args.job_ms / 1000)}).run()
+    build_worker(settings, backends={Backend.LOCAL: NoopBackend(args.job_ms / 1000)}).run()
 
 
 if __name__ == "__main__":

@@ -77,7 +77,7 @@ async def _store(kind: str, scratch: Path) -> AsyncIterator[dict[str, Any]]:
 async def _measure(kind: str, jobs: int, key: str, scratch: Path) -> dict[str, float]:
     from api.app import create_app
     from relight.config import Settings
-    from relight.params import BackendName
+    from relight.params import Backend
     from worker.settings import build_worker
 
     queue = f"relight:bench-scale:{uuid.uuid4().hex[:8]}"
@@ -117,7 +117,7 @@ async def _measure(kind: str, jobs: int, key: str, scratch: Path) -> dict[str, f
 
             worker = build_worker(
                 settings,
-                backends={BackendName.LOCAL: NoopBackend()},
+                backends={Backend.LOCAL: NoopBackend()},
                 burst=True,
                 poll_delay=0,
                 handle_signals=False,

@@ -2,8 +2,9 @@
 
 Measured in-process against the real Postgres and Redis, one operation at a time:
 - rate limiter: one `RateLimiter.check` (one EVALSHA of the GCRA script);
-- reservation: the submit transaction with the job row *and* the conditional balance UPDATE and
-  the ledger entry, against the same transaction with the job row alone.
+- reservation: the submit's own statement (`relight.credits.reservation.reserve_credits`: the
+  conditional balance UPDATE, the ledger entry and the job row in one round trip), against a
+  transaction that inserts the job row alone.
 
     .venv/bin/python bench/submit_overhead.py [--rounds 1000]
 """
@@ -25,10 +26,10 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import create_scratch_database, drop_scratch_database, percentile  # noqa: E402
 from relight.config import Settings  # noqa: E402
-from relight.credits.service import reserve_credits  # noqa: E402
+from relight.credits.reservation import reserve_credits  # noqa: E402
 from relight.db import create_engine, create_sessionmaker  # noqa: E402
 from relight.ids import uuid7  # noqa: E402
-from relight.models import Job  # noqa: E402
+from relight.models import Job, JobStatus  # noqa: E402
 from relight.ratelimit import RateLimiter, RateLimitPolicy  # noqa: E402
 from relight.tenants.schemas import LimitsUpdate  # noqa: E402
 from relight.tenants.service import create_tenant  # noqa: E402
@@ -66,10 +67,20 @@ async def run(rounds: int) -> list[tuple[str, list[float]]]:
             return Job(
                 id=uuid7(),
                 tenant_id=tenant_id,
+                status=JobStatus.QUEUED.value,
                 params={"prompt": "bench"},
+                input_url="https://example.com/cat.png",
+                input_storage_key=None,
+                background_url=None,
+                background_storage_key=None,
                 seed=1,
                 backend_requested="auto",
                 credits_reserved=10,
+                idempotency_key=None,
+                request_hash=None,
+                webhook_url=None,
+                webhook_events=[],
+                http_request_id=None,
             )
 
         async def insert_job() -> None:
@@ -79,10 +90,8 @@ async def run(rounds: int) -> list[tuple[str, list[float]]]:
 
         async def insert_job_and_reserve() -> None:
             async with sessionmaker() as session, session.begin():
-                job = new_job()
-                session.add(job)
-                await session.flush()
-                await reserve_credits(session, tenant_id, job.id, 10)
+                # The submit's own path: reservation, ledger entry and job in one statement.
+                await reserve_credits(session, new_job(), 10)
 
         return [
             ("rate limiter check", await timed(rounds, rate_limit)),

@@ -57,7 +57,7 @@ class OutputFormat(StrEnum):
         return {"webp": "image/webp", "jpg": "image/jpeg", "png": "image/png"}[self.value]
 
 
-class BackendName(StrEnum):
+class Backend(StrEnum):
     """The name of a backend, as a request asks for one (`backend`) and the job records it;
     `auto` lets routing choose (`relight.backends.routing`)."""
 
@@ -141,6 +141,6 @@ class SubmitOptions(ClientModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    backend: BackendName = BackendName.AUTO
+    backend: Backend = Backend.AUTO
     webhook_url: Annotated[str | None, Field(max_length=2048)] = None
     webhook_events: list[WebhookEvent] = Field(default_factory=default_webhook_events)

@@ -37,7 +37,7 @@ from relight.jobs.queue import (
 )
 from relight.jobs.views import UrlBuilder
 from relight.nodes.dispatch import GpuDispatcher
-from relight.params import BackendName
+from relight.params import Backend
 from relight.storage import open_storage
 from relight.webhooks.delivery import WebhookSender
 from worker.metrics_server import MetricsServer
@@ -72,15 +72,15 @@ async def start_metrics_server(ctx: dict[str, Any], settings: Settings) -> None:
 
 def build_backends(
     settings: Settings, ctx: dict[str, Any], executor: Executor
-) -> dict[BackendName, RenderBackend]:
+) -> dict[Backend, RenderBackend]:
     """The backends this deployment is configured for. GPU nodes may start beating at any time,
     so with discovery on the `gpu` backend is built even while none is live. Their HTTP clients
     go into `ctx`, for shutdown to close."""
     configured = available_backends(settings, live_gpu_nodes=True)
-    backends: dict[BackendName, RenderBackend] = {}
-    if BackendName.LOCAL in configured:
-        backends[BackendName.LOCAL] = LocalBackend(ClassicEngine(), executor)
-    if BackendName.SEGMIND in configured:
+    backends: dict[Backend, RenderBackend] = {}
+    if Backend.LOCAL in configured:
+        backends[Backend.LOCAL] = LocalBackend(ClassicEngine(), executor)
+    if Backend.SEGMIND in configured:
         # One pooled client for every Segmind call of this worker.
         ctx["segmind_http"] = httpx.AsyncClient(
             headers={"user-agent": USER_AGENT},
@@ -89,8 +89,8 @@ def build_backends(
             ),
         )
         urls = UrlBuilder.background(settings)
-        backends[BackendName.SEGMIND] = SegmindBackend(ctx["segmind_http"], settings, urls)
-    if BackendName.GPU in configured:
+        backends[Backend.SEGMIND] = SegmindBackend(ctx["segmind_http"], settings, urls)
+    if Backend.GPU in configured:
         # Node calls hold a connection for the whole render, so no pool limit below the jobs
         # this worker runs at once; reads time out on a silent (dead) node.
         ctx["gpu_http"] = httpx.AsyncClient(
@@ -101,7 +101,7 @@ def build_backends(
             limits=httpx.Limits(max_connections=settings.worker_concurrency * 2),
         )
         dispatcher = GpuDispatcher(settings=settings, redis=ctx["redis"], http=ctx["gpu_http"])
-        backends[BackendName.GPU] = GpuBackend(dispatcher)
+        backends[Backend.GPU] = GpuBackend(dispatcher)
     return backends
 
 
@@ -109,7 +109,7 @@ async def startup(
     ctx: dict[str, Any],
     *,
     settings: Settings,
-    extra_backends: Mapping[BackendName, RenderBackend],
+    extra_backends: Mapping[Backend, RenderBackend],
 ) -> None:
     """arq's on_startup: open the database, storage and HTTP clients, build the backends and
     the job runner, start the metrics server."""
@@ -211,7 +211,7 @@ def worker_options(settings: Settings) -> dict[str, Any]:
 def build_worker(
     settings: Settings,
     *,
-    backends: Mapping[BackendName, RenderBackend] | None = None,
+    backends: Mapping[Backend, RenderBackend] | None = None,
     **overrides: Any,
 ) -> WakeableWorker:
     """An arq Worker for `settings`; tests pass `burst=True`, `poll_delay=0` and the like.

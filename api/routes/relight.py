@@ -27,7 +27,7 @@ from relight.jobs.views import UrlBuilder, accepted_view, request_view
 from relight.logs import current_request_id, job_context
 from relight.models import Job, JobStatus
 from relight.nodes.registry import discovered_gpu_nodes
-from relight.params import BackendName
+from relight.params import Backend
 from relight.tenants.auth_cache import TenantSnapshot
 from relight.text import unstorable_character
 
@@ -147,9 +147,9 @@ async def _submit_in(
             # A Redis round trip only when the answer can change the outcome.
             enabled=state.settings.gpu_discovery
             and (
-                submitted.options.backend is BackendName.GPU
+                submitted.options.backend is Backend.GPU
                 or submitted.params.background_source is not None
-                or not available_backends(state.settings) - {BackendName.GPU}
+                or not available_backends(state.settings) - {Backend.GPU}
             ),
             backgrounds=submitted.params.background_source is not None,
         ),

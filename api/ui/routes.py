@@ -38,7 +38,7 @@ from relight.ops.nodes import node_statuses
 from relight.ops.overview import load_overview
 from relight.ops.requests import RequestFilters, list_requests, request_record
 from relight.ops.tenants import tenants_with_usage
-from relight.params import BackendName
+from relight.params import Backend
 from relight.tenants import service as tenants
 
 
@@ -134,7 +134,7 @@ async def requests_list(
         rows=await list_requests(uow.session, filters),
         filters=filters,
         statuses=[s.value for s in JobStatus],
-        backends=[b.value for b in BackendName],
+        backends=[b.value for b in Backend],
     )
 
 

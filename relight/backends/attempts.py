@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 from relight.errors import BackendFailed
-from relight.params import BackendName
+from relight.params import Backend
 
 Outcome = Literal["ok", "failed"]
 
@@ -23,7 +23,7 @@ Outcome = Literal["ok", "failed"]
 class BackendCall:
     """One call a backend made to something outside the worker, as recorded on the job."""
 
-    backend: BackendName
+    backend: Backend
     started_at: str
     latency_ms: float
     outcome: str
@@ -35,7 +35,7 @@ class BackendCall:
     def as_json(self) -> dict[str, object]:
         """The stored form: fields that are not set are left out."""
         return {
-            key: value.value if isinstance(value, BackendName) else value
+            key: value.value if isinstance(value, Backend) else value
             for key, value in asdict(self).items()
             if value is not None
         }
@@ -44,7 +44,7 @@ class BackendCall:
     def from_json(cls, data: Mapping[str, Any]) -> BackendCall:
         known = {field.name for field in fields(cls)}
         values = {key: value for key, value in data.items() if key in known}
-        return cls(**{**values, "backend": BackendName(data["backend"])})
+        return cls(**{**values, "backend": Backend(data["backend"])})
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class Attempt:
     """One attempt at running a job, on one backend."""
 
     attempt: int
-    backend: BackendName
+    backend: Backend
     outcome: Outcome
     calls: tuple[BackendCall, ...] = ()
     # Set on failure only: the error's code, and what it allows next.
@@ -64,7 +64,7 @@ class Attempt:
     def record(
         cls,
         attempt: int,
-        backend: BackendName,
+        backend: Backend,
         error: BackendFailed | None,
         calls: Iterable[BackendCall] = (),
     ) -> Attempt:
@@ -104,7 +104,7 @@ class Attempt:
             raise ValueError(f"an attempt's outcome is ok or failed, not {outcome!r}")
         return cls(
             attempt=int(data["attempt"]),
-            backend=BackendName(data["backend"]),
+            backend=Backend(data["backend"]),
             outcome=outcome,
             calls=tuple(BackendCall.from_json(call) for call in data.get("calls", [])),
             code=data.get("code"),

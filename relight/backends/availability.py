@@ -13,29 +13,29 @@ from collections.abc import Mapping
 
 from relight.backends.protocol import RenderBackend, is_available
 from relight.config import Settings
-from relight.params import BackendName
+from relight.params import Backend
 
 # The only backends that relight onto a background (IC-Light fbc on GPU nodes that have it);
 # Segmind's ic-light has no such model and the classic CPU engine does not try.
-BACKGROUND_BACKENDS = frozenset({BackendName.GPU})
+BACKGROUND_BACKENDS = frozenset({Backend.GPU})
 
 
 def available_backends(
     settings: Settings, *, live_gpu_nodes: bool = False, backgrounds: bool = False
-) -> set[BackendName]:
+) -> set[Backend]:
     """The backends available here; `auto` resolves among them.
 
     `live_gpu_nodes`: whether some GPU node's heartbeat is live (the caller looks it up:
     `relight.nodes.registry.discovered_gpu_nodes`). `backgrounds`: the request relights onto a
     background, so only `BACKGROUND_BACKENDS` count.
     """
-    available: set[BackendName] = set()
+    available: set[Backend] = set()
     if settings.local_backend_enabled:
-        available.add(BackendName.LOCAL)
+        available.add(Backend.LOCAL)
     if settings.segmind_api_key:
-        available.add(BackendName.SEGMIND)
+        available.add(Backend.SEGMIND)
     if settings.static_gpu_nodes or (settings.gpu_discovery and live_gpu_nodes):
-        available.add(BackendName.GPU)
+        available.add(Backend.GPU)
     if backgrounds:
         available &= BACKGROUND_BACKENDS
     return available
@@ -43,15 +43,15 @@ def available_backends(
 
 async def available_to_run(
     settings: Settings,
-    backends: Mapping[BackendName, RenderBackend],
+    backends: Mapping[Backend, RenderBackend],
     *,
-    requested: BackendName,
+    requested: Backend,
     backgrounds: bool,
-) -> set[BackendName]:
+) -> set[Backend]:
     """For the job runner: of the backends this worker runs, those `available_backends` allows
     now. Under `auto`, GPU nodes count only while some is listed or beating; a job that named a
     backend waits for it instead (its tries fail retryably until a node shows up)."""
-    gpu = backends.get(BackendName.GPU)
-    live = requested is not BackendName.AUTO or (gpu is not None and await is_available(gpu))
+    gpu = backends.get(Backend.GPU)
+    live = requested is not Backend.AUTO or (gpu is not None and await is_available(gpu))
     usable = available_backends(settings, live_gpu_nodes=live, backgrounds=backgrounds)
     return usable & backends.keys()

@@ -6,11 +6,11 @@ from __future__ import annotations
 from relight.backends.attempts import BackendCall
 from relight.backends.protocol import BackendResult, JobInput, ProgressCallback
 from relight.nodes.dispatch import GpuDispatcher
-from relight.params import BackendName, RelightParams
+from relight.params import Backend, RelightParams
 
 
 class GpuBackend:
-    name = BackendName.GPU
+    name = Backend.GPU
 
     def __init__(self, dispatcher: GpuDispatcher) -> None:
         self.dispatcher = dispatcher

@@ -26,7 +26,7 @@ from relight.backends.protocol import (
     refuse_backgrounds,
 )
 from relight.images import encode_image
-from relight.params import BackendName, RelightParams
+from relight.params import Backend, RelightParams
 
 # The share of the work that the engine's stages stand for; encoding is the rest.
 RENDER_SHARE = 0.7
@@ -46,7 +46,7 @@ class RelightEngine(Protocol):
 
 
 class LocalBackend:
-    name = BackendName.LOCAL
+    name = Backend.LOCAL
 
     def __init__(self, engine: RelightEngine, executor: Executor) -> None:
         self.engine = engine

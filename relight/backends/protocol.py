@@ -16,7 +16,7 @@ from PIL import Image
 
 from relight.backends.attempts import BackendCall
 from relight.errors import BackendFailed
-from relight.params import BackendName, RelightParams
+from relight.params import Backend, RelightParams
 
 ProgressCallback = Callable[[float], None]
 
@@ -31,7 +31,7 @@ class JobInput:
     image: Image.Image
     # What the job asked for (`auto` or a backend's name): a backend may wait for capacity
     # when it was asked for by name, and should step aside at once under `auto`.
-    backend_requested: BackendName = BackendName.AUTO
+    backend_requested: Backend = Backend.AUTO
     # The background image's bytes, for a `background_source` built from one (IC-Light fbc).
     background: bytes | None = None
 
@@ -69,7 +69,7 @@ async def is_available(backend: object) -> bool:
 class RenderBackend(Protocol):
     """A backend the runner renders on: `local`, `segmind` or `gpu` (or a benchmark's stand-in)."""
 
-    name: BackendName
+    name: Backend
 
     async def render(
         self,
@@ -84,7 +84,7 @@ class RenderBackend(Protocol):
         ...
 
 
-def refuse_backgrounds(backend: BackendName, params: RelightParams) -> None:
+def refuse_backgrounds(backend: Backend, params: RelightParams) -> None:
     """For backends without IC-Light's fbc model: a background request is not theirs.
 
     Routing never sends one (only GPU nodes with the fbc model take them); this makes a

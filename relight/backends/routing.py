@@ -14,41 +14,39 @@ from dataclasses import dataclass
 from relight.backends.attempts import Attempt
 from relight.backends.backoff import retry_delay_s
 from relight.errors import BackendFailed, RelightError
-from relight.params import BackendName
+from relight.params import Backend
 
 # Transient failures of these backends end as `upstream_unavailable` once every try is spent.
-REMOTE_BACKENDS = frozenset({BackendName.GPU, BackendName.SEGMIND})
+REMOTE_BACKENDS = frozenset({Backend.GPU, Backend.SEGMIND})
 # An upstream's Retry-After is honoured up to this long; a job is not parked for longer.
 MAX_RETRY_AFTER_S = 600.0
 
 
 def candidates(
-    requested: BackendName,
+    requested: Backend,
     allowed: Iterable[str],
     order: Iterable[str],
-    available: Iterable[BackendName],
-) -> list[BackendName]:
+    available: Iterable[Backend],
+) -> list[Backend]:
     """The backends a job may run on, in the order to try them: the one it named, or under
     `auto` the `available` ones the tenant is `allowed`, in the configured failover `order`."""
     usable = set(allowed) & set(available)
-    if requested is not BackendName.AUTO:
+    if requested is not Backend.AUTO:
         return [requested] if requested in usable else []
-    return [BackendName(name) for name in order if name in usable]
+    return [Backend(name) for name in order if name in usable]
 
 
-def tries_on(backend: BackendName, log: Sequence[Attempt]) -> int:
+def tries_on(backend: Backend, log: Sequence[Attempt]) -> int:
     return sum(1 for attempt in log if attempt.backend == backend)
 
 
-def is_exhausted(backend: BackendName, log: Sequence[Attempt], max_tries: int) -> bool:
+def is_exhausted(backend: Backend, log: Sequence[Attempt], max_tries: int) -> bool:
     """Whether `backend` has had its tries: `max_tries` of them, or one that failed for good."""
     tried = [attempt for attempt in log if attempt.backend == backend]
     return any(attempt.failed_for_good for attempt in tried) or len(tried) >= max_tries
 
 
-def choose(
-    choices: Sequence[BackendName], log: Sequence[Attempt], max_tries: int
-) -> BackendName | None:
+def choose(choices: Sequence[Backend], log: Sequence[Attempt], max_tries: int) -> Backend | None:
     """The first candidate that is not exhausted, or None when none is left."""
     for name in choices:
         if not is_exhausted(name, log, max_tries):
@@ -56,7 +54,7 @@ def choose(
     return None
 
 
-def final_code(backend: BackendName, error: BackendFailed) -> str:
+def final_code(backend: Backend, error: BackendFailed) -> str:
     """The error code a job ends with when its last backend failed with `error`."""
     if error.retryable and backend in REMOTE_BACKENDS:
         return "upstream_unavailable"
@@ -78,7 +76,7 @@ def after_failure(
     *,
     attempts: int,
     failed: Attempt | None,
-    choices: Sequence[BackendName],
+    choices: Sequence[Backend],
     log: Sequence[Attempt],
     max_tries: int,
     backoff_s: float,

@@ -34,7 +34,7 @@ from relight.backends.protocol import (
 from relight.config import Settings
 from relight.errors import BackendFailed
 from relight.jobs.views import UrlBuilder
-from relight.params import BackendName, RelightParams
+from relight.params import Backend, RelightParams
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def segmind_body(params: RelightParams, subject_image: str, seed: int) -> dict[s
 
 
 class SegmindBackend:
-    name = BackendName.SEGMIND
+    name = Backend.SEGMIND
 
     def __init__(self, client: httpx.AsyncClient, settings: Settings, urls: UrlBuilder) -> None:
         assert settings.segmind_api_key, "the segmind backend needs RELIGHT_SEGMIND_API_KEY"

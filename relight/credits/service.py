@@ -9,15 +9,13 @@ refund entry (unique index), so no retry can pay or refund twice.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from sqlalchemy import (
     CTE,
     BigInteger,
     Insert,
-    Row,
     String,
     Text,
     Update,
@@ -61,7 +59,7 @@ _TENANT_ID = bindparam("tenant_id", type_=Uuid())
 _CHANGE = bindparam("change", type_=BigInteger())
 
 
-def _entry_from(moved: CTE) -> Insert:
+def entry_from(moved: CTE) -> Insert:
     """The ledger entry of a balance movement whose new balance is `moved`'s one row."""
     return insert(CreditEntry).from_select(
         ["id", "tenant_id", "job_id", "kind", "amount", "balance_after", "reason"],
@@ -79,11 +77,12 @@ def _entry_from(moved: CTE) -> Insert:
 
 def _movement(balance_update: Update) -> ReturningInsert[uuid.UUID, int]:
     moved = balance_update.returning(Tenant.credit_balance).cte("moved")
-    return _entry_from(moved).returning(CreditEntry.id, CreditEntry.balance_after)
+    return entry_from(moved).returning(CreditEntry.id, CreditEntry.balance_after)
 
 
-# A job's price and an in-flight slot, only from an active tenant that can afford both.
-_RESERVE_BALANCE = (
+# A job's price and an in-flight slot, only from an active tenant that can afford both
+# (`relight.credits.reservation` runs it, with the job's insert, in one statement).
+RESERVE_BALANCE = (
     update(Tenant)
     .where(
         Tenant.id == _TENANT_ID,
@@ -93,7 +92,6 @@ _RESERVE_BALANCE = (
     )
     .values(credit_balance=Tenant.credit_balance + _CHANGE, active_jobs=Tenant.active_jobs + 1)
 )
-RESERVE = _movement(_RESERVE_BALANCE)
 # A job ends (charge or refund): credits back and its in-flight slot free.
 SETTLE = _movement(
     update(Tenant)
@@ -139,59 +137,7 @@ async def _move_with_entry(
     return None if row is None else (row.id, row.balance_after)
 
 
-async def reserve_credits(
-    session: AsyncSession, tenant_id: uuid.UUID, job_id: uuid.UUID, amount: int
-) -> int:
-    """Take a job's price and an in-flight slot in one conditional UPDATE; the new balance.
-
-    Raises 403 (suspended), 406 (not enough credits) or 429 (too many jobs in flight).
-    """
-    moved = await _move_with_entry(
-        session, RESERVE, tenant_id, CreditKind.RESERVE, -amount, job_id=job_id
-    )
-    if moved is None:
-        await _explain_refusal(session, tenant_id, amount)
-    metrics.count_credits(session, "reserved", amount)
-    return moved[1]
-
-
-def reserving(create: Callable[[CTE], ReturningInsert[Any]]) -> ReturningInsert[Any]:
-    """One statement that reserves a new job's price as `reserve_credits` does and creates
-    the job from the reservation's row (`create(moved)` selects from it): no reservation, no
-    job and no entry. Run it with `reserve_credits_creating`."""
-    moved = _RESERVE_BALANCE.returning(Tenant.credit_balance).cte("moved")
-    # Postgres runs a data-modifying CTE whether or not the main statement reads it.
-    return create(moved).add_cte(_entry_from(moved).cte("entry"))
-
-
-async def reserve_credits_creating(
-    session: AsyncSession,
-    statement: ReturningInsert[Any],
-    tenant_id: uuid.UUID,
-    job_id: uuid.UUID,
-    amount: int,
-    values: dict[str, Any],
-) -> Row[Any]:
-    """Run a `reserving(...)` statement (one round trip); the created row. `values` are the
-    created row's parameters. Raises as `reserve_credits` does when the tenant is refused."""
-    parameters = {
-        **values,
-        "entry_id": uuid7(),
-        "tenant_id": tenant_id,
-        "job_id": job_id,
-        "kind": CreditKind.RESERVE.value,
-        "change": -amount,
-        "reason": None,
-    }
-    connection = await session.connection()
-    row: Row[Any] | None = (await connection.execute(statement, parameters)).one_or_none()
-    if row is None:
-        await _explain_refusal(session, tenant_id, amount)
-    metrics.count_credits(session, "reserved", amount)
-    return row
-
-
-async def _explain_refusal(session: AsyncSession, tenant_id: uuid.UUID, amount: int) -> NoReturn:
+async def explain_refusal(session: AsyncSession, tenant_id: uuid.UUID, amount: int) -> NoReturn:
     tenant = (
         await session.execute(
             select(

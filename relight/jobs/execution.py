@@ -47,7 +47,7 @@ from relight.jobs.queue import Enqueuer
 from relight.jobs.views import UrlBuilder
 from relight.logs import request_context
 from relight.models import Job, JobOutput, JobStatus
-from relight.params import BackendName, RelightParams
+from relight.params import Backend, RelightParams
 from relight.storage import Storage
 
 logger = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class JobRunner:
         redis: Redis,
         enqueuer: Enqueuer,
         http: httpx.AsyncClient,
-        backends: dict[BackendName, RenderBackend],
+        backends: dict[Backend, RenderBackend],
     ) -> None:
         self.settings = settings
         self.sessionmaker = sessionmaker
@@ -140,7 +140,7 @@ class JobRunner:
             raise
         except RelightError as exc:
             return await self._fail_or_retry(job, exc, timings)
-        requested = BackendName(job.backend_requested)
+        requested = Backend(job.backend_requested)
         backgrounds = job.params.get("background_source") is not None
         choices = routing.candidates(
             requested,
@@ -165,8 +165,8 @@ class JobRunner:
     async def _render(
         self,
         job: Job,
-        name: BackendName,
-        choices: list[BackendName],
+        name: Backend,
+        choices: list[Backend],
         job_input: JobInput,
         timings: dict[str, float],
         started: float,
@@ -276,7 +276,7 @@ class JobRunner:
     async def _store_and_succeed(
         self,
         job: Job,
-        name: BackendName,
+        name: Backend,
         result: BackendResult,
         calls: list[BackendCall],
         timings: dict[str, float],
@@ -300,7 +300,7 @@ class JobRunner:
     async def _succeed(
         self,
         job: Job,
-        backend_name: BackendName,
+        backend_name: Backend,
         result: BackendResult,
         outputs: list[JobOutput],
         timings: dict[str, float],
@@ -339,7 +339,7 @@ class JobRunner:
         error: RelightError,
         timings: dict[str, float],
         entry: Attempt | None = None,
-        choices: list[BackendName] | None = None,
+        choices: list[Backend] | None = None,
     ) -> RunOutcome:
         """Put the job back in the queue (same backend later, or the next one now), or end it
         `failed` with a refund."""

@@ -17,7 +17,7 @@ from relight.errors import RelightError
 from relight.fetch import fetch_image_bytes
 from relight.images import decode_image
 from relight.models import Job, JobOutput
-from relight.params import BackendName
+from relight.params import Backend
 from relight.storage import Storage, StoredObjectMissing
 
 logger = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ async def load_input(
         data=data,
         url=job.input_url,
         image=image,
-        backend_requested=BackendName(job.backend_requested),
+        backend_requested=Backend(job.backend_requested),
         background=background,
     )
 

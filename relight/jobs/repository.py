@@ -10,73 +10,12 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import CTE, bindparam, func, insert, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relight import metrics
-from relight.credits.service import reserve_credits_creating, reserving
 from relight.errors import RequestNotFound
 from relight.models import Job, JobOutput, JobStatus, Tenant
-
-_JOB_TABLE = Job.metadata.tables[Job.__tablename__]
-
-# What a submit sets; every other column takes its default. `id` and `tenant_id` are the
-# reservation's `job_id` and `tenant_id` parameters, so the job and its ledger entry agree.
-_SUBMITTED_COLUMNS = [
-    "status",
-    "params",
-    "input_url",
-    "input_storage_key",
-    "background_url",
-    "background_storage_key",
-    "seed",
-    "backend_requested",
-    "credits_reserved",
-    "idempotency_key",
-    "request_hash",
-    "webhook_url",
-    "webhook_events",
-    "http_request_id",
-]
-
-
-def _job_from_reservation(moved: CTE) -> Any:
-    columns = _JOB_TABLE.c
-    values = [
-        bindparam("job_id", type_=columns.id.type),
-        bindparam("tenant_id", type_=columns.tenant_id.type),
-        *(bindparam(f"job_{name}", type_=columns[name].type) for name in _SUBMITTED_COLUMNS),
-    ]
-    return (
-        insert(_JOB_TABLE)
-        .from_select(
-            ["id", "tenant_id", *_SUBMITTED_COLUMNS],
-            select(*values).select_from(moved),
-            # The other columns take their server defaults (the models' Python defaults agree).
-            include_defaults=False,
-        )
-        .returning(*columns)
-    )
-
-
-_INSERT_RESERVED_JOB = reserving(_job_from_reservation)
-
-
-async def insert_reserved_job(session: AsyncSession, job: Job, cost: int) -> Job:
-    """Reserve `cost` for a new job and insert it, in one statement (one round trip): the
-    tenant's conditional UPDATE, its ledger entry and the job row all happen, or none does.
-    Raises like `reserve_credits` when refused (403, 406, 429), IntegrityError when the
-    idempotency key is taken. `job` comes back with the columns the database filled in; it is
-    not in the session."""
-    values = {f"job_{name}": job.__dict__[name] for name in _SUBMITTED_COLUMNS}
-    row = await reserve_credits_creating(
-        session, _INSERT_RESERVED_JOB, job.tenant_id, job.id, cost, values
-    )
-    # What the database filled in (defaults, timestamps); the rest is what was sent.
-    for key, value in row._mapping.items():
-        if key not in job.__dict__:
-            setattr(job, key, value)
-    return job
 
 
 async def get_job(session: AsyncSession, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job:

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from relight.params import (
-    BackendName,
+    Backend,
     BackgroundSource,
     RelightParams,
     SubmitOptions,
@@ -72,7 +72,7 @@ class SubmitBody(RelightParams):
             "background_source defaults to 'Use Background Image'",
         ),
     ] = None
-    backend: BackendName = BackendName.AUTO
+    backend: Backend = Backend.AUTO
     webhook_url: Annotated[str | None, Field(max_length=2048)] = None
     webhook_events: list[WebhookEvent] = Field(default_factory=default_webhook_events)
 

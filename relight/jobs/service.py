@@ -18,6 +18,7 @@ from relight import metrics
 from relight.backends.availability import available_backends
 from relight.config import Settings
 from relight.credits.pricing import price
+from relight.credits.reservation import reserve_credits
 from relight.egress import check_url
 from relight.errors import Conflict, Forbidden, InvalidParameter
 from relight.ids import uuid7
@@ -27,7 +28,7 @@ from relight.jobs.inputs import SubjectSource
 from relight.jobs.lifecycle import Moved
 from relight.jobs.views import UrlBuilder
 from relight.models import Job, JobStatus, Tenant
-from relight.params import BackendName, RelightParams, SubmitOptions
+from relight.params import Backend, RelightParams, SubmitOptions
 from relight.storage import Storage
 from relight.tenants.auth_cache import TenantSnapshot
 
@@ -69,7 +70,7 @@ def resolve_seed(seed: int | None) -> int:
 
 def check_backend(
     settings: Settings,
-    backend: BackendName,
+    backend: Backend,
     tenant: TenantSnapshot | Tenant,
     *,
     live_gpu_nodes: bool = False,
@@ -77,7 +78,7 @@ def check_backend(
 ) -> None:
     """403 unless the requested backend (or, for `auto`, some backend) is both configured
     here and allowed for this tenant (and, for `backgrounds`, can relight onto one)."""
-    if backgrounds and backend not in (BackendName.AUTO, BackendName.GPU):
+    if backgrounds and backend not in (Backend.AUTO, Backend.GPU):
         raise Forbidden(
             f"backend {backend.value!r} cannot relight onto a background: only GPU nodes with "
             "IC-Light's background model can (backend 'gpu' or 'auto')",
@@ -85,7 +86,7 @@ def check_backend(
         )
     available = available_backends(settings, live_gpu_nodes=live_gpu_nodes, backgrounds=backgrounds)
     usable = {b for b in available if b.value in tenant.allowed_backends}
-    if backend is BackendName.AUTO:
+    if backend is Backend.AUTO:
         if not usable and backgrounds:
             raise Forbidden(
                 "no backend here can relight onto a background: that needs a GPU node with "
@@ -231,7 +232,7 @@ async def _insert(
         # One statement creates the job with its reservation: nothing to undo on a refusal or a
         # lost idempotency race, so no savepoint (and, in autocommit, no BEGIN/COMMIT either).
         try:
-            await repository.insert_reserved_job(session, job, cost)
+            await reserve_credits(session, job, cost)
         except IntegrityError:
             if idempotency_key is None:
                 raise
@@ -240,7 +241,7 @@ async def _insert(
         try:
             # A savepoint, so that losing an idempotency race leaves the transaction usable.
             async with session.begin_nested():
-                await repository.insert_reserved_job(session, job, cost)
+                await reserve_credits(session, job, cost)
         except IntegrityError:
             return await _after_lost_race(session, tenant, idempotency_key, digest)
     return None

@@ -32,11 +32,11 @@ from relight.nodes import registry, slots
 from relight.nodes.breaker import CircuitBreaker
 from relight.nodes.client import FailureKind, NodeCallFailed, call_node
 from relight.nodes.registry import NodeInfo
-from relight.params import BackendName, RelightParams
+from relight.params import Backend, RelightParams
 
 logger = logging.getLogger(__name__)
 
-BACKEND = BackendName.GPU
+BACKEND = Backend.GPU
 # How often a job waiting for a free slot looks again.
 WAIT_POLL_S = 0.2
 # A Redis outage leaves a job with the static nodes rather than stuck in client retries.

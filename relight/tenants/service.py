@@ -19,7 +19,7 @@ from relight.errors import Conflict, InvalidParameter, RelightError, Unauthorize
 from relight.jobs.queue import mirror_tenant_weight
 from relight.metrics import on_commit
 from relight.models import ApiKey, Tenant, TenantStatus
-from relight.params import BackendName
+from relight.params import Backend
 from relight.tenants.auth_cache import (
     CHANGED_CHANNEL,
     TenantSnapshot,
@@ -165,7 +165,7 @@ async def set_allowed_backends(
     session: AsyncSession, tenant: Tenant, backends: list[str]
 ) -> Tenant:
     """The backends the tenant's requests may run on (`auto` chooses among them)."""
-    known = {backend.value for backend in BackendName} - {BackendName.AUTO.value}
+    known = {backend.value for backend in Backend} - {Backend.AUTO.value}
     unknown = sorted(set(backends) - known)
     if unknown or not backends:
         raise InvalidParameter(

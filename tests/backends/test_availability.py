@@ -9,13 +9,13 @@ from relight.backends.attempts import BackendCall
 from relight.backends.availability import available_backends, available_to_run
 from relight.backends.protocol import BackendResult, JobInput, ProgressCallback, RenderBackend
 from relight.config import Settings
-from relight.params import BackendName, RelightParams
+from relight.params import Backend, RelightParams
 
 GPU, SEGMIND, LOCAL, AUTO = (
-    BackendName.GPU,
-    BackendName.SEGMIND,
-    BackendName.LOCAL,
-    BackendName.AUTO,
+    Backend.GPU,
+    Backend.SEGMIND,
+    Backend.LOCAL,
+    Backend.AUTO,
 )
 
 
@@ -46,7 +46,7 @@ def test_only_gpu_relights_onto_a_background() -> None:
 class StandIn:
     """A backend that renders nothing; `nodes` says whether it has something to run on."""
 
-    def __init__(self, name: BackendName, nodes: bool | None = None) -> None:
+    def __init__(self, name: Backend, nodes: bool | None = None) -> None:
         self.name = name
         self.nodes = nodes
 
@@ -75,11 +75,11 @@ class GpuStandIn(StandIn):
     ],
 )
 async def test_the_runner_routes_only_to_backends_it_runs_and_can_use_now(
-    requested: BackendName, nodes: bool, expected: set[BackendName]
+    requested: Backend, nodes: bool, expected: set[Backend]
 ) -> None:
     settings = Settings(local_backend_enabled=True, segmind_api_key="sk", gpu_discovery=True)
     # No segmind backend in this worker, though the settings allow one.
-    backends: dict[BackendName, RenderBackend] = {
+    backends: dict[Backend, RenderBackend] = {
         LOCAL: StandIn(LOCAL),
         GPU: GpuStandIn(GPU, nodes),
     }

@@ -18,7 +18,7 @@ from relight.backends.attempts import Attempt, BackendCall, read_attempts
 from relight.backends.protocol import BackendResult, JobInput, ProgressCallback
 from relight.config import Settings
 from relight.errors import BackendFailed
-from relight.params import BackendName, RelightParams
+from relight.params import Backend, RelightParams
 from relight.tenants.service import find_tenant, set_allowed_backends
 from tests.conftest import MakeTenant, TenantKey, example_base64
 from tests.fakes.segmind import (
@@ -33,10 +33,10 @@ from tests.helpers import balance_of, get_record
 START = 1000
 MAX = 3  # settings.job_max_attempts in tests/conftest.py
 GPU, SEGMIND, LOCAL, AUTO = (
-    BackendName.GPU,
-    BackendName.SEGMIND,
-    BackendName.LOCAL,
-    BackendName.AUTO,
+    Backend.GPU,
+    Backend.SEGMIND,
+    Backend.LOCAL,
+    Backend.AUTO,
 )
 ORDER = ["gpu", "segmind", "local"]
 ALL = ["gpu", "segmind", "local"]
@@ -53,7 +53,7 @@ def failed(
     )
 
 
-def entry(attempt: int, backend: BackendName, error: BackendFailed | None = None) -> Attempt:
+def entry(attempt: int, backend: Backend, error: BackendFailed | None = None) -> Attempt:
     return Attempt.record(attempt, backend, error, [])
 
 
@@ -80,8 +80,8 @@ def entry(attempt: int, backend: BackendName, error: BackendFailed | None = None
 def test_candidates(
     requested: str, allowed: list[str], available: set[str], expected: list[str]
 ) -> None:
-    names = {BackendName(name) for name in available}
-    assert routing.candidates(BackendName(requested), allowed, ORDER, names) == expected
+    names = {Backend(name) for name in available}
+    assert routing.candidates(Backend(requested), allowed, ORDER, names) == expected
 
 
 def test_candidates_follow_the_configured_order() -> None:
@@ -95,9 +95,7 @@ def test_candidates_follow_the_configured_order() -> None:
 
 def test_candidates_are_backend_names() -> None:
     """The settings and the tenant's row hold plain strings; routing answers with the enum."""
-    assert all(
-        type(name) is BackendName for name in routing.candidates(AUTO, ALL, ORDER, {GPU, LOCAL})
-    )
+    assert all(type(name) is Backend for name in routing.candidates(AUTO, ALL, ORDER, {GPU, LOCAL}))
 
 
 def test_attempt_entry_records_the_outcome() -> None:
@@ -226,12 +224,12 @@ def test_choose_takes_the_first_candidate_not_exhausted() -> None:
         ),
     ],
 )
-def test_final_code(backend: BackendName, error: BackendFailed, code: str) -> None:
+def test_final_code(backend: Backend, error: BackendFailed, code: str) -> None:
     assert routing.final_code(backend, error) == code
 
 
 def decide(
-    error: BackendFailed, log: list[Attempt], choices: list[BackendName], attempts: int = 1
+    error: BackendFailed, log: list[Attempt], choices: list[Backend], attempts: int = 1
 ) -> routing.NextStep:
     return routing.after_failure(
         error,
@@ -499,7 +497,7 @@ async def test_auto_with_no_usable_backend_is_refused_at_submit(
 class BrokenLocalBackend:
     """A `local` backend whose engine fails transiently every time (say, out of memory)."""
 
-    name = BackendName.LOCAL
+    name = Backend.LOCAL
 
     def __init__(self, *args: object) -> None:
         del args

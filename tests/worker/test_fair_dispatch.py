@@ -21,7 +21,7 @@ from bench.noop_worker import NoopBackend
 from relight.config import Settings
 from relight.jobs import queue
 from relight.models import Job
-from relight.params import BackendName
+from relight.params import Backend
 from relight.tenants.service import find_tenant, set_weight
 from tests.conftest import MakeTenant
 from tests.helpers import fast_body, submit
@@ -53,7 +53,7 @@ async def run_one_slot(
         update={"worker_concurrency": 1, "webhook_sweep_interval_s": 60, "fair_dispatch": fair}
     )
     worker = build_worker(
-        one_slot, backends={BackendName.LOCAL: NoopBackend(JOB_S)}, handle_signals=False
+        one_slot, backends={Backend.LOCAL: NoopBackend(JOB_S)}, handle_signals=False
     )
     task = asyncio.create_task(worker.async_run())
     job_ids = [uuid.UUID(request_id) for request_id in ids]

@@ -34,7 +34,7 @@ from relight.credits.service import get_balance
 from relight.jobs.execution import JobRunner
 from relight.jobs.queue import RUN_JOB_TASK
 from relight.models import Job, JobOutput, JobStatus
-from relight.params import BackendName, output_size
+from relight.params import Backend, output_size
 from relight.storage import FileSystemStorage
 from tests.conftest import RunWorker, TenantKey, example_base64
 from tests.fakes.image_server import ImageServer
@@ -117,7 +117,7 @@ async def runner(
                 redis=redis,
                 enqueuer=redis,
                 http=http,
-                backends={BackendName.LOCAL: LocalBackend(ClassicEngine(), executor)},
+                backends={Backend.LOCAL: LocalBackend(ClassicEngine(), executor)},
             )
     finally:
         executor.shutdown(wait=True)

@@ -13,10 +13,10 @@ from api.middleware import RATE_LIMIT_STATE
 from api.state import AppState
 from relight.config import Settings
 from relight.errors import RelightError
-from relight.jobs.views import UrlBuilder
 from relight.models import Tenant
 from relight.ratelimit import RateLimitPolicy
 from relight.storage import presigner_for
+from relight.storage.urls import UrlBuilder
 from relight.tenants.auth_cache import TenantSnapshot
 from relight.tenants.service import authenticate, authenticate_snapshot
 

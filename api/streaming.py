@@ -26,8 +26,9 @@ from api.state import AppState
 from relight.jobs import repository
 from relight.jobs.events import JobFollower
 from relight.jobs.schemas import StatusView
-from relight.jobs.views import UrlBuilder, request_view, status_view
+from relight.jobs.views import request_view, status_view
 from relight.models import JobStatus
+from relight.storage.urls import UrlBuilder
 
 # What a lost notification can cost at most (the sync waiter's cap is of the same order).
 RECHECK_S = 10.0

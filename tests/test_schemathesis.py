@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api.app import create_app
 from relight.config import Settings
-from relight.signing import INPUT_INDEX, sign_output
+from relight.storage.urls import INPUT_INDEX, sign_output
 from relight.tenants.schemas import LimitsUpdate
 from relight.tenants.service import find_tenant, set_limits
 from tests.conftest import MakeTenant, RunWorker

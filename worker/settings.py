@@ -35,10 +35,10 @@ from relight.jobs.queue import (
     redis_retry_options,
     serialize_job,
 )
-from relight.jobs.views import UrlBuilder
 from relight.nodes.dispatch import GpuDispatcher
 from relight.params import Backend
 from relight.storage import open_storage
+from relight.storage.urls import UrlBuilder
 from relight.webhooks.delivery import WebhookSender
 from worker.metrics_server import MetricsServer
 from worker.tasks import deliver_webhook, run_job, sweep

@@ -18,8 +18,8 @@ from relight.jobs import sweeper
 from relight.jobs.execution import JobRunner
 from relight.jobs.lifecycle import announce
 from relight.jobs.queue import delivery_job_id, enqueue_delivery, enqueue_run
-from relight.jobs.views import UrlBuilder
 from relight.logs import job_context
+from relight.storage.urls import UrlBuilder
 from relight.webhooks.delivery import WebhookSender
 from relight.webhooks.service import due_deliveries
 

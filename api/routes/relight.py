@@ -23,11 +23,12 @@ from relight.errors import Conflict, RelightError
 from relight.jobs import repository
 from relight.jobs.schemas import RequestView, SubmitAccepted, SyncImage, SyncImages
 from relight.jobs.service import Submission, submit_job
-from relight.jobs.views import UrlBuilder, accepted_view, request_view
+from relight.jobs.views import accepted_view, request_view
 from relight.logs import current_request_id, job_context
 from relight.models import Job, JobStatus
 from relight.nodes.registry import discovered_gpu_nodes
 from relight.params import Backend
+from relight.storage.urls import UrlBuilder
 from relight.tenants.auth_cache import TenantSnapshot
 from relight.text import unstorable_character
 

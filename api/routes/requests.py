@@ -29,10 +29,10 @@ from relight.jobs import repository
 from relight.jobs.lifecycle import announce
 from relight.jobs.schemas import PublicStatus, RequestList, RequestView, StatusView
 from relight.jobs.service import cancel_job
-from relight.jobs.views import UrlBuilder, request_view, status_view
+from relight.jobs.views import request_view, status_view
 from relight.models import JobOutput, JobStatus
-from relight.signing import INPUT_INDEX, verify_output_signature
 from relight.storage import StoredObjectMissing
+from relight.storage.urls import INPUT_INDEX, UrlBuilder, verify_output_signature
 from relight.tenants.service import authenticate
 
 router = APIRouter(prefix="/v2/requests", tags=["requests"])

@@ -33,8 +33,8 @@ from relight.backends.protocol import (
 )
 from relight.config import Settings
 from relight.errors import BackendFailed
-from relight.jobs.views import UrlBuilder
 from relight.params import Backend, RelightParams
+from relight.storage.urls import UrlBuilder
 
 logger = logging.getLogger(__name__)
 

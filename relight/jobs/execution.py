@@ -44,11 +44,11 @@ from relight.jobs.job_images import delete_outputs, elapsed_ms, load_input, stor
 from relight.jobs.lifecycle import Moved
 from relight.jobs.progress import track_progress
 from relight.jobs.queue import Enqueuer
-from relight.jobs.views import UrlBuilder
 from relight.logs import request_context
 from relight.models import Job, JobOutput, JobStatus
 from relight.params import Backend, RelightParams
 from relight.storage import Storage
+from relight.storage.urls import UrlBuilder
 
 logger = logging.getLogger(__name__)
 

@@ -35,8 +35,8 @@ from relight.credits.service import charge_credits, refund_credits
 from relight.jobs import repository
 from relight.jobs.events import Change, publish_changed, publish_finished
 from relight.jobs.queue import Enqueuer, enqueue_delivery
-from relight.jobs.views import UrlBuilder
 from relight.models import Job, JobOutput, JobStatus
+from relight.storage.urls import UrlBuilder
 from relight.webhooks import service as webhooks
 
 logger = logging.getLogger(__name__)

@@ -26,10 +26,10 @@ from relight.image_metadata import strip_metadata
 from relight.jobs import lifecycle, repository
 from relight.jobs.inputs import SubjectSource
 from relight.jobs.lifecycle import Moved
-from relight.jobs.views import UrlBuilder
 from relight.models import Job, JobStatus, Tenant
 from relight.params import Backend, RelightParams, SubmitOptions
 from relight.storage import Storage
+from relight.storage.urls import UrlBuilder
 from relight.tenants.auth_cache import TenantSnapshot
 
 

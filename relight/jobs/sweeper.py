@@ -21,10 +21,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from relight.jobs import lifecycle
 from relight.jobs.lifecycle import Moved
-from relight.jobs.views import UrlBuilder
 from relight.logs import job_context
 from relight.models import Job, JobOutput, JobStatus
 from relight.storage import Storage
+from relight.storage.urls import UrlBuilder
 
 logger = logging.getLogger(__name__)
 

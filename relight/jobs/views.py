@@ -1,11 +1,7 @@
-"""Turns job rows into the public JSON views, with absolute and signed URLs."""
+"""Turns job rows into the public JSON views; their URLs come from `relight.storage.urls`."""
 
 from __future__ import annotations
 
-import uuid
-from dataclasses import dataclass
-
-from relight.config import Settings
 from relight.jobs.schemas import (
     BackendAttemptView,
     BackendView,
@@ -17,62 +13,7 @@ from relight.jobs.schemas import (
     SubmitAccepted,
 )
 from relight.models import Job, JobOutput, JobStatus
-from relight.signing import INPUT_INDEX, sign_output
-from relight.storage import PresigningStorage, presigner_for
-
-# Webhook bodies and the input URL handed to Segmind need an absolute base even when no client
-# request names the host; set RELIGHT_PUBLIC_BASE_URL in production.
-DEFAULT_PUBLIC_BASE_URL = "http://127.0.0.1:8000"
-
-
-@dataclass(frozen=True)
-class UrlBuilder:
-    """Absolute URLs of a request's resources; outputs signed by the api, or presigned by the
-    object store when storage is S3 (clients then download from the store directly)."""
-
-    base_url: str
-    secret_key: str
-    output_url_ttl_s: int
-    presigner: PresigningStorage | None = None
-
-    @classmethod
-    def background(cls, settings: Settings) -> UrlBuilder:
-        """The URLs of what no client request is there for: webhook bodies, Segmind's input."""
-        return cls(
-            base_url=settings.public_base_url or DEFAULT_PUBLIC_BASE_URL,
-            secret_key=settings.secret_key,
-            output_url_ttl_s=settings.output_url_ttl_s,
-            presigner=presigner_for(settings),
-        )
-
-    def _url(self, path: str) -> str:
-        return self.base_url.rstrip("/") + path
-
-    def status_url(self, job_id: uuid.UUID) -> str:
-        return self._url(f"/v2/requests/{job_id}/status")
-
-    def response_url(self, job_id: uuid.UUID) -> str:
-        return self._url(f"/v2/requests/{job_id}")
-
-    def cancel_url(self, job_id: uuid.UUID) -> str:
-        return self._url(f"/v2/requests/{job_id}/cancel")
-
-    def input_url(self, job_id: uuid.UUID) -> str:
-        """A signed, expiring URL of the stored subject image (for Segmind to fetch)."""
-        expires, signature = sign_output(
-            self.secret_key, job_id, INPUT_INDEX, self.output_url_ttl_s
-        )
-        return self._url(f"/v2/requests/{job_id}/input?expires={expires}&signature={signature}")
-
-    def output_url(self, job_id: uuid.UUID, index: int, storage_key: str | None = None) -> str:
-        """The output's expiring URL: the store's presigned one when it presigns."""
-        if self.presigner is not None and storage_key is not None:
-            return self.presigner.presigned_url(storage_key, self.output_url_ttl_s)
-        expires, signature = sign_output(self.secret_key, job_id, index, self.output_url_ttl_s)
-        return self._url(
-            f"/v2/requests/{job_id}/outputs/{index}?expires={expires}&signature={signature}"
-        )
-
+from relight.storage.urls import UrlBuilder
 
 CANCELED_MESSAGE = "the request was canceled"
 CANCELED_CODE = "canceled"

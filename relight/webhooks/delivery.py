@@ -19,12 +19,12 @@ from relight.config import Settings
 from relight.egress import EgressRefused, egress_stream
 from relight.errors import RelightError
 from relight.jobs import repository as jobs
-from relight.jobs.views import UrlBuilder
 from relight.logs import job_context
 from relight.models import WebhookDelivery
+from relight.storage.urls import UrlBuilder
 from relight.webhooks import service
 from relight.webhooks.schemas import message_id
-from relight.webhooks.signing import signature_header
+from relight.webhooks.signatures import signature_header
 
 logger = logging.getLogger(__name__)
 

@@ -22,9 +22,10 @@ from relight.backends.backoff import retry_delay_s
 from relight.errors import Conflict
 from relight.ids import uuid7
 from relight.jobs import repository as jobs
-from relight.jobs.views import UrlBuilder, request_view
+from relight.jobs.views import request_view
 from relight.models import Job, JobOutput, Tenant, WebhookAttempt, WebhookDelivery, WebhookStatus
-from relight.webhooks.signing import generate_secret
+from relight.storage.urls import UrlBuilder
+from relight.webhooks.signatures import generate_secret
 
 COMPLETED = "completed"
 START = "start"

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.waiting import RECHECK_S
 from relight.config import Settings
-from relight.signing import sign_output
+from relight.storage.urls import sign_output
 from tests.conftest import MakeTenant, RunWorker, TenantKey
 from tests.helpers import (
     FAST,

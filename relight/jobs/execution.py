@@ -67,6 +67,15 @@ TIMEOUT_CODES = frozenset({"backend_timeout", "upstream_timeout"})
 
 
 class JobRunner:
+    """Runs one job for the worker (`run(job_id)`), at least once and with effect once.
+
+    Claims it through `relight.jobs.lifecycle`, loads its images, picks a backend
+    (`relight.backends.routing`) among those available and allowed for the tenant, renders
+    while keeping the attempt's lease and watching for a cancel, stores the outputs, and ends
+    the attempt through the lifecycle (succeed, retry, fail or hand back), announcing it after
+    the commit. `RunOutcome.retry_in_s` tells the worker when to run it again.
+    """
+
     def __init__(
         self,
         *,
@@ -88,6 +97,8 @@ class JobRunner:
         self.urls = UrlBuilder.background(settings)
 
     async def run(self, job_id: uuid.UUID) -> RunOutcome:
+        """Run the job if it is queued; a job already taken, finished or canceled is skipped
+        (`RunOutcome.status` None)."""
         started = perf_counter()
         async with self.sessionmaker() as session, session.begin():
             claimed = await lifecycle.claim(session, job_id, self.settings.lease_s, self.urls)

@@ -1,4 +1,8 @@
-"""Tenant and API-key management, and authentication of a presented key."""
+"""Tenant and API-key management, and authentication of a presented key.
+
+Every function works in the caller's unit of work (it flushes, never commits). Changes that
+alter what an authenticated request may do (status, limits, keys, backends) are announced
+(`announce_change`) so that every api process drops its cached snapshot of the tenant."""
 
 from __future__ import annotations
 
@@ -58,6 +62,8 @@ async def create_tenant(
     limits: LimitsUpdate | None = None,
     weight: int = 1,
 ) -> Tenant:
+    """A new active tenant named `name`, with an opening grant of `credits` (a ledger entry),
+    optional limits and a dispatch weight; 409 `tenant_exists` when the name is taken."""
     problem = tenant_name_problem(name)
     if problem is not None:
         raise InvalidParameter(f"name: {problem}", extra={"field": "name"})
@@ -95,6 +101,7 @@ async def find_tenant(session: AsyncSession, name_or_id: str) -> Tenant:
 
 
 async def list_tenants(session: AsyncSession) -> list[Tenant]:
+    """Every tenant, oldest first."""
     return list((await session.scalars(select(Tenant).order_by(Tenant.created_at))).all())
 
 
@@ -180,6 +187,7 @@ async def set_allowed_backends(
 
 
 async def list_api_keys(session: AsyncSession, tenant: Tenant) -> list[ApiKey]:
+    """The tenant's keys (revoked ones too), oldest first; secrets are never stored."""
     result = await session.scalars(
         select(ApiKey).where(ApiKey.tenant_id == tenant.id).order_by(ApiKey.created_at)
     )
@@ -187,6 +195,8 @@ async def list_api_keys(session: AsyncSession, tenant: Tenant) -> list[ApiKey]:
 
 
 async def create_api_key(session: AsyncSession, tenant: Tenant, name: str | None) -> CreatedKey:
+    """A new key for the tenant: the full key is in the answer, once; only its prefix and a
+    hash of its secret are stored."""
     new_key = generate_key()
     api_key = ApiKey(
         tenant_id=tenant.id, prefix=new_key.prefix, secret_hash=new_key.secret_hash, name=name
@@ -197,6 +207,8 @@ async def create_api_key(session: AsyncSession, tenant: Tenant, name: str | None
 
 
 async def revoke_api_key(session: AsyncSession, key_or_prefix: str) -> ApiKey:
+    """Revoke a key given whole or by its prefix (repeating it is harmless); every api
+    process forgets it at once. 404 `key_not_found` for an unknown prefix."""
     parsed = parse_key(key_or_prefix)
     prefix = parsed[0] if parsed else key_or_prefix
     api_key = await session.scalar(select(ApiKey).where(ApiKey.prefix == prefix))

@@ -42,6 +42,16 @@ def attempt_outcome(outcome: service.AttemptOutcome) -> str:
 
 
 class WebhookSender:
+    """Sends webhook deliveries, one attempt per `deliver` call.
+
+    Each attempt claims the delivery row (so two workers never send it together), signs the
+    body stored with the event with every secret in use (`relight.webhooks.signatures`, the
+    Standard Webhooks scheme), POSTs it through the SSRF-safe egress within
+    RELIGHT_WEBHOOK_TIMEOUT_S (no redirects; an excerpt of the answer is kept), and records
+    the outcome; a failed attempt is scheduled again after the next of
+    RELIGHT_WEBHOOK_RETRY_DELAYS (or the receiver's Retry-After) until they are spent.
+    """
+
     def __init__(
         self,
         *,

@@ -44,6 +44,8 @@ from relight.nodes.registry import NodeInfo
 
 logger = logging.getLogger(__name__)
 
+# How often a plain JSON request's render looks whether its client is still there.
+DISCONNECT_CHECK_S = 0.25
 # A quiet stream still says something this often, so workers can tell slow from dead.
 PING_S = 5.0
 
@@ -242,10 +244,31 @@ async def relight(
     future = await _service(request.app).start(body, events.progress)
     future.add_done_callback(events.finished)
     if NDJSON not in (accept or ""):
-        result = await asyncio.shield(asyncio.wrap_future(future))
+        try:
+            result = await _result_unless_abandoned(request, events, future)
+        except RenderAbandoned:
+            # Nobody is there to read an answer; 499 is what proxies log for this.
+            logger.info("render abandoned: the client hung up")
+            return Response(status_code=499)
         return Response(result.model_dump_json(), media_type="application/json")
     stream = _stream(_config(request.app).node_id, events, future)
     return StreamingResponse(stream, media_type=NDJSON)
+
+
+async def _result_unless_abandoned(
+    request: Request, events: RenderEvents, future: concurrent.futures.Future[Any]
+) -> Any:
+    """The render's result for a plain JSON client; if the client hangs up first (it gave up
+    or its job was canceled), the render is stopped at its next step and its slot freed, as for
+    a stream."""
+    waiting = asyncio.ensure_future(asyncio.wrap_future(future))
+    while True:
+        done, _ = await asyncio.wait({waiting}, timeout=DISCONNECT_CHECK_S)
+        if done:
+            return waiting.result()
+        if await request.is_disconnected():
+            events.abandoned.set()
+            return await waiting  # RenderAbandoned at the next step
 
 
 def _line(event: dict[str, Any]) -> bytes:

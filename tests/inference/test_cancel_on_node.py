@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from redis.asyncio import Redis
 from sqlalchemy import select
@@ -19,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from relight.config import Settings
 from relight.models import CreditEntry
 from relight.nodes import slots
+from relight.nodes.protocol import RELIGHT_PATH
 from tests.conftest import TenantKey, example_bytes
 from tests.fakes.segmind import background_worker, relight_client
 from tests.helpers import get_record, get_status
@@ -110,3 +113,38 @@ async def test_canceling_a_job_on_a_node_frees_its_slot_and_refunds_it_once(
             select(CreditEntry).where(CreditEntry.job_id == uuid.UUID(request_id))
         )
         assert Counter(entry.kind for entry in entries) == {"reserve": 1, "refund": 1}
+
+
+async def test_a_plain_json_client_that_hangs_up_frees_the_node_slot(
+    iclight_node: NodeProcess,
+) -> None:
+    # A client of the node's plain JSON answer (no progress stream) that gives up mid-render.
+    body = {
+        "image": base64.b64encode(example_bytes()).decode(),
+        "params": {
+            "prompt": "a cat, warm sunset light",
+            "width": 1024,
+            "height": 1024,
+            "highres_scale": 1.0,
+            "steps": 100,
+            "number_of_images": 4,
+        },
+        "seed": 7,
+    }
+    async with httpx.AsyncClient(base_url=iclight_node.url) as node:
+        request = asyncio.create_task(node.post(RELIGHT_PATH, json=body, timeout=120))
+        for _ in range(400):
+            if iclight_node.health()["in_flight"] == 1:
+                break
+            await asyncio.sleep(0.05)
+        assert iclight_node.health()["in_flight"] == 1
+        request.cancel()  # hang up
+        with contextlib.suppress(asyncio.CancelledError):
+            await request
+
+    # The node notices within a check or two and stops at its next denoising step.
+    for _ in range(100):
+        if iclight_node.health()["in_flight"] == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert iclight_node.health()["in_flight"] == 0

@@ -14,7 +14,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 import tomllib
 import uuid
 from pathlib import Path
@@ -28,6 +27,7 @@ from PIL import Image
 from relight.config import Settings
 from scripts.stack import BIN, free_port
 from tests.conftest import example_bytes
+from tests.nodes.processes import wait_until_healthy
 
 ROOT = Path(__file__).resolve().parents[2]
 # What only the service runs: the database driver and ORM, the migrations, the queue.
@@ -182,7 +182,7 @@ def test_a_node_renders_with_the_service_libraries_unimportable(
             stderr=subprocess.STDOUT,
         )
         try:
-            _wait_healthy(url, process, log)
+            wait_until_healthy(url, process, log, timeout_s=120)
             payload = {
                 "image": base64.b64encode(example_bytes()).decode(),
                 "params": {
@@ -209,18 +209,3 @@ def test_a_node_renders_with_the_service_libraries_unimportable(
     image = Image.open(io.BytesIO(base64.b64decode(events[-1]["images"][0]["data"])))
     assert image.size == (256, 256)
     assert "imported" not in log.read_text()
-
-
-def _wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 120
-    while True:
-        if process.poll() is not None:
-            raise AssertionError(f"relight-node exited: {log.read_text()}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"relight-node did not start: {log.read_text()}")
-        time.sleep(0.2)

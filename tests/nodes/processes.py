@@ -35,6 +35,25 @@ class NodeProcess:
         return answer
 
 
+def wait_until_healthy(
+    url: str, process: subprocess.Popen[bytes], log: Path, timeout_s: float
+) -> None:
+    """Until the node at `url` answers /healthz; raises (with its log) if it exits or does not
+    start within `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"relight-node exited: {log.read_text()}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"relight-node did not start: {log.read_text()}")
+        time.sleep(0.1)
+
+
 @contextmanager
 def node_process(
     node_id: str,
@@ -78,18 +97,7 @@ def node_process(
             stderr=subprocess.STDOUT,
         )
         try:
-            deadline = time.monotonic() + startup_timeout_s
-            while True:
-                if process.poll() is not None:
-                    raise RuntimeError(f"relight-node exited: {log.read_text()}")
-                try:
-                    if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"relight-node did not start: {log.read_text()}")
-                time.sleep(0.1)
+            wait_until_healthy(url, process, log, startup_timeout_s)
             yield NodeProcess(node_id=node_id, url=url, process=process, log=log)
         finally:
             if process.poll() is None:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import io
 import struct
-import warnings
 import zlib
 
 from PIL import Image
 
 from relight.image_structure import end_of_entropy_data, sniff_format
+from relight.pillow_settings import configure_pillow
+
+configure_pillow()
 
 ORIENTATION_TAG = 0x0112
 # JPEG segments kept: APP0 (JFIF), APP2 (ICC profile only: an MPO's APP2 "MPF" index of further
@@ -39,10 +41,8 @@ def orientation_of(data: bytes) -> int:
                 exif.load(raw)
             value = exif.get(ORIENTATION_TAG, 1)
         else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                with Image.open(io.BytesIO(data)) as image:
-                    value = image.getexif().get(ORIENTATION_TAG, 1)
+            with Image.open(io.BytesIO(data)) as image:
+                value = image.getexif().get(ORIENTATION_TAG, 1)
     except Exception:
         return 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1

@@ -13,19 +13,17 @@ from __future__ import annotations
 
 import io
 import math
-import warnings
 
 from PIL import Image, UnidentifiedImageError
 
 from relight.errors import InvalidImage
 from relight.image_structure import verify_structure
 from relight.params import OutputFormat
+from relight.pillow_settings import configure_pillow
 
 ALLOWED_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 
-# Pillow's own bomb guard would fire on sizes we already refuse; ours runs first, with our
-# limit, and a clear message.
-Image.MAX_IMAGE_PIXELS = None
+configure_pillow()
 
 ORIENTATION_TAG = 0x0112
 # EXIF orientation → the transpose that makes the image upright (as ImageOps.exif_transpose).
@@ -61,21 +59,19 @@ def decode_image(
     cover = (crop_width, crop_height) if crop_width and crop_height else None
     fmt = verify_structure(data, max_bytes=max_bytes, max_pixels=max_pixels).format
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            image: Image.Image = Image.open(io.BytesIO(data), formats=[fmt])
-            # A multi-picture JPEG (MPO, as phones write) is its primary picture; the others
-            # (depth maps, previews) play no part. Other formats with frames are animations.
-            if getattr(image, "n_frames", 1) > 1 and image.format != "MPO":
-                raise InvalidImage("animated images are not supported; send a single frame")
-            orientation = _orientation(image)
-            if cover is not None and orientation in SIDEWAYS:
-                cover = (cover[1], cover[0])  # the stored image is turned a quarter
-            if cover is not None and fmt == "JPEG":
-                image.draft(image.mode, covering_size(image.size, cover))
-            image.load()
-            if cover is not None:
-                image = reduce_covering(image, covering_size(image.size, cover))
+        image: Image.Image = Image.open(io.BytesIO(data), formats=[fmt])
+        # A multi-picture JPEG (MPO, as phones write) is its primary picture; the others
+        # (depth maps, previews) play no part. Other formats with frames are animations.
+        if getattr(image, "n_frames", 1) > 1 and image.format != "MPO":
+            raise InvalidImage("animated images are not supported; send a single frame")
+        orientation = _orientation(image)
+        if cover is not None and orientation in SIDEWAYS:
+            cover = (cover[1], cover[0])  # the stored image is turned a quarter
+        if cover is not None and fmt == "JPEG":
+            image.draft(image.mode, covering_size(image.size, cover))
+        image.load()
+        if cover is not None:
+            image = reduce_covering(image, covering_size(image.size, cover))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InvalidImage(f"subject_image could not be decoded as {fmt}: {exc}") from exc
     return normalize(image, orientation)

@@ -78,7 +78,7 @@ async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
     async with sessionmaker() as session:
         queued = await sweeper.queued_before(session, settings.requeue_grace_s)
         due = await due_deliveries(session)
-        tenants = await sweeper.tenants_of(session, {*queued, *reclaimed.requeued})
+        owners = await sweeper.owners_of(session, {*queued, *reclaimed.requeued})
     queue = settings.queue_name
     for job_id in reclaimed.requeued:
         # The dead worker's in-progress marker would keep arq from running the job again until
@@ -88,7 +88,10 @@ async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
     await announce(redis, queue, *reclaimed.moves)
 
     async def run_again(job_id: uuid.UUID) -> bool:
-        return await enqueue_run(redis, queue, job_id, tenants.get(job_id))
+        owner = owners.get(job_id)
+        if owner is None:  # the row is gone since
+            return await enqueue_run(redis, queue, job_id)
+        return await enqueue_run(redis, queue, job_id, owner.tenant_id, owner.weight)
 
     async def send_again(delivery_id: uuid.UUID, attempt: int) -> bool:
         return await enqueue_delivery(redis, queue, delivery_id, attempt)

@@ -51,10 +51,11 @@ def deserialize_job(data: bytes) -> dict[str, Any]:
 # dropped lazily by that script, when it finds them gone from arq's queue.
 #
 # A tenant's weight lives in Postgres (`tenant.weight`); Redis holds a mirror, written after
-# the admin API or `relight-admin` commits a change and again by every submit of the tenant's
-# jobs (the API knows the weight from the tenant it authenticated). So a Redis that lost the
-# hash (a flush, a restart without persistence) heals with the tenant's next submit; until
-# then, and for jobs the sweeper queues again, the tenant counts as weight 1.
+# the admin API or `relight-admin` commits a change, again by every submit of the tenant's
+# jobs (the API knows the weight from the tenant it authenticated), and by the sweeper when it
+# queues a lost job again (it reads the weight with the job). So a Redis that lost the hash (a
+# flush, a restart without persistence) heals with the sweep that puts its jobs back, or the
+# tenant's next submit; until then the tenant counts as weight 1.
 def tenant_queue_prefix(queue_name: str) -> str:
     return f"{queue_name}:tenant:"
 

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from relight.jobs import lifecycle
 from relight.jobs.lifecycle import Moved
 from relight.logs import job_context
-from relight.models import Job, JobOutput, JobStatus
+from relight.models import Job, JobOutput, JobStatus, Tenant
 from relight.storage import Storage
 from relight.storage.urls import UrlBuilder
 
@@ -58,12 +58,25 @@ async def queued_before(
     return {row.id: row.http_request_id for row in rows}
 
 
-async def tenants_of(session: AsyncSession, job_ids: set[uuid.UUID]) -> dict[uuid.UUID, uuid.UUID]:
-    """job id → tenant id, so that a job queued again keeps taking its tenant's turns."""
+@dataclass(frozen=True)
+class Owner:
+    """A job's tenant and the tenant's weight, for its place in the fair turns."""
+
+    tenant_id: uuid.UUID
+    weight: int
+
+
+async def owners_of(session: AsyncSession, job_ids: set[uuid.UUID]) -> dict[uuid.UUID, Owner]:
+    """job id → its tenant and weight, so that a job queued again keeps taking its tenant's
+    turns, and the weight's copy in Redis is written again (it heals after a flush)."""
     if not job_ids:
         return {}
-    rows = await session.execute(select(Job.id, Job.tenant_id).where(Job.id.in_(job_ids)))
-    return {row.id: row.tenant_id for row in rows}
+    rows = await session.execute(
+        select(Job.id, Job.tenant_id, Tenant.weight)
+        .join(Tenant, Tenant.id == Job.tenant_id)
+        .where(Job.id.in_(job_ids))
+    )
+    return {row.id: Owner(row.tenant_id, row.weight) for row in rows}
 
 
 async def reclaim_expired(

@@ -14,6 +14,7 @@ from datetime import datetime
 
 import httpx
 from arq.connections import ArqRedis
+from arq.constants import job_key_prefix
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -22,11 +23,13 @@ from relight.config import Settings
 from relight.jobs import queue
 from relight.models import Job
 from relight.params import Backend
+from relight.storage.filesystem import FileSystemStorage
 from relight.tenants.service import find_tenant, set_weight
-from tests.conftest import MakeTenant
+from tests.conftest import MakeTenant, delete_run_keys
 from tests.helpers import fast_body, submit
 from tests.weights import mirrored_weight
 from worker.settings import build_worker
+from worker.tasks import sweep
 
 BACKLOG = 12
 JOB_S = 0.05
@@ -187,3 +190,35 @@ async def test_a_tenant_of_weight_3_starts_3_jobs_for_each_job_of_a_tenant_of_we
     assert both_waiting.count("H") == BACKLOG, order
     assert "LL" not in both_waiting, order
     assert "HHHH" not in both_waiting, order
+
+
+async def test_a_sweep_that_queues_lost_jobs_again_writes_their_tenants_weight_again(
+    client: httpx.AsyncClient,
+    make_tenant: MakeTenant,
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    redis: ArqRedis,
+) -> None:
+    """A Redis that lost everything (a restart without persistence, a FLUSHALL) also lost the
+    weights: the sweep that puts the jobs back writes them again, before any new submit.
+    (Failed before the change: the jobs came back at weight 1, the mirror stayed empty.)"""
+    heavy = await make_tenant("heavy")
+    async with sessionmaker() as session, session.begin():
+        await set_weight(session, await find_tenant(session, "heavy"), 3)
+    jobs = [await submit(client, heavy, fast_body()) for _ in range(2)]
+    # What a FLUSHALL does to this run (other runs share the database): its queue, tenant
+    # turns and weights, and the jobs' arq keys.
+    await delete_run_keys(redis, settings)
+    await redis.delete(*(job_key_prefix + job for job in jobs))
+    assert await mirrored_weight(redis, settings.queue_name, str(heavy.tenant_id)) is None
+
+    no_grace = settings.model_copy(update={"requeue_grace_s": 0.001})
+    await asyncio.sleep(0.01)
+    storage = FileSystemStorage(settings.storage_dir)
+    ctx = {"sessionmaker": sessionmaker, "settings": no_grace, "redis": redis, "storage": storage}
+    counts = await sweep(ctx)
+
+    assert counts["requeued"] == 2
+    assert await mirrored_weight(redis, settings.queue_name, str(heavy.tenant_id)) == b"3"
+    tenant_queue = queue.tenant_queue_key(settings.queue_name, str(heavy.tenant_id))
+    assert sorted(await redis.zrange(tenant_queue, 0, -1)) == sorted(j.encode() for j in jobs)

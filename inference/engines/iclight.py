@@ -21,7 +21,7 @@ scheduler), so one engine serves concurrent threads.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from time import perf_counter
 
@@ -48,6 +48,7 @@ from inference.iclight.sampling import (
     Guidance,
     PassJob,
     PassShape,
+    denoise_steps,
     denoise_together,
     img2img_steps,
     pass_shape,
@@ -315,17 +316,17 @@ class ICLightEngine:
         latent = (job.count, LATENT_CHANNELS, height // self.vae_scale, width // self.vae_scale)
         shape = pass_shape(job, latent, steps, strength, self.unet_dtype)
 
-        def run(shape: PassShape, jobs: list[PassJob]) -> None:
-            denoise_together(unet, shape, jobs)
+        def pass_steps(shape: PassShape, jobs: list[PassJob]) -> Iterator[list[PassJob]]:
+            return denoise_steps(unet, shape, jobs)
 
         if self.batcher is None:
             started = perf_counter()
-            run(shape, [job])
+            denoise_together(unet, shape, [job])
             if self.batch_observer is not None:
                 seconds = perf_counter() - started
                 self.batch_observer.pass_ran(job.count, 1, shape.steps_run, seconds)
         else:
-            self.batcher.run((variant.value, shape), job, run)
+            self.batcher.run((variant.value, shape), job, pass_steps)
         if job.error is not None:
             raise job.error
         assert job.result is not None

@@ -4,10 +4,15 @@ A node renders each request on its own thread. When a request reaches a denoisin
 joins the open group of its `PassShape` (same latent size, steps, img2img strength, guidance
 on or off, prompt length, condition channels, model) if the group has room for its images,
 or opens one. The thread that opened a group leads it: it waits up to the batch window for
-company, but only while other requests are inside the engine and could still join, then runs
-the pass for the whole group (`denoise_together`) and wakes the others. A lone request never
-waits. Everything per request stays its own: generator, prompts, conditions, guidance scale,
+company, but only while other requests are inside the engine and could still join, then
+starts the pass for the whole group (`denoise_steps`). A lone request never waits.
+Everything per request stays its own: generator, prompts, conditions, guidance scale,
 progress and errors; only the UNet calls are shared.
+
+The pass is driven a step at a time by one member's thread at a time. A member that leaves
+mid-pass (canceled: its progress callback raised) is dropped from the next steps and its
+thread returns at once, so the node frees its slot then, not when the pass ends; when the
+member leaving was the one driving, another member's thread takes over at the next step.
 
 Python threads are enough: the work runs in torch kernels that release the GIL, and the only
 shared state is the open-group table under one lock.
@@ -33,11 +38,24 @@ class BatchObserver(Protocol):
     def pass_ran(self, images: int, requests: int, steps: int, seconds: float) -> None: ...
 
 
+Steps = Iterator[list[PassJob]]
+
+
 @dataclass(eq=False)
 class _Group:
     jobs: list[PassJob]
     images: int
-    done: threading.Event = field(default_factory=threading.Event)
+    changed: threading.Condition = field(default_factory=threading.Condition)
+    steps: Steps | None = None  # set by the leader once the window closes
+    driving: bool = False  # a member's thread is running steps
+    finished: bool = False
+    started: float = 0.0
+
+    def waiting_is_over(self, job: PassJob) -> bool:
+        """Under `changed`: `job` left, the pass is over, or the wheel is free to take."""
+        return (
+            job.error is not None or self.finished or (self.steps is not None and not self.driving)
+        )
 
 
 class PassBatcher:
@@ -75,9 +93,10 @@ class PassBatcher:
         self,
         key: GroupKey,
         job: PassJob,
-        execute: Callable[[PassShape, list[PassJob]], None],
+        execute: Callable[[PassShape, list[PassJob]], Steps],
     ) -> None:
-        """Run `job`'s pass, alone or with company; on return `job.result` or `job.error`."""
+        """Run `job`'s pass, alone or with company; on return `job.result` or `job.error`
+        (returning as soon as `job` leaves the pass, which goes on for the others)."""
         with self._lock:
             group = self._open.get(key)
             if group is not None and group.images + job.count <= self.max_images:
@@ -92,9 +111,15 @@ class PassBatcher:
                 if job.count < self.max_images:
                     self._open[key] = group
                 leader = True
-        if not leader:
-            group.done.wait()
-            return
+        if leader:
+            self._wait_for_company(key, group)
+            with group.changed:
+                group.started = time.perf_counter()
+                group.steps = execute(key[1], group.jobs)
+        self._take_part(key[1], group, job)
+
+    def _wait_for_company(self, key: GroupKey, group: _Group) -> None:
+        """Hold the group open for the batch window, while others could still join."""
         deadline = time.monotonic() + self.window_s
         with self._lock:
             while (
@@ -105,16 +130,34 @@ class PassBatcher:
                 self._lock.wait(remaining)
             if self._open.get(key) is group:
                 del self._open[key]
-        started = time.perf_counter()
+
+    def _take_part(self, shape: PassShape, group: _Group, job: PassJob) -> None:
+        """Wait, or drive the pass's steps when nobody is, until `job` leaves or it ends."""
+        with group.changed:
+            group.changed.wait_for(lambda: group.waiting_is_over(job))
+            if job.error is not None or group.finished:
+                return
+            group.driving = True
+        assert group.steps is not None
+        finished = True
         try:
-            execute(key[1], group.jobs)
+            for left in group.steps:
+                if left:
+                    with group.changed:
+                        group.changed.notify_all()  # the members that left go at once
+                if job.error is not None:
+                    finished = all(member.error is not None for member in group.jobs)
+                    break  # someone still in the pass takes the wheel
         except Exception as exc:  # e.g. out of memory: every member learns it
             for member in group.jobs:
                 if member.error is None:
                     member.error = exc
         finally:
-            group.done.set()
-        if self.observer is not None:
+            with group.changed:
+                group.driving = False
+                group.finished = finished
+                group.changed.notify_all()
+        if finished and self.observer is not None:
             self.observer.pass_ran(
-                group.images, len(group.jobs), key[1].steps_run, time.perf_counter() - started
+                group.images, len(group.jobs), shape.steps_run, time.perf_counter() - group.started
             )

@@ -8,7 +8,7 @@ made for this one call, so concurrent requests never share solver state.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,38 +123,102 @@ class PassJob:
 
 
 def denoise_together(unet: UNetCall, shape: PassShape, jobs: list[PassJob]) -> None:
-    """Run one pass for every job in one batch; each job gets its `result` (or `error`).
+    """Run one pass for every job in one batch; each job gets its `result` (or `error`)."""
+    for _ in denoise_steps(unet, shape, jobs):
+        pass
+
+
+def denoise_steps(unet: UNetCall, shape: PassShape, jobs: list[PassJob]) -> Iterator[list[PassJob]]:
+    """Run one pass for every job in one batch, a step per iteration: each yields the jobs
+    that left at that step (their `on_step` raised, e.g. canceled: `error` is set). Their rows
+    are dropped from the next steps, and the pass stops once nobody is left. At the end, every
+    job still in it gets its `result`.
 
     Each job draws its noise from its own generator, in the order and shapes it would alone
     (initial noise, then the SDE noise of every step), and gets its own guidance scale, so its
     images are the ones it would get alone up to the UNet's batch-size rounding (none on a
-    CPU in fp32 with one thread).
+    CPU in fp32 with one thread), whoever leaves the batch on the way.
     """
     device = jobs[0].condition.device
-    dtype = shape.dtype
     scheduler = new_scheduler()
     timesteps = shape.timesteps(scheduler, device)
     latents = _initial_latents(scheduler, timesteps, shape, jobs)
-    hidden_states = _hidden_states(shape, jobs).to(dtype)
-    rows = [job.condition.to(device=device, dtype=dtype) for job in jobs for _ in range(job.count)]
-    concat = torch.cat(rows * (2 if shape.classifier_free else 1), dim=0)
-    bounds = list(itertools.accumulate([0, *(job.count for job in jobs)]))
+    active = list(jobs)
+    batch = _BatchInputs.of(shape, active)
     for t in timesteps:
         model_input = torch.cat([latents] * 2) if shape.classifier_free else latents
         model_input = scheduler.scale_model_input(model_input, t)
-        noise_pred = unet(torch.cat([model_input, concat], dim=1), t, hidden_states)
+        noise_pred = unet(torch.cat([model_input, batch.concat], dim=1), t, batch.hidden_states)
         if shape.classifier_free:
-            noise_pred = _guided(noise_pred, jobs, bounds)
-        variance = _step_noise(shape, jobs, device)
+            noise_pred = _guided(noise_pred, active, batch.bounds)
+        variance = _step_noise(shape, active, device)
         latents = scheduler.step(
             noise_pred, t, latents, variance_noise=variance, return_dict=False
         )[0]
-        _report_step(jobs)
-        if all(job.error is not None for job in jobs):
-            break  # everyone in the batch gave up (e.g. canceled): stop between steps
-    for job, a, b in zip(jobs, bounds, bounds[1:], strict=False):
-        if job.error is None:
-            job.result = latents[a:b]
+        _report_step(active)
+        left = [job for job in active if job.error is not None]
+        if left:
+            staying = [job for job in active if job.error is None]
+            if not staying:
+                yield left
+                return  # everyone in the batch gave up: stop between steps
+            keep = batch.rows_of(active, staying, device)
+            latents = latents[keep]
+            _keep_solver_rows(scheduler, keep)
+            active = staying
+            batch = _BatchInputs.of(shape, active)
+        yield left
+    for job, a, b in zip(active, batch.bounds, batch.bounds[1:], strict=False):
+        job.result = latents[a:b]
+
+
+@dataclass(frozen=True, slots=True)
+class _BatchInputs:
+    """What a step feeds the UNet besides the latents, for the jobs in the batch (in order)."""
+
+    concat: torch.Tensor  # each image's condition, twice over with guidance
+    hidden_states: torch.Tensor
+    bounds: list[int]  # job i's latent rows are bounds[i]:bounds[i + 1]
+
+    @classmethod
+    def of(cls, shape: PassShape, jobs: list[PassJob]) -> _BatchInputs:
+        device = jobs[0].condition.device
+        rows = [
+            job.condition.to(device=device, dtype=shape.dtype)
+            for job in jobs
+            for _ in range(job.count)
+        ]
+        return cls(
+            concat=torch.cat(rows * (2 if shape.classifier_free else 1), dim=0),
+            hidden_states=_hidden_states(shape, jobs).to(shape.dtype),
+            bounds=list(itertools.accumulate([0, *(job.count for job in jobs)])),
+        )
+
+    def rows_of(
+        self, jobs: list[PassJob], staying: list[PassJob], device: torch.device
+    ) -> torch.Tensor:
+        """The latent rows of the `staying` jobs (a subsequence of `jobs`, this batch's)."""
+        ids = {id(job) for job in staying}
+        rows = [
+            row
+            for job, a, b in zip(jobs, self.bounds, self.bounds[1:], strict=False)
+            if id(job) in ids
+            for row in range(a, b)
+        ]
+        return torch.tensor(rows, device=device)
+
+
+def _keep_solver_rows(scheduler: DPMSolverMultistepScheduler, keep: torch.Tensor) -> None:
+    """Drop the rows of departed jobs from the solver's history (the previous steps' model
+    outputs, one row per image: the multistep update of the next step reads them)."""
+    history = scheduler.model_outputs
+    for output in history:
+        if output is not None and not isinstance(output, torch.Tensor):
+            raise RuntimeError(
+                "DPMSolverMultistepScheduler.model_outputs no longer holds tensors: "
+                "inference/iclight/sampling.py cannot drop a departed job's rows"
+            )
+    scheduler.model_outputs = [None if output is None else output[keep] for output in history]
 
 
 def _initial_latents(

@@ -12,6 +12,7 @@ steps and 0.26 % at 25 steps for the request in the first rows; the others were 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,6 +164,48 @@ def test_a_request_failing_mid_batch_leaves_its_batch_mate_intact(
     assert isinstance(results[0], ConnectionError)
     _same(results[1], alone.relight(cat, params, 6))
     assert passes.runs[0] == (2, 2)
+
+
+def test_a_request_canceled_mid_batch_returns_at_once_and_its_mate_goes_on_without_it(
+    tiny_model_dir: Path, alone: ICLightEngine, cat: Image.Image
+) -> None:
+    """The canceled request's thread (its node slot) is back at the next step, not when the
+    shared pass ends; the mate's pass goes on without the canceled rows, to the images it
+    would get alone. (Failed before the change: the canceled request returned only after the
+    mate's last step of that pass.)"""
+    engine, passes = _batching(tiny_model_dir, window_s=5.0)
+    steps = 12
+    params = RelightParams(prompt="a cat, sunset", **{**SMALL, "steps": steps})
+    # Two images for the mate, so the rows kept are not simply the first or the last one.
+    mate_params = RelightParams(
+        prompt="a cat, dusk", number_of_images=2, **{**SMALL, "steps": steps}
+    )
+    canceled_reports: list[float] = []
+    mate_reports: list[float] = []  # when each of the mate's progress reports came
+    returned_at: dict[str, float] = {}
+
+    def canceled_at_the_second_step(fraction: float) -> None:
+        canceled_reports.append(fraction)
+        if len(canceled_reports) == 3:  # 0.0 at the start, then one report per step
+            raise ConnectionError("canceled")
+
+    def canceled() -> list[Image.Image]:
+        try:
+            return engine.relight(cat, params, 5, canceled_at_the_second_step)
+        finally:
+            returned_at["canceled"] = time.monotonic()
+
+    def mate() -> list[Image.Image]:
+        return engine.relight(cat, mate_params, 6, lambda _: mate_reports.append(time.monotonic()))
+
+    results = _together(canceled, mate)
+
+    assert isinstance(results[0], ConnectionError)
+    _same(results[1], alone.relight(cat, mate_params, 6))
+    # The mate's reports: the start, then one per step; the low-res pass is its first `steps`.
+    end_of_shared_pass = mate_reports[steps]
+    assert returned_at["canceled"] < end_of_shared_pass
+    assert passes.runs[0] == (3, 2)
 
 
 def test_the_batch_window_releases_a_request_that_finds_no_company(

@@ -175,7 +175,10 @@ class AuthCache:
                 logger.warning("auth-cache listener lost its connection; reconnecting")
             except asyncio.CancelledError:
                 raise
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            except Exception:
+                # Whatever it is (a refused connection, a backend killed mid-LISTEN, which
+                # asyncpg reports as an InternalClientError), the listener must not die: until
+                # it is back the cache stores nothing, and it tries again in a second.
                 logger.warning("auth-cache listener cannot connect; retrying", exc_info=True)
             finally:
                 self._set_listening(False)

@@ -6,6 +6,7 @@ database refuses."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -20,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from api.app import create_app
 from relight.config import Settings
 from relight.models import TenantStatus
+from relight.tenants.auth_cache import AuthCache
 from relight.tenants.schemas import LimitsUpdate
 from relight.tenants.service import find_tenant, set_limits, set_tenant_status
 from tests.cli_runner import admin_env, run_admin
@@ -303,3 +305,20 @@ async def test_a_lost_listener_empties_the_cache_and_comes_back(
             )
         # ...and the announcement drops it.
         await status_within(2, 401, lambda: submit_status(api, second, body))
+
+
+async def test_the_listener_outlives_an_error_it_did_not_expect(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A backend killed mid-LISTEN made asyncpg raise an InternalClientError (seen in the chaos
+    test), which ended the listener for good and came out of `stop()` at shutdown. Any error is
+    now logged and retried; here, an unparsable port raises a ValueError on every try. (Failed
+    before the change: one try, then `stop()` raised the ValueError.)"""
+    cache = AuthCache(ttl_s=60, dsn="postgresql://postgres@127.0.0.1:notaport/relight")
+    with caplog.at_level(logging.WARNING, logger="relight.tenants.auth_cache"):
+        await cache.start()
+        await asyncio.sleep(1.3)  # a try at once, another one a second later
+        await cache.stop()  # raised the error that ended the listener, before
+    tries = [r for r in caplog.records if "listener cannot connect" in r.getMessage()]
+    assert len(tries) >= 2
+    assert all(r.exc_info and r.exc_info[0] is ValueError for r in tries)

@@ -317,7 +317,7 @@ class ICLightEngine:
         shape = pass_shape(job, latent, steps, strength, self.unet_dtype)
 
         def pass_steps(shape: PassShape, jobs: list[PassJob]) -> Iterator[list[PassJob]]:
-            return denoise_steps(unet, shape, jobs)
+            return denoise_steps(unet, shape, jobs, drop_departed=not unet.fixed_shapes)
 
         if self.batcher is None:
             started = perf_counter()

@@ -115,7 +115,13 @@ class PassBatcher:
             self._wait_for_company(key, group)
             with group.changed:
                 group.started = time.perf_counter()
-                group.steps = execute(key[1], group.jobs)
+                try:
+                    group.steps = execute(key[1], group.jobs)
+                except Exception as exc:  # the pass could not start: every member learns it
+                    _fail_all(group, exc)
+                    group.finished = True
+                    group.changed.notify_all()
+                    return
         self._take_part(key[1], group, job)
 
     def _wait_for_company(self, key: GroupKey, group: _Group) -> None:
@@ -148,10 +154,10 @@ class PassBatcher:
                 if job.error is not None:
                     finished = all(member.error is not None for member in group.jobs)
                     break  # someone still in the pass takes the wheel
-        except Exception as exc:  # e.g. out of memory: every member learns it
-            for member in group.jobs:
-                if member.error is None:
-                    member.error = exc
+        except BaseException as exc:  # e.g. out of memory: every member learns it
+            _fail_all(group, exc)
+            if not isinstance(exc, Exception):
+                raise
         finally:
             with group.changed:
                 group.driving = False
@@ -161,3 +167,10 @@ class PassBatcher:
             self.observer.pass_ran(
                 group.images, len(group.jobs), shape.steps_run, time.perf_counter() - group.started
             )
+
+
+def _fail_all(group: _Group, exc: BaseException) -> None:
+    """Give `exc` to every member still in the pass."""
+    for member in group.jobs:
+        if member.error is None:
+            member.error = exc

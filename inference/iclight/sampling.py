@@ -122,17 +122,24 @@ class PassJob:
     error: BaseException | None = None
 
 
-def denoise_together(unet: UNetCall, shape: PassShape, jobs: list[PassJob]) -> None:
+def denoise_together(
+    unet: UNetCall, shape: PassShape, jobs: list[PassJob], *, drop_departed: bool = True
+) -> None:
     """Run one pass for every job in one batch; each job gets its `result` (or `error`)."""
-    for _ in denoise_steps(unet, shape, jobs):
+    for _ in denoise_steps(unet, shape, jobs, drop_departed=drop_departed):
         pass
 
 
-def denoise_steps(unet: UNetCall, shape: PassShape, jobs: list[PassJob]) -> Iterator[list[PassJob]]:
+def denoise_steps(
+    unet: UNetCall, shape: PassShape, jobs: list[PassJob], *, drop_departed: bool = True
+) -> Iterator[list[PassJob]]:
     """Run one pass for every job in one batch, a step per iteration: each yields the jobs
-    that left at that step (their `on_step` raised, e.g. canceled: `error` is set). Their rows
-    are dropped from the next steps, and the pass stops once nobody is left. At the end, every
-    job still in it gets its `result`.
+    that left at that step (their `on_step` raised, e.g. canceled: `error` is set). The pass
+    stops once nobody is left. At the end, every job still in it gets its `result`.
+
+    With `drop_departed`, the rows of jobs that left are dropped from the next steps (less
+    work). Without it they run on, discarded, and the UNet's batch size stays as it was: for a
+    UNet to which a new batch size costs a CUDA graph capture or a recompile.
 
     Each job draws its noise from its own generator, in the order and shapes it would alone
     (initial noise, then the SDE noise of every step), and gets its own guidance scale, so its
@@ -143,33 +150,36 @@ def denoise_steps(unet: UNetCall, shape: PassShape, jobs: list[PassJob]) -> Iter
     scheduler = new_scheduler()
     timesteps = shape.timesteps(scheduler, device)
     latents = _initial_latents(scheduler, timesteps, shape, jobs)
-    active = list(jobs)
-    batch = _BatchInputs.of(shape, active)
+    rows = list(jobs)  # the jobs whose rows the batch computes, in order
+    batch = _BatchInputs.of(shape, rows)
+    gone: set[int] = set()
     for t in timesteps:
         model_input = torch.cat([latents] * 2) if shape.classifier_free else latents
         model_input = scheduler.scale_model_input(model_input, t)
         noise_pred = unet(torch.cat([model_input, batch.concat], dim=1), t, batch.hidden_states)
         if shape.classifier_free:
-            noise_pred = _guided(noise_pred, active, batch.bounds)
-        variance = _step_noise(shape, active, device)
+            noise_pred = _guided(noise_pred, rows, batch.bounds)
+        variance = _step_noise(shape, rows, device)
         latents = scheduler.step(
             noise_pred, t, latents, variance_noise=variance, return_dict=False
         )[0]
-        _report_step(active)
-        left = [job for job in active if job.error is not None]
-        if left:
-            staying = [job for job in active if job.error is None]
-            if not staying:
-                yield left
-                return  # everyone in the batch gave up: stop between steps
-            keep = batch.rows_of(active, staying, device)
+        _report_step(rows)
+        left = [job for job in rows if job.error is not None and id(job) not in gone]
+        gone.update(id(job) for job in left)
+        staying = [job for job in rows if job.error is None]
+        if not staying:
+            yield left
+            return  # everyone in the batch gave up: stop between steps
+        if left and drop_departed:
+            keep = batch.rows_of(rows, staying, device)
             latents = latents[keep]
             _keep_solver_rows(scheduler, keep)
-            active = staying
-            batch = _BatchInputs.of(shape, active)
+            rows = staying
+            batch = _BatchInputs.of(shape, rows)
         yield left
-    for job, a, b in zip(active, batch.bounds, batch.bounds[1:], strict=False):
-        job.result = latents[a:b]
+    for job, a, b in zip(rows, batch.bounds, batch.bounds[1:], strict=False):
+        if job.error is None:
+            job.result = latents[a:b]
 
 
 @dataclass(frozen=True, slots=True)

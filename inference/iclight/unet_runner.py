@@ -42,6 +42,12 @@ class UNetRunner:
         self._compiled_shapes: set[tuple[int, ...]] = set()
         self._graphs = CudaGraphUNet(self.unet) if cuda_graphs else None
 
+    @property
+    def fixed_shapes(self) -> bool:
+        """Whether a batch size not seen before costs a CUDA graph capture or a recompile (so
+        a pass keeps its batch size when a member leaves, rather than shrink mid-pass)."""
+        return self._graphs is not None or self._compile_lock is not None
+
     def __call__(
         self, sample: torch.Tensor, timestep: torch.Tensor, hidden_states: torch.Tensor
     ) -> torch.Tensor:

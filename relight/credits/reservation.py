@@ -26,6 +26,7 @@ _JOB_TABLE = Job.metadata.tables[Job.__tablename__]
 # What a submit sets; every other column takes its default. `id` and `tenant_id` are the
 # reservation's `job_id` and `tenant_id` parameters, so the job and its ledger entry agree.
 _SUBMITTED_COLUMNS = [
+    "created_at",
     "status",
     "params",
     "input_url",

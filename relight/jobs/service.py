@@ -9,6 +9,7 @@ import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import orjson
 from sqlalchemy.exc import IntegrityError
@@ -193,13 +194,17 @@ def _new_job(
     http_request_id: str | None,
 ) -> Job:
     """The job row a submit creates (`queued`); inline images get their storage keys."""
-    job_id = uuid7()
+    # The id encodes the instant it was made, and `created_at` is that instant, so listing by
+    # id (newest first, the id as cursor) lists by `created_at` too.
+    created_at = datetime.now(UTC)
+    job_id = uuid7(created_at)
     input_key = f"inputs/{tenant.id}/{job_id}" if subject.data is not None else None
     background_key = None
     if background is not None and background.data is not None:
         background_key = f"inputs/{tenant.id}/{job_id}.background"
     return Job(
         id=job_id,
+        created_at=created_at,
         tenant_id=tenant.id,
         status=JobStatus.QUEUED.value,
         params=params.model_dump(mode="json", exclude={"seed"}),

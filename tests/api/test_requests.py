@@ -7,6 +7,7 @@ import io
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -84,6 +85,30 @@ async def test_listing_pages_newest_first_until_the_cursor_runs_out(
     theirs = await client.get("/v2/requests", headers=other.headers)
     assert theirs.status_code == 200
     assert theirs.json() == {"data": [], "next_cursor": None}
+
+
+def instant_of(request_id: str) -> datetime:
+    """The instant a UUIDv7 request id encodes: its milliseconds and their fraction."""
+    value = uuid.UUID(request_id).int
+    millis, fraction = value >> 80, (value >> 64) & 0xFFF
+    return datetime.fromtimestamp(0, UTC) + timedelta(microseconds=millis * 1000 + fraction / 4.096)
+
+
+async def test_concurrent_submits_list_newest_first_by_created_at_too(
+    client: httpx.AsyncClient, tenant: TenantKey
+) -> None:
+    """The list is in id order (the id is the cursor); `created_at` is the instant the id
+    encodes, so it is newest first by `created_at` as well, even for submits that raced.
+    (Failed before: `created_at` was Postgres' transaction start, taken after the id and in
+    another order under concurrency; a client that checked the order saw it break.)"""
+    await asyncio.gather(*(submit(client, tenant, body(f"cat {n}")) for n in range(8)))
+
+    listed = (await client.get("/v2/requests", headers=tenant.headers)).json()["data"]
+
+    created = [datetime.fromisoformat(item["created_at"]) for item in listed]
+    assert created == sorted(created, reverse=True)
+    for item, at in zip(listed, created, strict=True):
+        assert abs(instant_of(item["request_id"]) - at) < timedelta(microseconds=1)
 
 
 async def test_listing_filters_by_status(client: httpx.AsyncClient, tenant: TenantKey) -> None:

@@ -122,11 +122,9 @@ class PassJob:
     error: BaseException | None = None
 
 
-def denoise_together(
-    unet: UNetCall, shape: PassShape, jobs: list[PassJob], *, drop_departed: bool = True
-) -> None:
+def denoise_together(unet: UNetCall, shape: PassShape, jobs: list[PassJob]) -> None:
     """Run one pass for every job in one batch; each job gets its `result` (or `error`)."""
-    for _ in denoise_steps(unet, shape, jobs, drop_departed=drop_departed):
+    for _ in denoise_steps(unet, shape, jobs):
         pass
 
 

@@ -104,7 +104,7 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(default=4, ge=1)
     # New jobs wake idle workers at once (pub/sub); the poll only covers a lost wake-up.
     worker_poll_delay_s: float = Field(default=1.0, gt=0)
-    # Workers take turns between tenants with queued jobs (DESIGN.md §5) instead of arq's
+    # Workers take turns between tenants with queued jobs instead of arq's
     # global due order; off only to measure the difference (bench/fairness.py).
     fair_dispatch: bool = True
     # On SIGTERM a worker takes no new job and lets running ones finish for this long, then

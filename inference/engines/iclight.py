@@ -1,4 +1,4 @@
-"""The IC-Light engine on diffusers + torch (DESIGN.md §7): the fc and fbc models.
+"""The IC-Light engine on diffusers + torch: the fc and fbc models.
 
 fc follows lllyasviel/IC-Light's `gradio_demo.py`: the subject is composited onto gray 127
 (its alpha, else a configured matting model, else the whole image) and cropped to W×H; its VAE

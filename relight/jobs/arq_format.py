@@ -12,7 +12,7 @@ Relight writes and claims that layout itself, in Lua scripts, for what no public
   wakes idle workers (arq's `enqueue_job` takes WATCH, EXISTS and MULTI/EXEC, then a PUBLISH),
   and a claim is one round trip (arq's `Worker.start_jobs` takes WATCH, EXISTS, ZSCORE and
   MULTI/EXEC);
-- fair claims: which tenant's job starts next (DESIGN.md §5) must be decided in the same atomic
+- fair claims: which tenant's job starts next must be decided in the same atomic
   step as arq's claim, and arq has one queue per worker and no notion of tenants.
 
 Nothing else in `relight/` knows these keys, and `relight/` never imports arq, so the constants

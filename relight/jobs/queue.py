@@ -40,7 +40,7 @@ def deserialize_job(data: bytes) -> dict[str, Any]:
     return result
 
 
-# Fair turns between tenants (DESIGN.md §5). arq's queue (one sorted set) stays the only truth
+# Fair turns between tenants. arq's queue (one sorted set) stays the only truth
 # of what is queued and when it is due: arq, the sweeper and the metrics read it unchanged. A
 # job submitted for a tenant is also listed in that tenant's queue, the tenant in the ring of
 # tenants with work (scored by the turn in which its last turn ended; 0 = never, first in line),

@@ -3,7 +3,7 @@
 `POST /v1/ic-light` behaves like `https://api.segmind.com/v1/ic-light`:
 
 - the `x-api-key` header must be the configured key (else 401 `{"error": ...}`);
-- the JSON body is checked as Segmind checks it (DESIGN.md §3: names, types, ranges, enums;
+- the JSON body is checked as Segmind checks it (names, types, ranges, enums;
   `prompt` and `subject_image` required; an unknown field is a 422);
 - `subject_image` is fetched (http(s) URL) or base64-decoded (plain or data URL) and must be an
   image (else 400);
@@ -57,7 +57,7 @@ from worker.settings import build_worker
 API_PATH = "/v1/ic-light"
 DEFAULT_API_KEY = "test-key"
 
-# Segmind's ic-light parameters (DESIGN.md §3), every one of them.
+# Segmind's ic-light parameters, every one of them.
 SEGMIND_PARAMETERS = frozenset(
     {
         "prompt",

@@ -1,4 +1,4 @@
-"""Fair turns between tenants (DESIGN.md §5): a tenant's single job starts before another
+"""Fair turns between tenants: a tenant's single job starts before another
 tenant's backlog drains, and a tenant of weight w starts w jobs per turn. Real API, a real
 worker (one slot, jobs of a fixed length), real Redis and Postgres; the same backlog in arq's
 old global order shows what the turns change."""

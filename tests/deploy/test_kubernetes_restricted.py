@@ -65,7 +65,7 @@ IMAGE_TARGETS = {"relight": "service", "relight-node": "node"}
 
 
 def _documents() -> list[dict[str, Any]]:
-    found = []
+    found: list[dict[str, Any]] = []
     for path in sorted(DEPLOY.glob("*.yaml")):
         if path.name == "kustomization.yaml":
             continue
@@ -211,7 +211,8 @@ def test_the_gpu_node_names_its_caches_and_reads_the_config_map() -> None:
 
 
 def _migrates(container: dict[str, Any]) -> bool:
-    return container.get("command", [])[:3] == ["alembic", "upgrade", "head"]
+    command: list[str] = container.get("command", [])
+    return command[:3] == ["alembic", "upgrade", "head"]
 
 
 @pytest.mark.parametrize("name", ["relight-api", "relight-worker"])
@@ -288,8 +289,8 @@ def _policy_for(app: str) -> dict[str, Any]:
 
 
 def _from_prometheus(source: dict[str, Any]) -> bool:
-    namespace = source.get("namespaceSelector", {}).get("matchLabels", {})
-    pods = source.get("podSelector", {}).get("matchLabels", {})
+    namespace: dict[str, str] = source.get("namespaceSelector", {}).get("matchLabels", {})
+    pods: dict[str, str] = source.get("podSelector", {}).get("matchLabels", {})
     return namespace == {"kubernetes.io/metadata.name": "monitoring"} and pods == {
         "app.kubernetes.io/name": "prometheus"
     }

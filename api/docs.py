@@ -6,10 +6,15 @@ package (MIT; it ships Swagger UI 5, Apache-2.0, which renders OpenAPI 3.1, and 
 a dependency from PyPI rather than 3 MB of vendored files here. Only its `static/` folder is
 used; tests/api/test_docs_page.py renders `/docs` in a headless browser, so a package update
 that moves the files fails there.
+
+Nothing loads from another origin (tests/api/test_openapi_valid.py reads the pages and the
+scripts and styles they load): ReDoc's bundle would fetch its sidebar's Redocly logo from
+cdn.redoc.ly, so the bundle is served with that image made an empty inline SVG.
 """
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 
 import fastapi_offline
@@ -20,13 +25,18 @@ from fastapi.openapi.docs import (
     get_swagger_ui_oauth2_redirect_html,
 )
 from fastapi.staticfiles import StaticFiles
-from starlette.responses import HTMLResponse
+from starlette.responses import HTMLResponse, Response
 
 ASSETS = Path(fastapi_offline.__file__).parent / "static"
 ASSETS_URL = "/docs/assets"
 DOCS_URL = "/docs"
 REDOC_URL = "/redoc"
 OAUTH2_REDIRECT_URL = "/docs/oauth2-redirect"
+REDOC_BUNDLE = "redoc.standalone.js"
+# The "API docs by Redocly" link's logo, the one asset ReDoc fetches from elsewhere (no option
+# turns it off): an empty SVG in its place shows nothing and fetches nothing.
+REDOC_REMOTE_LOGO = '"https://cdn.redoc.ly/redoc/logo-mini.svg"'
+EMPTY_SVG = '"data:image/svg+xml,%3Csvg xmlns=%22http://www.w3.org/2000/svg%22/%3E"'
 SWAGGER_UI_PARAMETERS = {
     # The key given with "Authorize" survives a reload of the page.
     "persistAuthorization": True,
@@ -37,6 +47,16 @@ SWAGGER_UI_PARAMETERS = {
 def install_docs(app: FastAPI) -> None:
     """Serve the documentation pages and their assets (create the app with docs_url=None and
     redoc_url=None, so FastAPI's CDN pages are not registered)."""
+
+    # Before the mount, which would otherwise serve the bundle as it is.
+    @app.get(f"{ASSETS_URL}/{REDOC_BUNDLE}", include_in_schema=False)
+    async def redoc_bundle() -> Response:
+        return Response(
+            redoc_bundle_without_remote_assets(),
+            media_type="text/javascript; charset=utf-8",
+            headers={"Cache-Control": "public, max-age=3600"},
+        )
+
     app.mount(ASSETS_URL, StaticFiles(directory=ASSETS), name="docs-assets")
 
     def root(request: Request) -> str:
@@ -65,7 +85,14 @@ def install_docs(app: FastAPI) -> None:
         return get_redoc_html(
             openapi_url=f"{base}{app.openapi_url}",
             title=f"{app.title} — API reference",
-            redoc_js_url=f"{base}{ASSETS_URL}/redoc.standalone.js",
+            redoc_js_url=f"{base}{ASSETS_URL}/{REDOC_BUNDLE}",
             redoc_favicon_url=f"{base}{ASSETS_URL}/favicon.png",
             with_google_fonts=False,
         )
+
+
+@cache
+def redoc_bundle_without_remote_assets() -> bytes:
+    """ReDoc's bundle with its one remote image (the Redocly logo) made inline and empty."""
+    bundle = (ASSETS / REDOC_BUNDLE).read_text("utf-8")
+    return bundle.replace(REDOC_REMOTE_LOGO, EMPTY_SVG).encode()

@@ -85,7 +85,20 @@ async def get_request_status(
     response_class=Response,
     responses={
         200: {
-            "content": {"text/event-stream": {"itemSchema": EVENT_SCHEMA}},
+            "content": {
+                "text/event-stream": {
+                    "schema": {
+                        "type": "string",
+                        "description": (
+                            "Server-Sent Events (text/event-stream): each event has an `id`, "
+                            f"an `event` (`{STATUS_EVENT}` or `{DONE_EVENT}`) and JSON `data` "
+                            "(a StatusView, or the RequestView once finished); `x-itemSchema` "
+                            "gives one event's shape (OpenAPI 3.2's `itemSchema`)"
+                        ),
+                    },
+                    "x-itemSchema": EVENT_SCHEMA,
+                }
+            },
             "description": "the event stream",
         },
         **ONE_REQUEST,

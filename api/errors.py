@@ -1,8 +1,13 @@
-"""Every error leaves as `{"error": <human message>, "code": <machine code>, "request_id"}`."""
+"""Every error leaves as `{"error": <human message>, "code": <machine code>, "request_id"}`.
+
+`request_id` is never null: the request (job) the error is about when there is one (a failed or
+timed-out job; an unknown, finished or expired `/v2/requests/{request_id}`), otherwise the id of
+this HTTP exchange, the `x-request-id` the answer carries (what the logs are searched by)."""
 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -26,7 +31,10 @@ class ErrorBody(BaseModel):
 
     error: str = Field(description="what went wrong, for people")
     code: str = Field(description="what went wrong, for programs (e.g. `not_found`)")
-    request_id: str | None = Field(description="the request concerned, when there is one")
+    request_id: str = Field(
+        description="the request (job) the error is about when there is one, else this "
+        "exchange's `x-request-id`"
+    )
 
 
 class ValidationErrorDetail(BaseModel):
@@ -83,7 +91,7 @@ def error_response(
     message: str,
     code: str,
     *,
-    request_id: str | None = None,
+    request_id: str,
     extra: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
 ) -> OrjsonResponse:
@@ -114,14 +122,38 @@ def describe_validation_errors(errors: Sequence[Any]) -> tuple[str, list[dict[st
     return "; ".join(messages), details
 
 
-def validation_error_response(errors: Sequence[Any]) -> OrjsonResponse:
+def validation_error_response(errors: Sequence[Any], request_id: str) -> OrjsonResponse:
     if any(error.get("type") == "json_invalid" for error in errors):
-        return error_response(400, "the request body is not valid JSON", "invalid_body")
+        return error_response(
+            400, "the request body is not valid JSON", "invalid_body", request_id=request_id
+        )
     message, details = describe_validation_errors(errors)
     field = details[0]["field"] if details else None
     return error_response(
-        422, message, "validation_error", extra={"field": field, "details": details}
+        422,
+        message,
+        "validation_error",
+        request_id=request_id,
+        extra={"field": field, "details": details},
     )
+
+
+def exchange_id(request: Request) -> str:
+    """This HTTP exchange's id (`x-request-id`), which the RequestId middleware set."""
+    found = request.scope.get("state", {}).get("request_id")
+    return str(found) if found else uuid.uuid4().hex
+
+
+# Errors about the request a `/{request_id}` path names: unknown (404), in a state that forbids
+# the call (409), its image past retention (410).
+_ABOUT_THE_NAMED_REQUEST = frozenset({404, 409, 410})
+
+
+def _named_request(request: Request) -> str | None:
+    try:
+        return str(uuid.UUID(str(request.path_params["request_id"])))
+    except (KeyError, ValueError):
+        return None
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -139,23 +171,25 @@ async def _relight_error(request: Request, exc: RelightError) -> OrjsonResponse:
         field = extra.setdefault("field", None)
         extra["details"] = [{"field": field, "message": exc.message, "type": exc.code}]
     request_id = extra.pop("request_id", None)
+    if request_id is None and exc.status_code in _ABOUT_THE_NAMED_REQUEST:
+        request_id = _named_request(request)
     headers = extra.pop("headers", None)
     return error_response(
         exc.status_code,
         exc.message,
         exc.code,
-        request_id=request_id,
+        request_id=str(request_id) if request_id is not None else exchange_id(request),
         extra=extra,
         headers=headers,
     )
 
 
 async def _request_validation(request: Request, exc: RequestValidationError) -> OrjsonResponse:
-    return validation_error_response(exc.errors())
+    return validation_error_response(exc.errors(), exchange_id(request))
 
 
 async def _model_validation(request: Request, exc: ValidationError) -> OrjsonResponse:
-    return validation_error_response(exc.errors())
+    return validation_error_response(exc.errors(), exchange_id(request))
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> OrjsonResponse:
@@ -164,6 +198,7 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> OrjsonRe
         exc.status_code,
         str(exc.detail),
         codes.get(exc.status_code, "http_error"),
+        request_id=exchange_id(request),
         headers=dict(exc.headers) if exc.headers else None,
     )
 
@@ -172,7 +207,12 @@ async def _client_gone(request: Request, exc: ClientDisconnect) -> OrjsonRespons
     # The client hung up while sending its body: nothing was done, and nobody will read
     # this answer. Not an error of ours.
     logger.info("client disconnected during %s %s", request.method, request.url.path)
-    return error_response(400, "the client disconnected before sending its body", "aborted")
+    return error_response(
+        400,
+        "the client disconnected before sending its body",
+        "aborted",
+        request_id=exchange_id(request),
+    )
 
 
 async def _database_error(request: Request, exc: Exception) -> OrjsonResponse:
@@ -190,6 +230,7 @@ async def _database_unavailable(request: Request, exc: Exception) -> OrjsonRespo
         503,
         "the service is temporarily unavailable (database); retry shortly",
         "database_unavailable",
+        request_id=exchange_id(request),
         headers={"Retry-After": "2"},
     )
 
@@ -197,15 +238,20 @@ async def _database_unavailable(request: Request, exc: Exception) -> OrjsonRespo
 async def _unexpected(request: Request, exc: Exception) -> OrjsonResponse:
     # Starlette answers unhandled errors outside every middleware: carry the request id
     # into this line and this answer by hand.
-    request_id = request.scope.get("state", {}).get("request_id")
+    request_id = exchange_id(request)
     logger.exception(
         "unhandled error on %s %s",
         request.method,
         request.url.path,
         extra={"request_id": request_id},
     )
-    headers = {"x-request-id": request_id} if request_id else None
-    return error_response(500, "internal server error", "internal_error", headers=headers)
+    return error_response(
+        500,
+        "internal server error",
+        "internal_error",
+        request_id=request_id,
+        headers={"x-request-id": request_id},
+    )
 
 
 _Handler = Callable[[Request, Any], Awaitable[OrjsonResponse]]

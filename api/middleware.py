@@ -44,7 +44,7 @@ class RateLimitHeaders:
 
 REQUEST_ID_HEADER = "x-request-id"
 # Where the request id goes when the route's own answer already uses `x-request-id` (Segmind's
-# `/v1/ic-light` answers the job's id there).
+# `/v1/ic-light` answers the job's id there, in its images and in its errors about the job).
 CORRELATION_ID_HEADER = "x-correlation-id"
 REQUEST_ID_STATE = "request_id"
 

@@ -218,24 +218,24 @@ async def submit_relight(request: Request) -> Any:
 def _raise_for_unfinished(job: Job, urls: UrlBuilder, settings: Settings) -> None:
     status = JobStatus(job.status)
     request_id = str(job.id)
+    # As on success, `x-request-id` is the job's id (the exchange's moves to x-correlation-id).
+    about_the_job = {"request_id": request_id, "headers": {"x-request-id": request_id}}
     if status is JobStatus.FAILED:
         code = job.error_code or "backend_failed"
         raise RelightError(
             job.error_message or "the request failed",
             status_code=FAILURE_STATUS.get(code, 502),
             code=code,
-            extra={"request_id": request_id},
+            extra=about_the_job,
         )
     if status is JobStatus.CANCELED:
-        raise Conflict(
-            "the request was canceled", code="canceled", extra={"request_id": request_id}
-        )
+        raise Conflict("the request was canceled", code="canceled", extra=about_the_job)
     raise RelightError(
         f"the request did not finish within {settings.sync_timeout_s:g} s; it keeps running, "
         f"poll {urls.status_url(job.id)}",
         status_code=504,
         code="timeout",
-        extra={"request_id": request_id, "status_url": urls.status_url(job.id)},
+        extra={**about_the_job, "status_url": urls.status_url(job.id)},
     )
 
 

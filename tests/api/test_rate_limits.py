@@ -130,7 +130,8 @@ async def test_a_burst_above_the_limit_gets_429_with_an_honest_retry_after(
     assert remaining(refused) == 0
     wait_s = retry_after(refused)
     assert wait_s in (1, 2)  # the next slot opens within one emission interval (1.5 s)
-    assert refused.json()["request_id"] is None
+    # No request was created: the body names the exchange, never a job.
+    assert refused.json()["request_id"] == refused.headers["x-request-id"]
     # Nothing was reserved or recorded for the refused request.
     assert await balance_of(engine, tenant.tenant_id) == START_BALANCE - reserved
     assert await count_entries(engine, tenant, "reserve") == 3

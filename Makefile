@@ -9,6 +9,16 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATABASE ?= relight
 export RELIGHT_DATABASE_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/$(DATABASE)
+# What `make services` ensures and `make migrate` migrates is RELIGHT_DATABASE_URL's database,
+# on its server, whether the URL came from DATABASE or from the environment: its name, host,
+# port and user (a password is taken from PGPASSWORD, never from the URL).
+DATABASE_URL_PARTS := $(shell $(PYTHON) -c 'import sys, urllib.parse as u; \
+p = u.urlsplit(sys.argv[1]); \
+print(p.path.lstrip("/") or "postgres", p.hostname or "127.0.0.1", p.port or 5432, \
+      u.unquote(p.username or "postgres"))' '$(RELIGHT_DATABASE_URL)')
+DATABASE_NAME := $(word 1,$(DATABASE_URL_PARTS))
+DATABASE_SERVER := PGHOST=$(word 2,$(DATABASE_URL_PARTS)) PGPORT=$(word 3,$(DATABASE_URL_PARTS)) \
+	PGUSER=$(word 4,$(DATABASE_URL_PARTS))
 
 .PHONY: help install services migrate demo test lint typecheck bench wrk chromium up down compose-check clean
 
@@ -26,9 +36,10 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 	@touch $(STAMP)
 
 services:  ## make sure Postgres and Redis answer (installs and starts them on Debian if not)
-	@bash scripts/ensure-services.sh $(DATABASE)
+	@$(DATABASE_SERVER) bash scripts/ensure-services.sh $(DATABASE_NAME)
 
-migrate: install services  ## apply the database migrations
+migrate: install services  ## apply the database migrations (to RELIGHT_DATABASE_URL's database)
+	@echo "migrating database $(DATABASE_NAME) at $(word 2,$(DATABASE_URL_PARTS)):$(word 3,$(DATABASE_URL_PARTS))"
 	$(BIN)/alembic upgrade head
 
 demo: install services  ## relight a sample image through the real API, queue and worker

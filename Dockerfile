@@ -67,7 +67,8 @@ FROM runtime-base AS node
 
 COPY --from=build-node /opt/venv /opt/venv
 
-# Numeric, so that runtimes enforcing runAsNonRoot can check it.
+# Numeric, so that runtimes enforcing runAsNonRoot can check it (deploy/kubernetes runs the pods
+# as this uid and gid; tests/deploy checks they match).
 USER 10001:10001
 
 EXPOSE 9000
@@ -88,6 +89,6 @@ USER 10001:10001
 
 EXPOSE 8000
 
-# No HEALTHCHECK here: the same image runs the worker and the one-shot migrate job, which
-# serve no HTTP. docker-compose.yml gives the api service its own healthcheck on /healthz.
+# No HEALTHCHECK here: the same image runs the worker and the migrations (compose's one-shot
+# migrate, the Kubernetes pods' init containers), which serve no HTTP. docker-compose.yml gives the api service its own healthcheck on /healthz.
 CMD ["relight-api", "--host", "0.0.0.0", "--port", "8000"]

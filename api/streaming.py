@@ -54,9 +54,9 @@ def _event(name: str, model: str) -> dict[str, Any]:
     }
 
 
-# One event of the stream, as OpenAPI 3.2's `itemSchema` describes event streams; the 3.1
-# document carries it as the `x-itemSchema` extension (`itemSchema` is not valid 3.1).
-# Heartbeat comments are not events.
+# One event of the stream: the response's `schema`, as OpenAPI 3.1 documents describe event
+# streams (3.2's `itemSchema` is not valid in the 3.1 document). Heartbeat comments are not
+# events.
 EVENT_SCHEMA: dict[str, Any] = {
     "oneOf": [_event(STATUS_EVENT, "StatusView"), _event(DONE_EVENT, "RequestView")]
 }

@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 DATABASE ?= relight
 export RELIGHT_DATABASE_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/$(DATABASE)
 
-.PHONY: help install services migrate demo test lint typecheck bench wrk chromium up down compose-check clean
+.PHONY: help install services migrate demo test lint typecheck bench wrk chromium pgbouncer redis-sentinel up down compose-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -35,7 +35,7 @@ demo: install services  ## relight a sample image through the real API, queue an
 	$(BIN)/alembic upgrade head
 	$(BIN)/python scripts/demo.py
 
-test: install services wrk chromium  ## run the test suite against real Postgres and Redis
+test: install services wrk chromium pgbouncer redis-sentinel  ## run the test suite against real Postgres and Redis
 	$(BIN)/pytest
 
 lint: install  ## ruff check and format check
@@ -60,6 +60,13 @@ wrk:  ## the HTTP load generator the submit benchmark drives (apt-get install wr
 
 chromium:  ## the headless browser of the /docs and operators' page tests (apt-get install when missing)
 	@bash scripts/ensure-tool.sh chromium
+
+pgbouncer:  ## the pooler tests/production runs in front of Postgres (apt-get install when missing)
+	@PATH="$$PATH:/usr/sbin" bash scripts/ensure-tool.sh pgbouncer
+
+redis-sentinel:  ## redis-server and redis-sentinel for tests/production's failover tests
+	@bash scripts/ensure-tool.sh redis-server
+	@bash scripts/ensure-tool.sh redis-sentinel
 
 compose-check:  ## validate docker-compose.yml
 	@bash scripts/validate-compose.sh

@@ -23,7 +23,7 @@ from api.state import AppState
 from api.ui.routes import install_ui
 from relight import __version__
 from relight.config import Settings, get_settings
-from relight.db import create_engine, create_sessionmaker
+from relight.db import autocommit_engine, create_engine, create_sessionmaker, listen_dsn
 from relight.jobs.events import JobWaiter
 from relight.jobs.queue import deserialize_job, redis_retry_options, serialize_job
 from relight.jobs.schemas import SubmitBody
@@ -103,18 +103,13 @@ async def open_app_state(settings: Settings) -> AsyncIterator[AppState]:
     )
     waiter = JobWaiter(redis, settings.queue_name)
     await waiter.start()
-    auth_cache = AuthCache(
-        settings.auth_cache_s,
-        engine.url.set(drivername="postgresql").render_as_string(hide_password=False),
-    )
+    auth_cache = AuthCache(settings.auth_cache_s, listen_dsn(settings))
     await auth_cache.start()
     state = AppState(
         settings=settings,
         engine=engine,
         sessionmaker=create_sessionmaker(engine),
-        autocommit_sessionmaker=create_sessionmaker(
-            engine.execution_options(isolation_level="AUTOCOMMIT")
-        ),
+        autocommit_sessionmaker=create_sessionmaker(autocommit_engine(engine, settings)),
         redis=redis,
         storage=open_storage(settings),
         waiter=waiter,

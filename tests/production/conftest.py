@@ -1,0 +1,268 @@
+"""Production's middlemen, for real: a PgBouncer in transaction pooling in front of the test
+database, and a Redis primary, its replica and a Sentinel on ports of their own.
+
+Each server is the Debian package's binary (`make test` installs them through
+scripts/ensure-tool.sh), run from a temporary directory with a config of its own and stopped by
+its pid; a test that needs one is skipped where the binary is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from api.app import create_app
+from relight.config import Settings
+from scripts.stack import free_port
+from tests.conftest import PG_SERVER, TEST_DATABASE
+
+TERMINAL = frozenset({"succeeded", "failed", "canceled"})
+
+
+def binary(name: str) -> str:
+    """The path of a server binary, or skip the test (`make test` installs them)."""
+    found = shutil.which(name) or next(
+        (str(p) for p in (Path("/usr/sbin") / name, Path("/usr/bin") / name) if p.exists()), None
+    )
+    if found is None:
+        pytest.skip(f"{name} is not installed (make test installs it)")
+    return found
+
+
+async def wait_until(
+    condition: Callable[[], Awaitable[bool]], timeout_s: float, what: str, every_s: float = 0.05
+) -> None:
+    """Poll `condition` until it holds; fail after `timeout_s` saying what was awaited."""
+    deadline = time.monotonic() + timeout_s
+    while not await condition():
+        assert time.monotonic() < deadline, f"after {timeout_s:g} s still waiting for {what}"
+        await asyncio.sleep(every_s)
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM by pid, then SIGKILL if it lingers."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def start_server(command: list[str], log: Path, cwd: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as output:
+        return subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, cwd=cwd)
+
+
+# --- PgBouncer ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PgBouncer:
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def url(self, database: str = TEST_DATABASE) -> str:
+        """SQLAlchemy URL of `database` through the pooler."""
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{database}"
+
+
+PGBOUNCER_INI = """\
+[databases]
+* = host={host} port={port}
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {listen_port}
+unix_socket_dir =
+auth_type = trust
+auth_file = {directory}/users.txt
+pool_mode = transaction
+; Few server connections for many clients: transactions of one client connection land on
+; different server connections, as under production load.
+default_pool_size = 4
+min_pool_size = 0
+reserve_pool_size = 0
+max_client_conn = 500
+; asyncpg and SQLAlchemy send these at connect; a pooler must not refuse them.
+ignore_startup_parameters = extra_float_digits,search_path,jit
+server_lifetime = 600
+server_idle_timeout = 60
+admin_users = postgres
+"""
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(migrated: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgBouncer]:
+    """PgBouncer in transaction pooling in front of the test database's server."""
+    executable = binary("pgbouncer")
+    directory = tmp_path_factory.mktemp("pgbouncer")
+    server = PG_SERVER.removeprefix("postgresql://").rpartition("@")[2]
+    host, _, pg_port = server.partition(":")
+    port = free_port()
+    (directory / "users.txt").write_text('"postgres" ""\n')
+    ini = directory / "pgbouncer.ini"
+    ini.write_text(
+        PGBOUNCER_INI.format(
+            host=host, port=pg_port or "5432", listen_port=port, directory=directory
+        )
+    )
+    # PgBouncer refuses to run as root; as root, it runs as the postgres user.
+    user = ["-u", "postgres"] if os.geteuid() == 0 else []
+    if user:
+        shutil.chown(directory, "postgres")
+        for path in directory.iterdir():
+            shutil.chown(path, "postgres")
+    log = directory / "pgbouncer.log"
+    process = start_server([executable, *user, str(ini)], log, directory)
+    try:
+        asyncio.run(_wait_for_pgbouncer(port, process, log))
+        yield PgBouncer(port=port, process=process, log=log)
+    finally:
+        stop_process(process)
+
+
+async def _wait_for_pgbouncer(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 20
+    while True:
+        assert process.poll() is None, f"pgbouncer exited: {log.read_text()}"  # noqa: ASYNC240
+        try:
+            connection = await asyncpg.connect(
+                f"postgresql://postgres@127.0.0.1:{port}/{TEST_DATABASE}", statement_cache_size=0
+            )
+        except (OSError, asyncpg.PostgresError):
+            assert time.monotonic() < deadline, f"pgbouncer silent: {log.read_text()}"  # noqa: ASYNC240
+            await asyncio.sleep(0.1)
+        else:
+            await connection.close()
+            return
+
+
+@pytest.fixture
+def pooled_settings(settings: Settings, pgbouncer: PgBouncer) -> Settings:
+    """The test settings with the database through PgBouncer (transaction pooling), LISTEN on
+    the direct connection."""
+    return settings.model_copy(
+        update={
+            "database_url": pgbouncer.url(),
+            "database_pooler": "transaction",
+            "database_listen_url": settings.database_url,
+        }
+    )
+
+
+@contextlib.asynccontextmanager
+async def api_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """An api app of its own for `settings` (its lifespan running), and a client to it."""
+    application: FastAPI = create_app(settings)
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            yield client
+
+
+# --- the jobs' bookkeeping ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobBooks:
+    """One job's status and what the ledger says about it."""
+
+    id: uuid.UUID
+    status: str
+    credits_reserved: int
+    credits_charged: int
+    reserves: int
+    charges: int
+    refunds: int
+    outputs: int
+
+
+JOB_BOOKS = """
+SELECT j.id, j.status, j.credits_reserved, j.credits_charged,
+       (SELECT count(*) FROM job_output o WHERE o.job_id = j.id) AS outputs,
+       (SELECT count(*) FROM credit_entry c WHERE c.job_id = j.id AND c.kind = 'reserve')
+           AS reserves,
+       (SELECT count(*) FROM credit_entry c WHERE c.job_id = j.id AND c.kind = 'charge')
+           AS charges,
+       (SELECT count(*) FROM credit_entry c WHERE c.job_id = j.id AND c.kind = 'refund')
+           AS refunds
+FROM job j WHERE j.id = ANY($1::uuid[]) ORDER BY j.id
+"""
+
+
+@dataclass
+class Books:
+    """Reads the test database directly (never through the pooler under test)."""
+
+    connection: asyncpg.Connection
+    waited: list[str] = field(default_factory=list)
+
+    async def jobs(self, job_ids: Sequence[str | uuid.UUID]) -> list[JobBooks]:
+        rows = await self.connection.fetch(JOB_BOOKS, [uuid.UUID(str(i)) for i in job_ids])
+        return [JobBooks(**dict(row)) for row in rows]
+
+    async def wait_finished(
+        self, job_ids: Sequence[str | uuid.UUID], timeout_s: float
+    ) -> list[JobBooks]:
+        """Every job's books once all of them are terminal (fails after `timeout_s`)."""
+        books: list[JobBooks] = []
+
+        async def finished() -> bool:
+            nonlocal books
+            books = await self.jobs(job_ids)
+            return len(books) == len(job_ids) and all(b.status in TERMINAL for b in books)
+
+        await wait_until(finished, timeout_s, f"{len(job_ids)} jobs to finish", every_s=0.1)
+        return books
+
+    async def lift_limits(self, tenant_id: uuid.UUID) -> None:
+        """Rate and in-flight limits far above what a test sends (before any api caches it)."""
+        await self.connection.execute(
+            "UPDATE tenant SET requests_per_minute = 1000000, burst = 100000, "
+            "max_in_flight = 100000 WHERE id = $1",
+            tenant_id,
+        )
+
+    async def balance_and_ledger(self, tenant_id: uuid.UUID) -> tuple[int, int]:
+        row = await self.connection.fetchrow(
+            "SELECT t.credit_balance, (SELECT coalesce(sum(amount), 0) FROM credit_entry c "
+            "WHERE c.tenant_id = t.id) FROM tenant t WHERE t.id = $1",
+            tenant_id,
+        )
+        assert row is not None
+        return int(row[0]), int(row[1])
+
+
+@pytest.fixture
+async def books(migrated: None) -> AsyncIterator[Books]:
+    connection = await asyncpg.connect(f"{PG_SERVER}/{TEST_DATABASE}")
+    try:
+        yield Books(connection)
+    finally:
+        await connection.close()
+
+
+def assert_completed_once(books: Sequence[JobBooks]) -> None:
+    """Every job succeeded, reserved once and was charged once, what it reserved."""
+    for job in books:
+        assert job.status == "succeeded", job
+        assert (job.reserves, job.charges, job.refunds) == (1, 1, 0), job
+        assert job.credits_reserved == job.credits_charged > 0, job
+        assert job.outputs == 1, job

@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any
 
-from arq.connections import RedisSettings, create_pool
+from arq.connections import ArqRedis, RedisSettings, create_pool
 from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
@@ -28,6 +28,7 @@ from relight.jobs.events import JobWaiter
 from relight.jobs.queue import deserialize_job, redis_retry_options, serialize_job
 from relight.jobs.schemas import SubmitBody
 from relight.ratelimit import RateLimiter
+from relight.redis_url import open_redis, parse_sentinel_url
 from relight.storage import open_storage
 from relight.tenants.auth_cache import AuthCache
 
@@ -95,12 +96,7 @@ async def open_app_state(settings: Settings) -> AsyncIterator[AppState]:
     # (three round trips per checkout with asyncpg): after Postgres drops our connections,
     # the first request to meet one answers 503 with Retry-After and the pool is renewed.
     engine = create_engine(settings, max_overflow=0, pre_ping=False)
-    redis = await create_pool(
-        replace(RedisSettings.from_dsn(settings.redis_url), **redis_retry_options()),
-        job_serializer=serialize_job,
-        job_deserializer=deserialize_job,
-        default_queue_name=settings.queue_name,
-    )
+    redis = await open_queue_redis(settings)
     waiter = JobWaiter(redis, settings.queue_name)
     await waiter.start()
     auth_cache = AuthCache(settings.auth_cache_s, listen_dsn(settings))
@@ -123,6 +119,24 @@ async def open_app_state(settings: Settings) -> AsyncIterator[AppState]:
         await waiter.stop()
         await redis.aclose()
         await engine.dispose()
+
+
+async def open_queue_redis(settings: Settings) -> ArqRedis:
+    """arq's client of `RELIGHT_REDIS_URL`; through Sentinel, the primary it names, asked again
+    after a failover (arq's own Sentinel support would drop the retry options)."""
+    if parse_sentinel_url(settings.redis_url) is None:
+        return await create_pool(
+            replace(RedisSettings.from_dsn(settings.redis_url), **redis_retry_options()),
+            job_serializer=serialize_job,
+            job_deserializer=deserialize_job,
+            default_queue_name=settings.queue_name,
+        )
+    redis = open_redis(settings.redis_url, ArqRedis, **redis_retry_options())
+    redis.job_serializer = serialize_job
+    redis.job_deserializer = deserialize_job
+    redis.default_queue_name = settings.queue_name
+    await redis.ping()
+    return redis
 
 
 def operation_id(route: APIRoute) -> str:

@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from relight.egress import EgressPolicy
+from relight.redis_url import check_redis_url
 
 DEVELOPMENT_SECRET = "relight-development-secret-do-not-use-in-production"
 
@@ -27,7 +28,8 @@ class Settings(BaseSettings):
     # A direct connection (not through a transaction pooler) for the auth cache's LISTEN;
     # unset = RELIGHT_DATABASE_URL.
     database_listen_url: str | None = None
-    # `redis://…`, `rediss://…`, or `redis+sentinel://` (see relight/redis_url.py).
+    # `redis://…`, `rediss://…`, or `redis+sentinel://host:port,…/service_name/db` for the
+    # primary Redis Sentinel names (see relight/redis_url.py).
     redis_url: str = "redis://127.0.0.1:6379/0"
     queue_name: str = "relight:queue"
     storage_dir: Path = Path("var/storage")
@@ -169,6 +171,11 @@ class Settings(BaseSettings):
             if url:
                 nodes.append((url.rstrip("/"), int(capacity) if capacity.strip() else 1))
         return nodes
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_well_formed(cls, value: str) -> str:
+        return check_redis_url(value)
 
     @field_validator("gpu_nodes")
     @classmethod

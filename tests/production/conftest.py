@@ -24,6 +24,8 @@ import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from api.app import create_app
 from relight.config import Settings
@@ -232,6 +234,12 @@ class Books:
         await wait_until(finished, timeout_s, f"{len(job_ids)} jobs to finish", every_s=0.1)
         return books
 
+    async def job_count(self, tenant_id: uuid.UUID) -> int:
+        value = await self.connection.fetchval(
+            "SELECT count(*) FROM job WHERE tenant_id = $1", tenant_id
+        )
+        return int(value)
+
     async def lift_limits(self, tenant_id: uuid.UUID) -> None:
         """Rate and in-flight limits far above what a test sends (before any api caches it)."""
         await self.connection.execute(
@@ -266,3 +274,142 @@ def assert_completed_once(books: Sequence[JobBooks]) -> None:
         assert (job.reserves, job.charges, job.refunds) == (1, 1, 0), job
         assert job.credits_reserved == job.credits_charged > 0, job
         assert job.outputs == 1, job
+
+
+# --- Redis Sentinel -----------------------------------------------------------------------------
+
+SERVICE_NAME = "relight-primary"
+
+SENTINEL_CONF = """\
+port {port}
+bind 127.0.0.1
+daemonize no
+dir {directory}
+sentinel monitor {service} 127.0.0.1 {primary_port} 1
+sentinel down-after-milliseconds {service} 1000
+sentinel failover-timeout {service} 2000
+sentinel parallel-syncs {service} 1
+"""
+
+
+@dataclass
+class RedisSentinelSet:
+    """A primary, its replica and one sentinel watching them, each a process of its own."""
+
+    directory: Path
+    primary_port: int
+    replica_port: int
+    sentinel_port: int
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        """`RELIGHT_REDIS_URL` naming the service through its sentinel (database 0)."""
+        return f"redis+sentinel://127.0.0.1:{self.sentinel_port}/{SERVICE_NAME}/0"
+
+    def log(self, name: str) -> str:
+        return (self.directory / f"{name}.log").read_text(errors="replace")
+
+    def start_redis(self, name: str, port: int, *extra: str) -> None:
+        command = [binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1"]
+        command += ["--save", "", "--appendonly", "no", "--dir", str(self.directory), *extra]
+        self.processes[name] = start_server(command, self.directory / f"{name}.log", self.directory)
+
+    def start_sentinel(self) -> None:
+        conf = self.directory / "sentinel.conf"
+        conf.write_text(
+            SENTINEL_CONF.format(
+                port=self.sentinel_port,
+                directory=self.directory,
+                service=SERVICE_NAME,
+                primary_port=self.primary_port,
+            )
+        )
+        self.processes["sentinel"] = start_server(
+            [binary("redis-sentinel"), str(conf)], self.directory / "sentinel.log", self.directory
+        )
+
+    def kill_primary(self) -> None:
+        """SIGKILL the primary by its pid: no shutdown, no last write reaches the replica."""
+        process = self.processes["primary"]
+        process.kill()
+        process.wait()
+
+    async def primary_address(self) -> tuple[str, int]:
+        redis = Redis(port=self.sentinel_port, socket_connect_timeout=1)
+        try:
+            get_primary = redis.sentinel_get_master_addr_by_name
+            host, port = await get_primary(SERVICE_NAME)  # type: ignore[no-untyped-call]
+        finally:
+            await redis.aclose()
+        return host.decode() if isinstance(host, bytes) else str(host), int(port)
+
+    async def wait_ready(self) -> None:
+        """The replica in sync and known to the sentinel: a failover can happen."""
+        replica = Redis(port=self.replica_port, socket_connect_timeout=1)
+        sentinel = Redis(port=self.sentinel_port, socket_connect_timeout=1)
+
+        async def replica_in_sync() -> bool:
+            with contextlib.suppress(RedisError):
+                info = await replica.info("replication")
+                return bool(info.get("master_link_status") == "up")
+            return False
+
+        async def sentinel_knows_the_replica() -> bool:
+            with contextlib.suppress(RedisError):
+                replicas = await sentinel.sentinel_slaves(SERVICE_NAME)  # type: ignore[no-untyped-call]
+                return len(replicas) == 1
+            return False
+
+        try:
+            await wait_until(replica_in_sync, 20, "the replica to sync")
+            if "sentinel" not in self.processes:
+                self.start_sentinel()
+            await wait_until(sentinel_knows_the_replica, 20, "the sentinel to see the replica")
+        finally:
+            await replica.aclose()
+            await sentinel.aclose()
+
+    async def wait_failover(self, timeout_s: float = 30) -> None:
+        """Until the sentinel names the replica as the primary, and the replica acts as one."""
+        replica = Redis(port=self.replica_port, socket_connect_timeout=1)
+
+        async def promoted() -> bool:
+            with contextlib.suppress(RedisError, OSError):
+                if await self.primary_address() != ("127.0.0.1", self.replica_port):
+                    return False
+                info = await replica.info("replication")
+                return bool(info.get("role") == "master")
+            return False
+
+        try:
+            await wait_until(promoted, timeout_s, "the sentinel to promote the replica", 0.1)
+        except AssertionError as failed:
+            raise AssertionError(f"{failed}\nsentinel log:\n{self.log('sentinel')}") from None
+        finally:
+            await replica.aclose()
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            stop_process(process)
+
+
+@pytest.fixture
+async def redis_sentinel(tmp_path: Path) -> AsyncIterator[RedisSentinelSet]:
+    """A fresh primary + replica + sentinel for one test (failover tests change who is who)."""
+    servers = RedisSentinelSet(
+        directory=tmp_path / "redis",
+        primary_port=free_port(),
+        replica_port=free_port(),
+        sentinel_port=free_port(),
+    )
+    servers.directory.mkdir()
+    try:
+        servers.start_redis("primary", servers.primary_port)
+        servers.start_redis(
+            "replica", servers.replica_port, "--replicaof", "127.0.0.1", str(servers.primary_port)
+        )
+        await servers.wait_ready()
+        yield servers
+    finally:
+        servers.stop()

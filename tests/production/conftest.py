@@ -214,7 +214,6 @@ class Books:
     """Reads the test database directly (never through the pooler under test)."""
 
     connection: asyncpg.Connection
-    waited: list[str] = field(default_factory=list)
 
     async def jobs(self, job_ids: Sequence[str | uuid.UUID]) -> list[JobBooks]:
         rows = await self.connection.fetch(JOB_BOOKS, [uuid.UUID(str(i)) for i in job_ids])

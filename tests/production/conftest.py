@@ -95,10 +95,10 @@ listen_port = {listen_port}
 unix_socket_dir =
 auth_type = trust
 auth_file = {directory}/users.txt
-pool_mode = transaction
-; Few server connections for many clients: transactions of one client connection land on
-; different server connections, as under production load.
-default_pool_size = 4
+pool_mode = {pool_mode}
+; Few server connections for many clients: with transaction pooling, transactions of one client
+; connection land on different server connections, as under production load.
+default_pool_size = {pool_size}
 min_pool_size = 0
 reserve_pool_size = 0
 max_client_conn = 500
@@ -110,11 +110,10 @@ admin_users = postgres
 """
 
 
-@pytest.fixture(scope="session")
-def pgbouncer(migrated: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgBouncer]:
-    """PgBouncer in transaction pooling in front of the test database's server."""
+@contextlib.contextmanager
+def running_pgbouncer(directory: Path, pool_mode: str, pool_size: int) -> Iterator[PgBouncer]:
+    """PgBouncer in `pool_mode` in front of the test database's server, for the block."""
     executable = binary("pgbouncer")
-    directory = tmp_path_factory.mktemp("pgbouncer")
     server = PG_SERVER.removeprefix("postgresql://").rpartition("@")[2]
     host, _, pg_port = server.partition(":")
     port = free_port()
@@ -122,7 +121,12 @@ def pgbouncer(migrated: None, tmp_path_factory: pytest.TempPathFactory) -> Itera
     ini = directory / "pgbouncer.ini"
     ini.write_text(
         PGBOUNCER_INI.format(
-            host=host, port=pg_port or "5432", listen_port=port, directory=directory
+            host=host,
+            port=pg_port or "5432",
+            listen_port=port,
+            directory=directory,
+            pool_mode=pool_mode,
+            pool_size=pool_size,
         )
     )
     # PgBouncer refuses to run as root; as root, it runs as the postgres user.
@@ -138,6 +142,22 @@ def pgbouncer(migrated: None, tmp_path_factory: pytest.TempPathFactory) -> Itera
         yield PgBouncer(port=port, process=process, log=log)
     finally:
         stop_process(process)
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(migrated: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgBouncer]:
+    """PgBouncer in transaction pooling, four server connections for all its clients."""
+    with running_pgbouncer(tmp_path_factory.mktemp("pgbouncer"), "transaction", 4) as pooler:
+        yield pooler
+
+
+@pytest.fixture(scope="session")
+def session_pgbouncer(
+    migrated: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PgBouncer]:
+    """PgBouncer in session pooling (a client keeps its server connection while connected)."""
+    with running_pgbouncer(tmp_path_factory.mktemp("pgbouncer-session"), "session", 20) as pooler:
+        yield pooler
 
 
 async def _wait_for_pgbouncer(port: int, process: subprocess.Popen[bytes], log: Path) -> None:

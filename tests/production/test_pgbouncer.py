@@ -73,6 +73,49 @@ async def test_concurrent_submits_through_pgbouncer_are_all_accepted(
     assert balance == ledger == 100_000 - sum(job.credits_reserved for job in jobs)
 
 
+async def test_session_pooling_needs_no_change_and_listens_through_the_pooler(
+    settings: Settings,
+    session_pgbouncer: PgBouncer,
+    make_tenant: MakeTenant,
+    image_server: ImageServer,
+    books: Books,
+) -> None:
+    """`session`: statement caches on, LISTEN through the pooler itself (no listen URL)."""
+    pooled = settings.model_copy(
+        update={
+            "database_url": session_pgbouncer.url(),
+            "database_pooler": "session",
+            "auth_cache_s": 300.0,
+        }
+    )
+    assert f":{session_pgbouncer.port}/" in listen_dsn(pooled)
+    tenant = await make_tenant(credits=100_000)
+    await books.lift_limits(tenant.tenant_id)
+    body = url_body(image_server)
+    async with api_client(pooled) as client:
+        answers = await asyncio.gather(
+            *(
+                client.post("/v2/ic-light", headers=tenant.headers, json=body)
+                for _ in range(CONCURRENT_SUBMITS)
+            )
+        )
+        statuses = [answer.status_code for answer in answers]
+        assert statuses == [202] * CONCURRENT_SUBMITS, Counter(statuses)
+
+        engine = create_engine(pooled, pool_size=1)
+        try:
+            async with create_sessionmaker(engine)() as session, session.begin():
+                await revoke_api_key(session, tenant.key)
+        finally:
+            await engine.dispose()
+        started = time.monotonic()
+        while (
+            await client.post("/v2/ic-light", headers=tenant.headers, json=body)
+        ).status_code != 401:
+            assert time.monotonic() - started < 5, "the revocation never reached the cache"
+            await asyncio.sleep(0.02)
+
+
 async def test_a_worker_behind_pgbouncer_runs_jobs_to_completion_with_exact_books(
     pooled_settings: Settings, make_tenant: MakeTenant, books: Books
 ) -> None:

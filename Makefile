@@ -20,7 +20,7 @@ DATABASE_NAME := $(word 1,$(DATABASE_URL_PARTS))
 DATABASE_SERVER := PGHOST=$(word 2,$(DATABASE_URL_PARTS)) PGPORT=$(word 3,$(DATABASE_URL_PARTS)) \
 	PGUSER=$(word 4,$(DATABASE_URL_PARTS))
 
-.PHONY: help install services migrate demo test lint typecheck bench wrk chromium up down compose-check clean
+.PHONY: help install services migrate demo test lint typecheck bench wrk chromium pgbouncer redis-sentinel up down compose-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -46,7 +46,7 @@ demo: install services  ## relight a sample image through the real API, queue an
 	$(BIN)/alembic upgrade head
 	$(BIN)/python scripts/demo.py
 
-test: install services wrk chromium  ## run the test suite against real Postgres and Redis
+test: install services wrk chromium pgbouncer redis-sentinel  ## run the test suite against real Postgres and Redis
 	$(BIN)/pytest
 
 lint: install  ## ruff check and format check
@@ -71,6 +71,13 @@ wrk:  ## the HTTP load generator the submit benchmark drives (apt-get install wr
 
 chromium:  ## the headless browser of the /docs and operators' page tests (apt-get install when missing)
 	@bash scripts/ensure-tool.sh chromium
+
+pgbouncer:  ## the pooler tests/production runs in front of Postgres (apt-get install when missing)
+	@PATH="$$PATH:/usr/sbin" bash scripts/ensure-tool.sh pgbouncer
+
+redis-sentinel:  ## redis-server and redis-sentinel for tests/production's failover tests
+	@bash scripts/ensure-tool.sh redis-server
+	@bash scripts/ensure-tool.sh redis-sentinel
 
 compose-check:  ## validate docker-compose.yml
 	@bash scripts/validate-compose.sh

@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any
 
-from arq.connections import RedisSettings, create_pool
+from arq.connections import ArqRedis, RedisSettings, create_pool
 from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
@@ -23,11 +23,12 @@ from api.state import AppState
 from api.ui.routes import install_ui
 from relight import __version__
 from relight.config import Settings, get_settings
-from relight.db import create_engine, create_sessionmaker
+from relight.db import autocommit_engine, create_engine, create_sessionmaker, listen_dsn
 from relight.jobs.events import JobWaiter
 from relight.jobs.queue import deserialize_job, redis_retry_options, serialize_job
 from relight.jobs.schemas import SubmitBody
 from relight.ratelimit import RateLimiter
+from relight.redis_url import open_redis, parse_sentinel_url
 from relight.storage import open_storage
 from relight.tenants.auth_cache import AuthCache
 
@@ -95,26 +96,16 @@ async def open_app_state(settings: Settings) -> AsyncIterator[AppState]:
     # (three round trips per checkout with asyncpg): after Postgres drops our connections,
     # the first request to meet one answers 503 with Retry-After and the pool is renewed.
     engine = create_engine(settings, max_overflow=0, pre_ping=False)
-    redis = await create_pool(
-        replace(RedisSettings.from_dsn(settings.redis_url), **redis_retry_options()),
-        job_serializer=serialize_job,
-        job_deserializer=deserialize_job,
-        default_queue_name=settings.queue_name,
-    )
+    redis = await open_queue_redis(settings)
     waiter = JobWaiter(redis, settings.queue_name)
     await waiter.start()
-    auth_cache = AuthCache(
-        settings.auth_cache_s,
-        engine.url.set(drivername="postgresql").render_as_string(hide_password=False),
-    )
+    auth_cache = AuthCache(settings.auth_cache_s, listen_dsn(settings))
     await auth_cache.start()
     state = AppState(
         settings=settings,
         engine=engine,
         sessionmaker=create_sessionmaker(engine),
-        autocommit_sessionmaker=create_sessionmaker(
-            engine.execution_options(isolation_level="AUTOCOMMIT")
-        ),
+        autocommit_sessionmaker=create_sessionmaker(autocommit_engine(engine, settings)),
         redis=redis,
         storage=open_storage(settings),
         waiter=waiter,
@@ -128,6 +119,24 @@ async def open_app_state(settings: Settings) -> AsyncIterator[AppState]:
         await waiter.stop()
         await redis.aclose()
         await engine.dispose()
+
+
+async def open_queue_redis(settings: Settings) -> ArqRedis:
+    """arq's client of `RELIGHT_REDIS_URL`; through Sentinel, the primary it names, asked again
+    after a failover (arq's own Sentinel support would drop the retry options)."""
+    if parse_sentinel_url(settings.redis_url) is None:
+        return await create_pool(
+            replace(RedisSettings.from_dsn(settings.redis_url), **redis_retry_options()),
+            job_serializer=serialize_job,
+            job_deserializer=deserialize_job,
+            default_queue_name=settings.queue_name,
+        )
+    redis = open_redis(settings.redis_url, ArqRedis, **redis_retry_options())
+    redis.job_serializer = serialize_job
+    redis.job_deserializer = deserialize_job
+    redis.default_queue_name = settings.queue_name
+    await redis.ping()
+    return redis
 
 
 def operation_id(route: APIRoute) -> str:

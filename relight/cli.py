@@ -10,7 +10,6 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import orjson
 import typer
-from redis.asyncio import Redis
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -20,6 +19,7 @@ from relight.credits.schemas import CreditEntryView
 from relight.db import create_engine, create_sessionmaker
 from relight.errors import RelightError
 from relight.models import ApiKey, CreditKind, Tenant, TenantStatus
+from relight.redis_url import open_redis
 from relight.tenants import service
 from relight.tenants.schemas import (
     WEIGHT_DESCRIPTION,
@@ -94,7 +94,7 @@ def _mirror_weight(tenant: dict[str, Any]) -> None:
     settings = get_settings()
 
     async def mirror() -> None:
-        redis = Redis.from_url(settings.redis_url, socket_connect_timeout=5)
+        redis = open_redis(settings.redis_url, socket_connect_timeout=5)
         try:
             tenant_id = uuid.UUID(tenant["id"])
             await service.mirror_weight(redis, settings.queue_name, tenant_id, tenant["weight"])

@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from relight.egress import EgressPolicy
+from relight.redis_url import check_redis_url
 
 DEVELOPMENT_SECRET = "relight-development-secret-do-not-use-in-production"
 
@@ -20,6 +21,15 @@ class Settings(BaseSettings):
     environment: Literal["development", "test", "production"] = "development"
     database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/relight"
     database_pool_size: int = Field(default=10, ge=1)
+    # What stands between us and Postgres (it cannot be detected): `transaction` for a
+    # transaction-pooling PgBouncer (no server-side prepared statement outlives its
+    # transaction), `session` for session pooling, `none` for Postgres itself.
+    database_pooler: Literal["none", "session", "transaction"] = "none"
+    # A direct connection (not through a transaction pooler) for the auth cache's LISTEN;
+    # unset = RELIGHT_DATABASE_URL.
+    database_listen_url: str | None = None
+    # `redis://…`, `rediss://…`, or `redis+sentinel://host:port,…/service_name/db` for the
+    # primary Redis Sentinel names (see relight/redis_url.py).
     redis_url: str = "redis://127.0.0.1:6379/0"
     queue_name: str = "relight:queue"
     storage_dir: Path = Path("var/storage")
@@ -162,6 +172,11 @@ class Settings(BaseSettings):
                 nodes.append((url.rstrip("/"), int(capacity) if capacity.strip() else 1))
         return nodes
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_well_formed(cls, value: str) -> str:
+        return check_redis_url(value)
+
     @field_validator("gpu_nodes")
     @classmethod
     def _gpu_nodes_well_formed(cls, value: str) -> str:
@@ -183,6 +198,7 @@ class Settings(BaseSettings):
         "storage_url",
         "s3_endpoint_url",
         "public_output_base_url",
+        "database_listen_url",
         mode="before",
     )
     @classmethod
@@ -196,6 +212,21 @@ class Settings(BaseSettings):
         if self.cors_allow_credentials and "*" in self.cors_origin_list:
             raise ValueError(
                 "RELIGHT_CORS_ALLOW_CREDENTIALS is refused with RELIGHT_CORS_ORIGINS=*"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _refuse_listen_through_a_transaction_pooler(self) -> Settings:
+        # LISTEN through a transaction pooler registers on whichever server connection the
+        # statement borrowed: no notification would ever reach the auth cache.
+        if (
+            self.database_pooler == "transaction"
+            and self.database_listen_url is None
+            and self.auth_cache_s > 0
+        ):
+            raise ValueError(
+                "RELIGHT_DATABASE_POOLER=transaction needs RELIGHT_DATABASE_LISTEN_URL (a direct "
+                "connection for the auth cache's LISTEN), or RELIGHT_AUTH_CACHE_S=0"
             )
         return self
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy import MetaData, event
+import uuid
+from typing import Any
+
+from sqlalchemy import MetaData, event, make_url
 from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -45,9 +48,50 @@ def create_engine(
         max_overflow=settings.database_pool_size if max_overflow is None else max_overflow,
         pool_pre_ping=pre_ping,
         pool_recycle=1800,
+        connect_args=connect_args(settings),
     )
     event.listen(engine.sync_engine, "handle_error", _broken_protocol_is_a_disconnect)
     return engine
+
+
+def connect_args(settings: Settings) -> dict[str, Any]:
+    """asyncpg connection arguments for `RELIGHT_DATABASE_POOLER`.
+
+    Behind a transaction pooler consecutive transactions of one client connection run on
+    different server connections, so no server-side prepared statement may outlive its
+    transaction: asyncpg's statement cache and SQLAlchemy's are off, and each statement is
+    prepared under a name of its own (asyncpg's per-connection counter would collide with the
+    names another client left on that server connection). Each statement then costs a prepare
+    round trip more. A session pooler keeps a client on one server connection, and resets it
+    (`DISCARD ALL`) before handing it to another: the caches stay on."""
+    if settings.database_pooler != "transaction":
+        return {}
+    return {
+        "statement_cache_size": 0,
+        "prepared_statement_cache_size": 0,
+        "prepared_statement_name_func": _unique_statement_name,
+    }
+
+
+def autocommit_engine(engine: AsyncEngine, settings: Settings) -> AsyncEngine:
+    """`engine` for single statements that need no transaction (no BEGIN and COMMIT round
+    trips). Behind a transaction pooler it is `engine` itself, in transactions: outside one the
+    pooler may run a statement's prepare and its execution on different server connections
+    (`prepared statement … does not exist`)."""
+    if settings.database_pooler == "transaction":
+        return engine
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
+
+
+def _unique_statement_name() -> str:
+    return f"__relight_{uuid.uuid4().hex}__"
+
+
+def listen_dsn(settings: Settings) -> str:
+    """The asyncpg DSN of a connection that may LISTEN: `RELIGHT_DATABASE_LISTEN_URL`, else the
+    main URL (a transaction pooler would drop the registration with the transaction)."""
+    url = make_url(settings.database_listen_url or settings.database_url)
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def _broken_protocol_is_a_disconnect(context: ExceptionContext) -> None:

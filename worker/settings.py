@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 from arq import cron, func
-from arq.connections import RedisSettings
+from arq.connections import ArqRedis, RedisSettings
 
 from inference.engines.classic import ClassicEngine
 from relight import metrics
@@ -37,6 +37,7 @@ from relight.jobs.queue import (
 )
 from relight.nodes.dispatch import GpuDispatcher
 from relight.params import Backend
+from relight.redis_url import open_redis, parse_sentinel_url
 from relight.storage import open_storage
 from relight.storage.urls import UrlBuilder
 from relight.webhooks.delivery import WebhookSender
@@ -192,9 +193,7 @@ def worker_options(settings: Settings) -> dict[str, Any]:
             )
         ],
         "queue_name": settings.queue_name,
-        "redis_settings": replace(
-            RedisSettings.from_dsn(settings.redis_url), **redis_retry_options()
-        ),
+        **redis_options(settings),
         "on_shutdown": shutdown,
         "max_jobs": settings.worker_concurrency,
         "job_timeout": settings.job_timeout_s + 30,
@@ -206,6 +205,23 @@ def worker_options(settings: Settings) -> dict[str, Any]:
         "health_check_interval": 60,
         "job_completion_wait": settings.shutdown_grace_s,
     }
+
+
+def redis_options(settings: Settings) -> dict[str, Any]:
+    """How the worker reaches Redis: arq's settings for one server; through Sentinel, a client
+    of the primary it names, asked again after a failover (arq's own Sentinel support would
+    drop the retry options)."""
+    if parse_sentinel_url(settings.redis_url) is None:
+        return {
+            "redis_settings": replace(
+                RedisSettings.from_dsn(settings.redis_url), **redis_retry_options()
+            )
+        }
+    pool = open_redis(settings.redis_url, ArqRedis, **redis_retry_options())
+    pool.job_serializer = serialize_job
+    pool.job_deserializer = deserialize_job
+    pool.default_queue_name = settings.queue_name
+    return {"redis_pool": pool}
 
 
 def build_worker(

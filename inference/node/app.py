@@ -25,7 +25,6 @@ import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from redis.asyncio import Redis
 
 from inference.engines.base import RelightEngine
 from inference.node import metrics
@@ -38,6 +37,7 @@ from relight.errors import RelightError, Unauthorized
 from relight.logs import configure_logging
 from relight.nodes.protocol import HEALTH_PATH, NDJSON, RELIGHT_PATH, NodeHealth, NodeRequest
 from relight.nodes.registry import NodeInfo
+from relight.redis_url import open_redis
 
 # Nothing imported from here on reaches SQLAlchemy, asyncpg, alembic or arq: the node extra
 # installs none of them (tests/inference/test_node_dependencies.py).
@@ -120,7 +120,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         on_change=lambda: heartbeat.changed() if heartbeat is not None else None,
     )
     app.state.service = service
-    redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
+    redis = open_redis(settings.redis_url) if settings.redis_url else None
     if redis is not None:
         heartbeat = Heartbeat(
             redis,

@@ -10,6 +10,9 @@ webhook or weight changed) are announced with Postgres `NOTIFY` in the transacti
 them, so the announcement goes out only if the change commits, from whatever process made it
 (the admin API, `relight-admin`). Every cache listens on a connection of its own and drops the
 tenant's entries at once; in the process that made the change, the commit itself drops them.
+That connection is `RELIGHT_DATABASE_LISTEN_URL` (`relight.db.listen_dsn`): behind a
+transaction-pooling PgBouncer a LISTEN would stay on whichever server connection it borrowed,
+so it needs a direct one.
 A lost announcement (the listening connection died) is bounded by the TTL, and while the
 listener is down nothing is cached. Money never depends on the cache: the reservation is a
 conditional UPDATE in the database, which also refuses a suspended tenant.

@@ -233,7 +233,7 @@ async def _insert(
 ) -> Submission | None:
     """Insert `job` with its reservation; None when inserted, else the replay of the
     submission with the same Idempotency-Key that won the race."""
-    if idempotency_key is None or await _is_autocommit(session):
+    if idempotency_key is None or await repository.is_autocommit(session):
         # One statement creates the job with its reservation: nothing to undo on a refusal or a
         # lost idempotency race, so no savepoint (and, in autocommit, no BEGIN/COMMIT either).
         try:
@@ -250,12 +250,6 @@ async def _insert(
         except IntegrityError:
             return await _after_lost_race(session, tenant, idempotency_key, digest)
     return None
-
-
-async def _is_autocommit(session: AsyncSession) -> bool:
-    connection = (await session.connection()).sync_connection
-    assert connection is not None
-    return bool(connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT")
 
 
 async def _after_lost_race(
@@ -293,7 +287,7 @@ async def cancel_job(
     canceled = await lifecycle.cancel(session, job.id, urls)
     if canceled is not None:
         return canceled
-    await session.refresh(job)
+    await repository.refresh(session, job)
     if job.job_status is JobStatus.CANCELED:
         return Moved(job)
     raise Conflict(

@@ -117,7 +117,7 @@ async def move_with_entry(
     return None if row is None else (row.id, row.balance_after)
 
 
-async def refusal_state(session: AsyncSession, tenant_id: uuid.UUID) -> Row[Any]:
+async def refusal_state(session: AsyncSession, tenant_id: uuid.UUID) -> Row[str, int, int, int]:
     """What decides why a reservation was refused: the tenant's status, balance and jobs in
     flight against its limit."""
     return (

@@ -74,7 +74,7 @@ async def get_api_key(session: AsyncSession, prefix: str) -> ApiKey | None:
     return found
 
 
-async def key_with_tenant(session: AsyncSession, prefix: str) -> Row[tuple[ApiKey, Tenant]] | None:
+async def key_with_tenant(session: AsyncSession, prefix: str) -> Row[ApiKey, Tenant] | None:
     """The key with this prefix and its tenant (`.ApiKey`, `.Tenant`), if any."""
     return (
         await session.execute(

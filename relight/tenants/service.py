@@ -10,6 +10,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -19,13 +20,13 @@ from relight.credits.service import grant_credits
 from relight.egress import EgressPolicy, check_url
 from relight.errors import Conflict, InvalidParameter, RelightError, Unauthorized
 from relight.jobs.queue import mirror_tenant_weight
-from relight.metrics import on_commit
 from relight.models import ApiKey, Tenant, TenantStatus
 from relight.params import Backend
 from relight.tenants import repository
 from relight.tenants.auth_cache import TenantSnapshot, forget_tenant_everywhere_in_process
 from relight.tenants.keys import generate_key, parse_key, secret_matches
 from relight.tenants.schemas import WEIGHT_MAX, WEIGHT_MIN, LimitsUpdate, tenant_name_problem
+from relight.unit_of_work import after_commit
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ async def announce_change(session: AsyncSession, tenant_id: uuid.UUID) -> None:
     """Tell every API process, when (and only if) the caller's transaction commits, that what
     it may have cached about this tenant and its keys is stale (see `auth_cache`)."""
     await repository.notify_changed(session, tenant_id)
-    on_commit(session, lambda: forget_tenant_everywhere_in_process(tenant_id))
+    after_commit(session, lambda: forget_tenant_everywhere_in_process(tenant_id))
 
 
 async def create_tenant(
@@ -73,7 +74,8 @@ async def create_tenant(
         raise Conflict(f"a tenant named {name!r} exists already", code="tenant_exists")
     if credits:
         await grant_credits(session, tenant.id, credits, reason="opening grant")
-        await repository.refresh(session, tenant)
+    # With every column the database filled in (and the balance the grant moved).
+    await repository.refresh(session, tenant)
     return tenant
 
 
@@ -148,6 +150,14 @@ async def mirror_weight(redis: Redis, queue_name: str, tenant_id: uuid.UUID, wei
         )
 
 
+def mirror_weight_after_commit(
+    session: AsyncSession, redis: Redis, queue_name: str, tenant: Tenant
+) -> None:
+    """Tell the workers the tenant's weight once the caller's transaction commits (never one
+    that rolls back): `mirror_weight`, as an after-commit callback."""
+    after_commit(session, partial(mirror_weight, redis, queue_name, tenant.id, tenant.weight))
+
+
 async def set_default_webhook(
     session: AsyncSession, tenant: Tenant, url: str | None, policy: EgressPolicy
 ) -> Tenant:
@@ -191,6 +201,8 @@ async def create_api_key(session: AsyncSession, tenant: Tenant, name: str | None
         tenant_id=tenant.id, prefix=new_key.prefix, secret_hash=new_key.secret_hash, name=name
     )
     await repository.insert_api_key(session, api_key)
+    # With every column the database filled in (its creation time).
+    await repository.refresh(session, api_key)
     return CreatedKey(key=new_key.key, api_key=api_key)
 
 

@@ -69,13 +69,6 @@ class Submitted:
     subject: SubjectSource
     background: SubjectSource | None = None
 
-    @property
-    def inline(self) -> bool:
-        """Whether an image came inline (to be stored inside the submit's transaction)."""
-        return self.subject.data is not None or (
-            self.background is not None and self.background.data is not None
-        )
-
 
 def body_limit(settings: Settings) -> int:
     """Largest accepted body: a base64 image at the byte limit plus room for the fields."""

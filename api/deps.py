@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.middleware import RATE_LIMIT_STATE
 from api.state import AppState
@@ -19,6 +18,7 @@ from relight.storage import presigner_for
 from relight.storage.urls import UrlBuilder
 from relight.tenants.auth_cache import TenantSnapshot
 from relight.tenants.service import authenticate, authenticate_snapshot
+from relight.unit_of_work import UnitOfWork, unit_of_work
 
 
 class RateLimited(RelightError):
@@ -43,40 +43,15 @@ async def get_settings(state: StateDep) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-class UnitOfWork:
-    """The request's session, plus what must happen only once its transaction committed."""
-
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
-        self._after_commit: list[Callable[[], Awaitable[None]]] = []
-
-    def after_commit(self, callback: Callable[[], Awaitable[None]]) -> None:
-        self._after_commit.append(callback)
-
-    async def commit(self) -> None:
-        await self.session.commit()
-        callbacks, self._after_commit = self._after_commit, []
-        for callback in callbacks:
-            await callback()
-
-    async def rollback(self) -> None:
-        self._after_commit.clear()
-        await self.session.rollback()
+async def request_unit_of_work(state: StateDep) -> AsyncIterator[UnitOfWork]:
+    """The request's unit of work (`relight.unit_of_work`): committed, and its after-commit
+    callbacks run, when the route returns; rolled back if it raises."""
+    # scope="function": this commit happens before the response is sent.
+    async with unit_of_work(state.sessionmaker) as uow:
+        yield uow
 
 
-async def unit_of_work(state: StateDep) -> AsyncIterator[UnitOfWork]:
-    async with state.sessionmaker() as session:
-        uow = UnitOfWork(session)
-        try:
-            yield uow
-        except BaseException:
-            await uow.rollback()
-            raise
-        # scope="function": this commit happens before the response is sent.
-        await uow.commit()
-
-
-UnitOfWorkDep = Annotated[UnitOfWork, Depends(unit_of_work, scope="function")]
+UnitOfWorkDep = Annotated[UnitOfWork, Depends(request_unit_of_work, scope="function")]
 
 
 def presented_key(x_api_key: str | None, authorization: str | None) -> str | None:

@@ -23,11 +23,10 @@ from typing import Any
 from sse_starlette import ServerSentEvent
 
 from api.state import AppState
-from relight.jobs import repository
+from relight.jobs import queries
 from relight.jobs.events import JobFollower
 from relight.jobs.schemas import StatusView
 from relight.jobs.views import request_view, status_view
-from relight.models import JobStatus
 from relight.storage.urls import UrlBuilder
 
 # What a lost notification can cost at most (the sync waiter's cap is of the same order).
@@ -86,19 +85,16 @@ async def status_events(
             follower.clear()
             read_at = time.monotonic()
             async with state.sessionmaker() as session:
-                job = await repository.get_job(session, tenant_id, job_id)
-                position = None
-                if job.job_status is JobStatus.QUEUED:
-                    position = await repository.queue_position(session, job)
-                finished = job.job_status.is_terminal
-                outputs = await repository.get_outputs(session, [job.id]) if finished else []
+                found = await queries.request_state(session, tenant_id, job_id, with_outputs=True)
+            job, position = found.job, found.queue_position
+            finished = job.job_status.is_terminal
             view = status_view(job, position)
             current = event_id(view)
             if current != seen:
                 yield ServerSentEvent(view.model_dump_json(), event=STATUS_EVENT, id=current)
                 seen = current
             if finished:
-                record = request_view(job, outputs, urls)
+                record = request_view(job, found.outputs, urls)
                 yield ServerSentEvent(record.model_dump_json(), event=DONE_EVENT, id=current)
                 return
             follower.queued = position is not None

@@ -8,7 +8,7 @@ import time
 import uuid
 
 from api.state import AppState
-from relight.jobs import repository
+from relight.jobs import queries
 from relight.models import Job, JobStatus
 
 # What a lost notification can cost a waiter at most: it re-reads the row this often anyway.
@@ -17,7 +17,7 @@ RECHECK_S = 5.0
 
 async def _load(state: AppState, job_id: uuid.UUID) -> Job:
     async with state.sessionmaker() as session:
-        job = await repository.get_job_by_id(session, job_id)
+        job = await queries.find_any_request(session, job_id)
     assert job is not None, "a job the caller just committed cannot vanish"
     return job
 

@@ -28,6 +28,7 @@ from relight.tenants.schemas import (
     LimitsUpdate,
     TenantView,
 )
+from relight.unit_of_work import unit_of_work
 
 app = typer.Typer(
     help="Manage Relight tenants and API keys.",
@@ -54,8 +55,8 @@ def _run(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
     async def runner() -> T:
         engine = create_engine(get_settings(), pool_size=1)
         try:
-            async with create_sessionmaker(engine)() as session, session.begin():
-                return await work(session)
+            async with unit_of_work(create_sessionmaker(engine)) as uow:
+                return await work(uow.session)
         finally:
             await engine.dispose()
 
@@ -117,7 +118,6 @@ def tenant_create(
 
     async def work(session: AsyncSession) -> dict[str, Any]:
         tenant = await service.create_tenant(session, name, credits, weight=weight)
-        await session.refresh(tenant)
         return _tenant_json(tenant)
 
     created = _run(work)
@@ -256,7 +256,6 @@ def _move_credits(tenant: str, amount: int, reason: str, kind: CreditKind) -> No
     async def work(session: AsyncSession) -> dict[str, Any]:
         owner = await service.find_tenant(session, tenant)
         entry = await credits.grant_credits(session, owner.id, amount, reason=reason, kind=kind)
-        await session.refresh(entry)
         return CreditEntryView.of(entry).model_dump(mode="json")
 
     _emit(_run(work))

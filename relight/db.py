@@ -1,11 +1,12 @@
-"""Async engine and session factories, and the declarative Base with a naming convention."""
+"""Async engine and session factories, the declarative Base with a naming convention, and
+`ping`, the readiness check of the database (the one statement that needs no session)."""
 
 from __future__ import annotations
 
 import uuid
 from typing import Any
 
-from sqlalchemy import MetaData, event, make_url
+from sqlalchemy import MetaData, event, make_url, text
 from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -108,3 +109,9 @@ def _broken_protocol_is_a_disconnect(context: ExceptionContext) -> None:
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+
+async def ping(engine: AsyncEngine) -> None:
+    """`SELECT 1` on a connection of the pool: raises when the database does not answer."""
+    async with engine.connect() as connection:
+        await connection.execute(text("SELECT 1"))

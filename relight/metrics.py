@@ -5,9 +5,9 @@ Everything lives in prometheus_client's default registry, which also carries the
 collectors (CPU, memory, open files). Label values come from small fixed sets (route
 templates, statuses, backend names), never from user input, so the series stay few.
 
-What changes the database is counted only once its transaction committed (`on_commit`): a
-rolled-back charge, a savepoint that lost an idempotency race or a retried job is never
-counted, and a committed one is counted exactly once.
+What changes the database is counted only once its transaction committed (`on_commit`, an
+after-commit callback of `relight.unit_of_work`): a rolled-back charge, a savepoint that lost an
+idempotency race or a retried job is never counted, and a committed one is counted exactly once.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, His
 from prometheus_client import generate_latest as _generate_latest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.orm import Session
 
 from relight.nodes.slots import slots_in_use
+from relight.unit_of_work import after_commit
 
 __all__ = ["CONTENT_TYPE_LATEST", "render"]
 
@@ -120,57 +120,12 @@ async def refresh_from_redis(
 
 # --- recording once a transaction commits -------------------------------------------------
 
-_PENDING = "relight_metrics_pending"
-Pending = list[tuple[SessionTransaction, Callable[[], None]]]
-
 
 def on_commit(session: AsyncSession | Session, record: Callable[[], None]) -> None:
     """Call `record` when the session's transaction commits; forget it if the transaction (or
-    the savepoint it was made in) rolls back, or if the session closes without committing."""
-    sync = session.sync_session if isinstance(session, AsyncSession) else session
-    transaction = sync.get_nested_transaction() or sync.get_transaction()
-    if transaction is None:  # not in a transaction: nothing can undo it
-        record()
-        return
-    pending: Pending = sync.info.setdefault(_PENDING, [])
-    pending.append((transaction, record))
-
-
-def _within(transaction: SessionTransaction | None, ancestor: SessionTransaction) -> bool:
-    while transaction is not None:
-        if transaction is ancestor:
-            return True
-        transaction = transaction.parent
-    return False
-
-
-@event.listens_for(Session, "after_commit")
-def _record_committed(session: Session) -> None:
-    # A savepoint's release also fires after_commit; only the outermost commit is final.
-    if session.in_nested_transaction():
-        return
-    pending: Pending = session.info.pop(_PENDING, [])
-    for _, record in pending:
-        record()
-
-
-@event.listens_for(Session, "after_soft_rollback")
-def _forget_rolled_back(session: Session, previous_transaction: SessionTransaction) -> None:
-    pending: Pending | None = session.info.get(_PENDING)
-    if pending:
-        pending[:] = [
-            (transaction, record)
-            for transaction, record in pending
-            if not _within(transaction, previous_transaction)
-        ]
-
-
-@event.listens_for(Session, "after_transaction_end")
-def _forget_unfinished(session: Session, transaction: SessionTransaction) -> None:
-    # The outermost transaction ended: what was not recorded by its commit never will be
-    # (a session closed without committing does not roll back through after_soft_rollback).
-    if transaction.parent is None:
-        session.info.pop(_PENDING, None)
+    the savepoint it was made in) rolls back, or if the session closes without committing
+    (`relight.unit_of_work.after_commit`, the one after-commit mechanism)."""
+    after_commit(session, record)
 
 
 # --- recording helpers ----------------------------------------------------------------------

@@ -20,6 +20,7 @@ from relight.jobs.lifecycle import announce
 from relight.jobs.queue import delivery_job_id, enqueue_delivery, enqueue_run
 from relight.logs import job_context
 from relight.storage.urls import UrlBuilder
+from relight.unit_of_work import unit_of_work
 from relight.webhooks.delivery import WebhookSender
 from relight.webhooks.service import due_deliveries
 
@@ -69,23 +70,27 @@ async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
     sessionmaker: async_sessionmaker[AsyncSession] = ctx["sessionmaker"]
     settings: Settings = ctx["settings"]
     redis = ctx["redis"]
-    async with sessionmaker() as session, session.begin():
+    queue = settings.queue_name
+    async with unit_of_work(sessionmaker) as uow:
         reclaimed = await sweeper.reclaim_expired(
-            session, settings.job_max_attempts, UrlBuilder.background(settings)
+            uow.session, settings.job_max_attempts, UrlBuilder.background(settings)
         )
-    async with sessionmaker() as session, session.begin():
-        expired = await sweeper.expire_stored_images(session, ctx["storage"], settings.retention_s)
+        # Wakes the followers of the jobs taken back (and the waiters of those that failed),
+        # then queues their webhooks.
+        uow.after_commit(partial(announce, redis, queue, *reclaimed.moves))
+    async with unit_of_work(sessionmaker) as uow:
+        expired = await sweeper.expire_stored_images(
+            uow.session, ctx["storage"], settings.retention_s
+        )
     async with sessionmaker() as session:
         queued = await sweeper.queued_before(session, settings.requeue_grace_s)
         due = await due_deliveries(session)
         owners = await sweeper.owners_of(session, {*queued, *reclaimed.requeued})
-    queue = settings.queue_name
     for job_id in reclaimed.requeued:
         # The dead worker's in-progress marker would keep arq from running the job again until
         # it expires (job timeout + 40 s). Only the current attempt can finish the job, so
         # dropping the marker is safe even if the old worker is somehow still alive.
         await redis.delete(in_progress_key_prefix + str(job_id))
-    await announce(redis, queue, *reclaimed.moves)
 
     async def run_again(job_id: uuid.UUID) -> bool:
         owner = owners.get(job_id)

@@ -10,7 +10,7 @@ from api.deps import TenantDep, UnitOfWorkDep
 from api.errors import AUTHENTICATED, error_responses
 from relight.credits.schemas import AccountView, UsageView, UserCredits
 from relight.credits.service import get_balance
-from relight.jobs.repository import usage_since
+from relight.jobs.queries import usage_since
 from relight.tenants.schemas import TenantView
 
 router = APIRouter(tags=["account"], responses=error_responses(*AUTHENTICATED))

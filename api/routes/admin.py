@@ -14,9 +14,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from api.deps import SettingsDep, StateDep, UnitOfWork, UnitOfWorkDep
+from api.deps import SettingsDep, StateDep, UnitOfWorkDep
 from api.errors import ADMIN, error_responses
-from api.state import AppState
 from relight.credits import service as credits
 from relight.credits.schemas import CreditEntryView, CreditMovement, LedgerPage
 from relight.errors import Forbidden, Unauthorized
@@ -88,19 +87,8 @@ async def create_tenant(body: TenantCreate, uow: UnitOfWorkDep, state: StateDep)
     tenant = await tenants.create_tenant(
         uow.session, body.name, body.credits, body.limits, body.weight
     )
-    await uow.session.refresh(tenant)
-    _mirror_weight_after_commit(uow, state, tenant)
+    tenants.mirror_weight_after_commit(uow.session, state.redis, state.settings.queue_name, tenant)
     return TenantView.of(tenant)
-
-
-def _mirror_weight_after_commit(uow: UnitOfWork, state: AppState, tenant: Tenant) -> None:
-    """Tell the workers the tenant's weight once it is committed (never one that rolls back)."""
-    tenant_id, weight = tenant.id, tenant.weight
-
-    async def mirror() -> None:
-        await tenants.mirror_weight(state.redis, state.settings.queue_name, tenant_id, weight)
-
-    uow.after_commit(mirror)
 
 
 @router.get("/tenants", response_model=list[TenantView], summary="List tenants")
@@ -172,7 +160,7 @@ async def set_weight(
     tenant: AdminTenantDep, body: WeightUpdate, uow: UnitOfWorkDep, state: StateDep
 ) -> TenantView:
     updated = await tenants.set_weight(uow.session, tenant, body.weight)
-    _mirror_weight_after_commit(uow, state, updated)
+    tenants.mirror_weight_after_commit(uow.session, state.redis, state.settings.queue_name, updated)
     return TenantView.of(updated)
 
 
@@ -199,7 +187,6 @@ async def set_webhook(
 )
 async def create_key(tenant: AdminTenantDep, body: KeyCreate, uow: UnitOfWorkDep) -> CreatedKeyView:
     created = await tenants.create_api_key(uow.session, tenant, body.name)
-    await uow.session.refresh(created.api_key)
     return CreatedKeyView(**ApiKeyView.of(created.api_key).model_dump(), key=created.key)
 
 
@@ -239,7 +226,6 @@ async def move_credits(
     entry = await credits.grant_credits(
         uow.session, tenant.id, body.amount, reason=body.reason, kind=CreditKind(body.kind)
     )
-    await uow.session.refresh(entry)
     return CreditEntryView.of(entry)
 
 

@@ -14,10 +14,10 @@ from typing import Literal
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
-from sqlalchemy import text
 
 from api.deps import StateDep
 from api.responses import OrjsonResponse
+from relight.db import ping
 
 router = APIRouter(tags=["health"])
 
@@ -52,8 +52,7 @@ async def readyz(state: StateDep) -> OrjsonResponse:
     checks: dict[str, str] = {}
 
     async def check_database() -> None:
-        async with state.engine.connect() as connection:
-            await connection.execute(text("SELECT 1"))
+        await ping(state.engine)
 
     async def check_redis() -> None:
         await state.redis.ping()

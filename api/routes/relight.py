@@ -10,24 +10,21 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 
-from api.body import SUBMIT_OPENAPI, Submitted, read_submission
-from api.deps import API_KEY_SECURITY, UnitOfWork, submitting_tenant, urls_for
+from api.body import SUBMIT_OPENAPI, read_submission
+from api.deps import API_KEY_SECURITY, submitting_tenant, urls_for
 from api.errors import AUTHENTICATED, error_responses
 from api.responses import OrjsonResponse, image_content
 from api.state import AppState
 from api.waiting import wait_for_job
-from relight.backends.availability import available_backends
 from relight.config import Settings
 from relight.credits.service import get_balance
 from relight.errors import Conflict, RelightError
-from relight.jobs import repository
+from relight.jobs import queries
 from relight.jobs.schemas import RequestView, SubmitAccepted, SyncImage, SyncImages
-from relight.jobs.service import Submission, submit_job
+from relight.jobs.service import submit_request
 from relight.jobs.views import accepted_view, request_view
 from relight.logs import current_request_id, job_context
 from relight.models import Job, JobStatus
-from relight.nodes.registry import discovered_gpu_nodes
-from relight.params import Backend
 from relight.storage.urls import UrlBuilder
 from relight.tenants.auth_cache import TenantSnapshot
 from relight.text import unstorable_character
@@ -108,52 +105,22 @@ def idempotency_key_of(request: Request) -> str | None:
 async def _submit(
     request: Request, state: AppState, tenant: TenantSnapshot, idempotency_key: str | None
 ) -> tuple[Job, bool]:
+    """Read the submission and hand it to `submit_request` (stored, paid for, committed,
+    then queued)."""
     submitted = await read_submission(request, state.settings)
-    # An inline subject is stored before the commit (a failed store undoes the paid job), so
-    # it needs a transaction; otherwise the job and its reservation are one statement, and an
-    # autocommit session saves the BEGIN and COMMIT round trips.
-    inline = submitted.inline
-    sessionmaker = state.sessionmaker if inline else state.autocommit_sessionmaker
-    async with sessionmaker() as session:
-        uow = UnitOfWork(session)
-        try:
-            submission = await _submit_in(uow, request, state, tenant, submitted, idempotency_key)
-        except BaseException:
-            await uow.rollback()
-            raise
-    return submission.job, submission.replayed
-
-
-async def _submit_in(
-    uow: UnitOfWork,
-    request: Request,
-    state: AppState,
-    tenant: TenantSnapshot,
-    submitted: Submitted,
-    idempotency_key: str | None,
-) -> Submission:
-    submission = await submit_job(
-        uow.session,
+    submission = await submit_request(
+        sessionmaker=state.sessionmaker,
+        autocommit_sessionmaker=state.autocommit_sessionmaker,
         settings=state.settings,
         storage=state.storage,
+        redis=state.redis,
+        enqueue=state.enqueue,
         tenant=tenant,
         params=submitted.params,
         options=submitted.options,
         subject=submitted.subject,
         background=submitted.background,
         idempotency_key=idempotency_key,
-        live_gpu_nodes=await discovered_gpu_nodes(
-            state.redis,
-            state.settings.gpu_namespace,
-            # A Redis round trip only when the answer can change the outcome.
-            enabled=state.settings.gpu_discovery
-            and (
-                submitted.options.backend is Backend.GPU
-                or submitted.params.background_source is not None
-                or not available_backends(state.settings) - {Backend.GPU}
-            ),
-            backgrounds=submitted.params.background_source is not None,
-        ),
         http_request_id=current_request_id.get(),
     )
     job = submission.job
@@ -165,15 +132,7 @@ async def _submit_in(
             job.backend_requested,
             job.credits_reserved,
         )
-    if not submission.replayed:
-        job_id, tenant_id, weight = job.id, job.tenant_id, tenant.weight
-
-        async def enqueue() -> None:
-            await state.enqueue(job_id, tenant_id, weight)
-
-        uow.after_commit(enqueue)
-    await uow.commit()
-    return submission
+    return job, submission.replayed
 
 
 @router.post(
@@ -208,7 +167,7 @@ async def submit_relight(request: Request) -> Any:
         job = await wait_for_job(state, job.id, wait_s)
         if JobStatus(job.status).is_terminal:
             async with state.sessionmaker() as session:
-                outputs = await repository.get_outputs(session, [job.id])
+                outputs = await queries.outputs_of(session, job.id)
             view = request_view(job, outputs, urls)
             return OrjsonResponse(view.model_dump(mode="json"), status_code=200, headers=headers)
     body = accepted_view(job, urls).model_dump(mode="json")
@@ -271,7 +230,7 @@ async def relight_sync(request: Request) -> Response:
     if job.status != JobStatus.SUCCEEDED.value:
         _raise_for_unfinished(job, urls, state.settings)
     async with state.sessionmaker() as session:
-        outputs = await repository.get_outputs(session, [job.id])
+        outputs = await queries.outputs_of(session, job.id)
         balance = await get_balance(session, tenant.id)
     headers = {
         "x-request-id": str(job.id),

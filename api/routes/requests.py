@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
@@ -25,12 +24,11 @@ from api.streaming import DONE_EVENT, EVENT_SCHEMA, STATUS_EVENT, status_events
 from relight.errors import RelightError, RequestNotFound, Unauthorized
 from relight.image_structure import sniff_format
 from relight.images import ALLOWED_FORMATS as INPUT_TYPES
-from relight.jobs import repository
-from relight.jobs.lifecycle import announce
+from relight.jobs import queries
+from relight.jobs import service as jobs
 from relight.jobs.schemas import PublicStatus, RequestList, RequestView, StatusView
-from relight.jobs.service import cancel_job
 from relight.jobs.views import request_view, status_view
-from relight.models import JobOutput, JobStatus
+from relight.models import JobStatus
 from relight.storage import StoredObjectMissing
 from relight.storage.urls import INPUT_INDEX, UrlBuilder, verify_output_signature
 from relight.tenants.service import authenticate
@@ -61,11 +59,8 @@ def segmind_sdk_called(request: Request) -> bool:
 async def get_request_status(
     request: Request, request_id: uuid.UUID, uow: UnitOfWorkDep, tenant: TenantDep
 ) -> StatusView:
-    job = await repository.get_job(uow.session, tenant.id, request_id)
-    position = None
-    if job.status == JobStatus.QUEUED.value:
-        position = await repository.queue_position(uow.session, job)
-    view = status_view(job, position)
+    found = await queries.request_state(uow.session, tenant.id, request_id, with_outputs=False)
+    view = status_view(found.job, found.queue_position)
     if view.status is PublicStatus.CANCELED and segmind_sdk_called(request):
         view = view.model_copy(update={"status": PublicStatus.FAILED})
     return view
@@ -113,7 +108,7 @@ async def stream_request_status(
     ] = None,
 ) -> EventSourceResponse:
     # Checked here, so that an unknown or another account's request is a 404, not a stream.
-    job = await repository.get_job(uow.session, tenant.id, request_id)
+    job = await queries.find_request(uow.session, tenant.id, request_id)
     return EventSourceResponse(
         status_events(state, tenant.id, job.id, urls, last_event_id),
         ping=state.settings.status_stream_ping_s,
@@ -129,8 +124,7 @@ async def stream_request_status(
 async def get_request(
     request: Request, request_id: uuid.UUID, uow: UnitOfWorkDep, tenant: TenantDep, urls: UrlsDep
 ) -> RequestView:
-    job = await repository.get_job(uow.session, tenant.id, request_id)
-    outputs = await repository.get_outputs(uow.session, [job.id])
+    job, outputs = await queries.request_with_outputs(uow.session, tenant.id, request_id)
     view = request_view(job, outputs, urls)
     if view.status is PublicStatus.CANCELED and segmind_sdk_called(request):
         view = view.model_copy(update={"status": PublicStatus.FAILED})
@@ -155,21 +149,16 @@ async def list_requests(
         PublicStatus | None, Query(description="only requests in this status")
     ] = None,
 ) -> RequestList:
-    jobs = await repository.list_jobs(
+    page = await queries.list_requests(
         uow.session,
         tenant.id,
-        limit=limit + 1,
+        limit=limit,
         before=cursor,
         status=PUBLIC_TO_STATUS[status] if status else None,
     )
-    page = jobs[:limit]
-    outputs = await repository.get_outputs(uow.session, [job.id for job in page])
-    by_job: dict[uuid.UUID, list[JobOutput]] = {}
-    for output in outputs:
-        by_job.setdefault(output.job_id, []).append(output)
     return RequestList(
-        data=[request_view(job, by_job.get(job.id, []), urls) for job in page],
-        next_cursor=str(page[-1].id) if len(jobs) > limit else None,
+        data=[request_view(job, page.outputs.get(job.id, []), urls) for job in page.jobs],
+        next_cursor=str(page.jobs[-1].id) if page.more else None,
     )
 
 
@@ -186,13 +175,16 @@ async def list_requests(
 async def cancel_request(
     request_id: uuid.UUID, state: StateDep, uow: UnitOfWorkDep, tenant: TenantDep, urls: UrlsDep
 ) -> RequestView:
-    canceled = await cancel_job(
-        uow.session, tenant.id, request_id, UrlBuilder.background(state.settings)
+    # Announced once the request's unit of work commits, before the answer is sent.
+    canceled = await jobs.cancel_request(
+        uow.session,
+        tenant.id,
+        request_id,
+        UrlBuilder.background(state.settings),
+        redis=state.redis,
+        queue_name=state.settings.queue_name,
     )
-    # Wakes the request's waiters, status streams and the worker running it (again,
-    # harmlessly, on a repeat), then queues its webhook.
-    uow.after_commit(partial(announce, state.redis, state.settings.queue_name, canceled))
-    outputs = await repository.get_outputs(uow.session, [canceled.job.id])
+    outputs = await queries.outputs_of(uow.session, canceled.job.id)
     return request_view(canceled.job, outputs, urls)
 
 
@@ -217,7 +209,7 @@ async def get_request_input(
         state.settings.secret_key, request_id, INPUT_INDEX, expires, signature
     ):
         raise Unauthorized("the input URL is invalid or has expired", code="invalid_signature")
-    job = await repository.get_job_by_id(uow.session, request_id)
+    job = await queries.find_any_request(uow.session, request_id)
     if job is None or job.input_storage_key is None:
         raise RequestNotFound(f"request {request_id} has no stored input")
     try:
@@ -258,14 +250,14 @@ async def get_request_output(
             state.settings.secret_key, request_id, index, expires, signature
         ):
             raise Unauthorized("the output URL is invalid or has expired", code="invalid_signature")
-        job = await repository.get_job_by_id(uow.session, request_id)
+        job = await queries.find_any_request(uow.session, request_id)
         if job is None:
             raise RequestNotFound(f"no request {request_id}")
     else:
         tenant = await authenticate(uow.session, request_key(request))
         await apply_rate_limit(request, state, tenant, cost=0)
-        job = await repository.get_job(uow.session, tenant.id, request_id)
-    output = await repository.get_output(uow.session, job.id, index)
+        job = await queries.find_request(uow.session, tenant.id, request_id)
+    output = await queries.output_of(uow.session, job.id, index)
     if output is None:
         raise RequestNotFound(f"request {request_id} has no output {index}")
     if output.deleted_at is not None:

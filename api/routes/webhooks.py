@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from functools import partial
 
 from fastapi import APIRouter, Request
 
@@ -98,10 +99,6 @@ async def redeliver_webhooks(
     )
     # After the checks, inside the transaction: a 429 rolls the new round back.
     await spend_redelivery(request, state, tenant)
-
-    async def enqueue() -> None:
-        await state.enqueue_deliveries(delivery_ids)
-
-    uow.after_commit(enqueue)
+    uow.after_commit(partial(state.enqueue_deliveries, delivery_ids))
     found = await service.list_deliveries(uow.session, tenant.id, request_id)
     return DeliveryList(data=[DeliveryView.of(delivery, attempts) for delivery, attempts in found])

@@ -1,75 +1,21 @@
 """Reserving a new job's price: where a submit takes credits.
 
-One statement (one round trip) takes the price and an in-flight slot from an active tenant that
-can afford both (`service.RESERVE_BALANCE`), writes the `reserve` ledger entry and inserts the
-job from the same row, so the three happen together or not at all: a refused tenant leaves no
-job and no entry, and a job never exists without its reservation. The job's later settlement
-(charge or refund) is `service.charge_credits` / `service.refund_credits`, called by
+One statement (one round trip, `repository.reserve_and_insert_job`) takes the price and an
+in-flight slot from an active tenant that can afford both, writes the `reserve` ledger entry and
+inserts the job from the same row, so the three happen together or not at all: a refused tenant
+leaves no job and no entry, and a job never exists without its reservation. The job's later
+settlement (charge or refund) is `service.charge_credits` / `service.refund_credits`, called by
 `relight.jobs.lifecycle`.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from sqlalchemy import CTE, Row, bindparam, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.sql.dml import ReturningInsert
 
 from relight import metrics
-from relight.credits.service import RESERVE_BALANCE, entry_from, explain_refusal
-from relight.ids import uuid7
-from relight.models import CreditKind, Job, Tenant
-
-_JOB_TABLE = Job.metadata.tables[Job.__tablename__]
-
-# What a submit sets; every other column takes its default. `id` and `tenant_id` are the
-# reservation's `job_id` and `tenant_id` parameters, so the job and its ledger entry agree.
-_SUBMITTED_COLUMNS = [
-    "created_at",
-    "status",
-    "params",
-    "input_url",
-    "input_storage_key",
-    "background_url",
-    "background_storage_key",
-    "seed",
-    "backend_requested",
-    "credits_reserved",
-    "idempotency_key",
-    "request_hash",
-    "webhook_url",
-    "webhook_events",
-    "http_request_id",
-]
-
-
-def _job_from_reservation(moved: CTE) -> ReturningInsert[Any]:
-    columns = _JOB_TABLE.c
-    values = [
-        bindparam("job_id", type_=columns.id.type),
-        bindparam("tenant_id", type_=columns.tenant_id.type),
-        *(bindparam(f"job_{name}", type_=columns[name].type) for name in _SUBMITTED_COLUMNS),
-    ]
-    return (
-        insert(_JOB_TABLE)
-        .from_select(
-            ["id", "tenant_id", *_SUBMITTED_COLUMNS],
-            select(*values).select_from(moved),
-            # The other columns take their server defaults (the models' Python defaults agree).
-            include_defaults=False,
-        )
-        .returning(*columns)
-    )
-
-
-def _reserving_insert() -> ReturningInsert[Any]:
-    moved = RESERVE_BALANCE.returning(Tenant.credit_balance).cte("moved")
-    # Postgres runs a data-modifying CTE whether or not the main statement reads it.
-    return _job_from_reservation(moved).add_cte(entry_from(moved).cte("entry"))
-
-
-_RESERVE_AND_INSERT_JOB = _reserving_insert()
+from relight.credits import repository
+from relight.credits.service import explain_refusal
+from relight.models import Job
 
 
 async def reserve_credits(session: AsyncSession, job: Job, cost: int) -> Job:
@@ -79,19 +25,7 @@ async def reserve_credits(session: AsyncSession, job: Job, cost: int) -> Job:
     tenant is refused, IntegrityError when the idempotency key is taken. `job` comes back with
     the columns the database filled in; it is not in the session.
     """
-    parameters = {
-        **{f"job_{name}": job.__dict__[name] for name in _SUBMITTED_COLUMNS},
-        "entry_id": uuid7(),
-        "tenant_id": job.tenant_id,
-        "job_id": job.id,
-        "kind": CreditKind.RESERVE.value,
-        "change": -cost,
-        "reason": None,
-    }
-    connection = await session.connection()
-    row: Row[Any] | None = (
-        await connection.execute(_RESERVE_AND_INSERT_JOB, parameters)
-    ).one_or_none()
+    row = await repository.reserve_and_insert_job(session, job, cost)
     if row is None:
         await explain_refusal(session, job.tenant_id, cost)
     metrics.count_credits(session, "reserved", cost)

@@ -12,31 +12,27 @@ import uuid
 from dataclasses import dataclass
 from typing import NoReturn
 
-from sqlalchemy import (
-    CTE,
-    BigInteger,
-    Insert,
-    String,
-    Text,
-    Update,
-    Uuid,
-    bindparam,
-    func,
-    insert,
-    select,
-    update,
-)
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.sql.dml import ReturningInsert
 
 from relight import metrics
+from relight.credits import repository
+from relight.credits.repository import MAX_BALANCE, MAX_MOVEMENT
 from relight.errors import Forbidden, InsufficientCredits, InvalidParameter, RelightError
-from relight.ids import uuid7
-from relight.models import CreditEntry, CreditKind, Tenant, TenantStatus
+from relight.models import CreditEntry, CreditKind, TenantStatus
 
-# Bounds that keep every sum far inside Postgres' bigint.
-MAX_MOVEMENT = 10**12
-MAX_BALANCE = 10**15
+__all__ = [
+    "MAX_BALANCE",
+    "MAX_MOVEMENT",
+    "LedgerDiscrepancy",
+    "TooManyJobs",
+    "audit_ledger",
+    "charge_credits",
+    "explain_refusal",
+    "get_balance",
+    "grant_credits",
+    "list_entries",
+    "refund_credits",
+]
 
 
 class TooManyJobs(RelightError):
@@ -52,99 +48,10 @@ class LedgerDiscrepancy:
     ledger_sum: int
 
 
-# Every movement is one statement (a data-modifying CTE: the balance UPDATE, then its ledger
-# entry from the UPDATE's RETURNING), so each is a single round trip. The statements are built
-# once with bound parameters; `change` is the signed amount added to the balance and recorded.
-_TENANT_ID = bindparam("tenant_id", type_=Uuid())
-_CHANGE = bindparam("change", type_=BigInteger())
-
-
-def entry_from(moved: CTE) -> Insert:
-    """The ledger entry of a balance movement whose new balance is `moved`'s one row."""
-    return insert(CreditEntry).from_select(
-        ["id", "tenant_id", "job_id", "kind", "amount", "balance_after", "reason"],
-        select(
-            bindparam("entry_id", type_=Uuid()),
-            _TENANT_ID,
-            bindparam("job_id", type_=Uuid()),
-            bindparam("kind", type_=String()),
-            _CHANGE,
-            moved.c.credit_balance,
-            bindparam("reason", type_=Text()),
-        ),
-    )
-
-
-def _movement(balance_update: Update) -> ReturningInsert[uuid.UUID, int]:
-    moved = balance_update.returning(Tenant.credit_balance).cte("moved")
-    return entry_from(moved).returning(CreditEntry.id, CreditEntry.balance_after)
-
-
-# A job's price and an in-flight slot, only from an active tenant that can afford both
-# (`relight.credits.reservation` runs it, with the job's insert, in one statement).
-RESERVE_BALANCE = (
-    update(Tenant)
-    .where(
-        Tenant.id == _TENANT_ID,
-        Tenant.status == TenantStatus.ACTIVE.value,
-        Tenant.credit_balance + _CHANGE >= 0,
-        Tenant.active_jobs < Tenant.max_in_flight,
-    )
-    .values(credit_balance=Tenant.credit_balance + _CHANGE, active_jobs=Tenant.active_jobs + 1)
-)
-# A job ends (charge or refund): credits back and its in-flight slot free.
-SETTLE = _movement(
-    update(Tenant)
-    .where(Tenant.id == _TENANT_ID)
-    .values(credit_balance=Tenant.credit_balance + _CHANGE, active_jobs=Tenant.active_jobs - 1)
-)
-# A grant or an adjustment, keeping the balance within bounds.
-ADJUST = _movement(
-    update(Tenant)
-    .where(
-        Tenant.id == _TENANT_ID,
-        Tenant.credit_balance + _CHANGE >= 0,
-        Tenant.credit_balance + _CHANGE <= MAX_BALANCE,
-    )
-    .values(credit_balance=Tenant.credit_balance + _CHANGE)
-)
-
-
-async def _move_with_entry(
-    session: AsyncSession,
-    movement: ReturningInsert[uuid.UUID, int],
-    tenant_id: uuid.UUID,
-    kind: CreditKind,
-    change: int,
-    *,
-    job_id: uuid.UUID | None = None,
-    reason: str | None = None,
-) -> tuple[uuid.UUID, int] | None:
-    """Run one of the movements above; `(entry id, new balance)`, or None when its UPDATE
-    matched no tenant row."""
-    values = {
-        "entry_id": uuid7(),
-        "tenant_id": tenant_id,
-        "job_id": job_id,
-        "kind": kind.value,
-        "change": change,
-        "reason": reason,
-    }
-    # Core execution on the session's connection (same transaction): an ORM `execute` of an
-    # insert with parameters would take it for a bulk insert of entities.
-    connection = await session.connection()
-    row = (await connection.execute(movement, values)).one_or_none()
-    return None if row is None else (row.id, row.balance_after)
-
-
 async def explain_refusal(session: AsyncSession, tenant_id: uuid.UUID, amount: int) -> NoReturn:
-    tenant = (
-        await session.execute(
-            select(
-                Tenant.status, Tenant.credit_balance, Tenant.active_jobs, Tenant.max_in_flight
-            ).where(Tenant.id == tenant_id)
-        )
-    ).one()
+    """Raise why the tenant was refused a reservation of `amount`: suspended (403), short of
+    credits (406) or at its limit of jobs in flight (429)."""
+    tenant = await repository.refusal_state(session, tenant_id)
     if tenant.status != TenantStatus.ACTIVE.value:
         raise Forbidden("this account is suspended", code="tenant_suspended")
     if tenant.credit_balance < amount:
@@ -168,8 +75,8 @@ async def _settle(
     amount: int,
     reason: str | None,
 ) -> int:
-    moved = await _move_with_entry(
-        session, SETTLE, tenant_id, kind, amount, job_id=job_id, reason=reason
+    moved = await repository.move_with_entry(
+        session, repository.SETTLE, tenant_id, kind, amount, job_id=job_id, reason=reason
     )
     if moved is None:
         raise LookupError(f"tenant {tenant_id} does not exist")
@@ -219,52 +126,34 @@ async def grant_credits(
         raise InvalidParameter(
             f"one movement is at most {MAX_MOVEMENT} credits", extra={"field": "amount"}
         )
-    moved = await _move_with_entry(session, ADJUST, tenant_id, kind, amount, reason=reason)
+    moved = await repository.move_with_entry(
+        session, repository.ADJUST, tenant_id, kind, amount, reason=reason
+    )
     if moved is None:
         limit = "make the balance negative" if amount < 0 else f"exceed {MAX_BALANCE} credits"
         raise InvalidParameter(f"a movement of {amount} would {limit}", extra={"field": "amount"})
     if kind is CreditKind.GRANT:
         metrics.count_credits(session, "granted", amount)
-    entry = await session.get(CreditEntry, moved[0])
+    entry = await repository.get_entry(session, moved[0])
     assert entry is not None
     return entry
 
 
 async def get_balance(session: AsyncSession, tenant_id: uuid.UUID) -> int:
-    balance = await session.scalar(select(Tenant.credit_balance).where(Tenant.id == tenant_id))
-    return int(balance or 0)
+    """The tenant's balance in credits (0 for an unknown tenant)."""
+    return await repository.get_balance(session, tenant_id)
 
 
 async def list_entries(
     session: AsyncSession, tenant_id: uuid.UUID, *, limit: int, before: uuid.UUID | None = None
 ) -> list[CreditEntry]:
     """The tenant's ledger, newest first; entry ids are time-ordered, so the id is the cursor."""
-    query = select(CreditEntry).where(CreditEntry.tenant_id == tenant_id)
-    if before is not None:
-        query = query.where(CreditEntry.id < before)
-    return list((await session.scalars(query.order_by(CreditEntry.id.desc()).limit(limit))).all())
+    return await repository.list_entries(session, tenant_id, limit=limit, before=before)
 
 
 async def audit_ledger(session: AsyncSession) -> list[LedgerDiscrepancy]:
     """Every tenant whose balance differs from the sum of its ledger entries (should be none)."""
-    ledger_sum = func.coalesce(
-        select(func.sum(CreditEntry.amount))
-        .where(CreditEntry.tenant_id == Tenant.id)
-        .scalar_subquery(),
-        0,
-    )
-    rows = await session.execute(
-        select(Tenant.id, Tenant.name, Tenant.credit_balance, ledger_sum).where(
-            Tenant.credit_balance != ledger_sum
-        )
-    )
     return [
-        LedgerDiscrepancy(
-            # sum() of a bigint is NUMERIC in Postgres: back to int.
-            tenant_id=row[0],
-            tenant_name=row[1],
-            balance=int(row[2]),
-            ledger_sum=int(row[3]),
-        )
-        for row in rows
+        LedgerDiscrepancy(tenant_id=tenant_id, tenant_name=name, balance=balance, ledger_sum=total)
+        for tenant_id, name, balance, total in await repository.ledger_discrepancies(session)
     ]

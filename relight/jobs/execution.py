@@ -49,6 +49,7 @@ from relight.models import Job, JobOutput, JobStatus
 from relight.params import Backend, RelightParams
 from relight.storage import Storage
 from relight.storage.urls import UrlBuilder
+from relight.unit_of_work import unit_of_work
 
 logger = logging.getLogger(__name__)
 
@@ -100,11 +101,13 @@ class JobRunner:
         """Run the job if it is queued; a job already taken, finished or canceled is skipped
         (`RunOutcome.status` None)."""
         started = perf_counter()
-        async with self.sessionmaker() as session, session.begin():
+        async with unit_of_work(self.sessionmaker) as uow:
+            session = uow.session
             claimed = await lifecycle.claim(session, job_id, self.settings.lease_s, self.urls)
             allowed: list[str] = []
             if claimed is not None:
                 allowed = await repository.allowed_backends(session, claimed.job.tenant_id)
+                uow.after_commit(partial(self._announce_claim, claimed))
             else:
                 # Rare (a repeated run): one more read, so that this line carries the request id.
                 request_id = await repository.http_request_id_of(session, job_id)
@@ -117,7 +120,6 @@ class JobRunner:
             metrics.QUEUE_WAIT.observe((datetime.now(UTC) - job.created_at).total_seconds())
         # From here on every line (and the lease keeper's) carries the submit's request id.
         with request_context(job.http_request_id):
-            await self._announce(claimed)
             keeper = asyncio.create_task(self._keep_lease(job))
             try:
                 return await self._process(job, allowed, started)
@@ -126,14 +128,18 @@ class JobRunner:
                 with contextlib.suppress(asyncio.CancelledError):
                     await keeper
 
+    async def _announce_claim(self, claimed: Moved) -> None:
+        with request_context(claimed.job.http_request_id):
+            await self._announce(claimed)
+
     async def _keep_lease(self, job: Job) -> None:
         """Renew the running attempt's lease, so the sweeper never takes a live job back."""
         while True:
             await asyncio.sleep(self.settings.lease_s / 3)
             try:
-                async with self.sessionmaker() as session, session.begin():
+                async with unit_of_work(self.sessionmaker) as uow:
                     await repository.renew_lease(
-                        session, job.id, job.attempts, self.settings.lease_s
+                        uow.session, job.id, job.attempts, self.settings.lease_s
                     )
             except Exception:
                 logger.warning("could not renew the lease of job %s", job.id, exc_info=True)
@@ -268,8 +274,9 @@ class JobRunner:
             return True
 
     async def _announce(self, *moves: Moved | None) -> None:
-        """After the commit that made `moves`: wake the job's waiters and followers, queue its
-        webhooks (`lifecycle.announce`)."""
+        """After the commit that made `moves` (an after-commit callback of the step's unit of
+        work): wake the job's waiters and followers, queue its webhooks
+        (`lifecycle.announce`)."""
         await lifecycle.announce(
             self.redis, self.settings.queue_name, *moves, enqueuer=self.enqueuer
         )
@@ -277,10 +284,10 @@ class JobRunner:
     async def _hand_back(self, job: Job) -> None:
         """Return an interrupted job to the queue; the interrupted attempt does not count."""
         try:
-            async with self.sessionmaker() as session, session.begin():
-                moved = await lifecycle.hand_back(session, job)
+            async with unit_of_work(self.sessionmaker) as uow:
+                moved = await lifecycle.hand_back(uow.session, job)
+                uow.after_commit(partial(self._announce, moved))
             logger.warning("job %s handed back to the queue (worker stopping)", job.id)
-            await self._announce(moved)
         except Exception:
             logger.exception("could not hand job %s back; its lease will expire", job.id)
 
@@ -318,7 +325,8 @@ class JobRunner:
         entry: Attempt,
     ) -> RunOutcome:
         canceled = False
-        async with self.sessionmaker() as session, session.begin():
+        async with unit_of_work(self.sessionmaker) as uow:
+            session = uow.session
             done = await lifecycle.succeed(
                 session,
                 job,
@@ -332,6 +340,8 @@ class JobRunner:
             if done is None:
                 now = await repository.get_job_by_id(session, job.id)
                 canceled = now is not None and now.job_status is JobStatus.CANCELED
+            else:
+                uow.after_commit(partial(self._announce, done))
         if done is None:
             logger.warning(
                 "job %s was canceled or taken back before it finished; dropping result", job.id
@@ -340,7 +350,6 @@ class JobRunner:
                 # Not when taken back: another attempt may have stored the same keys since.
                 await delete_outputs(self.storage, outputs)
             return RunOutcome(status=None)
-        await self._announce(done)
         logger.info("job %s succeeded on %s in %.0f ms", job.id, backend_name, timings["total_ms"])
         return RunOutcome(status=JobStatus.SUCCEEDED)
 
@@ -369,7 +378,6 @@ class JobRunner:
         moved = await self._retry_or_fail(job, step, error.message, timings, log)
         if moved is None:
             return RunOutcome(status=None)
-        await self._announce(moved)
         if not step.retry:
             logger.info("job %s failed: %s: %s", job.id, step.code, error.message)
             return RunOutcome(status=JobStatus.FAILED)
@@ -393,17 +401,27 @@ class JobRunner:
         timings: dict[str, float],
         log: list[dict[str, Any]],
     ) -> Moved | None:
-        """Back to the queue or failed, as `step` decided, with the attempt log `log`."""
-        async with self.sessionmaker() as session, session.begin():
+        """Back to the queue or failed, as `step` decided, with the attempt log `log`; the move
+        is announced once it commits."""
+        async with unit_of_work(self.sessionmaker) as uow:
             if step.retry:
-                return await lifecycle.retry(
-                    session,
+                moved = await lifecycle.retry(
+                    uow.session,
                     job,
                     code=step.code,
                     message=message,
                     timings=timings,
                     backend_calls=log,
                 )
-            return await lifecycle.fail(
-                session, job, step.code, message, self.urls, timings=timings, backend_calls=log
-            )
+            else:
+                moved = await lifecycle.fail(
+                    uow.session,
+                    job,
+                    step.code,
+                    message,
+                    self.urls,
+                    timings=timings,
+                    backend_calls=log,
+                )
+            uow.after_commit(partial(self._announce, moved))
+        return moved

@@ -2,8 +2,8 @@
 
 Backends call the callback from any thread (the local engine runs on a pool) as often as they
 like; a writer task stores the latest value at most every `interval_s`, only while the attempt
-still holds the job (`lifecycle.record_progress`), and calls `written` after each commit (to
-announce it to status streams).
+still holds the job (`lifecycle.record_progress`), and has `written` called once each write
+commits (an after-commit callback: to announce it to status streams).
 """
 
 from __future__ import annotations
@@ -13,12 +13,14 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from relight.jobs import lifecycle
 from relight.jobs.lifecycle import Moved
 from relight.models import Job
+from relight.unit_of_work import unit_of_work
 
 logger = logging.getLogger(__name__)
 
@@ -57,14 +59,14 @@ async def track_progress(
             if value - stored < 0.01:
                 continue
             try:
-                async with sessionmaker() as session, session.begin():
-                    moved = await lifecycle.record_progress(session, job, value)
+                async with unit_of_work(sessionmaker) as uow:
+                    moved = await lifecycle.record_progress(uow.session, job, value)
+                    if moved is not None and written is not None:
+                        uow.after_commit(partial(written, moved))
                 stored = value
             except Exception:
                 logger.warning("could not record the progress of job %s", job.id, exc_info=True)
                 continue
-            if moved is not None and written is not None:
-                await written(moved)
 
     writer = asyncio.create_task(write())
     try:

@@ -43,7 +43,13 @@ async def find_by_idempotency_key(
     )
 
 
-async def get_outputs(session: AsyncSession, job_ids: Sequence[uuid.UUID]) -> list[JobOutput]:
+async def get_outputs(
+    session: AsyncSession, job_ids: Sequence[uuid.UUID], *, flush: bool = False
+) -> list[JobOutput]:
+    """The jobs' outputs by job and index; `flush` first writes the outputs added in the
+    caller's transaction, so that they are among them."""
+    if flush:
+        await session.flush()
     if not job_ids:
         return []
     result = await session.scalars(
@@ -176,3 +182,96 @@ def add_outputs(session: AsyncSession, outputs: Sequence[JobOutput]) -> None:
 async def allowed_backends(session: AsyncSession, tenant_id: uuid.UUID) -> list[str]:
     allowed = await session.scalar(select(Tenant.allowed_backends).where(Tenant.id == tenant_id))
     return list(allowed or [])
+
+
+async def refresh(session: AsyncSession, job: Job) -> None:
+    """Read `job`'s row again (what another transaction committed since)."""
+    await session.refresh(job)
+
+
+async def is_autocommit(session: AsyncSession) -> bool:
+    """Whether the session's connection commits every statement on its own."""
+    connection = (await session.connection()).sync_connection
+    assert connection is not None
+    return bool(connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT")
+
+
+# --- what the sweeper looks for ------------------------------------------------------------
+
+
+async def queued_before(
+    session: AsyncSession, cutoff: datetime, limit: int
+) -> dict[uuid.UUID, str | None]:
+    """Jobs queued since before `cutoff` (oldest first): id → request id of the submit."""
+    rows = await session.execute(
+        select(Job.id, Job.http_request_id)
+        .where(Job.status == JobStatus.QUEUED.value, Job.created_at < cutoff)
+        .order_by(Job.created_at)
+        .limit(limit)
+    )
+    return {row.id: row.http_request_id for row in rows}
+
+
+async def owners_of(
+    session: AsyncSession, job_ids: set[uuid.UUID]
+) -> list[tuple[uuid.UUID, uuid.UUID, int]]:
+    """`(job id, tenant id, tenant weight)` of each of these jobs that exists."""
+    rows = await session.execute(
+        select(Job.id, Job.tenant_id, Tenant.weight)
+        .join(Tenant, Tenant.id == Job.tenant_id)
+        .where(Job.id.in_(job_ids))
+    )
+    return [(row.id, row.tenant_id, row.weight) for row in rows]
+
+
+async def expired_leases(session: AsyncSession, now: datetime, limit: int) -> list[Job]:
+    """Running jobs whose lease ended before `now`, longest expired first, locked (rows another
+    sweep holds are skipped)."""
+    result = await session.scalars(
+        select(Job)
+        .where(Job.status == JobStatus.RUNNING.value, Job.lease_expires_at < now)
+        .order_by(Job.lease_expires_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return list(result.all())
+
+
+async def stored_outputs_finished_before(
+    session: AsyncSession, cutoff: datetime, limit: int
+) -> list[JobOutput]:
+    """Outputs still stored of jobs finished before `cutoff`."""
+    result = await session.scalars(
+        select(JobOutput)
+        .join(Job, Job.id == JobOutput.job_id)
+        .where(JobOutput.deleted_at.is_(None), Job.finished_at < cutoff)
+        .limit(limit)
+    )
+    return list(result.all())
+
+
+async def stored_inputs_finished_before(
+    session: AsyncSession, cutoff: datetime, limit: int
+) -> list[Job]:
+    """Jobs finished before `cutoff` whose subject is still stored."""
+    result = await session.scalars(
+        select(Job).where(Job.input_storage_key.is_not(None), Job.finished_at < cutoff).limit(limit)
+    )
+    return list(result.all())
+
+
+async def stored_backgrounds_finished_before(
+    session: AsyncSession, cutoff: datetime, limit: int
+) -> list[Job]:
+    """Jobs finished before `cutoff` whose background is still stored."""
+    result = await session.scalars(
+        select(Job)
+        .where(Job.background_storage_key.is_not(None), Job.finished_at < cutoff)
+        .limit(limit)
+    )
+    return list(result.all())
+
+
+async def flush(session: AsyncSession) -> None:
+    """Write the changes made to loaded rows (the sweeper's marks of deleted images)."""
+    await session.flush()

@@ -8,12 +8,15 @@ import asyncio
 import hashlib
 import secrets
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 
 import orjson
+from redis.asyncio import Redis
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from relight import metrics
 from relight.backends.availability import available_backends
@@ -28,10 +31,15 @@ from relight.jobs import lifecycle, repository
 from relight.jobs.inputs import SubjectSource
 from relight.jobs.lifecycle import Moved
 from relight.models import Job, JobStatus, Tenant
+from relight.nodes.registry import discovered_gpu_nodes
 from relight.params import Backend, RelightParams, SubmitOptions
 from relight.storage import Storage
 from relight.storage.urls import UrlBuilder
 from relight.tenants.auth_cache import TenantSnapshot
+from relight.unit_of_work import after_commit, unit_of_work
+
+# Hands a committed job to the workers: `(job id, tenant id, tenant weight)`.
+Enqueue = Callable[[uuid.UUID, uuid.UUID, int], Awaitable[None]]
 
 
 class IdempotencyKeyReused(InvalidParameter):
@@ -111,6 +119,69 @@ def _replay(existing: Job, digest: str, key: str) -> Submission:
             f"Idempotency-Key {key!r} was already used with a different request body"
         )
     return Submission(job=existing, replayed=True)
+
+
+async def submit_request(
+    *,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    autocommit_sessionmaker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    storage: Storage,
+    redis: Redis,
+    enqueue: Enqueue,
+    tenant: TenantSnapshot,
+    params: RelightParams,
+    options: SubmitOptions,
+    subject: SubjectSource,
+    background: SubjectSource | None,
+    idempotency_key: str | None,
+    http_request_id: str | None,
+) -> Submission:
+    """A submit, whole: validate, store the inline images, reserve the price and insert the
+    job (`submit_job`), commit, then hand the new job to the workers (`enqueue`, only once the
+    job is committed; never for a replay).
+
+    An inline image is stored before the commit (a failed store undoes the paid job), so it
+    needs a transaction; otherwise the job and its reservation are one statement, and an
+    autocommit session saves the BEGIN and COMMIT round trips."""
+    inline = subject.data is not None or (background is not None and background.data is not None)
+    async with unit_of_work(sessionmaker if inline else autocommit_sessionmaker) as uow:
+        submission = await submit_job(
+            uow.session,
+            settings=settings,
+            storage=storage,
+            tenant=tenant,
+            params=params,
+            options=options,
+            subject=subject,
+            background=background,
+            idempotency_key=idempotency_key,
+            live_gpu_nodes=await _live_gpu_nodes(settings, redis, params, options),
+            http_request_id=http_request_id,
+        )
+        if not submission.replayed:
+            job = submission.job
+            uow.after_commit(partial(enqueue, job.id, job.tenant_id, tenant.weight))
+    return submission
+
+
+async def _live_gpu_nodes(
+    settings: Settings, redis: Redis, params: RelightParams, options: SubmitOptions
+) -> bool:
+    """Whether heartbeats show a GPU node that can serve this request (`discovered_gpu_nodes`);
+    a Redis round trip only when the answer can change the outcome."""
+    backgrounds = params.background_source is not None
+    return await discovered_gpu_nodes(
+        redis,
+        settings.gpu_namespace,
+        enabled=settings.gpu_discovery
+        and (
+            options.backend is Backend.GPU
+            or backgrounds
+            or not available_backends(settings) - {Backend.GPU}
+        ),
+        backgrounds=backgrounds,
+    )
 
 
 async def submit_job(
@@ -233,7 +304,7 @@ async def _insert(
 ) -> Submission | None:
     """Insert `job` with its reservation; None when inserted, else the replay of the
     submission with the same Idempotency-Key that won the race."""
-    if idempotency_key is None or await _is_autocommit(session):
+    if idempotency_key is None or await repository.is_autocommit(session):
         # One statement creates the job with its reservation: nothing to undo on a refusal or a
         # lost idempotency race, so no savepoint (and, in autocommit, no BEGIN/COMMIT either).
         try:
@@ -250,12 +321,6 @@ async def _insert(
         except IntegrityError:
             return await _after_lost_race(session, tenant, idempotency_key, digest)
     return None
-
-
-async def _is_autocommit(session: AsyncSession) -> bool:
-    connection = (await session.connection()).sync_connection
-    assert connection is not None
-    return bool(connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT")
 
 
 async def _after_lost_race(
@@ -293,10 +358,27 @@ async def cancel_job(
     canceled = await lifecycle.cancel(session, job.id, urls)
     if canceled is not None:
         return canceled
-    await session.refresh(job)
+    await repository.refresh(session, job)
     if job.job_status is JobStatus.CANCELED:
         return Moved(job)
     raise Conflict(
         f"request {job.id} is {job.job_status.public} and can no longer be canceled",
         code="not_cancelable",
     )
+
+
+async def cancel_request(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    job_id: uuid.UUID,
+    urls: UrlBuilder,
+    *,
+    redis: Redis,
+    queue_name: str,
+) -> Moved:
+    """`cancel_job`, then, once the caller's transaction commits, its announcement: it wakes
+    the request's waiters, status streams and the worker running it (again, harmlessly, on a
+    repeat), then queues its webhook (`lifecycle.announce`)."""
+    canceled = await cancel_job(session, tenant_id, job_id, urls)
+    after_commit(session, partial(lifecycle.announce, redis, queue_name, canceled))
+    return canceled

@@ -16,13 +16,11 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from relight.jobs import lifecycle
+from relight.jobs import lifecycle, repository
 from relight.jobs.lifecycle import Moved
 from relight.logs import job_context
-from relight.models import Job, JobOutput, JobStatus, Tenant
 from relight.storage import Storage
 from relight.storage.urls import UrlBuilder
 
@@ -49,13 +47,7 @@ async def queued_before(
 ) -> dict[uuid.UUID, str | None]:
     """Jobs queued for longer than `grace_s` (oldest first): id → request id of the submit."""
     cutoff = datetime.now(UTC) - timedelta(seconds=grace_s)
-    rows = await session.execute(
-        select(Job.id, Job.http_request_id)
-        .where(Job.status == JobStatus.QUEUED.value, Job.created_at < cutoff)
-        .order_by(Job.created_at)
-        .limit(limit)
-    )
-    return {row.id: row.http_request_id for row in rows}
+    return await repository.queued_before(session, cutoff, limit)
 
 
 @dataclass(frozen=True)
@@ -71,12 +63,8 @@ async def owners_of(session: AsyncSession, job_ids: set[uuid.UUID]) -> dict[uuid
     turns, and the weight's copy in Redis is written again (it heals after a flush)."""
     if not job_ids:
         return {}
-    rows = await session.execute(
-        select(Job.id, Job.tenant_id, Tenant.weight)
-        .join(Tenant, Tenant.id == Job.tenant_id)
-        .where(Job.id.in_(job_ids))
-    )
-    return {row.id: Owner(row.tenant_id, row.weight) for row in rows}
+    rows = await repository.owners_of(session, job_ids)
+    return {job_id: Owner(tenant_id, weight) for job_id, tenant_id, weight in rows}
 
 
 async def reclaim_expired(
@@ -85,15 +73,7 @@ async def reclaim_expired(
     """Take back running jobs whose lease expired; the caller commits, then announces the
     moves (`lifecycle.announce`) and queues the requeued jobs again."""
     now = datetime.now(UTC)
-    expired = (
-        await session.scalars(
-            select(Job)
-            .where(Job.status == JobStatus.RUNNING.value, Job.lease_expires_at < now)
-            .order_by(Job.lease_expires_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-    ).all()
+    expired = await repository.expired_leases(session, now, limit)
     result = Reclaimed()
     for job in expired:
         moved = await lifecycle.expire_lease(session, job, max_attempts, urls)
@@ -121,28 +101,9 @@ async def expire_stored_images(
     if retention_s <= 0:
         return 0
     cutoff = datetime.now(UTC) - timedelta(seconds=retention_s)
-    outputs = (
-        await session.scalars(
-            select(JobOutput)
-            .join(Job, Job.id == JobOutput.job_id)
-            .where(JobOutput.deleted_at.is_(None), Job.finished_at < cutoff)
-            .limit(limit)
-        )
-    ).all()
-    inputs = (
-        await session.scalars(
-            select(Job)
-            .where(Job.input_storage_key.is_not(None), Job.finished_at < cutoff)
-            .limit(limit)
-        )
-    ).all()
-    backgrounds = (
-        await session.scalars(
-            select(Job)
-            .where(Job.background_storage_key.is_not(None), Job.finished_at < cutoff)
-            .limit(limit)
-        )
-    ).all()
+    outputs = await repository.stored_outputs_finished_before(session, cutoff, limit)
+    inputs = await repository.stored_inputs_finished_before(session, cutoff, limit)
+    backgrounds = await repository.stored_backgrounds_finished_before(session, cutoff, limit)
     now = datetime.now(UTC)
     for output in outputs:
         await storage.delete(output.storage_key)
@@ -155,5 +116,5 @@ async def expire_stored_images(
         assert job.background_storage_key is not None
         await storage.delete(job.background_storage_key)
         job.background_storage_key = None
-    await session.flush()
+    await repository.flush(session)
     return len(outputs) + len(inputs) + len(backgrounds)

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
-from sqlalchemy import ColumnElement, Float, cast, extract, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from relight.models import Job, JobStatus
+from relight.models import JobStatus
+from relight.ops import repository
+from relight.ops.repository import Spread, count_by_status, finished_count
 
 WINDOWS: dict[str, timedelta] = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
 TOP_ERRORS = 10
@@ -57,52 +57,9 @@ class Overview:
     hourly: list[tuple[datetime, int, int]] = field(default_factory=list)
 
 
-def _seconds(later: Any, earlier: Any) -> ColumnElement[float]:
-    """`later - earlier` in seconds (columns or a bound datetime)."""
-    return cast(extract("epoch", later - earlier), Float)
-
-
-async def _percentiles(
-    session: AsyncSession, seconds: ColumnElement[float], *conditions: ColumnElement[bool]
-) -> Percentiles:
-    row = (
-        await session.execute(
-            select(
-                func.count(),
-                func.percentile_cont(0.5).within_group(seconds),
-                func.percentile_cont(0.95).within_group(seconds),
-            ).where(*conditions)
-        )
-    ).one()
-    count, p50, p95 = row
-    return Percentiles(
-        count=int(count),
-        p50=float(p50) if p50 is not None else None,
-        p95=float(p95) if p95 is not None else None,
-    )
-
-
-async def count_by_status(session: AsyncSession, since: datetime, now: datetime) -> dict[str, int]:
-    rows = await session.execute(
-        select(Job.status, func.count())
-        .where(Job.created_at >= since, Job.created_at < now)
-        .group_by(Job.status)
-    )
-    counts = {status.value: 0 for status in JobStatus}
-    for status, count in rows:
-        counts[status] = int(count)
-    return counts
-
-
-async def finished_count(
-    session: AsyncSession, status: JobStatus, since: datetime, now: datetime
-) -> int:
-    value = await session.scalar(
-        select(func.count()).where(
-            Job.status == status.value, Job.finished_at >= since, Job.finished_at < now
-        )
-    )
-    return int(value or 0)
+def _percentiles(spread: Spread) -> Percentiles:
+    count, p50, p95 = spread
+    return Percentiles(count=count, p50=p50, p95=p95)
 
 
 async def window_stats(
@@ -110,64 +67,32 @@ async def window_stats(
 ) -> WindowStats:
     since = now - length
     succeeded = await finished_count(session, JobStatus.SUCCEEDED, since, now)
-    started = Job.started_at.is_not(None)
     return WindowStats(
         name=name,
         submitted=await count_by_status(session, since, now),
         succeeded=succeeded,
         failed=await finished_count(session, JobStatus.FAILED, since, now),
         throughput_per_minute=succeeded / (length.total_seconds() / 60),
-        queue_wait=await _percentiles(
-            session,
-            _seconds(Job.started_at, Job.created_at),
-            started,
-            Job.started_at >= since,
-            Job.started_at < now,
-        ),
-        run_time=await _percentiles(
-            session,
-            _seconds(Job.finished_at, Job.started_at),
-            started,
-            Job.status == JobStatus.SUCCEEDED.value,
-            Job.finished_at >= since,
-            Job.finished_at < now,
-        ),
+        queue_wait=_percentiles(await repository.queue_waits(session, since, now)),
+        run_time=_percentiles(await repository.run_times(session, since, now)),
     )
 
 
 async def ranked_errors(
     session: AsyncSession, since: datetime, now: datetime
 ) -> list[tuple[str, int]]:
-    code = func.coalesce(Job.error_code, "unknown")
-    rows = await session.execute(
-        select(code, func.count())
-        .where(
-            Job.status == JobStatus.FAILED.value, Job.finished_at >= since, Job.finished_at < now
-        )
-        .group_by(code)
-        .order_by(func.count().desc(), code)
-        .limit(TOP_ERRORS)
-    )
-    return [(str(error), int(count)) for error, count in rows]
+    """Jobs failed in `[since, now)` by error code, most first (the TOP_ERRORS commonest)."""
+    return await repository.error_counts(session, since, now, TOP_ERRORS)
 
 
 async def hourly_outcomes(session: AsyncSession, now: datetime) -> list[tuple[datetime, int, int]]:
     """(hour start, succeeded, failed) for each of the last CHART_HOURS hours ending at `now`."""
     since = now - timedelta(hours=CHART_HOURS)
-    hour = func.floor(_seconds(Job.finished_at, since) / 3600)
-    rows = await session.execute(
-        select(hour, Job.status, func.count())
-        .where(
-            Job.status.in_([JobStatus.SUCCEEDED.value, JobStatus.FAILED.value]),
-            Job.finished_at >= since,
-            Job.finished_at < now,
-        )
-        .group_by(hour, Job.status)
-    )
+    rows = await repository.hourly_counts(session, since, now)
     succeeded = [0] * CHART_HOURS
     failed = [0] * CHART_HOURS
     for index, status, count in rows:
-        (succeeded if status == JobStatus.SUCCEEDED.value else failed)[int(index)] = int(count)
+        (succeeded if status == JobStatus.SUCCEEDED.value else failed)[index] = count
     return [(since + timedelta(hours=n), succeeded[n], failed[n]) for n in range(CHART_HOURS)]
 
 
@@ -175,12 +100,7 @@ async def load_overview(
     session: AsyncSession, now: datetime, queue_entries: int | None
 ) -> Overview:
     """Every number of the overview, as of `now`."""
-    live = await session.execute(
-        select(Job.status, func.count())
-        .where(Job.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]))
-        .group_by(Job.status)
-    )
-    current = {status: int(count) for status, count in live}
+    current = await repository.live_counts(session)
     return Overview(
         now=now,
         queued=current.get(JobStatus.QUEUED.value, 0),

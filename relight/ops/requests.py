@@ -5,11 +5,11 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from relight.jobs import repository
-from relight.models import Job, JobOutput, Tenant, WebhookAttempt, WebhookDelivery
+from relight.jobs import repository as jobs
+from relight.models import Job, JobOutput, WebhookAttempt, WebhookDelivery
+from relight.ops import repository
 from relight.webhooks.service import list_deliveries
 
 LIST_LIMIT = 100
@@ -40,34 +40,25 @@ async def list_requests(
     session: AsyncSession, filters: RequestFilters, limit: int = LIST_LIMIT
 ) -> list[RequestRow]:
     """The newest requests matching `filters`, newest first."""
-    query = select(Job, Tenant.name).join(Tenant, Tenant.id == Job.tenant_id)
-    if filters.tenant:
-        query = query.where(Tenant.name == filters.tenant)
-    if filters.status:
-        query = query.where(Job.status == filters.status)
-    if filters.backend:
-        query = query.where(
-            func.coalesce(Job.backend_used, Job.backend_requested) == filters.backend
-        )
-    rows = await session.execute(query.order_by(Job.id.desc()).limit(limit))
+    rows = await repository.jobs_with_tenant_names(
+        session,
+        tenant=filters.tenant,
+        status=filters.status,
+        backend=filters.backend,
+        limit=limit,
+    )
     return [RequestRow(job=job, tenant_name=name) for job, name in rows]
 
 
 async def request_record(session: AsyncSession, job_id: uuid.UUID) -> RequestRecord | None:
     """One request with its outputs and webhook deliveries (each with its attempts)."""
-    row = (
-        await session.execute(
-            select(Job, Tenant.name)
-            .join(Tenant, Tenant.id == Job.tenant_id)
-            .where(Job.id == job_id)
-        )
-    ).one_or_none()
+    row = await repository.job_with_tenant_name(session, job_id)
     if row is None:
         return None
     job, tenant_name = row
     return RequestRecord(
         job=job,
         tenant_name=tenant_name,
-        outputs=await repository.get_outputs(session, [job.id]),
+        outputs=await jobs.get_outputs(session, [job.id]),
         deliveries=await list_deliveries(session, job.tenant_id, job.id),
     )

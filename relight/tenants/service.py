@@ -10,27 +10,23 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from sqlalchemy import func, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relight.credits.service import grant_credits
 from relight.egress import EgressPolicy, check_url
 from relight.errors import Conflict, InvalidParameter, RelightError, Unauthorized
 from relight.jobs.queue import mirror_tenant_weight
-from relight.metrics import on_commit
 from relight.models import ApiKey, Tenant, TenantStatus
 from relight.params import Backend
-from relight.tenants.auth_cache import (
-    CHANGED_CHANNEL,
-    TenantSnapshot,
-    forget_tenant_everywhere_in_process,
-)
+from relight.tenants import repository
+from relight.tenants.auth_cache import TenantSnapshot, forget_tenant_everywhere_in_process
 from relight.tenants.keys import generate_key, parse_key, secret_matches
 from relight.tenants.schemas import WEIGHT_MAX, WEIGHT_MIN, LimitsUpdate, tenant_name_problem
+from relight.unit_of_work import after_commit
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +47,8 @@ class CreatedKey:
 async def announce_change(session: AsyncSession, tenant_id: uuid.UUID) -> None:
     """Tell every API process, when (and only if) the caller's transaction commits, that what
     it may have cached about this tenant and its keys is stale (see `auth_cache`)."""
-    await session.execute(select(func.pg_notify(CHANGED_CHANNEL, str(tenant_id))))
-    on_commit(session, lambda: forget_tenant_everywhere_in_process(tenant_id))
+    await repository.notify_changed(session, tenant_id)
+    after_commit(session, lambda: forget_tenant_everywhere_in_process(tenant_id))
 
 
 async def create_tenant(
@@ -74,15 +70,12 @@ async def create_tenant(
     if limits is not None:
         for field, value in limits.model_dump(exclude_none=True).items():
             setattr(tenant, field, value)
-    session.add(tenant)
-    try:
-        async with session.begin_nested():
-            await session.flush()
-    except IntegrityError as exc:
-        raise Conflict(f"a tenant named {name!r} exists already", code="tenant_exists") from exc
+    if not await repository.insert_tenant(session, tenant):
+        raise Conflict(f"a tenant named {name!r} exists already", code="tenant_exists")
     if credits:
         await grant_credits(session, tenant.id, credits, reason="opening grant")
-        await session.refresh(tenant)
+    # With every column the database filled in (and the balance the grant moved).
+    await repository.refresh(session, tenant)
     return tenant
 
 
@@ -91,10 +84,11 @@ async def find_tenant(session: AsyncSession, name_or_id: str) -> Tenant:
     (`tenant_name_problem`), so the two never meet; should an older row carry such a name,
     the id wins, and that row is reached by its own id."""
     try:
-        query = select(Tenant).where(Tenant.id == uuid.UUID(name_or_id))
+        tenant_id = uuid.UUID(name_or_id)
     except ValueError:
-        query = select(Tenant).where(Tenant.name == name_or_id)
-    found: Tenant | None = await session.scalar(query)
+        found = await repository.get_by_name(session, name_or_id)
+    else:
+        found = await repository.get_by_id(session, tenant_id)
     if found is None:
         raise TenantNotFound(f"no tenant {name_or_id!r}")
     return found
@@ -102,13 +96,13 @@ async def find_tenant(session: AsyncSession, name_or_id: str) -> Tenant:
 
 async def list_tenants(session: AsyncSession) -> list[Tenant]:
     """Every tenant, oldest first."""
-    return list((await session.scalars(select(Tenant).order_by(Tenant.created_at))).all())
+    return await repository.list_tenants(session)
 
 
 async def set_tenant_status(session: AsyncSession, tenant: Tenant, status: TenantStatus) -> Tenant:
     """Suspend (submits answer 403; running jobs finish) or resume a tenant."""
     tenant.status = status.value
-    await session.flush()
+    await repository.flush(session)
     await announce_change(session, tenant.id)
     return tenant
 
@@ -123,7 +117,7 @@ async def set_limits(session: AsyncSession, tenant: Tenant, limits: LimitsUpdate
         )
     for field, value in values.items():
         setattr(tenant, field, value)
-    await session.flush()
+    await repository.flush(session)
     await announce_change(session, tenant.id)
     return tenant
 
@@ -140,7 +134,7 @@ async def set_weight(session: AsyncSession, tenant: Tenant, weight: int) -> Tena
     once this commits (`mirror_weight`); until then they go by the old weight."""
     _check_weight(weight)
     tenant.weight = weight
-    await session.flush()
+    await repository.flush(session)
     await announce_change(session, tenant.id)
     return tenant
 
@@ -156,6 +150,14 @@ async def mirror_weight(redis: Redis, queue_name: str, tenant_id: uuid.UUID, wei
         )
 
 
+def mirror_weight_after_commit(
+    session: AsyncSession, redis: Redis, queue_name: str, tenant: Tenant
+) -> None:
+    """Tell the workers the tenant's weight once the caller's transaction commits (never one
+    that rolls back): `mirror_weight`, as an after-commit callback."""
+    after_commit(session, partial(mirror_weight, redis, queue_name, tenant.id, tenant.weight))
+
+
 async def set_default_webhook(
     session: AsyncSession, tenant: Tenant, url: str | None, policy: EgressPolicy
 ) -> Tenant:
@@ -163,7 +165,7 @@ async def set_default_webhook(
     if url is not None:
         check_url(url, policy, field="url")
     tenant.webhook_url = url
-    await session.flush()
+    await repository.flush(session)
     await announce_change(session, tenant.id)
     return tenant
 
@@ -181,17 +183,14 @@ async def set_allowed_backends(
             extra={"field": "backends"},
         )
     tenant.allowed_backends = sorted(set(backends))
-    await session.flush()
+    await repository.flush(session)
     await announce_change(session, tenant.id)
     return tenant
 
 
 async def list_api_keys(session: AsyncSession, tenant: Tenant) -> list[ApiKey]:
     """The tenant's keys (revoked ones too), oldest first; secrets are never stored."""
-    result = await session.scalars(
-        select(ApiKey).where(ApiKey.tenant_id == tenant.id).order_by(ApiKey.created_at)
-    )
-    return list(result.all())
+    return await repository.list_api_keys(session, tenant.id)
 
 
 async def create_api_key(session: AsyncSession, tenant: Tenant, name: str | None) -> CreatedKey:
@@ -201,8 +200,9 @@ async def create_api_key(session: AsyncSession, tenant: Tenant, name: str | None
     api_key = ApiKey(
         tenant_id=tenant.id, prefix=new_key.prefix, secret_hash=new_key.secret_hash, name=name
     )
-    session.add(api_key)
-    await session.flush()
+    await repository.insert_api_key(session, api_key)
+    # With every column the database filled in (its creation time).
+    await repository.refresh(session, api_key)
     return CreatedKey(key=new_key.key, api_key=api_key)
 
 
@@ -211,14 +211,14 @@ async def revoke_api_key(session: AsyncSession, key_or_prefix: str) -> ApiKey:
     process forgets it at once. 404 `key_not_found` for an unknown prefix."""
     parsed = parse_key(key_or_prefix)
     prefix = parsed[0] if parsed else key_or_prefix
-    api_key = await session.scalar(select(ApiKey).where(ApiKey.prefix == prefix))
+    api_key = await repository.get_api_key(session, prefix)
     if api_key is None:
         raise RelightError(
             f"no API key with prefix {prefix!r}", status_code=404, code="key_not_found"
         )
     if api_key.revoked_at is None:
         api_key.revoked_at = datetime.now(UTC)
-        await session.flush()
+        await repository.flush(session)
         await announce_change(session, api_key.tenant_id)
     return api_key
 
@@ -231,13 +231,7 @@ async def authenticate(session: AsyncSession, raw_key: str | None) -> Tenant:
     if parsed is None:
         raise Unauthorized("invalid API key")
     prefix, secret = parsed
-    row = (
-        await session.execute(
-            select(ApiKey, Tenant)
-            .join(Tenant, Tenant.id == ApiKey.tenant_id)
-            .where(ApiKey.prefix == prefix)
-        )
-    ).one_or_none()
+    row = await repository.key_with_tenant(session, prefix)
     if row is None or not secret_matches(secret, row.ApiKey.secret_hash):
         raise Unauthorized("invalid API key")
     api_key: ApiKey = row.ApiKey
@@ -247,9 +241,7 @@ async def authenticate(session: AsyncSession, raw_key: str | None) -> Tenant:
     now = datetime.now(UTC)
     # Record use at minute resolution, so a busy key does not write on every request.
     if api_key.last_used_at is None or now - api_key.last_used_at > LAST_USED_RESOLUTION:
-        await session.execute(
-            update(ApiKey).where(ApiKey.id == api_key.id).values(last_used_at=now)
-        )
+        await repository.set_key_last_used(session, api_key.id, now)
     return tenant
 
 

@@ -22,6 +22,7 @@ from relight.jobs import repository as jobs
 from relight.logs import job_context
 from relight.models import WebhookDelivery
 from relight.storage.urls import UrlBuilder
+from relight.unit_of_work import unit_of_work
 from relight.webhooks import service
 from relight.webhooks.schemas import message_id
 from relight.webhooks.signatures import signature_header
@@ -68,7 +69,8 @@ class WebhookSender:
     async def deliver(self, delivery_id: uuid.UUID) -> tuple[int, float] | None:
         """Make the delivery's next attempt if it is due. `(attempts made, seconds until the
         next one)` when another attempt is scheduled, else None."""
-        async with self.sessionmaker() as session, session.begin():
+        async with unit_of_work(self.sessionmaker) as uow:
+            session = uow.session
             delivery = await service.claim_attempt(
                 session, delivery_id, lease_s=self.settings.webhook_timeout_s + 30
             )
@@ -102,9 +104,9 @@ class WebhookSender:
             "webhook-signature": signature_header(signing_secrets, webhook_id, now, data.decode()),
         }
         outcome = await self._post(delivery.url, headers, data)
-        async with self.sessionmaker() as session, session.begin():
+        async with unit_of_work(self.sessionmaker) as uow:
             delay = await service.record_attempt(
-                session, delivery, outcome, self.settings.webhook_retry_delays
+                uow.session, delivery, outcome, self.settings.webhook_retry_delays
             )
         metrics.WEBHOOK_ATTEMPTS.labels(outcome=attempt_outcome(outcome)).inc()
         logger.info(

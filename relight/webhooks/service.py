@@ -14,17 +14,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import orjson
-from sqlalchemy import func, select, update
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relight.backends.backoff import retry_delay_s
 from relight.errors import Conflict
-from relight.ids import uuid7
 from relight.jobs import repository as jobs
 from relight.jobs.views import request_view
 from relight.models import Job, JobOutput, Tenant, WebhookAttempt, WebhookDelivery, WebhookStatus
 from relight.storage.urls import UrlBuilder
+from relight.webhooks import repository
 from relight.webhooks.signatures import generate_secret
 
 COMPLETED = "completed"
@@ -69,23 +67,16 @@ async def schedule_delivery(
     """
     if not job.webhook_url or event not in job.webhook_events:
         return None
-    await session.flush()  # outputs added in this transaction belong to the body
-    outputs = await jobs.get_outputs(session, [job.id])
-    statement = (
-        insert(WebhookDelivery)
-        .values(
-            id=uuid7(),
-            tenant_id=job.tenant_id,
-            job_id=job.id,
-            event=event,
-            url=job.webhook_url,
-            payload=render_body(event, job, outputs, urls).decode(),
-        )
-        .on_conflict_do_nothing(index_elements=["job_id", "event"])
-        .returning(WebhookDelivery.id)
+    # Outputs added in this transaction belong to the body.
+    outputs = await jobs.get_outputs(session, [job.id], flush=True)
+    return await repository.insert_delivery(
+        session,
+        tenant_id=job.tenant_id,
+        job_id=job.id,
+        event=event,
+        url=job.webhook_url,
+        payload=render_body(event, job, outputs, urls).decode(),
     )
-    delivery_id: uuid.UUID | None = (await session.execute(statement)).scalar_one_or_none()
-    return delivery_id
 
 
 async def claim_attempt(
@@ -96,22 +87,7 @@ async def claim_attempt(
     Moving `next_attempt_at` past the attempt's timeout is the lease: a second worker, or
     the sweeper, will not send the same attempt while this one is in flight.
     """
-    now = datetime.now(UTC)
-    result = await session.execute(
-        update(WebhookDelivery)
-        .where(
-            WebhookDelivery.id == delivery_id,
-            WebhookDelivery.status == WebhookStatus.PENDING.value,
-            WebhookDelivery.next_attempt_at <= now,
-        )
-        .values(
-            attempts=WebhookDelivery.attempts + 1,
-            next_attempt_at=now + timedelta(seconds=lease_s),
-        )
-        .returning(WebhookDelivery)
-        .execution_options(populate_existing=True)
-    )
-    return result.scalar_one_or_none()
+    return await repository.claim_attempt(session, delivery_id, lease_s)
 
 
 def next_delay(
@@ -137,17 +113,15 @@ async def record_attempt(
     schedule: list[float],
 ) -> float | None:
     """Store the attempt and move the delivery on; the delay before the next attempt, if any."""
-    session.add(
-        WebhookAttempt(
-            delivery_id=delivery.id,
-            number=delivery.attempts,
-            started_at=outcome.started_at,
-            duration_ms=outcome.duration_ms,
-            status_code=outcome.status_code,
-            error=outcome.error,
-            response_excerpt=outcome.response_excerpt,
-            requested_by=delivery.round_requested_by,
-        )
+    attempt = WebhookAttempt(
+        delivery_id=delivery.id,
+        number=delivery.attempts,
+        started_at=outcome.started_at,
+        duration_ms=outcome.duration_ms,
+        status_code=outcome.status_code,
+        error=outcome.error,
+        response_excerpt=outcome.response_excerpt,
+        requested_by=delivery.round_requested_by,
     )
     values: dict[str, object] = {
         "last_status_code": outcome.status_code,
@@ -166,47 +140,21 @@ async def record_attempt(
             values["status"] = WebhookStatus.FAILED.value
         else:
             values["next_attempt_at"] = datetime.now(UTC) + timedelta(seconds=delay)
-    await session.execute(
-        update(WebhookDelivery).where(WebhookDelivery.id == delivery.id).values(**values)
-    )
-    await session.flush()
+    await repository.record_attempt(session, attempt, values)
     return delay
 
 
 async def due_deliveries(session: AsyncSession, limit: int = 500) -> list[tuple[uuid.UUID, int]]:
     """Pending deliveries whose next attempt is due: `(id, attempts so far)`."""
-    rows = await session.execute(
-        select(WebhookDelivery.id, WebhookDelivery.attempts)
-        .where(
-            WebhookDelivery.status == WebhookStatus.PENDING.value,
-            WebhookDelivery.next_attempt_at <= func.now(),
-        )
-        .order_by(WebhookDelivery.next_attempt_at)
-        .limit(limit)
-    )
-    return [(row.id, row.attempts) for row in rows]
+    return await repository.due_deliveries(session, limit)
 
 
 async def list_deliveries(
     session: AsyncSession, tenant_id: uuid.UUID, job_id: uuid.UUID
 ) -> list[tuple[WebhookDelivery, list[WebhookAttempt]]]:
     await jobs.get_job(session, tenant_id, job_id)  # 404 for unknown or foreign ids
-    deliveries = list(
-        (
-            await session.scalars(
-                select(WebhookDelivery)
-                .where(WebhookDelivery.job_id == job_id)
-                .order_by(WebhookDelivery.created_at)
-            )
-        ).all()
-    )
-    attempts = (
-        await session.scalars(
-            select(WebhookAttempt)
-            .where(WebhookAttempt.delivery_id.in_([d.id for d in deliveries]))
-            .order_by(WebhookAttempt.number)
-        )
-    ).all()
+    deliveries = await repository.deliveries_of(session, job_id)
+    attempts = await repository.attempts_of(session, [d.id for d in deliveries])
     by_delivery: dict[uuid.UUID, list[WebhookAttempt]] = {}
     for attempt in attempts:
         by_delivery.setdefault(attempt.delivery_id, []).append(attempt)
@@ -229,18 +177,7 @@ async def redeliver(
     if not job.job_status.is_terminal:
         raise Conflict("the request has not finished yet", code="not_finished")
     await schedule_delivery(session, job, COMPLETED, urls)
-    result = await session.execute(
-        update(WebhookDelivery)
-        .where(WebhookDelivery.job_id == job.id)
-        .values(
-            status=WebhookStatus.PENDING.value,
-            next_attempt_at=func.now(),
-            round_start=WebhookDelivery.attempts,
-            round_requested_by=requested_by,
-        )
-        .returning(WebhookDelivery.id)
-    )
-    return list(result.scalars().all())
+    return await repository.start_round(session, job.id, requested_by)
 
 
 # At most this many rotated-out secrets keep signing (the newest ones): each adds a signature
@@ -277,16 +214,10 @@ async def ensure_secret(
     session: AsyncSession, tenant_id: uuid.UUID, *, for_update: bool = False
 ) -> Tenant:
     """The tenant, with a signing secret (made on first use)."""
-    await session.execute(
-        update(Tenant)
-        .where(Tenant.id == tenant_id, Tenant.webhook_secret.is_(None))
-        .values(webhook_secret=generate_secret())
+    # The new secret is only written when the tenant has none yet.
+    return await repository.tenant_with_secret(
+        session, tenant_id, generate_secret(), for_update=for_update
     )
-    tenant = await session.get(
-        Tenant, tenant_id, populate_existing=True, with_for_update=for_update
-    )
-    assert tenant is not None
-    return tenant
 
 
 async def rotate_secret(session: AsyncSession, tenant_id: uuid.UUID, overlap_s: int) -> Tenant:
@@ -302,5 +233,5 @@ async def rotate_secret(session: AsyncSession, tenant_id: uuid.UUID, overlap_s: 
         {"secret": retired.secret, "expires_at": retired.expires_at.isoformat()} for retired in kept
     ]
     tenant.webhook_secret = generate_secret()
-    await session.flush()
+    await repository.flush(session)
     return tenant

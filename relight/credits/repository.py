@@ -1,0 +1,239 @@
+"""Every query on credits: the balance movements (each one statement), the job reservation that
+inserts the job with its price taken, and the ledger reads.
+
+Every movement is one statement (a data-modifying CTE: the balance UPDATE, then its ledger entry
+from the UPDATE's RETURNING), so each is a single round trip. The statements are built once
+with bound parameters; `change` is the signed amount added to the balance and recorded."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import (
+    CTE,
+    BigInteger,
+    Insert,
+    Row,
+    String,
+    Text,
+    Update,
+    Uuid,
+    bindparam,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.dml import ReturningInsert
+
+from relight.ids import uuid7
+from relight.models import CreditEntry, CreditKind, Job, Tenant, TenantStatus
+
+# Bounds that keep every sum far inside Postgres' bigint.
+MAX_MOVEMENT = 10**12
+MAX_BALANCE = 10**15
+
+_TENANT_ID = bindparam("tenant_id", type_=Uuid())
+_CHANGE = bindparam("change", type_=BigInteger())
+
+
+def entry_from(moved: CTE) -> Insert:
+    """The ledger entry of a balance movement whose new balance is `moved`'s one row."""
+    return insert(CreditEntry).from_select(
+        ["id", "tenant_id", "job_id", "kind", "amount", "balance_after", "reason"],
+        select(
+            bindparam("entry_id", type_=Uuid()),
+            _TENANT_ID,
+            bindparam("job_id", type_=Uuid()),
+            bindparam("kind", type_=String()),
+            _CHANGE,
+            moved.c.credit_balance,
+            bindparam("reason", type_=Text()),
+        ),
+    )
+
+
+def _movement(balance_update: Update) -> ReturningInsert[uuid.UUID, int]:
+    moved = balance_update.returning(Tenant.credit_balance).cte("moved")
+    return entry_from(moved).returning(CreditEntry.id, CreditEntry.balance_after)
+
+
+# A job's price and an in-flight slot, only from an active tenant that can afford both
+# (`reserve_and_insert_job` runs it, with the job's insert, in one statement).
+RESERVE_BALANCE = (
+    update(Tenant)
+    .where(
+        Tenant.id == _TENANT_ID,
+        Tenant.status == TenantStatus.ACTIVE.value,
+        Tenant.credit_balance + _CHANGE >= 0,
+        Tenant.active_jobs < Tenant.max_in_flight,
+    )
+    .values(credit_balance=Tenant.credit_balance + _CHANGE, active_jobs=Tenant.active_jobs + 1)
+)
+# A job ends (charge or refund): credits back and its in-flight slot free.
+SETTLE = _movement(
+    update(Tenant)
+    .where(Tenant.id == _TENANT_ID)
+    .values(credit_balance=Tenant.credit_balance + _CHANGE, active_jobs=Tenant.active_jobs - 1)
+)
+# A grant or an adjustment, keeping the balance within bounds.
+ADJUST = _movement(
+    update(Tenant)
+    .where(
+        Tenant.id == _TENANT_ID,
+        Tenant.credit_balance + _CHANGE >= 0,
+        Tenant.credit_balance + _CHANGE <= MAX_BALANCE,
+    )
+    .values(credit_balance=Tenant.credit_balance + _CHANGE)
+)
+
+
+async def move_with_entry(
+    session: AsyncSession,
+    movement: ReturningInsert[uuid.UUID, int],
+    tenant_id: uuid.UUID,
+    kind: CreditKind,
+    change: int,
+    *,
+    job_id: uuid.UUID | None = None,
+    reason: str | None = None,
+) -> tuple[uuid.UUID, int] | None:
+    """Run one of the movements above (`SETTLE`, `ADJUST`); `(entry id, new balance)`, or None
+    when its UPDATE matched no tenant row."""
+    values = {
+        "entry_id": uuid7(),
+        "tenant_id": tenant_id,
+        "job_id": job_id,
+        "kind": kind.value,
+        "change": change,
+        "reason": reason,
+    }
+    # Core execution on the session's connection (same transaction): an ORM `execute` of an
+    # insert with parameters would take it for a bulk insert of entities.
+    connection = await session.connection()
+    row = (await connection.execute(movement, values)).one_or_none()
+    return None if row is None else (row.id, row.balance_after)
+
+
+async def refusal_state(session: AsyncSession, tenant_id: uuid.UUID) -> Row[str, int, int, int]:
+    """What decides why a reservation was refused: the tenant's status, balance and jobs in
+    flight against its limit."""
+    return (
+        await session.execute(
+            select(
+                Tenant.status, Tenant.credit_balance, Tenant.active_jobs, Tenant.max_in_flight
+            ).where(Tenant.id == tenant_id)
+        )
+    ).one()
+
+
+async def get_entry(session: AsyncSession, entry_id: uuid.UUID) -> CreditEntry | None:
+    return await session.get(CreditEntry, entry_id)
+
+
+async def get_balance(session: AsyncSession, tenant_id: uuid.UUID) -> int:
+    balance = await session.scalar(select(Tenant.credit_balance).where(Tenant.id == tenant_id))
+    return int(balance or 0)
+
+
+async def list_entries(
+    session: AsyncSession, tenant_id: uuid.UUID, *, limit: int, before: uuid.UUID | None = None
+) -> list[CreditEntry]:
+    """The tenant's ledger, newest first; entry ids are time-ordered, so the id is the cursor."""
+    query = select(CreditEntry).where(CreditEntry.tenant_id == tenant_id)
+    if before is not None:
+        query = query.where(CreditEntry.id < before)
+    return list((await session.scalars(query.order_by(CreditEntry.id.desc()).limit(limit))).all())
+
+
+async def ledger_discrepancies(session: AsyncSession) -> list[tuple[uuid.UUID, str, int, int]]:
+    """`(tenant id, name, balance, ledger sum)` of every tenant whose balance differs from the
+    sum of its ledger entries."""
+    ledger_sum = func.coalesce(
+        select(func.sum(CreditEntry.amount))
+        .where(CreditEntry.tenant_id == Tenant.id)
+        .scalar_subquery(),
+        0,
+    )
+    rows = await session.execute(
+        select(Tenant.id, Tenant.name, Tenant.credit_balance, ledger_sum).where(
+            Tenant.credit_balance != ledger_sum
+        )
+    )
+    # sum() of a bigint is NUMERIC in Postgres: back to int.
+    return [(row[0], row[1], int(row[2]), int(row[3])) for row in rows]
+
+
+# --- the reservation: the job inserted from the balance movement's row ------------------------
+
+_JOB_TABLE = Job.metadata.tables[Job.__tablename__]
+
+# What a submit sets; every other column takes its default. `id` and `tenant_id` are the
+# reservation's `job_id` and `tenant_id` parameters, so the job and its ledger entry agree.
+SUBMITTED_COLUMNS = [
+    "created_at",
+    "status",
+    "params",
+    "input_url",
+    "input_storage_key",
+    "background_url",
+    "background_storage_key",
+    "seed",
+    "backend_requested",
+    "credits_reserved",
+    "idempotency_key",
+    "request_hash",
+    "webhook_url",
+    "webhook_events",
+    "http_request_id",
+]
+
+
+def _job_from_reservation(moved: CTE) -> ReturningInsert[Any]:
+    columns = _JOB_TABLE.c
+    values = [
+        bindparam("job_id", type_=columns.id.type),
+        bindparam("tenant_id", type_=columns.tenant_id.type),
+        *(bindparam(f"job_{name}", type_=columns[name].type) for name in SUBMITTED_COLUMNS),
+    ]
+    return (
+        insert(_JOB_TABLE)
+        .from_select(
+            ["id", "tenant_id", *SUBMITTED_COLUMNS],
+            select(*values).select_from(moved),
+            # The other columns take their server defaults (the models' Python defaults agree).
+            include_defaults=False,
+        )
+        .returning(*columns)
+    )
+
+
+def _reserving_insert() -> ReturningInsert[Any]:
+    moved = RESERVE_BALANCE.returning(Tenant.credit_balance).cte("moved")
+    # Postgres runs a data-modifying CTE whether or not the main statement reads it.
+    return _job_from_reservation(moved).add_cte(entry_from(moved).cte("entry"))
+
+
+_RESERVE_AND_INSERT_JOB = _reserving_insert()
+
+
+async def reserve_and_insert_job(session: AsyncSession, job: Job, cost: int) -> Row[Any] | None:
+    """Take `cost` and an in-flight slot from the tenant, write the `reserve` ledger entry and
+    insert `job`, in one statement: the inserted job row, or None when the tenant was refused
+    (nothing written). IntegrityError when the job's idempotency key is taken."""
+    parameters = {
+        **{f"job_{name}": job.__dict__[name] for name in SUBMITTED_COLUMNS},
+        "entry_id": uuid7(),
+        "tenant_id": job.tenant_id,
+        "job_id": job.id,
+        "kind": CreditKind.RESERVE.value,
+        "change": -cost,
+        "reason": None,
+    }
+    connection = await session.connection()
+    row: Row[Any] | None = (
+        await connection.execute(_RESERVE_AND_INSERT_JOB, parameters)
+    ).one_or_none()
+    return row

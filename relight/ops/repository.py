@@ -1,0 +1,201 @@
+"""Every query of the operators' pages: the overview's numbers, requests across tenants, and
+tenants with their usage. Read-only; each number is one query over the job table."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Float, cast, extract, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from relight.models import Job, JobStatus, Tenant
+
+# (count, median, 95th percentile) in seconds; the percentiles are None when nothing counted.
+Spread = tuple[int, float | None, float | None]
+
+
+def _seconds(later: Any, earlier: Any) -> ColumnElement[float]:
+    """`later - earlier` in seconds (columns or a bound datetime)."""
+    return cast(extract("epoch", later - earlier), Float)
+
+
+async def _spread(
+    session: AsyncSession, seconds: ColumnElement[float], *conditions: ColumnElement[bool]
+) -> Spread:
+    row = (
+        await session.execute(
+            select(
+                func.count(),
+                func.percentile_cont(0.5).within_group(seconds),
+                func.percentile_cont(0.95).within_group(seconds),
+            ).where(*conditions)
+        )
+    ).one()
+    count, p50, p95 = row
+    return (
+        int(count),
+        float(p50) if p50 is not None else None,
+        float(p95) if p95 is not None else None,
+    )
+
+
+async def queue_waits(session: AsyncSession, since: datetime, now: datetime) -> Spread:
+    """`started_at - created_at` of the jobs started in `[since, now)`."""
+    return await _spread(
+        session,
+        _seconds(Job.started_at, Job.created_at),
+        Job.started_at.is_not(None),
+        Job.started_at >= since,
+        Job.started_at < now,
+    )
+
+
+async def run_times(session: AsyncSession, since: datetime, now: datetime) -> Spread:
+    """`finished_at - started_at` of the jobs that succeeded in `[since, now)`."""
+    return await _spread(
+        session,
+        _seconds(Job.finished_at, Job.started_at),
+        Job.started_at.is_not(None),
+        Job.status == JobStatus.SUCCEEDED.value,
+        Job.finished_at >= since,
+        Job.finished_at < now,
+    )
+
+
+async def count_by_status(session: AsyncSession, since: datetime, now: datetime) -> dict[str, int]:
+    """Jobs created in `[since, now)` by status (every status present)."""
+    rows = await session.execute(
+        select(Job.status, func.count())
+        .where(Job.created_at >= since, Job.created_at < now)
+        .group_by(Job.status)
+    )
+    counts = {status.value: 0 for status in JobStatus}
+    for status, count in rows:
+        counts[status] = int(count)
+    return counts
+
+
+async def finished_count(
+    session: AsyncSession, status: JobStatus, since: datetime, now: datetime
+) -> int:
+    """Jobs that ended `status` in `[since, now)`."""
+    value = await session.scalar(
+        select(func.count()).where(
+            Job.status == status.value, Job.finished_at >= since, Job.finished_at < now
+        )
+    )
+    return int(value or 0)
+
+
+async def live_counts(session: AsyncSession) -> dict[str, int]:
+    """Jobs queued and running now, by status (absent: none)."""
+    live = await session.execute(
+        select(Job.status, func.count())
+        .where(Job.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]))
+        .group_by(Job.status)
+    )
+    return {status: int(count) for status, count in live}
+
+
+async def error_counts(
+    session: AsyncSession, since: datetime, now: datetime, limit: int
+) -> list[tuple[str, int]]:
+    """Jobs failed in `[since, now)` by error code, most first (the `limit` commonest)."""
+    code = func.coalesce(Job.error_code, "unknown")
+    rows = await session.execute(
+        select(code, func.count())
+        .where(
+            Job.status == JobStatus.FAILED.value, Job.finished_at >= since, Job.finished_at < now
+        )
+        .group_by(code)
+        .order_by(func.count().desc(), code)
+        .limit(limit)
+    )
+    return [(str(error), int(count)) for error, count in rows]
+
+
+async def hourly_counts(
+    session: AsyncSession, since: datetime, now: datetime
+) -> list[tuple[int, str, int]]:
+    """`(hours after since, status, count)` of the jobs that succeeded or failed in
+    `[since, now)`, for each hour and status that had any."""
+    hour = func.floor(_seconds(Job.finished_at, since) / 3600)
+    rows = await session.execute(
+        select(hour, Job.status, func.count())
+        .where(
+            Job.status.in_([JobStatus.SUCCEEDED.value, JobStatus.FAILED.value]),
+            Job.finished_at >= since,
+            Job.finished_at < now,
+        )
+        .group_by(hour, Job.status)
+    )
+    return [(int(index), str(status), int(count)) for index, status, count in rows]
+
+
+async def jobs_with_tenant_names(
+    session: AsyncSession,
+    *,
+    tenant: str | None,
+    status: str | None,
+    backend: str | None,
+    limit: int,
+) -> list[tuple[Job, str]]:
+    """The newest jobs of any tenant (with its name), filtered by tenant name, status and
+    backend (the one used, else the one requested); newest first."""
+    query = select(Job, Tenant.name).join(Tenant, Tenant.id == Job.tenant_id)
+    if tenant:
+        query = query.where(Tenant.name == tenant)
+    if status:
+        query = query.where(Job.status == status)
+    if backend:
+        query = query.where(func.coalesce(Job.backend_used, Job.backend_requested) == backend)
+    rows = await session.execute(query.order_by(Job.id.desc()).limit(limit))
+    return [(job, name) for job, name in rows]
+
+
+async def job_with_tenant_name(session: AsyncSession, job_id: uuid.UUID) -> tuple[Job, str] | None:
+    """Any tenant's job, with its tenant's name."""
+    row = (
+        await session.execute(
+            select(Job, Tenant.name)
+            .join(Tenant, Tenant.id == Job.tenant_id)
+            .where(Job.id == job_id)
+        )
+    ).one_or_none()
+    return None if row is None else (row[0], row[1])
+
+
+async def tenants_with_usage(
+    session: AsyncSession, since: datetime
+) -> list[tuple[Tenant, int, int, int, int]]:
+    """Every tenant by name, with `(requests, succeeded, failed, credits charged)` of the jobs
+    it submitted since `since`."""
+    usage = (
+        select(
+            Job.tenant_id,
+            func.count().label("requests"),
+            func.count().filter(Job.status == JobStatus.SUCCEEDED.value).label("succeeded"),
+            func.count().filter(Job.status == JobStatus.FAILED.value).label("failed"),
+            func.coalesce(func.sum(Job.credits_charged), 0).label("charged"),
+        )
+        .where(Job.created_at >= since)
+        .group_by(Job.tenant_id)
+        .subquery()
+    )
+    rows = await session.execute(
+        select(Tenant, usage.c.requests, usage.c.succeeded, usage.c.failed, usage.c.charged)
+        .outerjoin(usage, usage.c.tenant_id == Tenant.id)
+        .order_by(Tenant.name)
+    )
+    return [
+        (
+            tenant,
+            int(requests or 0),
+            int(succeeded or 0),
+            int(failed or 0),
+            int(charged or 0),
+        )
+        for tenant, requests, succeeded, failed, charged in rows
+    ]

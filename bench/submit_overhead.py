@@ -17,6 +17,7 @@ import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 from redis.asyncio import Redis
@@ -64,8 +65,11 @@ async def run(rounds: int) -> list[tuple[str, list[float]]]:
             await limiter.check(str(tenant_id), policy)
 
         def new_job() -> Job:
+            # As a submit makes it: the id encodes the instant of acceptance, `created_at`.
+            created_at = datetime.now(UTC)
             return Job(
-                id=uuid7(),
+                id=uuid7(created_at),
+                created_at=created_at,
                 tenant_id=tenant_id,
                 status=JobStatus.QUEUED.value,
                 params={"prompt": "bench"},

@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 DATABASE ?= relight
 export RELIGHT_DATABASE_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/$(DATABASE)
 
-.PHONY: help install services migrate demo test lint typecheck bench wrk chromium up down compose-check clean
+.PHONY: help install services migrate demo test lint typecheck bench bench-smoke wrk chromium up down compose-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -54,6 +54,9 @@ bench: install services wrk  ## benchmarks (each prints a markdown table)
 	$(BIN)/python bench/submit_overhead.py
 	$(BIN)/python bench/webhook_latency.py
 	$(BIN)/python bench/segmind_overhead.py
+
+bench-smoke: install services wrk  ## every bench/ script at its smallest size (seconds each); fails on any error
+	$(BIN)/python scripts/bench_smoke.py
 
 wrk:  ## the HTTP load generator the submit benchmark drives (apt-get install wrk when missing)
 	@bash scripts/ensure-tool.sh wrk

@@ -280,7 +280,7 @@ def main() -> None:
     parser.add_argument("--work-dir", type=Path, default=ROOT / "var" / "fuzz")
     parser.add_argument("--crash-dir", type=Path, default=ROOT / "tests" / "fuzz_corpus")
     parser.add_argument("--child", choices=TARGET_NAMES, help=argparse.SUPPRESS)
-    args = parse_args(parser, seconds=1)
+    args = parse_args(parser, seconds=2)  # the least that fuzzes at all (runs last >= 1 s)
     if args.child:
         work = args.work_dir / args.child
         run_child(args.child, work / "corpus", work / "seeds", args.crash_dir / args.child, args)

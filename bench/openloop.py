@@ -36,6 +36,9 @@ if str(ROOT) not in sys.path:
 from bench.cli import parse_args  # noqa: E402
 
 Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+# A connection idle this long is closed, not reused: servers close idle keep-alive connections
+# (uvicorn after 5 s), and a request written to one the server just closed would fail.
+MAX_IDLE_S = 2.0
 
 
 class HttpError(Exception):
@@ -75,15 +78,22 @@ class Client:
         lines += [f"{name}: {value}" for name, value in headers.items()]
         lines.append(f"content-length: {len(body)}")
         self.request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
-        self.idle: list[Connection] = []
+        # Idle connections with the time each was last used, the most recent last.
+        self.idle: list[tuple[Connection, float]] = []
         self.opened = 0
 
+    async def _connection(self) -> Connection:
+        now = time.monotonic()
+        while self.idle:
+            (reader, writer), used = self.idle.pop()
+            if now - used < MAX_IDLE_S and not reader.at_eof():
+                return reader, writer
+            writer.close()
+        self.opened += 1
+        return await asyncio.open_connection(self.host, self.port)
+
     async def post(self) -> int:
-        if self.idle:
-            reader, writer = self.idle.pop()
-        else:
-            reader, writer = await asyncio.open_connection(self.host, self.port)
-            self.opened += 1
+        reader, writer = await self._connection()
         try:
             writer.write(self.request)
             status, reusable = await read_answer(reader)
@@ -91,13 +101,13 @@ class Client:
             writer.close()
             raise
         if reusable:
-            self.idle.append((reader, writer))
+            self.idle.append(((reader, writer), time.monotonic()))
         else:
             writer.close()
         return status
 
     def close(self) -> None:
-        for _, writer in self.idle:
+        for (_, writer), _ in self.idle:
             writer.close()
         self.idle.clear()
 

@@ -13,6 +13,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.cli import parse_args  # noqa: E402  (argparse only: no thread pool starts)
 
 # Thread pools read these when numpy is first imported, so they are set before that happens
 # (the imports live in main for the same reason).
@@ -32,15 +36,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
-    args = parser.parse_args()
+    args = parse_args(parser, runs=1, warmup=0)
 
     pinned = "no"
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
         pinned = f"core {min(os.sched_getaffinity(0))}"
 
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
     from PIL import Image
 
     from inference.engines.classic import ClassicEngine

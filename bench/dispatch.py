@@ -37,6 +37,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.cli import parse_args  # noqa: E402
 from bench.common import (  # noqa: E402
     DATABASE,
     PG_SERVER,
@@ -235,7 +236,7 @@ def main() -> None:
     parser.add_argument("--gap-ms", type=float, default=20, help="pause between those jobs")
     parser.add_argument("--burst", type=int, default=500, help="jobs for the throughput")
     parser.add_argument("--history", type=int, default=100_000, help="0: skip that variant")
-    args = parser.parse_args()
+    args = parse_args(parser, jobs=3, burst=5, history=500)
     print(report(args, run(args)))
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.cli import parse_args  # noqa: E402
 from bench.common import (  # noqa: E402
     bench_env,
     create_bench_tenant,
@@ -51,7 +52,7 @@ STAGES = [
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=20)
-    args = parser.parse_args()
+    args = parse_args(parser, jobs=1)
     url = asyncio.run(create_scratch_database())
     key = asyncio.run(prepare(url))
     image = base64.b64encode((ROOT / "examples" / "chelsea.png").read_bytes()).decode()

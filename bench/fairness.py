@@ -33,6 +33,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.cli import parse_args  # noqa: E402
 from bench.common import (  # noqa: E402
     bench_env,
     create_bench_tenant,
@@ -209,7 +210,7 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=500, help="jobs for the throughput")
     parser.add_argument("--weighted-jobs", type=int, default=60, help="jobs of H and of L each")
     parser.add_argument("--weight", type=int, default=3, help="tenant H's weight (L's is 1)")
-    args = parser.parse_args()
+    args = parse_args(parser, backlog=5, job_ms=20, burst=5, weighted_jobs=4)
     print(report(args, *run(args)))
 
 

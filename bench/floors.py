@@ -7,6 +7,8 @@
   the job insert) and one arq enqueue.
 
     .venv/bin/python bench/floors.py --port 8001   (RELIGHT_* settings from the environment)
+
+It is served and measured by bench/submit.py; `--smoke` only builds the app and exits.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from api.app import create_app  # noqa: E402
 from api.body import read_submission  # noqa: E402
 from api.responses import OrjsonResponse  # noqa: E402
 from api.state import AppState  # noqa: E402
+from bench.cli import parse_args  # noqa: E402
 from relight.config import Settings, get_settings  # noqa: E402
 from relight.ids import uuid7  # noqa: E402
 from relight.jobs.queue import RUN_JOB_TASK  # noqa: E402
@@ -89,10 +92,16 @@ def build_app(settings: Settings) -> FastAPI:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, required=True)
-    args = parser.parse_args()
+    parser.add_argument("--port", type=int)
+    args = parse_args(parser)
+    app = build_app(get_settings())
+    if args.smoke:
+        print(f"floors: the app builds ({len(app.routes)} routes); bench/submit.py serves it")
+        return
+    if args.port is None:
+        parser.error("--port is required")
     uvicorn.run(
-        build_app(get_settings()),
+        app,
         host="127.0.0.1",
         port=args.port,
         log_config=None,

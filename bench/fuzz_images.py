@@ -39,6 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.cli import parse_args  # noqa: E402
+
 # The keys of `bench.fuzz_targets.TARGETS`, named here because that module (and `relight`)
 # must first be imported in the fuzzed process, under instrumentation.
 TARGET_NAMES = ["strip_metadata", "verify_structure", "decode_image"]
@@ -278,7 +280,7 @@ def main() -> None:
     parser.add_argument("--work-dir", type=Path, default=ROOT / "var" / "fuzz")
     parser.add_argument("--crash-dir", type=Path, default=ROOT / "tests" / "fuzz_corpus")
     parser.add_argument("--child", choices=TARGET_NAMES, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parse_args(parser, seconds=2)  # the least that fuzzes at all (runs last >= 1 s)
     if args.child:
         work = args.work_dir / args.child
         run_child(args.child, work / "corpus", work / "seeds", args.crash_dir / args.child, args)

@@ -31,6 +31,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from bench.cli import parse_args  # noqa: E402
 from inference.engines.iclight import ICLightEngine  # noqa: E402
 from relight.params import LightSource, RelightParams  # noqa: E402
 
@@ -75,7 +76,9 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2, help="rounds per level (median)")
     parser.add_argument("--max-batch", type=int, default=8, help="images per pass when on")
     parser.add_argument("--window-ms", type=float, default=20.0)
-    args = parser.parse_args()
+    args = parse_args(
+        parser, width=256, height=320, steps=2, highres_scale=1, concurrency="1,2", repeats=1
+    )
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("node_batching bench not run: CUDA is not available")

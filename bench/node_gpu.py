@@ -43,6 +43,8 @@ import numpy.typing as npt  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from bench.cli import parse_args  # noqa: E402
+
 UInt8Array = npt.NDArray[np.uint8]
 
 # SD1.5's architecture (runwayml/stable-diffusion-v1-5 and its fine-tunes such as
@@ -228,7 +230,9 @@ def main() -> int:
         "--no-cuda-graphs", action="store_true", help="do not time the CUDA-graph variant"
     )
     parser.add_argument("--skip-check", action="store_true", help="skip the fp32 comparison")
-    args = parser.parse_args()
+    args = parse_args(
+        parser, tiny=True, width=256, height=320, steps=2, runs=1, warmup=0, skip_check=True
+    )
 
     if args.device is None and not torch.cuda.is_available():
         print(

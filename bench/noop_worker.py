@@ -7,7 +7,8 @@ answers a tiny image at once.
     .venv/bin/python bench/noop_worker.py [--job-ms 50]   (RELIGHT_* settings from the environment)
 
 `--job-ms` makes every job take that long (a sleep), for benches that need jobs of a known
-length (bench/fairness.py).
+length (bench/fairness.py). It is run by the dispatch and fairness benchmarks; `--smoke`
+only builds the worker and exits.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.cli import parse_args  # noqa: E402
 from relight.backends.attempts import BackendCall  # noqa: E402
 from relight.backends.protocol import (  # noqa: E402
     BackendResult,
@@ -69,11 +71,15 @@ class NoopBackend:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--job-ms", type=float, default=0, help="how long each job takes")
-    args = parser.parse_args()
+    args = parse_args(parser)
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
     asyncio.set_event_loop(uvloop.new_event_loop())
-    build_worker(settings, backends={Backend.LOCAL: NoopBackend(args.job_ms / 1000)}).run()
+    worker = build_worker(settings, backends={Backend.LOCAL: NoopBackend(args.job_ms / 1000)})
+    if args.smoke:
+        print("noop_worker: the worker builds; the dispatch benchmarks run it")
+        return
+    worker.run()
 
 
 if __name__ == "__main__":

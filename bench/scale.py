@@ -34,6 +34,7 @@ from sqlalchemy.engine import Engine
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.cli import parse_args  # noqa: E402
 from bench.common import (  # noqa: E402
     DATABASE_URL,
     REDIS_URL,
@@ -147,7 +148,7 @@ async def _measure(kind: str, jobs: int, key: str, scratch: Path) -> dict[str, f
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=200)
-    args = parser.parse_args()
+    args = parse_args(parser, jobs=5)
     event.listen(Engine, "before_cursor_execute", _count_statement)
     await create_scratch_database()
     try:

@@ -34,6 +34,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.cli import parse_args  # noqa: E402
 from bench.common import (  # noqa: E402
     bench_env,
     create_bench_tenant,
@@ -216,7 +217,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=200, help="open-loop requests/s")
     parser.add_argument("--rate-seconds", type=float, default=10)
     parser.add_argument("--history", type=int, default=100_000, help="0: skip that variant")
-    args = parser.parse_args()
+    args = parse_args(parser, duration=1, connections=4, rate=20, rate_seconds=0.5, history=500)
     if not Path(WRK).exists():
         raise SystemExit("wrk is not installed (make bench installs it: apt-get install wrk)")
     closed, fixed = run(args)

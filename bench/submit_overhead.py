@@ -17,6 +17,7 @@ import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 from redis.asyncio import Redis
@@ -24,6 +25,7 @@ from redis.asyncio import Redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.cli import parse_args  # noqa: E402
 from bench.common import create_scratch_database, drop_scratch_database, percentile  # noqa: E402
 from relight.config import Settings  # noqa: E402
 from relight.credits.reservation import reserve_credits  # noqa: E402
@@ -64,8 +66,11 @@ async def run(rounds: int) -> list[tuple[str, list[float]]]:
             await limiter.check(str(tenant_id), policy)
 
         def new_job() -> Job:
+            # As a submit makes it: the id encodes the instant of acceptance, `created_at`.
+            created_at = datetime.now(UTC)
             return Job(
-                id=uuid7(),
+                id=uuid7(created_at),
+                created_at=created_at,
                 tenant_id=tenant_id,
                 status=JobStatus.QUEUED.value,
                 params={"prompt": "bench"},
@@ -107,7 +112,7 @@ async def run(rounds: int) -> list[tuple[str, list[float]]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=1000)
-    args = parser.parse_args()
+    args = parse_args(parser, rounds=50)
     rows = asyncio.run(run(args.rounds))
     print(f"per submit, {args.rounds} rounds each, sequential, real Postgres and Redis")
     print(f"{'operation':<40}{'p50 µs':>10}{'p99 µs':>10}")

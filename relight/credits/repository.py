@@ -190,6 +190,9 @@ SUBMITTED_COLUMNS = [
     "http_request_id",
 ]
 
+# The columns whose values the job brings; RETURNING reads back only the others.
+_SENT = frozenset(["id", "tenant_id", *SUBMITTED_COLUMNS])
+
 
 def _job_from_reservation(moved: CTE) -> ReturningInsert[Any]:
     columns = _JOB_TABLE.c
@@ -206,7 +209,9 @@ def _job_from_reservation(moved: CTE) -> ReturningInsert[Any]:
             # The other columns take their server defaults (the models' Python defaults agree).
             include_defaults=False,
         )
-        .returning(*columns)
+        # Only what the database fills in: the job already holds what was sent, so reading it
+        # back (JSON columns included) was work for nothing on every submit.
+        .returning(*(column for column in columns if column.name not in _SENT))
     )
 
 

@@ -1,5 +1,6 @@
-"""Each benchmark script runs end to end in a tiny mode and prints its table, so `make bench`
-cannot rot. Real processes, Postgres and Redis; the numbers themselves are not checked."""
+"""Each benchmark script runs end to end in its `--smoke` mode (the sizes `make bench-smoke`
+runs it at) and prints its table, so `make bench` cannot rot. Real processes, Postgres and
+Redis; the numbers themselves are not checked."""
 
 from __future__ import annotations
 
@@ -38,11 +39,8 @@ def table_rows(output: str) -> list[list[str]]:
 
 def test_submit_benchmark_prints_the_three_endpoints_and_the_history_variant() -> None:
     assert shutil.which("wrk"), "wrk is not installed: `make test` installs it (make wrk)"
-    output = run_script(
-        "submit.py",
-        *("--duration", "1", "--connections", "4", "--rate", "20", "--rate-seconds", "0.5"),
-        *("--history", "500"),
-    )
+    # --smoke: 1 s per wrk run, 4 connections, 20 requests/s for 0.5 s, 500 jobs of history.
+    output = run_script("submit.py", "--smoke")
     rows = [row for row in table_rows(output) if row[0] != "endpoint"]
     history = "submit, 500 jobs in the table"
     closed_loop, open_loop = (
@@ -54,21 +52,21 @@ def test_submit_benchmark_prints_the_three_endpoints_and_the_history_variant() -
 
 
 def test_dispatch_benchmark_runs_jobs_through_a_real_worker() -> None:
-    output = run_script("dispatch.py", "--jobs", "3", "--burst", "5", "--history", "500")
+    output = run_script("dispatch.py", "--smoke")  # 3 jobs, a burst of 5, 500 of history
     rows = [row for row in table_rows(output) if row[0] != "run"]
     assert [row[0] for row in rows] == ["dispatch", "dispatch, 500 jobs in the table"]
     assert all(float(row[-1]) > 0 for row in rows)
 
 
 def test_fairness_benchmark_compares_arq_order_with_fair_turns() -> None:
-    output = run_script("fairness.py", "--backlog", "5", "--job-ms", "20", "--burst", "5")
+    output = run_script("fairness.py", "--smoke")  # a backlog of 5 jobs of 20 ms, a burst of 5
     rows = [row for row in table_rows(output) if row[0] != "dispatch"]
     assert [row[0] for row in rows] == ["FIFO (before)", "fair turns"]
     assert all(float(row[-1]) > 0 for row in rows)
 
 
 def test_e2e_benchmark_breaks_a_default_job_down() -> None:
-    output = run_script("e2e.py", "--jobs", "1")
+    output = run_script("e2e.py", "--smoke")  # one job
     stages = [row[0] for row in table_rows(output)]
     assert stages[1:] == [
         "submit to completion (client)",

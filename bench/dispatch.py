@@ -215,7 +215,7 @@ def report(args: argparse.Namespace, results: list[Measure]) -> str:
             f"{m.start_p99:.1f}",
             f"{m.webhook_p50:.1f}",
             f"{m.webhook_p99:.1f}",
-            f"{m.jobs_per_s:.0f}",
+            f"{m.jobs_per_s:.1f}",
         ]
         for m in results
     ]

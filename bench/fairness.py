@@ -181,7 +181,7 @@ def report(args: argparse.Namespace, results: list[Measure], weighted: WeightedM
             f"{m.b_start_ms:.0f}",
             f"{m.b_start_ms / args.job_ms:.1f}",
             str(m.a_started_before_b),
-            f"{m.jobs_per_s:.0f}",
+            f"{m.jobs_per_s:.1f}",
         ]
         for m in results
     ]

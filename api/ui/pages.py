@@ -25,10 +25,12 @@ class LoginRequired(Exception):
 
 
 class PageRefused(Exception):
-    """The page is off (no admin token) or a form's CSRF token is wrong: 403."""
+    """The page is off (no admin token) or a form's CSRF token is wrong: 403; or a parameter
+    holds text that cannot be stored: 400 naming it."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, status_code: int = 403) -> None:
         self.message = message
+        self.status_code = status_code
 
 
 def _security_headers(response: Response, request: Request) -> Response:
@@ -77,8 +79,9 @@ def install_page_handlers(app: FastAPI) -> None:
         return see_other("/login")
 
     async def _refused(request: Request, exc: Exception) -> Response:
-        message = exc.message if isinstance(exc, PageRefused) else "refused"
-        return render(request, "refused.html", None, 403, message=message)
+        if isinstance(exc, PageRefused):
+            return render(request, "refused.html", None, exc.status_code, message=exc.message)
+        return render(request, "refused.html", None, 403, message="refused")
 
     app.add_exception_handler(LoginRequired, _login_required)
     app.add_exception_handler(PageRefused, _refused)

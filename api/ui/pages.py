@@ -8,6 +8,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.ui.session import OperatorSession
 
@@ -49,6 +51,36 @@ def _security_headers(response: Response, request: Request) -> Response:
     return response
 
 
+# What every other answer under the page's prefix (redirects, its assets, errors) says: it
+# is no page to run anything in.
+STRICT_POLICY = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+
+
+class PageHeaders:
+    """`X-Content-Type-Options: nosniff` on every answer under the page's prefix (a browser
+    must not read its assets, or an error, as another type), and a Content-Security-Policy
+    on each one that has none of its own (pages set theirs in `render`)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "") if scope["type"] == "http" else ""
+        if not (path == PREFIX or path.startswith(PREFIX + "/")):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers["X-Content-Type-Options"] = "nosniff"
+                if "content-security-policy" not in headers:
+                    headers["Content-Security-Policy"] = STRICT_POLICY
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
 def render(
     request: Request,
     name: str,
@@ -85,3 +117,4 @@ def install_page_handlers(app: FastAPI) -> None:
 
     app.add_exception_handler(LoginRequired, _login_required)
     app.add_exception_handler(PageRefused, _refused)
+    app.add_middleware(PageHeaders)

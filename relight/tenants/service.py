@@ -30,11 +30,14 @@ from relight.tenants.auth_cache import (
     forget_tenant_everywhere_in_process,
 )
 from relight.tenants.keys import generate_key, parse_key, secret_matches
+from relight.tenants.names import skeleton
 from relight.tenants.schemas import WEIGHT_MAX, WEIGHT_MIN, LimitsUpdate, tenant_name_problem
 
 logger = logging.getLogger(__name__)
 
 LAST_USED_RESOLUTION = timedelta(minutes=1)
+# The advisory lock tenant creations take turns under (any constant unique to this purpose).
+TENANT_NAMES_LOCK = 0x72656C74  # "relt"
 
 
 class TenantNotFound(RelightError):
@@ -70,6 +73,7 @@ async def create_tenant(
     if credits < 0:
         raise RelightError("credits must not be negative", status_code=422)
     _check_weight(weight)
+    await _refuse_lookalike(session, name)
     tenant = Tenant(name=name, credit_balance=0, weight=weight)
     if limits is not None:
         for field, value in limits.model_dump(exclude_none=True).items():
@@ -84,6 +88,21 @@ async def create_tenant(
         await grant_credits(session, tenant.id, credits, reason="opening grant")
         await session.refresh(tenant)
     return tenant
+
+
+async def _refuse_lookalike(session: AsyncSession, name: str) -> None:
+    """409 `tenant_exists` when `name` looks like an existing tenant's name (same skeleton,
+    `relight.tenants.names`). Tenant creations take turns (a transaction-scoped advisory
+    lock), so two lookalikes created at once cannot both pass."""
+    await session.execute(select(func.pg_advisory_xact_lock(TENANT_NAMES_LOCK)))
+    wanted = skeleton(name)
+    for existing in await session.scalars(select(Tenant.name)):
+        if existing != name and skeleton(existing) == wanted:
+            raise Conflict(
+                f"a tenant named {existing!r} exists already, and {name!r} looks like it",
+                code="tenant_exists",
+                extra={"field": "name"},
+            )
 
 
 async def find_tenant(session: AsyncSession, name_or_id: str) -> Tenant:

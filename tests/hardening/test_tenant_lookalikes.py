@@ -84,9 +84,7 @@ async def test_what_the_rules_allowed_is_still_allowed_side_by_side(
     admin_client: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:
     for name in [*ACCEPTED, "\u0430\u04cf\u0440\u04bb\u0430", "東京タワー", "beta"]:
-        response = await admin_client.post(
-            "/admin/v1/tenants", headers=ADMIN, json={"name": name}
-        )
+        response = await admin_client.post("/admin/v1/tenants", headers=ADMIN, json={"name": name})
         assert response.status_code == 201, (name, response.text)
 
 

@@ -20,6 +20,9 @@ from relight.params import RelightParams, SubmitOptions
 
 UPLOADED = "(uploaded file)"
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+# `{` and `,` a JSON submission may hold: its text fields (three prompts of at most 2000
+# characters, a URL) stay well below.
+MAX_JSON_STRUCTURE = 16 * 1024
 
 # Two bodies, two schemas: generated clients make one model of each and send JSON or a form
 # by which one they are given (SubmitForm is SubmitBody with `subject_image` a file; see
@@ -102,6 +105,18 @@ async def _read_json(
     raw = await _read_capped(request, body_limit(settings))
     if not raw.strip():
         raise InvalidBody("the request body is empty; send the parameters as a JSON object")
+    # Only the image fields may be large, and base64 holds no `{` or `,`: a body with many is
+    # not a submission (every item after an array's first follows a `,`), and parsing it
+    # would cost far more than its bytes. (Deep nesting is orjson's to refuse.)
+    structure = raw.count(b"{") + raw.count(b",")
+    if structure > MAX_JSON_STRUCTURE:
+        raise RelightError(
+            f"the request body holds more than {MAX_JSON_STRUCTURE} JSON objects and items; "
+            "only the image fields may be large",
+            status_code=413,
+            code="body_too_large",
+            extra={"limit_values": MAX_JSON_STRUCTURE},
+        )
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

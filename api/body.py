@@ -13,7 +13,7 @@ from starlette.datastructures import UploadFile
 
 from relight.config import Settings
 from relight.errors import ImageTooLarge, RelightError
-from relight.image_structure import verify_structure
+from relight.image_structure import verify_field_structure
 from relight.jobs.inputs import SubjectSource, parse_subject_image
 from relight.jobs.schemas import SubmitBody
 from relight.params import RelightParams, SubmitOptions
@@ -219,17 +219,11 @@ async def _image(
             value, max_bytes=settings.max_input_bytes, policy=settings.egress_policy, field=field
         )
     if source.data is not None:
-        try:
-            await run_in_threadpool(
-                verify_structure,
-                source.data,
-                max_bytes=settings.max_input_bytes,
-                max_pixels=settings.max_input_pixels,
-            )
-        except RelightError as exc:
-            if field != "subject_image":
-                # The structure checks speak of the subject; this one is another field.
-                exc.message = exc.message.replace("subject_image", field)
-                exc.args = (exc.message,)
-            raise
+        await run_in_threadpool(
+            verify_field_structure,
+            field,
+            source.data,
+            max_bytes=settings.max_input_bytes,
+            max_pixels=settings.max_input_pixels,
+        )
     return source

@@ -16,6 +16,7 @@ from api.body import submit_form_schema
 from api.cors import PublicCors
 from api.docs import install_docs
 from api.errors import install_error_handlers
+from api.limits import RequestLimits
 from api.middleware import HttpMetrics, RateLimitHeaders, RequestId
 from api.responses import OrjsonResponse
 from api.routes import account, admin, health, metrics, relight, requests, webhooks
@@ -74,6 +75,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(RateLimitHeaders)
     app.add_middleware(HttpMetrics)
+    # Inside the metrics (its refusals are counted), before anything reads a body.
+    app.add_middleware(RequestLimits, settings=settings)
     if settings.cors_origin_list:
         app.add_middleware(PublicCors, settings=settings)
     # Outermost, so every line logged while handling the request carries its id.

@@ -13,13 +13,16 @@ from starlette.datastructures import UploadFile
 
 from relight.config import Settings
 from relight.errors import ImageTooLarge, RelightError
-from relight.image_structure import verify_structure
+from relight.image_structure import verify_field_structure
 from relight.jobs.inputs import SubjectSource, parse_subject_image
 from relight.jobs.schemas import SubmitBody
 from relight.params import RelightParams, SubmitOptions
 
 UPLOADED = "(uploaded file)"
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+# `{` and `,` a JSON submission may hold: its text fields (three prompts of at most 2000
+# characters, a URL) stay well below.
+MAX_JSON_STRUCTURE = 16 * 1024
 
 # Two bodies, two schemas: generated clients make one model of each and send JSON or a form
 # by which one they are given (SubmitForm is SubmitBody with `subject_image` a file; see
@@ -95,6 +98,18 @@ async def _read_json(
     raw = await _read_capped(request, body_limit(settings))
     if not raw.strip():
         raise InvalidBody("the request body is empty; send the parameters as a JSON object")
+    # Only the image fields may be large, and base64 holds no `{` or `,`: a body with many is
+    # not a submission (every item after an array's first follows a `,`), and parsing it
+    # would cost far more than its bytes. (Deep nesting is orjson's to refuse.)
+    structure = raw.count(b"{") + raw.count(b",")
+    if structure > MAX_JSON_STRUCTURE:
+        raise RelightError(
+            f"the request body holds more than {MAX_JSON_STRUCTURE} JSON objects and items; "
+            "only the image fields may be large",
+            status_code=413,
+            code="body_too_large",
+            extra={"limit_values": MAX_JSON_STRUCTURE},
+        )
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -197,17 +212,11 @@ async def _image(
             value, max_bytes=settings.max_input_bytes, policy=settings.egress_policy, field=field
         )
     if source.data is not None:
-        try:
-            await run_in_threadpool(
-                verify_structure,
-                source.data,
-                max_bytes=settings.max_input_bytes,
-                max_pixels=settings.max_input_pixels,
-            )
-        except RelightError as exc:
-            if field != "subject_image":
-                # The structure checks speak of the subject; this one is another field.
-                exc.message = exc.message.replace("subject_image", field)
-                exc.args = (exc.message,)
-            raise
+        await run_in_threadpool(
+            verify_field_structure,
+            field,
+            source.data,
+            max_bytes=settings.max_input_bytes,
+            max_pixels=settings.max_input_pixels,
+        )
     return source

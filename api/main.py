@@ -7,6 +7,7 @@ import argparse
 import uvicorn
 
 from api.app import create_app
+from api.serving import server_options
 from relight.config import get_settings
 from relight.logs import configure_logging
 
@@ -18,17 +19,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
-    uvicorn.run(
-        create_app(settings),
-        host=args.host,
-        port=args.port,
-        log_config=None,
-        access_log=False,
-        proxy_headers=True,
-        # Explicit, so a missing package fails loudly instead of falling back to slower ones.
-        loop="uvloop",
-        http="httptools",
-    )
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, **server_options(settings))
 
 
 if __name__ == "__main__":

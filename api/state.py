@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from arq.connections import ArqRedis
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from api.stream_limits import StreamSlots
 from relight.config import Settings
 from relight.jobs.events import JobWaiter
 from relight.jobs.queue import enqueue_delivery, enqueue_run
@@ -34,6 +35,8 @@ class AppState:
     waiter: JobWaiter
     limiter: RateLimiter
     auth_cache: AuthCache
+    # Status streams open in this process, by API key and by tenant.
+    stream_slots: StreamSlots = field(default_factory=StreamSlots)
 
     async def enqueue(
         self, job_id: uuid.UUID, tenant_id: uuid.UUID, weight: int | None = None

@@ -13,6 +13,10 @@ import typer
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+# Typer carries its own click; the current command's parsed parameters are only reachable
+# through its context.
+from typer._click.globals import get_current_context
+
 from relight.config import get_settings
 from relight.credits import service as credits
 from relight.credits.schemas import CreditEntryView
@@ -28,6 +32,7 @@ from relight.tenants.schemas import (
     LimitsUpdate,
     TenantView,
 )
+from relight.text import unstorable_character
 from relight.unit_of_work import unit_of_work
 
 app = typer.Typer(
@@ -49,8 +54,27 @@ def _emit(data: Any) -> None:
     sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
+def _check_storable_arguments() -> None:
+    """The one text rule (`relight.text`) for every argument and option of the command being
+    run: bytes that are not UTF-8 (which Python hands over as lone surrogates) or a NUL are a
+    validation error naming the option, before anything reaches the database."""
+    context = get_current_context(silent=True)
+    if context is None:
+        return
+    for parameter in context.command.params:
+        value = context.params.get(parameter.name or "")
+        values = value if isinstance(value, list | tuple) else [value]
+        for item in values:
+            problem = unstorable_character(item) if isinstance(item, str) else None
+            if problem is not None:
+                flag = parameter.opts[0] if parameter.opts else ""
+                shown = flag if flag.startswith("-") else parameter.name
+                _fail(f"{shown}: {problem}", "validation_error")
+
+
 def _run(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
     """Run `work` in one committed transaction; a RelightError becomes a clean exit 1."""
+    _check_storable_arguments()
 
     async def runner() -> T:
         engine = create_engine(get_settings(), pool_size=1)

@@ -64,6 +64,15 @@ class Settings(BaseSettings):
     max_input_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     max_input_pixels: int = Field(default=40_000_000, ge=1024)
     fetch_timeout_s: float = Field(default=20.0, gt=0)
+    # Largest body of a route that takes no image (admin API, the operators' page's forms,
+    # every other POST); the relight submits take up to an inline image's worth.
+    max_json_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    # Largest request head (request line and headers together): 431 above.
+    max_header_bytes: int = Field(default=32 * 1024, ge=4096)
+    # Status streams (`GET /v2/requests/{id}/status/stream`) open at once, per API key and per
+    # tenant, in each api process: 429 above.
+    max_streams_per_key: int = Field(default=20, ge=1)
+    max_streams_per_tenant: int = Field(default=100, ge=1)
 
     # Jobs.
     sync_timeout_s: float = Field(default=60.0, gt=0)

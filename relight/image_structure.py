@@ -20,7 +20,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from relight.errors import ImageTooLarge, InvalidImage
+from relight.errors import ImageTooLarge, InvalidImage, RelightError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Huffman-coded JPEG: baseline, extended sequential, progressive. Arithmetic coding (which
@@ -65,6 +65,20 @@ def sniff_format(data: bytes) -> str | None:
     if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "WEBP"
     return None
+
+
+def verify_field_structure(
+    field: str, data: bytes, *, max_bytes: int, max_pixels: int
+) -> ImageHeader:
+    """`verify_structure`, its errors naming `field` (the request field the image came in)."""
+    try:
+        return verify_structure(data, max_bytes=max_bytes, max_pixels=max_pixels)
+    except RelightError as exc:
+        if field != "subject_image":
+            # The checks speak of the subject; this image came in another field.
+            exc.message = exc.message.replace("subject_image", field)
+            exc.args = (exc.message,)
+        raise
 
 
 def verify_structure(data: bytes, *, max_bytes: int, max_pixels: int) -> ImageHeader:

@@ -28,6 +28,12 @@ def unstorable_character(text: str) -> str | None:
     return f"must not contain U+{code_point:04X} ({what}), which cannot be stored"
 
 
+def storable_text(text: str) -> str:
+    """`text` made storable, for what others wrote that we only keep (a webhook receiver's
+    answer, an error message): each NUL and lone surrogate becomes U+FFFD."""
+    return UNSTORABLE.sub("\ufffd", text)
+
+
 def check_storable(value: Any) -> Any:
     """`value` unchanged if every string in it (lists and dicts included) can be stored."""
     if isinstance(value, str):

@@ -7,7 +7,6 @@ unset. Every route calls the same service functions as `relight-admin`.
 
 from __future__ import annotations
 
-import hmac
 import uuid
 from typing import Annotated
 
@@ -16,9 +15,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.deps import SettingsDep, StateDep, UnitOfWorkDep
 from api.errors import ADMIN, error_responses
+from api.limits import check_admin_token
 from relight.credits import service as credits
 from relight.credits.schemas import CreditEntryView, CreditMovement, LedgerPage
-from relight.errors import Forbidden, Unauthorized
 from relight.models import CreditKind, Tenant, TenantStatus
 from relight.tenants import service as tenants
 from relight.tenants.schemas import (
@@ -45,14 +44,8 @@ async def require_admin(
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(ADMIN_SCHEME)],
 ) -> None:
-    if not settings.admin_token:
-        raise Forbidden(
-            "the admin API is disabled: set RELIGHT_ADMIN_TOKEN to enable it",
-            code="admin_disabled",
-        )
-    token = credentials.credentials.strip() if credentials is not None else ""
-    if not token or not hmac.compare_digest(token.encode(), settings.admin_token.encode()):
-        raise Unauthorized("missing or invalid admin token", code="invalid_admin_token")
+    # The same check as `RequestLimits` makes before reading a body.
+    check_admin_token(settings, credentials.credentials.strip() if credentials else "")
 
 
 router = APIRouter(

@@ -20,6 +20,7 @@ from api.deps import (
 )
 from api.errors import AUTHENTICATED, error_responses
 from api.responses import image_content
+from api.stream_limits import SlotEventSourceResponse
 from api.streaming import DONE_EVENT, EVENT_SCHEMA, STATUS_EVENT, status_events
 from relight.errors import RelightError, RequestNotFound, Unauthorized
 from relight.image_structure import sniff_format
@@ -93,6 +94,7 @@ async def get_request_status(
     },
 )
 async def stream_request_status(
+    request: Request,
     request_id: uuid.UUID,
     state: StateDep,
     uow: UnitOfWorkDep,
@@ -109,9 +111,17 @@ async def stream_request_status(
 ) -> EventSourceResponse:
     # Checked here, so that an unknown or another account's request is a 404, not a stream.
     job = await queries.find_request(uow.session, tenant.id, request_id)
-    return EventSourceResponse(
+    settings = state.settings
+    give_back = state.stream_slots.take(
+        request_key(request) or "",
+        tenant.id,
+        per_key=settings.max_streams_per_key,
+        per_tenant=settings.max_streams_per_tenant,
+    )
+    return SlotEventSourceResponse(
         status_events(state, tenant.id, job.id, urls, last_event_id),
-        ping=state.settings.status_stream_ping_s,
+        ping=settings.status_stream_ping_s,
+        give_back=give_back,
     )
 
 

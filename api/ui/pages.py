@@ -8,6 +8,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.ui.session import OperatorSession
 
@@ -25,10 +27,12 @@ class LoginRequired(Exception):
 
 
 class PageRefused(Exception):
-    """The page is off (no admin token) or a form's CSRF token is wrong: 403."""
+    """The page is off (no admin token) or a form's CSRF token is wrong: 403; or a parameter
+    holds text that cannot be stored: 400 naming it."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, status_code: int = 403) -> None:
         self.message = message
+        self.status_code = status_code
 
 
 def _security_headers(response: Response, request: Request) -> Response:
@@ -45,6 +49,36 @@ def _security_headers(response: Response, request: Request) -> Response:
     response.headers["Cache-Control"] = "no-store"
     response.headers["Referrer-Policy"] = "same-origin"
     return response
+
+
+# What every other answer under the page's prefix (redirects, its assets, errors) says: it
+# is no page to run anything in.
+STRICT_POLICY = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+
+
+class PageHeaders:
+    """`X-Content-Type-Options: nosniff` on every answer under the page's prefix (a browser
+    must not read its assets, or an error, as another type), and a Content-Security-Policy
+    on each one that has none of its own (pages set theirs in `render`)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "") if scope["type"] == "http" else ""
+        if not (path == PREFIX or path.startswith(PREFIX + "/")):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers["X-Content-Type-Options"] = "nosniff"
+                if "content-security-policy" not in headers:
+                    headers["Content-Security-Policy"] = STRICT_POLICY
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 def render(
@@ -77,8 +111,10 @@ def install_page_handlers(app: FastAPI) -> None:
         return see_other("/login")
 
     async def _refused(request: Request, exc: Exception) -> Response:
-        message = exc.message if isinstance(exc, PageRefused) else "refused"
-        return render(request, "refused.html", None, 403, message=message)
+        if isinstance(exc, PageRefused):
+            return render(request, "refused.html", None, exc.status_code, message=exc.message)
+        return render(request, "refused.html", None, 403, message="refused")
 
     app.add_exception_handler(LoginRequired, _login_required)
     app.add_exception_handler(PageRefused, _refused)
+    app.add_middleware(PageHeaders)

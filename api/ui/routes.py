@@ -40,9 +40,12 @@ from relight.ops.requests import RequestFilters, list_requests, request_record
 from relight.ops.tenants import tenants_with_usage
 from relight.params import Backend
 from relight.tenants import service as tenants
+from relight.text import unstorable_character
 
 
 async def current_operator(request: Request, state: StateDep) -> OperatorSession:
+    """The signed-in operator, once every parameter of the request is text that can be stored
+    (every view and action depends on this, so none passes a NUL to a query)."""
     if not state.settings.admin_token:
         raise PageRefused(PAGE_OFF)
     operator = await sessions.read_session(
@@ -50,7 +53,27 @@ async def current_operator(request: Request, state: StateDep) -> OperatorSession
     )
     if operator is None:
         raise LoginRequired
+    await check_page_text(request)
     return operator
+
+
+async def check_page_text(request: Request) -> None:
+    """The one text rule (`relight.text`) for the path, query and form parameters of a page:
+    a parameter that cannot be stored is a 400 naming it, before any query runs."""
+    parameters: list[tuple[str, Any]] = [
+        *request.path_params.items(),
+        *request.query_params.multi_items(),
+    ]
+    if request.method == "POST":
+        # FastAPI has read (and cached) the form before it runs this dependency.
+        parameters += (await request.form()).multi_items()
+    for name, value in parameters:
+        problem = unstorable_character(name) or (
+            unstorable_character(value) if isinstance(value, str) else None
+        )
+        if problem is not None:
+            shown = name.encode("unicode_escape").decode("ascii")
+            raise PageRefused(f"{shown}: {problem}.", status_code=400)
 
 
 OperatorDep = Annotated[OperatorSession, Depends(current_operator)]

@@ -15,6 +15,7 @@ from relight.backends.protocol import BackendResult, JobInput
 from relight.config import Settings
 from relight.errors import RelightError
 from relight.fetch import fetch_image_bytes
+from relight.image_structure import verify_field_structure
 from relight.images import decode_image
 from relight.models import Job, JobOutput
 from relight.params import Backend
@@ -37,6 +38,7 @@ async def _image_bytes(
     key: str | None,
     url: str | None,
     what: str,
+    field: str,
 ) -> bytes | None:
     """The bytes stored under `key`, else fetched (SSRF-safe, size-limited) from `url`."""
     if key is not None:
@@ -54,6 +56,7 @@ async def _image_bytes(
         policy=settings.egress_policy,
         max_bytes=settings.max_input_bytes,
         timeout_s=settings.fetch_timeout_s,
+        field=field,
     )
 
 
@@ -69,7 +72,13 @@ async def load_input(
     (decoded on the GPU node, within the same limits)."""
     started = perf_counter()
     data = await _image_bytes(
-        storage, http, settings, key=job.input_storage_key, url=job.input_url, what="subject"
+        storage,
+        http,
+        settings,
+        key=job.input_storage_key,
+        url=job.input_url,
+        what="subject",
+        field="subject_image",
     )
     assert data is not None, "a job has a stored or a URL subject"
     fetched = perf_counter()
@@ -91,7 +100,18 @@ async def load_input(
         key=job.background_storage_key,
         url=job.background_url,
         what="background",
+        field="background_image",
     )
+    if background is not None:
+        # Its own checks and errors, before the job is sent anywhere: the node decodes it,
+        # and would refuse it as a bad subject (an inline one was checked at submit).
+        await asyncio.to_thread(
+            verify_field_structure,
+            "background_image",
+            background,
+            max_bytes=settings.max_input_bytes,
+            max_pixels=settings.max_input_pixels,
+        )
     return JobInput(
         job_id=job.id,
         data=data,

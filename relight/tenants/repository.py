@@ -12,6 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from relight.models import ApiKey, Tenant
 from relight.tenants.auth_cache import CHANGED_CHANNEL
 
+# The advisory lock tenant creations take turns under (any constant unique to this purpose).
+TENANT_NAMES_LOCK = 0x72656C74  # "relt"
+
 
 async def notify_changed(session: AsyncSession, tenant_id: uuid.UUID) -> None:
     """`NOTIFY` the tenant's id on the channel every api process listens on; Postgres sends it
@@ -29,6 +32,16 @@ async def insert_tenant(session: AsyncSession, tenant: Tenant) -> bool:
     except IntegrityError:
         return False
     return True
+
+
+async def lock_tenant_names(session: AsyncSession) -> None:
+    """Take the transaction-scoped advisory lock under which tenant names are created, so
+    two names checked against each other cannot be inserted at once."""
+    await session.execute(select(func.pg_advisory_xact_lock(TENANT_NAMES_LOCK)))
+
+
+async def tenant_names(session: AsyncSession) -> list[str]:
+    return list(await session.scalars(select(Tenant.name)))
 
 
 async def refresh(session: AsyncSession, row: Tenant | ApiKey) -> None:

@@ -10,6 +10,7 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from relight.models import ApiKey, Tenant
+from relight.tenants.names import confusable_name_problem
 from relight.text import ClientModel
 
 TENANT_NAME_MAX_LENGTH = 200
@@ -35,6 +36,9 @@ def tenant_name_problem(name: str) -> str | None:
         return "may contain only letters, digits and . _ @ -"
     if set(name) == {"."}:
         return "must not be only dots (it reads as a path)"
+    confusable = confusable_name_problem(name)
+    if confusable is not None:
+        return confusable
     try:
         uuid.UUID(name)
     except ValueError:

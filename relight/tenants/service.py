@@ -25,6 +25,7 @@ from relight.params import Backend
 from relight.tenants import repository
 from relight.tenants.auth_cache import TenantSnapshot, forget_tenant_everywhere_in_process
 from relight.tenants.keys import generate_key, parse_key, secret_matches
+from relight.tenants.names import skeleton
 from relight.tenants.schemas import WEIGHT_MAX, WEIGHT_MIN, LimitsUpdate, tenant_name_problem
 from relight.unit_of_work import after_commit
 
@@ -66,6 +67,7 @@ async def create_tenant(
     if credits < 0:
         raise RelightError("credits must not be negative", status_code=422)
     _check_weight(weight)
+    await _refuse_lookalike(session, name)
     tenant = Tenant(name=name, credit_balance=0, weight=weight)
     if limits is not None:
         for field, value in limits.model_dump(exclude_none=True).items():
@@ -77,6 +79,21 @@ async def create_tenant(
     # With every column the database filled in (and the balance the grant moved).
     await repository.refresh(session, tenant)
     return tenant
+
+
+async def _refuse_lookalike(session: AsyncSession, name: str) -> None:
+    """409 `tenant_exists` when `name` looks like an existing tenant's name (same skeleton,
+    `relight.tenants.names`). Tenant creations take turns (a transaction-scoped advisory
+    lock), so two lookalikes created at once cannot both pass."""
+    await repository.lock_tenant_names(session)
+    wanted = skeleton(name)
+    for existing in await repository.tenant_names(session):
+        if existing != name and skeleton(existing) == wanted:
+            raise Conflict(
+                f"a tenant named {existing!r} exists already, and {name!r} looks like it",
+                code="tenant_exists",
+                extra={"field": "name"},
+            )
 
 
 async def find_tenant(session: AsyncSession, name_or_id: str) -> Tenant:

@@ -7,10 +7,12 @@ import asyncio
 import logging
 import math
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 from time import perf_counter
 
 import httpx
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from relight import metrics
@@ -22,6 +24,7 @@ from relight.jobs import repository as jobs
 from relight.logs import job_context
 from relight.models import WebhookDelivery
 from relight.storage.urls import UrlBuilder
+from relight.text import storable_text
 from relight.unit_of_work import unit_of_work
 from relight.webhooks import service
 from relight.webhooks.schemas import message_id
@@ -104,10 +107,16 @@ class WebhookSender:
             "webhook-signature": signature_header(signing_secrets, webhook_id, now, data.decode()),
         }
         outcome = await self._post(delivery.url, headers, data)
-        async with unit_of_work(self.sessionmaker) as uow:
-            delay = await service.record_attempt(
-                uow.session, delivery, outcome, self.settings.webhook_retry_delays
-            )
+        try:
+            delay = await self._record(delivery, outcome)
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise
+            # The outcome must end (or reschedule) the delivery even if what the receiver
+            # sent cannot be kept: else a 2xx would be sent again and again, unrecorded.
+            logger.exception("could not store webhook %s's attempt as received", webhook_id)
+            kept = replace(outcome, response_excerpt=None, error="(the answer could not be stored)")
+            delay = await self._record(delivery, kept)
         metrics.WEBHOOK_ATTEMPTS.labels(outcome=attempt_outcome(outcome)).inc()
         logger.info(
             "webhook %s (%s) attempt %d: %s",
@@ -117,6 +126,14 @@ class WebhookSender:
             outcome.status_code or outcome.error,
         )
         return delay
+
+    async def _record(
+        self, delivery: WebhookDelivery, outcome: service.AttemptOutcome
+    ) -> float | None:
+        async with unit_of_work(self.sessionmaker) as uow:
+            return await service.record_attempt(
+                uow.session, delivery, outcome, self.settings.webhook_retry_delays
+            )
 
     async def _post(self, url: str, headers: dict[str, str], data: bytes) -> service.AttemptOutcome:
         started_at = datetime.now(UTC)
@@ -153,7 +170,9 @@ class WebhookSender:
             started_at=started_at,
             duration_ms=round((perf_counter() - started) * 1000, 2),
             status_code=status_code,
-            error=error,
+            # Both may carry what the receiver sent, and are stored: Postgres text holds no
+            # NUL (which, refused at insert, left a delivery pending and sent forever).
+            error=None if error is None else storable_text(error),
             response_excerpt=excerpt,
             retry_after_s=retry_after,
         )
@@ -166,4 +185,4 @@ class WebhookSender:
             received += chunk
             if len(received) >= RESPONSE_EXCERPT_BYTES:
                 break
-        return received[:RESPONSE_EXCERPT_BYTES].decode(errors="replace")
+        return storable_text(received[:RESPONSE_EXCERPT_BYTES].decode(errors="replace"))

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from relight.backends.attempts import BackendCall  # noqa: E402
-from relight.backends.protocol import (  # noqa: E402
+from relight.backends.render_backend import (  # noqa: E402
     BackendResult,
     JobInput,
     ProgressCallback,

@@ -1,5 +1,5 @@
 """`relight-node`: a GPU inference node. Serves one engine (`RELIGHT_NODE_ENGINE`) over HTTP
-and announces itself in Redis so workers find it; see relight/nodes/protocol.py for the wire
+and announces itself in Redis so workers find it; see relight/nodes/wire.py for the wire
 format.
 
     POST /v1/relight   params + subject (+ background) → images (NDJSON progress, or JSON)
@@ -36,8 +36,8 @@ from inference.node.settings import NodeSettings
 from relight import __version__
 from relight.errors import RelightError, Unauthorized
 from relight.logs import configure_logging
-from relight.nodes.protocol import HEALTH_PATH, NDJSON, RELIGHT_PATH, NodeHealth, NodeRequest
 from relight.nodes.registry import NodeInfo
+from relight.nodes.wire import HEALTH_PATH, NDJSON, RELIGHT_PATH, NodeHealth, NodeRequest
 
 # Nothing imported from here on reaches SQLAlchemy, asyncpg, alembic or arq: the node extra
 # installs none of them (tests/inference/test_node_dependencies.py).

@@ -20,7 +20,7 @@ from inference.engines.base import RelightEngine
 from inference.node import metrics
 from relight.errors import InvalidImage, InvalidParameter, RelightError
 from relight.images import decode_image, encode_image
-from relight.nodes.protocol import NodeImage, NodeRequest, NodeResult
+from relight.nodes.wire import NodeImage, NodeRequest, NodeResult
 from relight.params import RelightParams
 
 logger = logging.getLogger(__name__)

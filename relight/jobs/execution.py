@@ -34,7 +34,7 @@ from relight import metrics
 from relight.backends import routing
 from relight.backends.attempts import Attempt, BackendCall, read_attempts
 from relight.backends.availability import available_to_run
-from relight.backends.protocol import BackendResult, JobInput, RenderBackend
+from relight.backends.render_backend import BackendResult, JobInput, RenderBackend
 from relight.config import Settings
 from relight.errors import BackendFailed, RelightError
 from relight.jobs import lifecycle, repository

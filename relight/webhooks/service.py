@@ -18,7 +18,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from relight.backends.backoff import retry_delay_s
+from relight.backoff import retry_delay_s
 from relight.errors import Conflict
 from relight.ids import uuid7
 from relight.jobs import repository as jobs

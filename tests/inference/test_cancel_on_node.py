@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from relight.config import Settings
 from relight.models import CreditEntry
 from relight.nodes import slots
-from relight.nodes.protocol import RELIGHT_PATH
+from relight.nodes.wire import RELIGHT_PATH
 from tests.conftest import TenantKey, example_bytes
 from tests.fakes.segmind import background_worker, relight_client
 from tests.helpers import get_record, get_status

@@ -20,6 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from relight.jobs.arq_format import FairKeys, add_job
+from relight.tenants.weight_mirror import tenant_weights_key
 
 RUN_JOB_TASK = "run_job"
 DELIVER_WEBHOOK_TASK = "deliver_webhook"
@@ -50,7 +51,8 @@ def deserialize_job(data: bytes) -> dict[str, Any]:
 # started in the current turn), then goes to the back of the ring. Entries of finished jobs are
 # dropped lazily by that script, when it finds them gone from arq's queue.
 #
-# A tenant's weight lives in Postgres (`tenant.weight`); Redis holds a mirror, written after
+# A tenant's weight lives in Postgres (`tenant.weight`); Redis holds a mirror (its key and
+# writer are `relight.tenants.weight_mirror`'s: tenants sit below jobs), written after
 # the admin API or `relight-admin` commits a change, again by every submit of the tenant's
 # jobs (the API knows the weight from the tenant it authenticated), and by the sweeper when it
 # queues a lost job again (it reads the weight with the job). So a Redis that lost the hash (a
@@ -79,11 +81,6 @@ def turn_counter_key(queue_name: str) -> str:
     return f"{queue_name}:turn"
 
 
-def tenant_weights_key(queue_name: str) -> str:
-    """The hash tenant id → weight (jobs started per turn), mirrored from Postgres."""
-    return f"{queue_name}:tenant-weights"
-
-
 def served_in_turn_key(queue_name: str) -> str:
     """The hash tenant id → jobs started in its current turn (absent: none yet)."""
     return f"{queue_name}:tenant-served"
@@ -99,13 +96,6 @@ def fair_keys(queue_name: str) -> FairKeys:
         weights=tenant_weights_key(queue_name),
         served=served_in_turn_key(queue_name),
     )
-
-
-async def mirror_tenant_weight(
-    redis: Redis, queue_name: str, tenant_id: uuid.UUID, weight: int
-) -> None:
-    """Tell the workers of `queue_name` a tenant's weight (call after the change commits)."""
-    await redis.hset(tenant_weights_key(queue_name), str(tenant_id), str(weight))  # type: ignore[misc]
 
 
 Enqueuer = Redis

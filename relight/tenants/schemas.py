@@ -166,3 +166,18 @@ class KeyCreate(ClientModel):
 
 class CreatedKeyView(ApiKeyView):
     key: str = Field(description="the key itself: shown once, never stored")
+
+
+class UsageView(BaseModel):
+    active_jobs: int = Field(description="requests queued or running now")
+    requests_30d: dict[str, int] = Field(description="requests of the last 30 days by status")
+    credits_charged_30d: int
+
+
+class AccountView(BaseModel):
+    tenant_id: uuid.UUID
+    name: str
+    status: str
+    credits: int
+    limits: LimitsView
+    usage: UsageView

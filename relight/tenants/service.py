@@ -20,7 +20,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from relight.credits.service import grant_credits
 from relight.egress import EgressPolicy, check_url
 from relight.errors import Conflict, InvalidParameter, RelightError, Unauthorized
-from relight.jobs.queue import mirror_tenant_weight
 from relight.metrics import on_commit
 from relight.models import ApiKey, Tenant, TenantStatus
 from relight.params import Backend
@@ -31,6 +30,7 @@ from relight.tenants.auth_cache import (
 )
 from relight.tenants.keys import generate_key, parse_key, secret_matches
 from relight.tenants.schemas import WEIGHT_MAX, WEIGHT_MIN, LimitsUpdate, tenant_name_problem
+from relight.tenants.weight_mirror import mirror_tenant_weight
 
 logger = logging.getLogger(__name__)
 

@@ -226,6 +226,6 @@ def build_worker(
     options["on_startup"] = partial(startup, settings=settings, extra_backends=dict(backends or {}))
     options.update(overrides)
     if options.get("burst"):
-        # A burst worker stops at an empty queue; cron would keep a next run queued forever.
+        # A burst worker stops at an empty queue; cron would keep a next run enqueued forever.
         options["cron_jobs"] = []
     return WakeableWorker(**options)

@@ -122,7 +122,7 @@ class WakeableWorker(Worker):
             timeout = min(timeout, max(0.0, (due[0][1] - now_ms) / 1000))
         for cron_job in self.cron_jobs:
             if cron_job.next_run is not None:
-                # arq queues a cron run up to one second ahead (its window with no poll delay).
+                # arq enqueues a cron run up to one second ahead (its window with no poll delay).
                 ahead = (cron_job.next_run - datetime.now(tz=self.timezone)).total_seconds()
                 timeout = min(timeout, max(0.0, ahead - 0.5))
         return timeout

@@ -17,7 +17,7 @@ answers `Moved` (the job as it now stands and the webhook deliveries the step sc
 None when the guard found the job gone. A step that starts or ends a job announces `start` or
 `completed` to the job's subscribers (`relight.jobs.subscribers`) in the same transaction: the
 webhooks subscribe, and write their delivery rows there. Once the caller committed,
-`announce` wakes whoever waits on or follows the job and queues those deliveries.
+`announce` wakes whoever waits on or follows the job and enqueues those deliveries.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ WORKER_LOST = "worker_lost"
 @dataclass(frozen=True)
 class Moved:
     """What a step did: the job as it left it, which change that was for the job's followers,
-    and the webhook deliveries it scheduled (to queue once the caller committed)."""
+    and the webhook deliveries it scheduled (to enqueue once the caller committed)."""
 
     job: Job
     change: Change = "status"
@@ -248,7 +248,7 @@ async def announce(
 ) -> None:
     """After the commit that made `moves`: publish each job's end on `finished` (waking
     synchronous waiters, status streams and the worker rendering a canceled job) or its change
-    on `changed`, then queue the webhook deliveries (on `enqueuer`, else `redis`).
+    on `changed`, then enqueue the webhook deliveries (on `enqueuer`, else `redis`).
 
     Announcing twice is harmless (whoever is woken re-reads the row), and losing an
     announcement too: waiters re-check the row on their own, and the sweeper sends the
@@ -266,4 +266,4 @@ async def announce(
                 await enqueue_delivery(enqueuer or redis, queue_name, delivery_id, 1)
             except (RedisError, OSError):
                 # The row is committed: the sweeper sends it when Redis is back.
-                logger.warning("could not queue webhook delivery %s", delivery_id, exc_info=True)
+                logger.warning("could not enqueue webhook delivery %s", delivery_id, exc_info=True)

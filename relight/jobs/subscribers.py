@@ -5,7 +5,7 @@ was claimed) and `completed` (it succeeded, failed or was canceled). Each subscr
 in the transaction that made the move, with the row as the move left it, so what it writes
 commits or rolls back with the move (the webhooks write their delivery rows so: a crash after
 the commit loses no delivery). A subscriber answers the id of a webhook delivery it created,
-which `lifecycle.announce` queues once the caller committed, or None.
+which `lifecycle.announce` enqueues once the caller committed, or None.
 
 Jobs sit below the features that follow them and never import them: `relight.webhooks`
 subscribes when it is imported (its package's `__init__`), as the api and the worker do.
@@ -30,7 +30,7 @@ COMPLETED: Final = "completed"
 
 class JobEventSubscriber(Protocol):
     """Hears `event` for `job` in the caller's transaction; the webhook delivery it created
-    (to queue after the commit), or None."""
+    (to enqueue after the commit), or None."""
 
     async def __call__(
         self, session: AsyncSession, job: Job, event: str, urls: UrlBuilder

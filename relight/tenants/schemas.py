@@ -9,8 +9,8 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from relight.client_model import ClientModel
 from relight.models import ApiKey, Tenant
-from relight.text import ClientModel
 
 TENANT_NAME_MAX_LENGTH = 200
 TENANT_NAME_CHARACTERS = re.compile(r"[\w.@-]+")

@@ -115,7 +115,7 @@ async def test_canceling_a_job_on_a_node_frees_its_slot_and_refunds_it_once(
         assert Counter(entry.kind for entry in entries) == {"reserve": 1, "refund": 1}
 
 
-async def test_a_plain_json_client_that_hangs_up_frees_the_node_slot(
+async def test_a_plain_json_client_that_hangs_up_frees_the_render_thread(
     iclight_node: NodeProcess,
 ) -> None:
     # A client of the node's plain JSON answer (no progress stream) that gives up mid-render.

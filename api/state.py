@@ -53,7 +53,7 @@ class AppState:
             logger.exception("could not enqueue job %s", job_id)
 
     async def enqueue_deliveries(self, delivery_ids: list[uuid.UUID]) -> None:
-        """Queue committed webhook deliveries (the sweeper covers any that fail to queue)."""
+        """Enqueue committed webhook deliveries (the sweeper covers any that fail to enqueue)."""
         for delivery_id in delivery_ids:
             try:
                 await enqueue_delivery(self.redis, self.settings.queue_name, delivery_id, 1)

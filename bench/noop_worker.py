@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.cli import parse_args  # noqa: E402
 from relight.backends.attempts import BackendCall  # noqa: E402
-from relight.backends.protocol import (  # noqa: E402
+from relight.backends.render_backend import (  # noqa: E402
     BackendResult,
     JobInput,
     ProgressCallback,

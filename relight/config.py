@@ -82,7 +82,7 @@ class Settings(BaseSettings):
     job_max_attempts: int = Field(default=3, ge=1)
     retry_backoff_s: float = Field(default=2.0, ge=0)
     lease_s: float = Field(default=60.0, gt=0)
-    # A job queued in Postgres for this long without running is queued again in Redis.
+    # A job `queued` in Postgres for this long without running is enqueued again in arq's queue.
     requeue_grace_s: float = Field(default=10.0, gt=0)
     output_url_ttl_s: int = Field(default=24 * 3600, ge=60)
     # Stored inputs and outputs of finished requests are deleted after this long (0: never).

@@ -100,8 +100,3 @@ class BackendFailed(RelightError):
         self.retryable = retryable
         self.failover = retryable if failover is None else failover
         self.retry_after_s = retry_after_s
-
-
-class NotReady(RelightError):
-    status_code = 503
-    code = "not_ready"

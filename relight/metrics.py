@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram
@@ -25,7 +25,6 @@ from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from relight.nodes.slots import slots_in_use
 from relight.unit_of_work import after_commit
 
 __all__ = ["CONTENT_TYPE_LATEST", "render"]
@@ -99,15 +98,19 @@ def render() -> bytes:
 
 
 async def refresh_from_redis(
-    redis: Redis, queue_name: str, gpu_namespace: str, timeout_s: float = 1.0
+    redis: Redis,
+    queue_name: str,
+    read_node_slots: Callable[[], Awaitable[dict[str, int]]],
+    timeout_s: float = 1.0,
 ) -> None:
     """Set the gauges that describe shared state (queue depth, GPU node slots) from Redis. When
     Redis does not answer in time the queue depth says NaN: a scrape must not hang on it, nor
-    report a stale depth."""
+    report a stale depth. `read_node_slots` reads the slots held on each node (the nodes own
+    their layout in Redis: `relight.nodes.slots.slots_in_use`), within the same timeout."""
     try:
         async with asyncio.timeout(timeout_s):
             depth = await redis.zcard(queue_name)
-            slots = await slots_in_use(redis, gpu_namespace)
+            slots = await read_node_slots()
     except (RedisError, OSError, TimeoutError):
         logger.warning("queue depth unavailable: Redis did not answer", exc_info=True)
         QUEUE_DEPTH.set(math.nan)

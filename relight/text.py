@@ -3,9 +3,9 @@
 Postgres refuses U+0000 in `text` and `jsonb`, and a lone surrogate (U+D800–U+DFFF, which
 JSON's `\\ud800` escapes can produce) has no UTF-8 encoding, so either would fail in the
 driver, after the request was accepted, as a 500. Every request body derives from
-`ClientModel`, which refuses them in any string field (at any depth) as a 422 naming the
-field; path parameters and headers that reach a query use `check_storable` through
-`StorableStr`. Nothing is stored, and no credit moves, before this check has passed.
+`relight.client_model.ClientModel`, which refuses them in any string field (at any depth) as a
+422 naming the field; path parameters and headers that reach a query use `check_storable`
+through `StorableStr`. Nothing is stored, and no credit moves, before this check has passed.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, field_validator
+from pydantic import AfterValidator
 
 UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
@@ -51,12 +51,3 @@ def check_storable(value: Any) -> Any:
 
 
 StorableStr = Annotated[str, AfterValidator(check_storable)]
-
-
-class ClientModel(BaseModel):
-    """Base of every model a client's request is read into."""
-
-    @field_validator("*", mode="after")
-    @classmethod
-    def _storable(cls, value: Any) -> Any:
-        return check_storable(value)

@@ -6,7 +6,7 @@ import uuid
 
 from redis.asyncio import Redis
 
-from relight.jobs.queue import tenant_weights_key
+from relight.tenants.weight_mirror import tenant_weights_key
 
 
 async def mirrored_weight(

@@ -20,9 +20,8 @@ from arq.connections import ArqRedis, RedisSettings
 from inference.engines.classic import ClassicEngine
 from relight import metrics
 from relight.backends.availability import available_backends
-from relight.backends.gpu import GpuBackend
 from relight.backends.local import LocalBackend
-from relight.backends.protocol import RenderBackend
+from relight.backends.render_backend import RenderBackend
 from relight.backends.segmind import SegmindBackend
 from relight.config import Settings
 from relight.db import create_engine, create_sessionmaker
@@ -36,6 +35,8 @@ from relight.jobs.queue import (
     serialize_job,
 )
 from relight.nodes.dispatch import GpuDispatcher
+from relight.nodes.gpu_backend import GpuBackend
+from relight.nodes.slots import slots_in_use
 from relight.params import Backend
 from relight.redis_url import open_redis, parse_sentinel_url
 from relight.storage import open_storage
@@ -58,7 +59,9 @@ async def start_metrics_server(ctx: dict[str, Any], settings: Settings) -> None:
     redis = ctx["redis"]
 
     async def before_scrape() -> None:
-        await metrics.refresh_from_redis(redis, settings.queue_name, settings.gpu_namespace)
+        await metrics.refresh_from_redis(
+            redis, settings.queue_name, partial(slots_in_use, redis, settings.gpu_namespace)
+        )
 
     server = MetricsServer(
         settings.worker_metrics_host, settings.worker_metrics_port, before_scrape
@@ -239,6 +242,6 @@ def build_worker(
     options["on_startup"] = partial(startup, settings=settings, extra_backends=dict(backends or {}))
     options.update(overrides)
     if options.get("burst"):
-        # A burst worker stops at an empty queue; cron would keep a next run queued forever.
+        # A burst worker stops at an empty queue; cron would keep a next run enqueued forever.
         options["cron_jobs"] = []
     return WakeableWorker(**options)

@@ -38,7 +38,7 @@ async def run_job(ctx: dict[str, Any], job_id: str) -> str:
 
 
 async def deliver_webhook(ctx: dict[str, Any], delivery_id: str) -> str:
-    """Make one attempt of a webhook delivery; queue the next one if it failed."""
+    """Make one attempt of a webhook delivery; enqueue the next one if it failed."""
     sender: WebhookSender = ctx["webhooks"]
     settings: Settings = ctx["settings"]
     delivery = uuid.UUID(delivery_id)
@@ -50,7 +50,7 @@ async def deliver_webhook(ctx: dict[str, Any], delivery_id: str) -> str:
     return f"retry in {delay:.1f} s"
 
 
-async def _queue_again(
+async def _enqueue_again(
     redis: ArqRedis, queue: str, arq_job_id: str, enqueue: Callable[[], Awaitable[bool]]
 ) -> bool:
     """Enqueue; if arq refuses because it keeps a job key that is no longer in the queue
@@ -64,8 +64,9 @@ async def _queue_again(
 
 
 async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
-    """Recover what Redis or a dead worker lost (rows are the truth): queued jobs missing from
-    the queue, running jobs whose lease expired, webhook deliveries that are due. One worker
+    """Recover what Redis or a dead worker lost (rows are the truth): jobs `queued` in the
+    database but missing from arq's queue, running jobs whose lease expired, webhook deliveries
+    that are due. One worker
     runs each sweep (arq cron jobs are unique per tick)."""
     sessionmaker: async_sessionmaker[AsyncSession] = ctx["sessionmaker"]
     settings: Settings = ctx["settings"]
@@ -83,9 +84,9 @@ async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
             uow.session, ctx["storage"], settings.retention_s
         )
     async with sessionmaker() as session:
-        queued = await sweeper.queued_before(session, settings.requeue_grace_s)
+        queued_too_long = await sweeper.queued_before(session, settings.requeue_grace_s)
         due = await due_deliveries(session)
-        owners = await sweeper.owners_of(session, {*queued, *reclaimed.requeued})
+        owners = await sweeper.owners_of(session, {*queued_too_long, *reclaimed.requeued})
     for job_id in reclaimed.requeued:
         # The dead worker's in-progress marker would keep arq from running the job again until
         # it expires (job timeout + 40 s). Only the current attempt can finish the job, so
@@ -101,20 +102,23 @@ async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
     async def send_again(delivery_id: uuid.UUID, attempt: int) -> bool:
         return await enqueue_delivery(redis, queue, delivery_id, attempt)
 
-    # arq refuses a job id it still holds, so only what Redis really lost is queued again.
-    requeued = 0
-    for job_id in {*queued, *reclaimed.requeued}:
-        if await _queue_again(redis, queue, str(job_id), partial(run_again, job_id)):
-            requeued += 1
-            if job_id in queued:
-                with job_context(job_id, queued[job_id]):
-                    logger.warning("job %s was missing from the queue; queued again", job_id)
+    # arq refuses a job id it still holds, so only what Redis really lost is enqueued again.
+    enqueued_again = 0
+    for job_id in {*queued_too_long, *reclaimed.requeued}:
+        if await _enqueue_again(redis, queue, str(job_id), partial(run_again, job_id)):
+            enqueued_again += 1
+            if job_id in queued_too_long:
+                with job_context(job_id, queued_too_long[job_id]):
+                    logger.warning("job %s was missing from the queue; enqueued again", job_id)
     for delivery_id, attempts in due:
-        # The attempt number is in the arq job id, so a delivery already queued is not doubled.
+        # The attempt number is in the arq job id, so a delivery already enqueued is not doubled.
         arq_job_id = delivery_job_id(delivery_id, attempts + 1)
-        await _queue_again(redis, queue, arq_job_id, partial(send_again, delivery_id, attempts + 1))
+        await _enqueue_again(
+            redis, queue, arq_job_id, partial(send_again, delivery_id, attempts + 1)
+        )
     counts = {
-        "requeued": requeued,
+        # The key says `requeued` (logs and dashboards read it): jobs enqueued again in arq.
+        "requeued": enqueued_again,
         "leases_expired": len(reclaimed.requeued) + len(reclaimed.failed),
         "failed": len(reclaimed.failed),
         "webhooks_due": len(due),

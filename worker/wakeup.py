@@ -4,7 +4,7 @@ arq polls its queue every `poll_delay`, so a new job waits on average half of it
 make jobs start sooner but keep an idle worker busy. This worker subscribes to the queue's
 wake-up channel (`relight.jobs.queue.wake_channel`, published after every enqueue of a job that
 is due now) and waits between polls on that signal, with the poll delay as the timeout. It also
-polls at once when one of its own jobs finishes (a slot is free) and when the next deferred job
+polls at once when one of its own jobs finishes (room for another) and when the next deferred job
 (a retry, a cron run) falls due, so the poll delay only bounds how late a lost message can make
 a job. Claiming a job (arq's check that no other worker has it) is one Redis script instead of
 four round trips.
@@ -103,7 +103,8 @@ class WakeableWorker(Worker):
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()
-        # A slot is free: look for queued jobs now, not at the next poll.
+        # Room for another job (below worker_concurrency): look in arq's queue now, not at the
+        # next poll.
         self._wake.set()
 
     async def _time_to_next_poll(self) -> float:
@@ -122,7 +123,7 @@ class WakeableWorker(Worker):
             timeout = min(timeout, max(0.0, (due[0][1] - now_ms) / 1000))
         for cron_job in self.cron_jobs:
             if cron_job.next_run is not None:
-                # arq queues a cron run up to one second ahead (its window with no poll delay).
+                # arq enqueues a cron run up to one second ahead (its window with no poll delay).
                 ahead = (cron_job.next_run - datetime.now(tz=self.timezone)).total_seconds()
                 timeout = min(timeout, max(0.0, ahead - 0.5))
         return timeout

@@ -8,10 +8,10 @@ from fastapi import APIRouter
 
 from api.deps import TenantDep, UnitOfWorkDep
 from api.errors import AUTHENTICATED, error_responses
-from relight.credits.schemas import AccountView, UsageView, UserCredits
+from relight.credits.schemas import UserCredits
 from relight.credits.service import get_balance
 from relight.jobs.queries import usage_since
-from relight.tenants.schemas import TenantView
+from relight.tenants.schemas import AccountView, TenantView, UsageView
 
 router = APIRouter(tags=["account"], responses=error_responses(*AUTHENTICATED))
 

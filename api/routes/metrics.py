@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from fastapi import APIRouter, Response
 
 from api.deps import StateDep
 from relight import metrics
+from relight.nodes.slots import slots_in_use
 
 router = APIRouter(tags=["health"])
 
@@ -18,6 +21,8 @@ router = APIRouter(tags=["health"])
 )
 async def get_metrics(state: StateDep) -> Response:
     await metrics.refresh_from_redis(
-        state.redis, state.settings.queue_name, state.settings.gpu_namespace
+        state.redis,
+        state.settings.queue_name,
+        partial(slots_in_use, state.redis, state.settings.gpu_namespace),
     )
     return Response(content=metrics.render(), media_type=metrics.CONTENT_TYPE_LATEST)

@@ -12,7 +12,7 @@ progress and errors; only the UNet calls are shared.
 The pass is driven a step at a time by one member's thread at a time. A member that leaves
 mid-pass (canceled: its progress callback raised) is out of the next steps (`denoise_steps`
 drops its rows, or computes and discards them for a UNet of fixed shapes) and its thread
-returns at once, so the node frees its slot then, not when the pass ends; when the member
+returns at once, so the node frees its render thread then, not when the pass ends; when the member
 leaving was the one driving, another member's thread takes over at the next step.
 
 Python threads are enough: the work runs in torch kernels that release the GIL, and the shared

@@ -1,5 +1,5 @@
 """`relight-node`: a GPU inference node. Serves one engine (`RELIGHT_NODE_ENGINE`) over HTTP
-and announces itself in Redis so workers find it; see relight/nodes/protocol.py for the wire
+and announces itself in Redis so workers find it; see relight/nodes/wire.py for the wire
 format.
 
     POST /v1/relight   params + subject (+ background) → images (NDJSON progress, or JSON)
@@ -35,8 +35,8 @@ from inference.node.settings import NodeSettings
 from relight import __version__
 from relight.errors import RelightError, Unauthorized
 from relight.logs import configure_logging
-from relight.nodes.protocol import HEALTH_PATH, NDJSON, RELIGHT_PATH, NodeHealth, NodeRequest
 from relight.nodes.registry import NodeInfo
+from relight.nodes.wire import HEALTH_PATH, NDJSON, RELIGHT_PATH, NodeHealth, NodeRequest
 from relight.redis_url import open_redis
 
 # Nothing imported from here on reaches SQLAlchemy, asyncpg, alembic or arq: the node extra
@@ -104,7 +104,7 @@ def describe(app: FastAPI) -> NodeInfo:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Load the engine, open the service's slots, and beat in Redis while the app runs."""
+    """Load the engine, open the service's render threads, and beat in Redis while the app runs."""
     config = _config(app)
     settings = config.settings
     loaded = config.engine
@@ -227,7 +227,7 @@ class RenderEvents:
 
     def progress(self, fraction: float) -> None:
         # The engine calls this between stages / denoising steps: the place to stop once
-        # the worker went away (a canceled job), so the slot is free again at once.
+        # the worker went away (a canceled job), so the render thread is free again at once.
         if self.abandoned.is_set():
             raise RenderAbandoned("the worker closed the stream")
         self.loop.call_soon_threadsafe(self.queue.put_nowait, fraction)
@@ -259,8 +259,8 @@ async def _result_unless_abandoned(
     request: Request, events: RenderEvents, future: concurrent.futures.Future[Any]
 ) -> Any:
     """The render's result for a plain JSON client; if the client hangs up first (it gave up
-    or its job was canceled), the render is stopped at its next step and its slot freed, as for
-    a stream."""
+    or its job was canceled), the render is stopped at its next step and its render thread
+    freed, as for a stream."""
     waiting = asyncio.ensure_future(asyncio.wrap_future(future))
     while True:
         done, _ = await asyncio.wait({waiting}, timeout=DISCONNECT_CHECK_S)

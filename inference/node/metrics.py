@@ -3,8 +3,8 @@
 In a registry of the node's (the api's and workers' metrics module imports the database layer,
 which a node does not install), with the process collectors. What an operator reads off it:
 renders by outcome and how long they took, UNet passes by batch size (images and requests per
-pass, seconds per denoising step), requests in flight, refusals because every slot was taken,
-and on CUDA the GPU memory in use and at its peak.
+pass, seconds per denoising step), requests in flight, refusals because every render thread
+was taken, and on CUDA the GPU memory in use and at its peak.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ BATCH_REQUESTS = Histogram(
 )
 BUSY_REFUSALS = Counter(
     "relight_node_busy_refusals_total",
-    "Requests refused with 503 node_busy because every slot was taken",
+    "Requests refused with 503 node_busy because every render thread was taken",
     registry=REGISTRY,
 )
 IN_FLIGHT = Gauge("relight_node_in_flight", "Requests the node is running now", registry=REGISTRY)

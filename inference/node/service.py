@@ -1,6 +1,9 @@
-"""What a node does with a request: hold one of its capacity slots, decode, render on a
-thread (one per slot, so the event loop keeps answering health checks and refusals), encode.
+"""What a node does with a request: hold one of its `capacity` render threads, decode, render
+on it (so the event loop keeps answering health checks and refusals), encode.
 Requests rendering at the same time may share denoising passes inside the engine (batching).
+
+A node's render threads are its own; the *slots* of `relight.nodes.slots` are the workers'
+holds on a node, counted in Redis.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from inference.engines.base import RelightEngine
 from inference.node import metrics
 from relight.errors import InvalidImage, InvalidParameter, RelightError
 from relight.images import decode_image, encode_image
-from relight.nodes.protocol import NodeImage, NodeRequest, NodeResult
+from relight.nodes.wire import NodeImage, NodeRequest, NodeResult
 from relight.params import RelightParams
 
 logger = logging.getLogger(__name__)
@@ -37,7 +40,8 @@ class BackgroundNotServed(RelightError):
 
 
 class RenderAbandoned(Exception):
-    """Raised at the engine's next step once the client went away: frees the slot early."""
+    """Raised at the engine's next step once the client went away: frees the render thread
+    early."""
 
 
 class NodeService:
@@ -60,8 +64,8 @@ class NodeService:
         self.in_flight = 0
         self.executor = ThreadPoolExecutor(max_workers=capacity, thread_name_prefix="node-engine")
 
-    def take_slot(self) -> None:
-        """Claim a slot or refuse at once (no await between the check and the claim)."""
+    def take_render_thread(self) -> None:
+        """Claim a render thread or refuse at once (no await between the check and the claim)."""
         if self.in_flight >= self.capacity:
             metrics.BUSY_REFUSALS.inc()
             raise NodeBusy(
@@ -71,7 +75,7 @@ class NodeService:
         self.in_flight += 1
         self.on_change()
 
-    def free_slot(self) -> None:
+    def free_render_thread(self) -> None:
         self.in_flight -= 1
         self.on_change()
 
@@ -146,19 +150,19 @@ class NodeService:
     async def start(
         self, request: NodeRequest, progress: Callable[[float], None]
     ) -> concurrent.futures.Future[NodeResult]:
-        """Take a slot, decode the subject, and start rendering; the slot is freed when the
-        engine is done (not when the client goes away: the GPU is busy until then)."""
-        self.take_slot()
+        """Take a render thread, decode the subject, and start rendering; the thread is freed
+        when the engine is done (not when the client goes away: the GPU is busy until then)."""
+        self.take_render_thread()
         loop = asyncio.get_running_loop()
         try:
             images = await loop.run_in_executor(self.executor, self.decode, request)
         except BaseException as exc:
-            self.free_slot()
+            self.free_render_thread()
             if isinstance(exc, RelightError):
                 metrics.RENDERS.labels("rejected").inc()
             raise
         future = self.executor.submit(self._render, images, request.params, request.seed, progress)
-        future.add_done_callback(lambda _: loop.call_soon_threadsafe(self.free_slot))
+        future.add_done_callback(lambda _: loop.call_soon_threadsafe(self.free_render_thread))
         return future
 
     def close(self) -> None:

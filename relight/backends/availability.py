@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from relight.backends.protocol import RenderBackend, is_available
+from relight.backends.render_backend import RenderBackend, is_available
 from relight.config import Settings
 from relight.params import Backend
 

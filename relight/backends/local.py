@@ -18,7 +18,7 @@ from typing import Protocol
 from PIL import Image
 
 from relight.backends.attempts import BackendCall
-from relight.backends.protocol import (
+from relight.backends.render_backend import (
     BackendResult,
     JobInput,
     ProgressCallback,

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from relight.backends.attempts import Attempt
-from relight.backends.backoff import retry_delay_s
+from relight.backoff import retry_delay_s
 from relight.errors import BackendFailed, RelightError
 from relight.params import Backend
 

@@ -23,14 +23,14 @@ import httpx
 from PIL import Image, UnidentifiedImageError
 
 from relight.backends.attempts import BackendCall
-from relight.backends.backoff import parse_retry_after
-from relight.backends.protocol import (
+from relight.backends.render_backend import (
     BackendResult,
     JobInput,
     ProgressCallback,
     RenderedImage,
     refuse_backgrounds,
 )
+from relight.backoff import parse_retry_after
 from relight.config import Settings
 from relight.errors import BackendFailed
 from relight.params import Backend, RelightParams

@@ -1,4 +1,4 @@
-"""Views and bodies for the credit ledger and the account."""
+"""Views and bodies for the credit ledger (the account's view is `relight.tenants.schemas`)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from relight.client_model import ClientModel
 from relight.credits.service import MAX_MOVEMENT
 from relight.models import CreditEntry
-from relight.tenants.schemas import LimitsView
-from relight.text import ClientModel
 
 
 class CreditEntryView(BaseModel):
@@ -60,18 +59,3 @@ class UserCredits(BaseModel):
     """Segmind's `GET /v1/get-user-credits` answer."""
 
     credits: int
-
-
-class UsageView(BaseModel):
-    active_jobs: int = Field(description="requests queued or running now")
-    requests_30d: dict[str, int] = Field(description="requests of the last 30 days by status")
-    credits_charged_30d: int
-
-
-class AccountView(BaseModel):
-    tenant_id: uuid.UUID
-    name: str
-    status: str
-    credits: int
-    limits: LimitsView
-    usage: UsageView

@@ -1,11 +1,11 @@
 """arq's private storage format: the one place in Relight that writes or claims arq's jobs
 without going through arq.
 
-arq keeps a queued job as a key `arq:job:<id>` holding the job's definition (`{"t", "f", "a",
+arq keeps an enqueued job as a key `arq:job:<id>` holding the job's definition (`{"t", "f", "a",
 "k", "et"}`, serialized with the serializer its pool was given: JSON here), expiring a day
 after the job is due, plus a member of the queue's sorted set scored by the due time (ms). A
 worker claims a job by setting `arq:in-progress:<id>` for the in-progress timeout, only if no
-other worker did and the job is still queued and due; `arq:result:<id>` is the kept result.
+other worker did and the job is still enqueued and due; `arq:result:<id>` is the kept result.
 
 Relight writes and claims that layout itself, in Lua scripts, for what no public arq API gives:
 - speed: an enqueue is one atomic round trip that also lists the job in its tenant's turns and
@@ -18,7 +18,7 @@ Relight writes and claims that layout itself, in Lua scripts, for what no public
 Nothing else in `relight/` knows these keys, and `relight/` never imports arq, so the constants
 below are copies of `arq.constants`. tests/worker/test_arq_contract.py proves the copy: it
 enqueues the same job with arq's own `enqueue_job` and with `add_job` and compares what lands
-in Redis, runs a job queued here on arq's own Worker, and pins the source of the arq methods
+in Redis, runs a job enqueued here on arq's own Worker, and pins the source of the arq methods
 that this module and worker/wakeup.py imitate or override, so an arq upgrade that changes them
 fails there with the name of what to re-check.
 """
@@ -35,7 +35,7 @@ from redis.asyncio import Redis
 JOB_KEY_PREFIX = "arq:job:"
 RESULT_KEY_PREFIX = "arq:result:"
 IN_PROGRESS_KEY_PREFIX = "arq:in-progress:"
-# How long a queued job's definition outlives its due time (arq's `expires_extra_ms`).
+# How long an enqueued job's definition outlives its due time (arq's `expires_extra_ms`).
 EXPIRES_EXTRA_MS = 86_400_000
 
 
@@ -69,7 +69,7 @@ if ARGV[5] == '1' then redis.call('PUBLISH', KEYS[4], '') end
 return 1
 """
 
-# arq's claim of a queued job (`Worker.start_jobs`: not in progress elsewhere, still queued and
+# arq's claim of an enqueued job (`Worker.start_jobs`: not in progress elsewhere, still enqueued and
 # due, then mark it in progress). KEYS: in-progress key, queue. ARGV: job id, now (ms),
 # in-progress timeout (ms). The job's score, or false when another worker has it or it is not
 # due.
@@ -157,8 +157,8 @@ async def add_job(
     tenant_id: str | None = None,
     weight: int | None = None,
 ) -> bool:
-    """Queue `function(*args)` as arq's own `enqueue_job` would (same keys, payload, score and
-    expiry; refused when `job_id` is queued, running or kept as a result) and publish on
+    """Enqueue `function(*args)` as arq's own `enqueue_job` would (same keys, payload, score and
+    expiry; refused when `job_id` is enqueued, running or kept as a result) and publish on
     `wake_channel` when it is due now. With `fair` and `tenant_id`, the job is also listed in
     the tenant's turns, and `weight` (when given) recorded as the tenant's. False when arq
     already holds the job."""

@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
-from relight.backends.protocol import BackendResult
+from relight.backends.render_backend import BackendResult
 
 logger = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ from relight import metrics
 from relight.backends import routing
 from relight.backends.attempts import Attempt, BackendCall, read_attempts
 from relight.backends.availability import available_to_run
-from relight.backends.protocol import BackendResult, JobInput, RenderBackend
+from relight.backends.render_backend import BackendResult, JobInput, RenderBackend
 from relight.config import Settings
 from relight.errors import BackendFailed, RelightError
 from relight.jobs import lifecycle, repository
@@ -156,7 +156,7 @@ class JobRunner:
             await asyncio.shield(self._hand_back(job))
             raise
         except RelightError as exc:
-            return await self._fail_or_retry(job, exc, timings)
+            return await self._after_failed_attempt(job, exc, timings)
         requested = Backend(job.backend_requested)
         backgrounds = job.params.get("background_source") is not None
         choices = routing.candidates(
@@ -176,7 +176,7 @@ class JobRunner:
                 code="background_not_served" if backgrounds else "backend_unavailable",
                 retryable=False,
             )
-            return await self._fail_or_retry(job, unavailable, timings)
+            return await self._after_failed_attempt(job, unavailable, timings)
         return await self._render(job, name, choices, job_input, timings, started)
 
     async def _render(
@@ -213,7 +213,7 @@ class JobRunner:
             perf_counter() - engine_started
         )
         entry = Attempt.record(job.attempts, name, failure, calls)
-        return await self._fail_or_retry(job, failure, timings, entry, choices)
+        return await self._after_failed_attempt(job, failure, timings, entry, choices)
 
     async def _render_while_held(
         self,
@@ -353,7 +353,7 @@ class JobRunner:
         logger.info("job %s succeeded on %s in %.0f ms", job.id, backend_name, timings["total_ms"])
         return RunOutcome(status=JobStatus.SUCCEEDED)
 
-    async def _fail_or_retry(
+    async def _after_failed_attempt(
         self,
         job: Job,
         error: RelightError,
@@ -361,8 +361,9 @@ class JobRunner:
         entry: Attempt | None = None,
         choices: list[Backend] | None = None,
     ) -> RunOutcome:
-        """Put the job back in the queue (same backend later, or the next one now), or end it
-        `failed` with a refund."""
+        """Route a failed attempt (`routing.after_failure`): put the job back in the queue (same
+        backend later, or the next one now), or end it `failed` with a refund; then announce,
+        count and log the step taken."""
         log = list(job.backend_calls)
         if entry is not None:
             log.append(entry.to_json())
@@ -375,7 +376,7 @@ class JobRunner:
             max_tries=self.settings.job_max_attempts,
             backoff_s=self.settings.retry_backoff_s,
         )
-        moved = await self._retry_or_fail(job, step, error.message, timings, log)
+        moved = await self._commit_retry_or_failure(job, step, error.message, timings, log)
         if moved is None:
             return RunOutcome(status=None)
         if not step.retry:
@@ -393,7 +394,7 @@ class JobRunner:
         )
         return RunOutcome(status=JobStatus.QUEUED, retry_in_s=step.delay_s)
 
-    async def _retry_or_fail(
+    async def _commit_retry_or_failure(
         self,
         job: Job,
         step: routing.NextStep,
@@ -401,8 +402,9 @@ class JobRunner:
         timings: dict[str, float],
         log: list[dict[str, Any]],
     ) -> Moved | None:
-        """Back to the queue or failed, as `step` decided, with the attempt log `log`; the move
-        is announced once it commits."""
+        """Commit the step decided for a failed attempt: back to the queue (`lifecycle.retry`)
+        or failed (`lifecycle.fail`), with the attempt log `log`; the move is announced once
+        it commits."""
         async with unit_of_work(self.sessionmaker) as uow:
             if step.retry:
                 moved = await lifecycle.retry(

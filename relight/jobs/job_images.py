@@ -11,7 +11,7 @@ from time import perf_counter
 
 import httpx
 
-from relight.backends.protocol import BackendResult, JobInput
+from relight.backends.render_backend import BackendResult, JobInput
 from relight.config import Settings
 from relight.errors import RelightError
 from relight.fetch import fetch_image_bytes

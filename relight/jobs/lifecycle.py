@@ -14,8 +14,10 @@ attempt, that it expects, and changes nothing when the job moved on since; so of
 workers, a worker and a cancel, a worker and the sweeper) exactly one moves the job, and a job
 is charged, refunded and announced exactly once. Each step runs in the caller's transaction and
 answers `Moved` (the job as it now stands and the webhook deliveries the step scheduled), or
-None when the guard found the job gone. Once the caller committed, `announce` wakes whoever
-waits on or follows the job and queues those deliveries.
+None when the guard found the job gone. A step that starts or ends a job announces `start` or
+`completed` to the job's subscribers (`relight.jobs.subscribers`) in the same transaction: the
+webhooks subscribe, and write their delivery rows there. Once the caller committed,
+`announce` wakes whoever waits on or follows the job and enqueues those deliveries.
 """
 
 from __future__ import annotations
@@ -35,9 +37,9 @@ from relight.credits.service import charge_credits, refund_credits
 from relight.jobs import repository
 from relight.jobs.events import Change, publish_changed, publish_finished
 from relight.jobs.queue import Enqueuer, enqueue_delivery
+from relight.jobs.subscribers import COMPLETED, START, notify_subscribers
 from relight.models import Job, JobOutput, JobStatus
 from relight.storage.urls import UrlBuilder
-from relight.webhooks import service as webhooks
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +49,7 @@ WORKER_LOST = "worker_lost"
 @dataclass(frozen=True)
 class Moved:
     """What a step did: the job as it left it, which change that was for the job's followers,
-    and the webhook deliveries it scheduled (to queue once the caller committed)."""
+    and the webhook deliveries it scheduled (to enqueue once the caller committed)."""
 
     job: Job
     change: Change = "status"
@@ -58,10 +60,10 @@ class Moved:
         return self.job.job_status.is_terminal
 
 
-def _moved(job: Job | None, *deliveries: uuid.UUID | None) -> Moved | None:
+def _moved(job: Job | None, deliveries: tuple[uuid.UUID, ...] = ()) -> Moved | None:
     if job is None:
         return None
-    return Moved(job, deliveries=tuple(d for d in deliveries if d is not None))
+    return Moved(job, deliveries=deliveries)
 
 
 async def claim(
@@ -72,7 +74,7 @@ async def claim(
     job = await repository.claim(session, job_id, lease_s)
     if job is None or job.attempts != 1:
         return _moved(job)
-    return _moved(job, await webhooks.schedule_delivery(session, job, webhooks.START, urls))
+    return _moved(job, await notify_subscribers(session, job, START, urls))
 
 
 async def succeed(
@@ -110,7 +112,7 @@ async def succeed(
     await charge_credits(
         session, job.tenant_id, job.id, reserved=job.credits_reserved, cost=job.credits_reserved
     )
-    return _moved(done, await webhooks.schedule_delivery(session, done, webhooks.COMPLETED, urls))
+    return _moved(done, await notify_subscribers(session, done, COMPLETED, urls))
 
 
 async def retry(
@@ -174,7 +176,7 @@ async def fail(
     if moved is None:
         return None
     await refund_credits(session, job.tenant_id, job.id, job.credits_reserved, reason=code)
-    return _moved(moved, await webhooks.schedule_delivery(session, moved, webhooks.COMPLETED, urls))
+    return _moved(moved, await notify_subscribers(session, moved, COMPLETED, urls))
 
 
 async def cancel(session: AsyncSession, job_id: uuid.UUID, urls: UrlBuilder) -> Moved | None:
@@ -199,9 +201,7 @@ async def cancel(session: AsyncSession, job_id: uuid.UUID, urls: UrlBuilder) -> 
     await refund_credits(
         session, canceled.tenant_id, canceled.id, canceled.credits_reserved, reason="canceled"
     )
-    return _moved(
-        canceled, await webhooks.schedule_delivery(session, canceled, webhooks.COMPLETED, urls)
-    )
+    return _moved(canceled, await notify_subscribers(session, canceled, COMPLETED, urls))
 
 
 async def expire_lease(
@@ -248,7 +248,7 @@ async def announce(
 ) -> None:
     """After the commit that made `moves`: publish each job's end on `finished` (waking
     synchronous waiters, status streams and the worker rendering a canceled job) or its change
-    on `changed`, then queue the webhook deliveries (on `enqueuer`, else `redis`).
+    on `changed`, then enqueue the webhook deliveries (on `enqueuer`, else `redis`).
 
     Announcing twice is harmless (whoever is woken re-reads the row), and losing an
     announcement too: waiters re-check the row on their own, and the sweeper sends the
@@ -266,4 +266,4 @@ async def announce(
                 await enqueue_delivery(enqueuer or redis, queue_name, delivery_id, 1)
             except (RedisError, OSError):
                 # The row is committed: the sweeper sends it when Redis is back.
-                logger.warning("could not queue webhook delivery %s", delivery_id, exc_info=True)
+                logger.warning("could not enqueue webhook delivery %s", delivery_id, exc_info=True)

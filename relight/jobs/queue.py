@@ -20,6 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from relight.jobs.arq_format import FairKeys, add_job
+from relight.tenants.weight_mirror import tenant_weights_key
 
 RUN_JOB_TASK = "run_job"
 DELIVER_WEBHOOK_TASK = "deliver_webhook"
@@ -41,7 +42,7 @@ def deserialize_job(data: bytes) -> dict[str, Any]:
 
 
 # Fair turns between tenants. arq's queue (one sorted set) stays the only truth
-# of what is queued and when it is due: arq, the sweeper and the metrics read it unchanged. A
+# of what is enqueued and when it is due: arq, the sweeper and the metrics read it unchanged. A
 # job submitted for a tenant is also listed in that tenant's queue, the tenant in the ring of
 # tenants with work (scored by the turn in which its last turn ended; 0 = never, first in line),
 # and the job in a job → tenant hash. The worker's claim (`arq_format.FAIR_CLAIM_SCRIPT`) takes
@@ -50,10 +51,11 @@ def deserialize_job(data: bytes) -> dict[str, Any]:
 # started in the current turn), then goes to the back of the ring. Entries of finished jobs are
 # dropped lazily by that script, when it finds them gone from arq's queue.
 #
-# A tenant's weight lives in Postgres (`tenant.weight`); Redis holds a mirror, written after
+# A tenant's weight lives in Postgres (`tenant.weight`); Redis holds a mirror (its key and
+# writer are `relight.tenants.weight_mirror`'s: tenants sit below jobs), written after
 # the admin API or `relight-admin` commits a change, again by every submit of the tenant's
 # jobs (the API knows the weight from the tenant it authenticated), and by the sweeper when it
-# queues a lost job again (it reads the weight with the job). So a Redis that lost the hash (a
+# enqueues a lost job again (it reads the weight with the job). So a Redis that lost the hash (a
 # flush, a restart without persistence) heals with the sweep that puts its jobs back, or the
 # tenant's next submit; until then the tenant counts as weight 1.
 def tenant_queue_prefix(queue_name: str) -> str:
@@ -79,11 +81,6 @@ def turn_counter_key(queue_name: str) -> str:
     return f"{queue_name}:turn"
 
 
-def tenant_weights_key(queue_name: str) -> str:
-    """The hash tenant id → weight (jobs started per turn), mirrored from Postgres."""
-    return f"{queue_name}:tenant-weights"
-
-
 def served_in_turn_key(queue_name: str) -> str:
     """The hash tenant id → jobs started in its current turn (absent: none yet)."""
     return f"{queue_name}:tenant-served"
@@ -101,13 +98,6 @@ def fair_keys(queue_name: str) -> FairKeys:
     )
 
 
-async def mirror_tenant_weight(
-    redis: Redis, queue_name: str, tenant_id: uuid.UUID, weight: int
-) -> None:
-    """Tell the workers of `queue_name` a tenant's weight (call after the change commits)."""
-    await redis.hset(tenant_weights_key(queue_name), str(tenant_id), str(weight))  # type: ignore[misc]
-
-
 Enqueuer = Redis
 
 
@@ -121,8 +111,8 @@ async def enqueue(
     tenant_id: str | None = None,
     weight: int | None = None,
 ) -> bool:
-    """Queue `function(*args)` for arq's workers as arq's own `enqueue_job` would (same keys,
-    same payload, refused when `job_id` is queued, running or kept as a result), waking idle
+    """Enqueue `function(*args)` for arq's workers as arq's own `enqueue_job` would (same
+    keys, same payload, refused when `job_id` is enqueued, running or kept as a result), waking idle
     workers when it is due now. With `tenant_id`, the job takes fair turns with other tenants'
     jobs, `weight` (when given) being the tenant's. False when arq already holds the job."""
     return await add_job(
@@ -168,7 +158,7 @@ async def enqueue_delivery(
     attempt: int,
     defer_s: float | None = None,
 ) -> bool:
-    """Queue attempt number `attempt` of a webhook delivery (one queued copy per attempt);
+    """Enqueue attempt number `attempt` of a webhook delivery (one arq entry per attempt);
     False when arq already holds it."""
     return await enqueue(
         enqueuer,

@@ -14,10 +14,10 @@ import httpx
 import orjson
 from pydantic import ValidationError
 
-from relight.backends.backoff import parse_retry_after
-from relight.backends.protocol import RenderedImage
-from relight.nodes.protocol import NDJSON, RELIGHT_PATH, NodeRequest, NodeResult
+from relight.backends.render_backend import RenderedImage
+from relight.backoff import parse_retry_after
 from relight.nodes.registry import NodeInfo
+from relight.nodes.wire import NDJSON, RELIGHT_PATH, NodeRequest, NodeResult
 from relight.params import RelightParams
 
 ERROR_EXCERPT = 300

@@ -25,7 +25,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from relight.backends.attempts import BackendCall
-from relight.backends.protocol import BackendResult, JobInput
+from relight.backends.render_backend import BackendResult, JobInput
 from relight.config import Settings
 from relight.errors import BackendFailed
 from relight.nodes import registry, slots

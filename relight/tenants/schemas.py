@@ -9,9 +9,9 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from relight.client_model import ClientModel
 from relight.models import ApiKey, Tenant
 from relight.tenants.names import confusable_name_problem
-from relight.text import ClientModel
 
 TENANT_NAME_MAX_LENGTH = 200
 TENANT_NAME_CHARACTERS = re.compile(r"[\w.@-]+")
@@ -170,3 +170,18 @@ class KeyCreate(ClientModel):
 
 class CreatedKeyView(ApiKeyView):
     key: str = Field(description="the key itself: shown once, never stored")
+
+
+class UsageView(BaseModel):
+    active_jobs: int = Field(description="requests queued or running now")
+    requests_30d: dict[str, int] = Field(description="requests of the last 30 days by status")
+    credits_charged_30d: int
+
+
+class AccountView(BaseModel):
+    tenant_id: uuid.UUID
+    name: str
+    status: str
+    credits: int
+    limits: LimitsView
+    usage: UsageView

@@ -19,7 +19,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from relight.credits.service import grant_credits
 from relight.egress import EgressPolicy, check_url
 from relight.errors import Conflict, InvalidParameter, RelightError, Unauthorized
-from relight.jobs.queue import mirror_tenant_weight
 from relight.models import ApiKey, Tenant, TenantStatus
 from relight.params import Backend
 from relight.tenants import repository
@@ -27,6 +26,7 @@ from relight.tenants.auth_cache import TenantSnapshot, forget_tenant_everywhere_
 from relight.tenants.keys import generate_key, parse_key, secret_matches
 from relight.tenants.names import skeleton
 from relight.tenants.schemas import WEIGHT_MAX, WEIGHT_MIN, LimitsUpdate, tenant_name_problem
+from relight.tenants.weight_mirror import mirror_tenant_weight
 from relight.unit_of_work import after_commit
 
 logger = logging.getLogger(__name__)

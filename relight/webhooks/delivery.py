@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from relight import metrics
-from relight.backends.backoff import parse_retry_after
+from relight.backoff import parse_retry_after
 from relight.config import Settings
 from relight.egress import EgressRefused, egress_stream
 from relight.errors import RelightError

@@ -16,17 +16,16 @@ from datetime import UTC, datetime, timedelta
 import orjson
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from relight.backends.backoff import retry_delay_s
+from relight.backoff import retry_delay_s
 from relight.errors import Conflict
 from relight.jobs import repository as jobs
+from relight.jobs.subscribers import COMPLETED
 from relight.jobs.views import request_view
 from relight.models import Job, JobOutput, Tenant, WebhookAttempt, WebhookDelivery, WebhookStatus
 from relight.storage.urls import UrlBuilder
 from relight.webhooks import repository
 from relight.webhooks.signatures import generate_secret
 
-COMPLETED = "completed"
-START = "start"
 # A receiver's Retry-After is honoured up to a day.
 MAX_RETRY_AFTER_S = 24 * 3600.0
 

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.app import create_app
 from relight.config import Settings
-from relight.jobs.queue import tenant_weights_key
+from relight.tenants.weight_mirror import tenant_weights_key
 from tests.conftest import MakeTenant, RunWorker, TenantKey
 from tests.helpers import FAST, balance_of, job_count
 from tests.helpers import small_body as body

@@ -7,7 +7,7 @@ import pytest
 
 from relight.backends.attempts import BackendCall
 from relight.backends.availability import available_backends, available_to_run
-from relight.backends.protocol import BackendResult, JobInput, ProgressCallback, RenderBackend
+from relight.backends.render_backend import BackendResult, JobInput, ProgressCallback, RenderBackend
 from relight.config import Settings
 from relight.params import Backend, RelightParams
 

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from relight.backends import routing
 from relight.backends.attempts import Attempt, BackendCall, read_attempts
-from relight.backends.protocol import BackendResult, JobInput, ProgressCallback
+from relight.backends.render_backend import BackendResult, JobInput, ProgressCallback
 from relight.config import Settings
 from relight.errors import BackendFailed
 from relight.params import Backend, RelightParams

@@ -217,7 +217,7 @@ async def test_a_failed_job_is_refunded_once_when_the_failure_path_runs_twice_co
 
     error = InvalidImage("the subject image could not be decoded")
     outcomes = await asyncio.gather(
-        *(bare_runner._fail_or_retry(job, error, {}) for job in claimed for _ in range(2))
+        *(bare_runner._after_failed_attempt(job, error, {}) for job in claimed for _ in range(2))
     )
 
     assert Counter(outcome.status for outcome in outcomes) == {JobStatus.FAILED: 5, None: 5}

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from relight.config import Settings
 from relight.models import CreditEntry
 from relight.nodes import slots
-from relight.nodes.protocol import RELIGHT_PATH
+from relight.nodes.wire import RELIGHT_PATH
 from tests.conftest import TenantKey, example_bytes
 from tests.fakes.segmind import background_worker, relight_client
 from tests.helpers import get_record, get_status
@@ -115,7 +115,7 @@ async def test_canceling_a_job_on_a_node_frees_its_slot_and_refunds_it_once(
         assert Counter(entry.kind for entry in entries) == {"reserve": 1, "refund": 1}
 
 
-async def test_a_plain_json_client_that_hangs_up_frees_the_node_slot(
+async def test_a_plain_json_client_that_hangs_up_frees_the_render_thread(
     iclight_node: NodeProcess,
 ) -> None:
     # A client of the node's plain JSON answer (no progress stream) that gives up mid-render.

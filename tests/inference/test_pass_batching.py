@@ -169,7 +169,7 @@ def test_a_request_failing_mid_batch_leaves_its_batch_mate_intact(
 def test_a_request_canceled_mid_batch_returns_at_once_and_its_mate_goes_on_without_it(
     tiny_model_dir: Path, alone: ICLightEngine, cat: Image.Image
 ) -> None:
-    """The canceled request's thread (its node slot) is back at the next step, not when the
+    """The canceled request's render thread is back at the next step, not when the
     shared pass ends; the mate's pass goes on without the canceled rows, to the images it
     would get alone. (Failed before the change: the canceled request returned only after the
     mate's last step of that pass.)"""

@@ -12,7 +12,7 @@ when it is quiet), then `{"event": "result", ...}` or `{"event": "error", "error
 Without it: the result object alone, as plain JSON. A result is `{"node", "engine", "model",
 "seed", "images": [{"index", "content_type", "width", "height", "seed", "data"}], "timings"}`
 with `data` base64. Refusals before any work are ordinary JSON errors: 503 `node_busy` with
-`Retry-After` when every slot is taken, 401 without the token, 400/422 for bad input.
+`Retry-After` when every render thread is taken, 401 without the token, 400/422 for bad input.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """The `gpu` backend: IC-Light on our GPU nodes (`relight-node`), through `GpuDispatcher`
-(node discovery, slots across workers, circuit breakers and failover live in relight/nodes/)."""
+(node discovery, slots across workers, circuit breakers and failover live beside it in
+relight/nodes/, which builds on `relight.backends` and is never imported by it)."""
 
 from __future__ import annotations
 
 from relight.backends.attempts import BackendCall
-from relight.backends.protocol import BackendResult, JobInput, ProgressCallback
+from relight.backends.render_backend import BackendResult, JobInput, ProgressCallback
 from relight.nodes.dispatch import GpuDispatcher
 from relight.params import Backend, RelightParams
 

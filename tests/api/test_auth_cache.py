@@ -34,6 +34,8 @@ ADMIN_TOKEN = "y" * 32
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 # Far longer than any test waits: what these tests see within it is the invalidation.
 LONG_TTL_S = 300.0
+# "At once", as a loaded machine may stretch it: still ten times shorter than LONG_TTL_S.
+AT_ONCE_S = 30.0
 
 Client = httpx.AsyncClient
 
@@ -97,8 +99,8 @@ async def test_a_key_revoked_by_another_process_is_refused_at_once(
 
         await admin("key", "revoke", tenant.key)  # relight-admin: only NOTIFY reaches `api`
 
-        took = await status_within(5, 401, lambda: submit_status(api, tenant, body))
-    assert took < 5 < LONG_TTL_S
+        took = await status_within(AT_ONCE_S, 401, lambda: submit_status(api, tenant, body))
+    assert took < AT_ONCE_S < LONG_TTL_S
 
 
 @pytest.mark.slow
@@ -114,7 +116,7 @@ async def test_backends_changed_by_another_process_apply_at_once(
 
         await admin("tenant", "set-backends", tenant.name, "segmind")
 
-        await status_within(5, 403, lambda: submit_status(api, tenant, body))
+        await status_within(AT_ONCE_S, 403, lambda: submit_status(api, tenant, body))
         response = await api.post("/v2/ic-light", headers=tenant.headers, json=body)
         assert response.json()["code"] == "backend_not_allowed"
 
@@ -303,7 +305,7 @@ async def test_a_lost_listener_empties_the_cache_and_comes_back(
                 text("UPDATE api_key SET revoked_at = now() WHERE tenant_id = :id"),
                 {"id": first.tenant_id},
             )
-        await status_within(2, 401, lambda: submit_status(api, first, body))
+        await status_within(AT_ONCE_S, 401, lambda: submit_status(api, first, body))
 
         # The listener reconnects (about a second later) and keys are cached again: a
         # revocation it hears about still applies at once.
@@ -324,7 +326,7 @@ async def test_a_lost_listener_empties_the_cache_and_comes_back(
                 text("SELECT pg_notify('relight_auth_changed', :id)"), {"id": str(second.tenant_id)}
             )
         # ...and the announcement drops it.
-        await status_within(2, 401, lambda: submit_status(api, second, body))
+        await status_within(AT_ONCE_S, 401, lambda: submit_status(api, second, body))
 
 
 async def test_the_listener_outlives_an_error_it_did_not_expect(

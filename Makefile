@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 DATABASE ?= relight
 export RELIGHT_DATABASE_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/$(DATABASE)
 
-.PHONY: help install services migrate demo test lint typecheck bench wrk chromium up down compose-check clean
+.PHONY: help install services migrate demo test test-fast lint typecheck bench wrk chromium up down compose-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ demo: install services  ## relight a sample image through the real API, queue an
 
 test: install services wrk chromium  ## run the test suite against real Postgres and Redis
 	$(BIN)/pytest
+
+test-fast: install  ## the unit tests that need no server (no Postgres, Redis, processes): ~1 min
+	$(BIN)/pytest -m fast
 
 lint: install  ## ruff check and format check
 	$(BIN)/ruff check .

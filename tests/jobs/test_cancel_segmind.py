@@ -24,8 +24,8 @@ from tests.fakes.segmind import (
     segmind_settings,
 )
 from tests.helpers import balance_of, get_record, get_status, submit
+from tests.jobs.test_cancel_running import ledger_kinds, wait_until_ended
 from tests.waiting import wait_until
-from tests.worker.test_cancel_running import ledger_kinds, wait_until_ended
 
 START = 1000
 # Half the hanging answer's 50 s: what leaving the call at once may take on a loaded machine.

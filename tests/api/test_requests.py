@@ -358,8 +358,8 @@ async def test_canceling_a_queued_request_wakes_its_prefer_wait_and_v1_waiters_a
 
     # Woken by the cancel's announcement, not by their periodic re-check of the row.
     for name, (_, answered_at) in answers.items():
-        waited = answered_at - before_first_reads
-        assert waited < RECHECK_S, (name, waited)
+        answered_after = answered_at - before_first_reads
+        assert answered_after < RECHECK_S, (name, answered_after)
     waited_v2, _ = answers["v2"]
     assert waited_v2.status_code == 200, waited_v2.text
     assert waited_v2.headers["Preference-Applied"] == "wait=60"

@@ -20,7 +20,7 @@ DATABASE_NAME := $(word 1,$(DATABASE_URL_PARTS))
 DATABASE_SERVER := PGHOST=$(word 2,$(DATABASE_URL_PARTS)) PGPORT=$(word 3,$(DATABASE_URL_PARTS)) \
 	PGUSER=$(word 4,$(DATABASE_URL_PARTS))
 
-.PHONY: help install services migrate demo test lint typecheck bench bench-smoke wrk chromium pgbouncer redis-sentinel up down compose-check clean
+.PHONY: help install services migrate demo test test-fast lint typecheck bench bench-smoke wrk chromium pgbouncer redis-sentinel up down compose-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -48,6 +48,9 @@ demo: install services  ## relight a sample image through the real API, queue an
 
 test: install services wrk chromium pgbouncer redis-sentinel  ## run the test suite against real Postgres and Redis
 	$(BIN)/pytest
+
+test-fast: install  ## the unit tests that need no server (no Postgres, Redis, processes): ~1 min
+	$(BIN)/pytest -m fast
 
 lint: install  ## ruff check and format check
 	$(BIN)/ruff check .

@@ -9,8 +9,8 @@ JPEG (baseline, progressive, CMYK, restart markers, EXIF, ICC), PNG (8- and 16-b
 interlaced, tEXt/zTXt/iTXt/eXIf, ICC) and WebP (lossy, lossless, EXIF/XMP, ICC) files made
 with Pillow, plus the corpus earlier runs grew (`var/fuzz/<target>/corpus`). What is checked
 is `bench/fuzz_targets.py`. Every input that breaks a check is written to
-`tests/fuzz_corpus/<target>/` (one per distinct failure, shrunk), where
-`tests/test_fuzz_regressions.py` replays it; a hang (`--timeout`) or running out of memory
+`tests/images/fuzz_corpus/<target>/` (one per distinct failure, shrunk), where
+`tests/images/test_fuzz_regressions.py` replays it; a hang (`--timeout`) or running out of memory
 (`--rss-limit-mb`) is kept there too. Prints a markdown table: target, executions, seconds,
 exec/s, crashes.
 
@@ -278,7 +278,7 @@ def main() -> None:
     parser.add_argument("--rss-limit-mb", type=int, default=2048)
     parser.add_argument("--max-len", type=int, default=16384, help="bytes of the largest input")
     parser.add_argument("--work-dir", type=Path, default=ROOT / "var" / "fuzz")
-    parser.add_argument("--crash-dir", type=Path, default=ROOT / "tests" / "fuzz_corpus")
+    parser.add_argument("--crash-dir", type=Path, default=ROOT / "tests" / "images" / "fuzz_corpus")
     parser.add_argument("--child", choices=TARGET_NAMES, help=argparse.SUPPRESS)
     args = parse_args(parser, seconds=2)  # the least that fuzzes at all (runs last >= 1 s)
     if args.child:

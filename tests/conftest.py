@@ -44,6 +44,33 @@ TEST_DATABASE = os.environ.get("RELIGHT_TEST_DATABASE", f"relight_test_{uuid.uui
 TEST_REDIS_URL = os.environ.get("RELIGHT_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
+# The tiers, from the fixtures a test asks for (directly or not), so nobody marks a test by
+# hand. `server`: it needs Postgres or Redis, or a process that does: `settings` holds the
+# test servers' addresses (a test of configuration alone builds its own `Settings`), and every
+# fixture that connects to them depends on it. `slow`: it loads a model (seconds of CPU) or
+# carries the mark itself (it runs a process of its own). `fast`: everything else, the unit
+# tests `make test-fast` runs.
+SERVER_FIXTURES = frozenset({"settings", "migrated", "engine", "redis"})
+SLOW_FIXTURES = frozenset({"tiny_model_dir", "tiny_fc_and_fbc_model_dir"})
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "server: needs Postgres or Redis (set from the fixtures)")
+    config.addinivalue_line("markers", "fast: needs no server, not slow (set): make test-fast")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & SERVER_FIXTURES:
+            item.add_marker(pytest.mark.server)
+        elif fixtures & SLOW_FIXTURES:
+            item.add_marker(pytest.mark.slow)
+        elif item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.fast)
+
+
 async def drop_database(name: str) -> None:
     connection = await asyncpg.connect(f"{PG_SERVER}/postgres")
     try:

@@ -82,7 +82,7 @@ async def get_request_status(
     responses={
         200: {
             # Before OpenAPI 3.2 (`itemSchema`), an event stream's `schema` describes each
-            # event: what schemathesis validates every event against (tests/test_schemathesis).
+            # event: what schemathesis validates every event against (tests/api/test_schemathesis).
             "content": {"text/event-stream": {"schema": EVENT_SCHEMA}},
             "description": (
                 "the event stream (Server-Sent Events): each event has an `id`, an `event` "

@@ -28,11 +28,14 @@ from tests.cli_runner import admin_env, run_admin
 from tests.conftest import MakeTenant, TenantKey
 from tests.fakes.image_server import ImageServer
 from tests.helpers import balance_of, job_count
+from tests.waiting import wait_until
 
 ADMIN_TOKEN = "y" * 32
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 # Far longer than any test waits: what these tests see within it is the invalidation.
 LONG_TTL_S = 300.0
+# "At once", as a loaded machine may stretch it: still ten times shorter than LONG_TTL_S.
+AT_ONCE_S = 30.0
 
 Client = httpx.AsyncClient
 
@@ -96,8 +99,8 @@ async def test_a_key_revoked_by_another_process_is_refused_at_once(
 
         await admin("key", "revoke", tenant.key)  # relight-admin: only NOTIFY reaches `api`
 
-        took = await status_within(5, 401, lambda: submit_status(api, tenant, body))
-    assert took < 5 < LONG_TTL_S
+        took = await status_within(AT_ONCE_S, 401, lambda: submit_status(api, tenant, body))
+    assert took < AT_ONCE_S < LONG_TTL_S
 
 
 @pytest.mark.slow
@@ -113,7 +116,7 @@ async def test_backends_changed_by_another_process_apply_at_once(
 
         await admin("tenant", "set-backends", tenant.name, "segmind")
 
-        await status_within(5, 403, lambda: submit_status(api, tenant, body))
+        await status_within(AT_ONCE_S, 403, lambda: submit_status(api, tenant, body))
         response = await api.post("/v2/ic-light", headers=tenant.headers, json=body)
         assert response.json()["code"] == "backend_not_allowed"
 
@@ -162,7 +165,10 @@ async def test_a_lost_announcement_is_bounded_by_the_ttl(
     settings: Settings, tenant: TenantKey, image_server: ImageServer, engine: AsyncEngine
 ) -> None:
     body = url_body(image_server)
-    async with api_process(settings, auth_cache_s=1.0) as api:
+    # Long enough that "still cached" below cannot be undone by a slow machine; far shorter
+    # than what would be left to wait without a TTL (LONG_TTL_S, or for ever).
+    ttl_s = 3.0
+    async with api_process(settings, auth_cache_s=ttl_s) as api:
         assert await submit_status(api, tenant, body) == 202
         revoked_at = time.monotonic()
         # Revoked behind the services' back: no NOTIFY, as if the message were lost.
@@ -171,9 +177,9 @@ async def test_a_lost_announcement_is_bounded_by_the_ttl(
         # Still served from the cache: a lost message costs at most the TTL.
         assert await submit_status(api, tenant, body) == 202
 
-        took = await status_within(5, 401, lambda: submit_status(api, tenant, body))
-    assert time.monotonic() - revoked_at <= 1.0 + 1.0
-    assert took <= 2.0
+        took = await status_within(ttl_s + 20, 401, lambda: submit_status(api, tenant, body))
+    assert time.monotonic() - revoked_at <= ttl_s + 20
+    assert took <= ttl_s + 20
 
 
 async def test_without_the_cache_a_revocation_applies_to_the_next_request(
@@ -264,6 +270,18 @@ async def test_a_too_long_idempotency_key_is_a_422(client: Client, tenant: Tenan
     assert "255" in payload["error"]
 
 
+async def listeners(engine: AsyncEngine) -> set[int]:
+    """The backends (pids) of auth-cache listeners whose LISTEN is done."""
+    async with engine.connect() as connection:
+        pids = await connection.scalars(
+            text(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND query LIKE 'LISTEN%' AND state = 'idle'"
+            )
+        )
+        return set(pids)
+
+
 async def test_a_lost_listener_empties_the_cache_and_comes_back(
     settings: Settings, make_tenant: MakeTenant, image_server: ImageServer, engine: AsyncEngine
 ) -> None:
@@ -271,6 +289,7 @@ async def test_a_lost_listener_empties_the_cache_and_comes_back(
     body = url_body(image_server)
     async with api_process(settings, auth_cache_s=LONG_TTL_S) as api:
         assert await submit_status(api, first, body) == 202
+        lost = await listeners(engine)
         # Postgres drops the connection that listens (a restart, a failover): whatever was
         # announced meanwhile is unknown, so nothing cached may be trusted any more.
         async with engine.begin() as connection:
@@ -286,11 +305,14 @@ async def test_a_lost_listener_empties_the_cache_and_comes_back(
                 text("UPDATE api_key SET revoked_at = now() WHERE tenant_id = :id"),
                 {"id": first.tenant_id},
             )
-        await status_within(2, 401, lambda: submit_status(api, first, body))
+        await status_within(AT_ONCE_S, 401, lambda: submit_status(api, first, body))
 
         # The listener reconnects (about a second later) and keys are cached again: a
         # revocation it hears about still applies at once.
-        await asyncio.sleep(1.5)
+        async def reconnected() -> bool:
+            return bool(await listeners(engine) - lost)
+
+        await wait_until(reconnected, timeout_s=20, what="the listener reconnects")
         assert await submit_status(api, second, body) == 202
         async with engine.begin() as connection:
             await connection.execute(
@@ -304,7 +326,7 @@ async def test_a_lost_listener_empties_the_cache_and_comes_back(
                 text("SELECT pg_notify('relight_auth_changed', :id)"), {"id": str(second.tenant_id)}
             )
         # ...and the announcement drops it.
-        await status_within(2, 401, lambda: submit_status(api, second, body))
+        await status_within(AT_ONCE_S, 401, lambda: submit_status(api, second, body))
 
 
 async def test_the_listener_outlives_an_error_it_did_not_expect(
@@ -315,10 +337,15 @@ async def test_the_listener_outlives_an_error_it_did_not_expect(
     now logged and retried; here, an unparsable port raises a ValueError on every try. (Failed
     before the change: one try, then `stop()` raised the ValueError.)"""
     cache = AuthCache(ttl_s=60, dsn="postgresql://postgres@127.0.0.1:notaport/relight")
+
+    def tries_so_far() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if "listener cannot connect" in r.getMessage()]
+
     with caplog.at_level(logging.WARNING, logger="relight.tenants.auth_cache"):
         await cache.start()
-        await asyncio.sleep(1.3)  # a try at once, another one a second later
+        # A try at once, another one a second later.
+        await wait_until(lambda: len(tries_so_far()) >= 2, timeout_s=20, what="a second try")
         await cache.stop()  # raised the error that ended the listener, before
-    tries = [r for r in caplog.records if "listener cannot connect" in r.getMessage()]
+    tries = tries_so_far()
     assert len(tries) >= 2
     assert all(r.exc_info and r.exc_info[0] is ValueError for r in tries)

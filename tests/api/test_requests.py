@@ -324,7 +324,8 @@ async def test_prefer_wait_without_a_worker_answers_202_when_the_wait_runs_out(
 
     assert response.status_code == 202, response.text
     assert response.json()["status"] == "QUEUED"
-    assert 0.9 <= elapsed < 3.0, elapsed
+    # The wait ran out (1 s), and nothing longer held the answer (the sync timeout is 20 s here).
+    assert 0.9 <= elapsed < 15, elapsed
     status = await client.get(response.json()["status_url"], headers=tenant.headers)
     assert status.json()["status"] == "QUEUED"
 
@@ -342,6 +343,9 @@ async def test_canceling_a_queued_request_wakes_its_prefer_wait_and_v1_waiters_a
         response = await client.post(url, headers={**headers, **extra}, json=waited)
         answers[name] = (response, time.monotonic())
 
+    # Each waiter re-reads the row RECHECK_S after its first read, which comes after this
+    # instant: an answer within RECHECK_S of it cannot be a re-check's.
+    before_first_reads = time.monotonic()
     v2 = asyncio.create_task(wait_on("v2", "/v2/ic-light", {"Prefer": "wait=60"}))
     request_id = await _only_queued_request(client, tenant)
     v1 = asyncio.create_task(wait_on("v1", "/v1/ic-light", {}))
@@ -349,13 +353,13 @@ async def test_canceling_a_queued_request_wakes_its_prefer_wait_and_v1_waiters_a
     await asyncio.sleep(0.5)
     assert not answers, answers
 
-    canceled_at = time.monotonic()
     canceled = await cancel(client, tenant, request_id)
     await asyncio.wait_for(asyncio.gather(v2, v1), timeout=2 * RECHECK_S)
 
     # Woken by the cancel's announcement, not by their periodic re-check of the row.
     for name, (_, answered_at) in answers.items():
-        assert answered_at - canceled_at < RECHECK_S / 5, (name, answered_at - canceled_at)
+        answered_after = answered_at - before_first_reads
+        assert answered_after < RECHECK_S, (name, answered_after)
     waited_v2, _ = answers["v2"]
     assert waited_v2.status_code == 200, waited_v2.text
     assert waited_v2.headers["Preference-Applied"] == "wait=60"

@@ -65,6 +65,7 @@ def test_tiny_cpu_run_times_both_and_matches_the_plain_pipelines(
     assert int(found.group(1)) == 0
 
 
+@pytest.mark.slow  # a Python process of its own, seconds of imports
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the bench runs for real")
 def test_without_cuda_it_says_it_did_not_run() -> None:
     out = _bench()

@@ -1,5 +1,5 @@
 """deploy/kubernetes against the Pod Security Standards' `restricted` profile and the rollout
-rules, offline (tests/test_kubernetes_manifests.py checks the schemas and the wiring).
+rules, offline (tests/deploy/test_kubernetes_manifests.py checks the schemas and the wiring).
 
 Every pod template (Deployments, StatefulSets, DaemonSets, Jobs, CronJobs; init containers
 included) must pass `restricted` as the admission controller checks it (v1.30): non-root with a

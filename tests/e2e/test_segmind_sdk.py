@@ -177,7 +177,8 @@ async def test_a_canceled_request_ends_wait_at_once(
         with pytest.raises(InferenceFailed) as raised:
             await asyncio.to_thread(job.wait, 30, 0.05)
 
-        assert time.monotonic() - started < 5
+        # At once: not at the end of the 30 s wait it was given.
+        assert time.monotonic() - started < 20
         assert raised.value.detail == "the request was canceled"
         assert raised.value.status_body["error_code"] == "canceled"
         plain = await asyncio.to_thread(

@@ -21,7 +21,7 @@ from scripts.stack import BIN, free_port
 from tests.conftest import TenantKey
 from tests.e2e.test_live_stack import _environment
 from tests.helpers import FAST, png_bytes
-from tests.test_image_structure import forty_megapixel_png, truncated_6000x6600_jpeg
+from tests.images.test_image_structure import forty_megapixel_png, truncated_6000x6600_jpeg
 
 pytestmark = pytest.mark.slow
 

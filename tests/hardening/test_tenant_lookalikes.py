@@ -18,7 +18,7 @@ from api.app import create_app
 from relight.config import Settings
 from tests.cli_runner import admin_env, run_admin
 from tests.conftest import MakeTenant
-from tests.test_tenant_names import ACCEPTED
+from tests.tenants.test_tenant_names import ACCEPTED
 from tests.ui.conftest import sign_in
 
 ADMIN_TOKEN = "z" * 32

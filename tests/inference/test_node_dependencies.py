@@ -124,6 +124,7 @@ def _python(code: str) -> list[str]:
     return [sys.executable, "-c", BLOCK_SERVICE_LIBRARIES + textwrap.dedent(code)]
 
 
+@pytest.mark.slow  # a Python process of its own, seconds of imports
 def test_the_node_imports_without_the_service_libraries() -> None:
     check = """
         import importlib.metadata

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -13,6 +12,7 @@ from redis.asyncio import Redis
 from relight.config import Settings
 from relight.nodes import registry
 from relight.nodes.registry import NodeInfo
+from tests.waiting import wait_until
 
 
 @pytest.fixture
@@ -43,10 +43,16 @@ def test_malformed_static_nodes_are_refused(value: str) -> None:
 async def test_heartbeats_come_and_go(redis: Redis, namespace: str) -> None:
     node = NodeInfo(id="n1", url="http://10.0.0.5:9000", capacity=2, engine="classic")
     assert not await registry.has_live_nodes(redis, namespace)
-    await registry.publish_heartbeat(redis, namespace, node, ttl_s=0.3)
+    await registry.publish_heartbeat(redis, namespace, node, ttl_s=60)
     assert await registry.live_nodes(redis, namespace) == [node]
     assert await registry.has_live_nodes(redis, namespace)
-    await asyncio.sleep(0.4)  # no beat within the TTL: gone
+
+    async def gone() -> bool:
+        return await registry.live_nodes(redis, namespace) == []
+
+    # A last beat with a short TTL, then none: gone once the TTL runs out.
+    await registry.publish_heartbeat(redis, namespace, node, ttl_s=0.3)
+    await wait_until(gone, timeout_s=10, what="a node whose heartbeat expired is gone")
     assert await registry.live_nodes(redis, namespace) == []
     await registry.publish_heartbeat(redis, namespace, node, ttl_s=5)
     await registry.withdraw(redis, namespace, "n1")

@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from relight.nodes import slots
 from relight.nodes.registry import NodeInfo
 from tests.conftest import TEST_REDIS_URL
+from tests.waiting import wait_until
 
 
 @pytest.fixture
@@ -97,16 +98,27 @@ async def test_a_dead_holders_slot_expires_and_a_live_one_is_renewed(
     redis: Redis, namespace: str
 ) -> None:
     only = [node("solo", 1)]
-    dead = await slots.acquire_least_loaded(redis, namespace, only, ttl_s=0.3, holder="dead")
+    dead = await slots.acquire_least_loaded(redis, namespace, only, ttl_s=60, holder="dead")
     assert dead is not None
     assert await slots.acquire_least_loaded(redis, namespace, only, ttl_s=0.3) is None
-    await asyncio.sleep(0.4)  # the holder never renews: it died
-    live = await slots.acquire_least_loaded(redis, namespace, only, ttl_s=0.3, holder="live")
+    # Its last renewal, for 0.3 s; then the holder never renews again: it died.
+    assert await slots.renew(redis, dead, 0.3)
+    taken: list[slots.SlotLease] = []
+
+    async def live_takes_it() -> bool:
+        lease = await slots.acquire_least_loaded(redis, namespace, only, ttl_s=1, holder="live")
+        if lease is not None:
+            taken.append(lease)
+        return lease is not None
+
+    await wait_until(live_takes_it, timeout_s=10, what="the dead holder's slot frees itself")
+    [live] = taken
     assert live is not None
     assert not await slots.renew(redis, dead, 0.3)  # too late for the dead one
+    # Renewed, the live one holds the slot past its first TTL (1 s; the sleeps add up to 1.2 s).
     for _ in range(4):
-        await asyncio.sleep(0.15)
-        assert await slots.renew(redis, live, 0.3)
+        assert await slots.renew(redis, live, 60)
+        await asyncio.sleep(0.3)
     assert await slots.acquire_least_loaded(redis, namespace, only, ttl_s=0.3) is None
     assert await slots.slots_in_use(redis, namespace) == {"solo": 1}
     await slots.release(redis, live)

@@ -446,14 +446,17 @@ async def test_receiver_that_hangs_is_cut_off_and_retried(
     receiver: WebhookReceiver,
     settings: Settings,
 ) -> None:
-    receiver.script(HOOK, [Reply(200, delay_s=settings.webhook_timeout_s + 1.5)])
+    # It would answer after half a minute: a retry (or a cut-off attempt) sooner than that was
+    # not waiting for the answer, which no loaded machine turns into one that did.
+    answers_after_s = 30.0
+    receiver.script(HOOK, [Reply(200, delay_s=answers_after_s)])
     request_id = await submit(client, tenant, body(webhook_url=receiver.url(HOOK)))
     await run_worker()
 
     received = receiver.received(HOOK)
     assert len(received) == 2
     assert received[0].webhook_id == received[1].webhook_id
-    assert received[1].arrived_at - received[0].arrived_at < settings.webhook_timeout_s + 1.0
+    assert received[1].arrived_at - received[0].arrived_at < answers_after_s
 
     delivery = await only_delivery(client, tenant, request_id)
     assert delivery["status"] == "delivered"
@@ -462,7 +465,7 @@ async def test_receiver_that_hangs_is_cut_off_and_retried(
     assert f"{settings.webhook_timeout_s:g} s" in hung["error"]
     assert "no answer" in hung["error"]
     timeout_ms = settings.webhook_timeout_s * 1000
-    assert timeout_ms * 0.95 <= hung["duration_ms"] < timeout_ms + 800
+    assert timeout_ms * 0.95 <= hung["duration_ms"] < answers_after_s * 1000
     assert answered["status_code"] == 200
     assert answered["error"] is None
 
@@ -477,7 +480,9 @@ async def test_retry_after_is_honoured(
     first, second = receiver.received(HOOK)
     # The schedule says 0.05 s; the receiver asked for 1 s.
     assert second.arrived_at - first.arrived_at >= 0.95
-    assert second.arrived_at - first.arrived_at < 5
+    # ...and no more than that, give or take a loaded machine (the schedule's next steps, and
+    # any cap on Retry-After, are far apart from 1 s too).
+    assert second.arrived_at - first.arrived_at < 20
     delivery = await only_delivery(client, tenant, request_id)
     assert [a["status_code"] for a in delivery["attempt_log"]] == [503, 200]
     assert delivery["status"] == "delivered"

@@ -13,7 +13,7 @@ from alembic.script import ScriptDirectory
 
 from scripts.stack import BIN
 from tests.conftest import ROOT, alembic_config, database_url, drop_database, recreate_database
-from tests.test_migrations import current_revision, public_tables
+from tests.migrations.test_migrations import current_revision, public_tables
 
 pytestmark = pytest.mark.slow
 

@@ -1,7 +1,7 @@
 """Every input the image fuzzer (`bench/fuzz_images.py`) ever broke something with, replayed
 through every fuzzed function: each must now return a valid result or refuse with a 4xx.
 
-The inputs live in `tests/fuzz_corpus/<target>/`, where the fuzzer writes them; what "valid"
+The inputs live in `tests/images/fuzz_corpus/<target>/`, where the fuzzer writes them; what "valid"
 means is `bench/fuzz_targets.py`, the fuzzer's own checks.
 """
 

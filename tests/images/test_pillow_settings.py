@@ -89,7 +89,7 @@ def test_pillows_warnings_stay_quiet_even_under_w_error() -> None:
     """In a process of its own (no pytest filters): the process-wide filter, added when the
     image modules are imported, comes before `-W error`'s."""
     script = (
-        "import sys; from tests.test_pillow_settings import damaged_exif_jpeg, image_work; "
+        "import sys; from tests.images.test_pillow_settings import damaged_exif_jpeg, image_work; "
         "image_work(damaged_exif_jpeg()); print('decoded')"
     )
     result = subprocess.run(

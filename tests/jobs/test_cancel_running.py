@@ -72,11 +72,12 @@ async def test_canceling_a_running_local_job_stops_it_and_refunds_it_once(
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "CANCELED"
     # The worker abandons the render at the engine's next stage: a fast job right behind it
-    # is served long before the four 3072² images would have been done.
+    # is served long before the four 3072² images would have been done (about 20 s of a
+    # loaded 2-core machine; the fast job, under a second of an idle one).
     started = asyncio.get_running_loop().time()
     follower = await submit(client, tenant, fast_body(backend="local"))
     assert (await wait_until_ended(client, tenant, follower))["status"] == "COMPLETED"
-    assert asyncio.get_running_loop().time() - started < 5
+    assert asyncio.get_running_loop().time() - started < 15
     record = await get_record(client, tenant, request_id)
     assert record["status"] == "CANCELED"
     assert record["credits"]["charged"] == 0

@@ -11,7 +11,7 @@ from PIL import Image
 from relight.images import resize_and_center_crop
 from tests.inference.reference_demo import center_crop
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 @pytest.fixture(scope="module")

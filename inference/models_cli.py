@@ -42,6 +42,8 @@ ICLIGHT_REPO = "lllyasviel/ic-light"
 RMBG_REPO = "briaai/RMBG-1.4"
 PARTIAL_DIR = ".partial"
 FC_OFFSETS, FBC_OFFSETS = OFFSETS
+# Reconnections within one run after a connection broke mid-file (each must bring bytes).
+TRANSIENT_RETRIES = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +108,7 @@ def fetch_file(
     """Download one file at `commit` (resuming a partial one), check it, and return its
     manifest entry. A file already in place with the right size and hash is kept."""
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
-    from huggingface_hub.file_download import http_get
-    from huggingface_hub.utils import build_hf_headers
+    from huggingface_hub.utils._headers import build_hf_headers
 
     url = hf_hub_url(remote.repo, remote.path, revision=commit, endpoint=endpoint)
     metadata = get_hf_file_metadata(url, token=token, endpoint=endpoint)
@@ -122,22 +123,14 @@ def fetch_file(
     tag = (etag or "unknown").replace("/", "_")[:16]
     partial = model_dir / PARTIAL_DIR / f"{remote.local_path}.{tag}.part"
     partial.parent.mkdir(parents=True, exist_ok=True)
-    have = partial.stat().st_size if partial.is_file() else 0
-    if size is not None and have > size:
+    if partial.is_file() and size is not None and partial.stat().st_size > size:
         partial.unlink()
-        have = 0
     # Past a redirect (LFS files live on a CDN), unless the file is Xet-backed: then the
     # resolve URL itself redirects to a plain download.
     source = metadata.location if metadata.xet_file_data is None else url
-    with partial.open("ab") as file:
-        http_get(
-            source,
-            file,
-            resume_size=have,
-            headers=build_hf_headers(token=token),
-            expected_size=size,
-            displayed_filename=remote.local_path,
-        )
+    _download(
+        source, partial, size=size, headers=build_hf_headers(token=token), label=remote.local_path
+    )
     sha256 = file_sha256(partial)
     if not _matches_etag(partial, sha256, etag):
         partial.unlink()
@@ -145,6 +138,54 @@ def fetch_file(
     target.parent.mkdir(parents=True, exist_ok=True)
     os.replace(partial, target)
     return _entry(entry, remote, target, sha256)
+
+
+def _download(
+    url: str, partial: Path, *, size: int | None, headers: dict[str, str], label: str
+) -> None:
+    """Append the rest of the file to `partial` (a range request from its length), writing each
+    chunk as it arrives so a cut connection keeps what came; a cut that brought bytes is
+    resumed at once (`TRANSIENT_RETRIES` tries in a row that bring nothing end the run). A
+    refusal (4xx/5xx) raises."""
+    import httpx2
+    from huggingface_hub import constants, get_session, hf_raise_for_status
+    from huggingface_hub.utils.tqdm import tqdm
+
+    retries = TRANSIENT_RETRIES
+    while True:
+        have = partial.stat().st_size if partial.is_file() else 0
+        if size is not None and have == size:
+            return
+        request_headers = {**headers, "Accept-Encoding": "identity"}
+        if have:
+            request_headers["Range"] = f"bytes={have}-"
+        try:
+            with get_session().stream(
+                "GET", url, headers=request_headers, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT
+            ) as response:
+                hf_raise_for_status(response)
+                if have and response.status_code != 206:
+                    have = 0  # the server ignored the range: the whole file comes again
+                with (
+                    partial.open("ab" if have else "wb") as file,
+                    # The hub's progress bar (HF_HUB_DISABLE_PROGRESS_BARS turns it off).
+                    tqdm(  # type: ignore[no-untyped-call]
+                        total=size, initial=have, unit="B", unit_scale=True, desc=label
+                    ) as progress,
+                ):
+                    for chunk in response.iter_bytes():
+                        file.write(chunk)
+                        progress.update(len(chunk))
+        except (httpx2.TransportError, httpx2.StreamError):
+            got = partial.stat().st_size if partial.is_file() else 0
+            retries = TRANSIENT_RETRIES if got > have else retries - 1
+            if retries < 0:
+                raise
+            continue
+        got = partial.stat().st_size
+        if size is not None and got != size:
+            raise FetchFailed(f"{label}: {got} bytes arrived, the hub said {size}")
+        return
 
 
 def _entry(base: dict[str, Any], remote: RemoteFile, path: Path, sha256: str) -> dict[str, Any]:

@@ -12,8 +12,9 @@ when it is quiet), then `{"event": "result", ...}` or `{"event": "error", "error
 Without it: the result object alone, as plain JSON. A result is `{"node", "engine", "model",
 "model_digest", "seed", "images": [{"index", "content_type", "width", "height", "seed",
 "data"}], "timings"}` with `data` base64; `model_digest` names the node's weights (the sha256 of
-its model folder's manifest; null from a node without a model folder, or an older one). Refusals before any work are ordinary JSON errors: 503 `node_busy` with
-`Retry-After` when every slot is taken, 401 without the token, 400/422 for bad input.
+its model folder's manifest; null from a node without a model folder, or an older one).
+Refusals before any work are ordinary JSON errors: 503 `node_busy` with `Retry-After` when
+every slot is taken, 401 without the token, 400/422 for bad input.
 """
 
 from __future__ import annotations

@@ -46,6 +46,8 @@ OFFSETS: dict[str, int] = {
 RMBG_WEIGHTS = "rmbg/model.safetensors"
 LATENT_CHANNELS = 4
 HASH_CHUNK = 8 * 1024 * 1024
+# Tensor shape problems listed per offsets file before the rest are counted.
+MAX_MISFITS = 5
 # Folders inside the model folder that are not part of the model (partial downloads).
 SKIPPED_DIRS = frozenset({".cache", ".partial"})
 
@@ -274,11 +276,15 @@ def _check_offsets(
             f"{name}: does not fit the UNet: {len(missing)} weights without an offset "
             f"(first: {missing[:1]}), {len(unknown)} unknown offsets (first: {unknown[:1]})"
         )
-    conv_in = unet.get("conv_in.weight")
+    misfits = []
     for key in sorted(set(unet) & set(offsets)):
         wanted = unet[key].shape
-        if key == "conv_in.weight" and conv_in is not None and len(wanted) == 4:
+        if key == "conv_in.weight" and len(wanted) == 4:
             wanted = (wanted[0], channels, *wanted[2:])
         if offsets[key].shape != wanted:
-            problems.append(f"{name}: {key} has shape {offsets[key].shape}, expected {wanted}")
+            misfits.append(f"{name}: {key} has shape {offsets[key].shape}, expected {wanted}")
+    # Offsets of another UNet misfit everywhere: the first few say enough.
+    problems += misfits[:MAX_MISFITS]
+    if len(misfits) > MAX_MISFITS:
+        problems.append(f"{name}: {len(misfits) - MAX_MISFITS} more tensors of the wrong shape")
     return problems

@@ -173,6 +173,8 @@ class Job(Base):
     backend_requested: Mapped[str] = mapped_column(String(20))
     backend_used: Mapped[str | None] = mapped_column(String(20))
     node: Mapped[str | None] = mapped_column(String(200))
+    # The GPU node's model digest (sha256 hex of its model folder's manifest), set on success.
+    model_digest: Mapped[str | None] = mapped_column(String(64))
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     credits_reserved: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")

@@ -3,7 +3,8 @@ and announces itself in Redis so workers find it; see relight/nodes/wire.py for 
 format.
 
     POST /v1/relight   params + subject (+ background) → images (NDJSON progress, or JSON)
-    GET  /healthz      engine, model, device, capacity, in-flight, backgrounds, batching, version
+    GET  /healthz      engine, model, model digest, matting, device, capacity, in-flight,
+                       backgrounds, batching, version
     GET  /metrics      Prometheus: renders, durations, batch sizes, refusals, GPU memory
 """
 
@@ -30,6 +31,7 @@ from inference.engines.base import RelightEngine
 from inference.node import metrics
 from inference.node.engines import engine_device, load_engine
 from inference.node.heartbeat import Heartbeat
+from inference.node.model_identity import ModelIdentity, checked_model_digest, matting_name
 from inference.node.service import NodeService, RenderAbandoned
 from inference.node.settings import NodeSettings
 from relight import __version__
@@ -85,10 +87,16 @@ def _service(app: FastAPI) -> NodeService:
     return service
 
 
+def _identity(app: FastAPI) -> ModelIdentity:
+    identity: ModelIdentity = app.state.model_identity
+    return identity
+
+
 def describe(app: FastAPI) -> NodeInfo:
     """The node as its heartbeat announces it."""
     config = _config(app)
     service = _service(app)
+    identity = _identity(app)
     return NodeInfo(
         id=config.node_id,
         url=config.url,
@@ -99,17 +107,25 @@ def describe(app: FastAPI) -> NodeInfo:
         in_flight=service.in_flight,
         version=__version__,
         backgrounds=service.engine.serves_backgrounds,
+        model_digest=identity.digest,
+        matting=identity.matting,
     )
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Load the engine, open the service's render threads, and beat in Redis while the app runs."""
+    """Check the model folder, load the engine, open the service's render threads, and beat in
+    Redis while the app runs."""
     config = _config(app)
     settings = config.settings
+    # Before loading: a folder with problems stops the start with all of them listed.
+    digest = await asyncio.to_thread(checked_model_digest, settings)
     loaded = config.engine
     if loaded is None:
         loaded = await asyncio.to_thread(load_engine, settings)
+    app.state.model_identity = ModelIdentity(
+        digest=digest, matting=matting_name(loaded, settings.matting_model)
+    )
     heartbeat: Heartbeat | None = None
     service = NodeService(
         loaded,
@@ -117,6 +133,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         capacity=settings.capacity,
         max_input_bytes=settings.max_input_bytes,
         max_input_pixels=settings.max_input_pixels,
+        model_digest=digest,
         on_change=lambda: heartbeat.changed() if heartbeat is not None else None,
     )
     app.state.service = service
@@ -131,10 +148,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
         await heartbeat.start()
     logger.info(
-        "node %s serving %s (%s) at %s, capacity %d",
+        "node %s serving %s (%s, digest %s) at %s, capacity %d",
         config.node_id,
         loaded.name,
         loaded.model,
+        digest,
         config.url,
         settings.capacity,
     )
@@ -205,6 +223,8 @@ async def healthz(request: Request) -> NodeHealth:
         in_flight=info.in_flight,
         version=__version__,
         backgrounds=info.backgrounds,
+        model_digest=info.model_digest,
+        matting=info.matting,
         max_batch_images=_max_batch_images(_service(request.app).engine),
     )
 

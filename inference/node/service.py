@@ -53,6 +53,7 @@ class NodeService:
         capacity: int,
         max_input_bytes: int,
         max_input_pixels: int,
+        model_digest: str | None = None,
         on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self.engine = engine
@@ -60,6 +61,8 @@ class NodeService:
         self.capacity = capacity
         self.max_input_bytes = max_input_bytes
         self.max_input_pixels = max_input_pixels
+        # The model folder's digest, returned with every result (see inference/model_folder.py).
+        self.model_digest = model_digest
         self.on_change = on_change
         self.in_flight = 0
         self.executor = ThreadPoolExecutor(max_workers=capacity, thread_name_prefix="node-engine")
@@ -139,6 +142,7 @@ class NodeService:
             node=self.node_id,
             engine=self.engine.name,
             model=self.engine.model,
+            model_digest=self.model_digest,
             seed=seed,
             images=encoded,
             timings={

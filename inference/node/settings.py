@@ -21,6 +21,9 @@ class NodeSettings(BaseSettings):
     model_dir: Path | None = None
     # Optional matting model for subjects without an alpha channel (IC-Light engine).
     matting_model: Path | None = None
+    # Hash every file of the model folder against its manifest at start-up (slow for 5 GB;
+    # without it the start checks sizes and structure, and `relight-models check` hashes).
+    verify_hashes: bool = False
     # torch device (`cuda`, `cuda:1`, `cpu`); unset = CUDA when present.
     device: str | None = None
     # Requests rendered at once; more are refused with 503 and Retry-After.

@@ -50,6 +50,8 @@ class BackendResult:
     images: list[RenderedImage]
     node: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    # The GPU node's model digest (the weights that rendered the images), for the job record.
+    model_digest: str | None = None
 
 
 @runtime_checkable

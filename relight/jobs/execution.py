@@ -332,6 +332,7 @@ class JobRunner:
                 job,
                 backend_name=backend_name,
                 node=result.node,
+                model_digest=result.model_digest,
                 outputs=outputs,
                 timings=timings,
                 backend_calls=[*job.backend_calls, entry.to_json()],

@@ -84,12 +84,14 @@ async def succeed(
     backend_name: str,
     node: str | None,
     outputs: Sequence[JobOutput],
+    model_digest: str | None = None,
     timings: dict[str, float],
     backend_calls: list[dict[str, Any]],
     urls: UrlBuilder,
 ) -> Moved | None:
-    """`running → succeeded` for the attempt that holds `job`: its outputs recorded, the
-    reservation charged, the `completed` webhook scheduled."""
+    """`running → succeeded` for the attempt that holds `job`: its outputs recorded (with the
+    GPU node's `model_digest`, when a node rendered them), the reservation charged, the
+    `completed` webhook scheduled."""
     done = await _end_attempt(
         session,
         job,
@@ -99,6 +101,7 @@ async def succeed(
             "credits_charged": job.credits_reserved,
             "backend_used": backend_name,
             "node": node,
+            "model_digest": model_digest,
             "progress": 1.0,
             "timings": timings,
             "backend_calls": backend_calls,

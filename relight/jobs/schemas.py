@@ -178,6 +178,12 @@ class RequestView(BaseModel):
     request_id: uuid.UUID
     status: PublicStatus
     params: RequestParams
+    model_digest: str | None = Field(
+        default=None,
+        description="the weights that rendered the images: the sha256 of the GPU node's model "
+        "folder manifest (with `params.seed`, what reproduces the images); null on other "
+        "backends and before the request completes",
+    )
     subject_image: str | None = Field(
         description="the URL the subject came from, or null when it was sent inline"
     )

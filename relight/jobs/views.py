@@ -51,6 +51,7 @@ def request_view(job: Job, outputs: list[JobOutput], urls: UrlBuilder) -> Reques
         request_id=job.id,
         status=job.job_status.public,
         params=_public_params(job),
+        model_digest=job.model_digest,
         subject_image=job.input_url,
         background_image=job.background_url,
         output=_segmind_output(job, output_urls),

@@ -270,7 +270,9 @@ class GpuDispatcher:
             await self.breaker.record_success(node.id)
         timings = {f"node_{name}": value for name, value in result.timings.items()}
         timings["node_ms"] = round((perf_counter() - started) * 1000, 2)
-        return BackendResult(images=images, node=node.id, timings=timings)
+        return BackendResult(
+            images=images, node=node.id, timings=timings, model_digest=result.model_digest
+        )
 
     async def _count_failure(self, node_id: str) -> None:
         try:

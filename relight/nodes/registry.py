@@ -33,6 +33,8 @@ class NodeInfo:
     version: str | None = None
     source: str = "heartbeat"
     backgrounds: bool = False
+    model_digest: str | None = None
+    matting: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)

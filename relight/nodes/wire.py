@@ -10,9 +10,11 @@ Answer with `Accept: application/x-ndjson`: one JSON object per line, `{"event":
 then `{"event": "progress", "progress": 0.4}` as the engine advances (and `{"event": "ping"}`
 when it is quiet), then `{"event": "result", ...}` or `{"event": "error", "error", "code"}`.
 Without it: the result object alone, as plain JSON. A result is `{"node", "engine", "model",
-"seed", "images": [{"index", "content_type", "width", "height", "seed", "data"}], "timings"}`
-with `data` base64. Refusals before any work are ordinary JSON errors: 503 `node_busy` with
-`Retry-After` when every render thread is taken, 401 without the token, 400/422 for bad input.
+"model_digest", "seed", "images": [{"index", "content_type", "width", "height", "seed",
+"data"}], "timings"}` with `data` base64; `model_digest` names the node's weights (the sha256 of
+its model folder's manifest; null from a node without a model folder, or an older one).
+Refusals before any work are ordinary JSON errors: 503 `node_busy` with `Retry-After` when
+every render thread is taken, 401 without the token, 400/422 for bad input.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class NodeResult(BaseModel):
     node: str
     engine: str
     model: str
+    model_digest: str | None = None
     seed: int
     images: list[NodeImage]
     timings: dict[str, float] = Field(default_factory=dict)
@@ -70,3 +73,6 @@ class NodeHealth(BaseModel):
     # Whether it relights onto backgrounds (IC-Light fbc), and how many images share a pass.
     backgrounds: bool = False
     max_batch_images: int = 1
+    # The model folder's digest (as in every result) and the matting model, when there is one.
+    model_digest: str | None = None
+    matting: str | None = None

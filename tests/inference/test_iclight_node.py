@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -16,7 +17,9 @@ import pytest
 from PIL import Image
 from redis.asyncio import Redis
 
+from inference.model_folder import model_digest
 from relight.config import Settings
+from relight.nodes.registry import live_nodes
 from tests.conftest import TenantKey, example_bytes
 from tests.fakes.segmind import relight_client, run_burst_worker
 from tests.helpers import get_record
@@ -133,3 +136,58 @@ async def test_a_job_runs_through_the_api_queue_and_worker_on_the_iclight_node(
         image = await client.get(output["url"])
     assert image.status_code == 200
     assert size_of(image.content) == (384, 384)
+
+
+async def test_the_record_names_the_weights_the_node_reports(
+    settings: Settings,
+    redis: Redis,
+    clean_namespace: str,
+    iclight_node: NodeProcess,
+    tiny_model_dir: Path,
+    tenant: TenantKey,
+) -> None:
+    """The node's model digest (its folder has no manifest: the digest of its files) is in
+    /healthz, in its heartbeat, and on the record of a job it rendered, beside the seed."""
+    health = iclight_node.health()
+    assert health["model_digest"] == model_digest(tiny_model_dir)
+    assert health["matting"] is None
+    [beat] = [node for node in await live_nodes(redis, clean_namespace) if node.id == "iclight-1"]
+    assert (beat.model_digest, beat.matting) == (health["model_digest"], None)
+    config = settings.model_copy(update={"gpu_namespace": clean_namespace, "gpu_wait_s": 30.0})
+    body = {
+        "prompt": PROMPT,
+        "subject_image": base64.b64encode(example_bytes()).decode(),
+        "width": 256,
+        "height": 256,
+        "highres_scale": 1.0,
+        "steps": 4,
+        "seed": 22,
+        "backend": "gpu",
+    }
+    async with relight_client(config) as client:
+        response = await client.post("/v2/ic-light", headers=tenant.headers, json=body)
+        assert response.status_code == 202, response.text
+        await run_burst_worker(config)
+        record = await get_record(client, tenant, response.json()["request_id"])
+    assert record["status"] == "COMPLETED", record
+    assert (record["params"]["seed"], record["model_digest"]) == (22, health["model_digest"])
+
+
+def test_a_node_refuses_to_start_on_a_damaged_model_folder(
+    settings: Settings, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    (folder / "vae/diffusion_pytorch_model.safetensors").unlink()
+    with (
+        pytest.raises(RuntimeError, match="relight-node exited") as refused,
+        node_process(
+            "damaged",
+            redis_url=settings.redis_url,
+            namespace=f"relight:test-damaged:{uuid.uuid4().hex[:8]}",
+            log_dir=tmp_path / "logs",
+            model_dir=folder,
+            startup_timeout_s=60,
+        ),
+    ):
+        pass
+    assert "vae/diffusion_pytorch_model.safetensors: missing" in str(refused.value)

@@ -84,6 +84,9 @@ async def test_healthz_describes_the_node(node: NodeProcess) -> None:
         "version": __version__,
         "backgrounds": False,
         "max_batch_images": 1,
+        # The classic engine has no model folder and no matting model.
+        "model_digest": None,
+        "matting": None,
     }
 
 

@@ -106,6 +106,7 @@ class Record(_Model):
     request_id: str
     status: Status
     params: RequestParams
+    model_digest: str | None = None
     subject_image: str | None = None
     background_image: str | None = None
     output: str | list[str] | None = None

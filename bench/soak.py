@@ -29,10 +29,12 @@ import io
 import json
 import os
 import random
+import signal
 import sys
 import tempfile
 import threading
 import time
+import tracemalloc
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
@@ -66,6 +68,7 @@ SLOW_RECEIVER_S = 3.0
 RSS_TOLERANCE = 0.15
 RSS_SLACK_MIB = 30.0
 FD_SLACK = 10
+TOP_GROWTH = 15
 POLL_INTERVAL_S = 0.25
 FINISH_TIMEOUT_S = 120.0
 TERMINAL = ("COMPLETED", "FAILED", "CANCELED")
@@ -313,19 +316,60 @@ class Load:
 # --- processes and the database -----------------------------------------------------------------
 
 
+# Peers named in the descriptor breakdown, and TCP states other than ESTABLISHED worth seeing.
+KNOWN_PORTS = {5432: "postgres", 6379: "redis"}
+TCP_STATES = {"06": "TIME_WAIT", "08": "CLOSE_WAIT", "0A": "LISTEN"}
+
+
 @dataclass
 class Sample:
     rss_mib: float
     descriptors: int
+    kinds: Counter[str] = field(default_factory=Counter)
+
+
+def sockets(pid: int) -> dict[str, str]:
+    """`socket:[inode]` → what the TCP socket is (its peer, or the port it listens on)."""
+    tables = [Path(f"/proc/{pid}/net/{name}") for name in ("tcp", "tcp6")]
+    rows = [line.split() for table in tables for line in table.read_text().splitlines()[1:]]
+    listening = {int(row[1].rsplit(":", 1)[1], 16) for row in rows if row[3] == "0A"}
+    named = {}
+    for row in rows:
+        local_port = int(row[1].rsplit(":", 1)[1], 16)
+        remote_port = int(row[2].rsplit(":", 1)[1], 16)
+        if row[3] == "0A":
+            label = f"tcp listening on :{local_port}"
+        elif local_port in listening:
+            label = f"tcp accepted on :{local_port}"
+        else:
+            label = f"tcp to {KNOWN_PORTS.get(remote_port, 'another port')}"
+        if row[3] in TCP_STATES and row[3] != "0A":
+            label += f" ({TCP_STATES[row[3]]})"
+        named[f"socket:[{row[9]}]"] = label
+    return named
+
+
+def brief(samples: dict[str, Sample]) -> str:
+    return ", ".join(
+        f"{name} {each.rss_mib:.1f} MiB {each.descriptors} fds" for name, each in samples.items()
+    )
 
 
 def sample(pid: int) -> Sample:
-    """`pid`'s resident memory (VmRSS) and open descriptors."""
+    """`pid`'s resident memory (VmRSS), open descriptors, and those by kind."""
     status = Path(f"/proc/{pid}/status").read_text()
     rss_kib = next(
         int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")
     )
-    return Sample(rss_kib / 1024, len(os.listdir(f"/proc/{pid}/fd")))
+    named = sockets(pid)
+    kinds: Counter[str] = Counter()
+    for descriptor in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{descriptor}")
+        except FileNotFoundError:  # closed since the listing
+            continue
+        kinds[named.get(target, target.split(":[")[0] if ":[" in target else target)] += 1
+    return Sample(rss_kib / 1024, sum(kinds.values()), kinds)
 
 
 async def drain(timeout_s: float) -> None:
@@ -400,12 +444,34 @@ class Outcome:
     problems: list[str]
 
 
-async def idle(pids: dict[str, int], settle_s: float) -> dict[str, Sample]:
+async def idle(
+    pids: dict[str, int], settle_s: float, snapshots: dict[str, Path] | None
+) -> dict[str, Sample]:
     """Each process's sample once everything has drained and `settle_s` more have passed (idle
-    keep-alive connections time out after 5 s on either side)."""
+    keep-alive connections time out after 5 s on either side); then, under `--tracemalloc`,
+    each process's allocation snapshot (`bench/traced.py`)."""
     await drain(FINISH_TIMEOUT_S * 2)
     await asyncio.sleep(settle_s)
-    return {name: sample(pid) for name, pid in pids.items()}
+    samples = {name: sample(pid) for name, pid in pids.items()}
+    for name, folder in (snapshots or {}).items():
+        taken = len(list(folder.glob("*.done")))
+        os.kill(pids[name], signal.SIGUSR1)
+        deadline = time.monotonic() + FINISH_TIMEOUT_S
+        while not (folder / f"{taken + 1}.done").exists():
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the {name} process wrote no allocation snapshot")
+            await asyncio.sleep(0.2)
+    return samples
+
+
+def growth(snapshots: dict[str, Path]) -> str:
+    """Each process's allocation sites that grew most from the first snapshot to the last."""
+    lines = []
+    for name, folder in snapshots.items():
+        first, last = (tracemalloc.Snapshot.load(str(folder / f"{n}.snapshot")) for n in (1, 2))
+        lines.append(f"{name}: allocations that grew most from start to end (tracemalloc)")
+        lines += [f"  {stat}" for stat in last.compare_to(first, "lineno")[:TOP_GROWTH]]
+    return "\n".join(lines)
 
 
 async def exercise(
@@ -415,6 +481,7 @@ async def exercise(
     pids: dict[str, int],
     fast: Receiver,
     slow: Receiver,
+    snapshots: dict[str, Path] | None,
 ) -> Outcome:
     body = {
         "prompt": "cat, soft window light",
@@ -436,8 +503,8 @@ async def exercise(
         progress(f"warm-up: {args.warmup:g} s")
         await load.run(args.warmup, args.rate, rng, lambda _: None)
     progress("draining")
-    moments["start"] = await idle(pids, args.settle)
-    progress(f"start: {moments['start']}; load: {args.duration:g} s at {args.rate:g}/s")
+    moments["start"] = await idle(pids, args.settle, snapshots)
+    progress(f"start: {brief(moments['start'])}; load: {args.duration:g} s at {args.rate:g}/s")
     load.sent = Counter()
     every = max(1.0, args.duration / 10)
 
@@ -446,7 +513,7 @@ async def exercise(
             moments["middle"] = {name: sample(pid) for name, pid in pids.items()}
         if elapsed >= every * (len(trend) + 1):
             trend.append((elapsed, {name: sample(pid) for name, pid in pids.items()}))
-            progress(f"{elapsed:.0f} s: {trend[-1][1]}, errors {len(load.errors)}")
+            progress(f"{elapsed:.0f} s: {brief(trend[-1][1])}, errors {len(load.errors)}")
 
     async with httpx.AsyncClient(
         base_url=base_url, timeout=FINISH_TIMEOUT_S, limits=limits
@@ -454,8 +521,8 @@ async def exercise(
         load.client = client
         operations_per_s = await load.run(args.duration, args.rate, rng, on_the_way)
     progress("load stopped; draining")
-    moments["end"] = await idle(pids, args.settle)
-    progress(f"end: {moments['end']}")
+    moments["end"] = await idle(pids, args.settle, snapshots)
+    progress(f"end: {brief(moments['end'])}")
     return Outcome(load, moments, trend, operations_per_s, await lost(load))
 
 
@@ -520,6 +587,11 @@ def report(args: argparse.Namespace, outcome: Outcome) -> tuple[str, bool]:
         f"flat: RSS at most +{RSS_TOLERANCE:.0%} or +{RSS_SLACK_MIB:g} MiB (the larger) "
         f"and descriptors at most +{FD_SLACK} from start to end"
     )
+    for process in ("api", "worker"):
+        before, after = (outcome.moments[m][process].kinds for m in ("start", "end"))
+        changed = sorted(kind for kind in before | after if before[kind] != after[kind])
+        breakdown = ", ".join(f"{kind} {before[kind]} → {after[kind]}" for kind in changed)
+        trend += f"\n{process} descriptors that changed, start → end: {breakdown or 'none'}"
     details = "\n".join(f"  {line}" for line in (load.errors + outcome.problems)[:20])
     text = f"{title}\n\n{table}\n\n{sent}\n\n{summary}\n{tolerance}\n{trend}"
     if details:
@@ -533,6 +605,11 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=5, help="operations started per second")
     parser.add_argument("--warmup", type=float, default=30, help="seconds of load before start")
     parser.add_argument("--settle", type=float, default=10, help="idle seconds before sampling")
+    parser.add_argument(
+        "--tracemalloc",
+        action="store_true",
+        help="run both processes under tracemalloc (slower) and print what grew most",
+    )
     args = parse_args(parser, duration=4, warmup=1, settle=1)
     asyncio.run(create_scratch_database())
     keys = [asyncio.run(create_bench_tenant(name))[1] for name in ("soak-a", "soak-b")]
@@ -552,24 +629,31 @@ def main() -> None:
                 RELIGHT_WORKER_METRICS_PORT=str(free_port()),
             )
             api_command = [str(BIN / "relight-api"), "--port", str(port)]
+            worker_command = [str(BIN / "relight-worker")]
+            snapshots = None
+            if args.tracemalloc:
+                snapshots = {name: scratch / "snapshots" / name for name in ("api", "worker")}
+                traced = [sys.executable, str(ROOT / "bench" / "traced.py")]
+                api_command = [*traced, "api.main:main", str(snapshots["api"]), *api_command[1:]]
+                worker_command = [*traced, "worker.main:main", str(snapshots["worker"])]
             with (
                 running("api", api_command, env, scratch / "logs") as api,
-                running("worker", [str(BIN / "relight-worker")], env, scratch / "logs") as worker,
+                running("worker", worker_command, env, scratch / "logs") as worker,
                 httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client,
             ):
                 wait_ready(client, api)
                 progress("api ready")
                 pids = {"api": api.pid, "worker": worker.pid}
-                outcome = asyncio.run(
-                    exercise(args, f"http://127.0.0.1:{port}", keys, pids, fast, slow)
-                )
+                base_url = f"http://127.0.0.1:{port}"
+                outcome = asyncio.run(exercise(args, base_url, keys, pids, fast, slow, snapshots))
+            grown = growth(snapshots) if snapshots else ""
         progress("stopped")
     finally:
         asyncio.run(drop_queue())
         asyncio.run(drop_scratch_database())
     progress("database dropped")
     text, passed = report(args, outcome)
-    print(text)
+    print(f"{text}\n{grown}" if grown else text)
     if not passed:
         raise SystemExit("soak failed: see the errors, losses or growth above")
 

@@ -69,6 +69,7 @@ RSS_TOLERANCE = 0.15
 RSS_SLACK_MIB = 30.0
 FD_SLACK = 10
 TOP_GROWTH = 15
+POOL_BURST = 32
 POLL_INTERVAL_S = 0.25
 FINISH_TIMEOUT_S = 120.0
 TERMINAL = ("COMPLETED", "FAILED", "CANCELED")
@@ -267,6 +268,18 @@ class Load:
         )
         if response is not None:
             self.accepted.add(response.headers["x-request-id"])
+
+    async def open_pools(self) -> None:
+        """`POOL_BURST` status reads at once, so that the api's connection pools (Postgres: its
+        fixed size; Redis: as many as the burst uses) are open before the baseline: a pool keeps
+        its idle connections, and those it opens at a later peak are a high-water mark, not a
+        leak."""
+        headers = {"x-api-key": self.keys[0]}
+        request_id = await self.submit(headers)
+        path = f"/v2/requests/{request_id}/status"
+        await asyncio.gather(
+            *(self.call("status poll", "GET", path, (200,), headers) for _ in range(POOL_BURST))
+        )
 
     def operation(self, name: str) -> Coroutine[Any, Any, None]:
         operations: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
@@ -502,6 +515,7 @@ async def exercise(
         load = Load(client, keys, body, fast, slow)
         progress(f"warm-up: {args.warmup:g} s")
         await load.run(args.warmup, args.rate, rng, lambda _: None)
+        await load.open_pools()
     progress("draining")
     moments["start"] = await idle(pids, args.settle, snapshots)
     progress(f"start: {brief(moments['start'])}; load: {args.duration:g} s at {args.rate:g}/s")

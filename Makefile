@@ -20,7 +20,7 @@ DATABASE_NAME := $(word 1,$(DATABASE_URL_PARTS))
 DATABASE_SERVER := PGHOST=$(word 2,$(DATABASE_URL_PARTS)) PGPORT=$(word 3,$(DATABASE_URL_PARTS)) \
 	PGUSER=$(word 4,$(DATABASE_URL_PARTS))
 
-.PHONY: help install services migrate demo test test-fast lint typecheck bench bench-smoke wrk chromium pgbouncer redis-sentinel up down compose-check clean
+.PHONY: help install services migrate demo test test-fast lint typecheck bench bench-smoke soak wrk chromium pgbouncer redis-sentinel up down compose-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -71,6 +71,9 @@ bench: install services wrk  ## benchmarks (each prints a markdown table)
 
 bench-smoke: install services wrk  ## every bench/ script at its smallest size (seconds each); fails on any error
 	$(BIN)/python scripts/bench_smoke.py
+
+soak: install services  ## 10 minutes of mixed load: memory and descriptors must come back flat (bench/soak.py)
+	$(BIN)/python bench/soak.py
 
 wrk:  ## the HTTP load generator the submit benchmark drives (apt-get install wrk when missing)
 	@bash scripts/ensure-tool.sh wrk

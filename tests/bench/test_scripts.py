@@ -77,3 +77,14 @@ def test_e2e_benchmark_breaks_a_default_job_down() -> None:
         "store",
         "bookkeeping (the rest)",
     ]
+
+
+def test_soak_benchmark_comes_back_flat_with_nothing_lost() -> None:
+    output = run_script("soak.py", "--smoke")
+    rows = {row[0]: row for row in table_rows(output)}
+    for process in ("api", "worker"):
+        for measure in ("RSS MiB", "open descriptors"):
+            assert rows[f"{process} {measure}"][-1] == "ok"
+    kinds = {"submit v2", "submit v1 (sync)", "status stream", "status stream, abandoned"}
+    assert kinds <= set(rows), "every kind of the mix is sent in the smallest run"
+    assert "errors: 0; lost: 0" in output

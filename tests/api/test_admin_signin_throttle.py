@@ -11,9 +11,12 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from fastapi import FastAPI
+from redis.asyncio import Redis
 
 from api.app import create_app
+from api.signin_throttle import SigninThrottle
 from relight.config import Settings
+from scripts.stack import free_port
 
 ADMIN_TOKEN = "x" * 32
 WRONG = {"Authorization": "Bearer " + "y" * 32}
@@ -105,3 +108,18 @@ async def test_a_missing_token_is_not_a_guess(admin_app: FastAPI) -> None:
             response = await client.get("/admin/v1/tenants")
             assert response.status_code == 401
         assert (await client.get("/admin/v1/tenants", headers=RIGHT)).status_code == 200
+
+
+async def test_fails_open_when_redis_does_not_answer(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A port nothing listens on: every Redis call fails at once.
+    unreachable = Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5)
+    throttle = SigninThrottle(settings, unreachable)
+    try:
+        for _ in range(LIMIT + 1):
+            assert await throttle.refusal("10.0.0.12", "admin API") is None
+            assert await throttle.record_failure("10.0.0.12", "admin API") is None
+    finally:
+        await unreachable.aclose()
+    assert any("throttle unavailable" in r.getMessage() for r in caplog.records)

@@ -7,10 +7,15 @@ for a day of retries with nothing to render).
 
 from __future__ import annotations
 
+import uuid
+
 import httpx
 import pytest
+from redis.asyncio import Redis
 
 from relight.config import Settings
+from relight.jobs.arq_format import claim_job
+from relight.jobs.queue import RUN_JOB_TASK, enqueue
 from tests.conftest import TenantKey
 from tests.fakes.webhook_receiver import Reply, WebhookReceiver
 from tests.helpers import fast_body, get_record, submit
@@ -74,3 +79,17 @@ async def test_a_queued_job_counts_one(client: httpx.AsyncClient, tenant: Tenant
     assert scraped.value("relight_runnable_jobs") == 1
     assert scraped.value("relight_webhook_deliveries_pending") == 0
     assert scraped.value("relight_queue_depth") == 1
+
+
+async def test_a_running_job_counts_and_a_deferred_retry_does_not(
+    client: httpx.AsyncClient, tenant: TenantKey, redis: Redis, settings: Settings
+) -> None:
+    request_id = await submit(client, tenant, fast_body())
+    # Claimed as a worker claims it: marked in progress, its entry kept until it ends.
+    assert await claim_job(redis, settings.queue_name, request_id, 60) is not None
+    # A run_job retry deferred for later: not runnable yet.
+    await enqueue(redis, settings.queue_name, RUN_JOB_TASK, str(uuid.uuid4()), defer_s=3600)
+    scraped = await scrape(client)
+
+    assert scraped.value("relight_runnable_jobs") == 1
+    assert scraped.value("relight_queue_depth") == 2

@@ -20,6 +20,7 @@ from api.limits import RequestLimits
 from api.middleware import HttpMetrics, RateLimitHeaders, RequestId
 from api.responses import OrjsonResponse
 from api.routes import account, admin, health, metrics, relight, requests, webhooks
+from api.signin_throttle import SigninThrottle
 from api.state import AppState
 from api.ui.routes import install_ui
 from relight import __version__
@@ -113,6 +114,7 @@ async def open_app_state(settings: Settings) -> AsyncIterator[AppState]:
         storage=open_storage(settings),
         waiter=waiter,
         limiter=RateLimiter(redis, f"{settings.queue_name}:ratelimit"),
+        signin_throttle=SigninThrottle(settings, redis),
         auth_cache=auth_cache,
     )
     try:

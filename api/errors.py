@@ -63,7 +63,8 @@ ERROR_STATUSES: dict[int, str] = {
     413: "The body or image is over the size limit",
     415: "Unsupported content type: send application/json or multipart/form-data",
     422: "A parameter is invalid",
-    429: "Rate limit or in-flight limit reached; retry after `Retry-After` seconds",
+    429: "Rate limit, in-flight limit or failed admin sign-ins limit reached; retry after "
+    "`Retry-After` seconds",
     500: "The request failed inside Relight (`internal_error`)",
     502: "The request failed in the backend that ran it",
     503: "A dependency (Postgres) is unavailable; retry after `Retry-After` seconds",
@@ -71,8 +72,9 @@ ERROR_STATUSES: dict[int, str] = {
 }
 # Every route behind an API key: bad key, bad parameter, rate limit, database down.
 AUTHENTICATED = (401, 422, 429, 503)
-# Every route of the admin API: bad token, API disabled, bad parameter, database down.
-ADMIN = (401, 403, 422, 503)
+# Every route of the admin API: bad token, API disabled, bad parameter, too many failed
+# sign-ins from the address, database down.
+ADMIN = (401, 403, 422, 429, 503)
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:

@@ -15,6 +15,7 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.body import body_limit
+from api.signin_throttle import SigninThrottle, client_address
 from relight.config import Settings
 from relight.errors import Forbidden, RelightError, Unauthorized
 
@@ -34,6 +35,29 @@ def check_admin_token(settings: Settings, token: str) -> None:
         raise Unauthorized("missing or invalid admin token", code="invalid_admin_token")
 
 
+async def check_admin_token_throttled(
+    settings: Settings, throttle: SigninThrottle, address: str, token: str
+) -> None:
+    """`check_admin_token`, behind the sign-in throttle of `address`: 429
+    `too_many_failed_signins` once it failed too often this minute (even with the right token),
+    and each wrong token counted. A request that presents no token is a 401 but no guess: it
+    is neither counted nor throttled (a probe or a misconfigured script must not lock the
+    operators' address out)."""
+    if settings.admin_token and token:
+        refusal = await throttle.refusal(address, "admin API")
+        if refusal is not None:
+            raise refusal.error()
+    try:
+        check_admin_token(settings, token)
+    except Unauthorized:
+        if not token:
+            raise
+        refusal = await throttle.record_failure(address, "admin API")
+        if refusal is not None:
+            raise refusal.error() from None
+        raise
+
+
 def bearer_token(authorization: str | None) -> str:
     """The credentials of an `Authorization: Bearer …` header, else ''."""
     scheme, _, credentials = (authorization or "").partition(" ")
@@ -45,9 +69,16 @@ def body_cap(settings: Settings, path: str) -> int:
     return body_limit(settings) if path in IMAGE_ROUTES else settings.max_json_body_bytes
 
 
-async def _answer(send: Send, error: RelightError, headers: dict[str, str] | None = None) -> None:
+async def _answer(
+    send: Send,
+    error: RelightError,
+    headers: dict[str, str] | None = None,
+    request_id: str | None = None,
+) -> None:
+    extra = dict(error.extra)
+    headers = {**extra.pop("headers", {}), **(headers or {})}
     body = orjson.dumps(
-        {"error": error.message, "code": error.code, "request_id": None, **error.extra}
+        {"error": error.message, "code": error.code, "request_id": request_id, **extra}
     )
     raw_headers = [
         (b"content-type", b"application/json"),
@@ -101,9 +132,19 @@ class RequestLimits:
         if path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/"):
             authorization = headers.get(b"authorization", b"").decode("latin-1")
             try:
-                check_admin_token(settings, bearer_token(authorization))
+                await check_admin_token_throttled(
+                    settings,
+                    scope["app"].state.relight.signin_throttle,
+                    client_address(scope.get("client")),
+                    bearer_token(authorization),
+                )
             except RelightError as exc:
-                await _answer(send, exc)
+                request_id = scope.get("state", {}).get("request_id")
+                await _answer(
+                    send,
+                    exc,
+                    request_id=str(request_id) if exc.status_code == 429 and request_id else None,
+                )
                 return
         cap = body_cap(settings, path)
         too_large = RelightError(

@@ -11,6 +11,7 @@ from arq.connections import ArqRedis
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from api.signin_throttle import SigninThrottle
 from api.stream_limits import StreamSlots
 from relight.config import Settings
 from relight.jobs.events import JobWaiter
@@ -34,6 +35,7 @@ class AppState:
     storage: Storage
     waiter: JobWaiter
     limiter: RateLimiter
+    signin_throttle: SigninThrottle
     auth_cache: AuthCache
     # Status streams open in this process, by API key and by tenant.
     stream_slots: StreamSlots = field(default_factory=StreamSlots)

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     secret_key: str = DEVELOPMENT_SECRET
     # Bearer token of the admin API (/admin/v1); the admin API is off while this is unset.
     admin_token: str | None = Field(default=None, min_length=16)
+    # Wrong admin tokens one client address may present a minute (admin API and operators'
+    # page together) before every sign-in from it is refused with 429 for the rest of the minute.
+    admin_signin_failures_per_minute: int = Field(default=5, ge=1)
     public_base_url: str | None = None
     # How long an API process trusts an API key it authenticated, for submits (0: always ask
     # Postgres); revocations and tenant changes reach every process at once through NOTIFY.

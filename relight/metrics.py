@@ -16,11 +16,11 @@ import asyncio
 import logging
 import math
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram
 from prometheus_client import generate_latest as _generate_latest
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
@@ -59,7 +59,18 @@ JOB_RETRIES = Counter(
 )
 QUEUE_DEPTH = Gauge(
     "relight_queue_depth",
-    "Entries in the arq queue (jobs and webhook deliveries, deferred retries included), "
+    "Every entry in the arq queue (relight jobs, webhook deliveries and their deferred retries, "
+    "the sweep cron), read from Redis when scraped; kept for compatibility, scale on "
+    "relight_runnable_jobs",
+)
+RUNNABLE_JOBS = Gauge(
+    "relight_runnable_jobs",
+    "Relight jobs waiting to start or running (run_job entries of the arq queue that are due), "
+    "read from Redis when scraped; the signal workers scale on",
+)
+WEBHOOK_DELIVERIES_PENDING = Gauge(
+    "relight_webhook_deliveries_pending",
+    "Webhook delivery attempts in the arq queue, due or deferred (retries waiting their turn), "
     "read from Redis when scraped",
 )
 QUEUE_WAIT = Histogram(
@@ -97,25 +108,39 @@ def render() -> bytes:
     return _generate_latest(REGISTRY)
 
 
+@dataclass(frozen=True)
+class QueueCounts:
+    """What the arq queue holds, as the scaling gauges need it: every entry, the relight jobs
+    waiting to start or running, and the webhook delivery attempts (due or deferred)."""
+
+    entries: int
+    runnable_jobs: int
+    webhook_deliveries: int
+
+
 async def refresh_from_redis(
-    redis: Redis,
-    queue_name: str,
+    read_queue: Callable[[], Awaitable[QueueCounts]],
     read_node_slots: Callable[[], Awaitable[dict[str, int]]],
     timeout_s: float = 1.0,
 ) -> None:
-    """Set the gauges that describe shared state (queue depth, GPU node slots) from Redis. When
-    Redis does not answer in time the queue depth says NaN: a scrape must not hang on it, nor
-    report a stale depth. `read_node_slots` reads the slots held on each node (the nodes own
-    their layout in Redis: `relight.nodes.slots.slots_in_use`), within the same timeout."""
+    """Set the gauges that describe shared state (queue depth, runnable jobs, pending webhook
+    deliveries, GPU node slots) from Redis. `read_queue` counts the arq queue (the jobs own its
+    layout: `relight.jobs.queue_counts.count_queue`), `read_node_slots` the slots held on each
+    node (the nodes own theirs: `relight.nodes.slots.slots_in_use`), both within `timeout_s`.
+    When Redis does not answer in time the queue gauges say NaN: a scrape must not hang on it,
+    nor report a stale depth."""
     try:
         async with asyncio.timeout(timeout_s):
-            depth = await redis.zcard(queue_name)
+            counts = await read_queue()
             slots = await read_node_slots()
     except (RedisError, OSError, TimeoutError):
         logger.warning("queue depth unavailable: Redis did not answer", exc_info=True)
-        QUEUE_DEPTH.set(math.nan)
+        for gauge in (QUEUE_DEPTH, RUNNABLE_JOBS, WEBHOOK_DELIVERIES_PENDING):
+            gauge.set(math.nan)
         return
-    QUEUE_DEPTH.set(depth)
+    QUEUE_DEPTH.set(counts.entries)
+    RUNNABLE_JOBS.set(counts.runnable_jobs)
+    WEBHOOK_DELIVERIES_PENDING.set(counts.webhook_deliveries)
     NODE_SLOTS_IN_USE.clear()
     for node_id, used in slots.items():
         NODE_SLOTS_IN_USE.labels(node=node_id).set(used)

@@ -34,6 +34,7 @@ from relight.jobs.queue import (
     redis_retry_options,
     serialize_job,
 )
+from relight.jobs.queue_counts import count_queue
 from relight.nodes.dispatch import GpuDispatcher
 from relight.nodes.gpu_backend import GpuBackend
 from relight.nodes.slots import slots_in_use
@@ -60,7 +61,8 @@ async def start_metrics_server(ctx: dict[str, Any], settings: Settings) -> None:
 
     async def before_scrape() -> None:
         await metrics.refresh_from_redis(
-            redis, settings.queue_name, partial(slots_in_use, redis, settings.gpu_namespace)
+            partial(count_queue, redis, settings.queue_name),
+            partial(slots_in_use, redis, settings.gpu_namespace),
         )
 
     server = MetricsServer(

@@ -10,12 +10,13 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Security
+from fastapi import APIRouter, Depends, Path, Query, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.deps import SettingsDep, StateDep, UnitOfWorkDep
 from api.errors import ADMIN, error_responses
-from api.limits import check_admin_token
+from api.limits import check_admin_token_throttled
+from api.signin_throttle import client_address
 from relight.credits import service as credits
 from relight.credits.schemas import CreditEntryView, CreditMovement, LedgerPage
 from relight.models import CreditKind, Tenant, TenantStatus
@@ -41,11 +42,17 @@ ADMIN_SCHEME = HTTPBearer(
 
 
 async def require_admin(
-    settings: SettingsDep,
+    request: Request,
+    state: StateDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(ADMIN_SCHEME)],
 ) -> None:
-    # The same check as `RequestLimits` makes before reading a body.
-    check_admin_token(settings, credentials.credentials.strip() if credentials else "")
+    # The same check as `RequestLimits` makes before reading a body, throttled per address.
+    await check_admin_token_throttled(
+        state.settings,
+        state.signin_throttle,
+        client_address(request.scope.get("client")),
+        credentials.credentials.strip() if credentials else "",
+    )
 
 
 router = APIRouter(

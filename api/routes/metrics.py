@@ -1,4 +1,4 @@
-"""`GET /metrics`: this api's Prometheus metrics, plus queue depth and node slots from Redis."""
+"""`GET /metrics`: this api's Prometheus metrics, plus queue gauges and node slots from Redis."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from fastapi import APIRouter, Response
 
 from api.deps import StateDep
 from relight import metrics
+from relight.jobs.queue_counts import count_queue
 from relight.nodes.slots import slots_in_use
 
 router = APIRouter(tags=["health"])
@@ -21,8 +22,7 @@ router = APIRouter(tags=["health"])
 )
 async def get_metrics(state: StateDep) -> Response:
     await metrics.refresh_from_redis(
-        state.redis,
-        state.settings.queue_name,
+        partial(count_queue, state.redis, state.settings.queue_name),
         partial(slots_in_use, state.redis, state.settings.gpu_namespace),
     )
     return Response(content=metrics.render(), media_type=metrics.CONTENT_TYPE_LATEST)

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from api.deps import StateDep, UnitOfWorkDep, urls_for
+from api.signin_throttle import client_address
 from api.ui import session as sessions
 from api.ui.pages import (
     PAGE_OFF,
@@ -101,8 +102,27 @@ async def login(
 ) -> Response:
     if not state.settings.admin_token:
         raise PageRefused(PAGE_OFF)
-    if not sessions.token_matches(state.settings, token):
-        return render(request, "login.html", None, 401, error="That is not the admin token.")
+    # Throttled per client address, with the admin API (`api.signin_throttle`); an empty form
+    # is no guess, as on the API: neither counted nor throttled.
+    address, where = client_address(request.scope.get("client")), "operators' page"
+    throttle = state.signin_throttle if token.strip() else None
+    refusal = await throttle.refusal(address, where) if throttle else None
+    if refusal is None and not sessions.token_matches(state.settings, token):
+        if throttle:
+            refusal = await throttle.record_failure(address, where)
+        if refusal is None:
+            return render(request, "login.html", None, 401, error="That is not the admin token.")
+    if refusal is not None:
+        refused = render(
+            request,
+            "login.html",
+            None,
+            429,
+            error="Too many wrong admin tokens from this address: sign-in is refused for "
+            f"{refusal.retry_after_s} s. Wait, then try again.",
+        )
+        refused.headers["Retry-After"] = str(refusal.retry_after_s)
+        return refused
     _, cookie = sessions.new_session(state.settings)
     response = see_other("")
     response.set_cookie(

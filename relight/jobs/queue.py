@@ -170,8 +170,11 @@ async def enqueue_delivery(
     )
 
 
+DELIVERY_JOB_PREFIX = "webhook:"
+
+
 def delivery_job_id(delivery_id: uuid.UUID, attempt: int) -> str:
-    return f"webhook:{delivery_id}:{attempt}"
+    return f"{DELIVERY_JOB_PREFIX}{delivery_id}:{attempt}"
 
 
 def redis_retry_options() -> dict[str, Any]:

@@ -44,7 +44,13 @@ ADMIN_PATHS = {
 @pytest.fixture
 async def admin_app(settings: Settings, clean_state: None) -> AsyncIterator[FastAPI]:
     """The app with the admin API on (the `app` fixture's settings have no admin token)."""
-    application = create_app(settings.model_copy(update={"admin_token": ADMIN_TOKEN}))
+    # Tests here present many wrong tokens from one address: the sign-in throttle (tested in
+    # test_admin_signin_throttle.py) must not turn their 401s into 429s.
+    application = create_app(
+        settings.model_copy(
+            update={"admin_token": ADMIN_TOKEN, "admin_signin_failures_per_minute": 1000}
+        )
+    )
     async with application.router.lifespan_context(application):
         yield application
 

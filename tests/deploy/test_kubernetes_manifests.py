@@ -55,7 +55,7 @@ def test_core_resources_match_the_kubernetes_schema(source: str, document: dict[
     kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
 
 
-def test_workers_autoscale_on_queue_depth() -> None:
+def test_workers_autoscale_on_runnable_jobs() -> None:
     [scaled] = [d for _, d in DOCUMENTS if d["kind"] == "ScaledObject"]
     assert scaled["apiVersion"] == "keda.sh/v1alpha1"
     target = scaled["spec"]["scaleTargetRef"]
@@ -64,7 +64,8 @@ def test_workers_autoscale_on_queue_depth() -> None:
     assert 1 <= scaled["spec"]["minReplicaCount"] <= scaled["spec"]["maxReplicaCount"]
     [trigger] = scaled["spec"]["triggers"]
     assert trigger["type"] == "prometheus"
-    assert "relight_queue_depth" in trigger["metadata"]["query"]
+    # Relight jobs only: not `relight_queue_depth`, which counts webhook retries too (issue 27).
+    assert "relight_runnable_jobs" in trigger["metadata"]["query"]
     assert float(trigger["metadata"]["threshold"]) > 0
 
 

@@ -184,5 +184,6 @@ def test_the_tiny_rmbg_is_sensitive_to_the_feed_size_and_the_input_scaling(
     }
     for name, other in wrong.items():
         difference = np.abs(other.astype(np.int16) - composite.astype(np.int16))
-        assert difference.max() > 40, name
-        assert (difference > 0).mean() > 0.05, name
+        # Measured: up to 124–126 levels, 82–89 % of values, 8–11 levels on average.
+        assert difference.max() > 60, name
+        assert (difference > 0).mean() > 0.5, name

@@ -161,7 +161,10 @@ def _matte_with(
         matte = network(batch)[0][0]
         matte = torch.nn.functional.interpolate(matte, size=(height, width), mode="bilinear")
     alpha = matte[0, 0].numpy().clip(0, 1)[..., None]
-    return (127 + (image.astype(np.float32) - 127) * alpha).clip(0, 255).astype(np.uint8)
+    mixed: npt.NDArray[np.uint8] = (
+        (127 + (image.astype(np.float32) - 127) * alpha).clip(0, 255).astype(np.uint8)
+    )
+    return mixed
 
 
 def test_the_tiny_rmbg_is_sensitive_to_the_feed_size_and_the_input_scaling(

@@ -85,8 +85,9 @@ class MattingModel:
 
     The file is a `torch.export.save` of an ExportedProgram whose H and W are dynamic (they
     are multiples of 64 near one megapixel, following the image's aspect ratio); the alpha is
-    resized back (bilinear) to the image's size. Any background-removal network (e.g. BRIA
-    RMBG) can be wrapped so, with its own input normalisation inside.
+    resized back (bilinear) to the image's size. Any background-removal network (e.g.
+    BiRefNet, for an operator who needs a commercial licence: RMBG-1.4's weights are
+    non-commercial) can be wrapped so, with its own input normalisation inside.
     """
 
     def __init__(self, path: Path, device: torch.device) -> None:

@@ -18,7 +18,11 @@ catches a half-pixel or a one-level difference instead of averaging it away:
 - the text encoder is stored under the `text_model.*` key names real checkpoints use;
 - the offsets have the keys and shapes of the widened UNet (`conv_in` with 8 input channels
   for fc, 12 for fbc), as the real offsets have for the real UNet; `--fbc` writes the
-  background-conditioned model's offsets instead, `--both` writes both.
+  background-conditioned model's offsets instead, `--both` writes both;
+- `--rmbg` adds `rmbg/model.safetensors`, a narrow BRIA RMBG-1.4 (the real module and key
+  names, `conv_in` 8 channels wide instead of 64) whose batch norms are calibrated on a test
+  image and whose matte is spread wide (logit std `TINY_RMBG_LOGIT_STD`), so its alpha varies
+  strongly over a photo and a wrong feed size or input scaling moves it by many levels.
 """
 
 from __future__ import annotations
@@ -36,8 +40,10 @@ import numpy as np
 import safetensors.torch
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
+from PIL import Image, ImageDraw
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from inference.iclight.rmbg import RMBG_DIR, RMBG_WEIGHTS, BriaRMBG
 from inference.iclight.weights import Variant, widen_conv_in
 
 LATENT_CHANNELS = 4
@@ -46,6 +52,9 @@ TARGET_LATENT_STD = 1.0
 # The standard deviation of the offsets of conv_in's foreground channels in the tiny model.
 TINY_FOREGROUND_OFFSET_STD = 0.5
 BPE_MERGES = 400
+# The tiny RMBG: `conv_in` width (the published model's is 64) and its matte's logit spread.
+TINY_RMBG_WIDTH = 8
+TINY_RMBG_LOGIT_STD = 3.0
 # The text the tiny tokenizer's merges are learned from: IC-Light's quick prompts and defaults.
 BPE_CORPUS = """
 beautiful woman, detailed face. handsome man, detailed face. sunshine from window.
@@ -304,13 +313,81 @@ def _random_offsets(
     return offsets
 
 
+def _photo_like_image(size: int = 1024, seed: int = 0) -> torch.Tensor:
+    """A fixed 1×3×size×size image scaled as RMBG's feed (`x / 127 − 1`), with a photo's
+    statistics: smooth colour fields, a few flat-coloured shapes with sharp edges, mild noise.
+
+    The size is the demo's feed size (~1024²): a random RMBG's activations depend on it (at
+    256² its deepest stages see mostly padding), so it is calibrated where it runs.
+    """
+    rng = np.random.default_rng(seed)
+    cells = rng.uniform(0, 255, (6, 6, 3)).astype(np.uint8)
+    picture = Image.fromarray(cells).resize((size, size), Image.Resampling.BICUBIC)
+    draw = ImageDraw.Draw(picture)
+    for _ in range(6):
+        left, top = rng.uniform(0, size * 0.8, 2)
+        width, height = rng.uniform(size * 0.1, size * 0.5, 2)
+        colour = tuple(int(value) for value in rng.uniform(0, 255, 3))
+        draw.ellipse((left, top, left + width, top + height), fill=colour)
+    noise = rng.standard_normal((size, size, 3)).astype(np.float32) * 3.0
+    pixels = (np.asarray(picture, dtype=np.float32) + noise).clip(0, 255).astype(np.uint8)
+    return (torch.from_numpy(pixels).float() / 127.0 - 1.0).movedim(-1, 0)[None]
+
+
+def calibrate_rmbg(network: BriaRMBG, image: torch.Tensor, logit_std: float) -> None:
+    """Give a random RMBG the activations of a trained one on `image` (N×3×H×W in [-1, 1]).
+
+    Every batch norm's running statistics become those of `image`'s activations (one pass in
+    training mode with a cumulative average), so no layer's signal vanishes or explodes; then
+    `side1` is scaled and shifted so the matte's logit has mean 0 and std `logit_std` there.
+    """
+    norms = [module for module in network.modules() if isinstance(module, torch.nn.BatchNorm2d)]
+    with torch.no_grad():
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None
+        network.train()
+        network(image)
+        network.eval()
+        for norm in norms:
+            norm.momentum = 0.1
+        # Not more than sigmoid's fp32 range: the logit of a saturated matte would be infinite.
+        logit = torch.logit(network(image)[0][0], eps=1e-6)
+        factor = logit_std / float(logit.std())
+        bias = network.side1.bias
+        assert bias is not None
+        network.side1.weight *= factor
+        bias.copy_((bias - float(logit.mean())) * factor)
+
+
+def write_tiny_rmbg(directory: Path, *, seed: int = 0) -> Path:
+    """Write a tiny calibrated RMBG (see the module docstring) as `directory/model.safetensors`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        network = BriaRMBG(width=TINY_RMBG_WIDTH)
+    calibrate_rmbg(network, _photo_like_image(), TINY_RMBG_LOGIT_STD)
+    state = {key: value.contiguous() for key, value in network.state_dict().items()}
+    safetensors.torch.save_file(state, str(directory / RMBG_WEIGHTS), metadata={"format": "pt"})
+    config = {"in_ch": 3, "out_ch": 1}
+    (directory / "config.json").write_text(json.dumps(config, indent=2), "utf-8")
+    return directory
+
+
 def write_tiny_model(
-    directory: Path, *, seed: int = 0, variants: tuple[Variant, ...] = (Variant.FC,)
+    directory: Path,
+    *,
+    seed: int = 0,
+    variants: tuple[Variant, ...] = (Variant.FC,),
+    rmbg: bool = False,
 ) -> Path:
     """Write the tiny test model (see the module docstring) into `directory`.
 
-    `variants`: which IC-Light offsets it has, fc (the default), fbc, or both.
+    `variants`: which IC-Light offsets it has, fc (the default), fbc, or both; `rmbg`: add
+    the tiny RMBG matting network (`rmbg/`).
     """
+    if rmbg:
+        write_tiny_rmbg(directory / RMBG_DIR, seed=seed)
     return write_model(
         directory,
         unet_config=TINY_UNET_CONFIG,
@@ -332,13 +409,16 @@ def main() -> None:
     kind = parser.add_mutually_exclusive_group()
     kind.add_argument("--fbc", action="store_true", help="the background-conditioned model only")
     kind.add_argument("--both", action="store_true", help="both the fc and the fbc offsets")
+    parser.add_argument(
+        "--rmbg", action="store_true", help="add a tiny BRIA RMBG-1.4 matting network (rmbg/)"
+    )
     args = parser.parse_args()
     variants: tuple[Variant, ...] = (Variant.FC,)
     if args.fbc:
         variants = (Variant.FBC,)
     elif args.both:
         variants = (Variant.FC, Variant.FBC)
-    path = write_tiny_model(args.directory, seed=args.seed, variants=variants)
+    path = write_tiny_model(args.directory, seed=args.seed, variants=variants, rmbg=args.rmbg)
     print(f"wrote a tiny IC-Light model folder to {path}")  # noqa: T201
 
 

@@ -1,7 +1,8 @@
 """The IC-Light engine on diffusers + torch: the fc and fbc models.
 
 fc follows lllyasviel/IC-Light's `gradio_demo.py`: the subject is composited onto gray 127
-(its alpha, else a configured matting model, else the whole image) and cropped to W×H; its VAE
+(its alpha, else the matting: a configured exported program, else the folder's BRIA RMBG-1.4 run
+as the demo's `run_rmbg`, else none and the whole image is the subject) and cropped to W×H; its VAE
 latent is concatenated to the noisy latent at every call of the 8-channel UNet (offsets merged
 once at load); a light direction becomes a gray gradient whose latent starts an img2img pass
 at `lowres_denoise` ("None" starts from noise); the result is decoded, resized by
@@ -34,7 +35,9 @@ from PIL import Image
 from inference.engines.base import ProgressCallback, ProgressCounter
 from inference.iclight.batching import BatchObserver, PassBatcher
 from inference.iclight.images import (
+    Matting,
     MattingModel,
+    RMBGMatting,
     UInt8Array,
     background_for,
     composite_on_gray,
@@ -44,6 +47,7 @@ from inference.iclight.images import (
     to_uint8_via_unit,
 )
 from inference.iclight.prompts import encode_prompt_pair
+from inference.iclight.rmbg import has_rmbg
 from inference.iclight.sampling import (
     Guidance,
     PassJob,
@@ -83,7 +87,7 @@ class ICLightEngine:
         model: ICLightModel,
         *,
         device: torch.device,
-        matting: MattingModel | None = None,
+        matting: Matting | None = None,
         model_name: str = "iclight_sd15_fc",
         full_precision: bool = False,
         optimize: bool | None = None,
@@ -111,6 +115,8 @@ class ICLightEngine:
         self.model = model_name
         self.device = device
         self.matting = matting
+        # What cuts out subjects without alpha, for /healthz: "rmbg-1.4", "exported:<file>".
+        self.matting_name: str | None = matting.name if matting is not None else None
         on_cuda = device.type == "cuda"
         if vae_batch_pixels is None and on_cuda:
             vae_batch_pixels = CUDA_VAE_BATCH_PIXELS
@@ -183,13 +189,19 @@ class ICLightEngine:
     ) -> ICLightEngine:
         """Load the model folder (layout in `inference.iclight.weights`) onto `device`.
 
-        `device` None means CUDA when available, else the CPU; `matting_model` is an alpha
-        matting program saved with `torch.export.save` (see `MattingModel`), used for
-        subjects without alpha. Every variant whose offsets the folder has is served.
+        `device` None means CUDA when available, else the CPU. Subjects without alpha are cut
+        out by `matting_model`, an alpha matting program saved with `torch.export.save` (see
+        `MattingModel`), when given; else by BRIA RMBG-1.4 when the folder has `rmbg/` (see
+        `RMBGMatting`: the demo's matting); else not at all. Every variant whose offsets the
+        folder has is served.
         """
         target = torch.device(device) if device is not None else default_device()
         model = load_model(model_dir)
-        matting = MattingModel(matting_model, target) if matting_model is not None else None
+        matting: Matting | None = None
+        if matting_model is not None:
+            matting = MattingModel(matting_model, target)
+        elif has_rmbg(model_dir):
+            matting = RMBGMatting.from_model_dir(model_dir, target)
         variants = "+".join(variant.value for variant in model.unets)
         return cls(
             model,

@@ -7,6 +7,7 @@ exactly 0), tensor → uint8 is `x · 127.5 + 127.5` in the decoder's dtype, cli
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -14,6 +15,7 @@ import torch
 from PIL import Image
 from torch.export.passes import move_to_device_pass
 
+from inference.iclight.rmbg import RMBG_DIR, load_rmbg
 from relight.params import BackgroundSource, LightSource
 
 BACKGROUND_GRAY = 127
@@ -23,13 +25,69 @@ MATTING_CELLS = 256
 UInt8Array = npt.NDArray[np.uint8]
 
 
+class Matting(Protocol):
+    """What cuts a subject without alpha out: a name (for /healthz) and an alpha per pixel."""
+
+    @property
+    def name(self) -> str: ...
+
+    def alpha(self, image: Image.Image) -> npt.NDArray[np.float32]:
+        """Alpha in [0, 1] for every pixel of an RGB image, shape (H, W)."""
+        ...
+
+
+def rmbg_feed_size(width: int, height: int) -> tuple[int, int]:
+    """The size the demo resizes a W×H subject to for RMBG: about `MATTING_CELLS` 64×64 cells
+    (~1024²) in the subject's aspect ratio, each side a multiple of 64.
+
+    `k = (256 / (H·W))^0.5`, side `64 · round(side · k)` (Python's round: halves to even), as
+    the demo computes it; at least 64, where the demo's resize would fail on a zero side.
+    """
+    k = (MATTING_CELLS / float(height * width)) ** 0.5
+    return max(64, 64 * round(width * k)), max(64, 64 * round(height * k))
+
+
+class RMBGMatting:
+    """BRIA RMBG-1.4 (`inference.iclight.rmbg`) with the demo's `run_rmbg` arithmetic.
+
+    The subject is resized (LANCZOS) to `rmbg_feed_size`, scaled as the demo scales every
+    image for its networks (`x / 127 − 1`, 127 ↦ 0, not RMBG's own `x / 255 − 0.5`), the
+    network's first matte is resized back to H×W (bilinear) and clipped to [0, 1]. The network
+    runs in fp32 on any device, as the demo runs it.
+    """
+
+    name = "rmbg-1.4"
+
+    def __init__(self, directory: Path, device: torch.device) -> None:
+        self.directory = directory
+        self.device = device
+        self._network = load_rmbg(directory).to(device=device, dtype=torch.float32)
+
+    @classmethod
+    def from_model_dir(cls, model_dir: Path, device: torch.device) -> RMBGMatting:
+        """The network of the IC-Light model folder's `rmbg/` subfolder."""
+        return cls(model_dir / RMBG_DIR, device)
+
+    def alpha(self, image: Image.Image) -> npt.NDArray[np.float32]:
+        """Alpha in [0, 1] for every pixel of an RGB image, shape (H, W)."""
+        width, height = image.size
+        feed = np.asarray(image.resize(rmbg_feed_size(width, height), Image.Resampling.LANCZOS))
+        with torch.inference_mode():
+            tensor = to_tensor([feed]).to(device=self.device, dtype=torch.float32)
+            matte = self._network(tensor)[0][0]
+            matte = torch.nn.functional.interpolate(matte, size=(height, width), mode="bilinear")
+            result: npt.NDArray[np.float32] = matte[0, 0].float().cpu().numpy().clip(0, 1)
+        return result
+
+
 class MattingModel:
     """An exported alpha matting program: 1×3×H×W RGB in [0, 1] → 1×1×h×w alpha in [0, 1].
 
     The file is a `torch.export.save` of an ExportedProgram whose H and W are dynamic (they
     are multiples of 64 near one megapixel, following the image's aspect ratio); the alpha is
-    resized back (bilinear) to the image's size. Any background-removal network (e.g. BRIA
-    RMBG) can be wrapped so, with its own input normalisation inside.
+    resized back (bilinear) to the image's size. Any background-removal network (e.g.
+    BiRefNet, for an operator who needs a commercial licence: RMBG-1.4's weights are
+    non-commercial) can be wrapped so, with its own input normalisation inside.
     """
 
     def __init__(self, path: Path, device: torch.device) -> None:
@@ -37,6 +95,7 @@ class MattingModel:
             raise FileNotFoundError(f"matting model {path} does not exist")
         self.path = path
         self.device = device
+        self.name = f"exported:{path.name}"
         program = torch.export.load(str(path))
         if device.type != "cpu":
             program = move_to_device_pass(program, device)
@@ -45,9 +104,7 @@ class MattingModel:
     def alpha(self, image: Image.Image) -> npt.NDArray[np.float32]:
         """Alpha in [0, 1] for every pixel of an RGB image, shape (H, W)."""
         width, height = image.size
-        # The reference's arithmetic; at least one cell, where the reference would fail.
-        k = (MATTING_CELLS / float(height * width)) ** 0.5
-        feed_size = (max(64, 64 * round(width * k)), max(64, 64 * round(height * k)))
+        feed_size = rmbg_feed_size(width, height)
         feed = np.asarray(image.resize(feed_size, Image.Resampling.LANCZOS), dtype=np.float32)
         tensor = torch.from_numpy(feed / 255.0).permute(2, 0, 1)[None].to(self.device)
         with torch.inference_mode():
@@ -61,8 +118,11 @@ class MattingModel:
         return result
 
 
-def composite_on_gray(subject: Image.Image, matting: MattingModel | None) -> Image.Image:
-    """The subject over gray 127: by its own alpha, else the matting model's, else unchanged."""
+def composite_on_gray(subject: Image.Image, matting: Matting | None) -> Image.Image:
+    """The subject over gray 127: by its own alpha, else the matting model's, else unchanged.
+
+    `127 + (rgb − 127) · alpha` in float32, clipped and truncated: the demo's `run_rmbg` step.
+    """
     if subject.mode not in ("RGB", "RGBA"):
         has_alpha = subject.mode in ("LA", "PA", "La") or "transparency" in subject.info
         subject = subject.convert("RGBA" if has_alpha else "RGB")

@@ -25,6 +25,16 @@ def tiny_fc_and_fbc_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
+@pytest.fixture(scope="session")
+def tiny_rmbg_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model folder with the fc and the fbc offsets and a tiny RMBG (`rmbg/`)."""
+    return write_tiny_model(
+        tmp_path_factory.mktemp("iclight-rmbg") / "model",
+        variants=(Variant.FC, Variant.FBC),
+        rmbg=True,
+    )
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread() -> Iterator[None]:
     """One torch thread for the module (identity tests: thread count changes rounding)."""

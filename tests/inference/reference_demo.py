@@ -13,7 +13,12 @@ and pixel conversions. The conformance test (`test_reference_conformance.py`) an
 the background latents, a text-to-image first pass, its own output quantisation).
 
 It takes the foreground as the demo's `process()` does: a uint8 RGB array already composited on
-gray (the demo mattes with RMBG first; `composite_by_alpha` is that step with a given alpha).
+gray. The demos' `process_relight()` mattes every upload with BRIA RMBG-1.4 first: `run_rmbg()`
+here is that step, written from the demo's `run_rmbg` line by line (its feed size, its
+`numpy2pytorch` scaling, the network's first output, bilinear back, clip, `127 + (img − 127) ·
+alpha`); only the network's forward pass is Relight's module (`inference.iclight.rmbg.BriaRMBG`,
+the reference's `briarmbg.py` architecture), loaded here from the folder's `rmbg/` as the demo
+loads the hub's. `composite_by_alpha` is the same compositing with a subject's own alpha.
 
 Where it must depart from the demo it departs as Relight does, on purpose (README, "IC-Light
 model folder"): an empty text (a blank negative prompt) is encoded as one piece of start and
@@ -42,6 +47,7 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from PIL import Image
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from inference.iclight.rmbg import BriaRMBG
 from relight.params import RelightParams
 
 Pixels = npt.NDArray[np.uint8]
@@ -78,6 +84,33 @@ def composite_by_alpha(rgba: Image.Image) -> Pixels:
     alpha = pixels[..., 3:].astype(np.float32) / 255.0
     mixed = 127 + (pixels[..., :3].astype(np.float32) - 127) * alpha
     return mixed.clip(0, 255).astype(np.uint8)
+
+
+def load_rmbg_network(directory: Path) -> BriaRMBG:
+    """RMBG-1.4 from `directory/model.safetensors`, in fp32 and eval mode as the demo runs it
+    (`BriaRMBG.from_pretrained` puts the model in eval mode; the demo moves it to fp32)."""
+    state = safetensors.torch.load_file(str(directory / "model.safetensors"))
+    network = BriaRMBG(width=state["conv_in.weight"].shape[0])
+    network.load_state_dict(state, strict=True)
+    return network.to(dtype=torch.float32).eval()
+
+
+@torch.inference_mode()
+def run_rmbg(
+    network: torch.nn.Module, img: Pixels, sigma: float = 0.0
+) -> tuple[Pixels, npt.NDArray[np.float32]]:
+    """The demo's `run_rmbg`: the subject composited on gray by RMBG's matte, and the matte."""
+    height, width, channels = img.shape
+    assert channels == 3
+    k = (256.0 / float(height * width)) ** 0.5
+    feed = resize(img, int(64 * round(width * k)), int(64 * round(height * k)))
+    batch = to_model([feed]).to(dtype=torch.float32)
+    alpha = network(batch)[0][0]
+    alpha = torch.nn.functional.interpolate(alpha, size=(height, width), mode="bilinear")
+    alpha = alpha.movedim(1, -1)[0]
+    matte: npt.NDArray[np.float32] = alpha.detach().float().cpu().numpy().clip(0, 1)
+    result = 127 + (img.astype(np.float32) - 127 + sigma) * matte
+    return result.clip(0, 255).astype(np.uint8), matte
 
 
 def center_crop(image: Pixels, width: int, height: int) -> Pixels:
@@ -161,8 +194,13 @@ class ReferenceDemo:
 
         `half`: the demo's precisions (fp16 text encoder and UNet, bf16 VAE); else all fp32.
         `model`: "fc" (8-channel UNet, `process`) or "fbc" (12 channels, `process_background`).
+        The folder's `rmbg/`, when it has one, is the matting network of `process_relight` and
+        `process_relight_background`.
         """
         self.device = device
+        rmbg_dir = model_dir / "rmbg"
+        has_rmbg = (rmbg_dir / "model.safetensors").is_file()
+        self.rmbg = load_rmbg_network(rmbg_dir).to(device) if has_rmbg else None
         self.tokenizer = CLIPTokenizer.from_pretrained(model_dir / "tokenizer")
         # The demo's hub weights load in fp32; the offsets are merged in fp32 before any cast.
         fp32 = torch.float32
@@ -320,6 +358,21 @@ class ReferenceDemo:
             ).images
         latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
         return to_pixels(self.vae.decode(latents).sample)
+
+    def process_relight(self, input_fg: Pixels, **arguments: Any) -> list[Pixels]:
+        """The fc demo's button: matte the upload with RMBG, then `process()`."""
+        assert self.rmbg is not None, "the model folder has no rmbg/"
+        foreground, _ = run_rmbg(self.rmbg, input_fg)
+        return self.process(foreground, **arguments)
+
+    def process_relight_background(
+        self, input_fg: Pixels, input_bg: Pixels | None, **arguments: Any
+    ) -> list[Pixels]:
+        """The fbc demo's button: matte the upload (not the background) with RMBG, then
+        `process_background()`."""
+        assert self.rmbg is not None, "the model folder has no rmbg/"
+        foreground, _ = run_rmbg(self.rmbg, input_fg)
+        return self.process_background(foreground, input_bg, **arguments)
 
     @torch.inference_mode()
     def process_background(

@@ -33,6 +33,12 @@ from PIL import Image
 
 from inference.engines.base import ProgressCallback, ProgressCounter
 from inference.iclight.batching import BatchObserver, PassBatcher
+from inference.iclight.memory import (
+    DeviceOutOfMemory,
+    TorchOutOfMemory,
+    out_of_memory,
+    release_cached_memory,
+)
 from inference.iclight.images import (
     MattingModel,
     UInt8Array,
@@ -227,11 +233,19 @@ class ICLightEngine:
                 f"this engine has no IC-Light {variant.value} model "
                 f"(its folder lacks {variant.offsets_file})"
             )
-        if self.batcher is None:
-            with torch.inference_mode():
+        try:
+            if self.batcher is None:
+                with torch.inference_mode():
+                    return self._relight(
+                        runner, variant, subject, background, params, seed, progress
+                    )
+            with self.batcher.request(), torch.inference_mode():
                 return self._relight(runner, variant, subject, background, params, seed, progress)
-        with self.batcher.request(), torch.inference_mode():
-            return self._relight(runner, variant, subject, background, params, seed, progress)
+        except (TorchOutOfMemory, DeviceOutOfMemory) as exc:
+            # Raised afresh below, once this block has dropped `exc` and the frames it held.
+            error = out_of_memory(exc)
+        release_cached_memory(self.device)
+        raise error
 
     def _relight(
         self,
@@ -321,12 +335,19 @@ class ICLightEngine:
 
         if self.batcher is None:
             started = perf_counter()
-            denoise_together(unet, shape, [job])
+            try:
+                denoise_together(unet, shape, [job])
+            except TorchOutOfMemory as exc:
+                job.error = out_of_memory(exc)
             if self.batch_observer is not None:
                 seconds = perf_counter() - started
                 self.batch_observer.pass_ran(job.count, 1, shape.steps_run, seconds)
         else:
             self.batcher.run((variant.value, shape), job, pass_steps)
+        if isinstance(job.error, DeviceOutOfMemory):
+            # A new one: raising `job.error` itself would tie it to this frame, which holds
+            # `job` (a cycle the collector alone can break).
+            raise DeviceOutOfMemory(job.error.message) from None
         if job.error is not None:
             raise job.error
         assert job.result is not None

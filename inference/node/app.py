@@ -28,6 +28,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from inference.engines.base import RelightEngine
 from inference.node import metrics
+from inference.node.admission import LatentBudget
 from inference.node.engines import engine_device, load_engine
 from inference.node.heartbeat import Heartbeat
 from inference.node.service import NodeService, RenderAbandoned
@@ -117,6 +118,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         capacity=settings.capacity,
         max_input_bytes=settings.max_input_bytes,
         max_input_pixels=settings.max_input_pixels,
+        latent_budget=LatentBudget(settings.latent_budget),
         on_change=lambda: heartbeat.changed() if heartbeat is not None else None,
     )
     app.state.service = service

@@ -33,6 +33,7 @@ from PIL import Image
 
 from inference.engines.base import ProgressCallback, ProgressCounter
 from inference.iclight.batching import BatchObserver, PassBatcher
+from inference.iclight.determinism import configure_determinism
 from inference.iclight.memory import (
     DeviceOutOfMemory,
     TorchOutOfMemory,
@@ -99,6 +100,7 @@ class ICLightEngine:
         max_batch_images: int = 1,
         batch_window_s: float = 0.02,
         batch_observer: BatchObserver | None = None,
+        deterministic: bool = False,
     ) -> None:
         """Move the networks to `device` and prepare them for inference.
 
@@ -111,6 +113,8 @@ class ICLightEngine:
         `CUDA_VAE_BATCH_PIXELS` on CUDA). `max_batch_images` above 1 lets concurrent requests
         (on other threads) share denoising passes, up to that many images per UNet batch,
         waiting at most `batch_window_s` for company (`inference.iclight.batching`).
+        `deterministic` sets torch's process-wide flags for reproducible pixels
+        (`inference.iclight.determinism`); otherwise an optimized CUDA engine autotunes cuDNN.
         """
         if cuda_graphs and (device.type != "cuda" or compile_unet):
             raise ValueError("cuda_graphs needs a CUDA device and excludes compile_unet")
@@ -127,6 +131,7 @@ class ICLightEngine:
         self.tokenizer = model.tokenizer
         self.text_encoder = model.text_encoder.to(device=device, dtype=self.unet_dtype)
         optimize = optimize if optimize is not None else on_cuda
+        configure_determinism(deterministic, autotune=optimize and on_cuda)
         self._prepare_vae(model, optimize)
         self._prepare_unets(model, optimize, compile_unet, cuda_graphs)
         self.batcher = (
@@ -162,9 +167,6 @@ class ICLightEngine:
         self.vae.set_attn_processor(AttnProcessor2_0())
         if optimize:
             self.vae.to(memory_format=torch.channels_last)
-            if self.device.type == "cuda":
-                # Fixed shapes per request size: let cuDNN pick the fastest kernels once.
-                torch.backends.cudnn.benchmark = True
 
     @property
     def unet(self) -> UNet2DConditionModel:
@@ -186,6 +188,7 @@ class ICLightEngine:
         max_batch_images: int = 1,
         batch_window_s: float = 0.02,
         batch_observer: BatchObserver | None = None,
+        deterministic: bool = False,
     ) -> ICLightEngine:
         """Load the model folder (layout in `inference.iclight.weights`) onto `device`.
 
@@ -209,6 +212,7 @@ class ICLightEngine:
             max_batch_images=max_batch_images,
             batch_window_s=batch_window_s,
             batch_observer=batch_observer,
+            deterministic=deterministic,
         )
 
     def relight(

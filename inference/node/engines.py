@@ -25,6 +25,7 @@ def load_engine(settings: NodeSettings) -> RelightEngine:
         max_batch_images=settings.max_batch,
         batch_window_s=settings.batch_window_ms / 1000,
         batch_observer=PassMetrics(),
+        deterministic=settings.deterministic,
     )
     return engine
 

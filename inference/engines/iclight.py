@@ -63,12 +63,16 @@ from inference.iclight.sampling import (
 from inference.iclight.unet_runner import UNetRunner
 from inference.iclight.weights import ICLightModel, Variant, load_model
 from relight.images import resize_and_center_crop
-from relight.params import RelightParams
+from relight.params import BackgroundSource, RelightParams
 
 LATENT_CHANNELS = 4
 # On CUDA a VAE call takes at most this many image pixels: twelve 3072² images in one decode
 # would need well over 80 GB. Segmind's default request (≤ 12 × 768×960) still fits one call.
 CUDA_VAE_BATCH_PIXELS = 12 * 768 * 960
+
+
+# The warm-up render's size (the smallest a request may ask for).
+WARM_UP_SIZE = 256
 
 
 def default_device() -> torch.device:
@@ -250,6 +254,35 @@ class ICLightEngine:
             error = out_of_memory(exc)
         release_cached_memory(self.device)
         raise error
+
+    def warm_up(self) -> list[Variant]:
+        """One tiny render per loaded model (fc, fbc), so the first request pays no lazy
+        initialisation (CUDA context, cuDNN autotuning, allocator growth); the variants warmed."""
+        subject = Image.new("RGB", (WARM_UP_SIZE, WARM_UP_SIZE), (128, 128, 128))
+        # Unobserved: the node's pass metrics count requests' passes only (nothing else runs
+        # yet, so muting the observers here races with nobody).
+        observer, self.batch_observer = self.batch_observer, None
+        if self.batcher is not None:
+            self.batcher.observer = None
+        try:
+            self._warm_up(subject)
+        finally:
+            self.batch_observer = observer
+            if self.batcher is not None:
+                self.batcher.observer = observer
+        return list(self.variants)
+
+    def _warm_up(self, subject: Image.Image) -> None:
+        for variant in self.variants:
+            params = RelightParams(
+                prompt="warm-up",
+                width=WARM_UP_SIZE,
+                height=WARM_UP_SIZE,
+                steps=1,
+                highres_scale=1.0,
+                background_source=None if variant is Variant.FC else BackgroundSource.AMBIENT,
+            )
+            self.relight(subject, params, 0)
 
     def _relight(
         self,

@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from inference.engines.base import RelightEngine
 from inference.node import metrics
 from inference.node.admission import LatentBudget
-from inference.node.engines import engine_device, load_engine
+from inference.node.engines import engine_device, load_engine, warm_up
 from inference.node.heartbeat import Heartbeat
 from inference.node.service import NodeService, RenderAbandoned
 from inference.node.settings import NodeSettings
@@ -111,6 +111,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     loaded = config.engine
     if loaded is None:
         loaded = await asyncio.to_thread(load_engine, settings)
+    if settings.warm_up:
+        # Before the first heartbeat: workers find the node only once it renders at full speed.
+        await asyncio.to_thread(warm_up, loaded)
     heartbeat: Heartbeat | None = None
     service = NodeService(
         loaded,

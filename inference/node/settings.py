@@ -38,6 +38,9 @@ class NodeSettings(BaseSettings):
     # Same seed, same pixels on this node: cuDNN autotuning off, deterministic kernels (slower).
     # Off by default. Either way a CPU node and a GPU node give other images for one seed.
     deterministic: bool = False
+    # One tiny render per loaded model before the node announces itself (its first heartbeat),
+    # so no request pays the lazy initialisation; a failing warm-up stops the node.
+    warm_up: bool = True
     # Name in discovery and in job records; unset = host name and port.
     id: str | None = None
     # URL workers use to reach this node; unset = http://<host name>:<port>.

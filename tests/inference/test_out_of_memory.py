@@ -108,7 +108,7 @@ async def test_the_node_answers_out_of_memory_as_507(
 ) -> None:
     relighter, _ = engine
     app = create_node_app(
-        NodeSettings(engine="iclight", redis_url="", capacity=2),
+        NodeSettings(engine="iclight", redis_url="", capacity=2, warm_up=False),
         node_id="oom-node",
         url="http://oom-node",
         engine=relighter,

@@ -34,12 +34,6 @@ from PIL import Image
 from inference.engines.base import ProgressCallback, ProgressCounter
 from inference.iclight.batching import BatchObserver, PassBatcher
 from inference.iclight.determinism import configure_determinism
-from inference.iclight.memory import (
-    DeviceOutOfMemory,
-    TorchOutOfMemory,
-    out_of_memory,
-    release_cached_memory,
-)
 from inference.iclight.images import (
     MattingModel,
     UInt8Array,
@@ -49,6 +43,12 @@ from inference.iclight.images import (
     to_tensor,
     to_uint8,
     to_uint8_via_unit,
+)
+from inference.iclight.memory import (
+    DeviceOutOfMemory,
+    TorchOutOfMemory,
+    out_of_memory,
+    release_cached_memory,
 )
 from inference.iclight.prompts import encode_prompt_pair
 from inference.iclight.sampling import (

@@ -63,9 +63,7 @@ def test_one_capture_at_a_time_across_models() -> None:
     fc, fbc = FakeCaptures(), FakeCaptures()
     FakeCaptures.most_at_once = 0
     threads = [
-        threading.Thread(target=model, args=inputs(rows))
-        for model in (fc, fbc)
-        for rows in (1, 2)
+        threading.Thread(target=model, args=inputs(rows)) for model in (fc, fbc) for rows in (1, 2)
     ]
     for thread in threads:
         thread.start()
@@ -95,4 +93,5 @@ def test_large_latents_run_without_a_graph() -> None:
     model = FakeCaptures()
     sample, timestep, hidden = inputs(2, side=40)  # 40×40 latents > 32×32
     assert torch.equal(model(sample, timestep, hidden), sample * 2)
-    assert model.captured == [] and model.shapes == []
+    assert model.captured == []
+    assert model.shapes == []

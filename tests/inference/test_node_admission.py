@@ -26,9 +26,7 @@ def test_the_cost_is_rows_times_the_larger_pass_latent_pixels() -> None:
     # Segmind's defaults: 512x640 → 768x960 after highres 1.5; guidance doubles the rows.
     assert request_cost(RelightParams(prompt="a")) == 2 * (768 // 8) * (960 // 8)
     assert request_cost(RelightParams(prompt="a", cfg=1, highres_scale=1)) == 64 * 80
-    worst = RelightParams(
-        prompt="a", width=1024, height=1024, highres_scale=3, number_of_images=12
-    )
+    worst = RelightParams(prompt="a", width=1024, height=1024, highres_scale=3, number_of_images=12)
     assert request_cost(worst) == 12 * 2 * 384 * 384
     # Every valid request fits the default budget alone.
     assert request_cost(worst) <= DEFAULT_LATENT_BUDGET
@@ -67,7 +65,8 @@ def test_requests_that_together_exceed_the_budget_run_one_after_the_other() -> N
         thread.join(10)
     assert order[:3] == ["first in", "first out", "second in"]
     assert order.index("third in") > order.index("second in")
-    assert budget.used == 0 and budget.waiting == 0
+    assert budget.used == 0
+    assert budget.waiting == 0
 
 
 def test_a_request_alone_over_the_budget_is_refused_at_once() -> None:
@@ -86,7 +85,8 @@ def test_a_waiting_request_gives_up_when_its_check_raises() -> None:
 
     with budget.hold(10), pytest.raises(TimeoutError), budget.hold(5, check=gone):
         pass
-    assert budget.waiting == 0 and budget.used == 0
+    assert budget.waiting == 0
+    assert budget.used == 0
 
 
 async def test_the_node_refuses_a_request_over_its_budget_with_507() -> None:

@@ -89,7 +89,8 @@ def test_a_batched_pass_out_of_memory_frees_its_tensors_at_once(
         thread.join(timeout=120)
     assert errors == ["out_of_memory", "out_of_memory"]
     assert unet.batch_sizes == [4]  # one pass for both requests (2 images, guidance doubles)
-    assert unet.seen and all(ref() is None for ref in unet.seen), "tensors kept alive"
+    assert unet.seen
+    assert all(ref() is None for ref in unet.seen), "tensors kept alive"
 
 
 def test_a_lone_pass_out_of_memory_frees_its_tensors_at_once(
@@ -100,7 +101,8 @@ def test_a_lone_pass_out_of_memory_frees_its_tensors_at_once(
     relighter.runners[Variant.FC] = unet  # type: ignore[assignment]
     with pytest.raises(DeviceOutOfMemory):
         relighter.relight(subject(), PARAMS, 1)
-    assert unet.seen and all(ref() is None for ref in unet.seen)
+    assert unet.seen
+    assert all(ref() is None for ref in unet.seen)
 
 
 async def test_the_node_answers_out_of_memory_as_507(

@@ -59,7 +59,8 @@ def test_the_engine_warms_up_every_model_unobserved(tiny_fc_and_fbc_model_dir: P
     )
     assert engine.warm_up() == [Variant.FC, Variant.FBC]
     assert passes.images == []  # the node's metrics count requests only
-    assert engine.batch_observer is passes and engine.batcher is not None
+    assert engine.batch_observer is passes
+    assert engine.batcher is not None
     assert engine.batcher.observer is passes
 
 

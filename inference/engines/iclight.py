@@ -376,7 +376,7 @@ class ICLightEngine:
                 denoise_together(unet, shape, [job])
             except TorchOutOfMemory as exc:
                 job.error = out_of_memory(exc)
-            if self.batch_observer is not None:
+            if self.batch_observer is not None and job.error is None:
                 seconds = perf_counter() - started
                 self.batch_observer.pass_ran(job.count, 1, shape.steps_run, seconds)
         else:

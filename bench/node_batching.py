@@ -68,6 +68,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--sd15", action="store_true", help="full-size SD1.5, not the tiny model")
+    parser.add_argument("--model-dir", type=Path, help="use this model folder instead")
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--height", type=int, default=640)
     parser.add_argument("--steps", type=int, default=25)
@@ -90,7 +91,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="relight-batching-") as scratch:
         from inference.tiny_model import write_model, write_tiny_model
 
-        if args.sd15:
+        if args.model_dir is not None:
+            model_dir = args.model_dir
+        elif args.sd15:
             from bench.node_gpu import SD15_TEXT_CONFIG, SD15_UNET_CONFIG, SD15_VAE_CONFIG
 
             model_dir = write_model(
@@ -103,6 +106,8 @@ def main() -> int:
         else:
             model_dir = write_tiny_model(Path(scratch) / "tiny")
         kind = "SD1.5 (random weights)" if args.sd15 else "tiny model"
+        if args.model_dir is not None:
+            kind = str(args.model_dir)
         print(
             f"IC-Light fc, {kind}, {device}, torch threads {torch.get_num_threads()}: "
             f"{args.width}x{args.height}, {args.steps} steps, highres {args.highres_scale}, "

@@ -12,9 +12,13 @@ times, in the same run and on the same request (512×640, 25 steps, highres 1.5,
   StableDiffusionPipeline and StableDiffusionImg2ImgPipeline sharing the hooked 8-channel UNet,
   fp16 UNet, bf16 VAE, SDPA, as `gradio_demo.py` runs it.
 
-It prints seconds per image, images per second and the speed-up (goal: at least 2×), then
-runs the reference once more in fp32 and compares, on the same seed, ours in fp32 and (on CUDA)
-ours at a node's precisions (fp16 UNet, bf16 VAE) with it: largest and mean pixel difference.
+It prints seconds per image, images per second, the speed-up (goal: at least 2×) and, on CUDA,
+the peak GPU memory of each of our variants; then runs the reference once more in fp32 and
+compares, on the same seed, ours in fp32 and (on CUDA) ours at a node's precisions (fp16 UNet,
+bf16 VAE) with it: largest and mean pixel difference. On CUDA it also runs the reference in
+fp16 and compares ours in fp16 with the optimisations off (no fused QKV, no channels-last) with
+it, so a precision loss of ours shows apart from fp16's own. The reference runs with cuDNN
+autotuning off (as the demo does), whatever our engine set before it.
 
 Without CUDA it prints that it was not run and exits 0. `--tiny --device cpu` runs the same
 script end to end with the tiny test model on the CPU (both versions in fp32), which is how
@@ -145,6 +149,7 @@ def _ours(
     full_precision: bool,
     cuda_graphs: bool = False,
     compile_unet: bool = False,
+    optimize: bool | None = None,
 ) -> Any:
     from inference.engines.iclight import ICLightEngine
 
@@ -152,6 +157,7 @@ def _ours(
         model_dir,
         device=str(device),
         full_precision=full_precision,
+        optimize=optimize,
         cuda_graphs=cuda_graphs,
         compile_unet=compile_unet,
     )
@@ -289,7 +295,10 @@ def main() -> int:
         if args.compile:
             variants.append(("ours+compile", False, True))
         timings: list[tuple[str, float]] = []
+        peaks: list[tuple[str, float]] = []
         for label, cuda_graphs, compile_unet in variants:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
             engine = _ours(
                 model_dir,
                 device,
@@ -304,8 +313,12 @@ def main() -> int:
                 args.runs,
             )
             timings.append((label, seconds))
+            if device.type == "cuda":
+                peaks.append((label, torch.cuda.max_memory_allocated(device) / 2**30))
             del engine
             _free(device)
+        # The demo never turns cuDNN autotuning on; our engine did, process-wide.
+        torch.backends.cudnn.benchmark = False
         reference = _reference(model_dir, device, half=device.type == "cuda")
         plain_s, _ = _time(
             functools.partial(_run_reference, reference, subject, request),
@@ -322,6 +335,8 @@ def main() -> int:
             print(f"{label:<14}{seconds:>12.3f}{seconds / count:>10.3f}{count / seconds:>10.2f}")
         for label, seconds in timings:
             print(f"speed-up (plain / {label}): {plain_s / seconds:.2f}x (goal: at least 2x)")
+        for label, gib in peaks:
+            print(f"peak GPU memory, {label}: {gib:.2f} GiB")
 
         if not args.skip_check:
             # The reference in fp32 against ours in fp32 (bit-identical on the CPU with one
@@ -342,6 +357,21 @@ def main() -> int:
                 print(
                     f"ours {label} vs reference fp32, same seed: max abs pixel difference "
                     f"{largest}, mean {mean:.4f} (0-255 scale)"
+                )
+            if device.type == "cuda":
+                # fp16 against fp16: what our own changes cost, apart from fp16's rounding.
+                reference = _reference(model_dir, device, half=True)
+                theirs = _run_reference(reference, subject, request, 1234)
+                del reference
+                _free(device)
+                engine = _ours(model_dir, device, full_precision=False, optimize=False)
+                ours = _run_ours(engine, subject, request, 1234)
+                del engine
+                _free(device)
+                largest, mean = _difference(ours, theirs)
+                print(
+                    f"ours fp16 (optimisations off) vs reference fp16, same seed: max abs pixel "
+                    f"difference {largest}, mean {mean:.4f} (0-255 scale)"
                 )
     return 0
 

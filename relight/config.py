@@ -118,6 +118,9 @@ class Settings(BaseSettings):
     gpu_connect_timeout_s: float = Field(default=5.0, gt=0)
     # Longest silence on a node's progress stream before the node counts as gone.
     gpu_read_timeout_s: float = Field(default=60.0, gt=0)
+    # A `gpu` render may take longer than job_timeout_s when the request is large (its
+    # timeout follows its size: relight/nodes/render_time.py), up to this long.
+    gpu_job_timeout_max_s: float = Field(default=3600.0, gt=0)
     # Circuit breaker per node, shared by every worker through Redis.
     gpu_breaker_failures: int = Field(default=3, ge=1)
     gpu_breaker_cooldown_s: float = Field(default=30.0, gt=0)

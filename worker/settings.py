@@ -201,7 +201,8 @@ def worker_options(settings: Settings) -> dict[str, Any]:
         **redis_options(settings),
         "on_shutdown": shutdown,
         "max_jobs": settings.worker_concurrency,
-        "job_timeout": settings.job_timeout_s + 30,
+        # GPU renders may take up to gpu_job_timeout_max_s (their timeout follows their size).
+        "job_timeout": max(settings.job_timeout_s, settings.gpu_job_timeout_max_s) + 30,
         "poll_delay": settings.worker_poll_delay_s,
         "fair_dispatch": settings.fair_dispatch,
         "keep_result": 0,

@@ -34,6 +34,7 @@ from PIL import Image
 
 from inference.engines.base import ProgressCallback, ProgressCounter
 from inference.iclight.batching import BatchObserver, PassBatcher
+from inference.iclight.determinism import configure_determinism
 from inference.iclight.images import (
     Matting,
     MattingModel,
@@ -45,6 +46,12 @@ from inference.iclight.images import (
     to_tensor,
     to_uint8,
     to_uint8_via_unit,
+)
+from inference.iclight.memory import (
+    DeviceOutOfMemory,
+    TorchOutOfMemory,
+    out_of_memory,
+    release_cached_memory,
 )
 from inference.iclight.prompts import encode_prompt_pair
 from inference.iclight.rmbg import has_rmbg
@@ -60,12 +67,16 @@ from inference.iclight.sampling import (
 from inference.iclight.unet_runner import UNetRunner
 from inference.iclight.weights import ICLightModel, Variant, load_model
 from relight.images import resize_and_center_crop
-from relight.params import RelightParams
+from relight.params import BackgroundSource, RelightParams
 
 LATENT_CHANNELS = 4
 # On CUDA a VAE call takes at most this many image pixels: twelve 3072² images in one decode
 # would need well over 80 GB. Segmind's default request (≤ 12 × 768×960) still fits one call.
 CUDA_VAE_BATCH_PIXELS = 12 * 768 * 960
+
+
+# The warm-up render's size (the smallest a request may ask for).
+WARM_UP_SIZE = 256
 
 
 def default_device() -> torch.device:
@@ -97,6 +108,7 @@ class ICLightEngine:
         max_batch_images: int = 1,
         batch_window_s: float = 0.02,
         batch_observer: BatchObserver | None = None,
+        deterministic: bool = False,
     ) -> None:
         """Move the networks to `device` and prepare them for inference.
 
@@ -109,6 +121,8 @@ class ICLightEngine:
         `CUDA_VAE_BATCH_PIXELS` on CUDA). `max_batch_images` above 1 lets concurrent requests
         (on other threads) share denoising passes, up to that many images per UNet batch,
         waiting at most `batch_window_s` for company (`inference.iclight.batching`).
+        `deterministic` sets torch's process-wide flags for reproducible pixels
+        (`inference.iclight.determinism`); otherwise an optimized CUDA engine autotunes cuDNN.
         """
         if cuda_graphs and (device.type != "cuda" or compile_unet):
             raise ValueError("cuda_graphs needs a CUDA device and excludes compile_unet")
@@ -127,6 +141,7 @@ class ICLightEngine:
         self.tokenizer = model.tokenizer
         self.text_encoder = model.text_encoder.to(device=device, dtype=self.unet_dtype)
         optimize = optimize if optimize is not None else on_cuda
+        configure_determinism(deterministic, autotune=optimize and on_cuda)
         self._prepare_vae(model, optimize)
         self._prepare_unets(model, optimize, compile_unet, cuda_graphs)
         self.batcher = (
@@ -162,9 +177,6 @@ class ICLightEngine:
         self.vae.set_attn_processor(AttnProcessor2_0())
         if optimize:
             self.vae.to(memory_format=torch.channels_last)
-            if self.device.type == "cuda":
-                # Fixed shapes per request size: let cuDNN pick the fastest kernels once.
-                torch.backends.cudnn.benchmark = True
 
     @property
     def unet(self) -> UNet2DConditionModel:
@@ -186,6 +198,7 @@ class ICLightEngine:
         max_batch_images: int = 1,
         batch_window_s: float = 0.02,
         batch_observer: BatchObserver | None = None,
+        deterministic: bool = False,
     ) -> ICLightEngine:
         """Load the model folder (layout in `inference.iclight.weights`) onto `device`.
 
@@ -215,6 +228,7 @@ class ICLightEngine:
             max_batch_images=max_batch_images,
             batch_window_s=batch_window_s,
             batch_observer=batch_observer,
+            deterministic=deterministic,
         )
 
     def relight(
@@ -239,11 +253,48 @@ class ICLightEngine:
                 f"this engine has no IC-Light {variant.value} model "
                 f"(its folder lacks {variant.offsets_file})"
             )
-        if self.batcher is None:
-            with torch.inference_mode():
+        try:
+            if self.batcher is None:
+                with torch.inference_mode():
+                    return self._relight(
+                        runner, variant, subject, background, params, seed, progress
+                    )
+            with self.batcher.request(), torch.inference_mode():
                 return self._relight(runner, variant, subject, background, params, seed, progress)
-        with self.batcher.request(), torch.inference_mode():
-            return self._relight(runner, variant, subject, background, params, seed, progress)
+        except (TorchOutOfMemory, DeviceOutOfMemory) as exc:
+            # Raised afresh below, once this block has dropped `exc` and the frames it held.
+            error = out_of_memory(exc)
+        release_cached_memory(self.device)
+        raise error
+
+    def warm_up(self) -> list[Variant]:
+        """One tiny render per loaded model (fc, fbc), so the first request pays no lazy
+        initialisation (CUDA context, cuDNN autotuning, allocator growth); the variants warmed."""
+        subject = Image.new("RGB", (WARM_UP_SIZE, WARM_UP_SIZE), (128, 128, 128))
+        # Unobserved: the node's pass metrics count requests' passes only (nothing else runs
+        # yet, so muting the observers here races with nobody).
+        observer, self.batch_observer = self.batch_observer, None
+        if self.batcher is not None:
+            self.batcher.observer = None
+        try:
+            self._warm_up(subject)
+        finally:
+            self.batch_observer = observer
+            if self.batcher is not None:
+                self.batcher.observer = observer
+        return list(self.variants)
+
+    def _warm_up(self, subject: Image.Image) -> None:
+        for variant in self.variants:
+            params = RelightParams(
+                prompt="warm-up",
+                width=WARM_UP_SIZE,
+                height=WARM_UP_SIZE,
+                steps=1,
+                highres_scale=1.0,
+                background_source=None if variant is Variant.FC else BackgroundSource.AMBIENT,
+            )
+            self.relight(subject, params, 0)
 
     def _relight(
         self,
@@ -333,12 +384,19 @@ class ICLightEngine:
 
         if self.batcher is None:
             started = perf_counter()
-            denoise_together(unet, shape, [job])
-            if self.batch_observer is not None:
+            try:
+                denoise_together(unet, shape, [job])
+            except TorchOutOfMemory as exc:
+                job.error = out_of_memory(exc)
+            if self.batch_observer is not None and job.error is None:
                 seconds = perf_counter() - started
                 self.batch_observer.pass_ran(job.count, 1, shape.steps_run, seconds)
         else:
             self.batcher.run((variant.value, shape), job, pass_steps)
+        if isinstance(job.error, DeviceOutOfMemory):
+            # A new one: raising `job.error` itself would tie it to this frame, which holds
+            # `job` (a cycle the collector alone can break).
+            raise DeviceOutOfMemory(job.error.message) from None
         if job.error is not None:
             raise job.error
         assert job.result is not None

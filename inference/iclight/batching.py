@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from inference.iclight.memory import is_out_of_memory, out_of_memory
 from inference.iclight.sampling import PassJob, PassShape
 
 GroupKey = tuple[str, PassShape]
@@ -172,7 +173,10 @@ class PassBatcher:
 
 
 def _fail_all(group: _Group, exc: BaseException) -> None:
-    """Give `exc` to every member still in the pass."""
+    """Give `exc` to every member still in the pass. Out of memory, each member gets its own
+    traceback-free error instead (`inference.iclight.memory`): the pass's tensors, held by
+    the frames of `exc`'s traceback, are freed as soon as the caller's `except` block ends."""
+    oom = is_out_of_memory(exc)
     for member in group.jobs:
         if member.error is None:
-            member.error = exc
+            member.error = out_of_memory(exc) if oom else exc

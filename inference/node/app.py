@@ -29,7 +29,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from inference.engines.base import RelightEngine
 from inference.node import metrics
-from inference.node.engines import engine_device, load_engine
+from inference.node.admission import LatentBudget
+from inference.node.engines import engine_device, load_engine, warm_up
 from inference.node.heartbeat import Heartbeat
 from inference.node.model_identity import ModelIdentity, checked_model_digest, matting_name
 from inference.node.service import NodeService, RenderAbandoned
@@ -126,6 +127,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.model_identity = ModelIdentity(
         digest=digest, matting=matting_name(loaded, settings.matting_model)
     )
+    if settings.warm_up:
+        # Before the first heartbeat: workers find the node only once it renders at full speed.
+        await asyncio.to_thread(warm_up, loaded)
     heartbeat: Heartbeat | None = None
     service = NodeService(
         loaded,
@@ -134,6 +138,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         max_input_bytes=settings.max_input_bytes,
         max_input_pixels=settings.max_input_pixels,
         model_digest=digest,
+        latent_budget=LatentBudget(settings.latent_budget),
         on_change=lambda: heartbeat.changed() if heartbeat is not None else None,
     )
     app.state.service = service

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+from time import perf_counter
+
 from inference.engines.base import RelightEngine
 from inference.node.metrics import PassMetrics
 from inference.node.settings import NodeSettings
+
+logger = logging.getLogger(__name__)
 
 
 def load_engine(settings: NodeSettings) -> RelightEngine:
@@ -25,6 +30,7 @@ def load_engine(settings: NodeSettings) -> RelightEngine:
         max_batch_images=settings.max_batch,
         batch_window_s=settings.batch_window_ms / 1000,
         batch_observer=PassMetrics(),
+        deterministic=settings.deterministic,
     )
     return engine
 
@@ -32,3 +38,12 @@ def load_engine(settings: NodeSettings) -> RelightEngine:
 def engine_device(engine: RelightEngine) -> str:
     """Where the engine computes: its `device` when it has one, else the CPU."""
     return str(getattr(engine, "device", "cpu"))
+
+
+def warm_up(engine: RelightEngine) -> None:
+    """Run the engine's warm-up, when it has one (IC-Light: a tiny render per model)."""
+    warm = getattr(engine, "warm_up", None)
+    if warm is not None:
+        started = perf_counter()
+        warmed = warm()
+        logger.info("warmed up %s in %.1f s", warmed, perf_counter() - started)

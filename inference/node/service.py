@@ -21,6 +21,7 @@ from PIL import Image
 
 from inference.engines.base import RelightEngine
 from inference.node import metrics
+from inference.node.admission import LatentBudget, request_cost
 from relight.errors import InvalidImage, InvalidParameter, RelightError
 from relight.images import decode_image, encode_image
 from relight.nodes.wire import NodeImage, NodeRequest, NodeResult
@@ -54,6 +55,7 @@ class NodeService:
         max_input_bytes: int,
         max_input_pixels: int,
         model_digest: str | None = None,
+        latent_budget: LatentBudget | None = None,
         on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self.engine = engine
@@ -64,6 +66,7 @@ class NodeService:
         # The model folder's digest, returned with every result (see inference/model_folder.py).
         self.model_digest = model_digest
         self.on_change = on_change
+        self.budget = latent_budget
         self.in_flight = 0
         self.executor = ThreadPoolExecutor(max_workers=capacity, thread_name_prefix="node-engine")
 
@@ -118,7 +121,14 @@ class NodeService:
         subject, background = images_in
         started = perf_counter()
         try:
-            images = self.engine.relight(subject, params, seed, progress, background=background)
+            if self.budget is None:
+                images = self.engine.relight(subject, params, seed, progress, background=background)
+            else:
+                # Waits for room (the stream pings meanwhile); a client gone stops the wait.
+                with self.budget.hold(request_cost(params), check=lambda: progress(0.0)):
+                    images = self.engine.relight(
+                        subject, params, seed, progress, background=background
+                    )
         except Exception:
             metrics.RENDERS.labels("error").inc()
             raise
@@ -155,7 +165,10 @@ class NodeService:
         self, request: NodeRequest, progress: Callable[[float], None]
     ) -> concurrent.futures.Future[NodeResult]:
         """Take a render thread, decode the subject, and start rendering; the thread is freed
-        when the engine is done (not when the client goes away: the GPU is busy until then)."""
+        when the engine is done (not when the client goes away: the GPU is busy until then). A
+        request over the whole latent budget is refused before it takes a render thread."""
+        if self.budget is not None:
+            self.budget.refuse_if_too_large(request_cost(request.params))
         self.take_render_thread()
         loop = asyncio.get_running_loop()
         try:

@@ -10,6 +10,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from inference.node.admission import DEFAULT_LATENT_BUDGET
+
 
 class NodeSettings(BaseSettings):
     model_config = SettingsConfigDict(
@@ -33,6 +35,15 @@ class NodeSettings(BaseSettings):
     max_batch: int = Field(default=8, ge=1, le=64)
     # How long a request waits for batch-mates (only while other requests are rendering).
     batch_window_ms: float = Field(default=20.0, ge=0, le=5000)
+    # Node-wide memory budget in UNet rows × latent pixels (inference/node/admission.py; the
+    # default suits one 80 GB GPU); requests wait for room, one alone over it is refused (507).
+    latent_budget: int = Field(default=DEFAULT_LATENT_BUDGET, ge=1)
+    # Same seed, same pixels on this node: cuDNN autotuning off, deterministic kernels (slower).
+    # Off by default. Either way a CPU node and a GPU node give other images for one seed.
+    deterministic: bool = False
+    # One tiny render per loaded model before the node announces itself (its first heartbeat),
+    # so no request pays the lazy initialisation; a failing warm-up stops the node.
+    warm_up: bool = True
     # Name in discovery and in job records; unset = host name and port.
     id: str | None = None
     # URL workers use to reach this node; unset = http://<host name>:<port>.

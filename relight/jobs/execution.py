@@ -46,6 +46,7 @@ from relight.jobs.progress import track_progress
 from relight.jobs.queue import Enqueuer
 from relight.logs import request_context
 from relight.models import Job, JobOutput, JobStatus
+from relight.nodes.render_time import gpu_render_timeout_s
 from relight.params import Backend, RelightParams
 from relight.storage import Storage
 from relight.storage.urls import UrlBuilder
@@ -237,7 +238,7 @@ class JobRunner:
             return await render_until_released(
                 asyncio.wait_for(
                     backend.render(job_input, params, job.seed, calls, report),
-                    timeout=self.settings.job_timeout_s,
+                    timeout=self._render_timeout_s(backend, params),
                 ),
                 watch_until_released(
                     self.redis,
@@ -248,13 +249,23 @@ class JobRunner:
                 abandoned,
             )
 
+    def _render_timeout_s(self, backend: RenderBackend, params: RelightParams) -> float:
+        """`job_timeout_s`, or for a GPU node a timeout that grows with the request's size."""
+        if backend.name is not Backend.GPU:
+            return self.settings.job_timeout_s
+        return gpu_render_timeout_s(
+            params,
+            floor_s=self.settings.job_timeout_s,
+            ceiling_s=self.settings.gpu_job_timeout_max_s,
+        )
+
     def _as_failure(self, job: Job, exc: Exception) -> BackendFailed:
         """A render's exception as the failure it counts as (a crash is retried)."""
         if isinstance(exc, BackendFailed):
             return exc
         if isinstance(exc, TimeoutError):
             return BackendFailed(
-                f"the backend did not finish within {self.settings.job_timeout_s:g} s",
+                "the backend did not finish in time",
                 code="backend_timeout",
                 retryable=True,
             )

@@ -31,6 +31,13 @@ class FailureKind(StrEnum):
     AUTH = "auth"  # the node refused our token
     REJECTED = "rejected"  # the request itself is wrong (400/413/422): no node will take it
     UNSUITED = "unsuited"  # this node cannot run this kind of request (no fbc model): try another
+    # The request does not fit in the node's GPU memory (out of memory, or over its latent
+    # budget): the request's size, not the node's health, so never counted against its breaker.
+    TOO_LARGE = "too_large"
+
+
+# What nodes answer (HTTP 507, or an error event) for a request too large for their GPU.
+TOO_LARGE_CODES = frozenset({"out_of_memory", "request_too_large"})
 
 
 class NodeCallFailed(Exception):
@@ -69,8 +76,11 @@ def _error_code(body: bytes) -> str | None:
 
 def _refusal(status: int, body: bytes, retry_after: str | None) -> NodeCallFailed:
     detail = _error_text(body)
-    if _error_code(body) == "background_not_served":
+    code = _error_code(body)
+    if code == "background_not_served":
         kind = FailureKind.UNSUITED
+    elif code in TOO_LARGE_CODES:
+        kind = FailureKind.TOO_LARGE
     elif status == 503:
         kind = FailureKind.BUSY
     elif status in (401, 403):
@@ -171,10 +181,12 @@ async def _follow_events(
         elif kind == "result":
             result = event
         elif kind == "error":
-            failure = (
-                FailureKind.REJECTED
-                if event.get("code") in ("invalid_image", "validation_error")
-                else FailureKind.FAILED
-            )
+            code = event.get("code")
+            if code in ("invalid_image", "validation_error"):
+                failure = FailureKind.REJECTED
+            elif code in TOO_LARGE_CODES:
+                failure = FailureKind.TOO_LARGE
+            else:
+                failure = FailureKind.FAILED
             raise NodeCallFailed(failure, f"node failed: {event.get('error')}")
     return result

@@ -160,6 +160,14 @@ class GpuDispatcher:
                         retryable=False,
                         failover=False,
                     ) from exc
+                if exc.kind is FailureKind.TOO_LARGE:
+                    # The same request would not fit the next node either (nodes are alike).
+                    raise BackendFailed(
+                        f"the request is too large for the GPU nodes: {exc.message}",
+                        code="request_too_large",
+                        retryable=False,
+                        failover=False,
+                    ) from exc
                 last = exc
                 (busy if exc.kind is FailureKind.BUSY else failed).add(lease.node.id)
 

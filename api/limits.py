@@ -15,6 +15,7 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.body import body_limit
+from api.middleware import REQUEST_ID_STATE
 from api.signin_throttle import SigninThrottle, client_address
 from relight.config import Settings
 from relight.errors import Forbidden, RelightError, Unauthorized
@@ -69,14 +70,11 @@ def body_cap(settings: Settings, path: str) -> int:
     return body_limit(settings) if path in IMAGE_ROUTES else settings.max_json_body_bytes
 
 
-async def _answer(
-    send: Send,
-    error: RelightError,
-    headers: dict[str, str] | None = None,
-    request_id: str | None = None,
-) -> None:
+async def _answer(scope: Scope, send: Send, error: RelightError) -> None:
+    # Every error body names a request id: here, before any route, the exchange's own.
+    request_id = scope.get("state", {}).get(REQUEST_ID_STATE)
     extra = dict(error.extra)
-    headers = {**extra.pop("headers", {}), **(headers or {})}
+    headers: dict[str, str] = extra.pop("headers", {})
     body = orjson.dumps(
         {"error": error.message, "code": error.code, "request_id": request_id, **extra}
     )
@@ -85,7 +83,7 @@ async def _answer(
         (b"content-length", str(len(body)).encode()),
         # The rest of the body is not read: the connection cannot carry another request.
         (b"connection", b"close"),
-        *((name.encode(), value.encode()) for name, value in (headers or {}).items()),
+        *((name.encode(), value.encode()) for name, value in headers.items()),
     ]
     await send({"type": "http.response.start", "status": error.status_code, "headers": raw_headers})
     await send({"type": "http.response.body", "body": body})
@@ -114,6 +112,7 @@ class RequestLimits:
         if head_size(scope) > settings.max_header_bytes:
             limit = settings.max_header_bytes
             await _answer(
+                scope,
                 send,
                 RelightError(
                     f"the request's headers are larger than the limit of {limit} bytes",
@@ -139,12 +138,7 @@ class RequestLimits:
                     bearer_token(authorization),
                 )
             except RelightError as exc:
-                request_id = scope.get("state", {}).get("request_id")
-                await _answer(
-                    send,
-                    exc,
-                    request_id=str(request_id) if exc.status_code == 429 and request_id else None,
-                )
+                await _answer(scope, send, exc)
                 return
         cap = body_cap(settings, path)
         too_large = RelightError(
@@ -155,7 +149,7 @@ class RequestLimits:
             extra={"limit_bytes": cap},
         )
         if declared is not None and declared.isdigit() and int(declared) > cap:
-            await _answer(send, too_large)
+            await _answer(scope, send, too_large)
             return
         await self._capped(scope, receive, send, cap, too_large)
 
@@ -176,7 +170,7 @@ class RequestLimits:
                     # The app stops reading at a disconnect; what it answers then is dropped.
                     answered = True
                     if not started:
-                        await _answer(send, too_large)
+                        await _answer(scope, send, too_large)
                     return {"type": "http.disconnect"}
             return message
 

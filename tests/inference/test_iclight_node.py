@@ -65,7 +65,9 @@ async def relight(node: NodeProcess, seed: int, **params: Any) -> list[bytes]:
         "params": {"prompt": PROMPT, **params},
         "seed": seed,
     }
-    async with httpx.AsyncClient(timeout=120) as client:
+    # A CPU render at the defaults (768x960 after the highres pass) took over 120 s on a loaded
+    # 2-core machine; the bound only keeps a hung node from hanging the suite.
+    async with httpx.AsyncClient(timeout=600) as client:
         response = await client.post(f"{node.url}/v1/relight", json=payload)
     assert response.status_code == 200, response.text
     result = response.json()

@@ -121,14 +121,14 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from inference.engines.iclight import MattingModel
+from inference.iclight.images import RMBGMatting
 
 folder, device = Path(sys.argv[1]), torch.device(sys.argv[2])
 subprocess.run(
     [sys.executable, "-m", "inference.tiny_model", str(folder), "--rmbg"], check=True
 )
-candidates = sorted(folder.glob("*rmbg*")) or sorted(folder.glob("*matting*"))
-matting = MattingModel(candidates[0], device)
+# The tiny RMBG-1.4 (the real architecture, narrower), run as the node runs the folder's rmbg/.
+matting = RMBGMatting.from_model_dir(folder, device)
 with Image.open("examples/chelsea.png") as opened:
     subject = opened.convert("RGB")
 runs = 1 if sys.argv[3] == "smoke" else 5

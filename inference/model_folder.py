@@ -22,8 +22,8 @@ from typing import Any
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
-# The engine's layout (inference/iclight/weights.py, which imports torch: repeated here, and
-# tests/inference/test_models_cli.py holds the two lists equal).
+# The base model's files the engine loads (inference/iclight/weights.py reads this list; it is
+# here, in a module without torch, so a node checks its folder before loading anything).
 BASE_FILES: tuple[str, ...] = (
     "unet/config.json",
     "unet/diffusion_pytorch_model.safetensors",

@@ -28,6 +28,8 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from inference.model_folder import BASE_FILES
+
 
 class Variant(StrEnum):
     """The two IC-Light models: conditioned on text (fc) or on a background too (fbc)."""
@@ -47,17 +49,6 @@ class Variant(StrEnum):
 
 OFFSETS_FILE = Variant.FC.offsets_file
 FBC_OFFSETS_FILE = Variant.FBC.offsets_file
-BASE_FILES: tuple[str, ...] = (
-    "unet/config.json",
-    "unet/diffusion_pytorch_model.safetensors",
-    "vae/config.json",
-    "vae/diffusion_pytorch_model.safetensors",
-    "text_encoder/config.json",
-    "text_encoder/model.safetensors",
-    "tokenizer/vocab.json",
-    "tokenizer/merges.txt",
-    "tokenizer/tokenizer_config.json",
-)
 # The fc model: the foreground latent rides next to the noisy latent, 4 + 4 channels.
 CONCAT_CHANNELS = Variant.FC.in_channels
 

@@ -18,7 +18,6 @@ import pytest
 import safetensors.numpy
 
 from inference import model_folder
-from inference.iclight import weights
 from inference.iclight.weights import Variant
 from inference.model_folder import MANIFEST, check_model_folder, model_digest
 from inference.models_cli import ICLIGHT_REPO, RMBG_REPO, SD15_REPO
@@ -75,7 +74,6 @@ def resolve_path(hub: FakeHub, repo: str, path: str) -> str:
 
 
 def test_the_checked_layout_is_the_engines() -> None:
-    assert model_folder.BASE_FILES == weights.BASE_FILES
     assert model_folder.OFFSETS == {v.offsets_file: v.in_channels for v in Variant}
 
 

@@ -210,7 +210,15 @@ for level in (1, 2, 4, 8):
     missing = smoke if level > 2 else "failed"
     cells = find("node_batching", rf"^\| {level} \| ([\d.]+ \| [\d.]+ \| [\d.]+x) \|", missing)
     rows.append((f"batching, {level} concurrent: images/s off, on, on/off", cells.replace(" |", ",")))
-rows.append(("matting: s/subject", find("matting", r"matting s/subject: ([\d.]+)", "n/a")))
+matting_ran = rc("matting") != "not run"
+rows.append(
+    (
+        "matting: s/subject",
+        find("matting", r"matting s/subject: ([\d.]+)", "failed")
+        if matting_ran
+        else "n/a (no matting model)",
+    )
+)
 for name in ("model", "node_gpu", "node_batching", "matting"):
     rows.append((f"step {name}", status(name)))
 

@@ -19,11 +19,12 @@ from api.errors import install_error_handlers
 from api.limits import RequestLimits
 from api.middleware import HttpMetrics, RateLimitHeaders, RequestId
 from api.responses import OrjsonResponse
-from api.routes import account, admin, health, metrics, relight, requests, webhooks
+from api.routes import account, admin, batches, health, metrics, relight, requests, webhooks
 from api.signin_throttle import SigninThrottle
 from api.state import AppState
 from api.ui.routes import install_ui
 from relight import __version__
+from relight.batches.schemas import BatchBody
 from relight.config import Settings, get_settings
 from relight.db import autocommit_engine, create_engine, create_sessionmaker, listen_dsn
 from relight.jobs.events import JobWaiter
@@ -44,6 +45,7 @@ API on top: request ids, polling, listing, cancel, idempotency and signed output
 ROUTERS: tuple[APIRouter, ...] = (
     relight.router,
     requests.router,
+    batches.router,
     webhooks.router,
     account.router,
     admin.router,
@@ -165,6 +167,12 @@ def install_openapi(app: FastAPI) -> None:
             schemas.update(body.pop("$defs", {}))
             schemas["SubmitBody"] = body
             schemas["SubmitForm"] = submit_form_schema(body)
+            batch = BatchBody.model_json_schema(ref_template="#/components/schemas/{model}")
+            # Its items are SubmitBody, defined once, above.
+            batch_defs = batch.pop("$defs", {})
+            batch_defs.pop("SubmitBody", None)
+            schemas.update(batch_defs)
+            schemas["BatchBody"] = batch
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -8,11 +8,16 @@ from typing import Any
 
 import orjson
 from fastapi import Request
+from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from pydantic import ValidationError
+
+from relight.batches.schemas import BatchOptions
+from relight.batches.service import BatchItem, item_error
 from relight.config import Settings
-from relight.errors import ImageTooLarge, RelightError
+from relight.errors import ImageTooLarge, InvalidParameter, RelightError
 from relight.image_structure import verify_field_structure
 from relight.jobs.inputs import SubjectSource, parse_subject_image
 from relight.jobs.schemas import SubmitBody
@@ -188,6 +193,13 @@ async def read_submission(request: Request, settings: Settings) -> Submitted:
             status_code=415,
             code="unsupported_media_type",
         )
+    return await submission_of(settings, data, uploads)
+
+
+async def submission_of(
+    settings: Settings, data: dict[str, Any], uploads: dict[str, bytes]
+) -> Submitted:
+    """A submission's fields, validated as one (a single submit's body, or a batch's item)."""
     body = SubmitBody.model_validate(data)
     params, options = body.split()
     subject = await _image(settings, "subject_image", body.subject_image, uploads)
@@ -220,3 +232,78 @@ async def _image(
             max_pixels=settings.max_input_pixels,
         )
     return source
+
+
+# An item's webhook is the batch's: a field of its own would be ignored, so it is refused.
+BATCH_ONLY_FIELDS = ("webhook_url", "webhook_events")
+
+
+@dataclass(frozen=True)
+class SubmittedBatch:
+    items: list[BatchItem]
+    webhook_url: str | None
+    webhook_events: list[str]
+
+
+async def read_batch(request: Request, settings: Settings) -> SubmittedBatch:
+    """A batch's JSON body, each item validated exactly as a single submit's body (inline
+    images included); a bad item is refused naming its index (`requests[3].cfg: ...`)."""
+    content_type = request.headers.get("content-type", "application/json").lower()
+    if not (content_type.startswith("application/json") or "json" in content_type):
+        raise RelightError(
+            f"unsupported content type {content_type!r}; a batch is sent as application/json",
+            status_code=415,
+            code="unsupported_media_type",
+        )
+    data, _ = await _read_json(request, settings)
+    envelope = BatchOptions.model_validate(data)
+    if len(envelope.requests) > settings.max_batch_size:
+        raise InvalidParameter(
+            f"requests: a batch holds at most {settings.max_batch_size} requests, "
+            f"got {len(envelope.requests)}",
+            extra={"field": "requests", "limit": settings.max_batch_size},
+        )
+    items = []
+    for index, item in enumerate(envelope.requests):
+        items.append(await _batch_item(settings, index, item))
+    return SubmittedBatch(
+        items=items,
+        webhook_url=envelope.webhook_url,
+        webhook_events=list(envelope.webhook_events),
+    )
+
+
+async def _batch_item(settings: Settings, index: int, item: Any) -> BatchItem:
+    prefix = f"requests[{index}]"
+    if not isinstance(item, dict):
+        raise InvalidParameter(
+            f"{prefix}: must be an object (a POST /v2/ic-light body)", extra={"field": prefix}
+        )
+    for name in BATCH_ONLY_FIELDS:
+        if name in item:
+            raise InvalidParameter(
+                f"{prefix}.{name}: not allowed in a batch item; set {name} on the batch",
+                extra={"field": f"{prefix}.{name}"},
+            )
+    try:
+        submitted = await submission_of(settings, item, {})
+    except ValidationError as exc:
+        raise _named_item_errors(prefix, exc) from exc
+    except RelightError as exc:
+        raise item_error(index, exc) from exc
+    return BatchItem(
+        params=submitted.params,
+        options=submitted.options,
+        subject=submitted.subject,
+        background=submitted.background,
+    )
+
+
+def _named_item_errors(prefix: str, exc: ValidationError) -> RequestValidationError:
+    """The item's field errors, each located under the item (`requests[3].cfg`)."""
+    errors = []
+    for error in exc.errors():
+        located = dict(error)
+        located["loc"] = (prefix, *error.get("loc", ()))
+        errors.append(located)
+    return RequestValidationError(errors)

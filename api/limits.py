@@ -22,7 +22,7 @@ from relight.errors import Forbidden, RelightError, Unauthorized
 
 ADMIN_PREFIX = "/admin/v1"
 # The routes that take an inline image (JSON base64 or a multipart file).
-IMAGE_ROUTES = frozenset({"/v1/ic-light", "/v2/ic-light"})
+IMAGE_ROUTES = frozenset({"/v1/ic-light", "/v2/ic-light", "/v2/batches"})
 
 
 def check_admin_token(settings: Settings, token: str) -> None:

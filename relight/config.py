@@ -70,6 +70,8 @@ class Settings(BaseSettings):
     # Largest body of a route that takes no image (admin API, the operators' page's forms,
     # every other POST); the relight submits take up to an inline image's worth.
     max_json_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    # Most items in one batch (`POST /v2/batches`): 422 above.
+    max_batch_size: int = Field(default=100, ge=1, le=1000)
     # Largest request head (request line and headers together): 431 above.
     max_header_bytes: int = Field(default=32 * 1024, ge=4096)
     # Status streams (`GET /v2/requests/{id}/status/stream`) open at once, per API key and per

@@ -126,6 +126,31 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class Batch(Base):
+    """A set of ordinary requests submitted together (`job.batch_id`): it aggregates their
+    status and announces `batch.completed` once, when its last item ends (`completed_at`)."""
+
+    __tablename__ = "batch"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "idempotency_key"),
+        Index("ix_batch_tenant_id_id", "tenant_id", "id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid7)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"))
+    item_count: Mapped[int] = mapped_column(Integer)
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    webhook_events: Mapped[list[str]] = mapped_column(
+        JSONB, default=list, server_default=text("'[]'::jsonb")
+    )
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    http_request_id: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = _now_column()
+    # Set once, in the transaction that ends the batch's last item.
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
 class Job(Base):
     __tablename__ = "job"
     __table_args__ = (
@@ -152,6 +177,7 @@ class Job(Base):
             "finished_at",
             postgresql_where=text("background_storage_key IS NOT NULL"),
         ),
+        Index("ix_job_batch_id", "batch_id", postgresql_where=text("batch_id IS NOT NULL")),
         CheckConstraint(
             "status IN ('queued', 'running', 'succeeded', 'failed', 'canceled')",
             name="status_known",
@@ -184,6 +210,10 @@ class Job(Base):
     webhook_url: Mapped[str | None] = mapped_column(Text)
     webhook_events: Mapped[list[str]] = mapped_column(
         JSONB, default=list, server_default=text("'[]'::jsonb")
+    )
+    # The batch the job is an item of (`POST /v2/batches`), if any.
+    batch_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("batch.id", ondelete="SET NULL")
     )
     # The X-Request-ID of the submit, so the worker's and the webhooks' log lines carry it.
     http_request_id: Mapped[str | None] = mapped_column(String(128))
@@ -267,11 +297,14 @@ class WebhookStatus(StrEnum):
 
 
 class WebhookDelivery(Base):
-    """One event of one request to one URL; retried on a schedule until it is delivered."""
+    """One event of one request (or of one batch: `batch.completed`) to one URL; retried on a
+    schedule until it is delivered."""
 
     __tablename__ = "webhook_delivery"
     __table_args__ = (
         UniqueConstraint("job_id", "event"),
+        UniqueConstraint("batch_id", "event"),
+        CheckConstraint("job_id IS NOT NULL OR batch_id IS NOT NULL", name="job_or_batch"),
         Index(
             "ix_webhook_delivery_due",
             "next_attempt_at",
@@ -281,7 +314,8 @@ class WebhookDelivery(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid7)
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"))
-    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("job.id", ondelete="CASCADE"))
+    job_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("job.id", ondelete="CASCADE"))
+    batch_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("batch.id", ondelete="CASCADE"))
     event: Mapped[str] = mapped_column(String(20))
     url: Mapped[str] = mapped_column(Text)
     # The JSON body, rendered when the event happened; every attempt sends these bytes. Text,

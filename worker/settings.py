@@ -18,6 +18,8 @@ from arq import cron, func
 from arq.connections import ArqRedis, RedisSettings
 
 from inference.engines.classic import ClassicEngine
+# Subscribes the batches to job events: a worker ends the batch whose last item it ends.
+import relight.batches  # noqa: F401
 from relight import metrics
 from relight.backends.availability import available_backends
 from relight.backends.local import LocalBackend

@@ -129,6 +129,20 @@ async def refusal_state(session: AsyncSession, tenant_id: uuid.UUID) -> Row[str,
     ).one()
 
 
+async def lock_refusal_state(
+    session: AsyncSession, tenant_id: uuid.UUID
+) -> Row[str, int, int, int] | None:
+    """`refusal_state`, with the tenant's row locked until the caller's transaction ends, so
+    that what it shows still holds for the reservations the transaction makes next."""
+    return (
+        await session.execute(
+            select(Tenant.status, Tenant.credit_balance, Tenant.active_jobs, Tenant.max_in_flight)
+            .where(Tenant.id == tenant_id)
+            .with_for_update()
+        )
+    ).one_or_none()
+
+
 async def get_entry(session: AsyncSession, entry_id: uuid.UUID) -> CreditEntry | None:
     return await session.get(CreditEntry, entry_id)
 
@@ -188,6 +202,7 @@ SUBMITTED_COLUMNS = [
     "webhook_url",
     "webhook_events",
     "http_request_id",
+    "batch_id",
 ]
 
 # The columns whose values the job brings; RETURNING reads back only the others.

@@ -10,12 +10,15 @@ settlement (charge or refund) is `service.charge_credits` / `service.refund_cred
 
 from __future__ import annotations
 
+import uuid
+
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relight import metrics
 from relight.credits import repository
-from relight.credits.service import explain_refusal
-from relight.models import Job
+from relight.credits.service import TooManyJobs, explain_refusal
+from relight.errors import Forbidden, InsufficientCredits
+from relight.models import Job, TenantStatus
 
 
 async def reserve_credits(session: AsyncSession, job: Job, cost: int) -> Job:
@@ -34,3 +37,38 @@ async def reserve_credits(session: AsyncSession, job: Job, cost: int) -> Job:
         if key not in job.__dict__:
             setattr(job, key, value)
     return job
+
+
+async def check_batch_affordable(
+    session: AsyncSession, tenant_id: uuid.UUID, *, cost: int, count: int
+) -> None:
+    """Lock the tenant's row and refuse, before any of a batch's `count` jobs is reserved, a
+    batch it cannot have whole: suspended (403), short of the `cost` of all of them (406,
+    naming the shortfall) or without `count` free in-flight slots (429). The lock holds until
+    the caller's transaction ends, so the reservations that follow (`reserve_credits`, one per
+    job) find what was checked: all of them succeed, or the transaction rolls back whole."""
+    tenant = await repository.lock_refusal_state(session, tenant_id)
+    if tenant is None or tenant.status != TenantStatus.ACTIVE.value:
+        raise Forbidden("this account is suspended", code="tenant_suspended")
+    if tenant.credit_balance < cost:
+        shortfall = cost - tenant.credit_balance
+        raise InsufficientCredits(
+            f"insufficient credits for the batch: its {count} requests need {cost}, "
+            f"the balance has {tenant.credit_balance} (short by {shortfall}); nothing was "
+            "reserved",
+            extra={"required": cost, "available": tenant.credit_balance, "shortfall": shortfall},
+        )
+    free = tenant.max_in_flight - tenant.active_jobs
+    if free < count:
+        raise TooManyJobs(
+            f"too many requests in flight for the batch: its {count} requests need {count} "
+            f"free places, {tenant.active_jobs} of {tenant.max_in_flight} are queued or "
+            "running (free: "
+            f"{max(free, 0)}); nothing was reserved",
+            extra={
+                "limit": tenant.max_in_flight,
+                "required": count,
+                "available": max(free, 0),
+                "headers": {"Retry-After": "1"},
+            },
+        )

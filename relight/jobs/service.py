@@ -165,6 +165,14 @@ async def submit_request(
     return submission
 
 
+async def live_gpu_nodes(
+    settings: Settings, redis: Redis, params: RelightParams, options: SubmitOptions
+) -> bool:
+    """Whether a GPU node can serve this request now, for `submit_job`'s `live_gpu_nodes`
+    (a batch asks it for each of its items)."""
+    return await _live_gpu_nodes(settings, redis, params, options)
+
+
 async def _live_gpu_nodes(
     settings: Settings, redis: Redis, params: RelightParams, options: SubmitOptions
 ) -> bool:
@@ -197,9 +205,11 @@ async def submit_job(
     live_gpu_nodes: bool = False,
     http_request_id: str | None = None,
     background: SubjectSource | None = None,
+    batch_id: uuid.UUID | None = None,
 ) -> Submission:
     """Reserve the price and create the job; the caller commits, then enqueues.
-    `http_request_id` (the submit's X-Request-ID) is kept for the job's log lines.
+    `http_request_id` (the submit's X-Request-ID) is kept for the job's log lines; `batch_id`
+    makes the job an item of that batch (`relight.batches`).
 
     An inline subject is stored before the caller commits, so run this in a transaction when
     `subject.data` is set: a failure to store then undoes the paid job. Without one, an
@@ -221,6 +231,7 @@ async def submit_job(
         idempotency_key=idempotency_key,
         digest=digest,
         http_request_id=http_request_id,
+        batch_id=batch_id,
     )
     replayed = await _insert(session, job, cost, tenant, idempotency_key, digest)
     if replayed is not None:
@@ -263,6 +274,7 @@ def _new_job(
     idempotency_key: str | None,
     digest: str,
     http_request_id: str | None,
+    batch_id: uuid.UUID | None = None,
 ) -> Job:
     """The job row a submit creates (`queued`); inline images get their storage keys."""
     # The id encodes the instant it was made, and `created_at` is that instant, so listing by
@@ -291,6 +303,7 @@ def _new_job(
         webhook_url=options.webhook_url or tenant.webhook_url,
         webhook_events=list(options.webhook_events),
         http_request_id=http_request_id,
+        batch_id=batch_id,
     )
 
 

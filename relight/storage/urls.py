@@ -79,6 +79,12 @@ class UrlBuilder:
     def cancel_url(self, job_id: uuid.UUID) -> str:
         return self._url(f"/v2/requests/{job_id}/cancel")
 
+    def batch_url(self, batch_id: uuid.UUID) -> str:
+        return self._url(f"/v2/batches/{batch_id}")
+
+    def batch_cancel_url(self, batch_id: uuid.UUID) -> str:
+        return self._url(f"/v2/batches/{batch_id}/cancel")
+
     def input_url(self, job_id: uuid.UUID) -> str:
         """A signed, expiring URL of the stored subject image (for Segmind to fetch)."""
         expires, signature = sign_output(

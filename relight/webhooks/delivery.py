@@ -79,17 +79,23 @@ class WebhookSender:
             )
             if delivery is None:
                 return None
-            job = await jobs.get_job_by_id(session, delivery.job_id)
-            assert job is not None
             if delivery.payload is not None:
                 data = delivery.payload.encode()
+                http_request_id = None
+                if delivery.job_id is not None:
+                    http_request_id = await jobs.http_request_id_of(session, delivery.job_id)
             else:
-                # A row from before bodies were stored with the event (migration 0009).
+                # A job's row from before bodies were stored with the event (migration 0009);
+                # a batch's delivery always has its body.
+                assert delivery.job_id is not None
+                job = await jobs.get_job_by_id(session, delivery.job_id)
+                assert job is not None
                 outputs = await jobs.get_outputs(session, [job.id])
                 data = service.render_body(delivery.event, job, outputs, self.urls)
+                http_request_id = job.http_request_id
             signing_secrets = await service.secrets_in_use(session, delivery.tenant_id)
-        # The attempt's lines carry the job and the request id of its submit.
-        with job_context(job.id, job.http_request_id):
+        # The attempt's lines carry the job (or the batch) and the request id of its submit.
+        with job_context(delivery.job_id or delivery.batch_id, http_request_id):
             delay = await self._attempt(delivery, data, signing_secrets)
         return None if delay is None else (delivery.attempts, delay)
 

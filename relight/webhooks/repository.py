@@ -43,6 +43,33 @@ async def insert_delivery(
     return delivery_id
 
 
+async def insert_batch_delivery(
+    session: AsyncSession,
+    *,
+    tenant_id: uuid.UUID,
+    batch_id: uuid.UUID,
+    event: str,
+    url: str,
+    payload: str,
+) -> uuid.UUID | None:
+    """Create the batch's delivery of `event`; its id, or None when the batch has it already."""
+    statement = (
+        insert(WebhookDelivery)
+        .values(
+            id=uuid7(),
+            tenant_id=tenant_id,
+            batch_id=batch_id,
+            event=event,
+            url=url,
+            payload=payload,
+        )
+        .on_conflict_do_nothing(index_elements=["batch_id", "event"])
+        .returning(WebhookDelivery.id)
+    )
+    delivery_id: uuid.UUID | None = (await session.execute(statement)).scalar_one_or_none()
+    return delivery_id
+
+
 async def claim_attempt(
     session: AsyncSession, delivery_id: uuid.UUID, lease_s: float
 ) -> WebhookDelivery | None:

@@ -78,6 +78,28 @@ async def schedule_delivery(
     )
 
 
+async def schedule_batch_delivery(
+    session: AsyncSession,
+    *,
+    tenant_id: uuid.UUID,
+    batch_id: uuid.UUID,
+    event: str,
+    url: str,
+    body: bytes,
+) -> uuid.UUID | None:
+    """Create the delivery of a batch's `event` (`batch.completed`) with its body, rendered by
+    the caller as the event left the batch; its id, or None when the batch has it already.
+    Sent, signed and retried as every delivery is (`relight.webhooks.delivery`)."""
+    return await repository.insert_batch_delivery(
+        session,
+        tenant_id=tenant_id,
+        batch_id=batch_id,
+        event=event,
+        url=url,
+        payload=body.decode(),
+    )
+
+
 async def claim_attempt(
     session: AsyncSession, delivery_id: uuid.UUID, lease_s: float
 ) -> WebhookDelivery | None:

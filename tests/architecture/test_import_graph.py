@@ -6,6 +6,7 @@ each other in one direction only, downwards through these layers (a package may 
 package on a lower line, never one on its own line or above):
 
     relight.cli, relight.ops     operators' tools: read and change everything
+    relight.batches              sets of requests: submit together, end once (a job subscriber)
     relight.webhooks             subscribe to job events (`relight.jobs.subscribers`)
     relight.jobs                 the core feature: submit, run, announce
     relight.nodes                GPU nodes and the `gpu` backend (registry, slots, dispatch)
@@ -44,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # Highest first; packages on the same line may not import each other either.
 LAYERS: list[set[str]] = [
     {"relight.cli", "relight.ops"},
+    {"relight.batches"},
     {"relight.webhooks"},
     {"relight.jobs"},
     {"relight.nodes"},

@@ -1,6 +1,7 @@
 """Every process that moves jobs hears their events: the webhooks subscribe when their package is
 imported (`relight/webhooks/__init__.py`), so an entry point that moved jobs without importing
-it would silently write no webhook deliveries. Each entry point is imported alone, in a fresh
+it would silently write no webhook deliveries. So do the batches (`relight/batches/__init__.py`),
+which end a batch in the transaction that ends its last item. Each entry point is imported alone, in a fresh
 interpreter, and must come up with the webhooks' subscriber registered."""
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ importlib.import_module(sys.argv[1])
 from relight.jobs import subscribers
 names = [f"{s.__module__}.{s.__qualname__}" for s in subscribers._subscribers]
 assert "relight.webhooks.service.schedule_delivery" in names, names
+assert "relight.batches.service.on_job_event" in names, names
 """
 
 

@@ -18,6 +18,7 @@ tenants), retried, canceled and streamed as one request. What the batch adds:
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from collections import Counter
 from collections.abc import Sequence
@@ -47,7 +48,7 @@ from relight.ids import uuid7
 from relight.jobs import repository as jobs
 from relight.jobs.inputs import SubjectSource
 from relight.jobs.lifecycle import Moved
-from relight.jobs.schemas import PublicStatus
+from relight.jobs.schemas import PublicStatus, SubmitBody
 from relight.jobs.service import (
     Enqueue,
     IdempotencyKeyReused,
@@ -65,6 +66,10 @@ from relight.storage.urls import UrlBuilder
 from relight.tenants.auth_cache import TenantSnapshot
 from relight.unit_of_work import unit_of_work
 from relight.webhooks.service import schedule_batch_delivery
+
+
+# A message that starts by naming the field it is about (`subject_image is neither ...`).
+FIELD_FIRST = re.compile(r"^([a-z_]+)[ :]")
 
 
 @dataclass(frozen=True)
@@ -89,9 +94,11 @@ def item_error(index: int, error: RelightError) -> RelightError:
     (`requests[3].subject_image: ...`), its status and code stay."""
     prefix = f"requests[{index}]"
     extra = dict(error.extra)
-    field = extra.get("field")
     message = error.message
-    if isinstance(field, str) and message.startswith(field):
+    named = FIELD_FIRST.match(message)
+    field = extra.get("field")
+    if named is not None and named.group(1) in SubmitBody.model_fields:
+        field = field if isinstance(field, str) else named.group(1)
         message = f"{prefix}.{message}"
     else:
         message = f"{prefix}: {message}"

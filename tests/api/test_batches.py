@@ -18,10 +18,15 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from standardwebhooks import Webhook
 
+from relight.config import Settings
 from relight.credits.service import audit_ledger
+from relight.jobs import lifecycle
+from relight.storage.urls import UrlBuilder
+from relight.unit_of_work import unit_of_work
 from tests.conftest import MakeTenant, RunWorker, TenantKey
 from tests.fakes.webhook_receiver import WebhookReceiver
 from tests.helpers import balance_of, cancel, fast_body, job_count
+from tests.waiting import wait_until
 
 HOOK = "/batch-hook"
 # What `fast_body` costs (one 256×256 image at 10 steps): the minimum, 1 credit.
@@ -78,6 +83,18 @@ async def batch_deliveries(engine: AsyncEngine, batch_id: str) -> list[str]:
             {"id": uuid.UUID(batch_id)},
         )
         return [row.event for row in rows]
+
+
+async def waiting_on_a_lock(engine: AsyncEngine) -> bool:
+    """Whether a session of this database waits for a lock another transaction holds."""
+    async with engine.connect() as connection:
+        waiting = await connection.scalar(
+            text(
+                "select count(*) from pg_stat_activity "
+                "where datname = current_database() and wait_event_type = 'Lock'"
+            )
+        )
+    return bool(waiting)
 
 
 async def batch_count(engine: AsyncEngine) -> int:
@@ -319,25 +336,38 @@ async def test_canceling_a_batch_cancels_and_refunds_every_unfinished_item_once(
 
 
 async def test_two_items_ending_at_once_complete_the_batch_exactly_once(
-    client: httpx.AsyncClient, make_tenant: MakeTenant, engine: AsyncEngine
+    client: httpx.AsyncClient,
+    make_tenant: MakeTenant,
+    engine: AsyncEngine,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    settings: Settings,
 ) -> None:
-    """The last two items end in two transactions at the same time (two cancels, as two
-    workers finishing would): one of them, never none and never both, ends the batch."""
+    """The last two items end in two transactions open at the same time (as two workers
+    finishing them would): the first has ended its item but not committed when the second
+    ends the other. One of them, never none and never both, ends the batch."""
     tenant = await make_tenant(credits=100)
-    for _ in range(5):
-        accepted = await accepted_batch(
-            client, tenant, {"requests": three_items()[:2], "webhook_url": "http://127.0.0.1/h"}
-        )
-        first, second = accepted["request_ids"]
+    accepted = await accepted_batch(
+        client, tenant, {"requests": three_items()[:2], "webhook_url": "http://127.0.0.1/h"}
+    )
+    first, second = (uuid.UUID(request_id) for request_id in accepted["request_ids"])
+    urls = UrlBuilder.background(settings)
 
-        answers = await asyncio.gather(
-            client.post(f"/v2/requests/{first}/cancel", headers=tenant.headers),
-            client.post(f"/v2/requests/{second}/cancel", headers=tenant.headers),
-        )
+    async def end_second() -> None:
+        async with unit_of_work(sessionmaker) as uow:
+            assert await lifecycle.cancel(uow.session, second, urls) is not None
 
-        assert [answer.status_code for answer in answers] == [200, 200]
-        assert await batch_deliveries(engine, accepted["batch_id"]) == ["batch.completed"]
-        assert (await get_batch(client, tenant, accepted["batch_id"]))["status"] == "COMPLETED"
+    async with unit_of_work(sessionmaker) as uow:
+        assert await lifecycle.cancel(uow.session, first, urls) is not None
+        other = asyncio.create_task(end_second())
+        # The second transaction reaches the batch while the first still holds it open.
+        await wait_until(
+            lambda: other.done() or waiting_on_a_lock(engine),
+            what="the second item's end to meet the first's open transaction",
+        )
+    await other
+
+    assert await batch_deliveries(engine, accepted["batch_id"]) == ["batch.completed"]
+    assert (await get_batch(client, tenant, accepted["batch_id"]))["status"] == "COMPLETED"
 
 
 async def test_another_accounts_batch_is_not_found(

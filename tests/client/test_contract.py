@@ -31,6 +31,9 @@ MIRRORS: dict[type[BaseModel], str] = {
     models.ApiKey: "ApiKeyView",
     models.CreatedApiKey: "CreatedKeyView",
     models.LedgerEntry: "CreditEntryView",
+    models.BatchAccepted: "BatchAccepted",
+    models.BatchItem: "BatchItemView",
+    models.Batch: "BatchView",
 }
 
 

@@ -4,7 +4,7 @@ over a blocking or an asyncio `httpx` client."""
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -23,6 +23,8 @@ from relight_client._operations import ImageInput, Operations
 from relight_client.models import (
     Accepted,
     Account,
+    Batch,
+    BatchAccepted,
     Record,
     RequestStatus,
     Status,
@@ -220,6 +222,40 @@ class Relight:
         """A handle on a request submitted earlier."""
         return RelightRequest(self, request_id)
 
+    def create_batch(
+        self,
+        requests: Sequence[Mapping[str, Any]],
+        *,
+        webhook_url: str | None = None,
+        webhook_events: Sequence[str] | None = None,
+        idempotency_key: str | None = None,
+    ) -> BatchAccepted:
+        """Submit many requests at once (`POST /v2/batches`): each item a dict of a submit's
+        fields (`prompt`, `subject_image` as a URL, path or bytes, ...). All are paid for, or
+        none (`InsufficientCreditsError`); `batch.completed` is sent once they all ended."""
+        operation = self._ops.create_batch(
+            requests,
+            webhook_url=webhook_url,
+            webhook_events=webhook_events,
+            idempotency_key=idempotency_key,
+        )
+        return self._run(operation)
+
+    def get_batch(self, batch_id: str) -> Batch:
+        return self._run(self._ops.get_batch(batch_id))
+
+    def cancel_batch(self, batch_id: str) -> Batch:
+        """Cancel (and refund) every item of the batch that has not ended."""
+        return self._run(self._ops.cancel_batch(batch_id))
+
+    def wait_batch(
+        self, batch_id: str, timeout: float | None = 600, poll_interval: float = 1.0
+    ) -> Batch:
+        """Poll until every item of the batch has ended; the batch."""
+        return self._run(
+            self._ops.wait_batch(batch_id, timeout=timeout, interval=poll_interval)
+        )
+
     def account(self) -> Account:
         return self._run(self._ops.account())
 
@@ -300,6 +336,38 @@ class AsyncRelight:
 
     def handle(self, request_id: str) -> AsyncRelightRequest:
         return AsyncRelightRequest(self, request_id)
+
+    async def create_batch(
+        self,
+        requests: Sequence[Mapping[str, Any]],
+        *,
+        webhook_url: str | None = None,
+        webhook_events: Sequence[str] | None = None,
+        idempotency_key: str | None = None,
+    ) -> BatchAccepted:
+        operation = self._ops.create_batch(
+            requests,
+            webhook_url=webhook_url,
+            webhook_events=webhook_events,
+            idempotency_key=idempotency_key,
+        )
+        return await self._run(operation)
+
+    async def get_batch(self, batch_id: str) -> Batch:
+        return await self._run(self._ops.get_batch(batch_id))
+
+    async def cancel_batch(self, batch_id: str) -> Batch:
+        return await self._run(self._ops.cancel_batch(batch_id))
+
+    async def wait_batch(
+        self,
+        batch_id: str,
+        timeout: float | None = 600,  # noqa: ASYNC109 (see AsyncRelightRequest.wait)
+        poll_interval: float = 1.0,
+    ) -> Batch:
+        return await self._run(
+            self._ops.wait_batch(batch_id, timeout=timeout, interval=poll_interval)
+        )
 
     async def account(self) -> Account:
         return await self._run(self._ops.account())

@@ -6,6 +6,7 @@ import base64
 import os
 import time
 import uuid
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ from relight_client.errors import (
 from relight_client.models import (
     Accepted,
     Account,
+    Batch,
+    BatchAccepted,
     Record,
     RequestStatus,
     Status,
@@ -102,6 +105,57 @@ class Operations:
         if response.status_code == 200:
             return Record.model_validate(json_of(response))
         return Accepted.model_validate(json_of(response))
+
+    def create_batch(
+        self,
+        requests: Sequence[Mapping[str, Any]],
+        *,
+        webhook_url: str | None,
+        webhook_events: Sequence[str] | None,
+        idempotency_key: str | None,
+    ) -> Operation[BatchAccepted]:
+        """`POST /v2/batches`: each item a submit's fields (`subject_image` may be a path or
+        bytes, as for `submit`); one key for the whole batch, reused by every retry."""
+        items = []
+        for request in requests:
+            item = dict(request)
+            for field in ("subject_image", "background_image"):
+                if item.get(field) is not None:
+                    item[field] = encode_image(item[field])
+            items.append(item)
+        body: dict[str, Any] = {"requests": items}
+        if webhook_url is not None:
+            body["webhook_url"] = webhook_url
+        if webhook_events is not None:
+            body["webhook_events"] = list(webhook_events)
+        headers = {"Idempotency-Key": idempotency_key or new_idempotency_key()}
+        call = Call("POST", "/v2/batches", json=body, headers=headers)
+        response = yield from send(call, self.policy)
+        return BatchAccepted.model_validate(json_of(response))
+
+    def get_batch(self, batch_id: str) -> Operation[Batch]:
+        response = yield from send(Call("GET", f"/v2/batches/{batch_id}"), self.policy)
+        return Batch.model_validate(json_of(response))
+
+    def cancel_batch(self, batch_id: str) -> Operation[Batch]:
+        # Canceling a batch again changes nothing and answers it again: safe to resend.
+        response = yield from send(Call("POST", f"/v2/batches/{batch_id}/cancel"), self.policy)
+        return Batch.model_validate(json_of(response))
+
+    def wait_batch(
+        self, batch_id: str, *, timeout: float | None, interval: float
+    ) -> Operation[Batch]:
+        """Poll the batch until every item has ended; `WaitTimeoutError` after `timeout` s."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = min(0.1, interval)
+        while True:
+            batch = yield from self.get_batch(batch_id)
+            if batch.is_completed:
+                return batch
+            if deadline is not None and time.monotonic() + delay > deadline:
+                raise WaitTimeoutError(batch_id, timeout or 0.0)
+            yield Sleep(delay)
+            delay = min(interval, delay * 1.5)
 
     def get(self, request_id: str) -> Operation[Record]:
         response = yield from send(Call("GET", f"/v2/requests/{request_id}"), self.policy)

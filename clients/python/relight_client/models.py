@@ -150,6 +150,46 @@ class Accepted(_Model):
     credits_reserved: int
 
 
+class BatchAccepted(_Model):
+    """The 202 answer of `POST /v2/batches`."""
+
+    batch_id: str
+    request_ids: list[str]
+    status_url: str
+    cancel_url: str
+    credits_reserved: int
+
+
+class BatchItem(_Model):
+    """One item of a batch, as `GET /v2/batches/{id}` lists it."""
+
+    request_id: str
+    status: Status
+    output: str | list[str] | None = None
+    error: str | None = None
+    error_code: str | None = None
+
+
+class Batch(_Model):
+    """`GET /v2/batches/{id}` (and the body of the `batch.completed` webhook, with `event`)."""
+
+    batch_id: str
+    status: Literal["QUEUED", "PROCESSING", "COMPLETED"]
+    counts: dict[Status, int]
+    requests: list[BatchItem]
+    credits_reserved: int
+    credits_charged: int
+    created_at: datetime
+    completed_at: datetime | None = None
+    status_url: str
+    cancel_url: str
+
+    @property
+    def is_completed(self) -> bool:
+        """Whether every item has ended (COMPLETED, FAILED or CANCELED)."""
+        return self.status == "COMPLETED"
+
+
 class Limits(_Model):
     requests_per_minute: int
     burst: int

@@ -1,0 +1,107 @@
+"""Batches through `relight-client` against the live stack (`relight-api` and
+`relight-worker` processes, Postgres, Redis): a batch runs to COMPLETED and announces itself
+once, signed; one the account cannot pay for whole is refused whole."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from relight_client import (
+    AsyncRelight,
+    InsufficientCreditsError,
+    NotFoundError,
+    Relight,
+    Status,
+)
+from relight_client.admin import Admin
+from standardwebhooks import Webhook
+
+from tests.client.conftest import fast
+from tests.fakes.webhook_receiver import WebhookReceiver
+from tests.helpers import png_bytes
+
+pytestmark = pytest.mark.slow
+
+HOOK = "/batches"
+
+
+@pytest.fixture
+def receiver() -> Iterator[WebhookReceiver]:
+    with WebhookReceiver() as server:
+        yield server
+
+
+def test_a_three_item_batch_completes_with_one_signed_batch_completed_webhook(
+    client: Relight, receiver: WebhookReceiver, tmp_path: Path
+) -> None:
+    subject = tmp_path / "subject.png"
+    subject.write_bytes(png_bytes((96, 120)))
+    secret = client.webhook_secret().secret
+    items = [
+        {"prompt": f"cat {n}, soft window light", "subject_image": subject, **fast(seed=n)}
+        for n in range(3)
+    ]
+
+    accepted = client.create_batch(items, webhook_url=receiver.url(HOOK))
+    batch = client.wait_batch(accepted.batch_id, timeout=120, poll_interval=0.2)
+
+    assert len(accepted.request_ids) == 3
+    assert batch.status == "COMPLETED"
+    assert batch.counts == {Status.COMPLETED: 3}
+    assert [item.request_id for item in batch.requests] == accepted.request_ids
+    assert all(item.output for item in batch.requests)
+    assert batch.credits_charged == accepted.credits_reserved
+    for request_id in accepted.request_ids:
+        assert client.requests.get(request_id).status is Status.COMPLETED
+    [delivered] = asyncio.run(receiver.wait_for(HOOK, 1, timeout_s=30))
+    payload = Webhook(secret).verify(delivered.body, delivered.headers)
+    assert payload["event"] == "batch.completed"
+    assert payload["batch_id"] == accepted.batch_id
+    assert payload["counts"] == {"COMPLETED": 3}
+    assert receiver.received() == [delivered]
+
+
+def test_a_batch_the_account_cannot_pay_for_whole_makes_no_request(
+    admin: Admin, base_url: str
+) -> None:
+    name = f"client-batch-{uuid.uuid4().hex[:10]}"
+    admin.create_tenant(name, credits=2)
+    key = admin.create_key(name, "tests").key
+    items = [{"prompt": "cat", "subject_image": png_bytes(), **fast()} for _ in range(3)]
+
+    with Relight(base_url, key) as client:
+        with pytest.raises(InsufficientCreditsError) as refused:
+            client.create_batch(items)
+        assert "need 3" in str(refused.value)
+        assert client.account().credits == 2
+        assert list(client.requests.list()) == []
+
+
+async def test_the_async_client_submits_reads_and_cancels_a_batch(
+    base_url: str, admin: Admin
+) -> None:
+    name, other_name = (f"client-batch-{uuid.uuid4().hex[:10]}" for _ in range(2))
+    admin.create_tenant(name, credits=100)
+    admin.create_tenant(other_name, credits=100)
+    key = admin.create_key(name, "tests").key
+    other_key = admin.create_key(other_name, "tests").key
+    items = [{"prompt": "cat", "subject_image": png_bytes(), **fast()} for _ in range(2)]
+
+    async with AsyncRelight(base_url, key) as client:
+        accepted = await client.create_batch(items, idempotency_key="async-batch-1")
+        replayed = await client.create_batch(items, idempotency_key="async-batch-1")
+        canceled = await client.cancel_batch(accepted.batch_id)
+        read = await client.get_batch(accepted.batch_id)
+
+    assert replayed.batch_id == accepted.batch_id
+    assert replayed.request_ids == accepted.request_ids
+    # Each item was canceled, or had already finished on the live worker: either way it ended.
+    assert canceled.status == read.status == "COMPLETED"
+    assert sum(canceled.counts.values()) == 2
+    async with AsyncRelight(base_url, other_key) as other:
+        with pytest.raises(NotFoundError):
+            await other.get_batch(accepted.batch_id)

@@ -9,10 +9,9 @@ from typing import Any
 import orjson
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
-
-from pydantic import ValidationError
 
 from relight.batches.schemas import BatchOptions
 from relight.batches.service import BatchItem, item_error

@@ -212,9 +212,7 @@ class Job(Base):
         JSONB, default=list, server_default=text("'[]'::jsonb")
     )
     # The batch the job is an item of (`POST /v2/batches`), if any.
-    batch_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("batch.id", ondelete="SET NULL")
-    )
+    batch_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("batch.id", ondelete="SET NULL"))
     # The X-Request-ID of the submit, so the worker's and the webhooks' log lines carry it.
     http_request_id: Mapped[str | None] = mapped_column(String(128))
     error_code: Mapped[str | None] = mapped_column(String(64))

@@ -18,13 +18,14 @@ from arq import cron, func
 from arq.connections import ArqRedis, RedisSettings
 
 from inference.engines.classic import ClassicEngine
-# Subscribes the batches to job events: a worker ends the batch whose last item it ends.
-import relight.batches  # noqa: F401
 from relight import metrics
 from relight.backends.availability import available_backends
 from relight.backends.local import LocalBackend
 from relight.backends.render_backend import RenderBackend
 from relight.backends.segmind import SegmindBackend
+
+# Subscribes the batches to job events: a worker ends the batch whose last item it ends.
+from relight.batches import on_job_event as _batches_subscribed  # noqa: F401
 from relight.config import Settings
 from relight.db import create_engine, create_sessionmaker
 from relight.jobs.execution import JobRunner

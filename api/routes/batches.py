@@ -9,8 +9,15 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from api.body import read_batch
-from api.deps import API_KEY_SECURITY, StateDep, TenantDep, UnitOfWorkDep, UrlsDep
-from api.deps import submitting_tenant, urls_for
+from api.deps import (
+    API_KEY_SECURITY,
+    StateDep,
+    TenantDep,
+    UnitOfWorkDep,
+    UrlsDep,
+    submitting_tenant,
+    urls_for,
+)
 from api.errors import AUTHENTICATED, error_responses
 from api.responses import OrjsonResponse
 from api.routes.relight import IDEMPOTENCY_KEY_HEADER, idempotency_key_of

@@ -67,7 +67,6 @@ from relight.tenants.auth_cache import TenantSnapshot
 from relight.unit_of_work import unit_of_work
 from relight.webhooks.service import schedule_batch_delivery
 
-
 # A message that starts by naming the field it is about (`subject_image is neither ...`).
 FIELD_FIRST = re.compile(r"^([a-z_]+)[ :]")
 
@@ -112,8 +111,7 @@ def batch_hash(items: Sequence[BatchItem], webhook_url: str | None, events: list
     """A digest of everything that defines the batch, to recognise an idempotent retry."""
     fields = {
         "items": [
-            request_hash(item.params, item.options, item.subject, item.background)
-            for item in items
+            request_hash(item.params, item.options, item.subject, item.background) for item in items
         ],
         "webhook_url": webhook_url,
         "webhook_events": events,
@@ -153,9 +151,7 @@ async def submit_batch(
     async with unit_of_work(sessionmaker) as uow:
         session = uow.session
         if idempotency_key is not None:
-            existing = await repository.find_by_idempotency_key(
-                session, tenant.id, idempotency_key
-            )
+            existing = await repository.find_by_idempotency_key(session, tenant.id, idempotency_key)
             if existing is not None:
                 return await _replay(session, existing, digest, idempotency_key)
         created_at = datetime.now(UTC)
@@ -201,9 +197,7 @@ async def submit_batch(
     return BatchSubmission(batch=batch, items=created, replayed=False)
 
 
-async def _replay(
-    session: AsyncSession, existing: Batch, digest: str, key: str
-) -> BatchSubmission:
+async def _replay(session: AsyncSession, existing: Batch, digest: str, key: str) -> BatchSubmission:
     if existing.request_hash != digest:
         raise IdempotencyKeyReused(
             f"Idempotency-Key {key!r} was already used with a different batch body"
@@ -351,4 +345,3 @@ async def on_job_event(
         url=completed.webhook_url,
         body=body,
     )
-

@@ -59,9 +59,7 @@ async def accepted_batch(
     return accepted
 
 
-async def get_batch(
-    client: httpx.AsyncClient, tenant: TenantKey, batch_id: str
-) -> dict[str, Any]:
+async def get_batch(client: httpx.AsyncClient, tenant: TenantKey, batch_id: str) -> dict[str, Any]:
     response = await client.get(f"/v2/batches/{batch_id}", headers=tenant.headers)
     assert response.status_code == 200, response.text
     view: dict[str, Any] = response.json()
@@ -190,7 +188,8 @@ async def test_a_batch_the_account_cannot_pay_for_whole_is_refused_406_and_nothi
     assert response.status_code == 406, response.text
     error = response.json()
     assert error["code"] == "insufficient_credits"
-    assert "need 3" in error["error"] and "has 2" in error["error"], error["error"]
+    assert "need 3" in error["error"], error["error"]
+    assert "has 2" in error["error"], error["error"]
     assert (error["required"], error["available"], error["shortfall"]) == (3, 2, 1)
     assert await balance_of(engine, tenant.tenant_id) == 2 * ITEM_COST
     assert await job_count(engine) == 0
@@ -268,9 +267,7 @@ async def test_a_batch_holds_at_most_max_batch_size_requests(
 
 
 async def test_a_batch_is_json_only(client: httpx.AsyncClient, tenant: TenantKey) -> None:
-    response = await client.post(
-        "/v2/batches", headers=tenant.headers, data={"requests": "x"}
-    )
+    response = await client.post("/v2/batches", headers=tenant.headers, data={"requests": "x"})
     assert response.status_code == 415, response.text
 
 

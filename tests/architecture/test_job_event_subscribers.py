@@ -1,8 +1,8 @@
 """Every process that moves jobs hears their events: the webhooks subscribe when their package is
 imported (`relight/webhooks/__init__.py`), so an entry point that moved jobs without importing
-it would silently write no webhook deliveries. So do the batches (`relight/batches/__init__.py`),
-which end a batch in the transaction that ends its last item. Each entry point is imported alone, in a fresh
-interpreter, and must come up with the webhooks' subscriber registered."""
+it would silently write no webhook deliveries; so do the batches (`relight/batches/__init__.py`),
+which end a batch in the transaction that ends its last item. Each entry point is imported
+alone, in a fresh interpreter, and must come up with both subscribers registered."""
 
 from __future__ import annotations
 

@@ -252,9 +252,7 @@ class Relight:
         self, batch_id: str, timeout: float | None = 600, poll_interval: float = 1.0
     ) -> Batch:
         """Poll until every item of the batch has ended; the batch."""
-        return self._run(
-            self._ops.wait_batch(batch_id, timeout=timeout, interval=poll_interval)
-        )
+        return self._run(self._ops.wait_batch(batch_id, timeout=timeout, interval=poll_interval))
 
     def account(self) -> Account:
         return self._run(self._ops.account())

@@ -8,4 +8,6 @@ The api and the worker import it, so every process that ends jobs ends their bat
 from relight.batches.service import on_job_event
 from relight.jobs.subscribers import subscribe
 
+__all__ = ["on_job_event"]
+
 subscribe(on_job_event)

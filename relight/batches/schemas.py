@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -14,7 +14,7 @@ from relight.jobs.schemas import ERROR_CODE_DESCRIPTION, ERROR_DESCRIPTION, Publ
 
 # What a batch's webhook can announce: its own end, and (opted into) each item's events.
 BatchWebhookEvent = Literal["batch.completed", "completed", "start"]
-BATCH_COMPLETED = "batch.completed"
+BATCH_COMPLETED: Final = "batch.completed"
 ITEM_EVENTS = ("completed", "start")
 BatchStatus = Literal["QUEUED", "PROCESSING", "COMPLETED"]
 

@@ -357,8 +357,12 @@ async def test_two_items_ending_at_once_complete_the_batch_exactly_once(
         assert await lifecycle.cancel(uow.session, first, urls) is not None
         other = asyncio.create_task(end_second())
         # The second transaction reaches the batch while the first still holds it open.
+
+        async def met_or_done() -> bool:
+            return other.done() or await waiting_on_a_lock(engine)
+
         await wait_until(
-            lambda: other.done() or waiting_on_a_lock(engine),
+            met_or_done,
             what="the second item's end to meet the first's open transaction",
         )
     await other

@@ -10,8 +10,9 @@ import secrets
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
+from typing import Protocol, runtime_checkable
 
 import orjson
 from redis.asyncio import Redis
@@ -32,7 +33,7 @@ from relight.jobs.inputs import SubjectSource
 from relight.jobs.lifecycle import Moved
 from relight.models import Job, JobStatus, Tenant
 from relight.nodes.registry import discovered_gpu_nodes
-from relight.params import Backend, RelightParams, SubmitOptions
+from relight.params import Backend, Priority, RelightParams, SubmitOptions
 from relight.storage import Storage
 from relight.storage.urls import UrlBuilder
 from relight.tenants.auth_cache import TenantSnapshot
@@ -40,6 +41,35 @@ from relight.unit_of_work import after_commit, unit_of_work
 
 # Hands a committed job to the workers: `(job id, tenant id, tenant weight)`.
 Enqueue = Callable[[uuid.UUID, uuid.UUID, int], Awaitable[None]]
+
+
+@runtime_checkable
+class EnqueueInLane(Protocol):
+    """An `Enqueue` that also takes the job's lane and deadline (the api's `AppState.enqueue`):
+    the job is queued in its `priority` lane, and its deadline's task queued for `deadline_at`."""
+
+    def __call__(
+        self,
+        job_id: uuid.UUID,
+        tenant_id: uuid.UUID,
+        weight: int | None = None,
+        *,
+        priority: str = Priority.NORMAL.value,
+        deadline_at: datetime | None = None,
+    ) -> Awaitable[None]: ...
+
+
+def enqueue_submitted(enqueue: Enqueue | EnqueueInLane, job: Job, weight: int) -> Awaitable[None]:
+    """Hand a committed job to the workers with what its row says of its lane and deadline
+    (when `enqueue` takes them: a plain `Enqueue` queues it in the normal lane, and its
+    deadline is then found by the claim and the sweeper)."""
+    if isinstance(enqueue, EnqueueInLane) and (
+        job.priority != Priority.NORMAL.value or job.deadline_at is not None
+    ):
+        return enqueue(
+            job.id, job.tenant_id, weight, priority=job.priority, deadline_at=job.deadline_at
+        )
+    return enqueue(job.id, job.tenant_id, weight)
 
 
 class IdempotencyKeyReused(InvalidParameter):
@@ -59,9 +89,11 @@ def request_hash(
     background: SubjectSource | None = None,
 ) -> str:
     """A digest of everything that defines the request, to recognise an idempotent retry."""
+    # The normal lane is left out, so digests made before lanes existed still match.
+    lane = {"priority"} if options.priority is Priority.NORMAL else set()
     fields: dict[str, object] = {
         "params": params.model_dump(mode="json"),
-        "options": options.model_dump(mode="json"),
+        "options": options.model_dump(mode="json", exclude=lane),
         "subject": subject.digest,
     }
     if background is not None:
@@ -136,10 +168,12 @@ async def submit_request(
     background: SubjectSource | None,
     idempotency_key: str | None,
     http_request_id: str | None,
+    cancel_after: timedelta | None = None,
 ) -> Submission:
     """A submit, whole: validate, store the inline images, reserve the price and insert the
     job (`submit_job`), commit, then hand the new job to the workers (`enqueue`, only once the
-    job is committed; never for a replay).
+    job is committed; never for a replay). `cancel_after` (the `Cancel-After` header) gives
+    the request a deadline.
 
     An inline image is stored before the commit (a failed store undoes the paid job), so it
     needs a transaction; otherwise the job and its reservation are one statement, and an
@@ -158,10 +192,10 @@ async def submit_request(
             idempotency_key=idempotency_key,
             live_gpu_nodes=await _live_gpu_nodes(settings, redis, params, options),
             http_request_id=http_request_id,
+            cancel_after=cancel_after,
         )
         if not submission.replayed:
-            job = submission.job
-            uow.after_commit(partial(enqueue, job.id, job.tenant_id, tenant.weight))
+            uow.after_commit(partial(enqueue_submitted, enqueue, submission.job, tenant.weight))
     return submission
 
 
@@ -197,9 +231,13 @@ async def submit_job(
     live_gpu_nodes: bool = False,
     http_request_id: str | None = None,
     background: SubjectSource | None = None,
+    cancel_after: timedelta | None = None,
 ) -> Submission:
-    """Reserve the price and create the job; the caller commits, then enqueues.
-    `http_request_id` (the submit's X-Request-ID) is kept for the job's log lines.
+    """Reserve the price and create the job; the caller commits, then enqueues
+    (`enqueue_submitted`). `http_request_id` (the submit's X-Request-ID) is kept for the job's
+    log lines. `cancel_after` sets the job's deadline, from its acceptance: unfinished then, it
+    is canceled as `deadline_exceeded` (`relight.jobs.deadlines`). The lane
+    (`options.priority`) must be one the tenant may use (403 `priority_not_allowed`).
 
     An inline subject is stored before the caller commits, so run this in a transaction when
     `subject.data` is set: a failure to store then undoes the paid job. Without one, an
@@ -222,6 +260,8 @@ async def submit_job(
         digest=digest,
         http_request_id=http_request_id,
     )
+    if cancel_after is not None:
+        job.deadline_at = job.created_at + cancel_after
     replayed = await _insert(session, job, cost, tenant, idempotency_key, digest)
     if replayed is not None:
         return replayed
@@ -250,6 +290,19 @@ def _check_submission(
     )
     if options.webhook_url is not None:
         check_url(options.webhook_url, settings.egress_policy, field="webhook_url")
+    check_lane(options.priority, tenant)
+
+
+def check_lane(priority: Priority, tenant: TenantSnapshot | Tenant) -> None:
+    """403 `priority_not_allowed` unless the tenant may submit to lane `priority`."""
+    allowed = tuple(tenant.allowed_lanes)
+    if priority.value not in allowed:
+        names = ", ".join(lane for lane in (p.value for p in Priority) if lane in allowed)
+        raise Forbidden(
+            f"priority {priority.value!r} is not available to this account (available: "
+            f"{names or 'none'}); an operator can allow it",
+            code="priority_not_allowed",
+        )
 
 
 def _new_job(
@@ -291,6 +344,7 @@ def _new_job(
         webhook_url=options.webhook_url or tenant.webhook_url,
         webhook_events=list(options.webhook_events),
         http_request_id=http_request_id,
+        priority=options.priority.value,
     )
 
 

@@ -260,8 +260,7 @@ async def submit_job(
         digest=digest,
         http_request_id=http_request_id,
     )
-    if cancel_after is not None:
-        job.deadline_at = job.created_at + cancel_after
+    job.deadline_at = None if cancel_after is None else job.created_at + cancel_after
     replayed = await _insert(session, job, cost, tenant, idempotency_key, digest)
     if replayed is not None:
         return replayed

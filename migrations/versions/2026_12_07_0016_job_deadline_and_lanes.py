@@ -46,6 +46,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_column("tenant", "allowed_lanes")
     op.drop_index("ix_job_unfinished_deadline_at", table_name="job")
-    op.drop_constraint("ck_job_priority_known", "job", type_="check")
+    op.drop_constraint(op.f("ck_job_priority_known"), "job", type_="check")
     op.drop_column("job", "priority")
     op.drop_column("job", "deadline_at")

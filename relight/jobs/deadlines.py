@@ -67,11 +67,6 @@ def _seconds(text: str) -> float | None:
     return total
 
 
-def deadline_message(cancel_after: timedelta | None = None) -> str:
+def deadline_message() -> str:
     """The error message of a request canceled at its deadline."""
-    if cancel_after is None:
-        return "the request did not finish before its deadline (Cancel-After) and was canceled"
-    return (
-        f"the request did not finish within its Cancel-After of {cancel_after.total_seconds():g} "
-        "s and was canceled"
-    )
+    return "the request did not finish before its deadline (Cancel-After) and was canceled"

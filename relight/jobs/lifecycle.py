@@ -80,7 +80,7 @@ async def claim(
     if job is None:
         # Rare: not queued, or queued past its deadline (the claim's guard leaves those).
         return await _expire_queued(session, job_id, urls)
-    if job is None or job.attempts != 1:
+    if job.attempts != 1:
         return _moved(job)
     return _moved(job, await notify_subscribers(session, job, START, urls))
 
@@ -216,12 +216,14 @@ async def cancel(session: AsyncSession, job_id: uuid.UUID, urls: UrlBuilder) -> 
 
 
 def _deadline_values() -> dict[str, Any]:
+    """What a job canceled at its deadline is left with (as a cancel's, plus the reason)."""
     return {
         "status": JobStatus.CANCELED.value,
         "finished_at": datetime.now(UTC),
         "credits_charged": 0,
         "lease_expires_at": None,
         "error_code": DEADLINE_EXCEEDED,
+        "error_message": deadline_message(),
     }
 
 
@@ -237,9 +239,8 @@ async def _expired(session: AsyncSession, expired: Job | None, urls: UrlBuilder)
 async def _expire_queued(
     session: AsyncSession, job_id: uuid.UUID, urls: UrlBuilder
 ) -> Moved | None:
-    values = {**_deadline_values(), "error_message": deadline_message()}
     expired = await repository.transition(
-        session, job_id, from_status=JobStatus.QUEUED, values=values, past_deadline=True
+        session, job_id, from_status=JobStatus.QUEUED, values=_deadline_values(), past_deadline=True
     )
     return await _expired(session, expired, urls)
 
@@ -254,9 +255,12 @@ async def expire_deadline(
     moved = await _expire_queued(session, job_id, urls)
     if moved is not None:
         return moved
-    values = {**_deadline_values(), "error_message": deadline_message()}
     expired = await repository.transition(
-        session, job_id, from_status=JobStatus.RUNNING, values=values, past_deadline=True
+        session,
+        job_id,
+        from_status=JobStatus.RUNNING,
+        values=_deadline_values(),
+        past_deadline=True,
     )
     return await _expired(session, expired, urls)
 

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 import orjson
 from redis.asyncio import Redis
@@ -43,10 +43,9 @@ from relight.unit_of_work import after_commit, unit_of_work
 Enqueue = Callable[[uuid.UUID, uuid.UUID, int], Awaitable[None]]
 
 
-@runtime_checkable
 class EnqueueInLane(Protocol):
     """An `Enqueue` that also takes the job's lane and deadline (the api's `AppState.enqueue`):
-    the job is queued in its `priority` lane, and its deadline's task queued for `deadline_at`."""
+    the job is queued in its `priority` lane, and its deadline's task for `deadline_at`."""
 
     def __call__(
         self,
@@ -59,17 +58,12 @@ class EnqueueInLane(Protocol):
     ) -> Awaitable[None]: ...
 
 
-def enqueue_submitted(enqueue: Enqueue | EnqueueInLane, job: Job, weight: int) -> Awaitable[None]:
-    """Hand a committed job to the workers with what its row says of its lane and deadline
-    (when `enqueue` takes them: a plain `Enqueue` queues it in the normal lane, and its
-    deadline is then found by the claim and the sweeper)."""
-    if isinstance(enqueue, EnqueueInLane) and (
-        job.priority != Priority.NORMAL.value or job.deadline_at is not None
-    ):
-        return enqueue(
-            job.id, job.tenant_id, weight, priority=job.priority, deadline_at=job.deadline_at
-        )
-    return enqueue(job.id, job.tenant_id, weight)
+def enqueue_submitted(enqueue: EnqueueInLane, job: Job, weight: int) -> Awaitable[None]:
+    """Hand a committed job to the workers with its tenant's weight and what its row says of
+    its lane and deadline (what a submit, single or in a batch, registers after its commit)."""
+    return enqueue(
+        job.id, job.tenant_id, weight, priority=job.priority, deadline_at=job.deadline_at
+    )
 
 
 class IdempotencyKeyReused(InvalidParameter):
@@ -160,7 +154,7 @@ async def submit_request(
     settings: Settings,
     storage: Storage,
     redis: Redis,
-    enqueue: Enqueue,
+    enqueue: EnqueueInLane,
     tenant: TenantSnapshot,
     params: RelightParams,
     options: SubmitOptions,

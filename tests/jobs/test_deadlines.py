@@ -125,7 +125,8 @@ async def test_a_request_behind_a_busy_worker_ends_canceled_at_its_deadline_refu
         slow = await submit(client, tenant, fast_body(backend="local"))
 
         async def slow_running() -> bool:
-            return (await get_status(client, tenant, slow))["status"] == "PROCESSING"
+            status = await get_status(client, tenant, slow)
+            return bool(status["status"] == "PROCESSING")
 
         await wait_until(slow_running, what="the slow request running")
         accepted = await submit_with_deadline(

@@ -44,13 +44,13 @@ def parse_cancel_after(value: str) -> timedelta:
             f"{CANCEL_AFTER_HEADER} {value!r} is not a duration such as 30s, 5m, 1h or 1m30s",
             extra={"field": CANCEL_AFTER_HEADER},
         )
-    duration = timedelta(seconds=seconds)
-    if duration <= timedelta(0) or duration > MAX_CANCEL_AFTER:
+    # Compared as seconds first: a huge number would overflow a timedelta.
+    if not 0 < seconds <= MAX_CANCEL_AFTER.total_seconds():
         raise InvalidCancelAfter(
             f"{CANCEL_AFTER_HEADER} {value!r} must be more than 0 and at most 24h",
             extra={"field": CANCEL_AFTER_HEADER},
         )
-    return duration
+    return timedelta(seconds=seconds)
 
 
 def _seconds(text: str) -> float | None:

@@ -31,7 +31,25 @@ def test_durations_in_replicates_format_are_read(header: str, duration: timedelt
 
 
 @pytest.mark.parametrize(
-    "header", ["", "soon", "s", "-5s", "5 m", "5x", "m5", "1d", "1h1", "0s", "25h", "0.0m"]
+    "header",
+    [
+        "",
+        "soon",
+        "s",
+        "-5s",
+        "5 m",
+        "5x",
+        "m5",
+        "1d",
+        "1h1",
+        "0s",
+        "25h",
+        "0.0m",
+        "9" * 400 + "h",
+        "1e9s",
+        "nan",
+        "inf",
+    ],
 )
 def test_anything_else_is_refused_naming_the_header(header: str) -> None:
     with pytest.raises(InvalidCancelAfter) as refused:

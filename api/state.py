@@ -6,6 +6,7 @@ import logging
 import os
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from arq.connections import ArqRedis
 from redis.exceptions import RedisError
@@ -15,7 +16,7 @@ from api.signin_throttle import SigninThrottle
 from api.stream_limits import StreamSlots
 from relight.config import Settings
 from relight.jobs.events import JobWaiter
-from relight.jobs.queue import enqueue_delivery, enqueue_run
+from relight.jobs.queue import enqueue_deadline, enqueue_delivery, enqueue_run
 from relight.ratelimit import RateLimiter
 from relight.storage import Storage
 from relight.tenants.auth_cache import AuthCache
@@ -41,17 +42,28 @@ class AppState:
     stream_slots: StreamSlots = field(default_factory=StreamSlots)
 
     async def enqueue(
-        self, job_id: uuid.UUID, tenant_id: uuid.UUID, weight: int | None = None
+        self,
+        job_id: uuid.UUID,
+        tenant_id: uuid.UUID,
+        weight: int | None = None,
+        *,
+        priority: str = "normal",
+        deadline_at: datetime | None = None,
     ) -> None:
-        """Hand a committed job to the workers, in its tenant's turns (at its weight); arq
-        refuses a second copy of the same id."""
+        """Hand a committed job to the workers, in its tenant's turns (at its weight) and its
+        `priority` lane, and queue its deadline's task for `deadline_at`; arq refuses a second
+        copy of the same id."""
         if self.settings.fault_injection == "exit_before_enqueue":
             logger.critical("fault injection: exiting between commit and enqueue of %s", job_id)
             os._exit(70)
+        queue = self.settings.queue_name
         try:
-            await enqueue_run(self.redis, self.settings.queue_name, job_id, tenant_id, weight)
+            await enqueue_run(self.redis, queue, job_id, tenant_id, weight, priority)
+            if deadline_at is not None:
+                await enqueue_deadline(self.redis, queue, job_id, deadline_at)
         except (RedisError, OSError):
-            # The job is committed and stays `queued`; the sweeper re-enqueues what Redis lacks.
+            # The job is committed and stays `queued`; the sweeper re-enqueues what Redis lacks
+            # (and cancels it at its deadline).
             logger.exception("could not enqueue job %s", job_id)
 
     async def enqueue_deliveries(self, delivery_ids: list[uuid.UUID]) -> None:

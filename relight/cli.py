@@ -221,6 +221,21 @@ def tenant_set_backends(
     _emit(_run(work))
 
 
+@tenant_app.command("set-lanes")
+def tenant_set_lanes(
+    tenant: Annotated[str, typer.Argument(help="tenant name or id")],
+    lanes: Annotated[str, typer.Argument(help="comma-separated: high,normal,low")],
+) -> None:
+    """Set the priority lanes a tenant's requests may use (new tenants: normal,low)."""
+    names = [name.strip() for name in lanes.split(",") if name.strip()]
+
+    async def work(session: AsyncSession) -> dict[str, Any]:
+        owner = await service.find_tenant(session, tenant)
+        return _tenant_json(await service.set_allowed_lanes(session, owner, names))
+
+    _emit(_run(work))
+
+
 @tenant_app.command("set-webhook")
 def tenant_set_webhook(
     tenant: Annotated[str, typer.Argument(help="tenant name or id")],

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram
@@ -66,8 +66,11 @@ QUEUE_DEPTH = Gauge(
 RUNNABLE_JOBS = Gauge(
     "relight_runnable_jobs",
     "Relight jobs waiting to start or running (run_job entries of the arq queue that are due), "
-    "read from Redis when scraped; the signal workers scale on",
+    "by priority lane (high, normal, low), read from Redis when scraped; the signal workers "
+    "scale on (the KEDA trigger leaves the low lane out)",
+    ["lane"],
 )
+LANES = ("high", "normal", "low")
 WEBHOOK_DELIVERIES_PENDING = Gauge(
     "relight_webhook_deliveries_pending",
     "Webhook delivery attempts in the arq queue, due or deferred (retries waiting their turn), "
@@ -116,6 +119,8 @@ class QueueCounts:
     entries: int
     runnable_jobs: int
     webhook_deliveries: int
+    # runnable_jobs by priority lane (high, normal, low); empty: all counted as normal.
+    runnable_by_lane: dict[str, int] = field(default_factory=dict)
 
 
 async def refresh_from_redis(
@@ -135,11 +140,15 @@ async def refresh_from_redis(
             slots = await read_node_slots()
     except (RedisError, OSError, TimeoutError):
         logger.warning("queue depth unavailable: Redis did not answer", exc_info=True)
-        for gauge in (QUEUE_DEPTH, RUNNABLE_JOBS, WEBHOOK_DELIVERIES_PENDING):
+        for gauge in (QUEUE_DEPTH, WEBHOOK_DELIVERIES_PENDING):
             gauge.set(math.nan)
+        for lane in LANES:
+            RUNNABLE_JOBS.labels(lane=lane).set(math.nan)
         return
     QUEUE_DEPTH.set(counts.entries)
-    RUNNABLE_JOBS.set(counts.runnable_jobs)
+    by_lane = counts.runnable_by_lane or {"normal": counts.runnable_jobs}
+    for lane in LANES:
+        RUNNABLE_JOBS.labels(lane=lane).set(by_lane.get(lane, 0))
     WEBHOOK_DELIVERIES_PENDING.set(counts.webhook_deliveries)
     NODE_SLOTS_IN_USE.clear()
     for node_id, used in slots.items():

@@ -100,6 +100,12 @@ class Tenant(Base):
         default=lambda: ["gpu", "segmind", "local"],
         server_default=text('\'["gpu", "segmind", "local"]\'::jsonb'),
     )
+    # Priority lanes this tenant's requests may use; `high` only when an operator allows it.
+    allowed_lanes: Mapped[list[str]] = mapped_column(
+        JSONB,
+        default=lambda: ["normal", "low"],
+        server_default=text('\'["normal", "low"]\'::jsonb'),
+    )
     # Where webhooks go when a request names no webhook_url.
     webhook_url: Mapped[str | None] = mapped_column(Text)
     # Standard Webhooks signing secrets (whsec_…). Rotated-out ones keep signing until each
@@ -182,6 +188,13 @@ class Job(Base):
             "status IN ('queued', 'running', 'succeeded', 'failed', 'canceled')",
             name="status_known",
         ),
+        CheckConstraint("priority IN ('high', 'normal', 'low')", name="priority_known"),
+        # The sweeper's fallback for deadlines (migration 0016).
+        Index(
+            "ix_job_unfinished_deadline_at",
+            "deadline_at",
+            postgresql_where=text("deadline_at IS NOT NULL AND status IN ('queued', 'running')"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid7)
@@ -228,6 +241,10 @@ class Job(Base):
     created_at: Mapped[datetime] = _now_column()
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When an unfinished request is canceled (`Cancel-After`); None: never.
+    deadline_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The lane within its tenant's queue: high, normal or low (`relight.params.Priority`).
+    priority: Mapped[str] = mapped_column(String(10), default="normal", server_default="normal")
 
     @property
     def job_status(self) -> JobStatus:

@@ -129,6 +129,29 @@ def output_size(width: int, height: int, highres_scale: float) -> tuple[int, int
     )
 
 
+class Priority(StrEnum):
+    """A request's lane within its tenant's queue: a higher lane starts first; between tenants
+    fair turns decide (`relight.jobs.queue`). `high` needs an operator's leave
+    (`tenant.allowed_lanes`)."""
+
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+    @property
+    def rank(self) -> int:
+        """0 for the lane that starts first."""
+        return {Priority.HIGH: 0, Priority.NORMAL: 1, Priority.LOW: 2}[self]
+
+
+# Lanes a new tenant may use: `high` jumps its own queue, so an operator grants it.
+DEFAULT_LANES: tuple[str, ...] = (Priority.NORMAL.value, Priority.LOW.value)
+PRIORITY_DESCRIPTION = (
+    "Relight's extension: the request's lane within your own queue (high starts before normal, "
+    "normal before low; other accounts keep their fair turns). `high` needs an operator's leave"
+)
+
+
 WebhookEvent = Literal["completed", "start"]
 
 
@@ -144,3 +167,4 @@ class SubmitOptions(ClientModel):
     backend: Backend = Backend.AUTO
     webhook_url: Annotated[str | None, Field(max_length=2048)] = None
     webhook_events: list[WebhookEvent] = Field(default_factory=default_webhook_events)
+    priority: Priority = Priority.NORMAL

@@ -31,6 +31,7 @@ from relight.db import create_engine, create_sessionmaker
 from relight.jobs.execution import JobRunner
 from relight.jobs.queue import (
     DELIVER_WEBHOOK_TASK,
+    EXPIRE_DEADLINE_TASK,
     RUN_JOB_TASK,
     SWEEP_TASK,
     deserialize_job,
@@ -47,7 +48,7 @@ from relight.storage import open_storage
 from relight.storage.urls import UrlBuilder
 from relight.webhooks.delivery import WebhookSender
 from worker.metrics_server import MetricsServer
-from worker.tasks import deliver_webhook, run_job, sweep
+from worker.tasks import deliver_webhook, expire_deadline, run_job, sweep
 from worker.wakeup import WakeableWorker
 
 logger = logging.getLogger(__name__)
@@ -188,6 +189,8 @@ def worker_options(settings: Settings) -> dict[str, Any]:
             ),
             # Attempts are scheduled by the task itself, never by arq's retry.
             func(deliver_webhook, name=DELIVER_WEBHOOK_TASK, max_tries=1, keep_result=0),
+            # The sweeper checks deadlines too, so one try is enough.
+            func(expire_deadline, name=EXPIRE_DEADLINE_TASK, max_tries=1, keep_result=0),
         ],
         "cron_jobs": [
             cron(

@@ -14,7 +14,7 @@ from arq.constants import in_progress_key_prefix, job_key_prefix
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from relight.config import Settings
-from relight.jobs import sweeper
+from relight.jobs import lifecycle, sweeper
 from relight.jobs.execution import JobRunner
 from relight.jobs.lifecycle import announce
 from relight.jobs.queue import delivery_job_id, enqueue_delivery, enqueue_run
@@ -35,6 +35,23 @@ async def run_job(ctx: dict[str, Any], job_id: str) -> str:
     if outcome.retry_in_s is not None:
         raise Retry(defer=outcome.retry_in_s)
     return outcome.status.value if outcome.status is not None else "skipped"
+
+
+async def expire_deadline(ctx: dict[str, Any], job_id: str) -> str:
+    """At a job's deadline: cancel it as `deadline_exceeded` if it is unfinished (refunded, its
+    webhook sent, its runner stopped); nothing if it finished. Safe to run more than once."""
+    sessionmaker: async_sessionmaker[AsyncSession] = ctx["sessionmaker"]
+    settings: Settings = ctx["settings"]
+    with job_context(job_id):
+        async with unit_of_work(sessionmaker) as uow:
+            moved = await lifecycle.expire_deadline(
+                uow.session, uuid.UUID(job_id), UrlBuilder.background(settings)
+            )
+            uow.after_commit(partial(announce, ctx["redis"], settings.queue_name, moved))
+        if moved is None:
+            return "finished before its deadline"
+        logger.info("job %s passed its deadline; canceled", job_id)
+    return "canceled"
 
 
 async def deliver_webhook(ctx: dict[str, Any], delivery_id: str) -> str:
@@ -80,6 +97,9 @@ async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
         # then queues their webhooks.
         uow.after_commit(partial(announce, redis, queue, *reclaimed.moves))
     async with unit_of_work(sessionmaker) as uow:
+        past_deadline = await sweeper.expire_deadlines(uow.session, UrlBuilder.background(settings))
+        uow.after_commit(partial(announce, redis, queue, *past_deadline))
+    async with unit_of_work(sessionmaker) as uow:
         expired = await sweeper.expire_stored_images(
             uow.session, ctx["storage"], settings.retention_s
         )
@@ -97,7 +117,9 @@ async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
         owner = owners.get(job_id)
         if owner is None:  # the row is gone since
             return await enqueue_run(redis, queue, job_id)
-        return await enqueue_run(redis, queue, job_id, owner.tenant_id, owner.weight)
+        return await enqueue_run(
+            redis, queue, job_id, owner.tenant_id, owner.weight, owner.priority
+        )
 
     async def send_again(delivery_id: uuid.UUID, attempt: int) -> bool:
         return await enqueue_delivery(redis, queue, delivery_id, attempt)
@@ -121,6 +143,7 @@ async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
         "requeued": enqueued_again,
         "leases_expired": len(reclaimed.requeued) + len(reclaimed.failed),
         "failed": len(reclaimed.failed),
+        "deadlines_passed": len(past_deadline),
         "webhooks_due": len(due),
         "images_expired": expired,
     }

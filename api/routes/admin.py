@@ -26,6 +26,7 @@ from relight.tenants.schemas import (
     BackendsUpdate,
     CreatedKeyView,
     KeyCreate,
+    LanesUpdate,
     LimitsUpdate,
     TenantCreate,
     TenantView,
@@ -148,6 +149,16 @@ async def set_backends(
     tenant: AdminTenantDep, body: BackendsUpdate, uow: UnitOfWorkDep
 ) -> TenantView:
     return TenantView.of(await tenants.set_allowed_backends(uow.session, tenant, body.backends))
+
+
+@router.put(
+    "/tenants/{tenant}/lanes",
+    response_model=TenantView,
+    summary="Set the allowed priority lanes",
+    responses=WITH_BODY,
+)
+async def set_lanes(tenant: AdminTenantDep, body: LanesUpdate, uow: UnitOfWorkDep) -> TenantView:
+    return TenantView.of(await tenants.set_allowed_lanes(uow.session, tenant, body.lanes))
 
 
 @router.put(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import logging
 import re
+from datetime import timedelta
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -20,6 +21,12 @@ from relight.config import Settings
 from relight.credits.service import get_balance
 from relight.errors import Conflict, RelightError
 from relight.jobs import queries
+from relight.jobs.deadlines import (
+    CANCEL_AFTER_DESCRIPTION,
+    CANCEL_AFTER_HEADER,
+    DEADLINE_EXCEEDED,
+    parse_cancel_after,
+)
 from relight.jobs.schemas import RequestView, SubmitAccepted, SyncImage, SyncImages
 from relight.jobs.service import submit_request
 from relight.jobs.views import accepted_view, request_view
@@ -67,6 +74,19 @@ IDEMPOTENCY_KEY_HEADER = _header(
 )
 PREFER_HEADER = _header("prefer", "Prefer", "`wait=N` (N ≤ 60): answer when done within N s")
 ACCEPT_HEADER = _header("accept", "Accept", None)
+CANCEL_AFTER = _header(
+    CANCEL_AFTER_HEADER, CANCEL_AFTER_HEADER, CANCEL_AFTER_DESCRIPTION, maxLength=64
+)
+
+
+def cancel_after_of(request: Request) -> timedelta | None:
+    """The `Cancel-After` header as a duration (422 `invalid_cancel_after` naming it)."""
+    value = request.headers.get("cancel-after")
+    if value is None:
+        return None
+    if len(value) > 64:
+        value = value[:64] + "…"
+    return parse_cancel_after(value)
 
 
 def idempotency_key_of(request: Request) -> str | None:
@@ -107,6 +127,7 @@ async def _submit(
 ) -> tuple[Job, bool]:
     """Read the submission and hand it to `submit_request` (stored, paid for, committed,
     then queued)."""
+    cancel_after = cancel_after_of(request)
     submitted = await read_submission(request, state.settings)
     submission = await submit_request(
         sessionmaker=state.sessionmaker,
@@ -122,6 +143,7 @@ async def _submit(
         background=submitted.background,
         idempotency_key=idempotency_key,
         http_request_id=current_request_id.get(),
+        cancel_after=cancel_after,
     )
     job = submission.job
     with job_context(job.id):
@@ -146,7 +168,7 @@ async def _submit(
     },
     openapi_extra={
         **SUBMIT_OPENAPI,
-        "parameters": [IDEMPOTENCY_KEY_HEADER, PREFER_HEADER],
+        "parameters": [IDEMPOTENCY_KEY_HEADER, PREFER_HEADER, CANCEL_AFTER],
         "security": API_KEY_SECURITY,
     },
 )
@@ -187,6 +209,12 @@ def _raise_for_unfinished(job: Job, urls: UrlBuilder, settings: Settings) -> Non
             code=code,
             extra=about_the_job,
         )
+    if status is JobStatus.CANCELED and job.error_code == DEADLINE_EXCEEDED:
+        raise Conflict(
+            job.error_message or "the request passed its deadline and was canceled",
+            code=DEADLINE_EXCEEDED,
+            extra=about_the_job,
+        )
     if status is JobStatus.CANCELED:
         raise Conflict("the request was canceled", code="canceled", extra=about_the_job)
     raise RelightError(
@@ -215,7 +243,7 @@ def _raise_for_unfinished(job: Job, urls: UrlBuilder, settings: Settings) -> Non
     },
     openapi_extra={
         **SUBMIT_OPENAPI,
-        "parameters": [IDEMPOTENCY_KEY_HEADER, ACCEPT_HEADER],
+        "parameters": [IDEMPOTENCY_KEY_HEADER, ACCEPT_HEADER, CANCEL_AFTER],
         "security": API_KEY_SECURITY,
     },
 )

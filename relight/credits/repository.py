@@ -203,7 +203,11 @@ SUBMITTED_COLUMNS = [
     "webhook_events",
     "http_request_id",
     "batch_id",
+    "priority",
+    "deadline_at",
 ]
+# What a job built without them brings for the columns added since (lanes, deadlines).
+_SUBMITTED_DEFAULTS: dict[str, Any] = {"priority": "normal", "deadline_at": None}
 
 # The columns whose values the job brings; RETURNING reads back only the others.
 _SENT = frozenset(["id", "tenant_id", *SUBMITTED_COLUMNS])
@@ -244,7 +248,12 @@ async def reserve_and_insert_job(session: AsyncSession, job: Job, cost: int) -> 
     insert `job`, in one statement: the inserted job row, or None when the tenant was refused
     (nothing written). IntegrityError when the job's idempotency key is taken."""
     parameters = {
-        **{f"job_{name}": job.__dict__[name] for name in SUBMITTED_COLUMNS},
+        **{
+            f"job_{name}": job.__dict__[name]
+            if name in job.__dict__ or name not in _SUBMITTED_DEFAULTS
+            else _SUBMITTED_DEFAULTS[name]
+            for name in SUBMITTED_COLUMNS
+        },
         "entry_id": uuid7(),
         "tenant_id": job.tenant_id,
         "job_id": job.id,

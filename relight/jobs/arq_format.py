@@ -54,13 +54,14 @@ class FairKeys(NamedTuple):
 # arq's `enqueue_job`, atomic without WATCH. KEYS: job key, result key, queue, wake channel, the
 # tenant's queue, then FairKeys' ring, job → tenant hash, weights. ARGV: expiry ms, payload,
 # score, job id, "1" to wake the workers, tenant id ("" for a job that belongs to no tenant),
-# the tenant's weight ("" to leave it as it is). 0 when arq already holds the job.
+# the tenant's weight ("" to leave it as it is), the job's score in its tenant's queue (its lane's
+# offset plus its due time: `lane_score`). 0 when arq already holds the job.
 ENQUEUE_SCRIPT = """
 if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
 redis.call('PSETEX', KEYS[1], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
 if ARGV[6] ~= '' then
-  redis.call('ZADD', KEYS[5], ARGV[3], ARGV[4])
+  redis.call('ZADD', KEYS[5], ARGV[8], ARGV[4])
   redis.call('ZADD', KEYS[6], 'NX', 0, ARGV[6])
   redis.call('HSET', KEYS[7], ARGV[4], ARGV[6])
   if ARGV[7] ~= '' then redis.call('HSET', KEYS[8], ARGV[6], ARGV[7]) end
@@ -137,6 +138,17 @@ return false
 # How many entries of one tenant's queue a fair claim looks at (see FAIR_CLAIM_SCRIPT).
 FAIR_CLAIM_SCAN = 256
 
+# A tenant's queue is ordered by lane first, then by due time: a job's score there is its lane's
+# rank (0 high, 1 normal, 2 low) times LANE_SPAN plus its due time in ms. LANE_SPAN is beyond
+# any due time in ms (year 2286), and three spans stay well within a double's exact integers
+# (2**53), so the scores stay exact and the lane is `score // LANE_SPAN`.
+LANE_SPAN = 10**13
+
+
+def lane_score(rank: int, due_ms: int) -> int:
+    """A job's score in its tenant's queue: lane `rank` first, then due time."""
+    return rank * LANE_SPAN + due_ms
+
 
 def job_definition(function: str, args: Sequence[Any], enqueue_time_ms: int) -> dict[str, Any]:
     """What arq stores for a job (`arq.jobs.serialize_job`): first try, no keyword arguments."""
@@ -156,12 +168,13 @@ async def add_job(
     fair: FairKeys | None = None,
     tenant_id: str | None = None,
     weight: int | None = None,
+    lane_rank: int = 1,
 ) -> bool:
     """Enqueue `function(*args)` as arq's own `enqueue_job` would (same keys, payload, score and
     expiry; refused when `job_id` is enqueued, running or kept as a result) and publish on
     `wake_channel` when it is due now. With `fair` and `tenant_id`, the job is also listed in
-    the tenant's turns, and `weight` (when given) recorded as the tenant's. False when arq
-    already holds the job."""
+    the tenant's turns, in lane `lane_rank` of the tenant's queue (0 starts first), and `weight`
+    (when given) recorded as the tenant's. False when arq already holds the job."""
     now_ms = round(time.time() * 1000)
     score = now_ms + round((defer_s or 0) * 1000)
     payload = serializer(job_definition(function, args, now_ms))
@@ -178,6 +191,7 @@ async def add_job(
         "1" if score <= now_ms else "0",
         tenant,
         "" if weight is None else weight,
+        lane_score(lane_rank, score),
     ]
     # A Script object is cheap (it hashes the source); it runs EVALSHA and loads the script
     # when Redis does not know it yet.

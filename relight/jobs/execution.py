@@ -38,7 +38,12 @@ from relight.backends.render_backend import BackendResult, JobInput, RenderBacke
 from relight.config import Settings
 from relight.errors import BackendFailed, RelightError
 from relight.jobs import lifecycle, repository
-from relight.jobs.cancel_watch import RenderAbandoned, render_until_released, watch_until_released
+from relight.jobs.cancel_watch import (
+    RenderAbandoned,
+    first_of,
+    render_until_released,
+    watch_until_released,
+)
 from relight.jobs.events import finished_channel
 from relight.jobs.job_images import delete_outputs, elapsed_ms, load_input, store_outputs
 from relight.jobs.lifecycle import Moved
@@ -63,6 +68,9 @@ class RunOutcome:
     status: JobStatus | None
     retry_in_s: float | None = None
 
+
+# How soon a deadline is asked for again when the database did not see it passed yet.
+DEADLINE_RECHECK_S = 0.25
 
 # Failures that count as `timeout` (rather than `error`) in relight_backend_duration_seconds.
 TIMEOUT_CODES = frozenset({"backend_timeout", "upstream_timeout"})
@@ -117,6 +125,11 @@ class JobRunner:
                 logger.info("job %s is not queued; nothing to do", job_id)
             return RunOutcome(status=None)
         job = claimed.job
+        if claimed.finished:
+            # Its deadline passed while it waited: canceled (and refunded) instead of started.
+            with request_context(job.http_request_id):
+                logger.info("job %s waited past its deadline; canceled, not started", job_id)
+            return RunOutcome(status=job.job_status)
         if job.attempts == 1:
             metrics.QUEUE_WAIT.observe((datetime.now(UTC) - job.created_at).total_seconds())
         # From here on every line (and the lease keeper's) carries the submit's request id.
@@ -240,14 +253,41 @@ class JobRunner:
                     backend.render(job_input, params, job.seed, calls, report),
                     timeout=self._render_timeout_s(backend, params),
                 ),
-                watch_until_released(
-                    self.redis,
-                    finished_channel(self.settings.queue_name),
-                    str(job.id),
-                    partial(self._still_holds, job),
+                first_of(
+                    watch_until_released(
+                        self.redis,
+                        finished_channel(self.settings.queue_name),
+                        str(job.id),
+                        partial(self._still_holds, job),
+                    ),
+                    self._expire_at_deadline(job),
                 ),
                 abandoned,
             )
+
+    async def _expire_at_deadline(self, job: Job) -> None:
+        """At the job's deadline (never, without one), cancel it as `deadline_exceeded`
+        (`lifecycle.expire_deadline`, the guarded update a cancel races with) and return once
+        this attempt no longer holds it; the render is then abandoned like a canceled one's."""
+        if job.deadline_at is None:
+            await asyncio.Event().wait()  # no deadline: never released from here
+            return
+        while True:
+            await asyncio.sleep(max(0.0, (job.deadline_at - datetime.now(UTC)).total_seconds()))
+            try:
+                async with unit_of_work(self.sessionmaker) as uow:
+                    moved = await lifecycle.expire_deadline(uow.session, job.id, self.urls)
+                    uow.after_commit(partial(self._announce, moved))
+            except Exception:
+                logger.warning("could not expire job %s at its deadline", job.id, exc_info=True)
+                moved = None
+            if moved is not None:
+                logger.info("job %s passed its deadline while running; stopping it", job.id)
+                return
+            if not await self._still_holds(job):
+                return
+            # The database's clock may lag this one's by a little: ask again shortly.
+            await asyncio.sleep(DEADLINE_RECHECK_S)
 
     def _render_timeout_s(self, backend: RenderBackend, params: RelightParams) -> float:
         """`job_timeout_s`, or for a GPU node a timeout that grows with the request's size."""

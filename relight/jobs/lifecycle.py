@@ -4,6 +4,7 @@
       ▲                 │  └─────fail────▶ failed      (refunded)
       └─────────────────┘  retry, hand_back, expire_lease
     queued or running ──cancel──▶ canceled             (refunded)
+    queued or running ──expire_deadline──▶ canceled    (refunded; `deadline_exceeded`)
 
 (`expire_lease` fails the job once its attempts ran out; `record_progress` writes a running
 attempt's progress under the same guard.)
@@ -35,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from relight.credits.service import charge_credits, refund_credits
 from relight.jobs import repository
+from relight.jobs.deadlines import DEADLINE_EXCEEDED, deadline_message
 from relight.jobs.events import Change, publish_changed, publish_finished
 from relight.jobs.queue import Enqueuer, enqueue_delivery
 from relight.jobs.subscribers import COMPLETED, START, notify_subscribers
@@ -70,9 +72,15 @@ async def claim(
     session: AsyncSession, job_id: uuid.UUID, lease_s: float, urls: UrlBuilder
 ) -> Moved | None:
     """`queued → running` for one more attempt, leased for `lease_s`; the first attempt also
-    schedules the `start` webhook. None when the job is not queued (done, taken, canceled)."""
+    schedules the `start` webhook. None when the job is not queued (done, taken, canceled).
+
+    A job whose deadline passed while it waited never starts: it is canceled here instead
+    (`expire_deadline`), and answered as such (a `Moved` whose job is `canceled`)."""
     job = await repository.claim(session, job_id, lease_s)
-    if job is None or job.attempts != 1:
+    if job is None:
+        # Rare: not queued, or queued past its deadline (the claim's guard leaves those).
+        return await _expire_queued(session, job_id, urls)
+    if job.attempts != 1:
         return _moved(job)
     return _moved(job, await notify_subscribers(session, job, START, urls))
 
@@ -205,6 +213,56 @@ async def cancel(session: AsyncSession, job_id: uuid.UUID, urls: UrlBuilder) -> 
         session, canceled.tenant_id, canceled.id, canceled.credits_reserved, reason="canceled"
     )
     return _moved(canceled, await notify_subscribers(session, canceled, COMPLETED, urls))
+
+
+def _deadline_values() -> dict[str, Any]:
+    """What a job canceled at its deadline is left with (as a cancel's, plus the reason)."""
+    return {
+        "status": JobStatus.CANCELED.value,
+        "finished_at": datetime.now(UTC),
+        "credits_charged": 0,
+        "lease_expires_at": None,
+        "error_code": DEADLINE_EXCEEDED,
+        "error_message": deadline_message(),
+    }
+
+
+async def _expired(session: AsyncSession, expired: Job | None, urls: UrlBuilder) -> Moved | None:
+    if expired is None:
+        return None
+    await refund_credits(
+        session, expired.tenant_id, expired.id, expired.credits_reserved, reason=DEADLINE_EXCEEDED
+    )
+    return _moved(expired, await notify_subscribers(session, expired, COMPLETED, urls))
+
+
+async def _expire_queued(
+    session: AsyncSession, job_id: uuid.UUID, urls: UrlBuilder
+) -> Moved | None:
+    expired = await repository.transition(
+        session, job_id, from_status=JobStatus.QUEUED, values=_deadline_values(), past_deadline=True
+    )
+    return await _expired(session, expired, urls)
+
+
+async def expire_deadline(
+    session: AsyncSession, job_id: uuid.UUID, urls: UrlBuilder
+) -> Moved | None:
+    """`queued → canceled` or `running → canceled` (whichever attempt runs it) once the job's
+    deadline has passed (by the database's clock): `error_code` `deadline_exceeded`, refunded
+    once, the `completed` webhook scheduled, exactly as a cancel. The worker running it stops
+    at its next safe point. None when the job has no deadline yet passed, or is finished."""
+    moved = await _expire_queued(session, job_id, urls)
+    if moved is not None:
+        return moved
+    expired = await repository.transition(
+        session,
+        job_id,
+        from_status=JobStatus.RUNNING,
+        values=_deadline_values(),
+        past_deadline=True,
+    )
+    return await _expired(session, expired, urls)
 
 
 async def expire_lease(

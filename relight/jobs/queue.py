@@ -10,6 +10,7 @@ at once instead of at their next poll (the poll stays as the fallback when a mes
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -20,10 +21,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from relight.jobs.arq_format import FairKeys, add_job
+from relight.params import Priority
 from relight.tenants.weight_mirror import tenant_weights_key
 
 RUN_JOB_TASK = "run_job"
 DELIVER_WEBHOOK_TASK = "deliver_webhook"
+EXPIRE_DEADLINE_TASK = "expire_deadline"
 SWEEP_TASK = "sweep"
 
 
@@ -50,6 +53,12 @@ def deserialize_job(data: bytes) -> dict[str, Any]:
 # its weight (the weights hash, tenant id → weight, absent = 1; the served hash counts the jobs
 # started in the current turn), then goes to the back of the ring. Entries of finished jobs are
 # dropped lazily by that script, when it finds them gone from arq's queue.
+#
+# Priority lanes: a tenant's queue is ordered by lane (high, normal, low), then by due time
+# (`arq_format.lane_score`), so the tenant's job that its turn starts is the oldest due job of
+# its highest lane with one. Lanes order a tenant's own jobs only: which tenant's turn it is
+# stays the ring's, so one tenant's high lane never starves another tenant. A retry keeps its
+# entry (and lane); the sweeper's re-enqueue passes the lane read from the job row.
 #
 # A tenant's weight lives in Postgres (`tenant.weight`); Redis holds a mirror (its key and
 # writer are `relight.tenants.weight_mirror`'s: tenants sit below jobs), written after
@@ -110,11 +119,13 @@ async def enqueue(
     defer_s: float | None = None,
     tenant_id: str | None = None,
     weight: int | None = None,
+    priority: Priority = Priority.NORMAL,
 ) -> bool:
     """Enqueue `function(*args)` for arq's workers as arq's own `enqueue_job` would (same
     keys, same payload, refused when `job_id` is enqueued, running or kept as a result), waking idle
     workers when it is due now. With `tenant_id`, the job takes fair turns with other tenants'
-    jobs, `weight` (when given) being the tenant's. False when arq already holds the job."""
+    jobs, `weight` (when given) being the tenant's, in its `priority` lane of the tenant's
+    queue. False when arq already holds the job."""
     return await add_job(
         redis,
         queue_name,
@@ -127,6 +138,7 @@ async def enqueue(
         fair=fair_keys(queue_name),
         tenant_id=tenant_id,
         weight=weight,
+        lane_rank=priority.rank,
     )
 
 
@@ -136,10 +148,11 @@ async def enqueue_run(
     job_id: uuid.UUID,
     tenant_id: uuid.UUID | None = None,
     weight: int | None = None,
+    priority: Priority | str = Priority.NORMAL,
 ) -> bool:
     """Queue a committed job, in its tenant's turns when `tenant_id` is given (with the
-    tenant's `weight` when the caller knows it, which refreshes the mirror in Redis); False
-    when arq already holds it (it refuses a second copy)."""
+    tenant's `weight` when the caller knows it, which refreshes the mirror in Redis) and in its
+    `priority` lane there; False when arq already holds it (it refuses a second copy)."""
     return await enqueue(
         enqueuer,
         queue_name,
@@ -148,6 +161,27 @@ async def enqueue_run(
         str(job_id),
         tenant_id=None if tenant_id is None else str(tenant_id),
         weight=weight,
+        priority=Priority(priority),
+    )
+
+
+DEADLINE_JOB_PREFIX = "deadline:"
+
+
+async def enqueue_deadline(
+    enqueuer: Enqueuer, queue_name: str, job_id: uuid.UUID, deadline_at: datetime
+) -> bool:
+    """Queue the `expire_deadline` task of a committed job for its deadline (arq id
+    `deadline:<job id>`, so it is never doubled); it cancels the job then if it is unfinished.
+    A Redis that loses it loses nothing: the claim and the sweeper check deadlines too."""
+    defer_s = max(0.0, (deadline_at - datetime.now(UTC)).total_seconds())
+    return await enqueue(
+        enqueuer,
+        queue_name,
+        EXPIRE_DEADLINE_TASK,
+        f"{DEADLINE_JOB_PREFIX}{job_id}",
+        str(job_id),
+        defer_s=defer_s,
     )
 
 

@@ -15,7 +15,9 @@ replica could start); and it is the same read the old gauge made, with the same 
 does not answer.
 
 The count is one Lua script (one round trip, atomic): it walks the entries once, O(entries),
-answering three numbers, never the ids. The ids' shapes are the contract; a run_job id is
+answering a few numbers, never the ids; runnable jobs are counted by priority lane (the
+`lane` label of `relight_runnable_jobs`), so autoscaling can leave the `low` lane out.
+The ids' shapes are the contract; a run_job id is
 recognized by its UUID shape, so an entry of any other task is never counted as a relight job.
 """
 
@@ -25,36 +27,65 @@ import time
 
 from redis.asyncio import Redis
 
-from relight.jobs.queue import DELIVERY_JOB_PREFIX
+from relight.jobs.arq_format import LANE_SPAN
+from relight.jobs.queue import DELIVERY_JOB_PREFIX, job_tenant_key, tenant_queue_prefix
 from relight.metrics import QueueCounts
+from relight.params import Priority
 
-# KEYS: the queue. ARGV: now (ms), the delivery id prefix. Answers {entries, runnable relight
-# jobs, webhook delivery attempts}.
+# KEYS: the queue, the job → tenant hash of fair turns. ARGV: now (ms), the delivery id prefix,
+# the tenant queue key prefix, the lane span. Answers {entries, runnable relight jobs in the high,
+# normal and low lanes, webhook delivery attempts}. A runnable job's lane is read from its score
+# in its tenant's queue (`arq_format.lane_score`); one listed in no tenant's queue counts as
+# normal.
 COUNT_SCRIPT = """
 local entries = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
 local now = tonumber(ARGV[1])
 local prefix = ARGV[2]
-local runnable, deliveries = 0, 0
+local span = tonumber(ARGV[4])
+local lanes = {0, 0, 0}
+local deliveries = 0
 for i = 1, #entries, 2 do
   local id = entries[i]
   if string.sub(id, 1, #prefix) == prefix then
     deliveries = deliveries + 1
   elseif tonumber(entries[i + 1]) <= now
       and string.match(id, '^%x+%-%x+%-%x+%-%x+%-%x+$') then
-    runnable = runnable + 1
+    local lane = 1
+    local tenant = redis.call('HGET', KEYS[2], id)
+    if tenant then
+      local score = redis.call('ZSCORE', ARGV[3] .. tenant, id)
+      if score then lane = math.floor(tonumber(score) / span) end
+    end
+    if lane < 0 or lane > 2 then lane = 1 end
+    lanes[lane + 1] = lanes[lane + 1] + 1
   end
 end
-return {#entries / 2, runnable, deliveries}
+return {#entries / 2, lanes[1], lanes[2], lanes[3], deliveries}
 """
 
 
 async def count_queue(redis: Redis, queue_name: str) -> QueueCounts:
-    """Every entry of arq's queue `queue_name`, its relight jobs waiting to start or running,
-    and its webhook delivery attempts (due or deferred)."""
+    """Every entry of arq's queue `queue_name`, its relight jobs waiting to start or running
+    (in all and by lane), and its webhook delivery attempts (due or deferred)."""
     now_ms = int(time.time() * 1000)
-    entries, runnable, deliveries = await redis.eval(  # type: ignore[misc]
-        COUNT_SCRIPT, 1, queue_name, str(now_ms), DELIVERY_JOB_PREFIX
+    entries, high, normal, low, deliveries = await redis.eval(  # type: ignore[misc]
+        COUNT_SCRIPT,
+        2,
+        queue_name,
+        job_tenant_key(queue_name),
+        str(now_ms),
+        DELIVERY_JOB_PREFIX,
+        tenant_queue_prefix(queue_name),
+        str(LANE_SPAN),
     )
+    by_lane = {
+        Priority.HIGH.value: int(high),
+        Priority.NORMAL.value: int(normal),
+        Priority.LOW.value: int(low),
+    }
     return QueueCounts(
-        entries=int(entries), runnable_jobs=int(runnable), webhook_deliveries=int(deliveries)
+        entries=int(entries),
+        runnable_jobs=sum(by_lane.values()),
+        webhook_deliveries=int(deliveries),
+        runnable_by_lane=by_lane,
     )

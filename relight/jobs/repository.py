@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relight import metrics
@@ -117,8 +117,12 @@ async def transition(
     from_status: JobStatus,
     values: dict[str, Any],
     attempt: int | None = None,
+    past_deadline: bool = False,
+    before_deadline: bool = False,
 ) -> Job | None:
-    """Move a job out of `from_status` if (and only if) it is still there; None otherwise.
+    """Move a job out of `from_status` if (and only if) it is still there (and, with
+    `past_deadline`, only if its deadline has passed by the database's clock; with
+    `before_deadline`, only if it has none or it has not passed); None otherwise.
 
     This conditional UPDATE is what makes every step idempotent: of two workers (or a worker
     and a cancel), exactly one sees the row.
@@ -126,6 +130,10 @@ async def transition(
     query = update(Job).where(Job.id == job_id, Job.status == from_status.value)
     if attempt is not None:
         query = query.where(Job.attempts == attempt)
+    if past_deadline:
+        query = query.where(Job.deadline_at.is_not(None), Job.deadline_at <= func.now())
+    if before_deadline:
+        query = query.where(or_(Job.deadline_at.is_(None), Job.deadline_at > func.now()))
     result = await session.execute(
         query.values(**values).returning(Job).execution_options(populate_existing=True)
     )
@@ -137,12 +145,14 @@ async def transition(
 
 
 async def claim(session: AsyncSession, job_id: uuid.UUID, lease_s: float) -> Job | None:
-    """`queued → running` with a lease; None when the job is not queued (done, taken, canceled)."""
+    """`queued → running` with a lease; None when the job is not queued (done, taken, canceled)
+    or its deadline passed (it must not start)."""
     now = datetime.now(UTC)
     return await transition(
         session,
         job_id,
         from_status=JobStatus.QUEUED,
+        before_deadline=True,
         values={
             "status": JobStatus.RUNNING.value,
             "attempts": Job.attempts + 1,
@@ -214,14 +224,31 @@ async def queued_before(
 
 async def owners_of(
     session: AsyncSession, job_ids: set[uuid.UUID]
-) -> list[tuple[uuid.UUID, uuid.UUID, int]]:
-    """`(job id, tenant id, tenant weight)` of each of these jobs that exists."""
+) -> list[tuple[uuid.UUID, uuid.UUID, int, str, datetime | None]]:
+    """`(job id, tenant id, tenant weight, priority, deadline)` of each of these jobs that
+    exists."""
     rows = await session.execute(
-        select(Job.id, Job.tenant_id, Tenant.weight)
+        select(Job.id, Job.tenant_id, Tenant.weight, Job.priority, Job.deadline_at)
         .join(Tenant, Tenant.id == Job.tenant_id)
         .where(Job.id.in_(job_ids))
     )
-    return [(row.id, row.tenant_id, row.weight) for row in rows]
+    return [(row.id, row.tenant_id, row.weight, row.priority, row.deadline_at) for row in rows]
+
+
+async def past_deadline(session: AsyncSession, limit: int) -> list[uuid.UUID]:
+    """Queued or running jobs whose deadline passed (by the database's clock), oldest
+    deadline first."""
+    result = await session.scalars(
+        select(Job.id)
+        .where(
+            Job.deadline_at.is_not(None),
+            Job.status.in_((JobStatus.QUEUED.value, JobStatus.RUNNING.value)),
+            Job.deadline_at <= func.now(),
+        )
+        .order_by(Job.deadline_at)
+        .limit(limit)
+    )
+    return list(result.all())
 
 
 async def expired_leases(session: AsyncSession, now: datetime, limit: int) -> list[Job]:

@@ -10,8 +10,10 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from relight.params import (
+    PRIORITY_DESCRIPTION,
     Backend,
     BackgroundSource,
+    Priority,
     RelightParams,
     SubmitOptions,
     WebhookEvent,
@@ -33,6 +35,10 @@ class PublicStatus(StrEnum):
 # InferenceFailed); the code a program branches on sits beside it, as in every error answer.
 ERROR_DESCRIPTION = "on FAILED (and CANCELED), what went wrong, for people"
 ERROR_CODE_DESCRIPTION = "on FAILED (and CANCELED), what went wrong, for programs"
+DEADLINE_DESCRIPTION = (
+    "when the request is canceled (error_code `deadline_exceeded`, refunded) if it has not "
+    "finished: the acceptance plus its `Cancel-After`; null without one"
+)
 TIMINGS_DESCRIPTION = (
     "milliseconds by stage: `fetch_ms`, `decode_ms`, `backend_ms`, `store_ms`, `total_ms`, and "
     "the backend's own (`engine_ms`, `upstream_ms`, `node_ms`, ...)"
@@ -75,6 +81,7 @@ class SubmitBody(RelightParams):
     backend: Backend = Backend.AUTO
     webhook_url: Annotated[str | None, Field(max_length=2048)] = None
     webhook_events: list[WebhookEvent] = Field(default_factory=default_webhook_events)
+    priority: Annotated[Priority, Field(description=PRIORITY_DESCRIPTION)] = Priority.NORMAL
 
     @model_validator(mode="before")
     @classmethod
@@ -101,6 +108,7 @@ class SubmitBody(RelightParams):
             backend=data.pop("backend"),
             webhook_url=data.pop("webhook_url"),
             webhook_events=data.pop("webhook_events"),
+            priority=data.pop("priority"),
         )
         data.pop("subject_image")
         data.pop("background_image")
@@ -208,6 +216,10 @@ class RequestView(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    priority: Priority = Field(
+        default=Priority.NORMAL, description="the lane it waited in within your queue"
+    )
+    deadline_at: datetime | None = Field(default=None, description=DEADLINE_DESCRIPTION)
     status_url: str
     response_url: str
 
@@ -220,6 +232,7 @@ class StatusView(BaseModel):
     error: str | None = Field(default=None, description=ERROR_DESCRIPTION)
     error_code: str | None = Field(default=None, description=ERROR_CODE_DESCRIPTION)
     metrics: dict[str, float] = Field(description="timings so far, in milliseconds")
+    deadline_at: datetime | None = Field(default=None, description=DEADLINE_DESCRIPTION)
 
 
 class SubmitAccepted(BaseModel):
@@ -232,6 +245,8 @@ class SubmitAccepted(BaseModel):
     response_url: str
     cancel_url: str
     credits_reserved: int
+    priority: Priority = Field(default=Priority.NORMAL, description="the request's lane")
+    deadline_at: datetime | None = Field(default=None, description=DEADLINE_DESCRIPTION)
 
 
 class SyncImage(BaseModel):

@@ -10,8 +10,9 @@ import secrets
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
+from typing import Protocol
 
 import orjson
 from redis.asyncio import Redis
@@ -32,7 +33,7 @@ from relight.jobs.inputs import SubjectSource
 from relight.jobs.lifecycle import Moved
 from relight.models import Job, JobStatus, Tenant
 from relight.nodes.registry import discovered_gpu_nodes
-from relight.params import Backend, RelightParams, SubmitOptions
+from relight.params import Backend, Priority, RelightParams, SubmitOptions
 from relight.storage import Storage
 from relight.storage.urls import UrlBuilder
 from relight.tenants.auth_cache import TenantSnapshot
@@ -40,6 +41,29 @@ from relight.unit_of_work import after_commit, unit_of_work
 
 # Hands a committed job to the workers: `(job id, tenant id, tenant weight)`.
 Enqueue = Callable[[uuid.UUID, uuid.UUID, int], Awaitable[None]]
+
+
+class EnqueueInLane(Protocol):
+    """An `Enqueue` that also takes the job's lane and deadline (the api's `AppState.enqueue`):
+    the job is queued in its `priority` lane, and its deadline's task for `deadline_at`."""
+
+    def __call__(
+        self,
+        job_id: uuid.UUID,
+        tenant_id: uuid.UUID,
+        weight: int | None = None,
+        *,
+        priority: str = Priority.NORMAL.value,
+        deadline_at: datetime | None = None,
+    ) -> Awaitable[None]: ...
+
+
+def enqueue_submitted(enqueue: EnqueueInLane, job: Job, weight: int) -> Awaitable[None]:
+    """Hand a committed job to the workers with its tenant's weight and what its row says of
+    its lane and deadline (what a submit, single or in a batch, registers after its commit)."""
+    return enqueue(
+        job.id, job.tenant_id, weight, priority=job.priority, deadline_at=job.deadline_at
+    )
 
 
 class IdempotencyKeyReused(InvalidParameter):
@@ -59,9 +83,11 @@ def request_hash(
     background: SubjectSource | None = None,
 ) -> str:
     """A digest of everything that defines the request, to recognise an idempotent retry."""
+    # The normal lane is left out, so digests made before lanes existed still match.
+    lane = {"priority"} if options.priority is Priority.NORMAL else set()
     fields: dict[str, object] = {
         "params": params.model_dump(mode="json"),
-        "options": options.model_dump(mode="json"),
+        "options": options.model_dump(mode="json", exclude=lane),
         "subject": subject.digest,
     }
     if background is not None:
@@ -128,7 +154,7 @@ async def submit_request(
     settings: Settings,
     storage: Storage,
     redis: Redis,
-    enqueue: Enqueue,
+    enqueue: EnqueueInLane,
     tenant: TenantSnapshot,
     params: RelightParams,
     options: SubmitOptions,
@@ -136,10 +162,12 @@ async def submit_request(
     background: SubjectSource | None,
     idempotency_key: str | None,
     http_request_id: str | None,
+    cancel_after: timedelta | None = None,
 ) -> Submission:
     """A submit, whole: validate, store the inline images, reserve the price and insert the
     job (`submit_job`), commit, then hand the new job to the workers (`enqueue`, only once the
-    job is committed; never for a replay).
+    job is committed; never for a replay). `cancel_after` (the `Cancel-After` header) gives
+    the request a deadline.
 
     An inline image is stored before the commit (a failed store undoes the paid job), so it
     needs a transaction; otherwise the job and its reservation are one statement, and an
@@ -158,10 +186,10 @@ async def submit_request(
             idempotency_key=idempotency_key,
             live_gpu_nodes=await _live_gpu_nodes(settings, redis, params, options),
             http_request_id=http_request_id,
+            cancel_after=cancel_after,
         )
         if not submission.replayed:
-            job = submission.job
-            uow.after_commit(partial(enqueue, job.id, job.tenant_id, tenant.weight))
+            uow.after_commit(partial(enqueue_submitted, enqueue, submission.job, tenant.weight))
     return submission
 
 
@@ -206,10 +234,14 @@ async def submit_job(
     http_request_id: str | None = None,
     background: SubjectSource | None = None,
     batch_id: uuid.UUID | None = None,
+    cancel_after: timedelta | None = None,
 ) -> Submission:
-    """Reserve the price and create the job; the caller commits, then enqueues.
-    `http_request_id` (the submit's X-Request-ID) is kept for the job's log lines; `batch_id`
-    makes the job an item of that batch (`relight.batches`).
+    """Reserve the price and create the job; the caller commits, then enqueues
+    (`enqueue_submitted`). `http_request_id` (the submit's X-Request-ID) is kept for the job's
+    log lines; `batch_id` makes the job an item of that batch (`relight.batches`).
+    `cancel_after` sets the job's deadline, from its acceptance: unfinished then, it
+    is canceled as `deadline_exceeded` (`relight.jobs.deadlines`). The lane
+    (`options.priority`) must be one the tenant may use (403 `priority_not_allowed`).
 
     An inline subject is stored before the caller commits, so run this in a transaction when
     `subject.data` is set: a failure to store then undoes the paid job. Without one, an
@@ -233,6 +265,7 @@ async def submit_job(
         http_request_id=http_request_id,
         batch_id=batch_id,
     )
+    job.deadline_at = None if cancel_after is None else job.created_at + cancel_after
     replayed = await _insert(session, job, cost, tenant, idempotency_key, digest)
     if replayed is not None:
         return replayed
@@ -261,6 +294,19 @@ def _check_submission(
     )
     if options.webhook_url is not None:
         check_url(options.webhook_url, settings.egress_policy, field="webhook_url")
+    check_lane(options.priority, tenant)
+
+
+def check_lane(priority: Priority, tenant: TenantSnapshot | Tenant) -> None:
+    """403 `priority_not_allowed` unless the tenant may submit to lane `priority`."""
+    allowed = tuple(tenant.allowed_lanes)
+    if priority.value not in allowed:
+        names = ", ".join(lane for lane in (p.value for p in Priority) if lane in allowed)
+        raise Forbidden(
+            f"priority {priority.value!r} is not available to this account (available: "
+            f"{names or 'none'}); an operator can allow it",
+            code="priority_not_allowed",
+        )
 
 
 def _new_job(
@@ -304,6 +350,7 @@ def _new_job(
         webhook_events=list(options.webhook_events),
         http_request_id=http_request_id,
         batch_id=batch_id,
+        priority=options.priority.value,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from relight.jobs.deadlines import DEADLINE_EXCEEDED, deadline_message
 from relight.jobs.schemas import (
     BackendAttemptView,
     BackendView,
@@ -13,6 +14,7 @@ from relight.jobs.schemas import (
     SubmitAccepted,
 )
 from relight.models import Job, JobOutput, JobStatus
+from relight.params import Priority
 from relight.storage.urls import UrlBuilder
 
 CANCELED_MESSAGE = "the request was canceled"
@@ -22,6 +24,8 @@ CANCELED_CODE = "canceled"
 def _error(job: Job) -> tuple[str | None, str | None]:
     """`(error, error_code)`: the message and the code of a FAILED or CANCELED job."""
     status = job.job_status
+    if status is JobStatus.CANCELED and job.error_code == DEADLINE_EXCEEDED:
+        return job.error_message or deadline_message(), DEADLINE_EXCEEDED
     if status is JobStatus.CANCELED:
         return CANCELED_MESSAGE, CANCELED_CODE
     if status is not JobStatus.FAILED:
@@ -85,6 +89,8 @@ def request_view(job: Job, outputs: list[JobOutput], urls: UrlBuilder) -> Reques
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
+        priority=Priority(job.priority or Priority.NORMAL.value),
+        deadline_at=job.deadline_at,
         status_url=urls.status_url(job.id),
         response_url=urls.response_url(job.id),
     )
@@ -101,6 +107,7 @@ def status_view(job: Job, queue_position: int | None) -> StatusView:
         error=error,
         error_code=error_code,
         metrics=job.timings,
+        deadline_at=job.deadline_at,
     )
 
 
@@ -113,4 +120,6 @@ def accepted_view(job: Job, urls: UrlBuilder) -> SubmitAccepted:
         response_url=urls.response_url(job.id),
         cancel_url=urls.cancel_url(job.id),
         credits_reserved=job.credits_reserved,
+        priority=Priority(job.priority or Priority.NORMAL.value),
+        deadline_at=job.deadline_at,
     )

@@ -55,6 +55,7 @@ class TenantSnapshot:
     allowed_backends: tuple[str, ...]
     webhook_url: str | None
     weight: int
+    allowed_lanes: tuple[str, ...] = ("normal", "low")
 
     @classmethod
     def of(cls, tenant: Tenant) -> TenantSnapshot:
@@ -68,6 +69,7 @@ class TenantSnapshot:
             allowed_backends=tuple(tenant.allowed_backends),
             webhook_url=tenant.webhook_url,
             weight=tenant.weight,
+            allowed_lanes=tuple(tenant.allowed_lanes),
         )
 
 

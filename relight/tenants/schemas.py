@@ -89,6 +89,10 @@ class TenantView(BaseModel):
     active_jobs: int
     limits: LimitsView
     allowed_backends: list[str]
+    allowed_lanes: list[str] = Field(
+        default_factory=lambda: ["normal", "low"],
+        description="the priority lanes its requests may use (high, normal, low)",
+    )
     webhook_url: str | None
     weight: int = Field(description=WEIGHT_DESCRIPTION)
     created_at: datetime
@@ -107,6 +111,7 @@ class TenantView(BaseModel):
                 max_in_flight=tenant.max_in_flight,
             ),
             allowed_backends=list(tenant.allowed_backends),
+            allowed_lanes=list(tenant.allowed_lanes),
             webhook_url=tenant.webhook_url,
             weight=tenant.weight,
             created_at=tenant.created_at,
@@ -117,6 +122,15 @@ class BackendsUpdate(ClientModel):
     model_config = ConfigDict(extra="forbid")
 
     backends: list[str] = Field(description="any of gpu, segmind, local")
+
+
+class LanesUpdate(ClientModel):
+    model_config = ConfigDict(extra="forbid")
+
+    lanes: list[str] = Field(
+        description="any of high, normal, low (new tenants: normal and low)",
+        examples=[["high", "normal", "low"]],
+    )
 
 
 class WeightUpdate(ClientModel):

@@ -20,7 +20,7 @@ from relight.credits.service import grant_credits
 from relight.egress import EgressPolicy, check_url
 from relight.errors import Conflict, InvalidParameter, RelightError, Unauthorized
 from relight.models import ApiKey, Tenant, TenantStatus
-from relight.params import Backend
+from relight.params import Backend, Priority
 from relight.tenants import repository
 from relight.tenants.auth_cache import TenantSnapshot, forget_tenant_everywhere_in_process
 from relight.tenants.keys import generate_key, parse_key, secret_matches
@@ -200,6 +200,23 @@ async def set_allowed_backends(
             extra={"field": "backends"},
         )
     tenant.allowed_backends = sorted(set(backends))
+    await repository.flush(session)
+    await announce_change(session, tenant.id)
+    return tenant
+
+
+async def set_allowed_lanes(session: AsyncSession, tenant: Tenant, lanes: list[str]) -> Tenant:
+    """The priority lanes the tenant's requests may use (`high`, `normal`, `low`); a request
+    in another lane is refused (403 `priority_not_allowed`)."""
+    known = [lane.value for lane in Priority]
+    unknown = sorted(set(lanes) - set(known))
+    if unknown or not lanes:
+        raise InvalidParameter(
+            f"lanes must be a non-empty list of {', '.join(known)}"
+            + (f"; unknown: {', '.join(unknown)}" if unknown else ""),
+            extra={"field": "lanes"},
+        )
+    tenant.allowed_lanes = [lane for lane in known if lane in set(lanes)]
     await repository.flush(session)
     await announce_change(session, tenant.id)
     return tenant

@@ -34,6 +34,7 @@ ADMIN_PATHS = {
     "/admin/v1/tenants/{tenant}/resume",
     "/admin/v1/tenants/{tenant}/limits",
     "/admin/v1/tenants/{tenant}/weight",
+    "/admin/v1/tenants/{tenant}/lanes",
     "/admin/v1/tenants/{tenant}/keys",
     "/admin/v1/keys/{prefix}/revoke",
     "/admin/v1/tenants/{tenant}/credits",

@@ -82,6 +82,20 @@ async def test_a_weight_set_with_the_cli_is_shown_and_reaches_the_workers(
     assert await mirrored_weight(redis, settings.queue_name, created["id"]) == b"2"
 
 
+async def test_tenant_set_lanes_allows_the_high_lane(admin: Admin) -> None:
+    created = (await admin("tenant", "create", "globex")).json()
+    assert created["allowed_lanes"] == ["normal", "low"]
+
+    updated = (await admin("tenant", "set-lanes", "globex", "low,high,normal")).json()
+
+    assert updated["allowed_lanes"] == ["high", "normal", "low"]
+    refused = await admin("tenant", "set-lanes", "globex", "urgent")
+    assert refused.error()["code"] == "validation_error"
+    assert "urgent" in refused.error()["error"]
+    listed = (await admin("tenant", "list")).json()
+    assert listed[0]["allowed_lanes"] == ["high", "normal", "low"]
+
+
 async def test_negative_credits_are_refused(admin: Admin) -> None:
     result = await admin("tenant", "create", "initech", "--credits", "-1")
     assert result.code != 0

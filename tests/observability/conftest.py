@@ -37,6 +37,10 @@ class Scrape:
         """The sample's value; 0 when absent (a labelled counter not yet incremented)."""
         return self.samples.get((name, frozenset(labels.items())), 0.0)
 
+    def total(self, name: str) -> float:
+        """The sum of every sample of `name`, whatever its labels."""
+        return sum(value for (sample, _), value in self.samples.items() if sample == name)
+
 
 async def scrape(client: httpx.AsyncClient, url: str = "/metrics") -> Scrape:
     response = await client.get(url)

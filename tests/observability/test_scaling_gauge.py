@@ -65,7 +65,7 @@ async def test_dead_webhooks_leave_nothing_to_scale_on(
     await wait_until(retries_deferred, what="every failed delivery deferred for a retry")
     scraped = latest[0]
 
-    assert scraped.value("relight_runnable_jobs") == 0
+    assert scraped.total("relight_runnable_jobs") == 0
     assert scraped.value("relight_webhook_deliveries_pending") == REQUESTS
     # The old gauge counts the deferred retries (and the sweep cron): what KEDA scaled on.
     assert scraped.value("relight_queue_depth") >= REQUESTS
@@ -76,7 +76,7 @@ async def test_a_queued_job_counts_one(client: httpx.AsyncClient, tenant: Tenant
     await submit(client, tenant, fast_body())
     scraped = await scrape(client)
 
-    assert scraped.value("relight_runnable_jobs") == 1
+    assert scraped.total("relight_runnable_jobs") == 1
     assert scraped.value("relight_webhook_deliveries_pending") == 0
     assert scraped.value("relight_queue_depth") == 1
 
@@ -91,5 +91,5 @@ async def test_a_running_job_counts_and_a_deferred_retry_does_not(
     await enqueue(redis, settings.queue_name, RUN_JOB_TASK, str(uuid.uuid4()), defer_s=3600)
     scraped = await scrape(client)
 
-    assert scraped.value("relight_runnable_jobs") == 1
+    assert scraped.total("relight_runnable_jobs") == 1
     assert scraped.value("relight_queue_depth") == 2

@@ -19,7 +19,7 @@ from relight_client._core import (
     run_async,
     run_sync,
 )
-from relight_client._operations import ImageInput, Operations
+from relight_client._operations import CancelAfter, ImageInput, Operations
 from relight_client.models import (
     Accepted,
     Account,
@@ -198,11 +198,16 @@ class Relight:
         background_image: ImageInput | None = None,
         wait: float | None = None,
         idempotency_key: str | None = None,
+        priority: str | None = None,
+        cancel_after: CancelAfter | None = None,
         **params: Any,
     ) -> RelightRequest:
         """Submit a request (`POST /v2/ic-light`); `params` are Segmind's fields and Relight's
         (`width`, `seed`, `backend`, `webhook_url`, ...). `wait=N` asks the server to hold the
-        answer up to N s (≤ 60) so a fast request comes back finished."""
+        answer up to N s (≤ 60) so a fast request comes back finished. `priority` is the
+        request's lane in your queue (`high`, `normal`, `low`); `cancel_after` (seconds, a
+        timedelta or `"5m"`) its deadline: unfinished by then, it is canceled and refunded
+        (`error_code` `deadline_exceeded`)."""
         operation = self._ops.submit(
             image,
             prompt,
@@ -210,6 +215,8 @@ class Relight:
             wait=wait,
             idempotency_key=idempotency_key,
             params=params,
+            priority=priority,
+            cancel_after=cancel_after,
         )
         submitted = self._run(operation)
         return RelightRequest(self, submitted.request_id, submitted)
@@ -308,6 +315,8 @@ class AsyncRelight:
         background_image: ImageInput | None = None,
         wait: float | None = None,
         idempotency_key: str | None = None,
+        priority: str | None = None,
+        cancel_after: CancelAfter | None = None,
         **params: Any,
     ) -> AsyncRelightRequest:
         operation = self._ops.submit(
@@ -317,6 +326,8 @@ class AsyncRelight:
             wait=wait,
             idempotency_key=idempotency_key,
             params=params,
+            priority=priority,
+            cancel_after=cancel_after,
         )
         submitted = await self._run(operation)
         return AsyncRelightRequest(self, submitted.request_id, submitted)

@@ -7,6 +7,7 @@ import os
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,20 @@ def _names_a_file(text: str) -> bool:
     return Path(text).is_file() or text.lower().endswith(IMAGE_SUFFIXES)
 
 
+# A request's deadline: seconds, a timedelta, or the header's own text (`30s`, `5m`, `1m30s`).
+CancelAfter = float | int | timedelta | str
+
+
+def cancel_after_header(value: CancelAfter) -> str:
+    """The `Cancel-After` header for `value` (a number counts as seconds)."""
+    if isinstance(value, str):
+        return value
+    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    if seconds <= 0:
+        raise ValueError(f"cancel_after must be positive, got {value!r}")
+    return f"{int(seconds * 1000)}ms" if seconds != int(seconds) else f"{int(seconds)}s"
+
+
 def new_idempotency_key() -> str:
     return f"relight-py-{uuid.uuid4()}"
 
@@ -90,13 +105,19 @@ class Operations:
         wait: float | None,
         idempotency_key: str | None,
         params: dict[str, Any],
+        priority: str | None = None,
+        cancel_after: CancelAfter | None = None,
     ) -> Operation[Accepted | Record]:
         """`POST /v2/ic-light`; the key is drawn once here, so every retry reuses it and the
         server replays the first request instead of charging again."""
         body: dict[str, Any] = {"prompt": prompt, "subject_image": encode_image(image), **params}
         if background_image is not None:
             body["background_image"] = encode_image(background_image)
+        if priority is not None:
+            body["priority"] = priority
         headers = {"Idempotency-Key": idempotency_key or new_idempotency_key()}
+        if cancel_after is not None:
+            headers["Cancel-After"] = cancel_after_header(cancel_after)
         if wait is not None and wait > 0:
             headers["Prefer"] = f"wait={min(int(wait), MAX_PREFER_WAIT_S)}"
         response = yield from send(

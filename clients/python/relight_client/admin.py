@@ -73,6 +73,10 @@ class AdminOperations:
     def set_webhook(self, tenant: str, url: str | None) -> Operation[Tenant]:
         return (yield from self._tenant("PUT", f"/tenants/{tenant}/webhook", json={"url": url}))
 
+    def set_lanes(self, tenant: str, lanes: list[str]) -> Operation[Tenant]:
+        body = {"lanes": lanes}
+        return (yield from self._tenant("PUT", f"/tenants/{tenant}/lanes", json=body))
+
     def set_weight(self, tenant: str, weight: int) -> Operation[Tenant]:
         body = {"weight": weight}
         return (yield from self._tenant("PUT", f"/tenants/{tenant}/weight", json=body))
@@ -178,6 +182,10 @@ class Admin:
     def set_webhook(self, tenant: str, url: str | None) -> Tenant:
         return self._run(self._ops.set_webhook(tenant, url))
 
+    def set_lanes(self, tenant: str, lanes: list[str]) -> Tenant:
+        """The priority lanes the tenant's requests may use (`high`, `normal`, `low`)."""
+        return self._run(self._ops.set_lanes(tenant, lanes))
+
     def set_weight(self, tenant: str, weight: int) -> Tenant:
         """Jobs the tenant starts per turn of fair dispatch (1 to 100)."""
         return self._run(self._ops.set_weight(tenant, weight))
@@ -267,6 +275,10 @@ class AsyncAdmin:
 
     async def set_webhook(self, tenant: str, url: str | None) -> Tenant:
         return await self._run(self._ops.set_webhook(tenant, url))
+
+    async def set_lanes(self, tenant: str, lanes: list[str]) -> Tenant:
+        """The priority lanes the tenant's requests may use (`high`, `normal`, `low`)."""
+        return await self._run(self._ops.set_lanes(tenant, lanes))
 
     async def set_weight(self, tenant: str, weight: int) -> Tenant:
         """Jobs the tenant starts per turn of fair dispatch (1 to 100)."""

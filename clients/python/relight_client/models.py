@@ -122,6 +122,8 @@ class Record(_Model):
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    priority: str = "normal"
+    deadline_at: datetime | None = None
     status_url: str
     response_url: str
 
@@ -136,6 +138,7 @@ class RequestStatus(_Model):
     error: str | None = None
     error_code: str | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
+    deadline_at: datetime | None = None
 
 
 class Accepted(_Model):
@@ -148,6 +151,8 @@ class Accepted(_Model):
     response_url: str
     cancel_url: str
     credits_reserved: int
+    priority: str = "normal"
+    deadline_at: datetime | None = None
 
 
 class BatchAccepted(_Model):
@@ -235,6 +240,7 @@ class Tenant(_Model):
     active_jobs: int
     limits: Limits
     allowed_backends: list[str]
+    allowed_lanes: list[str] = Field(default_factory=lambda: ["normal", "low"])
     webhook_url: str | None = None
     weight: int = 1
     created_at: datetime

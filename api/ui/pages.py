@@ -5,15 +5,15 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.ui.session import OperatorSession
@@ -165,7 +165,7 @@ def install_page_handlers(app: FastAPI) -> None:
     renders as JSON (bad parameter, unknown route, a crash) as an HTML page under the prefix.
     Runs after the API's handlers are installed, to wrap them."""
     for exception, api_handler in list(app.exception_handlers.items()):
-        app.add_exception_handler(exception, _as_page(api_handler))
+        app.add_exception_handler(exception, _as_page(cast(_Handler, api_handler)))
 
     async def _login_required(request: Request, exc: Exception) -> Response:
         return see_other("/login")
@@ -173,7 +173,12 @@ def install_page_handlers(app: FastAPI) -> None:
     async def _refused(request: Request, exc: Exception) -> Response:
         if isinstance(exc, PageRefused):
             return render(
-                request, "error.html", None, exc.status_code, code=exc.status_code, message=exc.message
+                request,
+                "error.html",
+                None,
+                exc.status_code,
+                code=exc.status_code,
+                message=exc.message,
             )
         return render(request, "error.html", None, 403, code=403, message="refused")
 

@@ -50,9 +50,9 @@ from relight.ops.requests import (
     request_record,
     stored_status,
 )
+from relight.ops.tenants import tenants_with_usage
 from relight.ops.webhook_failures import failing_deliveries
 from relight.ops.workers import worker_statuses
-from relight.ops.tenants import tenants_with_usage
 from relight.params import Backend
 from relight.tenants import service as tenants
 from relight.text import unstorable_character

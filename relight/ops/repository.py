@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVarTuple
 
 from sqlalchemy import ColumnElement, Float, Select, and_, cast, extract, func, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -144,19 +144,20 @@ async def hourly_counts(
     return [(int(index), str(status), int(count)) for index, status, count in rows]
 
 
+Columns = TypeVarTuple("Columns")
 # A page boundary: the `(created_at, id)` of the row the page starts after.
 Cursor = tuple[datetime, uuid.UUID]
 
 
 def _page(
-    query: Select[Any],
+    query: Select[*Columns],
     created_at: InstrumentedAttribute[datetime],
     row_id: InstrumentedAttribute[uuid.UUID],
     *,
     older_than: Cursor | None,
     newer_than: Cursor | None,
     limit: int,
-) -> Select[Any]:
+) -> Select[*Columns]:
     """`query` keyset-paged on `(created_at, id)`: rows older than one cursor, newest first,
     or newer than the other, oldest first (the caller turns those round); `limit` rows."""
     key = tuple_(created_at, row_id)

@@ -106,9 +106,7 @@ class Page(Generic[T]):
     newer: str | None  # `before=` of the previous (newer) page
 
 
-def paged(
-    fetched: list[T], key: list[Cursor], limit: int, *, after: bool, before: bool
-) -> Page[T]:
+def paged(fetched: list[T], key: list[Cursor], limit: int, *, after: bool, before: bool) -> Page[T]:
     """The page from rows fetched with one row too many (newest first once turned round)."""
     more = len(fetched) > limit
     rows, keys = fetched[:limit], key[:limit]

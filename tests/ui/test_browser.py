@@ -11,13 +11,9 @@ README's come from `RELIGHT_UI_SCREENSHOTS=docs`).
 
 from __future__ import annotations
 
-import os
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import httpx
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, expect
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -27,62 +23,9 @@ from relight.nodes.registry import NodeInfo, publish_heartbeat
 from relight.nodes.slots import acquire_least_loaded
 from tests.conftest import MakeTenant, RunWorker
 from tests.helpers import balance_of, fast_body
-from tests.ui.conftest import ADMIN_TOKEN, LiveServer
+from tests.ui.conftest import ADMIN_TOKEN, LiveServer, Watched, shot
 
 pytestmark = pytest.mark.slow
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
-SCREENSHOTS = (
-    Path(os.environ["RELIGHT_UI_SCREENSHOTS"]) if "RELIGHT_UI_SCREENSHOTS" in os.environ else None
-)
-
-
-@pytest.fixture
-def chromium() -> Path:
-    if not CHROMIUM.exists():
-        pytest.fail("chromium is missing: run `make chromium` (apt-get install chromium)")
-    if SCREENSHOTS is not None:
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    return CHROMIUM
-
-
-@pytest.fixture
-async def browser(chromium: Path) -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(
-            executable_path=str(chromium), args=CHROMIUM_ARGS, headless=True
-        )
-        yield launched
-        await launched.close()
-
-
-class Watched:
-    """A page, with every URL it requested and every console error it logged."""
-
-    def __init__(self, page: Page) -> None:
-        self.page = page
-        self.urls: list[str] = []
-        self.console_errors: list[str] = []
-        page.on("request", lambda request: self.urls.append(request.url))
-        page.on(
-            "console",
-            lambda message: (
-                self.console_errors.append(message.text) if message.type == "error" else None
-            ),
-        )
-
-
-async def shot(page: Page, name: str) -> None:
-    if SCREENSHOTS is not None:
-        await page.screenshot(path=str(SCREENSHOTS / f"admin-ui-{name}.png"), full_page=True)
 
 
 async def some_gpu_nodes(redis: Redis, settings: Settings) -> None:

@@ -94,13 +94,13 @@ async def test_an_operator_signs_in_looks_around_grants_credits_and_signs_out(
     await shot(page, "tenants")
     await page.click("nav >> text=Requests")
     await expect(page.locator("#requests")).to_contain_text(request_id)
-    await page.select_option("select[name=status]", "succeeded")
+    await page.select_option("select[name=status]", "COMPLETED")
     await page.fill("input[name=tenant]", "acme")
     await page.click("form.filters button")
     await expect(page.locator("#requests tbody tr")).to_have_count(1)
     await shot(page, "requests")
     await page.click(f"text={request_id}")
-    await expect(page.locator("#request-status")).to_have_text("succeeded")
+    await expect(page.locator("#request-status")).to_have_text("COMPLETED")
     thumbnail = page.locator("img.output").first
     await expect(thumbnail).to_be_visible()
     assert await thumbnail.evaluate("image => image.complete && image.naturalWidth") == 256

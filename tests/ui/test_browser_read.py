@@ -94,7 +94,6 @@ async def test_an_operator_finds_a_request_by_id_and_pages_past_the_first_48(
         await expect(page.locator("#requests", has_text=re.compile(stored))).to_have_count(0)
     await expect(page.locator("#requests")).not_to_contain_text(oldest)
     await expect(page.locator("#previous-page")).to_have_count(0)
-    await shot(page, "requests")
 
     # Next: the 13 older ones, the oldest last; Previous: back to the newest.
     await page.click("#next-page")

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from relight.errors import RelightError
 from relight.jobs import repository as jobs
+from relight.jobs.lifecycle import WORKER_LOST
 from relight.models import CreditKind, Job, JobOutput, JobStatus, WebhookAttempt, WebhookDelivery
 from relight.ops import repository
 from relight.ops.repository import Cursor
@@ -158,12 +159,9 @@ class CreditsTold:
     settled: bool  # charged or refunded: nothing more will move
 
     def __str__(self) -> str:
-        if not self.reserved and not self.settled:
-            return "no ledger entry"
-        parts = [f"reserved {self.reserved}"]
         if not self.settled:
-            return f"reserved {self.reserved} · not settled yet"
-        parts.append(f"charged {self.charged}")
+            return f"reserved {self.reserved} · not settled yet" if self.reserved else "no entry"
+        parts = [f"reserved {self.reserved}", f"charged {self.charged}"]
         if self.refunded or not self.charged:
             parts.append(f"refunded {self.refunded}")
         if self.released:
@@ -191,27 +189,41 @@ def _plural(count: int, word: str) -> str:
 
 def attempts_told(job: Job) -> str:
     """What really happened to a request's attempts, in one line: how many, how many reached a
-    backend, and why the others did not (the attempt log records only those that did)."""
-    logged = len(job.backend_calls)
+    backend, and why the others did not. The attempt log (`job.backend_calls`, the table below
+    it) records an attempt when it ends on a backend; one that ended before any backend (its
+    input could not be fetched, no backend could serve it), whose worker died, or that is
+    running now has no entry."""
     if job.attempts == 0:
         if job.status == JobStatus.QUEUED.value:
             return "no attempt yet (waiting in the queue)"
         return f"no attempt: {status_word(job.status)} before any worker took it"
-    told = _plural(job.attempts, "attempt")
+    logged = len(job.backend_calls)
     unlogged = job.attempts - logged
+    told = _plural(job.attempts, "attempt")
     if unlogged <= 0:
-        return f"{told}, each recorded below"
-    running = job.status == JobStatus.RUNNING.value
-    if logged == 0:
-        told += "; no backend call recorded"
+        told += ", each recorded below"
     else:
-        told += f"; {logged} reached a backend (below), {unlogged} did not"
-    if running:
-        return told + " (the current attempt has not reached a backend yet)"
-    if job.error_code:
-        reason = f"{job.error_code}: {job.error_message}" if job.error_message else job.error_code
-        return f"{told} (failed before dispatch: {reason})"
+        if logged == 0:
+            told += "; no backend call recorded"
+        else:
+            told += f"; {logged} reached a backend (below), {unlogged} did not"
+        told += _why_unlogged(job)
+    if job.status == JobStatus.QUEUED.value:
+        told += "; waiting in the queue for the next"
     return told
+
+
+def _why_unlogged(job: Job) -> str:
+    if job.status == JobStatus.RUNNING.value:
+        return " (the current one is running)"
+    if job.status == JobStatus.CANCELED.value:
+        return " (canceled while it ran)"
+    if not job.error_code:
+        return ""
+    reason = f"{job.error_code}: {job.error_message}" if job.error_message else job.error_code
+    if job.error_code == WORKER_LOST:
+        return f" ({reason})"
+    return f" (failed before dispatch: {reason})"
 
 
 @dataclass(frozen=True)

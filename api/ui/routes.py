@@ -52,7 +52,7 @@ from relight.ops.requests import (
 )
 from relight.ops.tenants import tenants_with_usage
 from relight.ops.webhook_failures import failing_deliveries
-from relight.ops.workers import worker_statuses
+from relight.ops.workers import WorkerStatus, worker_statuses
 from relight.params import Backend
 from relight.tenants import service as tenants
 from relight.text import unstorable_character
@@ -165,13 +165,15 @@ async def overview(
     request: Request, state: StateDep, uow: UnitOfWorkDep, operator: OperatorDep
 ) -> Response:
     queue_entries: int | None
+    workers: list[WorkerStatus] | None
     try:
         async with asyncio.timeout(1.0):
             queue_entries = int(await state.redis.zcard(state.settings.queue_name))
+            workers = await worker_statuses(state.redis, state.settings.queue_name)
     except (RedisError, OSError, TimeoutError):
-        queue_entries = None
+        queue_entries = workers = None
     data = await load_overview(uow.session, datetime.now(UTC), queue_entries)
-    return render(request, "overview.html", operator, overview=data)
+    return render(request, "overview.html", operator, overview=data, workers=workers)
 
 
 def _page_link(request: Request, **changes: str | None) -> str:

@@ -172,6 +172,10 @@ async def test_an_operator_sees_failing_webhooks_and_which_workers_are_alive(
     base = live_server.url
     page, watched = await signed_in(browser, base)
 
+    # The overview counts them: one live, one stale.
+    await expect(page.locator("#workers-live a")).to_have_text("1")
+    await expect(page.locator("#workers-live .stale")).to_have_text("1 stale")
+
     await page.click("nav >> text=Webhook failures")
     failing = page.locator("#webhook-failures tbody tr")
     await expect(failing).to_have_count(1)

@@ -162,6 +162,8 @@ class Job(Base):
     __table_args__ = (
         UniqueConstraint("tenant_id", "idempotency_key"),
         Index("ix_job_tenant_id_id", "tenant_id", "id"),
+        # The operators' page pages every tenant's requests on (created_at, id) (0019).
+        Index("ix_job_created_at_id", "created_at", "id"),
         Index(
             "ix_job_queued_created_at",
             "created_at",
@@ -324,6 +326,13 @@ class WebhookDelivery(Base):
             "ix_webhook_delivery_due",
             "next_attempt_at",
             postgresql_where=text("status = 'pending'"),
+        ),
+        # The operators' page's failing deliveries, paged on (created_at, id) (0019).
+        Index(
+            "ix_webhook_delivery_failing_created_at_id",
+            "created_at",
+            "id",
+            postgresql_where=text("status = 'failed' OR (status = 'pending' AND attempts > 0)"),
         ),
     )
 

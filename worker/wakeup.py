@@ -34,8 +34,10 @@ from typing import Any
 from arq.worker import Worker
 from redis.exceptions import RedisError
 
+from relight.jobs import worker_heartbeat
 from relight.jobs.arq_format import claim_job
 from relight.jobs.queue import fair_keys, wake_channel
+from relight.jobs.worker_heartbeat import WorkerBeat
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +55,14 @@ class WakeableWorker(Worker):
         self.fair_dispatch = fair_dispatch
         self._wake = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
+        # Its heartbeat (`relight.jobs.worker_heartbeat`), for the operators' page.
+        self.worker_id = worker_heartbeat.new_worker_id()
+        self.started_at = time.time()
+        self._heartbeat: asyncio.Task[None] | None = None
 
     async def _poll_iteration(self) -> None:
+        if self._heartbeat is None:
+            self._heartbeat = asyncio.create_task(self._beat(), name="relight-heartbeat")
         if self._listener is None and not self.burst:
             await self._start_listener()
         # Cleared before reading the queue: a job enqueued while we read it sets the event
@@ -154,7 +162,42 @@ class WakeableWorker(Worker):
                 logger.warning("wake-up subscription lost; polling until it is back", exc_info=True)
                 await asyncio.sleep(1)
 
+    def heartbeat(self) -> WorkerBeat:
+        """What this worker says about itself now."""
+        host, pid, _ = self.worker_id.rsplit(":", 2)
+        return WorkerBeat(
+            id=self.worker_id,
+            host=host,
+            pid=int(pid),
+            queue=self.queue_name,
+            started_at=self.started_at,
+            last_seen=time.time(),
+            tasks_running=self.job_counter,
+            max_tasks=self.max_jobs,
+            tasks_done=self.jobs_complete + self.jobs_failed,
+        )
+
+    async def _beat(self) -> None:
+        while True:
+            try:
+                await worker_heartbeat.publish_beat(self.pool, self.heartbeat())
+            except (RedisError, OSError):
+                logger.warning("could not write this worker's heartbeat", exc_info=True)
+            await asyncio.sleep(worker_heartbeat.BEAT_INTERVAL_S)
+
+    async def _stop_heartbeat(self) -> None:
+        if self._heartbeat is None:
+            return
+        self._heartbeat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._heartbeat
+        self._heartbeat = None
+        # Gone on purpose: off the page at once rather than marked stale.
+        with contextlib.suppress(RedisError, OSError):
+            await worker_heartbeat.withdraw(self.pool, self.queue_name, self.worker_id)
+
     async def close(self) -> None:
+        await self._stop_heartbeat()
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):

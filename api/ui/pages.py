@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import orjson
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.ui.session import OperatorSession
+from relight.ops.requests import status_word
 
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
 templates = Jinja2Templates(directory=HERE / "templates")
+# Statuses as the API words them (COMPLETED, not succeeded), on every page.
+templates.env.filters["status_word"] = status_word
+templates.env.filters["epoch_time"] = lambda epoch: datetime.fromtimestamp(epoch, UTC).strftime(
+    "%Y-%m-%d %H:%M:%S"
+)
 PREFIX = "/admin/ui"
 PAGE_OFF = "The operators' page is off: set RELIGHT_ADMIN_TOKEN to turn it on."
 # Which tab of the navigation each page belongs to.
@@ -106,14 +117,70 @@ def see_other(path: str) -> RedirectResponse:
     return RedirectResponse(PREFIX + path, status_code=303)
 
 
+def under_page(path: str) -> bool:
+    return path == PREFIX or path.startswith(PREFIX + "/")
+
+
+# Headers of an error answer that still mean something on its page.
+_KEPT_HEADERS = ("retry-after", "x-request-id", "allow")
+_Handler = Callable[[Request, Any], Awaitable[Response]]
+
+
+def _as_page(api_handler: _Handler) -> _Handler:
+    """The API's handler of an error, answering a page under the prefix: the same status (but
+    400 for a malformed path or query parameter, which the API calls 422) and message, as an
+    HTML page with a way back, never JSON. Everywhere else the API's JSON, unchanged."""
+
+    async def handler(request: Request, exc: Exception) -> Response:
+        answer = await api_handler(request, exc)
+        if not under_page(request.url.path):
+            return answer
+        try:
+            body = orjson.loads(bytes(answer.body))
+        except orjson.JSONDecodeError:
+            body = {}
+        status = 400 if isinstance(exc, RequestValidationError) else answer.status_code
+        message = body.get("error") or "something went wrong"
+        if isinstance(exc, StarletteHTTPException) and status == 404:
+            message = f"There is no page at {request.url.path}."
+        page = render(
+            request,
+            "error.html",
+            None,
+            status,
+            code=status,
+            message=message,
+            reference=body.get("request_id"),
+        )
+        for name in _KEPT_HEADERS:
+            if name in answer.headers:
+                page.headers[name] = answer.headers[name]
+        return page
+
+    return handler
+
+
 def install_page_handlers(app: FastAPI) -> None:
+    """The page's own answers (the redirect to sign in, the refusal), and every error the API
+    renders as JSON (bad parameter, unknown route, a crash) as an HTML page under the prefix.
+    Runs after the API's handlers are installed, to wrap them."""
+    for exception, api_handler in list(app.exception_handlers.items()):
+        app.add_exception_handler(exception, _as_page(cast(_Handler, api_handler)))
+
     async def _login_required(request: Request, exc: Exception) -> Response:
         return see_other("/login")
 
     async def _refused(request: Request, exc: Exception) -> Response:
         if isinstance(exc, PageRefused):
-            return render(request, "refused.html", None, exc.status_code, message=exc.message)
-        return render(request, "refused.html", None, 403, message="refused")
+            return render(
+                request,
+                "error.html",
+                None,
+                exc.status_code,
+                code=exc.status_code,
+                message=exc.message,
+            )
+        return render(request, "error.html", None, 403, code=403, message="refused")
 
     app.add_exception_handler(LoginRequired, _login_required)
     app.add_exception_handler(PageRefused, _refused)

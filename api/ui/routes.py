@@ -10,6 +10,7 @@ import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, FastAPI, Form, Request
 from fastapi.responses import Response
@@ -34,11 +35,24 @@ from api.ui.session import OperatorSession
 from relight.credits import service as credits
 from relight.credits.schemas import CreditMovement
 from relight.errors import RelightError
-from relight.models import CreditKind, JobStatus, TenantStatus
+from relight.jobs.worker_heartbeat import STALE_AFTER_S
+from relight.models import CreditKind, TenantStatus
 from relight.ops.nodes import node_statuses
 from relight.ops.overview import load_overview
-from relight.ops.requests import RequestFilters, list_requests, request_record
+from relight.ops.requests import (
+    BACKEND_SIDES,
+    STATUS_WORDS,
+    BadPageParameter,
+    RequestFilters,
+    list_requests,
+    request_exists,
+    request_id_in,
+    request_record,
+    stored_status,
+)
 from relight.ops.tenants import tenants_with_usage
+from relight.ops.webhook_failures import failing_deliveries
+from relight.ops.workers import WorkerStatus, worker_statuses
 from relight.params import Backend
 from relight.tenants import service as tenants
 from relight.text import unstorable_character
@@ -151,13 +165,22 @@ async def overview(
     request: Request, state: StateDep, uow: UnitOfWorkDep, operator: OperatorDep
 ) -> Response:
     queue_entries: int | None
+    workers: list[WorkerStatus] | None
     try:
         async with asyncio.timeout(1.0):
             queue_entries = int(await state.redis.zcard(state.settings.queue_name))
+            workers = await worker_statuses(state.redis, state.settings.queue_name)
     except (RedisError, OSError, TimeoutError):
-        queue_entries = None
+        queue_entries = workers = None
     data = await load_overview(uow.session, datetime.now(UTC), queue_entries)
-    return render(request, "overview.html", operator, overview=data)
+    return render(request, "overview.html", operator, overview=data, workers=workers)
+
+
+def _page_link(request: Request, **changes: str | None) -> str:
+    """This view's URL with `changes` to its query (None drops a parameter)."""
+    query = {**request.query_params, **changes}
+    kept = {name: value for name, value in query.items() if value}
+    return f"{request.url.path}?{urlencode(kept)}" if kept else request.url.path
 
 
 @router.get("/requests")
@@ -168,16 +191,39 @@ async def requests_list(
     tenant: str = "",
     status: str = "",
     backend: str = "",
+    side: str = "either",
+    q: str = "",
+    after: str = "",
+    before: str = "",
 ) -> Response:
-    filters = RequestFilters(tenant=tenant or None, status=status or None, backend=backend or None)
+    if q.strip():
+        # A search by id goes straight to the request (or says there is none).
+        found = request_id_in(q)
+        if not await request_exists(uow.session, found):
+            return render(request, "missing.html", operator, 404, what=f"request {found}")
+        return see_other(f"/requests/{found}")
+    if backend and backend not in {b.value for b in Backend}:
+        raise BadPageParameter(f"backend {backend!r} is not one of {', '.join(Backend)}.")
+    if side not in BACKEND_SIDES:
+        raise BadPageParameter(f"side {side!r} is not one of {', '.join(BACKEND_SIDES)}.")
+    filters = RequestFilters(
+        tenant=tenant.strip() or None,
+        status=stored_status(status) if status else None,
+        backend=backend or None,
+        backend_side=side,
+    )
+    page = await list_requests(uow.session, filters, after=after, before=before)
     return render(
         request,
         "requests.html",
         operator,
-        rows=await list_requests(uow.session, filters),
+        page=page,
         filters=filters,
-        statuses=[s.value for s in JobStatus],
+        statuses=STATUS_WORDS,
         backends=[b.value for b in Backend],
+        sides=BACKEND_SIDES,
+        older_link=page.older and _page_link(request, after=page.older, before=None),
+        newer_link=page.newer and _page_link(request, before=page.newer, after=None),
     )
 
 
@@ -194,6 +240,39 @@ async def request_detail(
         return render(request, "missing.html", operator, 404, what=f"request {request_id}")
     return render(
         request, "request.html", operator, record=record, urls=urls_for(request, state.settings)
+    )
+
+
+@router.get("/workers")
+async def workers(request: Request, state: StateDep, operator: OperatorDep) -> Response:
+    try:
+        async with asyncio.timeout(2.0):
+            statuses = await worker_statuses(state.redis, state.settings.queue_name)
+        error = None
+    except (RedisError, OSError, TimeoutError):
+        statuses, error = [], "Redis did not answer: the workers' heartbeats are unknown."
+    return render(
+        request,
+        "workers.html",
+        operator,
+        workers=statuses,
+        error=error,
+        stale_after_s=STALE_AFTER_S,
+    )
+
+
+@router.get("/webhooks")
+async def webhook_failures(
+    request: Request, uow: UnitOfWorkDep, operator: OperatorDep, after: str = "", before: str = ""
+) -> Response:
+    page = await failing_deliveries(uow.session, after=after, before=before)
+    return render(
+        request,
+        "webhooks.html",
+        operator,
+        page=page,
+        older_link=page.older and _page_link(request, after=page.older, before=None),
+        newer_link=page.newer and _page_link(request, before=page.newer, after=None),
     )
 
 

@@ -1,16 +1,26 @@
-"""Every query of the operators' pages: the overview's numbers, requests across tenants, and
-tenants with their usage. Read-only; each number is one query over the job table."""
+"""Every query of the operators' pages: the overview's numbers, requests across tenants (with
+their ledger), failing webhook deliveries, and tenants with their usage. Read-only; each number
+is one query over the job table. Lists are keyset-paged on `(created_at, id)`, never offset."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVarTuple
 
-from sqlalchemy import ColumnElement, Float, cast, extract, func, select
+from sqlalchemy import ColumnElement, Float, Select, and_, cast, extract, func, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
 
-from relight.models import Job, JobStatus, Tenant
+from relight.models import (
+    CreditEntry,
+    CreditKind,
+    Job,
+    JobStatus,
+    Tenant,
+    WebhookDelivery,
+    WebhookStatus,
+)
 
 # (count, median, 95th percentile) in seconds; the percentiles are None when nothing counted.
 Spread = tuple[int, float | None, float | None]
@@ -134,25 +144,114 @@ async def hourly_counts(
     return [(int(index), str(status), int(count)) for index, status, count in rows]
 
 
+Columns = TypeVarTuple("Columns")
+# A page boundary: the `(created_at, id)` of the row the page starts after.
+Cursor = tuple[datetime, uuid.UUID]
+
+
+def _page(
+    query: Select[*Columns],
+    created_at: InstrumentedAttribute[datetime],
+    row_id: InstrumentedAttribute[uuid.UUID],
+    *,
+    older_than: Cursor | None,
+    newer_than: Cursor | None,
+    limit: int,
+) -> Select[*Columns]:
+    """`query` keyset-paged on `(created_at, id)`: rows older than one cursor, newest first,
+    or newer than the other, oldest first (the caller turns those round); `limit` rows."""
+    key = tuple_(created_at, row_id)
+    if newer_than is not None:
+        return query.where(key > tuple_(*newer_than)).order_by(created_at, row_id).limit(limit)
+    if older_than is not None:
+        query = query.where(key < tuple_(*older_than))
+    return query.order_by(created_at.desc(), row_id.desc()).limit(limit)
+
+
 async def jobs_with_tenant_names(
     session: AsyncSession,
     *,
+    job_id: uuid.UUID | None = None,
     tenant: str | None,
     status: str | None,
     backend: str | None,
+    backend_side: str = "either",
+    older_than: Cursor | None = None,
+    newer_than: Cursor | None = None,
     limit: int,
 ) -> list[tuple[Job, str]]:
-    """The newest jobs of any tenant (with its name), filtered by tenant name, status and
-    backend (the one used, else the one requested); newest first."""
+    """Jobs of any tenant (with its name), filtered by id, tenant name, status and backend
+    (`backend_side`: the one `used`, the one `requested`, or `either`); a page of `limit`
+    rows after a cursor (see `_page`)."""
     query = select(Job, Tenant.name).join(Tenant, Tenant.id == Job.tenant_id)
+    if job_id is not None:
+        query = query.where(Job.id == job_id)
     if tenant:
         query = query.where(Tenant.name == tenant)
     if status:
         query = query.where(Job.status == status)
     if backend:
-        query = query.where(func.coalesce(Job.backend_used, Job.backend_requested) == backend)
-    rows = await session.execute(query.order_by(Job.id.desc()).limit(limit))
-    return [(job, name) for job, name in rows]
+        used, requested = Job.backend_used == backend, Job.backend_requested == backend
+        side = {"used": used, "requested": requested}.get(backend_side, or_(used, requested))
+        query = query.where(side)
+    paged = _page(
+        query,
+        Job.created_at,
+        Job.id,
+        older_than=older_than,
+        newer_than=newer_than,
+        limit=limit,
+    )
+    return [(job, name) for job, name in await session.execute(paged)]
+
+
+async def ledger_by_kind(session: AsyncSession, job_id: uuid.UUID) -> dict[str, int]:
+    """The sum of a job's ledger entries by kind (reserve, charge, refund; absent: none)."""
+    rows = await session.execute(
+        select(CreditEntry.kind, func.sum(CreditEntry.amount))
+        .where(
+            CreditEntry.job_id == job_id,
+            # The kinds the partial unique index on (job_id, kind) covers.
+            CreditEntry.kind.in_(
+                [CreditKind.RESERVE.value, CreditKind.CHARGE.value, CreditKind.REFUND.value]
+            ),
+        )
+        .group_by(CreditEntry.kind)
+    )
+    return {str(kind): int(total) for kind, total in rows}
+
+
+async def failing_deliveries(
+    session: AsyncSession,
+    *,
+    older_than: Cursor | None = None,
+    newer_than: Cursor | None = None,
+    limit: int,
+) -> list[tuple[WebhookDelivery, str]]:
+    """Webhook deliveries that failed for good, or failed at least once and wait for a retry,
+    with their tenant's name; a page of `limit` rows after a cursor (see `_page`)."""
+    query = (
+        select(WebhookDelivery, Tenant.name)
+        .join(Tenant, Tenant.id == WebhookDelivery.tenant_id)
+        .where(
+            or_(
+                WebhookDelivery.status == WebhookStatus.FAILED.value,
+                and_(
+                    WebhookDelivery.status == WebhookStatus.PENDING.value,
+                    WebhookDelivery.attempts > 0,
+                ),
+            )
+        )
+    )
+    paged = _page(
+        query,
+        WebhookDelivery.created_at,
+        WebhookDelivery.id,
+        older_than=older_than,
+        newer_than=newer_than,
+        limit=limit,
+    )
+    return [(delivery, name) for delivery, name in await session.execute(paged)]
 
 
 async def job_with_tenant_name(session: AsyncSession, job_id: uuid.UUID) -> tuple[Job, str] | None:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from playwright.async_api import Browser, Page, async_playwright
 
 from api.app import create_app
 from relight.config import Settings
@@ -89,3 +92,59 @@ def live_server(ui_settings: Settings, clean_state: None) -> Iterator[LiveServer
     yield LiveServer(url=f"http://127.0.0.1:{port}")
     server.should_exit = True
     thread.join(timeout=15)
+
+
+# The browser of the Playwright tests (test_browser*.py): headless Debian chromium, never a
+# downloaded one.
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+SCREENSHOTS = (
+    Path(os.environ["RELIGHT_UI_SCREENSHOTS"]) if "RELIGHT_UI_SCREENSHOTS" in os.environ else None
+)
+
+
+@pytest.fixture
+def chromium() -> Path:
+    if not CHROMIUM.exists():
+        pytest.fail("chromium is missing: run `make chromium` (apt-get install chromium)")
+    if SCREENSHOTS is not None:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    return CHROMIUM
+
+
+@pytest.fixture
+async def browser(chromium: Path) -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(
+            executable_path=str(chromium), args=CHROMIUM_ARGS, headless=True
+        )
+        yield launched
+        await launched.close()
+
+
+class Watched:
+    """A page, with every URL it requested and every console error it logged."""
+
+    def __init__(self, page: Page) -> None:
+        self.page = page
+        self.urls: list[str] = []
+        self.console_errors: list[str] = []
+        page.on("request", lambda request: self.urls.append(request.url))
+        page.on(
+            "console",
+            lambda message: (
+                self.console_errors.append(message.text) if message.type == "error" else None
+            ),
+        )
+
+
+async def shot(page: Page, name: str) -> None:
+    if SCREENSHOTS is not None:
+        await page.screenshot(path=str(SCREENSHOTS / f"admin-ui-{name}.png"), full_page=True)

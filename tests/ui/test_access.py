@@ -172,8 +172,10 @@ async def test_unknown_things_are_404_pages_not_errors(ui_client: httpx.AsyncCli
         assert "text/html" in response.headers["content-type"]
     unknown = await ui_client.post("/admin/ui/tenants/nobody/suspend", data={"csrf_token": csrf})
     assert unknown.status_code == 404
+    # A malformed id is a bad request, shown as a page (the API's JSON 422 before issue 27).
     malformed = await ui_client.get("/admin/ui/requests/not-a-uuid")
-    assert malformed.status_code == 422
+    assert malformed.status_code == 400
+    assert "text/html" in malformed.headers["content-type"]
 
 
 async def test_signing_out_ends_the_session_for_every_copy_of_its_cookie(

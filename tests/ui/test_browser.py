@@ -11,13 +11,9 @@ README's come from `RELIGHT_UI_SCREENSHOTS=docs`).
 
 from __future__ import annotations
 
-import os
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import httpx
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, expect
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -27,62 +23,9 @@ from relight.nodes.registry import NodeInfo, publish_heartbeat
 from relight.nodes.slots import acquire_least_loaded
 from tests.conftest import MakeTenant, RunWorker
 from tests.helpers import balance_of, fast_body
-from tests.ui.conftest import ADMIN_TOKEN, LiveServer
+from tests.ui.conftest import ADMIN_TOKEN, LiveServer, Watched, shot
 
 pytestmark = pytest.mark.slow
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
-SCREENSHOTS = (
-    Path(os.environ["RELIGHT_UI_SCREENSHOTS"]) if "RELIGHT_UI_SCREENSHOTS" in os.environ else None
-)
-
-
-@pytest.fixture
-def chromium() -> Path:
-    if not CHROMIUM.exists():
-        pytest.fail("chromium is missing: run `make chromium` (apt-get install chromium)")
-    if SCREENSHOTS is not None:
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    return CHROMIUM
-
-
-@pytest.fixture
-async def browser(chromium: Path) -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(
-            executable_path=str(chromium), args=CHROMIUM_ARGS, headless=True
-        )
-        yield launched
-        await launched.close()
-
-
-class Watched:
-    """A page, with every URL it requested and every console error it logged."""
-
-    def __init__(self, page: Page) -> None:
-        self.page = page
-        self.urls: list[str] = []
-        self.console_errors: list[str] = []
-        page.on("request", lambda request: self.urls.append(request.url))
-        page.on(
-            "console",
-            lambda message: (
-                self.console_errors.append(message.text) if message.type == "error" else None
-            ),
-        )
-
-
-async def shot(page: Page, name: str) -> None:
-    if SCREENSHOTS is not None:
-        await page.screenshot(path=str(SCREENSHOTS / f"admin-ui-{name}.png"), full_page=True)
 
 
 async def some_gpu_nodes(redis: Redis, settings: Settings) -> None:
@@ -151,13 +94,13 @@ async def test_an_operator_signs_in_looks_around_grants_credits_and_signs_out(
     await shot(page, "tenants")
     await page.click("nav >> text=Requests")
     await expect(page.locator("#requests")).to_contain_text(request_id)
-    await page.select_option("select[name=status]", "succeeded")
+    await page.select_option("select[name=status]", "COMPLETED")
     await page.fill("input[name=tenant]", "acme")
     await page.click("form.filters button")
     await expect(page.locator("#requests tbody tr")).to_have_count(1)
     await shot(page, "requests")
     await page.click(f"text={request_id}")
-    await expect(page.locator("#request-status")).to_have_text("succeeded")
+    await expect(page.locator("#request-status")).to_have_text("COMPLETED")
     thumbnail = page.locator("img.output").first
     await expect(thumbnail).to_be_visible()
     assert await thumbnail.evaluate("image => image.complete && image.naturalWidth") == 256

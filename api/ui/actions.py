@@ -375,3 +375,13 @@ async def resume_tenant(
         request, uow, operator, name, csrf_token, confirm, act,
         title="Resume a tenant", button="Resume",
     )  # fmt: skip
+
+
+@router.post("/tenants/{name}/{action}")
+async def unknown_tenant_action(
+    request: Request, action: str, operator: OperatorDep, csrf_token: CsrfField = None
+) -> Response:
+    """Any other action on a tenant: a 404 page (declared last, after every action), its
+    parameters checked like the others' (`current_operator`)."""
+    check_csrf(operator, csrf_token)
+    return render(request, "missing.html", operator, 404, what=f"action {action!r}")

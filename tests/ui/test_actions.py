@@ -362,6 +362,7 @@ async def test_an_unknown_request_or_tenant_is_a_404_page(
         f"/admin/ui/requests/{uuid.uuid4()}/redeliver",
         "/admin/ui/tenants/nobody/limits",
         "/admin/ui/tenants/acme/keys/nokey/revoke",
+        "/admin/ui/tenants/acme/promote",
     ]:
         response = await ui_client.post(path, data={"csrf_token": csrf})
         assert response.status_code == 404, path

@@ -22,7 +22,7 @@ from tests.conftest import MakeTenant, RunWorker
 from tests.fakes.webhook_receiver import WebhookReceiver
 from tests.helpers import balance_of, fast_body
 from tests.ui.conftest import ADMIN_TOKEN, LiveServer
-from tests.ui.test_browser import CHROMIUM, CHROMIUM_ARGS
+from tests.ui.test_browser import CHROMIUM, CHROMIUM_ARGS, shot
 
 pytestmark = pytest.mark.slow
 
@@ -56,9 +56,13 @@ async def signed_in(browser: Browser, live_server: LiveServer) -> Page:
     return page
 
 
-async def confirm(page: Page, question: str | re.Pattern[str]) -> None:
+async def confirm(
+    page: Page, question: str | re.Pattern[str], screenshot: str | None = None
+) -> None:
     """On the confirmation page: check what it says will happen, then confirm."""
     await expect(page.locator("#confirm-question")).to_have_text(question)
+    if screenshot is not None:
+        await shot(page, screenshot)
     await page.click("#confirm")
 
 
@@ -75,7 +79,9 @@ async def test_an_operator_cancels_a_queued_request_and_sees_the_refund(
         await page.goto(f"{live_server.url}/admin/ui/requests/{request_id}")
         await page.click("#cancel-request button")
         await confirm(
-            page, re.compile(rf"^Cancel request {request_id} of tenant acme\? It is QUEUED")
+            page,
+            re.compile(rf"^Cancel request {request_id} of tenant acme\? It is QUEUED"),
+            screenshot="confirm",
         )
         await expect(page).to_have_url(re.compile(rf"/admin/ui/requests/{request_id}\?flash="))
         flash = page.locator("#flash")

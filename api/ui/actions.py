@@ -5,12 +5,15 @@ Every action is a form that POSTs with the session's CSRF token (403 page otherw
 first POST rehearses the action (`relight.ops.actions.rehearse`) and answers a confirmation
 page saying what will happen, with the form's values in hidden fields and `confirm=yes`; the
 second POST does it and redirects to the page it came from with a flash saying what happened
-(POST-redirect-GET). A value the services refuse re-shows the tenant's page with the reason
-(or, on a request's page, comes back as an error flash): never a 500, never JSON.
+(POST-redirect-GET). A confirmation is good for one submission (a double click acts once).
+A value the services refuse re-shows the tenant's page with the reason (or, on a request's
+page, comes back as an error flash): never a 500, never JSON.
 """
 
 from __future__ import annotations
 
+import logging
+import secrets
 import uuid
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -20,8 +23,10 @@ from urllib.parse import quote
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 
 from api.deps import StateDep, UnitOfWorkDep
+from api.state import AppState
 from api.ui.flash import with_flash
 from api.ui.pages import PREFIX, render, see_other
 from api.ui.routes import CsrfField, OperatorDep, check_csrf, tenant_page
@@ -35,16 +40,38 @@ from relight.storage.urls import UrlBuilder
 from relight.tenants import service as tenants
 from relight.tenants.schemas import LimitsUpdate, WeightUpdate
 
+logger = logging.getLogger(__name__)
+
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
 
 ConfirmField = Annotated[str, Form()]
 FormText = Annotated[str, Form()]
 # Fields of the form that are not the action's values.
-NOT_VALUES = {"csrf_token", "confirm"}
+NOT_VALUES = {"csrf_token", "confirm", "once"}
+# How long a confirmation's one-time mark is kept (a confirmation older than that may be
+# submitted again: by then it is a deliberate act, not a double click).
+ONCE_TTL_S = 3600
+ALREADY_DONE = "This confirmation was submitted already (a second click?): nothing was done again."
 
 
 def _confirmed(confirm: str) -> bool:
     return confirm == "yes"
+
+
+async def _first_submission(request: Request) -> bool:
+    """Whether this confirmed form is the first one sent from its confirmation page: a
+    confirmation carries a one-time mark (`once`), so a double click grants once. A form
+    without one (a script's) is not checked; if Redis does not answer, it is let through."""
+    once = (await request.form()).get("once")
+    if not isinstance(once, str) or not once:
+        return True
+    state: AppState = request.app.state.relight
+    key = f"{state.settings.queue_name}:admin-ui:once:{once}"
+    try:
+        return bool(await state.redis.set(key, 1, nx=True, ex=ONCE_TTL_S))
+    except (RedisError, OSError):
+        logger.warning("could not check a confirmation's one-time mark in Redis")
+        return True
 
 
 async def _confirmation(
@@ -68,6 +95,7 @@ async def _confirmation(
         request,
         "confirm.html",
         operator,
+        once=secrets.token_urlsafe(18),
         title=title,
         question=outcome.would,
         action=request.url.path,
@@ -108,6 +136,8 @@ async def _request_action(
                 request, operator, outcome, title=title, button=button, back=back,
                 section="requests",
             )  # fmt: skip
+        if not await _first_submission(request):
+            return see_other(with_flash(operator, back, ALREADY_DONE, "error"))
         outcome = await act()
     except RelightError as exc:
         await uow.rollback()
@@ -200,6 +230,8 @@ async def _tenant_action(
                 request, operator, outcome, title=title, button=button, back=back,
                 section="tenants",
             )  # fmt: skip
+        if not await _first_submission(request):
+            return see_other(with_flash(operator, back, ALREADY_DONE, "error"))
         outcome = await act(tenant)
     except ValidationError as exc:
         error, status_code = _problems(exc), 422

@@ -91,6 +91,31 @@ async def test_a_grant_is_confirmed_first_then_flashed_with_the_amount_and_new_b
     assert await balance_of(engine, tenant.tenant_id) == 1500
 
 
+async def test_a_confirmation_sent_twice_acts_once(
+    ui_client: httpx.AsyncClient, make_tenant: MakeTenant, engine: AsyncEngine
+) -> None:
+    tenant = await make_tenant("acme", credits=1000)
+    csrf = await sign_in(ui_client)
+    path = "/admin/ui/tenants/acme/credits"
+    asked = await ui_client.post(
+        path, data={"amount": "500", "reason": "invoice 42", "kind": "grant", "csrf_token": csrf}
+    )
+    question_of(asked)
+    # The confirmation page's form, as the browser would send it (twice: a double click).
+    fields = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', asked.text))
+    assert fields.keys() == {"csrf_token", "amount", "reason", "kind", "confirm", "once"}
+    first = await ui_client.post(path, data=fields)
+    second = await ui_client.post(path, data=fields)
+    assert (await flash_after(ui_client, first))[1] == (
+        "Granted 500 credits to acme; balance now 1,500."
+    )
+    assert await flash_after(ui_client, second) == (
+        "error",
+        "This confirmation was submitted already (a second click?): nothing was done again.",
+    )
+    assert await balance_of(engine, tenant.tenant_id) == 1500
+
+
 async def test_canceling_a_queued_request_refunds_it_and_says_so(
     ui_client: httpx.AsyncClient, make_tenant: MakeTenant, engine: AsyncEngine
 ) -> None:

@@ -22,6 +22,7 @@ from api.responses import OrjsonResponse
 from api.routes import account, admin, batches, health, metrics, relight, requests, webhooks
 from api.signin_throttle import SigninThrottle
 from api.state import AppState
+from api.ui.actions import router as ui_actions
 from api.ui.routes import install_ui
 from relight import __version__
 from relight.batches.schemas import BatchBody
@@ -88,6 +89,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in ROUTERS:
         app.include_router(router)
     install_ui(app)
+    # The page's actions, beside its views (api/ui/actions.py).
+    app.include_router(ui_actions)
     install_openapi(app)
     install_docs(app)
     return app

@@ -64,6 +64,13 @@ def _context_of(record: logging.LogRecord) -> tuple[str | None, str | None]:
     return request_id, job_id
 
 
+def _fields_of(record: logging.LogRecord) -> dict[str, object]:
+    """A line's structured fields, given as `extra={"fields": {...}}` (an operator's action:
+    who and what changed); they never replace the line's own keys."""
+    fields = getattr(record, "fields", None)
+    return fields if isinstance(fields, dict) else {}
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, object] = {
@@ -77,9 +84,11 @@ class JsonFormatter(logging.Formatter):
             line["request_id"] = request_id
         if job_id is not None:
             line["job_id"] = str(job_id)
+        for name, value in _fields_of(record).items():
+            line.setdefault(name, value)
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(line).decode()
+        return orjson.dumps(line, default=str).decode()
 
 
 class TextFormatter(logging.Formatter):
@@ -94,6 +103,9 @@ class TextFormatter(logging.Formatter):
             tags.append(f"request {request_id}")
         if job_id is not None:
             tags.append(f"job {job_id}")
+        fields = _fields_of(record)
+        if fields:
+            text += " " + " ".join(f"{name}={value}" for name, value in fields.items())
         return f"{text} [{', '.join(tags)}]" if tags else text
 
 

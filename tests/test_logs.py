@@ -89,3 +89,16 @@ def test_a_line_carries_the_request_id_of_its_context_and_extra_wins() -> None:
 )
 def test_which_client_request_ids_are_kept(value: str | None, valid: bool) -> None:
     assert valid_request_id(value) is valid
+
+
+def test_a_lines_structured_fields_are_written_beside_its_own_keys_never_over_them() -> None:
+    line = record("operator action")
+    line.fields = {"operator_session": "3f9c0a1b2d4e", "amount": 500, "message": "forged"}
+    with request_context("req-5"):
+        written = orjson.loads(JsonFormatter().format(line))
+        text = TextFormatter().format(line)
+    assert written["operator_session"] == "3f9c0a1b2d4e"
+    assert written["amount"] == 500
+    assert written["message"] == "operator action"
+    assert written["request_id"] == "req-5"
+    assert "operator_session=3f9c0a1b2d4e amount=500" in text

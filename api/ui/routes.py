@@ -1,7 +1,7 @@
-"""The operators' web page under `/admin/ui`: sign-in, views, and three actions.
+"""The operators' web page under `/admin/ui`: sign-in and the views (the actions are
+`api.ui.actions`).
 
-Thin on purpose: the numbers come from `relight.ops`, the actions call the same service
-functions as the admin API (`relight.tenants.service`, `relight.credits.service`).
+Thin on purpose: the numbers come from `relight.ops`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Depends, FastAPI, Form, Request
 from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from api.deps import StateDep, UnitOfWorkDep, urls_for
@@ -33,10 +32,7 @@ from api.ui.pages import (
 )
 from api.ui.session import OperatorSession
 from relight.credits import service as credits
-from relight.credits.schemas import CreditMovement
-from relight.errors import RelightError
 from relight.jobs.worker_heartbeat import STALE_AFTER_S
-from relight.models import CreditKind, TenantStatus
 from relight.ops.nodes import node_statuses
 from relight.ops.overview import load_overview
 from relight.ops.requests import (
@@ -295,7 +291,7 @@ async def tenants_list(request: Request, uow: UnitOfWorkDep, operator: OperatorD
     )
 
 
-async def _tenant_page(
+async def tenant_page(
     request: Request,
     uow: UnitOfWorkDep,
     operator: OperatorSession,
@@ -303,68 +299,32 @@ async def _tenant_page(
     status_code: int = 200,
     **context: Any,
 ) -> Response:
+    """A tenant's page: its record, API keys, ledger and action forms (`api.ui.actions`
+    shows it again with an action's error)."""
     try:
         tenant = await tenants.find_tenant(uow.session, name)
     except tenants.TenantNotFound:
         return render(request, "missing.html", operator, 404, what=f"tenant {name!r}")
     ledger = await credits.list_entries(uow.session, tenant.id, limit=50, before=None)
+    keys = await tenants.list_api_keys(uow.session, tenant)
     return render(
-        request, "tenant.html", operator, status_code, tenant=tenant, ledger=ledger, **context
+        request,
+        "tenant.html",
+        operator,
+        status_code,
+        tenant=tenant,
+        ledger=ledger,
+        keys=keys,
+        backends=[b.value for b in Backend if b is not Backend.AUTO],
+        **context,
     )
 
 
 @router.get("/tenants/{name}")
 async def tenant_detail(
-    request: Request, name: str, uow: UnitOfWorkDep, operator: OperatorDep, done: str = ""
+    request: Request, name: str, uow: UnitOfWorkDep, operator: OperatorDep
 ) -> Response:
-    return await _tenant_page(request, uow, operator, name, done=done)
-
-
-@router.post("/tenants/{name}/{action}")
-async def tenant_status(
-    request: Request,
-    name: str,
-    action: str,
-    uow: UnitOfWorkDep,
-    operator: OperatorDep,
-    csrf_token: CsrfField = None,
-    amount: Annotated[str, Form()] = "",
-    reason: Annotated[str, Form()] = "",
-    kind: Annotated[str, Form()] = "grant",
-) -> Response:
-    check_csrf(operator, csrf_token)
-    try:
-        tenant = await tenants.find_tenant(uow.session, name)
-    except tenants.TenantNotFound:
-        return render(request, "missing.html", operator, 404, what=f"tenant {name!r}")
-    tenant_name = tenant.name  # a rollback below expires the row
-    try:
-        if action in ("suspend", "resume"):
-            status = TenantStatus.SUSPENDED if action == "suspend" else TenantStatus.ACTIVE
-            await tenants.set_tenant_status(uow.session, tenant, status)
-        elif action == "credits":
-            movement = CreditMovement.model_validate(
-                {"amount": amount.strip() or None, "reason": reason.strip(), "kind": kind}
-            )
-            await credits.grant_credits(
-                uow.session,
-                tenant.id,
-                movement.amount,
-                reason=movement.reason,
-                kind=CreditKind(movement.kind),
-            )
-        else:
-            return render(request, "missing.html", operator, 404, what=f"action {action!r}")
-    except ValidationError as exc:
-        await uow.rollback()
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        return await _tenant_page(request, uow, operator, tenant_name, 422, error=problems)
-    except RelightError as exc:
-        await uow.rollback()
-        return await _tenant_page(
-            request, uow, operator, tenant_name, exc.status_code, error=exc.message
-        )
-    return see_other(f"/tenants/{tenant_name}?done={action}")
+    return await tenant_page(request, uow, operator, name)
 
 
 def install_ui(app: FastAPI) -> None:

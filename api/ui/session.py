@@ -35,6 +35,12 @@ class OperatorSession:
     nonce: str
     csrf_token: str
 
+    @property
+    def log_id(self) -> str:
+        """Names the session in logs and attempt records: a digest of its nonce, which is
+        part of the cookie and so never logged itself."""
+        return hashlib.sha256(self.nonce.encode()).hexdigest()[:12]
+
 
 def token_matches(settings: Settings, presented: str) -> bool:
     """Whether `presented` is the admin token (constant time)."""

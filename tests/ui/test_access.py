@@ -109,11 +109,12 @@ async def test_an_action_needs_the_csrf_token_of_its_session(
         response = await ui_client.post("/admin/ui/tenants/acme/credits", data=data)
         assert response.status_code == 403, token
         assert await balance_of(engine, tenant.tenant_id) == 100
+    # With this session's token: a confirmation first, then the grant.
     response = await ui_client.post(
-        "/admin/ui/tenants/acme/credits", data={**grant, "csrf_token": csrf}
+        "/admin/ui/tenants/acme/credits", data={**grant, "csrf_token": csrf, "confirm": "yes"}
     )
     assert response.status_code == 303
-    assert response.headers["location"] == "/admin/ui/tenants/acme?done=credits"
+    assert response.headers["location"].startswith("/admin/ui/tenants/acme?flash=")
     assert await balance_of(engine, tenant.tenant_id) == 150
     page = await ui_client.get("/admin/ui/tenants/acme")
     assert "support ticket 7" in page.text
@@ -154,11 +155,12 @@ async def test_suspend_and_resume_act_like_the_admin_api(
 ) -> None:
     tenant = await make_tenant("acme")
     csrf = await sign_in(ui_client)
-    suspended = await ui_client.post("/admin/ui/tenants/acme/suspend", data={"csrf_token": csrf})
+    confirmed = {"csrf_token": csrf, "confirm": "yes"}
+    suspended = await ui_client.post("/admin/ui/tenants/acme/suspend", data=confirmed)
     assert suspended.status_code == 303
     refused = await ui_client.post("/v2/ic-light", headers=tenant.headers, json=fast_body())
     assert refused.status_code == 403
-    resumed = await ui_client.post("/admin/ui/tenants/acme/resume", data={"csrf_token": csrf})
+    resumed = await ui_client.post("/admin/ui/tenants/acme/resume", data=confirmed)
     assert resumed.status_code == 303
     accepted = await ui_client.post("/v2/ic-light", headers=tenant.headers, json=fast_body())
     assert accepted.status_code == 202

@@ -118,7 +118,12 @@ async def test_an_operator_signs_in_looks_around_grants_credits_and_signs_out(
     await page.fill("#grant input[name=amount]", "250")
     await page.fill("#grant input[name=reason]", "browser test grant")
     await page.click("#grant button")
-    await expect(page.locator("#notice")).to_contain_text("credits")
+    # The page asks first, naming the amount, then says what it did.
+    await expect(page.locator("#confirm-question")).to_contain_text("Grant 250 credits to")
+    await page.click("#confirm")
+    await expect(page.locator("#flash")).to_have_text(
+        f"Granted 250 credits to acme; balance now {before + 250:,}."
+    )
     await expect(page.locator("#balance")).to_have_text(str(before + 250))
     first_entry = page.locator("#ledger tbody tr").first
     await expect(first_entry).to_contain_text("browser test grant")

@@ -10,35 +10,22 @@ Headless Debian chromium driven by Playwright, as `tests/ui/test_browser.py`.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import httpx
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relight.config import Settings
 from tests.conftest import MakeTenant, RunWorker
 from tests.fakes.webhook_receiver import WebhookReceiver
 from tests.helpers import balance_of, fast_body
-from tests.ui.conftest import ADMIN_TOKEN, LiveServer
-from tests.ui.test_browser import CHROMIUM, CHROMIUM_ARGS, shot
+from tests.ui.conftest import ADMIN_TOKEN, LiveServer, shot
 
 pytestmark = pytest.mark.slow
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.fail("chromium is missing: run `make chromium` (apt-get install chromium)")
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-        )
-        yield launched
-        await launched.close()
 
 
 @pytest.fixture

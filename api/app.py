@@ -19,7 +19,7 @@ from api.errors import install_error_handlers
 from api.limits import RequestLimits
 from api.middleware import HttpMetrics, RateLimitHeaders, RequestId
 from api.responses import OrjsonResponse
-from api.routes import account, admin, health, metrics, relight, requests, webhooks
+from api.routes import account, admin, health, keys, metrics, relight, requests, webhooks
 from api.signin_throttle import SigninThrottle
 from api.state import AppState
 from api.ui.routes import install_ui
@@ -46,6 +46,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     requests.router,
     webhooks.router,
     account.router,
+    keys.router,
     admin.router,
     health.router,
     metrics.router,

@@ -10,10 +10,11 @@ from typing import Any
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, iter_route_contexts
 
 from api.body import submit_form_schema
 from api.cors import PublicCors
+from api.deps import route_scopes
 from api.docs import install_docs
 from api.errors import install_error_handlers
 from api.limits import RequestLimits
@@ -149,6 +150,26 @@ def operation_id(route: APIRoute) -> str:
     return route.name
 
 
+def describe_scopes(app: FastAPI, schema: dict[str, Any]) -> None:
+    """Mark each operation behind an API key with the scope its key needs:
+    `x-required-scope`, and a line of its description."""
+    for route in iter_route_contexts(app.routes):
+        if not isinstance(route.original_route, APIRoute) or not route.include_in_schema:
+            continue
+        for scope in route_scopes(route.dependant):
+            for method in route.methods:
+                operation = schema["paths"].get(route.path_format, {}).get(method.lower())
+                if operation is None:
+                    continue
+                operation["x-required-scope"] = scope.value
+                needs = f"Needs an API key with the `{scope.value}` scope."
+                operation["description"] = (
+                    f"{operation['description']}\n\n{needs}"
+                    if operation.get("description")
+                    else needs
+                )
+
+
 def install_openapi(app: FastAPI) -> None:
     """Add the submit bodies' schemas: the submit routes read the body themselves (JSON or
     multipart), so FastAPI does not see the models their `requestBody` refers to."""
@@ -166,6 +187,7 @@ def install_openapi(app: FastAPI) -> None:
             schemas.update(body.pop("$defs", {}))
             schemas["SubmitBody"] = body
             schemas["SubmitForm"] = submit_form_schema(body)
+            describe_scopes(app, schema)
             app.openapi_schema = schema
         return app.openapi_schema
 

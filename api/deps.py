@@ -3,11 +3,12 @@ scope each authenticated route requires of its key."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request, Security
+from fastapi.dependencies.models import Dependant
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from api.middleware import RATE_LIMIT_STATE
@@ -219,6 +220,38 @@ async def key_unless_signed(
 
 
 setattr(key_unless_signed, SCOPE_ATTRIBUTE, Scope.REQUESTS_READ)
+
+# What a route authenticates a tenant's key with: each checks the key in full (any route
+# reaching one of them must also declare a scope).
+KEY_AUTHENTICATORS: tuple[Callable[..., Any], ...] = (
+    authenticated_key,
+    submitting_tenant,
+    key_unless_signed,
+)
+
+
+def _calls(dependant: Dependant) -> Iterator[Callable[..., Any]]:
+    for dependency in dependant.dependencies:
+        if dependency.call is not None:
+            yield dependency.call
+        yield from _calls(dependency)
+
+
+def route_scopes(dependant: Dependant) -> list[Scope]:
+    """The scopes a route's dependencies (its `dependant`) require, at any depth, once per
+    dependency."""
+    found = {
+        call: getattr(call, SCOPE_ATTRIBUTE)
+        for call in _calls(dependant)
+        if hasattr(call, SCOPE_ATTRIBUTE)
+    }
+    return list(found.values())
+
+
+def route_authenticates_a_key(dependant: Dependant) -> bool:
+    """Whether a route (its `dependant`) authenticates a tenant's API key."""
+    return any(call in KEY_AUTHENTICATORS for call in _calls(dependant))
+
 
 SubmittingTenantDep = Annotated[TenantSnapshot, Depends(submitting_tenant)]
 RequestsReadScope = Depends(require_scope(Scope.REQUESTS_READ))

@@ -157,7 +157,7 @@ def describe_scopes(app: FastAPI, schema: dict[str, Any]) -> None:
         if not isinstance(route.original_route, APIRoute) or not route.include_in_schema:
             continue
         for scope in route_scopes(route.dependant):
-            for method in route.methods:
+            for method in route.methods or ():
                 operation = schema["paths"].get(route.path_format, {}).get(method.lower())
                 if operation is None:
                     continue

@@ -114,6 +114,7 @@ def _key_json(api_key: ApiKey, tenant_name: str | None = None) -> dict[str, Any]
         "name": api_key.name,
         "label": api_key.name,
         "scopes": list(api_key.scopes),
+        "created_at": api_key.created_at.isoformat(),
         "expires_at": api_key.expires_at.isoformat() if api_key.expires_at else None,
         "revoked_at": api_key.revoked_at.isoformat() if api_key.revoked_at else None,
     }

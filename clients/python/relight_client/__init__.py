@@ -28,6 +28,8 @@ from relight_client.errors import (
 from relight_client.models import (
     Accepted,
     Account,
+    Key,
+    NewKey,
     Output,
     Record,
     RequestStatus,
@@ -47,6 +49,8 @@ __all__ = [
     "ConflictError",
     "ConnectionFailedError",
     "InsufficientCreditsError",
+    "Key",
+    "NewKey",
     "NotFoundError",
     "Output",
     "PermissionDeniedError",

@@ -23,6 +23,8 @@ from tests.conftest import MakeTenant, TenantKey
 from tests.helpers import assert_no_server_errors, balance_of, job_count, small_body, submit
 from tests.waiting import wait_until
 
+ADMIN_TOKEN = "k" * 32
+
 
 @pytest.fixture(autouse=True)
 def no_server_errors(client: httpx.AsyncClient) -> Iterator[None]:
@@ -324,3 +326,30 @@ async def test_a_key_revoked_through_v2_keys_is_refused_promptly_by_every_cache(
 
         took = await status_within(AT_ONCE_S, 401, submit_status)
     assert took < AT_ONCE_S < LONG_TTL_S
+
+
+async def test_the_admin_api_creates_a_key_with_scopes_expiry_and_label(
+    settings: Settings, tenant: TenantKey
+) -> None:
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with api_process(settings, admin_token=ADMIN_TOKEN) as api:
+        response = await api.post(
+            f"/admin/v1/tenants/{tenant.name}/keys",
+            headers=admin,
+            json={"label": "ops", "scopes": ["account:read"], "expires_in": 600},
+        )
+        assert response.status_code == 201, response.text
+        created = response.json()
+        assert (created["label"], created["name"]) == ("ops", "ops")
+        assert created["scopes"] == ["account:read"]
+        assert created["expires_at"] is not None
+        headers = {"x-api-key": created["key"]}
+        assert (await api.get("/v2/account", headers=headers)).status_code == 200
+        assert_lacks_scope(await api.get("/v2/requests", headers=headers), "requests:read")
+
+        unknown = await api.post(
+            f"/admin/v1/tenants/{tenant.name}/keys", headers=admin, json={"scopes": ["root"]}
+        )
+        assert_refused(unknown, 422, "validation_error")
+        listed = (await api.get(f"/admin/v1/tenants/{tenant.name}/keys", headers=admin)).json()
+        assert [key["scopes"] for key in listed] == [list(DEFAULT_SCOPES), ["account:read"]]

@@ -93,7 +93,7 @@ def test_key_expiry_from_an_instant_or_a_lifetime() -> None:
     [
         (NOW + timedelta(days=1), 3600, "expires_in"),
         (NOW - timedelta(seconds=1), None, "expires_at"),
-        (datetime(2027, 1, 1), None, "expires_at"),
+        (datetime(2027, 1, 1), None, "expires_at"),  # naive: no time zone
         (NOW + timedelta(days=3651), None, "expires_at"),
     ],
 )

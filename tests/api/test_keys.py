@@ -353,3 +353,15 @@ async def test_the_admin_api_creates_a_key_with_scopes_expiry_and_label(
         assert_refused(unknown, 422, "validation_error")
         listed = (await api.get(f"/admin/v1/tenants/{tenant.name}/keys", headers=admin)).json()
         assert [key["scopes"] for key in listed] == [list(DEFAULT_SCOPES), ["account:read"]]
+
+
+async def test_key_routes_answer_the_rate_limit_headers_like_every_authenticated_route(
+    client: httpx.AsyncClient, tenant: TenantKey, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    manager = await key_for(sessionmaker, tenant, list(ALL_SCOPES))
+
+    listed = await client.get("/v2/keys", headers=manager.headers)
+
+    assert listed.status_code == 200
+    assert "RateLimit" in listed.headers
+    assert "RateLimit-Policy" in listed.headers

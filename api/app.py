@@ -10,16 +10,27 @@ from typing import Any
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, iter_route_contexts
 
 from api.body import submit_form_schema
 from api.cors import PublicCors
+from api.deps import route_scopes
 from api.docs import install_docs
 from api.errors import install_error_handlers
 from api.limits import RequestLimits
 from api.middleware import HttpMetrics, RateLimitHeaders, RequestId
 from api.responses import OrjsonResponse
-from api.routes import account, admin, batches, health, metrics, relight, requests, webhooks
+from api.routes import (
+    account,
+    admin,
+    batches,
+    health,
+    keys,
+    metrics,
+    relight,
+    requests,
+    webhooks,
+)
 from api.signin_throttle import SigninThrottle
 from api.state import AppState
 from api.ui.actions import router as ui_actions
@@ -49,6 +60,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     batches.router,
     webhooks.router,
     account.router,
+    keys.router,
     admin.router,
     health.router,
     metrics.router,
@@ -153,6 +165,26 @@ def operation_id(route: APIRoute) -> str:
     return route.name
 
 
+def describe_scopes(app: FastAPI, schema: dict[str, Any]) -> None:
+    """Mark each operation behind an API key with the scope its key needs:
+    `x-required-scope`, and a line of its description."""
+    for route in iter_route_contexts(app.routes):
+        if not isinstance(route.original_route, APIRoute) or not route.include_in_schema:
+            continue
+        for scope in route_scopes(route.dependant):
+            for method in route.methods or ():
+                operation = schema["paths"].get(route.path_format, {}).get(method.lower())
+                if operation is None:
+                    continue
+                operation["x-required-scope"] = scope.value
+                needs = f"Needs an API key with the `{scope.value}` scope."
+                operation["description"] = (
+                    f"{operation['description']}\n\n{needs}"
+                    if operation.get("description")
+                    else needs
+                )
+
+
 def install_openapi(app: FastAPI) -> None:
     """Add the submit bodies' schemas: the submit routes read the body themselves (JSON or
     multipart), so FastAPI does not see the models their `requestBody` refers to."""
@@ -176,6 +208,7 @@ def install_openapi(app: FastAPI) -> None:
             batch_defs.pop("SubmitBody", None)
             schemas.update(batch_defs)
             schemas["BatchBody"] = batch
+            describe_scopes(app, schema)
             app.openapi_schema = schema
         return app.openapi_schema
 

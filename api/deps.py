@@ -1,11 +1,14 @@
-"""Request dependencies: the app state, one unit of work per request, and the tenant."""
+"""Request dependencies: the app state, one unit of work per request, the tenant, and the
+scope each authenticated route requires of its key."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Annotated
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
 from fastapi import Depends, Request, Security
+from fastapi.dependencies.models import Dependant
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from api.middleware import RATE_LIMIT_STATE
@@ -16,8 +19,9 @@ from relight.models import Tenant
 from relight.ratelimit import RateLimitPolicy
 from relight.storage import presigner_for
 from relight.storage.urls import UrlBuilder
-from relight.tenants.auth_cache import TenantSnapshot
-from relight.tenants.service import authenticate, authenticate_snapshot
+from relight.tenants.auth_cache import KeyGrant, TenantSnapshot
+from relight.tenants.scopes import Scope, check_not_expired, require
+from relight.tenants.service import AuthenticatedKey, authenticate_grant, authenticate_key
 from relight.unit_of_work import UnitOfWork, unit_of_work
 
 
@@ -92,10 +96,18 @@ def request_key(request: Request) -> str | None:
     return presented_key(request.headers.get("x-api-key"), request.headers.get("authorization"))
 
 
-async def authenticated_tenant(
+async def authenticated_key(
     request: Request, uow: UnitOfWorkDep, _api_key: ApiKeyHeaderDep, _bearer: BearerDep
+) -> AuthenticatedKey:
+    """The request's key, looked up in its unit of work (so a revoked key is refused at once),
+    and its tenant. Its scopes are checked by the route's `require_scope` dependency."""
+    return await authenticate_key(uow.session, request_key(request))
+
+
+async def authenticated_tenant(
+    key: Annotated[AuthenticatedKey, Depends(authenticated_key)],
 ) -> Tenant:
-    return await authenticate(uow.session, request_key(request))
+    return key.tenant
 
 
 async def apply_rate_limit(
@@ -143,23 +155,112 @@ async def current_tenant(
 
 
 async def submitting_tenant(request: Request) -> TenantSnapshot:
-    """The tenant whose API key the request presents, after spending one request of its rate
-    limit (429 if none). For the submit routes, which read their headers themselves: FastAPI's
-    parsing of declared header parameters costs more than the rest of this function.
+    """The tenant whose API key the request presents, once the key is found to hold
+    `relight:submit` and not to have expired, and after spending one request of its rate
+    limit (429 if none). The submit routes' scope dependency: it takes only the `Request`, as
+    FastAPI's parsing of declared header parameters costs more than the rest of it.
 
-    A key seen lately comes from the process's auth cache (`RELIGHT_AUTH_CACHE_S`); else it is
-    looked up outside the request's transaction (one autocommit statement), so no transaction
-    is open, nor a pooled connection held, while a client uploads an image."""
+    A key seen lately comes from the process's auth cache (`RELIGHT_AUTH_CACHE_S`), which holds
+    its scopes and expiry too; else it is looked up outside the request's transaction (one
+    autocommit statement), so no transaction is open, nor a pooled connection held, while a
+    client uploads an image."""
     state: AppState = request.app.state.relight
     raw_key = request_key(request)
 
-    async def look_up() -> TenantSnapshot:
+    async def look_up() -> KeyGrant:
         async with state.autocommit_sessionmaker() as session:
-            return await authenticate_snapshot(session, raw_key)
+            return await authenticate_grant(session, raw_key)
 
-    tenant = await state.auth_cache.get(raw_key, look_up) if raw_key else await look_up()
-    await apply_rate_limit(request, state, tenant, cost=1)
-    return tenant
+    grant = await state.auth_cache.get(raw_key, look_up) if raw_key else await look_up()
+    # A cached grant may outlive its key's expiry: checked on every use.
+    check_not_expired(grant.expires_at, datetime.now(UTC))
+    require(grant.scopes, Scope.SUBMIT)
+    await apply_rate_limit(request, state, grant.tenant, cost=1)
+    return grant.tenant
+
+
+# --- scopes: each authenticated public route declares exactly one -----------------------------
+# (tests/architecture/test_route_scopes.py). A scope dependency carries `required_scope`.
+SCOPE_ATTRIBUTE = "required_scope"
+setattr(submitting_tenant, SCOPE_ATTRIBUTE, Scope.SUBMIT)
+
+ScopeCheck = Callable[..., Awaitable[AuthenticatedKey]]
+_SCOPE_CHECKS: dict[Scope, ScopeCheck] = {}
+
+
+def require_scope(scope: Scope) -> ScopeCheck:
+    """The dependency that admits a request whose key holds `scope` (403 `insufficient_scope`
+    naming it otherwise) and answers the authenticated key; one per scope."""
+    if scope is Scope.SUBMIT:
+        raise ValueError("the submit routes depend on `submitting_tenant` (the cached path)")
+    if scope not in _SCOPE_CHECKS:
+
+        async def check(
+            key: Annotated[AuthenticatedKey, Depends(authenticated_key)],
+        ) -> AuthenticatedKey:
+            require(key.grant.scopes, scope)
+            return key
+
+        check.__name__ = f"require_{scope.value.replace(':', '_')}"
+        setattr(check, SCOPE_ATTRIBUTE, scope)
+        _SCOPE_CHECKS[scope] = check
+    return _SCOPE_CHECKS[scope]
+
+
+async def key_unless_signed(
+    request: Request, uow: UnitOfWorkDep, _api_key: ApiKeyHeaderDep, _bearer: BearerDep
+) -> AuthenticatedKey | None:
+    """For a route a signed URL also opens (an output image): None when the request carries a
+    signature (the route checks it), else the key, which must hold `requests:read`."""
+    if "signature" in request.query_params and "expires" in request.query_params:
+        return None
+    key = await authenticate_key(uow.session, request_key(request))
+    require(key.grant.scopes, Scope.REQUESTS_READ)
+    return key
+
+
+setattr(key_unless_signed, SCOPE_ATTRIBUTE, Scope.REQUESTS_READ)
+
+# What a route authenticates a tenant's key with: each checks the key in full (any route
+# reaching one of them must also declare a scope).
+KEY_AUTHENTICATORS: tuple[Callable[..., Any], ...] = (
+    authenticated_key,
+    submitting_tenant,
+    key_unless_signed,
+)
+
+
+def _calls(dependant: Dependant) -> Iterator[Callable[..., Any]]:
+    for dependency in dependant.dependencies:
+        if dependency.call is not None:
+            yield dependency.call
+        yield from _calls(dependency)
+
+
+def route_scopes(dependant: Dependant) -> list[Scope]:
+    """The scopes a route's dependencies (its `dependant`) require, at any depth, once per
+    dependency."""
+    found = {
+        call: getattr(call, SCOPE_ATTRIBUTE)
+        for call in _calls(dependant)
+        if hasattr(call, SCOPE_ATTRIBUTE)
+    }
+    return list(found.values())
+
+
+def route_authenticates_a_key(dependant: Dependant) -> bool:
+    """Whether a route (its `dependant`) authenticates a tenant's API key."""
+    return any(call in KEY_AUTHENTICATORS for call in _calls(dependant))
+
+
+SubmittingTenantDep = Annotated[TenantSnapshot, Depends(submitting_tenant)]
+RequestsReadScope = Depends(require_scope(Scope.REQUESTS_READ))
+RequestsCancelScope = Depends(require_scope(Scope.REQUESTS_CANCEL))
+WebhooksManageScope = Depends(require_scope(Scope.WEBHOOKS_MANAGE))
+AccountReadScope = Depends(require_scope(Scope.ACCOUNT_READ))
+KeysManageScope = Depends(require_scope(Scope.KEYS_MANAGE))
+KeysManagerDep = Annotated[AuthenticatedKey, KeysManageScope]
+KeyUnlessSignedDep = Annotated[AuthenticatedKey | None, Depends(key_unless_signed)]
 
 
 TenantDep = Annotated[Tenant, Depends(current_tenant)]

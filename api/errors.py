@@ -70,8 +70,9 @@ ERROR_STATUSES: dict[int, str] = {
     503: "A dependency (Postgres) is unavailable; retry after `Retry-After` seconds",
     504: "The request did not finish in time; it keeps running (poll `status_url`)",
 }
-# Every route behind an API key: bad key, bad parameter, rate limit, database down.
-AUTHENTICATED = (401, 422, 429, 503)
+# Every route behind an API key: bad or expired key, a key without the route's scope, bad
+# parameter, rate limit, database down.
+AUTHENTICATED = (401, 403, 422, 429, 503)
 # Every route of the admin API: bad token, API disabled, bad parameter, too many failed
 # sign-ins from the address, database down.
 ADMIN = (401, 403, 422, 429, 503)

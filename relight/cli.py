@@ -6,6 +6,7 @@ import asyncio
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import orjson
@@ -32,6 +33,7 @@ from relight.tenants.schemas import (
     LimitsUpdate,
     TenantView,
 )
+from relight.tenants.scopes import SCOPES_DESCRIPTION, parse_duration
 from relight.text import unstorable_character
 from relight.unit_of_work import unit_of_work
 
@@ -110,6 +112,10 @@ def _key_json(api_key: ApiKey, tenant_name: str | None = None) -> dict[str, Any]
         "tenant_id": str(api_key.tenant_id),
         "tenant": tenant_name,
         "name": api_key.name,
+        "label": api_key.name,
+        "scopes": list(api_key.scopes),
+        "created_at": api_key.created_at.isoformat(),
+        "expires_at": api_key.expires_at.isoformat() if api_key.expires_at else None,
         "revoked_at": api_key.revoked_at.isoformat() if api_key.revoked_at else None,
     }
 
@@ -267,13 +273,30 @@ def tenant_list() -> None:
 @key_app.command("create")
 def key_create(
     tenant: Annotated[str, typer.Argument(help="tenant name or id")],
-    name: Annotated[str | None, typer.Option(help="a label for the key")] = None,
+    label: Annotated[str | None, typer.Option(help="what the key is for")] = None,
+    name: Annotated[str | None, typer.Option(help="the label, by its old name")] = None,
+    scopes: Annotated[
+        str | None, typer.Option(help=f"comma-separated; {SCOPES_DESCRIPTION}")
+    ] = None,
+    expires: Annotated[
+        str | None, typer.Option(help="the key stops working after this long: 30d, 12h, 90m")
+    ] = None,
 ) -> None:
     """Create an API key; the key itself is printed once and never stored."""
+    wanted = [scope.strip() for scope in scopes.split(",") if scope.strip()] if scopes else None
+    lifetime_s: int | None = None
+    if expires is not None:
+        try:
+            lifetime_s = int(parse_duration(expires).total_seconds())
+        except ValueError as exc:
+            _fail(str(exc), "validation_error")
 
     async def work(session: AsyncSession) -> dict[str, Any]:
         owner = await service.find_tenant(session, tenant)
-        created = await service.create_api_key(session, owner, name)
+        expires_at = service.key_expiry(None, lifetime_s, datetime.now(UTC))
+        created = await service.create_api_key(
+            session, owner, label or name, scopes=wanted, expires_at=expires_at
+        )
         return {"key": created.key, **_key_json(created.api_key, owner.name)}
 
     _emit(_run(work))

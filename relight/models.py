@@ -130,6 +130,17 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = _now_column()
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # What the key may do (relight/tenants/scopes.py, whose DEFAULT_SCOPES this default
+    # spells out: keys made before scopes got it, and so does an insert that names none).
+    scopes: Mapped[list[str]] = mapped_column(
+        JSONB,
+        server_default=text(
+            '\'["relight:submit", "requests:read", "requests:cancel", "webhooks:manage", '
+            '"account:read"]\'::jsonb'
+        ),
+    )
+    # None: the key never expires.
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Batch(Base):

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from fastapi import APIRouter
 
-from api.deps import TenantDep, UnitOfWorkDep
+from api.deps import AccountReadScope, TenantDep, UnitOfWorkDep
 from api.errors import AUTHENTICATED, error_responses
 from relight.credits.schemas import UserCredits
 from relight.credits.service import get_balance
@@ -16,12 +16,22 @@ from relight.tenants.schemas import AccountView, TenantView, UsageView
 router = APIRouter(tags=["account"], responses=error_responses(*AUTHENTICATED))
 
 
-@router.get("/v1/get-user-credits", response_model=UserCredits, summary="Credit balance (Segmind)")
+@router.get(
+    "/v1/get-user-credits",
+    response_model=UserCredits,
+    summary="Credit balance (Segmind)",
+    dependencies=[AccountReadScope],
+)
 async def get_user_credits(uow: UnitOfWorkDep, tenant: TenantDep) -> UserCredits:
     return UserCredits(credits=await get_balance(uow.session, tenant.id))
 
 
-@router.get("/v2/account", response_model=AccountView, summary="Balance, limits and usage")
+@router.get(
+    "/v2/account",
+    response_model=AccountView,
+    summary="Balance, limits and usage",
+    dependencies=[AccountReadScope],
+)
 async def get_account(uow: UnitOfWorkDep, tenant: TenantDep) -> AccountView:
     counts, charged = await usage_since(
         uow.session, tenant.id, datetime.now(UTC) - timedelta(days=30)

@@ -8,6 +8,7 @@ unset. Every route calls the same service functions as `relight-admin`.
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Security
@@ -19,6 +20,7 @@ from api.limits import check_admin_token_throttled
 from api.signin_throttle import client_address
 from relight.credits import service as credits
 from relight.credits.schemas import CreditEntryView, CreditMovement, LedgerPage
+from relight.errors import InvalidParameter
 from relight.models import CreditKind, Tenant, TenantStatus
 from relight.tenants import service as tenants
 from relight.tenants.schemas import (
@@ -194,10 +196,21 @@ async def set_webhook(
     status_code=201,
     response_model=CreatedKeyView,
     summary="Create an API key (shown once)",
+    description=(
+        "`scopes` default to all but `keys:manage`; `expires_at` or `expires_in` (seconds) "
+        "makes the key stop working then."
+    ),
     responses=WITH_BODY,
 )
 async def create_key(tenant: AdminTenantDep, body: KeyCreate, uow: UnitOfWorkDep) -> CreatedKeyView:
-    created = await tenants.create_api_key(uow.session, tenant, body.name)
+    if body.label is not None and body.name is not None and body.label != body.name:
+        raise InvalidParameter(
+            "give label or name (the same thing), not both", extra={"field": "label"}
+        )
+    expires_at = tenants.key_expiry(body.expires_at, body.expires_in, datetime.now(UTC))
+    created = await tenants.create_api_key(
+        uow.session, tenant, body.label or body.name, scopes=body.scopes, expires_at=expires_at
+    )
     return CreatedKeyView(**ApiKeyView.of(created.api_key).model_dump(), key=created.key)
 
 

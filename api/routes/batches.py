@@ -11,11 +11,13 @@ from fastapi import APIRouter, Request
 from api.body import read_batch
 from api.deps import (
     API_KEY_SECURITY,
+    RequestsCancelScope,
+    RequestsReadScope,
     StateDep,
+    SubmittingTenantDep,
     TenantDep,
     UnitOfWorkDep,
     UrlsDep,
-    submitting_tenant,
     urls_for,
 )
 from api.errors import AUTHENTICATED, error_responses
@@ -60,9 +62,8 @@ BATCH_OPENAPI: dict[str, Any] = {
         "security": API_KEY_SECURITY,
     },
 )
-async def create_batch(request: Request) -> Any:
+async def create_batch(request: Request, tenant: SubmittingTenantDep) -> Any:
     state: AppState = request.app.state.relight
-    tenant = await submitting_tenant(request)
     idempotency_key = idempotency_key_of(request)
     urls = urls_for(request, state.settings)
     submitted = await read_batch(request, state.settings)
@@ -98,6 +99,7 @@ async def create_batch(request: Request) -> Any:
     response_model=BatchView,
     summary="A batch's status, counts and items",
     responses=ONE_BATCH,
+    dependencies=[RequestsReadScope],
 )
 async def get_batch(
     batch_id: uuid.UUID, uow: UnitOfWorkDep, tenant: TenantDep, urls: UrlsDep
@@ -114,6 +116,7 @@ async def get_batch(
         "items that already ended stay as they are. Answers the batch."
     ),
     responses=ONE_BATCH,
+    dependencies=[RequestsCancelScope],
 )
 async def cancel_batch(
     batch_id: uuid.UUID, state: StateDep, uow: UnitOfWorkDep, tenant: TenantDep, urls: UrlsDep

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 
 from api.body import SUBMIT_OPENAPI, read_submission
-from api.deps import API_KEY_SECURITY, submitting_tenant, urls_for
+from api.deps import API_KEY_SECURITY, SubmittingTenantDep, urls_for
 from api.errors import AUTHENTICATED, error_responses
 from api.responses import OrjsonResponse, image_content
 from api.state import AppState
@@ -172,9 +172,8 @@ async def _submit(
         "security": API_KEY_SECURITY,
     },
 )
-async def submit_relight(request: Request) -> Any:
+async def submit_relight(request: Request, tenant: SubmittingTenantDep) -> Any:
     state: AppState = request.app.state.relight
-    tenant = await submitting_tenant(request)
     idempotency_key = idempotency_key_of(request)
     prefer = request.headers.get("prefer")
     urls = urls_for(request, state.settings)
@@ -247,9 +246,8 @@ def _raise_for_unfinished(job: Job, urls: UrlBuilder, settings: Settings) -> Non
         "security": API_KEY_SECURITY,
     },
 )
-async def relight_sync(request: Request) -> Response:
+async def relight_sync(request: Request, tenant: SubmittingTenantDep) -> Response:
     state: AppState = request.app.state.relight
-    tenant = await submitting_tenant(request)
     idempotency_key = idempotency_key_of(request)
     accept = request.headers.get("accept")
     urls = urls_for(request, state.settings)

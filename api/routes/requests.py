@@ -9,8 +9,9 @@ from fastapi import APIRouter, Header, Path, Query, Request, Response
 from sse_starlette import EventSourceResponse
 
 from api.deps import (
-    ApiKeyHeaderDep,
-    BearerDep,
+    KeyUnlessSignedDep,
+    RequestsCancelScope,
+    RequestsReadScope,
     StateDep,
     TenantDep,
     UnitOfWorkDep,
@@ -32,7 +33,6 @@ from relight.jobs.views import request_view, status_view
 from relight.models import JobStatus
 from relight.storage import StoredObjectMissing
 from relight.storage.urls import INPUT_INDEX, UrlBuilder, verify_output_signature
-from relight.tenants.service import authenticate
 
 router = APIRouter(prefix="/v2/requests", tags=["requests"])
 # A route that takes a request id also answers 404 (no such request, or another account's).
@@ -56,6 +56,7 @@ def segmind_sdk_called(request: Request) -> bool:
     response_model=StatusView,
     summary="A request's status",
     responses=ONE_REQUEST,
+    dependencies=[RequestsReadScope],
 )
 async def get_request_status(
     request: Request, request_id: uuid.UUID, uow: UnitOfWorkDep, tenant: TenantDep
@@ -92,6 +93,7 @@ async def get_request_status(
         },
         **ONE_REQUEST,
     },
+    dependencies=[RequestsReadScope],
 )
 async def stream_request_status(
     request: Request,
@@ -130,6 +132,7 @@ async def stream_request_status(
     response_model=RequestView,
     summary="A request's full record",
     responses=ONE_REQUEST,
+    dependencies=[RequestsReadScope],
 )
 async def get_request(
     request: Request, request_id: uuid.UUID, uow: UnitOfWorkDep, tenant: TenantDep, urls: UrlsDep
@@ -146,6 +149,7 @@ async def get_request(
     response_model=RequestList,
     summary="This account's requests, newest first",
     responses=error_responses(*AUTHENTICATED),
+    dependencies=[RequestsReadScope],
 )
 async def list_requests(
     uow: UnitOfWorkDep,
@@ -181,6 +185,7 @@ async def list_requests(
         "next safe point. One that already completed or failed stays so: 409 not_cancelable."
     ),
     responses=error_responses(*AUTHENTICATED, 404, 409),
+    dependencies=[RequestsCancelScope],
 )
 async def cancel_request(
     request_id: uuid.UUID, state: StateDep, uow: UnitOfWorkDep, tenant: TenantDep, urls: UrlsDep
@@ -248,14 +253,15 @@ async def get_request_output(
     index: Annotated[int, Path(ge=0, le=11, description="output index, from 0")],
     state: StateDep,
     uow: UnitOfWorkDep,
-    _api_key: ApiKeyHeaderDep,
-    _bearer: BearerDep,
+    key: KeyUnlessSignedDep,
     expires: Annotated[int | None, Query(description="from the signed URL")] = None,
     signature: Annotated[
         str | None, Query(max_length=128, description="from the signed URL")
     ] = None,
 ) -> Response:
-    if expires is not None and signature is not None:
+    if key is None:
+        if expires is None or signature is None:  # the dependency saw both
+            raise Unauthorized("the output URL is incomplete", code="invalid_signature")
         if not verify_output_signature(
             state.settings.secret_key, request_id, index, expires, signature
         ):
@@ -264,9 +270,8 @@ async def get_request_output(
         if job is None:
             raise RequestNotFound(f"no request {request_id}")
     else:
-        tenant = await authenticate(uow.session, request_key(request))
-        await apply_rate_limit(request, state, tenant, cost=0)
-        job = await queries.find_request(uow.session, tenant.id, request_id)
+        await apply_rate_limit(request, state, key.tenant, cost=0)
+        job = await queries.find_request(uow.session, key.tenant.id, request_id)
     output = await queries.output_of(uow.session, job.id, index)
     if output is None:
         raise RequestNotFound(f"request {request_id} has no output {index}")

@@ -8,10 +8,12 @@ from functools import partial
 from fastapi import APIRouter, Request
 
 from api.deps import (
+    RequestsReadScope,
     SettingsDep,
     StateDep,
     TenantDep,
     UnitOfWorkDep,
+    WebhooksManageScope,
     presented_key,
     spend_redelivery,
 )
@@ -46,6 +48,7 @@ def _secret_view(tenant: Tenant) -> WebhookSecretView:
     "/v2/webhooks/secret",
     response_model=WebhookSecretView,
     summary="The signing secret to verify webhooks with",
+    dependencies=[WebhooksManageScope],
 )
 async def get_webhook_secret(uow: UnitOfWorkDep, tenant: TenantDep) -> WebhookSecretView:
     return _secret_view(await service.ensure_secret(uow.session, tenant.id))
@@ -55,6 +58,7 @@ async def get_webhook_secret(uow: UnitOfWorkDep, tenant: TenantDep) -> WebhookSe
     "/v2/webhooks/secret/rotate",
     response_model=WebhookSecretView,
     summary="A new signing secret; the old ones also sign until each one's overlap ends",
+    dependencies=[WebhooksManageScope],
 )
 async def rotate_webhook_secret(
     uow: UnitOfWorkDep, tenant: TenantDep, settings: SettingsDep
@@ -69,6 +73,7 @@ async def rotate_webhook_secret(
     tags=["requests"],
     summary="A request's webhook deliveries and every attempt",
     responses=error_responses(404),
+    dependencies=[RequestsReadScope],
 )
 async def list_webhook_deliveries(
     request_id: uuid.UUID, uow: UnitOfWorkDep, tenant: TenantDep
@@ -84,6 +89,7 @@ async def list_webhook_deliveries(
     tags=["requests"],
     summary="Send a finished request's webhooks again",
     responses=error_responses(404, 409),
+    dependencies=[WebhooksManageScope],
 )
 async def redeliver_webhooks(
     request: Request, request_id: uuid.UUID, state: StateDep, uow: UnitOfWorkDep, tenant: TenantDep

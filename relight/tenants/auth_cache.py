@@ -1,13 +1,15 @@
 """A short-lived, per-process cache of authenticated API keys, for the submit path.
 
-A submit needs only a snapshot of its tenant (id, name, limits, allowed backends, default
-webhook, dispatch weight); reading it from Postgres on every request costs a round trip and an
-ORM load. The cache keeps the snapshot of a key that authenticated for `RELIGHT_AUTH_CACHE_S`
-seconds.
+A submit needs only what its key grants (`KeyGrant`: the key's scopes and expiry, and a
+snapshot of its tenant: id, name, limits, allowed backends, default webhook, dispatch weight);
+reading it from Postgres on every request costs a round trip and an ORM load. The cache keeps
+the grant of a key that authenticated for `RELIGHT_AUTH_CACHE_S` seconds; the expiry is checked
+on every use, so a cached key stops at its expiry, not at the cache's.
 
 Changes that matter (a key revoked; a tenant suspended, resumed, or its limits, backends,
-webhook or weight changed) are announced with Postgres `NOTIFY` in the transaction that makes
-them, so the announcement goes out only if the change commits, from whatever process made it
+webhook or weight changed; a key's scopes never change once it exists) are announced with
+Postgres `NOTIFY` in the transaction that makes them, so the announcement goes out only if
+the change commits, from whatever process made it
 (the admin API, `relight-admin`). Every cache listens on a connection of its own and drops the
 tenant's entries at once; in the process that made the change, the commit itself drops them.
 That connection is `RELIGHT_DATABASE_LISTEN_URL` (`relight.db.listen_dsn`): behind a
@@ -29,6 +31,7 @@ import uuid
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 import asyncpg
 
@@ -73,6 +76,17 @@ class TenantSnapshot:
         )
 
 
+@dataclass(frozen=True)
+class KeyGrant:
+    """What an authenticated key may do, and for whom, detached from any session."""
+
+    key_id: uuid.UUID
+    prefix: str
+    scopes: frozenset[str]
+    expires_at: datetime | None
+    tenant: TenantSnapshot
+
+
 def forget_tenant_everywhere_in_process(tenant_id: uuid.UUID) -> None:
     """Drop the tenant from every cache of this process (called when its change commits)."""
     for cache in list(_CACHES):
@@ -81,12 +95,12 @@ def forget_tenant_everywhere_in_process(tenant_id: uuid.UUID) -> None:
 
 @dataclass
 class _Entry:
-    tenant: TenantSnapshot
+    grant: KeyGrant
     expires_at: float
 
 
 class AuthCache:
-    """Key → tenant snapshot for `ttl_s` seconds, invalidated by `NOTIFY` (see the module)."""
+    """Key → its grant for `ttl_s` seconds, invalidated by `NOTIFY` (see the module)."""
 
     def __init__(self, ttl_s: float, dsn: str) -> None:
         self.ttl_s = ttl_s
@@ -119,28 +133,26 @@ class AuthCache:
         self._set_listening(False)
         _CACHES.discard(self)
 
-    async def get(
-        self, raw_key: str, load: Callable[[], Awaitable[TenantSnapshot]]
-    ) -> TenantSnapshot:
-        """The cached snapshot of `raw_key`, else `load()` (which raises for a bad key)."""
+    async def get(self, raw_key: str, load: Callable[[], Awaitable[KeyGrant]]) -> KeyGrant:
+        """The cached grant of `raw_key`, else `load()` (which raises for a bad key)."""
         if not self.enabled:
             return await load()
         digest = hashlib.sha256(raw_key.encode()).digest()
         entry = self._entries.get(digest)
         now = time.monotonic()
         if entry is not None and entry.expires_at > now:
-            return entry.tenant
+            return entry.grant
         generation = self._generation
-        tenant = await load()
+        grant = await load()
         if self._listening and generation == self._generation:
-            self._entries[digest] = _Entry(tenant, time.monotonic() + self.ttl_s)
+            self._entries[digest] = _Entry(grant, time.monotonic() + self.ttl_s)
             if len(self._entries) > 10_000:
                 self._drop_expired()
-        return tenant
+        return grant
 
     def forget_tenant(self, tenant_id: uuid.UUID) -> None:
         self._generation += 1
-        for digest in [d for d, e in self._entries.items() if e.tenant.id == tenant_id]:
+        for digest in [d for d, e in self._entries.items() if e.grant.tenant.id == tenant_id]:
             del self._entries[digest]
 
     def clear(self) -> None:

@@ -87,6 +87,16 @@ async def get_api_key(session: AsyncSession, prefix: str) -> ApiKey | None:
     return found
 
 
+async def get_tenant_api_key(
+    session: AsyncSession, tenant_id: uuid.UUID, key_id: uuid.UUID
+) -> ApiKey | None:
+    """The tenant's key with this id; None for another tenant's."""
+    found: ApiKey | None = await session.scalar(
+        select(ApiKey).where(ApiKey.id == key_id, ApiKey.tenant_id == tenant_id)
+    )
+    return found
+
+
 async def key_with_tenant(session: AsyncSession, prefix: str) -> Row[ApiKey, Tenant] | None:
     """The key with this prefix and its tenant (`.ApiKey`, `.Tenant`), if any."""
     return (

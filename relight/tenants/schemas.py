@@ -12,6 +12,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from relight.client_model import ClientModel
 from relight.models import ApiKey, Tenant
 from relight.tenants.names import confusable_name_problem
+from relight.tenants.scopes import SCOPES_DESCRIPTION
 
 TENANT_NAME_MAX_LENGTH = 200
 TENANT_NAME_CHARACTERS = re.compile(r"[\w.@-]+")
@@ -154,32 +155,79 @@ class TenantCreate(ClientModel):
     weight: Weight = 1
 
 
-class ApiKeyView(BaseModel):
+LABEL_DESCRIPTION = "what the key is for (yours to choose; shown in lists)"
+EXPIRES_IN_MAX_S = 10 * 365 * 86400
+
+
+class KeyView(BaseModel):
+    """One of the tenant's API keys, as `GET /v2/keys` lists it: never the secret."""
+
     id: uuid.UUID
-    prefix: str
-    tenant_id: uuid.UUID
-    name: str | None
+    prefix: str = Field(description="the key's public part: `rl_<prefix>_…`")
+    label: str | None = Field(description=LABEL_DESCRIPTION)
+    scopes: list[str] = Field(description="what the key may do")
     created_at: datetime
-    last_used_at: datetime | None
+    last_used_at: datetime | None = Field(
+        description="when the key was last used, to about a minute (or the auth cache's TTL)"
+    )
+    expires_at: datetime | None = Field(description="null: the key never expires")
     revoked_at: datetime | None
 
     @classmethod
-    def of(cls, api_key: ApiKey) -> ApiKeyView:
+    def of(cls, api_key: ApiKey) -> KeyView:
         return cls(
             id=api_key.id,
             prefix=api_key.prefix,
-            tenant_id=api_key.tenant_id,
-            name=api_key.name,
+            label=api_key.name,
+            scopes=list(api_key.scopes),
             created_at=api_key.created_at,
             last_used_at=api_key.last_used_at,
+            expires_at=api_key.expires_at,
             revoked_at=api_key.revoked_at,
         )
 
 
-class KeyCreate(ClientModel):
+class KeyList(BaseModel):
+    data: list[KeyView]
+
+
+class NewKeyView(KeyView):
+    key: str = Field(description="the key itself: shown once, never stored")
+
+
+class NewKeyRequest(ClientModel):
+    """`POST /v2/keys` (and, with `name`, the admin API's key creation)."""
+
     model_config = ConfigDict(extra="forbid")
 
-    name: Annotated[str | None, Field(max_length=200)] = None
+    label: Annotated[str | None, Field(max_length=200, description=LABEL_DESCRIPTION)] = None
+    scopes: list[str] | None = Field(default=None, description=SCOPES_DESCRIPTION)
+    expires_at: datetime | None = Field(
+        default=None, description="when the key stops working (ISO 8601, with a time zone)"
+    )
+    expires_in: Annotated[
+        int | None,
+        Field(ge=60, le=EXPIRES_IN_MAX_S, description="or: seconds from now until it stops"),
+    ] = None
+
+
+class ApiKeyView(KeyView):
+    """A key as the admin API shows it: `KeyView` with its tenant, and `name` (the label)."""
+
+    tenant_id: uuid.UUID
+    name: str | None = Field(description="the label (its name before labels)")
+
+    @classmethod
+    def of(cls, api_key: ApiKey) -> ApiKeyView:
+        return cls(
+            **KeyView.of(api_key).model_dump(), tenant_id=api_key.tenant_id, name=api_key.name
+        )
+
+
+class KeyCreate(NewKeyRequest):
+    name: Annotated[str | None, Field(max_length=200, description="the label, by its old name")] = (
+        None
+    )
 
 
 class CreatedKeyView(ApiKeyView):

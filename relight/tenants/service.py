@@ -22,10 +22,22 @@ from relight.errors import Conflict, InvalidParameter, RelightError, Unauthorize
 from relight.models import ApiKey, Tenant, TenantStatus
 from relight.params import Backend, Priority
 from relight.tenants import repository
-from relight.tenants.auth_cache import TenantSnapshot, forget_tenant_everywhere_in_process
+from relight.tenants.auth_cache import (
+    KeyGrant,
+    TenantSnapshot,
+    forget_tenant_everywhere_in_process,
+)
 from relight.tenants.keys import generate_key, parse_key, secret_matches
 from relight.tenants.names import skeleton
 from relight.tenants.schemas import WEIGHT_MAX, WEIGHT_MIN, LimitsUpdate, tenant_name_problem
+from relight.tenants.scopes import (
+    DEFAULT_SCOPES,
+    MAX_KEY_LIFETIME,
+    InsufficientScope,
+    check_not_expired,
+    normalized,
+    scope_problem,
+)
 from relight.tenants.weight_mirror import mirror_tenant_weight
 from relight.unit_of_work import after_commit
 
@@ -37,6 +49,11 @@ LAST_USED_RESOLUTION = timedelta(minutes=1)
 class TenantNotFound(RelightError):
     status_code = 404
     code = "tenant_not_found"
+
+
+class KeyNotFound(RelightError):
+    status_code = 404
+    code = "key_not_found"
 
 
 @dataclass(frozen=True)
@@ -227,12 +244,65 @@ async def list_api_keys(session: AsyncSession, tenant: Tenant) -> list[ApiKey]:
     return await repository.list_api_keys(session, tenant.id)
 
 
-async def create_api_key(session: AsyncSession, tenant: Tenant, name: str | None) -> CreatedKey:
+def key_expiry(
+    expires_at: datetime | None, expires_in_s: int | None, now: datetime
+) -> datetime | None:
+    """When a new key stops working: `expires_at`, or `expires_in_s` from `now`, or never.
+    422 naming the field for both at once, a naive time, a past time or one beyond ten years."""
+    if expires_at is not None and expires_in_s is not None:
+        raise InvalidParameter(
+            "give expires_at or expires_in, not both", extra={"field": "expires_in"}
+        )
+    if expires_in_s is not None:
+        expires_at = now + timedelta(seconds=expires_in_s)
+    if expires_at is None:
+        return None
+    if expires_at.tzinfo is None:
+        raise InvalidParameter(
+            "expires_at needs a time zone (e.g. 2027-01-01T00:00:00Z)",
+            extra={"field": "expires_at"},
+        )
+    if expires_at <= now:
+        raise InvalidParameter("expires_at is in the past", extra={"field": "expires_at"})
+    if expires_at > now + MAX_KEY_LIFETIME:
+        raise InvalidParameter(
+            f"a key lives at most {MAX_KEY_LIFETIME.days} days", extra={"field": "expires_at"}
+        )
+    return expires_at
+
+
+async def create_api_key(
+    session: AsyncSession,
+    tenant: Tenant,
+    name: str | None,
+    *,
+    scopes: list[str] | None = None,
+    expires_at: datetime | None = None,
+    granted_by: frozenset[str] | None = None,
+) -> CreatedKey:
     """A new key for the tenant: the full key is in the answer, once; only its prefix and a
-    hash of its secret are stored."""
+    hash of its secret are stored. `scopes` default to `DEFAULT_SCOPES`; when a key creates
+    the key (`granted_by`: its scopes), it cannot grant a scope it does not hold (403
+    `insufficient_scope`). `expires_at` comes from `key_expiry`."""
+    wanted = list(DEFAULT_SCOPES) if scopes is None else scopes
+    problem = scope_problem(wanted)
+    if problem is not None:
+        raise InvalidParameter(problem, extra={"field": "scopes"})
+    if granted_by is not None:
+        beyond = [scope for scope in normalized(wanted) if scope not in granted_by]
+        if beyond:
+            raise InsufficientScope(
+                f"this API key cannot grant scopes it does not hold: {', '.join(beyond)}",
+                extra={"required_scope": beyond[0]},
+            )
     new_key = generate_key()
     api_key = ApiKey(
-        tenant_id=tenant.id, prefix=new_key.prefix, secret_hash=new_key.secret_hash, name=name
+        tenant_id=tenant.id,
+        prefix=new_key.prefix,
+        secret_hash=new_key.secret_hash,
+        name=name,
+        scopes=normalized(wanted),
+        expires_at=expires_at,
     )
     await repository.insert_api_key(session, api_key)
     # With every column the database filled in (its creation time).
@@ -247,9 +317,20 @@ async def revoke_api_key(session: AsyncSession, key_or_prefix: str) -> ApiKey:
     prefix = parsed[0] if parsed else key_or_prefix
     api_key = await repository.get_api_key(session, prefix)
     if api_key is None:
-        raise RelightError(
-            f"no API key with prefix {prefix!r}", status_code=404, code="key_not_found"
-        )
+        raise KeyNotFound(f"no API key with prefix {prefix!r}")
+    return await _revoke(session, api_key)
+
+
+async def revoke_tenant_key(session: AsyncSession, tenant: Tenant, key_id: uuid.UUID) -> ApiKey:
+    """Revoke one of the tenant's own keys by id (the key revoking itself too); 404
+    `key_not_found` for an id of no key of this tenant's, another tenant's included."""
+    api_key = await repository.get_tenant_api_key(session, tenant.id, key_id)
+    if api_key is None:
+        raise KeyNotFound(f"no API key {key_id}")
+    return await _revoke(session, api_key)
+
+
+async def _revoke(session: AsyncSession, api_key: ApiKey) -> ApiKey:
     if api_key.revoked_at is None:
         api_key.revoked_at = datetime.now(UTC)
         await repository.flush(session)
@@ -257,8 +338,17 @@ async def revoke_api_key(session: AsyncSession, key_or_prefix: str) -> ApiKey:
     return api_key
 
 
-async def authenticate(session: AsyncSession, raw_key: str | None) -> Tenant:
-    """The tenant a presented API key belongs to; Unauthorized for anything else."""
+@dataclass(frozen=True)
+class AuthenticatedKey:
+    """The tenant a key belongs to (loaded in the caller's session) and what the key grants."""
+
+    tenant: Tenant
+    grant: KeyGrant
+
+
+async def authenticate_key(session: AsyncSession, raw_key: str | None) -> AuthenticatedKey:
+    """The tenant and grant of a presented API key; 401 for a missing, malformed, unknown,
+    revoked or expired key (`key_expired` for the last). Scopes are the caller's to check."""
     if not raw_key:
         raise Unauthorized("missing API key: send it in the x-api-key header")
     parsed = parse_key(raw_key)
@@ -273,12 +363,25 @@ async def authenticate(session: AsyncSession, raw_key: str | None) -> Tenant:
     if api_key.revoked_at is not None:
         raise Unauthorized("this API key has been revoked")
     now = datetime.now(UTC)
+    check_not_expired(api_key.expires_at, now)
     # Record use at minute resolution, so a busy key does not write on every request.
     if api_key.last_used_at is None or now - api_key.last_used_at > LAST_USED_RESOLUTION:
         await repository.set_key_last_used(session, api_key.id, now)
-    return tenant
+    grant = KeyGrant(
+        key_id=api_key.id,
+        prefix=api_key.prefix,
+        scopes=frozenset(api_key.scopes),
+        expires_at=api_key.expires_at,
+        tenant=TenantSnapshot.of(tenant),
+    )
+    return AuthenticatedKey(tenant=tenant, grant=grant)
 
 
-async def authenticate_snapshot(session: AsyncSession, raw_key: str | None) -> TenantSnapshot:
-    """`authenticate`, answering a detached snapshot of the tenant (what the cache keeps)."""
-    return TenantSnapshot.of(await authenticate(session, raw_key))
+async def authenticate(session: AsyncSession, raw_key: str | None) -> Tenant:
+    """The tenant a presented API key belongs to; Unauthorized for anything else."""
+    return (await authenticate_key(session, raw_key)).tenant
+
+
+async def authenticate_grant(session: AsyncSession, raw_key: str | None) -> KeyGrant:
+    """`authenticate_key`'s grant, detached from the session (what the auth cache keeps)."""
+    return (await authenticate_key(session, raw_key)).grant

@@ -35,7 +35,8 @@ from api.app import create_app
 from relight.config import Settings
 from relight.storage.urls import INPUT_INDEX, sign_output
 from relight.tenants.schemas import LimitsUpdate
-from relight.tenants.service import find_tenant, set_limits
+from relight.tenants.scopes import ALL_SCOPES
+from relight.tenants.service import create_api_key, find_tenant, set_limits
 from tests.conftest import MakeTenant, RunWorker
 from tests.fakes.webhook_receiver import WebhookReceiver
 from tests.helpers import png_bytes
@@ -154,16 +155,19 @@ async def seeded(
     sessionmaker: async_sessionmaker[AsyncSession],
     run_worker: RunWorker,
 ) -> Seeded:
-    """The tenant (limits raised, so fuzzing is not all 429s after the first burst), and for
-    the operations that take a request id, a finished request of its own."""
+    """The tenant (limits raised, so fuzzing is not all 429s after the first burst) with a key
+    holding every scope (so that `/v2/keys` is reached, not only refused), and for the
+    operations that take a request id, a finished request of its own."""
     created = await make_tenant(TENANT, credits=1_000_000)
     unlimited = LimitsUpdate(requests_per_minute=1_000_000, burst=100_000, max_in_flight=100_000)
     async with sessionmaker() as session, session.begin():
-        await set_limits(session, await find_tenant(session, created.name), unlimited)
+        tenant = await find_tenant(session, created.name)
+        await set_limits(session, tenant, unlimited)
+        api_key = (await create_api_key(session, tenant, "fuzz", scopes=list(ALL_SCOPES))).key
     request_id = SEEDED_REQUEST
     if "{request_id}" in request.node.name:
-        request_id = await finished_request(settings, created.key, run_worker)
-    return Seeded(api_key=created.key, request_id=request_id)
+        request_id = await finished_request(settings, api_key, run_worker)
+    return Seeded(api_key=api_key, request_id=request_id)
 
 
 @pytest.fixture

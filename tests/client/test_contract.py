@@ -28,6 +28,8 @@ MIRRORS: dict[type[BaseModel], str] = {
     models.Usage: "UsageView",
     models.WebhookSecret: "WebhookSecretView",
     models.Tenant: "TenantView",
+    models.Key: "KeyView",
+    models.NewKey: "NewKeyView",
     models.ApiKey: "ApiKeyView",
     models.CreatedApiKey: "CreatedKeyView",
     models.LedgerEntry: "CreditEntryView",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -19,12 +20,14 @@ from relight_client._core import (
     run_async,
     run_sync,
 )
-from relight_client._operations import CancelAfter, ImageInput, Operations
+from relight_client._operations import CancelAfter, ImageInput, Operations, key_options
 from relight_client.models import (
     Accepted,
     Account,
     Batch,
     BatchAccepted,
+    Key,
+    NewKey,
     Record,
     RequestStatus,
     Status,
@@ -270,6 +273,27 @@ class Relight:
     def rotate_webhook_secret(self) -> WebhookSecret:
         return self._run(self._ops.rotate_webhook_secret())
 
+    def list_keys(self) -> list[Key]:
+        """Your API keys, revoked ones too (needs a key with `keys:manage`)."""
+        return self._run(self._ops.list_keys())
+
+    def create_key(
+        self,
+        *,
+        label: str | None = None,
+        scopes: list[str] | None = None,
+        expires_at: datetime | None = None,
+        expires_in: timedelta | int | None = None,
+    ) -> NewKey:
+        """A new API key; `.key` is the key itself, shown this once. `scopes` default to all
+        but `keys:manage`, and may name only scopes the calling key holds."""
+        options = key_options(label, scopes, expires_at, expires_in)
+        return self._run(self._ops.create_key(options))
+
+    def revoke_key(self, key_id: str) -> Key:
+        """Revoke one of your keys by id, at once."""
+        return self._run(self._ops.revoke_key(key_id))
+
     def close(self) -> None:
         self._http.close()
 
@@ -386,6 +410,27 @@ class AsyncRelight:
 
     async def rotate_webhook_secret(self) -> WebhookSecret:
         return await self._run(self._ops.rotate_webhook_secret())
+
+    async def list_keys(self) -> list[Key]:
+        """Your API keys, revoked ones too (needs a key with `keys:manage`)."""
+        return await self._run(self._ops.list_keys())
+
+    async def create_key(
+        self,
+        *,
+        label: str | None = None,
+        scopes: list[str] | None = None,
+        expires_at: datetime | None = None,
+        expires_in: timedelta | int | None = None,
+    ) -> NewKey:
+        """A new API key; `.key` is the key itself, shown this once. `scopes` default to all
+        but `keys:manage`, and may name only scopes the calling key holds."""
+        options = key_options(label, scopes, expires_at, expires_in)
+        return await self._run(self._ops.create_key(options))
+
+    async def revoke_key(self, key_id: str) -> Key:
+        """Revoke one of your keys by id, at once."""
+        return await self._run(self._ops.revoke_key(key_id))
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -7,7 +7,7 @@ import os
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,8 @@ from relight_client.models import (
     Account,
     Batch,
     BatchAccepted,
+    Key,
+    NewKey,
     Record,
     RequestStatus,
     Status,
@@ -84,6 +86,26 @@ def cancel_after_header(value: CancelAfter) -> str:
     if seconds <= 0:
         raise ValueError(f"cancel_after must be positive, got {value!r}")
     return f"{int(seconds * 1000)}ms" if seconds != int(seconds) else f"{int(seconds)}s"
+
+
+def key_options(
+    label: str | None,
+    scopes: list[str] | None,
+    expires_at: datetime | None,
+    expires_in: timedelta | int | None,
+) -> dict[str, Any]:
+    """The body of `POST /v2/keys`: only what was given (the server's defaults for the rest)."""
+    options: dict[str, Any] = {}
+    if label is not None:
+        options["label"] = label
+    if scopes is not None:
+        options["scopes"] = list(scopes)
+    if expires_at is not None:
+        options["expires_at"] = expires_at.isoformat()
+    if expires_in is not None:
+        seconds = expires_in.total_seconds() if isinstance(expires_in, timedelta) else expires_in
+        options["expires_in"] = int(seconds)
+    return options
 
 
 def new_idempotency_key() -> str:
@@ -326,6 +348,19 @@ class Operations:
     def webhook_secret(self) -> Operation[WebhookSecret]:
         response = yield from send(Call("GET", "/v2/webhooks/secret"), self.policy)
         return WebhookSecret.model_validate(json_of(response))
+
+    def list_keys(self) -> Operation[list[Key]]:
+        response = yield from send(Call("GET", "/v2/keys"), self.policy)
+        return [Key.model_validate(item) for item in json_of(response)["data"]]
+
+    def create_key(self, options: dict[str, Any]) -> Operation[NewKey]:
+        call = Call("POST", "/v2/keys", json=options, idempotent=False)
+        response = yield from send(call, self.policy)
+        return NewKey.model_validate(json_of(response))
+
+    def revoke_key(self, key_id: str) -> Operation[Key]:
+        response = yield from send(Call("DELETE", f"/v2/keys/{key_id}"), self.policy)
+        return Key.model_validate(json_of(response))
 
     def rotate_webhook_secret(self) -> Operation[WebhookSecret]:
         call = Call("POST", "/v2/webhooks/secret/rotate", idempotent=False)

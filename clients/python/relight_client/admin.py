@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
 
@@ -23,6 +24,7 @@ from relight_client._core import (
     run_sync,
     send,
 )
+from relight_client._operations import key_options
 from relight_client.models import ApiKey, CreatedApiKey, LedgerEntry, Tenant
 
 T = TypeVar("T")
@@ -81,8 +83,11 @@ class AdminOperations:
         body = {"weight": weight}
         return (yield from self._tenant("PUT", f"/tenants/{tenant}/weight", json=body))
 
-    def create_key(self, tenant: str, name: str | None) -> Operation[CreatedApiKey]:
-        data = yield from self._call("POST", f"/tenants/{tenant}/keys", json={"name": name})
+    def create_key(
+        self, tenant: str, name: str | None, options: dict[str, Any]
+    ) -> Operation[CreatedApiKey]:
+        body = {"name": name, **options}
+        data = yield from self._call("POST", f"/tenants/{tenant}/keys", json=body)
         return CreatedApiKey.model_validate(data)
 
     def list_keys(self, tenant: str) -> Operation[list[ApiKey]]:
@@ -190,8 +195,18 @@ class Admin:
         """Jobs the tenant starts per turn of fair dispatch (1 to 100)."""
         return self._run(self._ops.set_weight(tenant, weight))
 
-    def create_key(self, tenant: str, name: str | None = None) -> CreatedApiKey:
-        return self._run(self._ops.create_key(tenant, name))
+    def create_key(
+        self,
+        tenant: str,
+        name: str | None = None,
+        *,
+        scopes: list[str] | None = None,
+        expires_at: datetime | None = None,
+        expires_in: timedelta | int | None = None,
+    ) -> CreatedApiKey:
+        """A new key for the tenant, labelled `name`; scopes default to all but keys:manage."""
+        options = key_options(None, scopes, expires_at, expires_in)
+        return self._run(self._ops.create_key(tenant, name, options))
 
     def list_keys(self, tenant: str) -> list[ApiKey]:
         return self._run(self._ops.list_keys(tenant))
@@ -284,8 +299,18 @@ class AsyncAdmin:
         """Jobs the tenant starts per turn of fair dispatch (1 to 100)."""
         return await self._run(self._ops.set_weight(tenant, weight))
 
-    async def create_key(self, tenant: str, name: str | None = None) -> CreatedApiKey:
-        return await self._run(self._ops.create_key(tenant, name))
+    async def create_key(
+        self,
+        tenant: str,
+        name: str | None = None,
+        *,
+        scopes: list[str] | None = None,
+        expires_at: datetime | None = None,
+        expires_in: timedelta | int | None = None,
+    ) -> CreatedApiKey:
+        """A new key for the tenant, labelled `name`; scopes default to all but keys:manage."""
+        options = key_options(None, scopes, expires_at, expires_in)
+        return await self._run(self._ops.create_key(tenant, name, options))
 
     async def list_keys(self, tenant: str) -> list[ApiKey]:
         return await self._run(self._ops.list_keys(tenant))

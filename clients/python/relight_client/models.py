@@ -246,14 +246,30 @@ class Tenant(_Model):
     created_at: datetime
 
 
-class ApiKey(_Model):
+class Key(_Model):
+    """One of your API keys, as `GET /v2/keys` lists it (never its secret)."""
+
     id: str
     prefix: str
-    tenant_id: str
-    name: str | None = None
+    label: str | None = None
+    scopes: list[str] = Field(default_factory=list)
     created_at: datetime
     last_used_at: datetime | None = None
+    expires_at: datetime | None = None
     revoked_at: datetime | None = None
+
+
+class NewKey(Key):
+    """`POST /v2/keys`: the new key, with the key itself (shown once, never stored)."""
+
+    key: str
+
+
+class ApiKey(Key):
+    """A key as the admin API shows it: with its tenant, and `name` (the label)."""
+
+    tenant_id: str
+    name: str | None = None
 
 
 class CreatedApiKey(ApiKey):

@@ -1,0 +1,45 @@
+"""relight-client's key methods against the live api: a managing key (made through the admin
+client with `keys:manage`) lists, creates and revokes the tenant's keys; a key without a scope
+gets `PermissionDeniedError` naming it."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import pytest
+from relight_client import AuthenticationError, PermissionDeniedError, Relight
+from relight_client.admin import Admin
+
+from tests.helpers import png_bytes
+
+pytestmark = pytest.mark.slow
+
+MANAGER_SCOPES = ["relight:submit", "requests:read", "account:read", "keys:manage"]
+
+
+def test_list_create_and_revoke_keys_through_the_client(base_url: str, admin: Admin) -> None:
+    name = f"keys-{uuid.uuid4().hex[:10]}"
+    admin.create_tenant(name, credits=100)
+    manager_key = admin.create_key(
+        name, "manager", scopes=MANAGER_SCOPES, expires_in=timedelta(days=1)
+    )
+    assert manager_key.scopes == MANAGER_SCOPES
+    assert manager_key.expires_at is not None
+
+    with Relight(base_url, manager_key.key) as manager:
+        reader = manager.create_key(label="reader", scopes=["requests:read"], expires_in=3600)
+        assert reader.key.startswith(f"rl_{reader.prefix}_")
+        assert (reader.label, reader.scopes) == ("reader", ["requests:read"])
+        assert [key.label for key in manager.list_keys()] == ["manager", "reader"]
+
+        with Relight(base_url, reader.key) as limited:
+            assert list(limited.requests.list()) == []
+            with pytest.raises(PermissionDeniedError) as refused:
+                limited.relight(png_bytes(), "cat")
+            assert refused.value.code == "insufficient_scope"
+            assert "relight:submit" in str(refused.value)
+
+            assert manager.revoke_key(reader.id).revoked_at is not None
+            with pytest.raises(AuthenticationError):
+                limited.account()

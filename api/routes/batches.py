@@ -1,12 +1,13 @@
-"""Batches: `POST /v2/batches` (many requests in one call), the batch's record and its cancel."""
+"""Batches: `POST /v2/batches` (many requests in one call), the listing, the batch's record and
+its cancel."""
 
 from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 
 from api.body import read_batch
 from api.deps import (
@@ -22,10 +23,15 @@ from api.deps import (
 )
 from api.errors import AUTHENTICATED, error_responses
 from api.responses import OrjsonResponse
-from api.routes.relight import IDEMPOTENCY_KEY_HEADER, idempotency_key_of
+from api.routes.relight import (
+    CANCEL_AFTER,
+    IDEMPOTENCY_KEY_HEADER,
+    cancel_after_of,
+    idempotency_key_of,
+)
 from api.state import AppState
 from relight.batches import service as batches
-from relight.batches.schemas import BatchAccepted, BatchView
+from relight.batches.schemas import BatchAccepted, BatchList, BatchView
 from relight.logs import current_request_id
 from relight.storage.urls import UrlBuilder
 
@@ -52,19 +58,22 @@ BATCH_OPENAPI: dict[str, Any] = {
         "reserved in one transaction: if the account cannot pay for them all (406, naming the "
         "shortfall) or has not enough free in-flight places (429), nothing is reserved and no "
         "request is made. The batch spends one request of the rate limit. One "
-        "`batch.completed` webhook is sent when the last item ends."
+        "`batch.completed` webhook is sent when the last item ends. Each item keeps its "
+        "`priority` lane; a `Cancel-After` header gives every item that deadline (an item "
+        "canceled by it counts as ended: the batch still completes, its `counts` show it)."
     ),
     response_model=BatchAccepted,
     responses=error_responses(*AUTHENTICATED, 400, 403, 406, 409, 413, 415),
     openapi_extra={
         **BATCH_OPENAPI,
-        "parameters": [IDEMPOTENCY_KEY_HEADER],
+        "parameters": [IDEMPOTENCY_KEY_HEADER, CANCEL_AFTER],
         "security": API_KEY_SECURITY,
     },
 )
 async def create_batch(request: Request, tenant: SubmittingTenantDep) -> Any:
     state: AppState = request.app.state.relight
     idempotency_key = idempotency_key_of(request)
+    cancel_after = cancel_after_of(request)
     urls = urls_for(request, state.settings)
     submitted = await read_batch(request, state.settings)
     submission = await batches.submit_batch(
@@ -79,6 +88,7 @@ async def create_batch(request: Request, tenant: SubmittingTenantDep) -> Any:
         webhook_events=submitted.webhook_events,
         idempotency_key=idempotency_key,
         http_request_id=current_request_id.get(),
+        cancel_after=cancel_after,
     )
     logger.info(
         "batch %s of %d requests %s by tenant %s",
@@ -92,6 +102,29 @@ async def create_batch(request: Request, tenant: SubmittingTenantDep) -> Any:
         headers["Idempotent-Replayed"] = "true"
     body = batches.accepted_view(submission, urls).model_dump(mode="json")
     return OrjsonResponse(body, status_code=202, headers=headers)
+
+
+@router.get(
+    "",
+    response_model=BatchList,
+    summary="This account's batches, newest first",
+    description=(
+        "Each batch's status, counts and credits, without its items (its `status_url` lists "
+        "them). Pages of `limit`; pass `next_cursor` as `cursor` for the next, older page."
+    ),
+    responses=error_responses(*AUTHENTICATED),
+    dependencies=[RequestsReadScope],
+)
+async def list_batches(
+    uow: UnitOfWorkDep,
+    tenant: TenantDep,
+    urls: UrlsDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[
+        uuid.UUID | None, Query(description="`next_cursor` of the previous page")
+    ] = None,
+) -> BatchList:
+    return await batches.list_batches(uow.session, tenant.id, urls, limit=limit, before=cursor)
 
 
 @router.get(

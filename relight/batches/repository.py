@@ -6,6 +6,7 @@ batch row is inserted, read, locked, and stamped `completed_at` once."""
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import func, select, update
@@ -111,3 +112,47 @@ async def open_item_ids(session: AsyncSession, batch_id: uuid.UUID) -> list[uuid
         .order_by(Job.id)
     )
     return list(result.all())
+
+
+async def list_batches(
+    session: AsyncSession, tenant_id: uuid.UUID, *, limit: int, before: uuid.UUID | None
+) -> list[Batch]:
+    """The tenant's batches older than `before` (a batch id; None: from the newest), newest
+    first; ids are time-ordered (UUIDv7), so the id is the cursor."""
+    query = select(Batch).where(Batch.tenant_id == tenant_id)
+    if before is not None:
+        query = query.where(Batch.id < before)
+    return list((await session.scalars(query.order_by(Batch.id.desc()).limit(limit))).all())
+
+
+@dataclass(frozen=True)
+class ItemTally:
+    """How many items of a batch are in one status, and their credits."""
+
+    batch_id: uuid.UUID
+    status: JobStatus
+    count: int
+    credits_reserved: int
+    credits_charged: int
+
+
+async def item_tallies(session: AsyncSession, batch_ids: list[uuid.UUID]) -> list[ItemTally]:
+    """The items of the batches `batch_ids` counted by batch and status, in one query."""
+    if not batch_ids:
+        return []
+    rows = await session.execute(
+        select(
+            Job.batch_id,
+            Job.status,
+            func.count(),
+            func.coalesce(func.sum(Job.credits_reserved), 0),
+            func.coalesce(func.sum(Job.credits_charged), 0),
+        )
+        .where(Job.batch_id.in_(batch_ids))
+        .group_by(Job.batch_id, Job.status)
+    )
+    return [
+        ItemTally(batch_id, JobStatus(status), int(count), int(reserved), int(charged))
+        for batch_id, status, count, reserved, charged in rows
+        if batch_id is not None  # never, by the query; says so to the type checker
+    ]

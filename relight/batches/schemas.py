@@ -103,3 +103,31 @@ class BatchView(BaseModel):
     completed_at: datetime | None
     status_url: str
     cancel_url: str
+
+
+class BatchSummary(BaseModel):
+    """One batch in `GET /v2/batches`: its status and counts, without its items (the batch's
+    own record, `status_url`, lists them)."""
+
+    batch_id: uuid.UUID
+    status: BatchStatus = Field(
+        description="QUEUED (no item started), PROCESSING, or COMPLETED once every item has "
+        "ended (COMPLETED, FAILED or CANCELED)"
+    )
+    counts: dict[PublicStatus, int] = Field(description="how many items are in each status")
+    item_count: int = Field(description="how many requests the batch holds")
+    credits_reserved: int
+    credits_charged: int
+    created_at: datetime
+    completed_at: datetime | None
+    status_url: str
+    cancel_url: str
+
+
+class BatchList(BaseModel):
+    """A page of `GET /v2/batches`, newest first."""
+
+    data: list[BatchSummary]
+    next_cursor: str | None = Field(
+        description="pass as `cursor` for the next (older) page; null on the last page"
+    )

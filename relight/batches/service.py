@@ -21,9 +21,9 @@ import hashlib
 import re
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 
 import orjson
@@ -36,7 +36,9 @@ from relight.batches.schemas import (
     ITEM_EVENTS,
     BatchAccepted,
     BatchItemView,
+    BatchList,
     BatchStatus,
+    BatchSummary,
     BatchView,
 )
 from relight.config import Settings
@@ -50,9 +52,10 @@ from relight.jobs.inputs import SubjectSource
 from relight.jobs.lifecycle import Moved
 from relight.jobs.schemas import PublicStatus, SubmitBody
 from relight.jobs.service import (
-    Enqueue,
+    EnqueueInLane,
     IdempotencyKeyReused,
     cancel_request,
+    enqueue_submitted,
     live_gpu_nodes,
     request_hash,
     submit_job,
@@ -134,17 +137,20 @@ async def submit_batch(
     settings: Settings,
     storage: Storage,
     redis: Redis,
-    enqueue: Enqueue,
+    enqueue: EnqueueInLane,
     tenant: TenantSnapshot,
     items: Sequence[BatchItem],
     webhook_url: str | None,
     webhook_events: list[str],
     idempotency_key: str | None,
     http_request_id: str | None,
+    cancel_after: timedelta | None = None,
 ) -> BatchSubmission:
     """Create the batch and every item in one transaction (all or nothing), commit, then hand
-    each item to the workers. A retry with the same Idempotency-Key and body answers the
-    batch made the first time (`replayed`); with another body, 422 `idempotency_key_reused`."""
+    each item to the workers in its lane (its `priority`), with its deadline: `cancel_after`
+    (the `Cancel-After` header) gives every item the deadline a single submit would get. A
+    retry with the same Idempotency-Key and body answers the batch made the first time
+    (`replayed`); with another body, 422 `idempotency_key_reused`."""
     if webhook_url is not None:
         check_url(webhook_url, settings.egress_policy, field="webhook_url")
     digest = batch_hash(items, webhook_url, webhook_events)
@@ -188,12 +194,13 @@ async def submit_batch(
                     live_gpu_nodes=await live_gpu_nodes(settings, redis, item.params, options),
                     http_request_id=http_request_id,
                     batch_id=batch.id,
+                    cancel_after=cancel_after,
                 )
             except RelightError as error:
                 raise item_error(index, error) from error
             job = submission.job
             created.append(job)
-            uow.after_commit(partial(enqueue, job.id, job.tenant_id, tenant.weight))
+            uow.after_commit(partial(enqueue_submitted, enqueue, job, tenant.weight))
     return BatchSubmission(batch=batch, items=created, replayed=False)
 
 
@@ -229,11 +236,12 @@ def accepted_view(submission: BatchSubmission, urls: UrlBuilder) -> BatchAccepte
     )
 
 
-def batch_status(items: Sequence[Job]) -> BatchStatus:
+def batch_status(statuses: Iterable[JobStatus]) -> BatchStatus:
     """COMPLETED once every item ended; QUEUED while none has started; else PROCESSING."""
-    if all(job.job_status.is_terminal for job in items):
+    seen = set(statuses)
+    if all(status.is_terminal for status in seen):
         return "COMPLETED"
-    if all(job.job_status is JobStatus.QUEUED for job in items):
+    if seen == {JobStatus.QUEUED}:
         return "QUEUED"
     return "PROCESSING"
 
@@ -259,7 +267,7 @@ def batch_view(
     counts = Counter(PublicStatus(job.job_status.public) for job in items)
     return BatchView(
         batch_id=batch.id,
-        status=batch_status(items),
+        status=batch_status(job.job_status for job in items),
         counts=dict(counts),
         requests=views,
         credits_reserved=sum(job.credits_reserved for job in items),
@@ -283,6 +291,47 @@ async def get_batch(
     """The tenant's batch as it stands (404 for another account's or an unknown id)."""
     batch = await repository.get_batch(session, tenant_id, batch_id)
     return await _view(session, batch, urls)
+
+
+async def list_batches(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    urls: UrlBuilder,
+    *,
+    limit: int,
+    before: uuid.UUID | None,
+) -> BatchList:
+    """Up to `limit` of the tenant's batches older than `before` (a batch id, the previous
+    page's `next_cursor`; None: from the newest), newest first, each with its counts."""
+    found = await repository.list_batches(session, tenant_id, limit=limit + 1, before=before)
+    page = found[:limit]
+    tallies: dict[uuid.UUID, list[repository.ItemTally]] = {}
+    for tally in await repository.item_tallies(session, [batch.id for batch in page]):
+        tallies.setdefault(tally.batch_id, []).append(tally)
+    return BatchList(
+        data=[batch_summary(batch, tallies.get(batch.id, []), urls) for batch in page],
+        next_cursor=str(page[-1].id) if len(found) > limit else None,
+    )
+
+
+def batch_summary(
+    batch: Batch, tallies: Sequence[repository.ItemTally], urls: UrlBuilder
+) -> BatchSummary:
+    counts: Counter[PublicStatus] = Counter()
+    for tally in tallies:
+        counts[PublicStatus(tally.status.public)] += tally.count
+    return BatchSummary(
+        batch_id=batch.id,
+        status=batch_status(tally.status for tally in tallies),
+        counts=dict(counts),
+        item_count=batch.item_count,
+        credits_reserved=sum(tally.credits_reserved for tally in tallies),
+        credits_charged=sum(tally.credits_charged for tally in tallies),
+        created_at=batch.created_at,
+        completed_at=batch.completed_at,
+        status_url=urls.batch_url(batch.id),
+        cancel_url=urls.batch_cancel_url(batch.id),
+    )
 
 
 async def cancel_batch(

@@ -387,3 +387,61 @@ async def test_another_accounts_batch_is_not_found(
     assert read.json()["code"] == "not_found"
     assert (await get_batch(client, owner, batch_id))["counts"] == {"QUEUED": 1}
     assert await balance_of(engine, owner.tenant_id) == 100 - ITEM_COST
+
+
+async def list_page(client: httpx.AsyncClient, tenant: TenantKey, **params: Any) -> dict[str, Any]:
+    response = await client.get("/v2/batches", headers=tenant.headers, params=params)
+    assert response.status_code == 200, response.text
+    page: dict[str, Any] = response.json()
+    return page
+
+
+async def test_batches_are_listed_newest_first_in_cursor_pages_with_their_counts(
+    client: httpx.AsyncClient, make_tenant: MakeTenant
+) -> None:
+    tenant = await make_tenant(credits=100)
+    other = await make_tenant(credits=100)
+    sizes = (1, 2, 3)
+    made = [
+        (await accepted_batch(client, tenant, {"requests": three_items()[:size]}))["batch_id"]
+        for size in sizes
+    ]
+    await accepted_batch(client, other, {"requests": three_items()[:1]})
+    oldest = made[0]
+    await client.post(f"/v2/batches/{oldest}/cancel", headers=tenant.headers)
+
+    first = await list_page(client, tenant, limit=2)
+    second = await list_page(client, tenant, limit=2, cursor=first["next_cursor"])
+
+    assert [batch["batch_id"] for batch in first["data"]] == [made[2], made[1]]
+    assert first["next_cursor"] == made[1]
+    assert [batch["batch_id"] for batch in second["data"]] == [oldest]
+    assert second["next_cursor"] is None
+    newest = first["data"][0]
+    assert (newest["status"], newest["counts"], newest["item_count"]) == (
+        "QUEUED",
+        {"QUEUED": 3},
+        3,
+    )
+    assert newest["credits_reserved"] == 3 * ITEM_COST
+    assert newest["status_url"].endswith(f"/v2/batches/{made[2]}")
+    assert "requests" not in newest
+    canceled = second["data"][0]
+    assert (canceled["status"], canceled["counts"]) == ("COMPLETED", {"CANCELED": 1})
+    assert canceled["completed_at"] is not None
+    assert (canceled["credits_reserved"], canceled["credits_charged"]) == (ITEM_COST, 0)
+
+
+async def test_listing_batches_checks_its_query(
+    client: httpx.AsyncClient, tenant: TenantKey
+) -> None:
+    empty = await list_page(client, tenant)
+    bad_cursor = await client.get(
+        "/v2/batches", headers=tenant.headers, params={"cursor": "not-an-id"}
+    )
+    too_many = await client.get("/v2/batches", headers=tenant.headers, params={"limit": 101})
+    anonymous = await client.get("/v2/batches")
+
+    assert empty == {"data": [], "next_cursor": None}
+    assert bad_cursor.status_code == too_many.status_code == 422
+    assert anonymous.status_code == 401

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from relight_client import (
 from relight_client.admin import Admin
 from standardwebhooks import Webhook
 
-from tests.client.conftest import fast
+from tests.client.conftest import Account, fast
 from tests.fakes.webhook_receiver import WebhookReceiver
 from tests.helpers import png_bytes
 
@@ -105,3 +106,24 @@ async def test_the_async_client_submits_reads_and_cancels_a_batch(
     async with AsyncRelight(base_url, other_key) as other:
         with pytest.raises(NotFoundError):
             await other.get_batch(accepted.batch_id)
+
+
+async def test_list_batches_follows_every_page_newest_first(
+    client: Relight, base_url: str, account: Account
+) -> None:
+    items = [{"prompt": "cat", "subject_image": png_bytes(), **fast()}]
+    made = [client.create_batch(items * size).batch_id for size in (1, 2, 3)]
+    deadlined = client.create_batch(items, cancel_after=timedelta(hours=1))
+
+    listed = list(client.list_batches(page_size=2))
+    async with AsyncRelight(base_url, account.key) as async_client:
+        listed_async = [batch async for batch in async_client.list_batches(page_size=3)]
+
+    assert [batch.batch_id for batch in listed] == [deadlined.batch_id, *reversed(made)]
+    assert [batch.batch_id for batch in listed_async] == [batch.batch_id for batch in listed]
+    assert [batch.item_count for batch in listed] == [1, 3, 2, 1]
+    assert all(sum(batch.counts.values()) == batch.item_count for batch in listed)
+    [request_id] = deadlined.request_ids
+    record = client.requests.get(request_id)
+    assert record.deadline_at is not None
+    assert record.deadline_at - record.created_at == timedelta(hours=1)

@@ -36,6 +36,7 @@ MIRRORS: dict[type[BaseModel], str] = {
     models.BatchAccepted: "BatchAccepted",
     models.BatchItem: "BatchItemView",
     models.Batch: "BatchView",
+    models.BatchSummary: "BatchSummary",
 }
 
 

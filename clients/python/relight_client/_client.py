@@ -26,6 +26,7 @@ from relight_client.models import (
     Account,
     Batch,
     BatchAccepted,
+    BatchSummary,
     Key,
     NewKey,
     Record,
@@ -239,17 +240,25 @@ class Relight:
         webhook_url: str | None = None,
         webhook_events: Sequence[str] | None = None,
         idempotency_key: str | None = None,
+        cancel_after: CancelAfter | None = None,
     ) -> BatchAccepted:
         """Submit many requests at once (`POST /v2/batches`): each item a dict of a submit's
-        fields (`prompt`, `subject_image` as a URL, path or bytes, ...). All are paid for, or
-        none (`InsufficientCreditsError`); `batch.completed` is sent once they all ended."""
+        fields (`prompt`, `subject_image` as a URL, path or bytes, `priority`, ...). All are
+        paid for, or none (`InsufficientCreditsError`); `batch.completed` is sent once they all
+        ended. `cancel_after` (seconds, a timedelta or `"5m"`) is every item's deadline."""
         operation = self._ops.create_batch(
             requests,
             webhook_url=webhook_url,
             webhook_events=webhook_events,
             idempotency_key=idempotency_key,
+            cancel_after=cancel_after,
         )
         return self._run(operation)
+
+    def list_batches(self, *, page_size: int = 20) -> Iterator[BatchSummary]:
+        """Every batch, newest first (status and counts; `get_batch` for the items); pages
+        are fetched as the iteration reaches them."""
+        return iterate_sync(self._http, self._ops.list_batches(page_size))
 
     def get_batch(self, batch_id: str) -> Batch:
         return self._run(self._ops.get_batch(batch_id))
@@ -377,14 +386,19 @@ class AsyncRelight:
         webhook_url: str | None = None,
         webhook_events: Sequence[str] | None = None,
         idempotency_key: str | None = None,
+        cancel_after: CancelAfter | None = None,
     ) -> BatchAccepted:
         operation = self._ops.create_batch(
             requests,
             webhook_url=webhook_url,
             webhook_events=webhook_events,
             idempotency_key=idempotency_key,
+            cancel_after=cancel_after,
         )
         return await self._run(operation)
+
+    def list_batches(self, *, page_size: int = 20) -> AsyncIterator[BatchSummary]:
+        return iterate_async(self._http, self._ops.list_batches(page_size))
 
     async def get_batch(self, batch_id: str) -> Batch:
         return await self._run(self._ops.get_batch(batch_id))

@@ -36,6 +36,7 @@ from relight_client.models import (
     Account,
     Batch,
     BatchAccepted,
+    BatchSummary,
     Key,
     NewKey,
     Record,
@@ -156,9 +157,11 @@ class Operations:
         webhook_url: str | None,
         webhook_events: Sequence[str] | None,
         idempotency_key: str | None,
+        cancel_after: CancelAfter | None = None,
     ) -> Operation[BatchAccepted]:
         """`POST /v2/batches`: each item a submit's fields (`subject_image` may be a path or
-        bytes, as for `submit`); one key for the whole batch, reused by every retry."""
+        bytes, as for `submit`); one key for the whole batch, reused by every retry;
+        `cancel_after` every item's deadline."""
         items = []
         for request in requests:
             item = dict(request)
@@ -172,6 +175,8 @@ class Operations:
         if webhook_events is not None:
             body["webhook_events"] = list(webhook_events)
         headers = {"Idempotency-Key": idempotency_key or new_idempotency_key()}
+        if cancel_after is not None:
+            headers["Cancel-After"] = cancel_after_header(cancel_after)
         call = Call("POST", "/v2/batches", json=body, headers=headers)
         response = yield from send(call, self.policy)
         return BatchAccepted.model_validate(json_of(response))
@@ -184,6 +189,21 @@ class Operations:
         # Canceling a batch again changes nothing and answers it again: safe to resend.
         response = yield from send(Call("POST", f"/v2/batches/{batch_id}/cancel"), self.policy)
         return Batch.model_validate(json_of(response))
+
+    def list_batches(self, page_size: int) -> Operation[None]:
+        """Emit every batch, newest first, following `next_cursor` page by page."""
+        cursor: str | None = None
+        while True:
+            params: dict[str, Any] = {"limit": page_size}
+            if cursor is not None:
+                params["cursor"] = cursor
+            response = yield from send(Call("GET", "/v2/batches", params=params), self.policy)
+            page = json_of(response)
+            for item in page["data"]:
+                yield Emit(BatchSummary.model_validate(item))
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
 
     def wait_batch(
         self, batch_id: str, *, timeout: float | None, interval: float

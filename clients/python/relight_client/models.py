@@ -195,6 +195,27 @@ class Batch(_Model):
         return self.status == "COMPLETED"
 
 
+class BatchSummary(_Model):
+    """One batch of `GET /v2/batches` (`list_batches`): its status and counts, not its items
+    (`get_batch` has them)."""
+
+    batch_id: str
+    status: Literal["QUEUED", "PROCESSING", "COMPLETED"]
+    counts: dict[Status, int]
+    item_count: int
+    credits_reserved: int
+    credits_charged: int
+    created_at: datetime
+    completed_at: datetime | None = None
+    status_url: str
+    cancel_url: str
+
+    @property
+    def is_completed(self) -> bool:
+        """Whether every item has ended (COMPLETED, FAILED or CANCELED)."""
+        return self.status == "COMPLETED"
+
+
 class Limits(_Model):
     requests_per_minute: int
     burst: int

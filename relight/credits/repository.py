@@ -188,6 +188,7 @@ SUBMITTED_COLUMNS = [
     "webhook_url",
     "webhook_events",
     "http_request_id",
+    "api_key_id",
 ]
 
 # The columns whose values the job brings; RETURNING reads back only the others.

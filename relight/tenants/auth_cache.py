@@ -55,9 +55,11 @@ class TenantSnapshot:
     allowed_backends: tuple[str, ...]
     webhook_url: str | None
     weight: int
+    # The key presented (recorded on the jobs it submits, for usage by key).
+    api_key_id: uuid.UUID | None = None
 
     @classmethod
-    def of(cls, tenant: Tenant) -> TenantSnapshot:
+    def of(cls, tenant: Tenant, api_key_id: uuid.UUID | None = None) -> TenantSnapshot:
         return cls(
             id=tenant.id,
             name=tenant.name,
@@ -68,6 +70,7 @@ class TenantSnapshot:
             allowed_backends=tuple(tenant.allowed_backends),
             webhook_url=tenant.webhook_url,
             weight=tenant.weight,
+            api_key_id=api_key_id,
         )
 
 

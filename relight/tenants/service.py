@@ -242,6 +242,11 @@ async def revoke_api_key(session: AsyncSession, key_or_prefix: str) -> ApiKey:
 
 async def authenticate(session: AsyncSession, raw_key: str | None) -> Tenant:
     """The tenant a presented API key belongs to; Unauthorized for anything else."""
+    tenant, _ = await _authenticate_key(session, raw_key)
+    return tenant
+
+
+async def _authenticate_key(session: AsyncSession, raw_key: str | None) -> tuple[Tenant, ApiKey]:
     if not raw_key:
         raise Unauthorized("missing API key: send it in the x-api-key header")
     parsed = parse_key(raw_key)
@@ -259,9 +264,10 @@ async def authenticate(session: AsyncSession, raw_key: str | None) -> Tenant:
     # Record use at minute resolution, so a busy key does not write on every request.
     if api_key.last_used_at is None or now - api_key.last_used_at > LAST_USED_RESOLUTION:
         await repository.set_key_last_used(session, api_key.id, now)
-    return tenant
+    return tenant, api_key
 
 
 async def authenticate_snapshot(session: AsyncSession, raw_key: str | None) -> TenantSnapshot:
     """`authenticate`, answering a detached snapshot of the tenant (what the cache keeps)."""
-    return TenantSnapshot.of(await authenticate(session, raw_key))
+    tenant, api_key = await _authenticate_key(session, raw_key)
+    return TenantSnapshot.of(tenant, api_key_id=api_key.id)

@@ -7,6 +7,7 @@ package on a lower line, never one on its own line or above):
 
     relight.cli, relight.ops     operators' tools: read and change everything
     relight.webhooks             subscribe to job events (`relight.jobs.subscribers`)
+    relight.usage                (beside webhooks) a tenant's usage, read from jobs and ledger
     relight.jobs                 the core feature: submit, run, announce
     relight.nodes                GPU nodes and the `gpu` backend (registry, slots, dispatch)
     relight.backends             where pixels are made: the backend contract, routing
@@ -44,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # Highest first; packages on the same line may not import each other either.
 LAYERS: list[set[str]] = [
     {"relight.cli", "relight.ops"},
-    {"relight.webhooks"},
+    {"relight.webhooks", "relight.usage"},
     {"relight.jobs"},
     {"relight.nodes"},
     {"relight.backends"},

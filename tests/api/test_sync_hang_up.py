@@ -87,4 +87,5 @@ async def test_a_v1_caller_that_waits_still_gets_its_image(
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("image/")
     found = await job_of(engine, tenant.tenant_id)
-    assert found is not None and found[1] == "succeeded"
+    assert found is not None
+    assert found[1] == "succeeded"

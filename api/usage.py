@@ -11,8 +11,7 @@ from fastapi import Depends, Query, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.errors import error_responses
-from relight.usage.repository import GroupBy
-from relight.usage.schemas import UsageReport
+from relight.usage.schemas import GroupBy, UsageReport
 from relight.usage.service import MAX_WINDOW_DAYS, usage_csv, usage_report, usage_window
 
 USAGE_DESCRIPTION = (

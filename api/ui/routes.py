@@ -42,6 +42,8 @@ from relight.ops.tenants import tenants_with_usage
 from relight.params import Backend
 from relight.tenants import service as tenants
 from relight.text import unstorable_character
+from relight.usage.schemas import GroupBy
+from relight.usage.service import usage_report, usage_window
 
 
 async def current_operator(request: Request, state: StateDep) -> OperatorSession:
@@ -229,8 +231,16 @@ async def _tenant_page(
     except tenants.TenantNotFound:
         return render(request, "missing.html", operator, 404, what=f"tenant {name!r}")
     ledger = await credits.list_entries(uow.session, tenant.id, limit=50, before=None)
+    usage = await usage_report(uow.session, tenant.id, *usage_window(None, None), GroupBy.DAY)
     return render(
-        request, "tenant.html", operator, status_code, tenant=tenant, ledger=ledger, **context
+        request,
+        "tenant.html",
+        operator,
+        status_code,
+        tenant=tenant,
+        ledger=ledger,
+        usage=usage,
+        **context,
     )
 
 

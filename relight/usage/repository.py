@@ -15,21 +15,16 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import StrEnum
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
+
+from relight.usage.schemas import GroupBy
 
 ID_MARGIN = timedelta(hours=1)
 # What a job without a backend (it never ran) or without a key (made before keys were
 # recorded, or its key deleted) is grouped under.
 NONE = "none"
-
-
-class GroupBy(StrEnum):
-    DAY = "day"
-    BACKEND = "backend"
-    KEY = "key"
 
 
 # The period of a row, by grouping; `job` and `api_key` are joined for every grouping.

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from relight.usage.repository import GroupBy
+
+class GroupBy(StrEnum):
+    """What one period of a usage report is."""
+
+    DAY = "day"
+    BACKEND = "backend"
+    KEY = "key"
 
 
 class UsageFigures(BaseModel):

@@ -18,8 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from relight.errors import InvalidParameter
 from relight.usage import repository
-from relight.usage.repository import GroupBy, JobSums, LedgerSums
-from relight.usage.schemas import UsageFigures, UsagePeriod, UsageReport
+from relight.usage.repository import JobSums, LedgerSums
+from relight.usage.schemas import GroupBy, UsageFigures, UsagePeriod, UsageReport
 
 DEFAULT_WINDOW_DAYS = 30
 MAX_WINDOW_DAYS = 366

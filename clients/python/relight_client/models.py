@@ -173,6 +173,34 @@ class Account(_Model):
     usage: Usage
 
 
+class UsageFigures(_Model):
+    """One period's (or the window's) usage: see `GET /v2/usage`."""
+
+    requests: int
+    completed: int
+    failed: int
+    canceled: int
+    images: int
+    credits_charged: int
+    credits_refunded: int
+    credits_net: int
+    gpu_seconds: float
+
+
+class UsagePeriod(UsageFigures):
+    period: str
+
+
+class UsageReport(_Model):
+    """`GET /v2/usage`: usage by UTC day, backend or key over `[from, to)`."""
+
+    data: list[UsagePeriod]
+    from_: datetime = Field(alias="from")
+    to: datetime
+    group_by: str
+    totals: UsageFigures
+
+
 class WebhookSecret(_Model):
     """`GET /v2/webhooks/secret`: the Standard Webhooks signing secret (`whsec_…`)."""
 

@@ -238,6 +238,8 @@ def test_the_spec_names_the_stream_and_describes_its_events(settings: Settings) 
     assert operation["operationId"] == "stream_request_status"
     assert [parameter["name"] for parameter in operation["parameters"]] == [
         "request_id",
+        "expires",
+        "signature",
         "Last-Event-ID",
     ]
     [media_type] = operation["responses"]["200"]["content"]

@@ -124,6 +124,8 @@ class Record(_Model):
     finished_at: datetime | None = None
     status_url: str
     response_url: str
+    # Signed: opens the status stream without a key (a browser's EventSource).
+    stream_url: str | None = None
 
 
 class RequestStatus(_Model):
@@ -136,6 +138,7 @@ class RequestStatus(_Model):
     error: str | None = None
     error_code: str | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
+    stream_url: str | None = None
 
 
 class Accepted(_Model):
@@ -147,6 +150,7 @@ class Accepted(_Model):
     status_url: str
     response_url: str
     cancel_url: str
+    stream_url: str | None = None
     credits_reserved: int
 
 

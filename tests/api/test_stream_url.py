@@ -77,6 +77,13 @@ def page_server() -> AsyncIterator[PageServer]:
 
 
 @pytest.fixture
+def chromium() -> Path:
+    if not CHROMIUM.exists():
+        pytest.fail("chromium is missing: run `make chromium` (apt-get install chromium)")
+    return CHROMIUM
+
+
+@pytest.fixture
 def stream_settings(settings: Settings, page_server: PageServer) -> Settings:
     return settings.model_copy(
         update={
@@ -175,9 +182,8 @@ async def test_a_browser_page_follows_a_request_with_event_source_of_its_stream_
     tenant: TenantKey,
     stream_settings: Settings,
     page_server: PageServer,
+    chromium: Path,
 ) -> None:
-    if not Path(CHROMIUM).exists():
-        pytest.fail("chromium is missing: run `make chromium` (apt-get install chromium)")
     body = await accepted(api, tenant)
     stream_url = body["stream_url"]
     allowed_page = f"http://127.0.0.1:{page_server.port}/?stream={quote(stream_url, safe='')}"
@@ -185,7 +191,7 @@ async def test_a_browser_page_follows_a_request_with_event_source_of_its_stream_
     other_page = f"http://localhost:{page_server.port}/?stream={quote(stream_url, safe='')}"
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+            executable_path=str(chromium), args=CHROMIUM_ARGS, headless=True
         )
         try:
             page = await browser.new_page()

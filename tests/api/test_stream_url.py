@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import quote, urlsplit
@@ -71,7 +71,7 @@ class PageServer(ThreadedServer):
 
 
 @pytest.fixture
-def page_server() -> AsyncIterator[PageServer]:
+def page_server() -> Iterator[PageServer]:
     with PageServer() as server:
         yield server
 

@@ -51,9 +51,11 @@ async def test_a_v1_caller_that_hangs_up_before_its_image_is_ready_is_canceled_a
             call = asyncio.create_task(
                 client.post("/v1/ic-light", headers=tenant.headers, json=small_body())
             )
-            await wait_until(
-                lambda: job_of(engine, tenant.tenant_id), what="the request was accepted"
-            )
+
+            async def accepted() -> bool:
+                return await job_of(engine, tenant.tenant_id) is not None
+
+            await wait_until(accepted, what="the request was accepted")
             assert await balance_of(engine, tenant.tenant_id) < before
             call.cancel()  # closes the connection: the caller hangs up
             with contextlib.suppress(asyncio.CancelledError):

@@ -27,10 +27,11 @@ ID_MARGIN = timedelta(hours=1)
 NONE = "none"
 
 
-# The period of a row, by grouping; `job` and `api_key` are joined for every grouping.
+# The period of a row, by grouping; the job (as `request`) and its `api_key` are joined for
+# every grouping.
 _PERIOD = {
     GroupBy.DAY: "to_char(({at} AT TIME ZONE 'UTC')::date, 'YYYY-MM-DD')",
-    GroupBy.BACKEND: f"coalesce(job.backend_used, '{NONE}')",
+    GroupBy.BACKEND: f"coalesce(request.backend_used, '{NONE}')",
     GroupBy.KEY: f"coalesce(api_key.prefix, '{NONE}')",
 }
 
@@ -40,8 +41,8 @@ SELECT {period} AS period,
            AS charged,
        coalesce(sum(CASE WHEN entry.kind = 'refund' THEN entry.amount END), 0) AS refunded
 FROM credit_entry AS entry
-LEFT JOIN job ON job.id = entry.job_id
-LEFT JOIN api_key ON api_key.id = job.api_key_id
+LEFT JOIN job AS request ON request.id = entry.job_id
+LEFT JOIN api_key ON api_key.id = request.api_key_id
 WHERE entry.tenant_id = :tenant_id
   AND entry.id >= :low_id AND entry.id < :high_id
   AND entry.created_at >= :start AND entry.created_at < :end
@@ -53,25 +54,25 @@ GROUP BY 1
 _JOBS = """
 SELECT {period} AS period,
        count(*) AS requests,
-       count(*) FILTER (WHERE job.status = 'succeeded') AS completed,
-       count(*) FILTER (WHERE job.status = 'failed') AS failed,
-       count(*) FILTER (WHERE job.status = 'canceled') AS canceled,
+       count(*) FILTER (WHERE request.status = 'succeeded') AS completed,
+       count(*) FILTER (WHERE request.status = 'failed') AS failed,
+       count(*) FILTER (WHERE request.status = 'canceled') AS canceled,
        coalesce(sum(outputs.images), 0) AS images,
        coalesce(sum(gpu.ms), 0) AS gpu_ms
-FROM job
-LEFT JOIN api_key ON api_key.id = job.api_key_id
+FROM job AS request
+LEFT JOIN api_key ON api_key.id = request.api_key_id
 CROSS JOIN LATERAL (
-    SELECT count(*) AS images FROM job_output WHERE job_output.job_id = job.id
+    SELECT count(*) AS images FROM job_output WHERE job_output.job_id = request.id
 ) AS outputs
 CROSS JOIN LATERAL (
     SELECT sum((call ->> 'latency_ms')::float8) AS ms
-    FROM jsonb_array_elements(job.backend_calls) AS attempt,
+    FROM jsonb_array_elements(request.backend_calls) AS attempt,
          jsonb_array_elements(coalesce(attempt -> 'calls', '[]'::jsonb)) AS call
     WHERE call ->> 'backend' = 'gpu'
 ) AS gpu
-WHERE job.tenant_id = :tenant_id
-  AND job.id >= :low_id AND job.id < :high_id
-  AND job.created_at >= :start AND job.created_at < :end
+WHERE request.tenant_id = :tenant_id
+  AND request.id >= :low_id AND request.id < :high_id
+  AND request.created_at >= :start AND request.created_at < :end
 GROUP BY 1
 """
 
@@ -121,7 +122,7 @@ async def jobs_by_period(
     session: AsyncSession, tenant_id: uuid.UUID, start: datetime, end: datetime, by: GroupBy
 ) -> dict[str, JobSums]:
     """The jobs accepted in the window, counted, with their images and GPU time, by period."""
-    statement = text(_JOBS.format(period=_PERIOD[by].format(at="job.created_at")))
+    statement = text(_JOBS.format(period=_PERIOD[by].format(at="request.created_at")))
     rows = await session.execute(statement, _bounds(tenant_id, start, end))
     return {
         row.period: JobSums(

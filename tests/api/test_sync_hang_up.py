@@ -17,8 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from api.app import create_app
 from relight.config import Settings
 from tests.conftest import TenantKey
+from tests.fakes.segmind import background_worker as worker_running
 from tests.hardening.live import serve
-from tests.helpers import balance_of, small_body
+from tests.helpers import balance_of, fast_body, small_body
 from tests.waiting import wait_until
 
 
@@ -91,3 +92,43 @@ async def test_a_v1_caller_that_waits_still_gets_its_image(
     found = await job_of(engine, tenant.tenant_id)
     assert found is not None
     assert found[1] == "succeeded"
+
+
+async def test_a_v1_caller_that_hangs_up_while_its_job_runs_is_canceled_and_refunded(
+    settings: Settings, tenant: TenantKey, engine: AsyncEngine, clean_state: None
+) -> None:
+    before = await balance_of(engine, tenant.tenant_id)
+    # One 3072² image on the local engine: long enough to be caught running.
+    slow = fast_body(backend="local", width=1024, height=1024, highres_scale=3)
+    async with (
+        serve(create_app(settings)) as port,
+        worker_running(settings),
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client,
+    ):
+        call = asyncio.create_task(client.post("/v1/ic-light", headers=tenant.headers, json=slow))
+
+        async def running() -> bool:
+            found = await job_of(engine, tenant.tenant_id)
+            return found is not None and found[1] == "running"
+
+        await wait_until(running, what="the job is running")
+        call.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await call
+
+        async def canceled() -> bool:
+            found = await job_of(engine, tenant.tenant_id)
+            return found is not None and found[1] == "canceled"
+
+        await wait_until(canceled, what="the running request was canceled")
+    found = await job_of(engine, tenant.tenant_id)
+    assert found is not None
+    ledger = await ledger_of(engine, found[0])
+    assert set(ledger) == {"reserve", "refund"}
+    assert ledger["reserve"] + ledger["refund"] == 0
+    assert await balance_of(engine, tenant.tenant_id) == before
+    async with engine.connect() as connection:
+        outputs = await connection.scalar(
+            text("SELECT count(*) FROM job_output WHERE job_id = :job"), {"job": found[0]}
+        )
+    assert outputs == 0

@@ -139,7 +139,7 @@ async def stream_request_status(
         job = await queries.find_any_request(uow.session, request_id)
         if job is None:
             raise RequestNotFound(f"no request {request_id}")
-        # Each signed URL counts as a key of its own; the tenant's bound holds for them all.
+        # A request's signed URLs count as one key; the tenant's bound holds for them all.
         stream_key = f"signed:{request_id}"
     else:
         tenant = await authenticate(uow.session, request_key(request))

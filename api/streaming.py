@@ -88,7 +88,7 @@ async def status_events(
                 found = await queries.request_state(session, tenant_id, job_id, with_outputs=True)
             job, position = found.job, found.queue_position
             finished = job.job_status.is_terminal
-            view = status_view(job, position)
+            view = status_view(job, position, urls)
             current = event_id(view)
             if current != seen:
                 yield ServerSentEvent(view.model_dump_json(), event=STATUS_EVENT, id=current)

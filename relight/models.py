@@ -212,6 +212,10 @@ class Job(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid7)
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"))
+    # The API key that submitted it (usage by key); None before migration 0018.
+    api_key_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("api_key.id", ondelete="SET NULL")
+    )
     status: Mapped[str] = mapped_column(
         String(20), default=JobStatus.QUEUED.value, server_default=JobStatus.QUEUED.value
     )

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from api.deps import AccountReadScope, TenantDep, UnitOfWorkDep
 from api.errors import AUTHENTICATED, error_responses
+from api.usage import USAGE_DESCRIPTION, USAGE_RESPONSES, UsageQueryDep, usage_answer
 from relight.credits.schemas import UserCredits
 from relight.credits.service import get_balance
 from relight.jobs.queries import usage_since
 from relight.tenants.schemas import AccountView, TenantView, UsageView
+from relight.usage.schemas import UsageReport
 
 router = APIRouter(tags=["account"], responses=error_responses(*AUTHENTICATED))
 
@@ -47,3 +49,17 @@ async def get_account(uow: UnitOfWorkDep, tenant: TenantDep) -> AccountView:
             active_jobs=tenant.active_jobs, requests_30d=counts, credits_charged_30d=charged
         ),
     )
+
+
+@router.get(
+    "/v2/usage",
+    response_model=UsageReport,
+    summary="Usage by day, backend or key (JSON or CSV)",
+    description=USAGE_DESCRIPTION,
+    responses=USAGE_RESPONSES,
+    dependencies=[AccountReadScope],
+)
+async def get_usage(
+    uow: UnitOfWorkDep, tenant: TenantDep, query: UsageQueryDep
+) -> UsageReport | Response:
+    return await usage_answer(uow.session, tenant.id, query, filename="usage")

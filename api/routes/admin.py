@@ -11,13 +11,14 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Security
+from fastapi import APIRouter, Depends, Path, Query, Request, Response, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.deps import SettingsDep, StateDep, UnitOfWorkDep
 from api.errors import ADMIN, error_responses
 from api.limits import check_admin_token_throttled
 from api.signin_throttle import client_address
+from api.usage import USAGE_DESCRIPTION, USAGE_RESPONSES, UsageQueryDep, usage_answer
 from relight.credits import service as credits
 from relight.credits.schemas import CreditEntryView, CreditMovement, LedgerPage
 from relight.errors import InvalidParameter
@@ -36,6 +37,7 @@ from relight.tenants.schemas import (
     WeightUpdate,
 )
 from relight.text import StorableStr
+from relight.usage.schemas import UsageReport
 
 ADMIN_SCHEME = HTTPBearer(
     scheme_name="AdminToken",
@@ -272,3 +274,16 @@ async def read_ledger(
         data=[CreditEntryView.of(entry) for entry in page],
         next_cursor=str(page[-1].id) if len(entries) > limit else None,
     )
+
+
+@router.get(
+    "/tenants/{tenant}/usage",
+    response_model=UsageReport,
+    summary="A tenant's usage by day, backend or key (JSON or CSV)",
+    description=USAGE_DESCRIPTION,
+    responses={**USAGE_RESPONSES, **NOT_FOUND},
+)
+async def read_usage(
+    tenant: AdminTenantDep, uow: UnitOfWorkDep, query: UsageQueryDep
+) -> UsageReport | Response:
+    return await usage_answer(uow.session, tenant.id, query, filename=f"usage-{tenant.id}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import re
 from datetime import timedelta
@@ -16,7 +17,7 @@ from api.deps import API_KEY_SECURITY, SubmittingTenantDep, urls_for
 from api.errors import AUTHENTICATED, error_responses
 from api.responses import OrjsonResponse, image_content
 from api.state import AppState
-from api.waiting import wait_for_job
+from api.waiting import wait_for_job, wait_unless_hung_up
 from relight.config import Settings
 from relight.credits.service import get_balance
 from relight.errors import Conflict, RelightError
@@ -28,13 +29,14 @@ from relight.jobs.deadlines import (
     parse_cancel_after,
 )
 from relight.jobs.schemas import RequestView, SubmitAccepted, SyncImage, SyncImages
-from relight.jobs.service import submit_request
+from relight.jobs.service import cancel_request, submit_request
 from relight.jobs.views import accepted_view, request_view
 from relight.logs import current_request_id, job_context
 from relight.models import Job, JobStatus
 from relight.storage.urls import UrlBuilder
 from relight.tenants.auth_cache import TenantSnapshot
 from relight.text import unstorable_character
+from relight.unit_of_work import unit_of_work
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["relight"])
@@ -225,6 +227,24 @@ def _raise_for_unfinished(job: Job, urls: UrlBuilder, settings: Settings) -> Non
     )
 
 
+async def _cancel_hung_up(state: AppState, tenant: TenantSnapshot, job: Job) -> Job:
+    """The job of a v1 caller that hung up, canceled and refunded: the caller never learnt its
+    id, so nobody could fetch its result. One that finished meanwhile stays as it ended."""
+    with contextlib.suppress(Conflict):
+        async with unit_of_work(state.sessionmaker) as uow:
+            await cancel_request(
+                uow.session,
+                tenant.id,
+                job.id,
+                UrlBuilder.background(state.settings),
+                redis=state.redis,
+                queue_name=state.settings.queue_name,
+            )
+        with job_context(job.id):
+            logger.info("request canceled and refunded: its synchronous caller hung up")
+    return await wait_for_job(state, job.id, 0)
+
+
 @router.post(
     "/v1/ic-light",
     summary="Relight an image (synchronous, Segmind v1): answers the image bytes",
@@ -252,7 +272,10 @@ async def relight_sync(request: Request, tenant: SubmittingTenantDep) -> Respons
     accept = request.headers.get("accept")
     urls = urls_for(request, state.settings)
     job, _ = await _submit(request, state, tenant, idempotency_key)
-    job = await wait_for_job(state, job.id, state.settings.sync_timeout_s)
+    finished = await wait_unless_hung_up(
+        state, job.id, state.settings.sync_timeout_s, request.receive
+    )
+    job = finished if finished is not None else await _cancel_hung_up(state, tenant, job)
     if job.status != JobStatus.SUCCEEDED.value:
         _raise_for_unfinished(job, urls, state.settings)
     async with state.sessionmaker() as session:

@@ -32,7 +32,14 @@ from relight.jobs.schemas import PublicStatus, RequestList, RequestView, StatusV
 from relight.jobs.views import request_view, status_view
 from relight.models import JobStatus
 from relight.storage import StoredObjectMissing
-from relight.storage.urls import INPUT_INDEX, UrlBuilder, verify_output_signature
+from relight.storage.urls import (
+    INPUT_INDEX,
+    SignatureCheck,
+    UrlBuilder,
+    check_signature,
+    stream_scope,
+    verify_output_signature,
+)
 
 router = APIRouter(prefix="/v2/requests", tags=["requests"])
 # A route that takes a request id also answers 404 (no such request, or another account's).
@@ -59,10 +66,10 @@ def segmind_sdk_called(request: Request) -> bool:
     dependencies=[RequestsReadScope],
 )
 async def get_request_status(
-    request: Request, request_id: uuid.UUID, uow: UnitOfWorkDep, tenant: TenantDep
+    request: Request, request_id: uuid.UUID, uow: UnitOfWorkDep, tenant: TenantDep, urls: UrlsDep
 ) -> StatusView:
     found = await queries.request_state(uow.session, tenant.id, request_id, with_outputs=False)
-    view = status_view(found.job, found.queue_position)
+    view = status_view(found.job, found.queue_position, urls)
     if view.status is PublicStatus.CANCELED and segmind_sdk_called(request):
         view = view.model_copy(update={"status": PublicStatus.FAILED})
     return view
@@ -77,7 +84,10 @@ async def get_request_status(
         f"then `{DONE_EVENT}` (the JSON of `GET /v2/requests/{{id}}`) once the request is "
         "finished, and the stream ends. Each event's id names the state it shows: reconnect "
         "with `Last-Event-ID` to skip what you saw; a finished request always answers its "
-        "final events."
+        "final events. Opens with the API key, or without one through the signed `stream_url` "
+        "of the request's record (`expires` and `signature`), which a browser's `EventSource` "
+        "can open: a wrong signature is 401 `invalid_signature`, an expired one 401 "
+        "`signature_expired`."
     ),
     response_class=Response,
     responses={
@@ -93,15 +103,16 @@ async def get_request_status(
         },
         **ONE_REQUEST,
     },
-    dependencies=[RequestsReadScope],
+    # Either the API key or the signed URL's query: no credentials is a valid alternative.
+    openapi_extra={"security": [{}]},
 )
 async def stream_request_status(
     request: Request,
     request_id: uuid.UUID,
     state: StateDep,
     uow: UnitOfWorkDep,
-    tenant: TenantDep,
     urls: UrlsDep,
+    key: KeyUnlessSignedDep,
     last_event_id: Annotated[
         str | None,
         Header(
@@ -110,18 +121,42 @@ async def stream_request_status(
             description="the id of the last event received, when reconnecting",
         ),
     ] = None,
+    expires: Annotated[int | None, Query(description="from the signed `stream_url`")] = None,
+    signature: Annotated[
+        str | None, Query(max_length=128, description="from the signed `stream_url`")
+    ] = None,
 ) -> EventSourceResponse:
-    # Checked here, so that an unknown or another account's request is a 404, not a stream.
-    job = await queries.find_request(uow.session, tenant.id, request_id)
     settings = state.settings
+    if key is None and expires is not None and signature is not None:
+        check = check_signature(settings.secret_key, stream_scope(request_id), expires, signature)
+        if check is SignatureCheck.INVALID:
+            raise Unauthorized("the stream URL is invalid", code="invalid_signature")
+        if check is SignatureCheck.EXPIRED:
+            raise Unauthorized(
+                "the stream URL has expired: read the request again for a fresh stream_url",
+                code="signature_expired",
+            )
+        job = await queries.find_any_request(uow.session, request_id)
+        if job is None:
+            raise RequestNotFound(f"no request {request_id}")
+        # A request's signed URLs count as one key; the tenant's bound holds for them all.
+        stream_key = f"signed:{request_id}"
+    else:
+        if key is None:
+            raise Unauthorized("the stream URL needs both `expires` and `signature`")
+        tenant = key.tenant
+        await apply_rate_limit(request, state, tenant, cost=0)
+        # Checked here, so that an unknown or another account's request is a 404, not a stream.
+        job = await queries.find_request(uow.session, tenant.id, request_id)
+        stream_key = request_key(request) or ""
     give_back = state.stream_slots.take(
-        request_key(request) or "",
-        tenant.id,
+        stream_key,
+        job.tenant_id,
         per_key=settings.max_streams_per_key,
         per_tenant=settings.max_streams_per_tenant,
     )
     return SlotEventSourceResponse(
-        status_events(state, tenant.id, job.id, urls, last_event_id),
+        status_events(state, job.tenant_id, job.id, urls, last_event_id),
         ping=settings.status_stream_ping_s,
         give_back=give_back,
     )

@@ -52,6 +52,8 @@ from relight.ops.workers import WorkerStatus, worker_statuses
 from relight.params import Backend
 from relight.tenants import service as tenants
 from relight.text import unstorable_character
+from relight.usage.schemas import GroupBy
+from relight.usage.service import usage_report, usage_window
 
 
 async def current_operator(request: Request, state: StateDep) -> OperatorSession:
@@ -307,6 +309,7 @@ async def tenant_page(
         return render(request, "missing.html", operator, 404, what=f"tenant {name!r}")
     ledger = await credits.list_entries(uow.session, tenant.id, limit=50, before=None)
     keys = await tenants.list_api_keys(uow.session, tenant)
+    usage = await usage_report(uow.session, tenant.id, *usage_window(None, None), GroupBy.DAY)
     return render(
         request,
         "tenant.html",
@@ -316,6 +319,7 @@ async def tenant_page(
         ledger=ledger,
         keys=keys,
         backends=[b.value for b in Backend if b is not Backend.AUTO],
+        usage=usage,
         **context,
     )
 

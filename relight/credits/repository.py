@@ -205,6 +205,7 @@ SUBMITTED_COLUMNS = [
     "batch_id",
     "priority",
     "deadline_at",
+    "api_key_id",
 ]
 # What a job built without them brings for the columns added since (lanes, deadlines).
 _SUBMITTED_DEFAULTS: dict[str, Any] = {"priority": "normal", "deadline_at": None}

@@ -180,6 +180,13 @@ class BackendView(BaseModel):
     )
 
 
+STREAM_URL_DESCRIPTION = (
+    "this request's status stream (`/status/stream`), signed and expiring like output URLs "
+    "(`RELIGHT_OUTPUT_URL_TTL_S`): it opens without an API key, so a browser page can follow "
+    "the request with `new EventSource(stream_url)`"
+)
+
+
 class RequestView(BaseModel):
     """The full record: `GET /v2/requests/{id}` (and the webhook body, later)."""
 
@@ -222,6 +229,7 @@ class RequestView(BaseModel):
     deadline_at: datetime | None = Field(default=None, description=DEADLINE_DESCRIPTION)
     status_url: str
     response_url: str
+    stream_url: str = Field(description=STREAM_URL_DESCRIPTION)
 
 
 class StatusView(BaseModel):
@@ -233,6 +241,7 @@ class StatusView(BaseModel):
     error_code: str | None = Field(default=None, description=ERROR_CODE_DESCRIPTION)
     metrics: dict[str, float] = Field(description="timings so far, in milliseconds")
     deadline_at: datetime | None = Field(default=None, description=DEADLINE_DESCRIPTION)
+    stream_url: str | None = Field(default=None, description=STREAM_URL_DESCRIPTION)
 
 
 class SubmitAccepted(BaseModel):
@@ -244,6 +253,7 @@ class SubmitAccepted(BaseModel):
     status_url: str
     response_url: str
     cancel_url: str
+    stream_url: str = Field(description=STREAM_URL_DESCRIPTION)
     credits_reserved: int
     priority: Priority = Field(default=Priority.NORMAL, description="the request's lane")
     deadline_at: datetime | None = Field(default=None, description=DEADLINE_DESCRIPTION)

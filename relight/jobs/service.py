@@ -335,6 +335,7 @@ def _new_job(
         id=job_id,
         created_at=created_at,
         tenant_id=tenant.id,
+        api_key_id=tenant.api_key_id,
         status=JobStatus.QUEUED.value,
         params=params.model_dump(mode="json", exclude={"seed"}),
         input_url=subject.url,

@@ -93,10 +93,11 @@ def request_view(job: Job, outputs: list[JobOutput], urls: UrlBuilder) -> Reques
         deadline_at=job.deadline_at,
         status_url=urls.status_url(job.id),
         response_url=urls.response_url(job.id),
+        stream_url=urls.stream_url(job.id),
     )
 
 
-def status_view(job: Job, queue_position: int | None) -> StatusView:
+def status_view(job: Job, queue_position: int | None, urls: UrlBuilder | None = None) -> StatusView:
     status = job.job_status
     error, error_code = _error(job)
     return StatusView(
@@ -108,6 +109,7 @@ def status_view(job: Job, queue_position: int | None) -> StatusView:
         error_code=error_code,
         metrics=job.timings,
         deadline_at=job.deadline_at,
+        stream_url=urls.stream_url(job.id) if urls is not None else None,
     )
 
 
@@ -119,6 +121,7 @@ def accepted_view(job: Job, urls: UrlBuilder) -> SubmitAccepted:
         status_url=urls.status_url(job.id),
         response_url=urls.response_url(job.id),
         cancel_url=urls.cancel_url(job.id),
+        stream_url=urls.stream_url(job.id),
         credits_reserved=job.credits_reserved,
         priority=Priority(job.priority or Priority.NORMAL.value),
         deadline_at=job.deadline_at,

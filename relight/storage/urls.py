@@ -1,7 +1,9 @@
 """Where a request's URLs live: absolute URLs of its resources, and the expiring links to its
-images — signed here (HMAC-SHA256 over the job, the image's index and the expiry time, checked
-by the api when the link is used), or presigned by the object store when storage is S3 (clients
-then download from the store directly)."""
+images and its status stream — signed here (HMAC-SHA256 with `RELIGHT_SECRET_KEY` over what the
+link opens and its expiry time, checked by the api when the link is used), or, for images,
+presigned by the object store when storage is S3 (clients then download from the store
+directly). A signed link opens its one resource of its one request without an API key, so a
+browser's `<img>` or `EventSource`, which cannot send headers, can use it."""
 
 from __future__ import annotations
 
@@ -10,36 +12,65 @@ import hmac
 import time
 import uuid
 from dataclasses import dataclass
+from enum import StrEnum
 
 from relight.config import Settings
 from relight.storage import PresigningStorage, presigner_for
 
 
-def _output_signature(secret_key: str, job_id: uuid.UUID, index: int, expires: int) -> str:
-    message = f"output:{job_id}:{index}:{expires}".encode()
+def _signature(secret_key: str, scope: str, expires: int) -> str:
+    # `scope` names what the link opens (`output:{job}:{index}`, `stream:{job}`), so a
+    # signature made for one resource opens no other.
+    message = f"{scope}:{expires}".encode()
     return hmac.new(secret_key.encode(), message, hashlib.sha256).hexdigest()
+
+
+def output_scope(job_id: uuid.UUID, index: int) -> str:
+    return f"output:{job_id}:{index}"
+
+
+def stream_scope(job_id: uuid.UUID) -> str:
+    return f"stream:{job_id}"
 
 
 # The subject image is signed as output -1: one scheme, and no index can collide with it.
 INPUT_INDEX = -1
 
 
+class SignatureCheck(StrEnum):
+    VALID = "valid"
+    EXPIRED = "expired"
+    INVALID = "invalid"
+
+
+def sign(secret_key: str, scope: str, ttl_s: int, now: float | None = None) -> tuple[int, str]:
+    """The `(expires, signature)` query values that open `scope` until expiry."""
+    expires = int((now if now is not None else time.time()) + ttl_s)
+    return expires, _signature(secret_key, scope, expires)
+
+
+def check_signature(secret_key: str, scope: str, expires: int, signature: str) -> SignatureCheck:
+    """Whether a link's `expires` and `signature` open `scope` now (a wrong signature is
+    INVALID whether or not its time has passed)."""
+    expected = _signature(secret_key, scope, expires)
+    # As bytes: compare_digest refuses str with non-ASCII characters, which a URL may carry.
+    if not hmac.compare_digest(expected.encode(), signature.encode()):
+        return SignatureCheck.INVALID
+    return SignatureCheck.EXPIRED if expires < time.time() else SignatureCheck.VALID
+
+
 def sign_output(
     secret_key: str, job_id: uuid.UUID, index: int, ttl_s: int, now: float | None = None
 ) -> tuple[int, str]:
     """The `(expires, signature)` query values that grant access to one output until expiry."""
-    expires = int((now if now is not None else time.time()) + ttl_s)
-    return expires, _output_signature(secret_key, job_id, index, expires)
+    return sign(secret_key, output_scope(job_id, index), ttl_s, now)
 
 
 def verify_output_signature(
     secret_key: str, job_id: uuid.UUID, index: int, expires: int, signature: str
 ) -> bool:
-    if expires < time.time():
-        return False
-    expected = _output_signature(secret_key, job_id, index, expires)
-    # As bytes: compare_digest refuses str with non-ASCII characters, which a URL may carry.
-    return hmac.compare_digest(expected.encode(), signature.encode())
+    scope = output_scope(job_id, index)
+    return check_signature(secret_key, scope, expires, signature) is SignatureCheck.VALID
 
 
 # Webhook bodies and the input URL handed to Segmind need an absolute base even when no client
@@ -91,6 +122,14 @@ class UrlBuilder:
             self.secret_key, job_id, INPUT_INDEX, self.output_url_ttl_s
         )
         return self._url(f"/v2/requests/{job_id}/input?expires={expires}&signature={signature}")
+
+    def stream_url(self, job_id: uuid.UUID) -> str:
+        """A signed, expiring URL of the request's status stream: it opens without an API key
+        (`new EventSource(stream_url)` in a browser)."""
+        expires, signature = sign(self.secret_key, stream_scope(job_id), self.output_url_ttl_s)
+        return self._url(
+            f"/v2/requests/{job_id}/status/stream?expires={expires}&signature={signature}"
+        )
 
     def output_url(self, job_id: uuid.UUID, index: int, storage_key: str | None = None) -> str:
         """The output's expiring URL: the store's presigned one when it presigns."""

@@ -59,9 +59,11 @@ class TenantSnapshot:
     webhook_url: str | None
     weight: int
     allowed_lanes: tuple[str, ...] = ("normal", "low")
+    # The key presented (recorded on the jobs it submits, for usage by key).
+    api_key_id: uuid.UUID | None = None
 
     @classmethod
-    def of(cls, tenant: Tenant) -> TenantSnapshot:
+    def of(cls, tenant: Tenant, api_key_id: uuid.UUID | None = None) -> TenantSnapshot:
         return cls(
             id=tenant.id,
             name=tenant.name,
@@ -73,6 +75,7 @@ class TenantSnapshot:
             webhook_url=tenant.webhook_url,
             weight=tenant.weight,
             allowed_lanes=tuple(tenant.allowed_lanes),
+            api_key_id=api_key_id,
         )
 
 

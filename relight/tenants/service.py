@@ -372,7 +372,7 @@ async def authenticate_key(session: AsyncSession, raw_key: str | None) -> Authen
         prefix=api_key.prefix,
         scopes=frozenset(api_key.scopes),
         expires_at=api_key.expires_at,
-        tenant=TenantSnapshot.of(tenant),
+        tenant=TenantSnapshot.of(tenant, api_key_id=api_key.id),
     )
     return AuthenticatedKey(tenant=tenant, grant=grant)
 

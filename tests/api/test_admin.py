@@ -39,6 +39,7 @@ ADMIN_PATHS = {
     "/admin/v1/keys/{prefix}/revoke",
     "/admin/v1/tenants/{tenant}/credits",
     "/admin/v1/tenants/{tenant}/ledger",
+    "/admin/v1/tenants/{tenant}/usage",
 }
 
 

@@ -8,6 +8,7 @@ package on a lower line, never one on its own line or above):
     relight.cli, relight.ops     operators' tools: read and change everything
     relight.batches              sets of requests: submit together, end once (a job subscriber)
     relight.webhooks             subscribe to job events (`relight.jobs.subscribers`)
+    relight.usage                (beside webhooks) a tenant's usage, read from jobs and ledger
     relight.jobs                 the core feature: submit, run, announce
     relight.nodes                GPU nodes and the `gpu` backend (registry, slots, dispatch)
     relight.backends             where pixels are made: the backend contract, routing
@@ -46,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[2]
 LAYERS: list[set[str]] = [
     {"relight.cli", "relight.ops"},
     {"relight.batches"},
-    {"relight.webhooks"},
+    {"relight.webhooks", "relight.usage"},
     {"relight.jobs"},
     {"relight.nodes"},
     {"relight.backends"},

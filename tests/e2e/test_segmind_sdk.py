@@ -16,13 +16,16 @@ from PIL import Image
 from segmind import SegmindClient
 from segmind.exceptions import SegmindError
 from segmind.v2 import InferenceFailed
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relight.config import Settings
 from scripts.stack import local_stack
 from tests.conftest import MakeTenant, TenantKey
 from tests.e2e.test_live_stack import _environment
 from tests.fakes.image_server import ImageServer
-from tests.helpers import fast_body
+from tests.helpers import balance_of, fast_body
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -185,3 +188,36 @@ async def test_a_canceled_request_ends_wait_at_once(
             httpx.get, job.status_url, headers=tenant.headers, timeout=10
         )
         assert plain.json()["status"] == "CANCELED"
+
+
+async def test_run_sync_that_times_out_before_its_image_is_ready_is_refunded(
+    base_url: str, tenant: TenantKey, engine: AsyncEngine
+) -> None:
+    """The SDK's `timeout` below `RELIGHT_SYNC_TIMEOUT_S`: it hangs up and never learns the id,
+    so Relight cancels and refunds the request."""
+    before = await balance_of(engine, tenant.tenant_id)
+    # Four 3072² images on the classic engine: seconds of work, far beyond the SDK's 2 s.
+    slow = body(width=1024, height=1024, highres_scale=3, number_of_images=4)
+    client = SegmindClient(api_key=tenant.key, base_url=f"{base_url}/v1", timeout=2.0)
+    try:
+        with pytest.raises(httpx.ReadTimeout):
+            await asyncio.to_thread(client.run_sync, SLUG, **slow)
+    finally:
+        client._client.close()
+
+    async def refunded() -> bool:
+        async with engine.connect() as connection:
+            kinds = (
+                await connection.scalars(
+                    text(
+                        "SELECT entry.kind FROM credit_entry AS entry JOIN job"
+                        " ON job.id = entry.job_id WHERE job.tenant_id = :tenant"
+                        " AND job.status = 'canceled'"
+                    ),
+                    {"tenant": tenant.tenant_id},
+                )
+            ).all()
+        return sorted(kinds) == ["refund", "reserve"]
+
+    await wait_until(refunded, what="the hung-up request was canceled and refunded")
+    assert await balance_of(engine, tenant.tenant_id) == before

@@ -93,7 +93,7 @@ def comparable(view: dict[str, Any]) -> dict[str, Any]:
     """A request record with its URLs reduced to paths (the worker and the test client differ
     in base URL, and a signed output URL in its expiry)."""
     result = dict(view)
-    for key in ("status_url", "response_url"):
+    for key in ("status_url", "response_url", "stream_url"):
         result[key] = urlsplit(result[key]).path
     result["outputs"] = [
         {**output, "url": urlsplit(output["url"]).path} for output in result["outputs"]

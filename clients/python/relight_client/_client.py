@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -20,7 +20,13 @@ from relight_client._core import (
     run_async,
     run_sync,
 )
-from relight_client._operations import CancelAfter, ImageInput, Operations, key_options
+from relight_client._operations import (
+    CancelAfter,
+    ImageInput,
+    Operations,
+    key_options,
+    usage_params,
+)
 from relight_client.models import (
     Accepted,
     Account,
@@ -32,6 +38,7 @@ from relight_client.models import (
     Record,
     RequestStatus,
     Status,
+    UsageReport,
     WebhookSecret,
 )
 
@@ -276,6 +283,27 @@ class Relight:
     def account(self) -> Account:
         return self._run(self._ops.account())
 
+    def usage(
+        self,
+        from_: date | datetime | str | None = None,
+        to: date | datetime | str | None = None,
+        *,
+        group_by: str = "day",
+    ) -> UsageReport:
+        """Usage by UTC `day`, `backend` or `key` over `[from_, to)` (a date `to` includes its
+        day; by default the last 30 days); the credit totals equal the ledger's."""
+        return self._run(self._ops.usage(usage_params(from_, to, group_by)))
+
+    def usage_csv(
+        self,
+        from_: date | datetime | str | None = None,
+        to: date | datetime | str | None = None,
+        *,
+        group_by: str = "day",
+    ) -> str:
+        """`usage` as CSV text, a header row first."""
+        return self._run(self._ops.usage_csv(usage_params(from_, to, group_by)))
+
     def webhook_secret(self) -> WebhookSecret:
         return self._run(self._ops.webhook_secret())
 
@@ -418,6 +446,26 @@ class AsyncRelight:
 
     async def account(self) -> Account:
         return await self._run(self._ops.account())
+
+    async def usage(
+        self,
+        from_: date | datetime | str | None = None,
+        to: date | datetime | str | None = None,
+        *,
+        group_by: str = "day",
+    ) -> UsageReport:
+        """Usage by UTC `day`, `backend` or `key` over `[from_, to)` (see `Relight.usage`)."""
+        return await self._run(self._ops.usage(usage_params(from_, to, group_by)))
+
+    async def usage_csv(
+        self,
+        from_: date | datetime | str | None = None,
+        to: date | datetime | str | None = None,
+        *,
+        group_by: str = "day",
+    ) -> str:
+        """`usage` as CSV text, a header row first."""
+        return await self._run(self._ops.usage_csv(usage_params(from_, to, group_by)))
 
     async def webhook_secret(self) -> WebhookSecret:
         return await self._run(self._ops.webhook_secret())

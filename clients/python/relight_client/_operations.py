@@ -7,7 +7,7 @@ import os
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from relight_client.models import (
     Record,
     RequestStatus,
     Status,
+    UsageReport,
     WebhookSecret,
 )
 
@@ -54,6 +55,17 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 # The server sends a heartbeat every RELIGHT_STATUS_STREAM_PING_S (15 s by default): a stream
 # silent for this long is taken as dead and opened again.
 STREAM_SILENCE_S = 60.0
+
+
+def usage_params(
+    from_: date | datetime | str | None, to: date | datetime | str | None, group_by: str
+) -> dict[str, str]:
+    """The query of a usage report: ISO dates or datetimes (a naive datetime is UTC)."""
+    params = {"group_by": group_by}
+    for name, value in (("from", from_), ("to", to)):
+        if value is not None:
+            params[name] = value if isinstance(value, str) else value.isoformat()
+    return params
 
 
 def encode_image(image: ImageInput) -> str:
@@ -364,6 +376,15 @@ class Operations:
     def account(self) -> Operation[Account]:
         response = yield from send(Call("GET", "/v2/account"), self.policy)
         return Account.model_validate(json_of(response))
+
+    def usage(self, params: dict[str, str]) -> Operation[UsageReport]:
+        response = yield from send(Call("GET", "/v2/usage", params=params), self.policy)
+        return UsageReport.model_validate(json_of(response))
+
+    def usage_csv(self, params: dict[str, str]) -> Operation[str]:
+        call = Call("GET", "/v2/usage", params={**params, "format": "csv"})
+        response = yield from send(call, self.policy)
+        return response.text
 
     def webhook_secret(self) -> Operation[WebhookSecret]:
         response = yield from send(Call("GET", "/v2/webhooks/secret"), self.policy)

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
 
@@ -24,8 +24,8 @@ from relight_client._core import (
     run_sync,
     send,
 )
-from relight_client._operations import key_options
-from relight_client.models import ApiKey, CreatedApiKey, LedgerEntry, Tenant
+from relight_client._operations import key_options, usage_params
+from relight_client.models import ApiKey, CreatedApiKey, LedgerEntry, Tenant, UsageReport
 
 T = TypeVar("T")
 PREFIX = "/admin/v1"
@@ -103,6 +103,10 @@ class AdminOperations:
         body = {"amount": amount, "reason": reason, "kind": kind}
         data = yield from self._call("POST", f"/tenants/{tenant}/credits", json=body)
         return LedgerEntry.model_validate(data)
+
+    def usage(self, tenant: str, params: dict[str, str]) -> Operation[UsageReport]:
+        data = yield from self._call("GET", f"/tenants/{tenant}/usage", params=params)
+        return UsageReport.model_validate(data)
 
     def ledger(self, tenant: str, page_size: int) -> Operation[None]:
         """Emit every ledger entry, newest first, page by page."""
@@ -219,6 +223,17 @@ class Admin:
     ) -> LedgerEntry:
         return self._run(self._ops.move_credits(tenant, amount, reason, kind))
 
+    def usage(
+        self,
+        tenant: str,
+        from_: date | datetime | str | None = None,
+        to: date | datetime | str | None = None,
+        *,
+        group_by: str = "day",
+    ) -> UsageReport:
+        """The tenant's usage, as `Relight.usage` answers it to the tenant."""
+        return self._run(self._ops.usage(tenant, usage_params(from_, to, group_by)))
+
     def ledger(self, tenant: str, *, page_size: int = 50) -> Iterator[LedgerEntry]:
         """Every entry of the tenant's ledger, newest first."""
         return iterate_sync(self._http, self._ops.ledger(tenant, page_size))
@@ -322,6 +337,16 @@ class AsyncAdmin:
         self, tenant: str, amount: int, reason: str, *, kind: Literal["grant", "adjust"] = "grant"
     ) -> LedgerEntry:
         return await self._run(self._ops.move_credits(tenant, amount, reason, kind))
+
+    async def usage(
+        self,
+        tenant: str,
+        from_: date | datetime | str | None = None,
+        to: date | datetime | str | None = None,
+        *,
+        group_by: str = "day",
+    ) -> UsageReport:
+        return await self._run(self._ops.usage(tenant, usage_params(from_, to, group_by)))
 
     def ledger(self, tenant: str, *, page_size: int = 50) -> AsyncIterator[LedgerEntry]:
         return iterate_async(self._http, self._ops.ledger(tenant, page_size))

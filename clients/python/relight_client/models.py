@@ -126,6 +126,8 @@ class Record(_Model):
     deadline_at: datetime | None = None
     status_url: str
     response_url: str
+    # Signed: opens the status stream without a key (a browser's EventSource).
+    stream_url: str | None = None
 
 
 class RequestStatus(_Model):
@@ -139,6 +141,7 @@ class RequestStatus(_Model):
     error_code: str | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
     deadline_at: datetime | None = None
+    stream_url: str | None = None
 
 
 class Accepted(_Model):
@@ -150,6 +153,7 @@ class Accepted(_Model):
     status_url: str
     response_url: str
     cancel_url: str
+    stream_url: str | None = None
     credits_reserved: int
     priority: str = "normal"
     deadline_at: datetime | None = None
@@ -237,6 +241,34 @@ class Account(_Model):
     credits: int
     limits: Limits
     usage: Usage
+
+
+class UsageFigures(_Model):
+    """One period's (or the window's) usage: see `GET /v2/usage`."""
+
+    requests: int
+    completed: int
+    failed: int
+    canceled: int
+    images: int
+    credits_charged: int
+    credits_refunded: int
+    credits_net: int
+    gpu_seconds: float
+
+
+class UsagePeriod(UsageFigures):
+    period: str
+
+
+class UsageReport(_Model):
+    """`GET /v2/usage`: usage by UTC day, backend or key over `[from, to)`."""
+
+    data: list[UsagePeriod]
+    from_: datetime = Field(alias="from")
+    to: datetime
+    group_by: str
+    totals: UsageFigures
 
 
 class WebhookSecret(_Model):

@@ -130,7 +130,8 @@ async def startup(
 ) -> None:
     """arq's on_startup: open the database, storage and HTTP clients, build the backends and
     the job runner, start the metrics server."""
-    engine = create_engine(settings, pool_size=settings.worker_concurrency + 1)
+    # A connection per job slot, one for the sweep and webhooks, one for the deadline watcher.
+    engine = create_engine(settings, pool_size=settings.worker_concurrency + 2)
     executor = ThreadPoolExecutor(
         max_workers=settings.local_engine_threads, thread_name_prefix="relight-engine"
     )

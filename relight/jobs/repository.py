@@ -224,15 +224,14 @@ async def queued_before(
 
 async def owners_of(
     session: AsyncSession, job_ids: set[uuid.UUID]
-) -> list[tuple[uuid.UUID, uuid.UUID, int, str, datetime | None]]:
-    """`(job id, tenant id, tenant weight, priority, deadline)` of each of these jobs that
-    exists."""
+) -> list[tuple[uuid.UUID, uuid.UUID, int, str]]:
+    """`(job id, tenant id, tenant weight, priority)` of each of these jobs that exists."""
     rows = await session.execute(
-        select(Job.id, Job.tenant_id, Tenant.weight, Job.priority, Job.deadline_at)
+        select(Job.id, Job.tenant_id, Tenant.weight, Job.priority)
         .join(Tenant, Tenant.id == Job.tenant_id)
         .where(Job.id.in_(job_ids))
     )
-    return [(row.id, row.tenant_id, row.weight, row.priority, row.deadline_at) for row in rows]
+    return [(row.id, row.tenant_id, row.weight, row.priority) for row in rows]
 
 
 _UNFINISHED = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)

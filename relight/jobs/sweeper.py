@@ -57,12 +57,11 @@ async def queued_before(
 @dataclass(frozen=True)
 class Owner:
     """A job's tenant and the tenant's weight, for its place in the fair turns, and the job's
-    lane and deadline (kept when it is queued again)."""
+    lane (kept when it is queued again)."""
 
     tenant_id: uuid.UUID
     weight: int
     priority: str = "normal"
-    deadline_at: datetime | None = None
 
 
 async def owners_of(session: AsyncSession, job_ids: set[uuid.UUID]) -> dict[uuid.UUID, Owner]:
@@ -73,8 +72,7 @@ async def owners_of(session: AsyncSession, job_ids: set[uuid.UUID]) -> dict[uuid
         return {}
     rows = await repository.owners_of(session, job_ids)
     return {
-        job_id: Owner(tenant_id, weight, priority, deadline_at)
-        for job_id, tenant_id, weight, priority, deadline_at in rows
+        job_id: Owner(tenant_id, weight, priority) for job_id, tenant_id, weight, priority in rows
     }
 
 

@@ -6,7 +6,6 @@ import logging
 import os
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
 
 from arq.connections import ArqRedis
 from redis.exceptions import RedisError
@@ -16,7 +15,7 @@ from api.signin_throttle import SigninThrottle
 from api.stream_limits import StreamSlots
 from relight.config import Settings
 from relight.jobs.events import JobWaiter
-from relight.jobs.queue import enqueue_deadline, enqueue_delivery, enqueue_run
+from relight.jobs.queue import enqueue_delivery, enqueue_run
 from relight.ratelimit import RateLimiter
 from relight.storage import Storage
 from relight.tenants.auth_cache import AuthCache
@@ -48,22 +47,18 @@ class AppState:
         weight: int | None = None,
         *,
         priority: str = "normal",
-        deadline_at: datetime | None = None,
     ) -> None:
         """Hand a committed job to the workers, in its tenant's turns (at its weight) and its
-        `priority` lane, and queue its deadline's task for `deadline_at`; arq refuses a second
-        copy of the same id."""
+        `priority` lane; arq refuses a second copy of the same id. (A deadline needs nothing
+        queued: the workers' deadline watchers read it from the row.)"""
         if self.settings.fault_injection == "exit_before_enqueue":
             logger.critical("fault injection: exiting between commit and enqueue of %s", job_id)
             os._exit(70)
         queue = self.settings.queue_name
         try:
             await enqueue_run(self.redis, queue, job_id, tenant_id, weight, priority)
-            if deadline_at is not None:
-                await enqueue_deadline(self.redis, queue, job_id, deadline_at)
         except (RedisError, OSError):
-            # The job is committed and stays `queued`; the sweeper re-enqueues what Redis lacks
-            # (and cancels it at its deadline).
+            # The job is committed and stays `queued`; the sweeper re-enqueues what Redis lacks.
             logger.exception("could not enqueue job %s", job_id)
 
     async def enqueue_deliveries(self, delivery_ids: list[uuid.UUID]) -> None:

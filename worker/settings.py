@@ -7,6 +7,7 @@ submit applies); this is the one place that hands the local backend an inference
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import replace
@@ -28,10 +29,10 @@ from relight.backends.segmind import SegmindBackend
 from relight.batches import on_job_event as _batches_subscribed  # noqa: F401
 from relight.config import Settings
 from relight.db import create_engine, create_sessionmaker
+from relight.jobs.deadline_watch import DeadlineWatcher
 from relight.jobs.execution import JobRunner
 from relight.jobs.queue import (
     DELIVER_WEBHOOK_TASK,
-    EXPIRE_DEADLINE_TASK,
     RUN_JOB_TASK,
     SWEEP_TASK,
     deserialize_job,
@@ -48,12 +49,18 @@ from relight.storage import open_storage
 from relight.storage.urls import UrlBuilder
 from relight.webhooks.delivery import WebhookSender
 from worker.metrics_server import MetricsServer
-from worker.tasks import deliver_webhook, expire_deadline, run_job, sweep
+from worker.tasks import deliver_webhook, run_job, sweep
 from worker.wakeup import WakeableWorker
 
 logger = logging.getLogger(__name__)
 
 USER_AGENT = "relight/0.1"
+
+
+async def send_delivery(ctx: dict[str, Any], delivery_id: uuid.UUID) -> None:
+    """Make the first attempt of a webhook delivery now (the deadline watcher's sends);
+    a failed one is retried through the queue as `deliver_webhook` retries it."""
+    await deliver_webhook(ctx, str(delivery_id))
 
 
 async def start_metrics_server(ctx: dict[str, Any], settings: Settings) -> None:
@@ -123,7 +130,8 @@ async def startup(
 ) -> None:
     """arq's on_startup: open the database, storage and HTTP clients, build the backends and
     the job runner, start the metrics server."""
-    engine = create_engine(settings, pool_size=settings.worker_concurrency + 1)
+    # A connection per job slot, one for the sweep and webhooks, one for the deadline watcher.
+    engine = create_engine(settings, pool_size=settings.worker_concurrency + 2)
     executor = ThreadPoolExecutor(
         max_workers=settings.local_engine_threads, thread_name_prefix="relight-engine"
     )
@@ -154,6 +162,16 @@ async def startup(
             urls=UrlBuilder.background(settings),
         ),
     )
+    watcher = DeadlineWatcher(
+        sessionmaker=sessionmaker,
+        redis=ctx["redis"],
+        queue_name=settings.queue_name,
+        urls=UrlBuilder.background(settings),
+        send=partial(send_delivery, ctx),
+    )
+    # Beside the jobs, not in one of their slots: a deadline fires while every slot renders.
+    watcher.start()
+    ctx["deadline_watcher"] = watcher
     await start_metrics_server(ctx, settings)
     logger.info(
         "worker ready on queue %s with backends %s",
@@ -164,6 +182,8 @@ async def startup(
 
 async def shutdown(ctx: dict[str, Any]) -> None:
     """arq's on_shutdown: close what startup opened (whatever it got to)."""
+    if "deadline_watcher" in ctx:
+        await ctx["deadline_watcher"].stop()
     if "metrics_server" in ctx:
         await ctx["metrics_server"].stop()
     for client in ("http", "segmind_http", "gpu_http"):
@@ -189,8 +209,6 @@ def worker_options(settings: Settings) -> dict[str, Any]:
             ),
             # Attempts are scheduled by the task itself, never by arq's retry.
             func(deliver_webhook, name=DELIVER_WEBHOOK_TASK, max_tries=1, keep_result=0),
-            # The sweeper checks deadlines too, so one try is enough.
-            func(expire_deadline, name=EXPIRE_DEADLINE_TASK, max_tries=1, keep_result=0),
         ],
         "cron_jobs": [
             cron(

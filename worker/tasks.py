@@ -14,7 +14,7 @@ from arq.constants import in_progress_key_prefix, job_key_prefix
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from relight.config import Settings
-from relight.jobs import lifecycle, sweeper
+from relight.jobs import sweeper
 from relight.jobs.execution import JobRunner
 from relight.jobs.lifecycle import announce
 from relight.jobs.queue import delivery_job_id, enqueue_delivery, enqueue_run
@@ -35,23 +35,6 @@ async def run_job(ctx: dict[str, Any], job_id: str) -> str:
     if outcome.retry_in_s is not None:
         raise Retry(defer=outcome.retry_in_s)
     return outcome.status.value if outcome.status is not None else "skipped"
-
-
-async def expire_deadline(ctx: dict[str, Any], job_id: str) -> str:
-    """At a job's deadline: cancel it as `deadline_exceeded` if it is unfinished (refunded, its
-    webhook sent, its runner stopped); nothing if it finished. Safe to run more than once."""
-    sessionmaker: async_sessionmaker[AsyncSession] = ctx["sessionmaker"]
-    settings: Settings = ctx["settings"]
-    with job_context(job_id):
-        async with unit_of_work(sessionmaker) as uow:
-            moved = await lifecycle.expire_deadline(
-                uow.session, uuid.UUID(job_id), UrlBuilder.background(settings)
-            )
-            uow.after_commit(partial(announce, ctx["redis"], settings.queue_name, moved))
-        if moved is None:
-            return "finished before its deadline"
-        logger.info("job %s passed its deadline; canceled", job_id)
-    return "canceled"
 
 
 async def deliver_webhook(ctx: dict[str, Any], delivery_id: str) -> str:

@@ -62,20 +62,6 @@ async def watch_until_released(
             await asyncio.sleep(RELEASE_RECHECK_S)
 
 
-async def first_of(*waits: Awaitable[None]) -> None:
-    """Return once the first of `waits` returns (the others are cancelled); a wait that
-    raises raises here."""
-    tasks = [asyncio.ensure_future(wait) for wait in waits]
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    for task in done:
-        task.result()
-
-
 async def render_until_released(
     render: Awaitable[BackendResult], released: Awaitable[None], abandoned: threading.Event
 ) -> BackendResult | None:

@@ -4,9 +4,9 @@ outlived its deadline ends with.
 A request with a deadline stores it (`job.deadline_at`): Postgres is the truth, so a Redis that
 lost everything loses no deadline. Whoever finds the deadline passed moves the job through
 `relight.jobs.lifecycle.expire_deadline` (queued or running → canceled, refunded once, webhook
-sent): the deferred `expire_deadline` task queued for the deadline instant, the claim of a job
-that waited past it (it never starts), the runner of a job that is still rendering at its
-deadline (it stops as a canceled job stops), and the sweeper, the fallback for all of them.
+sent): each worker's deadline watcher (`relight.jobs.deadline_watch`, beside its job slots, at
+the deadline instant; a running job's runner then stops as a canceled job's does), the claim of
+a job that waited past it (it never starts), and the sweeper, the fallback.
 """
 
 from __future__ import annotations

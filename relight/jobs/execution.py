@@ -40,7 +40,6 @@ from relight.errors import BackendFailed, RelightError
 from relight.jobs import lifecycle, repository
 from relight.jobs.cancel_watch import (
     RenderAbandoned,
-    first_of,
     render_until_released,
     watch_until_released,
 )
@@ -68,9 +67,6 @@ class RunOutcome:
     status: JobStatus | None
     retry_in_s: float | None = None
 
-
-# How soon a deadline is asked for again when the database did not see it passed yet.
-DEADLINE_RECHECK_S = 0.25
 
 # Failures that count as `timeout` (rather than `error`) in relight_backend_duration_seconds.
 TIMEOUT_CODES = frozenset({"backend_timeout", "upstream_timeout"})
@@ -253,41 +249,16 @@ class JobRunner:
                     backend.render(job_input, params, job.seed, calls, report),
                     timeout=self._render_timeout_s(backend, params),
                 ),
-                first_of(
-                    watch_until_released(
-                        self.redis,
-                        finished_channel(self.settings.queue_name),
-                        str(job.id),
-                        partial(self._still_holds, job),
-                    ),
-                    self._expire_at_deadline(job),
+                # A cancel, and a deadline (fired by the worker's deadline watcher), end the
+                # job's `running`; the render is then abandoned at its next safe point.
+                watch_until_released(
+                    self.redis,
+                    finished_channel(self.settings.queue_name),
+                    str(job.id),
+                    partial(self._still_holds, job),
                 ),
                 abandoned,
             )
-
-    async def _expire_at_deadline(self, job: Job) -> None:
-        """At the job's deadline (never, without one), cancel it as `deadline_exceeded`
-        (`lifecycle.expire_deadline`, the guarded update a cancel races with) and return once
-        this attempt no longer holds it; the render is then abandoned like a canceled one's."""
-        if job.deadline_at is None:
-            await asyncio.Event().wait()  # no deadline: never released from here
-            return
-        while True:
-            await asyncio.sleep(max(0.0, (job.deadline_at - datetime.now(UTC)).total_seconds()))
-            try:
-                async with unit_of_work(self.sessionmaker) as uow:
-                    moved = await lifecycle.expire_deadline(uow.session, job.id, self.urls)
-                    uow.after_commit(partial(self._announce, moved))
-            except Exception:
-                logger.warning("could not expire job %s at its deadline", job.id, exc_info=True)
-                moved = None
-            if moved is not None:
-                logger.info("job %s passed its deadline while running; stopping it", job.id)
-                return
-            if not await self._still_holds(job):
-                return
-            # The database's clock may lag this one's by a little: ask again shortly.
-            await asyncio.sleep(DEADLINE_RECHECK_S)
 
     def _render_timeout_s(self, backend: RenderBackend, params: RelightParams) -> float:
         """`job_timeout_s`, or for a GPU node a timeout that grows with the request's size."""

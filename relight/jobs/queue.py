@@ -10,7 +10,6 @@ at once instead of at their next poll (the poll stays as the fallback when a mes
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -26,7 +25,6 @@ from relight.tenants.weight_mirror import tenant_weights_key
 
 RUN_JOB_TASK = "run_job"
 DELIVER_WEBHOOK_TASK = "deliver_webhook"
-EXPIRE_DEADLINE_TASK = "expire_deadline"
 SWEEP_TASK = "sweep"
 
 
@@ -162,26 +160,6 @@ async def enqueue_run(
         tenant_id=None if tenant_id is None else str(tenant_id),
         weight=weight,
         priority=Priority(priority),
-    )
-
-
-DEADLINE_JOB_PREFIX = "deadline:"
-
-
-async def enqueue_deadline(
-    enqueuer: Enqueuer, queue_name: str, job_id: uuid.UUID, deadline_at: datetime
-) -> bool:
-    """Queue the `expire_deadline` task of a committed job for its deadline (arq id
-    `deadline:<job id>`, so it is never doubled); it cancels the job then if it is unfinished.
-    A Redis that loses it loses nothing: the claim and the sweeper check deadlines too."""
-    defer_s = max(0.0, (deadline_at - datetime.now(UTC)).total_seconds())
-    return await enqueue(
-        enqueuer,
-        queue_name,
-        EXPIRE_DEADLINE_TASK,
-        f"{DEADLINE_JOB_PREFIX}{job_id}",
-        str(job_id),
-        defer_s=defer_s,
     )
 
 

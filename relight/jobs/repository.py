@@ -224,31 +224,45 @@ async def queued_before(
 
 async def owners_of(
     session: AsyncSession, job_ids: set[uuid.UUID]
-) -> list[tuple[uuid.UUID, uuid.UUID, int, str, datetime | None]]:
-    """`(job id, tenant id, tenant weight, priority, deadline)` of each of these jobs that
-    exists."""
+) -> list[tuple[uuid.UUID, uuid.UUID, int, str]]:
+    """`(job id, tenant id, tenant weight, priority)` of each of these jobs that exists."""
     rows = await session.execute(
-        select(Job.id, Job.tenant_id, Tenant.weight, Job.priority, Job.deadline_at)
+        select(Job.id, Job.tenant_id, Tenant.weight, Job.priority)
         .join(Tenant, Tenant.id == Job.tenant_id)
         .where(Job.id.in_(job_ids))
     )
-    return [(row.id, row.tenant_id, row.weight, row.priority, row.deadline_at) for row in rows]
+    return [(row.id, row.tenant_id, row.weight, row.priority) for row in rows]
+
+
+_UNFINISHED = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 
 
 async def past_deadline(session: AsyncSession, limit: int) -> list[uuid.UUID]:
     """Queued or running jobs whose deadline passed (by the database's clock), oldest
-    deadline first."""
+    deadline first, locked (rows another transaction is expiring are skipped)."""
     result = await session.scalars(
         select(Job.id)
         .where(
             Job.deadline_at.is_not(None),
-            Job.status.in_((JobStatus.QUEUED.value, JobStatus.RUNNING.value)),
+            Job.status.in_(_UNFINISHED),
             Job.deadline_at <= func.now(),
         )
         .order_by(Job.deadline_at)
         .limit(limit)
+        .with_for_update(skip_locked=True)
     )
     return list(result.all())
+
+
+async def next_deadline_in_s(session: AsyncSession) -> float | None:
+    """Seconds (by the database's clock) until the earliest deadline of a queued or running
+    job, 0 or less when one has passed; None when none has a deadline."""
+    seconds = await session.scalar(
+        select(func.extract("epoch", func.min(Job.deadline_at) - func.now())).where(
+            Job.deadline_at.is_not(None), Job.status.in_(_UNFINISHED)
+        )
+    )
+    return None if seconds is None else float(seconds)
 
 
 async def expired_leases(session: AsyncSession, now: datetime, limit: int) -> list[Job]:

@@ -44,8 +44,8 @@ Enqueue = Callable[[uuid.UUID, uuid.UUID, int], Awaitable[None]]
 
 
 class EnqueueInLane(Protocol):
-    """An `Enqueue` that also takes the job's lane and deadline (the api's `AppState.enqueue`):
-    the job is queued in its `priority` lane, and its deadline's task for `deadline_at`."""
+    """An `Enqueue` that also takes the job's lane (the api's `AppState.enqueue`): the job is
+    queued in its `priority` lane."""
 
     def __call__(
         self,
@@ -54,16 +54,13 @@ class EnqueueInLane(Protocol):
         weight: int | None = None,
         *,
         priority: str = Priority.NORMAL.value,
-        deadline_at: datetime | None = None,
     ) -> Awaitable[None]: ...
 
 
 def enqueue_submitted(enqueue: EnqueueInLane, job: Job, weight: int) -> Awaitable[None]:
-    """Hand a committed job to the workers with its tenant's weight and what its row says of
-    its lane and deadline (what a submit, single or in a batch, registers after its commit)."""
-    return enqueue(
-        job.id, job.tenant_id, weight, priority=job.priority, deadline_at=job.deadline_at
-    )
+    """Hand a committed job to the workers with its tenant's weight and its lane (what a
+    submit, single or in a batch, registers after its commit)."""
+    return enqueue(job.id, job.tenant_id, weight, priority=job.priority)
 
 
 class IdempotencyKeyReused(InvalidParameter):

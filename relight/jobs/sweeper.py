@@ -5,8 +5,8 @@
   the copy if the original is still there, so this never runs a job twice at once.
 - Stored images of requests finished longer ago than the retention period are deleted.
 - A queued or running job whose deadline (`Cancel-After`) passed is canceled as
-  `deadline_exceeded` and refunded: the fallback of the deferred task queued for the deadline,
-  should Redis have lost it or no worker have had a free slot to run it.
+  `deadline_exceeded` and refunded: the fallback of the workers' deadline watchers
+  (`relight.jobs.deadline_watch`), should every one of them be failing.
 - A job `running` whose lease expired belongs to a worker that died (a live worker renews its
   lease while the job runs): take it back. It goes back to the queue if attempts remain, else
   it ends `failed` with a refund and its webhook.
@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relight.jobs import lifecycle, repository
+from relight.jobs.deadline_watch import expire_passed
 from relight.jobs.lifecycle import Moved
 from relight.logs import job_context
 from relight.storage import Storage
@@ -56,12 +57,11 @@ async def queued_before(
 @dataclass(frozen=True)
 class Owner:
     """A job's tenant and the tenant's weight, for its place in the fair turns, and the job's
-    lane and deadline (kept when it is queued again)."""
+    lane (kept when it is queued again)."""
 
     tenant_id: uuid.UUID
     weight: int
     priority: str = "normal"
-    deadline_at: datetime | None = None
 
 
 async def owners_of(session: AsyncSession, job_ids: set[uuid.UUID]) -> dict[uuid.UUID, Owner]:
@@ -72,8 +72,7 @@ async def owners_of(session: AsyncSession, job_ids: set[uuid.UUID]) -> dict[uuid
         return {}
     rows = await repository.owners_of(session, job_ids)
     return {
-        job_id: Owner(tenant_id, weight, priority, deadline_at)
-        for job_id, tenant_id, weight, priority, deadline_at in rows
+        job_id: Owner(tenant_id, weight, priority) for job_id, tenant_id, weight, priority in rows
     }
 
 
@@ -82,14 +81,7 @@ async def expire_deadlines(
 ) -> list[Moved]:
     """Cancel the unfinished jobs whose deadline passed (`lifecycle.expire_deadline`); the
     caller commits, then announces the moves."""
-    moves: list[Moved] = []
-    for job_id in await repository.past_deadline(session, limit):
-        moved = await lifecycle.expire_deadline(session, job_id, urls)
-        if moved is not None:
-            with job_context(job_id, moved.job.http_request_id):
-                logger.info("job %s passed its deadline; canceled by the sweep", job_id)
-            moves.append(moved)
-    return moves
+    return await expire_passed(session, urls, limit)
 
 
 async def reclaim_expired(

@@ -121,29 +121,29 @@ async def test_a_request_behind_a_busy_worker_ends_canceled_at_its_deadline_refu
     receiver: WebhookReceiver,
 ) -> None:
     tenant = await make_tenant(credits=CREDITS)
-    async with one_slot_worker(settings, job_s=4.0):
+    # The worker's only slot renders a request that never ends on its own: the deadline must
+    # fire without waiting for a free slot.
+    backend = RendersUntilStopped()
+    async with one_slot_worker(settings, backend):
         slow = await submit(client, tenant, fast_body(backend="local"))
-
-        async def slow_running() -> bool:
-            status = await get_status(client, tenant, slow)
-            return bool(status["status"] == "PROCESSING")
-
-        await wait_until(slow_running, what="the slow request running")
+        await asyncio.wait_for(backend.started.wait(), timeout=30)
         accepted = await submit_with_deadline(
             client, tenant, "1s", webhook_url=receiver.url("/deadline")
         )
         request_id = accepted["request_id"]
         record = await ended(client, tenant, request_id)
-        slow_record = await ended(client, tenant, slow)
         [delivery] = await receiver.wait_for("/deadline", 1, timeout_s=30)
+        slow_record = await get_record(client, tenant, slow)
 
+    assert slow_record["status"] == "PROCESSING"
     assert_deadline_exceeded(record)
     # It never started: the deadline passed while it waited for the only slot.
     assert record["attempts"] == 0
     assert record["started_at"] is None
-    assert slow_record["status"] == "COMPLETED"
     assert await ledger_kinds(sessionmaker, request_id) == {"reserve": 1, "refund": 1}
-    assert await balance_of(engine, tenant.tenant_id) == CREDITS - slow_record["credits"]["charged"]
+    # Only the slow request's reservation is still held.
+    slow_reserved = slow_record["credits"]["reserved"]
+    assert await balance_of(engine, tenant.tenant_id) == CREDITS - slow_reserved
     payload = Webhook(await webhook_secret(client, tenant)).verify(delivery.body, delivery.headers)
     assert payload["request_id"] == request_id
     assert payload["status"] == "CANCELED"

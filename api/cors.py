@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from relight.config import Settings
 
 NOT_CROSS_ORIGIN = ("/admin", "/metrics")
-ALLOWED_METHODS = ("GET", "POST")
+ALLOWED_METHODS = ("GET", "POST", "DELETE")
 # What a front-end sends: its key (either form), a JSON or multipart body, the v2 extras.
 ALLOWED_HEADERS = (
     "x-api-key",
@@ -21,6 +21,7 @@ ALLOWED_HEADERS = (
     "content-type",
     "idempotency-key",
     "prefer",
+    "cancel-after",
     "x-request-id",
     "last-event-id",
 )

@@ -8,7 +8,16 @@ from fastapi import APIRouter, Response
 
 from api.deps import AccountReadScope, TenantDep, UnitOfWorkDep
 from api.errors import AUTHENTICATED, error_responses
-from api.usage import USAGE_DESCRIPTION, USAGE_RESPONSES, UsageQueryDep, usage_answer
+from api.usage import (
+    USAGE_CSV_DESCRIPTION,
+    USAGE_CSV_RESPONSES,
+    USAGE_DESCRIPTION,
+    USAGE_RESPONSES,
+    UsageCsvQueryDep,
+    UsageQueryDep,
+    usage_answer,
+    usage_csv_answer,
+)
 from relight.credits.schemas import UserCredits
 from relight.credits.service import get_balance
 from relight.jobs.queries import usage_since
@@ -63,3 +72,15 @@ async def get_usage(
     uow: UnitOfWorkDep, tenant: TenantDep, query: UsageQueryDep
 ) -> UsageReport | Response:
     return await usage_answer(uow.session, tenant.id, query, filename="usage")
+
+
+@router.get(
+    "/v2/usage.csv",
+    response_class=Response,
+    summary="Usage by day, backend or key as CSV",
+    description=USAGE_CSV_DESCRIPTION,
+    responses=USAGE_CSV_RESPONSES,
+    dependencies=[AccountReadScope],
+)
+async def get_usage_csv(uow: UnitOfWorkDep, tenant: TenantDep, query: UsageCsvQueryDep) -> Response:
+    return await usage_csv_answer(uow.session, tenant.id, query, filename="usage")

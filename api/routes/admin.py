@@ -18,7 +18,16 @@ from api.deps import SettingsDep, StateDep, UnitOfWorkDep
 from api.errors import ADMIN, error_responses
 from api.limits import check_admin_token_throttled
 from api.signin_throttle import client_address
-from api.usage import USAGE_DESCRIPTION, USAGE_RESPONSES, UsageQueryDep, usage_answer
+from api.usage import (
+    USAGE_CSV_DESCRIPTION,
+    USAGE_CSV_RESPONSES,
+    USAGE_DESCRIPTION,
+    USAGE_RESPONSES,
+    UsageCsvQueryDep,
+    UsageQueryDep,
+    usage_answer,
+    usage_csv_answer,
+)
 from relight.credits import service as credits
 from relight.credits.schemas import CreditEntryView, CreditMovement, LedgerPage
 from relight.errors import InvalidParameter
@@ -287,3 +296,16 @@ async def read_usage(
     tenant: AdminTenantDep, uow: UnitOfWorkDep, query: UsageQueryDep
 ) -> UsageReport | Response:
     return await usage_answer(uow.session, tenant.id, query, filename=f"usage-{tenant.id}")
+
+
+@router.get(
+    "/tenants/{tenant}/usage.csv",
+    response_class=Response,
+    summary="A tenant's usage by day, backend or key as CSV",
+    description=USAGE_CSV_DESCRIPTION,
+    responses={**USAGE_CSV_RESPONSES, **NOT_FOUND},
+)
+async def read_usage_csv(
+    tenant: AdminTenantDep, uow: UnitOfWorkDep, query: UsageCsvQueryDep
+) -> Response:
+    return await usage_csv_answer(uow.session, tenant.id, query, filename=f"usage-{tenant.id}")

@@ -1,6 +1,7 @@
 """A client generated from `/openapi.json` by openapi-python-client, used as its users would:
 no warnings from the generator, the key set once (either scheme), JSON and file submits, polling,
-listing, cancel, an output download and the account."""
+listing, cancel, an output download and the account; batches with a `Cancel-After` header and
+lanes, usage as JSON and CSV, scoped keys and a 403 `insufficient_scope` as the error model."""
 
 from __future__ import annotations
 
@@ -18,12 +19,16 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from PIL import Image
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api.app import create_app
 from relight.config import Settings
+from relight.tenants.scopes import ALL_SCOPES
 from scripts.stack import BIN
+from tests.api.test_keys import key_for
 from tests.conftest import RunWorker, TenantKey
 from tests.helpers import FAST, SMALL_PNG_BASE64, png_bytes
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -222,3 +227,116 @@ async def test_a_generated_client_without_a_key_gets_a_typed_401(
     assert response.status_code == 401
     assert isinstance(response.parsed, models.ErrorBody)
     assert "x-api-key" in response.parsed.error
+
+
+async def test_a_generated_client_runs_a_batch_reads_usage_and_manages_scoped_keys(
+    generated: Any,
+    app: FastAPI,
+    tenant: TenantKey,
+    background_worker: None,
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    models = module(generated, "models")
+    submit_relight = module(generated, "api.relight.submit_relight")
+    create_batch = module(generated, "api.batches.create_batch")
+    get_batch = module(generated, "api.batches.get_batch")
+    get_request_status = module(generated, "api.requests.get_request_status")
+    list_batches = module(generated, "api.batches.list_batches")
+    get_usage = module(generated, "api.account.get_usage")
+    get_usage_csv = module(generated, "api.account.get_usage_csv")
+    create_key = module(generated, "api.keys.create_key")
+    list_keys = module(generated, "api.keys.list_keys")
+    revoke_key = module(generated, "api.keys.revoke_key")
+    manager = await key_for(sessionmaker, tenant, sorted(ALL_SCOPES), label="manager")
+    fast = {**FAST, "output_format": models.OutputFormat(FAST["output_format"])}
+
+    def item(prompt: str, priority: Any) -> Any:
+        return models.SubmitBody(
+            prompt=prompt, subject_image=SMALL_PNG_BASE64, priority=priority, **fast
+        )
+
+    async with authenticated(generated, app, manager, bearer=True) as client:
+        # A batch with a deadline (the `Cancel-After` header is a parameter) and lanes.
+        accepted = await create_batch.asyncio(
+            client=client,
+            body=models.BatchBody(
+                requests=[item("cat", models.Priority.NORMAL), item("dog", models.Priority.LOW)]
+            ),
+            cancel_after="10m",
+        )
+        assert isinstance(accepted, models.BatchAccepted)
+        assert len(accepted.request_ids) == 2
+        # A single submit: the 202 carries the signed `stream_url` a browser can open.
+        single = await submit_relight.asyncio(
+            client=client, body=item("bird", models.Priority.LOW), cancel_after="1h"
+        )
+        assert isinstance(single, models.SubmitAccepted)
+        assert single.priority is models.Priority.LOW
+        assert single.deadline_at is not None
+        assert f"/v2/requests/{single.request_id}/status/stream?" in single.stream_url
+        assert "signature=" in single.stream_url
+
+        # A worker in the background: a burst worker would wait for the deadlines' checks.
+        async def all_completed() -> bool:
+            batch = await get_batch.asyncio(client=client, batch_id=accepted.batch_id)
+            assert isinstance(batch, models.BatchView)
+            status = await get_request_status.asyncio(client=client, request_id=single.request_id)
+            return bool(
+                batch.status is models.BatchViewStatus.COMPLETED
+                and status.status is models.PublicStatus.COMPLETED
+            )
+
+        await wait_until(all_completed, timeout_s=120, what="the batch and the request completed")
+        batch = await get_batch.asyncio(client=client, batch_id=accepted.batch_id)
+        assert sorted(view.request_id for view in batch.requests) == sorted(accepted.request_ids)
+        assert {view.status for view in batch.requests} == {models.PublicStatus.COMPLETED}
+        assert batch.credits_charged > 0
+        batches = await list_batches.asyncio(client=client, limit=10)
+        assert isinstance(batches, models.BatchList)
+        [summary] = batches.data
+        assert (summary.batch_id, summary.item_count) == (accepted.batch_id, 2)
+        assert summary.status is models.BatchSummaryStatus.COMPLETED
+
+        # Usage, as JSON models and as CSV text (an operation of its own).
+        usage = await get_usage.asyncio(client=client, group_by=models.GroupBy.DAY)
+        assert isinstance(usage, models.UsageReport)
+        assert usage.totals.requests == 3
+        assert usage.totals.completed == 3
+        # The single request was charged too.
+        assert usage.totals.credits_charged > batch.credits_charged
+        csv_text = await get_usage_csv.asyncio(client=client, group_by=models.GroupBy.DAY)
+        assert isinstance(csv_text, str)
+        header, *rows = csv_text.strip().splitlines()
+        assert header.startswith("period,")
+        assert len(rows) == len(usage.data) == 1
+
+        # A scoped key: created, listed, refused where its scope does not reach, revoked.
+        created = await create_key.asyncio(
+            client=client,
+            body=models.NewKeyRequest(label="reader", scopes=["requests:read"]),
+        )
+        assert isinstance(created, models.NewKeyView)
+        assert created.scopes == ["requests:read"]
+        keys = await list_keys.asyncio(client=client)
+        assert isinstance(keys, models.KeyList)
+        assert created.id in {key.id for key in keys.data}
+        assert all(not hasattr(key, "key") for key in keys.data)
+
+        reader = TenantKey(tenant_id=tenant.tenant_id, name=tenant.name, key=created.key)
+        async with authenticated(generated, app, reader, bearer=False) as as_reader:
+            refused = await submit_relight.asyncio_detailed(
+                client=as_reader, body=item("cat", models.Priority.NORMAL)
+            )
+            assert refused.status_code == 403
+            assert isinstance(refused.parsed, models.ErrorBody)
+            assert refused.parsed.code == "insufficient_scope"
+            assert "relight:submit" in refused.parsed.error
+            readable = await get_batch.asyncio(client=as_reader, batch_id=accepted.batch_id)
+            assert isinstance(readable, models.BatchView)
+
+            revoked = await revoke_key.asyncio(client=client, key_id=created.id)
+            assert isinstance(revoked, models.KeyView)
+            assert revoked.revoked_at is not None
+            gone = await get_batch.asyncio_detailed(client=as_reader, batch_id=accepted.batch_id)
+            assert gone.status_code == 401
+            assert isinstance(gone.parsed, models.ErrorBody)

@@ -71,6 +71,18 @@ def test_run_takes_a_url_or_a_data_url(client: Relight, image_server: ImageServe
     assert from_data_url.subject_image is None
 
 
+def test_a_raw_base64_string_longer_than_a_file_name_is_sent_as_data(client: Relight) -> None:
+    # Longer than any file name (255 bytes): the client once crashed checking it was a file.
+    raw = base64.b64encode(png_bytes((96, 120))).decode()
+    assert len(raw) > 255
+
+    record = client.run(raw, "cat, soft light", timeout=60, **fast())
+
+    assert record.status is Status.COMPLETED
+    (output,) = record.outputs
+    assert (output.width, output.height) == (256, 256)
+
+
 def test_a_missing_file_raises_before_anything_is_sent(client: Relight, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         client.relight(tmp_path / "nowhere.png", "cat")

@@ -159,6 +159,20 @@ async def test_usage_by_day_backend_and_key_equals_the_ledger(
         assert {row["period"] for row in rows} == set(keys)
         assert sum(int(row["credits_charged"]) for row in rows) == taken
         assert sum(int(row["credits_refunded"]) for row in rows) == given
+        # The same CSV as an operation of its own, for clients generated from the spec.
+        csv_operation = await client.get(
+            "/v2/usage.csv", params={"group_by": "key"}, headers=tenant.headers
+        )
+        assert csv_operation.status_code == 200
+        assert csv_operation.headers["content-type"].startswith("text/csv")
+        assert csv_operation.text == as_csv.text
+        admin_csv = await client.get(
+            f"/admin/v1/tenants/{tenant.name}/usage.csv",
+            params={"group_by": "key"},
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        )
+        assert admin_csv.status_code == 200
+        assert admin_csv.text == as_csv.text
 
         admin = usage(
             await client.get(
@@ -203,3 +217,7 @@ async def test_bad_usage_parameters_are_a_422_naming_the_parameter(
     assert response.status_code == 422, response.text
     assert response.json()["field"] == field
     assert response.json()["error"].startswith(field)
+    if field != "format":
+        as_csv = await client.get("/v2/usage.csv", params=params, headers=tenant.headers)
+        assert as_csv.status_code == 422, as_csv.text
+        assert as_csv.json()["field"] == field

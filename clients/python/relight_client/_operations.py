@@ -82,9 +82,13 @@ def encode_image(image: ImageInput) -> str:
 def _names_a_file(text: str) -> bool:
     """A path, not base64: an existing file, or a name with an image extension (so a mistyped
     path raises FileNotFoundError here rather than a 400 from the server)."""
-    if len(text) > 4096:
+    if text.lower().endswith(IMAGE_SUFFIXES):
+        return True
+    try:
+        return Path(text).is_file()
+    except OSError:
+        # Base64 longer than the system's file-name limit (ENAMETOOLONG) is data, not a path.
         return False
-    return Path(text).is_file() or text.lower().endswith(IMAGE_SUFFIXES)
 
 
 # A request's deadline: seconds, a timedelta, or the header's own text (`30s`, `5m`, `1m30s`).

@@ -238,7 +238,7 @@ class _DriverStatement:
     sql: str
     names: tuple[str, ...]
     constants: dict[str, Any]
-    processors: dict[str, Callable[[Any], Any]]
+    processors: Mapping[str, Callable[[Any], Any]]
 
     def arguments(self, parameters: dict[str, Any]) -> list[Any]:
         values = {**self.constants, **parameters}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import cast
 from urllib.parse import unquote, urlsplit
 
 from relight.config import Settings
@@ -42,7 +43,9 @@ def open_storage(settings: Settings) -> Storage:
 def presigner_for(settings: Settings) -> PresigningStorage | None:
     """The configured store when it hands out its own URLs (S3), else None."""
     storage = open_storage(settings)
-    return storage if _presigns(type(storage)) else None
+    if _presigns(type(storage)):
+        return cast(PresigningStorage, storage)
+    return None
 
 
 @functools.lru_cache(maxsize=8)

@@ -61,6 +61,7 @@ typecheck: install  ## mypy --strict
 
 bench: install services wrk  ## benchmarks (each prints a markdown table)
 	$(BIN)/python bench/submit.py
+	$(BIN)/python bench/submit_cpu.py
 	$(BIN)/python bench/dispatch.py
 	$(BIN)/python bench/fairness.py
 	$(BIN)/python bench/e2e.py

@@ -113,7 +113,4 @@ class HttpMetrics:
             route = scope.get("route")
             template = getattr(route, "path", None) or UNMATCHED_ROUTE
             method = scope["method"] if scope["method"] in KNOWN_METHODS else "OTHER"
-            metrics.HTTP_REQUESTS.labels(method=method, route=template, status=str(status)).inc()
-            metrics.HTTP_DURATION.labels(method=method, route=template).observe(
-                perf_counter() - started
-            )
+            metrics.count_http_answer(method, template, str(status), perf_counter() - started)

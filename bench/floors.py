@@ -53,6 +53,8 @@ def build_app(settings: Settings) -> FastAPI:
     app = create_app(settings)
     pool: list[asyncpg.Pool] = []
     pool_lock = asyncio.Lock()
+    # For an in-process caller (bench/submit_cpu.py) to close before its database goes.
+    app.state.bench_raw_pools = pool
 
     async def raw_pool() -> asyncpg.Pool:
         async with pool_lock:

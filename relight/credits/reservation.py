@@ -33,7 +33,7 @@ async def reserve_credits(session: AsyncSession, job: Job, cost: int) -> Job:
         await explain_refusal(session, job.tenant_id, cost)
     metrics.count_credits(session, "reserved", cost)
     # What the database filled in (defaults, timestamps); the rest is what was sent.
-    for key, value in row._mapping.items():
+    for key, value in row.items():
         if key not in job.__dict__:
             setattr(job, key, value)
     return job

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import cast
 from urllib.parse import unquote, urlsplit
 
 from relight.config import Settings
@@ -42,7 +43,16 @@ def open_storage(settings: Settings) -> Storage:
 def presigner_for(settings: Settings) -> PresigningStorage | None:
     """The configured store when it hands out its own URLs (S3), else None."""
     storage = open_storage(settings)
-    return storage if isinstance(storage, PresigningStorage) else None
+    if _presigns(type(storage)):
+        return cast(PresigningStorage, storage)
+    return None
+
+
+@functools.lru_cache(maxsize=8)
+def _presigns(storage_type: type[Storage]) -> bool:
+    # Checking a runtime protocol walks its members every time (about 50 µs): every answer
+    # with URLs asked it, once per request. The answer is the class's, so it is asked once.
+    return issubclass(storage_type, PresigningStorage)
 
 
 # One client per configuration and process (it holds a connection pool).

@@ -20,6 +20,7 @@ from api.waiting import RECHECK_S
 from relight.config import Settings
 from relight.storage.urls import sign_output
 from tests.conftest import MakeTenant, RunWorker, TenantKey
+from tests.fakes.image_server import ImageServer
 from tests.helpers import (
     FAST,
     assert_never_ran,
@@ -276,6 +277,25 @@ async def test_concurrent_submits_with_one_idempotency_key_make_one_request(
 
     responses = await asyncio.gather(
         *(client.post("/v2/ic-light", headers=headers, json=body()) for _ in range(10))
+    )
+
+    assert [r.status_code for r in responses] == [202] * 10, [r.text for r in responses]
+    assert len({r.json()["request_id"] for r in responses}) == 1
+    assert sum(r.headers.get("Idempotent-Replayed") == "true" for r in responses) == 9
+    assert await job_count(engine) == 1
+    assert await balance_of(engine, tenant.tenant_id) == START_BALANCE - 10
+
+
+async def test_concurrent_submits_by_url_with_one_idempotency_key_make_one_request(
+    client: httpx.AsyncClient, tenant: TenantKey, engine: AsyncEngine, image_server: ImageServer
+) -> None:
+    # A URL subject: the reservation runs in autocommit, on the driver's connection, so the
+    # losers of the race meet the taken key there.
+    headers = {**tenant.headers, "Idempotency-Key": "burst-url-42"}
+    by_url = body(subject_image=image_server.url("/cat.png"))
+
+    responses = await asyncio.gather(
+        *(client.post("/v2/ic-light", headers=headers, json=by_url) for _ in range(10))
     )
 
     assert [r.status_code for r in responses] == [202] * 10, [r.text for r in responses]

@@ -51,6 +51,15 @@ def test_submit_benchmark_prints_the_three_endpoints_and_the_history_variant() -
     assert all(row[-1] == "0" for row in rows), "some requests failed"
 
 
+def test_submit_cpu_benchmark_prints_each_endpoint_against_the_io_floor() -> None:
+    output = run_script("submit_cpu.py", "--smoke")  # 20 requests of each, in turns of 10
+    rows = [row for row in table_rows(output) if row[0] != "endpoint"]
+    assert [row[0] for row in rows] == ["/v2/ic-light", "/bench/io-floor", "/bench/framework-floor"]
+    assert rows[1][2] == "1.00"
+    assert all(float(row[1]) > 0 for row in rows)
+    assert "more than the I/O floor" in output
+
+
 def test_dispatch_benchmark_runs_jobs_through_a_real_worker() -> None:
     output = run_script("dispatch.py", "--smoke")  # 3 jobs, a burst of 5, 500 of history
     rows = [row for row in table_rows(output) if row[0] != "run"]

@@ -4,14 +4,17 @@ the table (no N+1). Counted with a `before_cursor_execute` listener on the app's
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import httpx
+import pytest
 from fastapi import FastAPI
 from sqlalchemy import event
 
+from api.app import create_app
+from relight.config import Settings
 from tests.conftest import RunWorker, TenantKey
 from tests.fakes.image_server import ImageServer
 from tests.helpers import fast_body, get_status, submit
@@ -29,22 +32,55 @@ URL_SUBMIT_STATEMENTS = 1
 URL_IDEMPOTENT_SUBMIT_STATEMENTS = URL_SUBMIT_STATEMENTS + 1
 # What a status poll of a queued job runs: the key lookup, the job, its queue position.
 STATUS_STATEMENTS = 3
+# How long a key stays in the auth cache here: far longer than any of these tests runs, so
+# that what they count is a steady request's, however slowly a loaded machine runs the steps
+# between two counts (with the default 5 s, a slow run counted the key's lookup again).
+AUTH_CACHE_S = 3600.0
+
+
+@pytest.fixture
+async def app(settings: Settings, clean_state: None) -> AsyncIterator[FastAPI]:
+    application = create_app(settings.model_copy(update={"auth_cache_s": AUTH_CACHE_S}))
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+# What the driver's query log sees of a transaction that SQLAlchemy's cursor event never saw.
+TRANSACTION_CONTROL = ("BEGIN", "COMMIT", "ROLLBACK")
 
 
 @contextmanager
 def count_statements(app: FastAPI) -> Iterator[list[str]]:
-    """The SQL statements the app's engine sends while the block runs."""
+    """The SQL statements the app's engine sends while the block runs: through SQLAlchemy's
+    cursor (its `before_cursor_execute` event) or on asyncpg's connection of the engine's pool
+    directly (the driver's query log, as a submit's reservation runs in autocommit). BEGIN and
+    COMMIT, which the driver logs and the cursor never sees, are not counted."""
     statements: list[str] = []
     engine = app.state.relight.engine.sync_engine
+    logging_on: list[Any] = []
 
     def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         statements.append(statement)
 
+    def record_logged(query: Any) -> None:
+        if not query.query.lstrip().upper().startswith(TRANSACTION_CONTROL):
+            statements.append(query.query)
+
+    def log_driver(dbapi_connection: Any, *args: Any) -> None:
+        driver = dbapi_connection.driver_connection
+        if driver not in logging_on:
+            driver.add_query_logger(record_logged)
+            logging_on.append(driver)
+
     event.listen(engine, "before_cursor_execute", record)
+    event.listen(engine, "checkout", log_driver)
     try:
         yield statements
     finally:
         event.remove(engine, "before_cursor_execute", record)
+        event.remove(engine, "checkout", log_driver)
+        for driver in logging_on:
+            driver.remove_query_logger(record_logged)
 
 
 @contextmanager

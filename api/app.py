@@ -37,14 +37,14 @@ from api.ui.actions import router as ui_actions
 from api.ui.routes import install_ui
 from relight import __version__
 from relight.batches.schemas import BatchBody
-from relight.config import Settings, get_settings
-from relight.db import autocommit_engine, create_engine, create_sessionmaker, listen_dsn
+from relight.core.config import Settings, get_settings
+from relight.core.db import autocommit_engine, create_engine, create_sessionmaker, listen_dsn
+from relight.core.ratelimit import RateLimiter
+from relight.core.redis_url import open_redis, parse_sentinel_url
+from relight.core.storage import open_storage
 from relight.jobs.events import JobWaiter
 from relight.jobs.queue import deserialize_job, redis_retry_options, serialize_job
 from relight.jobs.schemas import SubmitBody
-from relight.ratelimit import RateLimiter
-from relight.redis_url import open_redis, parse_sentinel_url
-from relight.storage import open_storage
 from relight.tenants.auth_cache import AuthCache
 
 DESCRIPTION = """

@@ -15,12 +15,12 @@ from starlette.datastructures import UploadFile
 
 from relight.batches.schemas import BatchOptions
 from relight.batches.service import BatchItem, item_error
-from relight.config import Settings
-from relight.errors import ImageTooLarge, InvalidParameter, RelightError
-from relight.image_structure import verify_field_structure
+from relight.core.config import Settings
+from relight.core.errors import ImageTooLarge, InvalidParameter, RelightError
+from relight.core.image_structure import verify_field_structure
+from relight.core.params import RelightParams, SubmitOptions
 from relight.jobs.inputs import SubjectSource, parse_subject_image
 from relight.jobs.schemas import SubmitBody
-from relight.params import RelightParams, SubmitOptions
 
 UPLOADED = "(uploaded file)"
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")

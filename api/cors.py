@@ -10,7 +10,7 @@ from __future__ import annotations
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from relight.config import Settings
+from relight.core.config import Settings
 
 NOT_CROSS_ORIGIN = ("/admin", "/metrics")
 ALLOWED_METHODS = ("GET", "POST", "DELETE")

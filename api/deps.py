@@ -13,16 +13,16 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from api.middleware import RATE_LIMIT_STATE
 from api.state import AppState
-from relight.config import Settings
-from relight.errors import RelightError
-from relight.models import Tenant
-from relight.ratelimit import RateLimitPolicy
-from relight.storage import presigner_for
-from relight.storage.urls import UrlBuilder
+from relight.core.config import Settings
+from relight.core.errors import RelightError
+from relight.core.models import Tenant
+from relight.core.ratelimit import RateLimitPolicy
+from relight.core.storage import presigner_for
+from relight.core.storage.urls import UrlBuilder
+from relight.core.unit_of_work import UnitOfWork, unit_of_work
 from relight.tenants.auth_cache import KeyGrant, TenantSnapshot
 from relight.tenants.scopes import Scope, check_not_expired, require
 from relight.tenants.service import AuthenticatedKey, authenticate_grant, authenticate_key
-from relight.unit_of_work import UnitOfWork, unit_of_work
 
 
 class RateLimited(RelightError):
@@ -48,7 +48,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 async def request_unit_of_work(state: StateDep) -> AsyncIterator[UnitOfWork]:
-    """The request's unit of work (`relight.unit_of_work`): committed, and its after-commit
+    """The request's unit of work (`relight.core.unit_of_work`): committed, and its after-commit
     callbacks run, when the route returns; rolled back if it raises."""
     # scope="function": this commit happens before the response is sent.
     async with unit_of_work(state.sessionmaker) as uow:

@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from api.responses import OrjsonResponse
-from relight.errors import RelightError
+from relight.core.errors import RelightError
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.body import body_limit
 from api.middleware import REQUEST_ID_STATE
 from api.signin_throttle import SigninThrottle, client_address
-from relight.config import Settings
-from relight.errors import Forbidden, RelightError, Unauthorized
+from relight.core.config import Settings
+from relight.core.errors import Forbidden, RelightError, Unauthorized
 
 ADMIN_PREFIX = "/admin/v1"
 # The routes that take an inline image (JSON base64 or a multipart file).

@@ -8,8 +8,8 @@ import uvicorn
 
 from api.app import create_app
 from api.serving import server_options
-from relight.config import get_settings
-from relight.logs import configure_logging
+from relight.core.config import get_settings
+from relight.core.logs import configure_logging
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,9 +9,9 @@ from time import perf_counter
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from relight import metrics
-from relight.logs import request_context, valid_request_id
-from relight.ratelimit import RateLimitDecision
+from relight.core import metrics
+from relight.core.logs import request_context, valid_request_id
+from relight.core.ratelimit import RateLimitDecision
 
 RATE_LIMIT_STATE = "rate_limit"
 

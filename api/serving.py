@@ -13,7 +13,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from relight.config import Settings
+from relight.core.config import Settings
 
 # uvicorn's (and h11's) own default, when the config names none.
 DEFAULT_MAX_HEAD_BYTES = 16 * 1024

@@ -4,7 +4,7 @@ sign-in form alike), then 429 with `Retry-After` until the minute is over.
 
 Failures are counted in Redis, so every api replica shares one count per address: a fixed
 window per address (`INCR`, expiring a minute after the first failure). Not the tenants' GCRA
-limiter (`relight.ratelimit`): that one spends an allowance on each request it lets through,
+limiter (`relight.core.ratelimit`): that one spends an allowance on each request it lets through,
 while here only failures count and the gate must close before the token is looked at: once the
 limit is reached, the right token is refused too until the window passes (else an attacker
 would only have to keep guessing), and one address's success never clears another's count.
@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from relight.config import Settings
-from relight.errors import RelightError
+from relight.core.config import Settings
+from relight.core.errors import RelightError
 
 logger = logging.getLogger(__name__)
 

@@ -13,11 +13,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from api.signin_throttle import SigninThrottle
 from api.stream_limits import StreamSlots
-from relight.config import Settings
+from relight.core.config import Settings
+from relight.core.ratelimit import RateLimiter
+from relight.core.storage import Storage
 from relight.jobs.events import JobWaiter
 from relight.jobs.queue import enqueue_delivery, enqueue_run
-from relight.ratelimit import RateLimiter
-from relight.storage import Storage
 from relight.tenants.auth_cache import AuthCache
 
 logger = logging.getLogger(__name__)

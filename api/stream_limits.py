@@ -19,7 +19,7 @@ from typing import Any
 from sse_starlette import EventSourceResponse
 from starlette.types import Receive, Scope, Send
 
-from relight.errors import RelightError
+from relight.core.errors import RelightError
 
 # What a client told to wait is told: streams end when their requests finish.
 RETRY_AFTER_S = 5

@@ -23,11 +23,11 @@ from typing import Any
 from sse_starlette import ServerSentEvent
 
 from api.state import AppState
+from relight.core.storage.urls import UrlBuilder
 from relight.jobs import queries
 from relight.jobs.events import JobFollower
 from relight.jobs.schemas import StatusView
 from relight.jobs.views import request_view, status_view
-from relight.storage.urls import UrlBuilder
 
 # What a lost notification can cost at most (the sync waiter's cap is of the same order).
 RECHECK_S = 10.0

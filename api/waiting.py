@@ -11,8 +11,8 @@ import uuid
 from starlette.types import Receive
 
 from api.state import AppState
+from relight.core.models import Job, JobStatus
 from relight.jobs import queries
-from relight.models import Job, JobStatus
 
 # What a lost notification can cost a waiter at most: it re-reads the row this often anyway.
 RECHECK_S = 5.0

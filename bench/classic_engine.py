@@ -46,8 +46,8 @@ def main() -> None:
     from PIL import Image
 
     from inference.engines.classic import ClassicEngine
-    from relight.images import encode_image
-    from relight.params import RelightParams
+    from relight.core.images import encode_image
+    from relight.core.params import RelightParams
 
     with Image.open(ROOT / "examples" / "chelsea.png") as opened:
         subject = opened.convert("RGB")

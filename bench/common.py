@@ -50,8 +50,8 @@ async def drop_scratch_database() -> None:
 async def create_bench_tenant(name: str = "bench") -> tuple[uuid.UUID, str]:
     """A tenant whose limits never get in the way (rate, credits, jobs in flight); its id and
     an API key."""
-    from relight.config import Settings
-    from relight.db import create_engine, create_sessionmaker
+    from relight.core.config import Settings
+    from relight.core.db import create_engine, create_sessionmaker
     from relight.tenants.schemas import LimitsUpdate
     from relight.tenants.service import create_api_key, create_tenant
 

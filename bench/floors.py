@@ -33,8 +33,8 @@ from api.body import read_submission  # noqa: E402
 from api.responses import OrjsonResponse  # noqa: E402
 from api.state import AppState  # noqa: E402
 from bench.cli import parse_args  # noqa: E402
-from relight.config import Settings, get_settings  # noqa: E402
-from relight.ids import uuid7  # noqa: E402
+from relight.core.config import Settings, get_settings  # noqa: E402
+from relight.core.ids import uuid7  # noqa: E402
 from relight.jobs.queue import RUN_JOB_TASK  # noqa: E402
 
 DEBIT = """

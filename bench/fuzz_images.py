@@ -1,6 +1,6 @@
 """Coverage-guided fuzzing of the hand-written image code: the metadata stripper
-(`relight/image_metadata.py`), the structure check (`relight/image_structure.py`) and the
-worker's decode (`relight.images.decode_image`), for a bounded time per target.
+(`relight/core/image_metadata.py`), the structure check (`relight/core/image_structure.py`) and the
+worker's decode (`relight.core.images.decode_image`), for a bounded time per target.
 
 Run as `.venv/bin/python bench/fuzz_images.py [--seconds 60] [--targets strip_metadata ...]`.
 Each target runs in a process of its own under atheris (libFuzzer driving Python with

@@ -19,10 +19,10 @@ from collections.abc import Callable
 
 from PIL import Image
 
-from relight.errors import ImageTooLarge, InvalidImage
-from relight.image_metadata import strip_metadata
-from relight.image_structure import ImageHeader, sniff_format, verify_structure
-from relight.images import decode_image
+from relight.core.errors import ImageTooLarge, InvalidImage
+from relight.core.image_metadata import strip_metadata
+from relight.core.image_structure import ImageHeader, sniff_format, verify_structure
+from relight.core.images import decode_image
 
 MAX_BYTES = 1 << 20
 MAX_PIXELS = 1 << 20

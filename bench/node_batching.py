@@ -33,7 +33,7 @@ from PIL import Image  # noqa: E402
 
 from bench.cli import parse_args  # noqa: E402
 from inference.engines.iclight import ICLightEngine  # noqa: E402
-from relight.params import LightSource, RelightParams  # noqa: E402
+from relight.core.params import LightSource, RelightParams  # noqa: E402
 
 LIGHTS = [LightSource.LEFT, LightSource.RIGHT, LightSource.TOP, LightSource.BOTTOM]
 

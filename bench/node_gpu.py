@@ -164,7 +164,7 @@ def _ours(
 
 
 def _params(request: Request) -> Any:
-    from relight.params import RelightParams
+    from relight.core.params import RelightParams
 
     return RelightParams(
         prompt=request.prompt,

@@ -33,9 +33,9 @@ from relight.backends.render_backend import (  # noqa: E402
     ProgressCallback,
     RenderedImage,
 )
-from relight.config import get_settings  # noqa: E402
-from relight.logs import configure_logging  # noqa: E402
-from relight.params import Backend, RelightParams  # noqa: E402
+from relight.core.config import get_settings  # noqa: E402
+from relight.core.logs import configure_logging  # noqa: E402
+from relight.core.params import Backend, RelightParams  # noqa: E402
 from worker.settings import build_worker  # noqa: E402
 
 

@@ -77,8 +77,8 @@ async def _store(kind: str, scratch: Path) -> AsyncIterator[dict[str, Any]]:
 
 async def _measure(kind: str, jobs: int, key: str, scratch: Path) -> dict[str, float]:
     from api.app import create_app
-    from relight.config import Settings
-    from relight.params import Backend
+    from relight.core.config import Settings
+    from relight.core.params import Backend
     from worker.settings import build_worker
 
     queue = f"relight:bench-scale:{uuid.uuid4().hex[:8]}"

@@ -416,9 +416,9 @@ async def drain(timeout_s: float) -> None:
 
 async def lost(load: Load) -> list[str]:
     """Accepted requests not terminal, webhooks not delivered, balances off their ledgers."""
-    from relight.config import Settings
+    from relight.core.config import Settings
+    from relight.core.db import create_engine, create_sessionmaker
     from relight.credits.service import audit_ledger
-    from relight.db import create_engine, create_sessionmaker
 
     problems: list[str] = []
     connection = await asyncpg.connect(f"{PG_SERVER}/{DATABASE}")

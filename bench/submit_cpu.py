@@ -86,7 +86,7 @@ async def measure(args: argparse.Namespace) -> tuple[dict[str, float], str]:
     tenant_id, key = await create_bench_tenant()
     with tempfile.TemporaryDirectory() as scratch:
         os.environ.update(bench_env(url, Path(scratch) / "storage"))
-        from relight.config import Settings
+        from relight.core.config import Settings
 
         app = build_app(Settings())
         body = orjson.dumps(BODY)

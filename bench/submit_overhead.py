@@ -27,12 +27,12 @@ sys.path.insert(0, str(ROOT))
 
 from bench.cli import parse_args  # noqa: E402
 from bench.common import create_scratch_database, drop_scratch_database, percentile  # noqa: E402
-from relight.config import Settings  # noqa: E402
+from relight.core.config import Settings  # noqa: E402
+from relight.core.db import create_engine, create_sessionmaker  # noqa: E402
+from relight.core.ids import uuid7  # noqa: E402
+from relight.core.models import Job, JobStatus  # noqa: E402
+from relight.core.ratelimit import RateLimiter, RateLimitPolicy  # noqa: E402
 from relight.credits.reservation import reserve_credits  # noqa: E402
-from relight.db import create_engine, create_sessionmaker  # noqa: E402
-from relight.ids import uuid7  # noqa: E402
-from relight.models import Job, JobStatus  # noqa: E402
-from relight.ratelimit import RateLimiter, RateLimitPolicy  # noqa: E402
 from relight.tenants.schemas import LimitsUpdate  # noqa: E402
 from relight.tenants.service import create_tenant  # noqa: E402
 

@@ -10,9 +10,9 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from relight import models  # noqa: F401  (registers the tables on the metadata)
-from relight.config import Settings
-from relight.db import Base
+from relight.core import models  # noqa: F401  (registers the tables on the metadata)
+from relight.core.config import Settings
+from relight.core.db import Base
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):

@@ -18,13 +18,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 # through its context.
 from typer._click.globals import get_current_context
 
-from relight.config import get_settings
+from relight.core.config import get_settings
+from relight.core.db import create_engine, create_sessionmaker
+from relight.core.errors import RelightError
+from relight.core.models import ApiKey, CreditKind, Tenant, TenantStatus
+from relight.core.redis_url import open_redis
+from relight.core.text import unstorable_character
+from relight.core.unit_of_work import unit_of_work
 from relight.credits import service as credits
 from relight.credits.schemas import CreditEntryView
-from relight.db import create_engine, create_sessionmaker
-from relight.errors import RelightError
-from relight.models import ApiKey, CreditKind, Tenant, TenantStatus
-from relight.redis_url import open_redis
 from relight.tenants import service
 from relight.tenants.schemas import (
     WEIGHT_DESCRIPTION,
@@ -34,8 +36,6 @@ from relight.tenants.schemas import (
     TenantView,
 )
 from relight.tenants.scopes import SCOPES_DESCRIPTION, parse_duration
-from relight.text import unstorable_character
-from relight.unit_of_work import unit_of_work
 
 app = typer.Typer(
     help="Manage Relight tenants and API keys.",
@@ -57,7 +57,7 @@ def _emit(data: Any) -> None:
 
 
 def _check_storable_arguments() -> None:
-    """The one text rule (`relight.text`) for every argument and option of the command being
+    """The one text rule (`relight.core.text`) for every argument and option of the command being
     run: bytes that are not UTF-8 (which Python hands over as lone surrogates) or a NUL are a
     validation error naming the option, before anything reaches the database."""
     context = get_current_context(silent=True)

@@ -28,9 +28,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from api.app import create_app
-from relight.config import Settings
+from relight.core.config import Settings
+from relight.core.db import create_engine, create_sessionmaker
 from relight.credits.service import audit_ledger
-from relight.db import create_engine, create_sessionmaker
 from relight.jobs.queue import deserialize_job, serialize_job
 from relight.tenants.service import create_api_key, create_tenant
 from tests.fakes.image_server import ImageServer

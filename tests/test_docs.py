@@ -6,7 +6,7 @@ from pydantic import AliasChoices
 from pydantic_settings import BaseSettings
 
 from inference.node.settings import NodeSettings
-from relight.config import Settings
+from relight.core.config import Settings
 from tests.conftest import ROOT
 
 

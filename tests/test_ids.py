@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from relight.ids import uuid7
+from relight.core.ids import uuid7
 
 
 def test_ids_of_instants_in_one_millisecond_sort_by_instant() -> None:

@@ -8,8 +8,8 @@ import sys
 import orjson
 import pytest
 
-from relight.config import Settings
-from relight.logs import (
+from relight.core.config import Settings
+from relight.core.logs import (
     JsonFormatter,
     TextFormatter,
     job_context,

@@ -8,8 +8,8 @@ import logging
 
 import uvloop
 
-from relight.config import get_settings
-from relight.logs import configure_logging
+from relight.core.config import get_settings
+from relight.core.logs import configure_logging
 from worker.settings import build_worker
 
 

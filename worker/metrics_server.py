@@ -14,7 +14,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from relight import metrics
+from relight.core import metrics
 
 logger = logging.getLogger(__name__)
 

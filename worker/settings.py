@@ -19,7 +19,6 @@ from arq import cron, func
 from arq.connections import ArqRedis, RedisSettings
 
 from inference.engines.classic import ClassicEngine
-from relight import metrics
 from relight.backends.availability import available_backends
 from relight.backends.local import LocalBackend
 from relight.backends.render_backend import RenderBackend
@@ -27,8 +26,13 @@ from relight.backends.segmind import SegmindBackend
 
 # Subscribes the batches to job events: a worker ends the batch whose last item it ends.
 from relight.batches import on_job_event as _batches_subscribed  # noqa: F401
-from relight.config import Settings
-from relight.db import create_engine, create_sessionmaker
+from relight.core import metrics
+from relight.core.config import Settings
+from relight.core.db import create_engine, create_sessionmaker
+from relight.core.params import Backend
+from relight.core.redis_url import open_redis, parse_sentinel_url
+from relight.core.storage import open_storage
+from relight.core.storage.urls import UrlBuilder
 from relight.jobs.deadline_watch import DeadlineWatcher
 from relight.jobs.execution import JobRunner
 from relight.jobs.queue import (
@@ -43,10 +47,6 @@ from relight.jobs.queue_counts import count_queue
 from relight.nodes.dispatch import GpuDispatcher
 from relight.nodes.gpu_backend import GpuBackend
 from relight.nodes.slots import slots_in_use
-from relight.params import Backend
-from relight.redis_url import open_redis, parse_sentinel_url
-from relight.storage import open_storage
-from relight.storage.urls import UrlBuilder
 from relight.webhooks.delivery import WebhookSender
 from worker.metrics_server import MetricsServer
 from worker.tasks import deliver_webhook, run_job, sweep

@@ -13,14 +13,14 @@ from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix, job_key_prefix
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from relight.config import Settings
+from relight.core.config import Settings
+from relight.core.logs import job_context
+from relight.core.storage.urls import UrlBuilder
+from relight.core.unit_of_work import unit_of_work
 from relight.jobs import sweeper
 from relight.jobs.execution import JobRunner
 from relight.jobs.lifecycle import announce
 from relight.jobs.queue import delivery_job_id, enqueue_delivery, enqueue_run
-from relight.logs import job_context
-from relight.storage.urls import UrlBuilder
-from relight.unit_of_work import unit_of_work
 from relight.webhooks.delivery import WebhookSender
 from relight.webhooks.service import due_deliveries
 

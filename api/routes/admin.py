@@ -28,10 +28,11 @@ from api.usage import (
     usage_answer,
     usage_csv_answer,
 )
+from relight.core.errors import InvalidParameter
+from relight.core.models import CreditKind, Tenant, TenantStatus
+from relight.core.text import StorableStr
 from relight.credits import service as credits
 from relight.credits.schemas import CreditEntryView, CreditMovement, LedgerPage
-from relight.errors import InvalidParameter
-from relight.models import CreditKind, Tenant, TenantStatus
 from relight.tenants import service as tenants
 from relight.tenants.schemas import (
     ApiKeyView,
@@ -45,7 +46,6 @@ from relight.tenants.schemas import (
     WebhookUrlUpdate,
     WeightUpdate,
 )
-from relight.text import StorableStr
 from relight.usage.schemas import UsageReport
 
 ADMIN_SCHEME = HTTPBearer(

@@ -32,8 +32,8 @@ from api.routes.relight import (
 from api.state import AppState
 from relight.batches import service as batches
 from relight.batches.schemas import BatchAccepted, BatchList, BatchView
-from relight.logs import current_request_id
-from relight.storage.urls import UrlBuilder
+from relight.core.logs import current_request_id
+from relight.core.storage.urls import UrlBuilder
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v2/batches", tags=["batches"])

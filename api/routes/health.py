@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 
 from api.deps import StateDep
 from api.responses import OrjsonResponse
-from relight.db import ping
+from relight.core.db import ping
 
 router = APIRouter(tags=["health"])
 

@@ -7,7 +7,7 @@ from functools import partial
 from fastapi import APIRouter, Response
 
 from api.deps import StateDep
-from relight import metrics
+from relight.core import metrics
 from relight.jobs.queue_counts import count_queue
 from relight.nodes.slots import slots_in_use
 

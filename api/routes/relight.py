@@ -18,9 +18,14 @@ from api.errors import AUTHENTICATED, error_responses
 from api.responses import OrjsonResponse, image_content
 from api.state import AppState
 from api.waiting import wait_for_job, wait_unless_hung_up
-from relight.config import Settings
+from relight.core.config import Settings
+from relight.core.errors import Conflict, RelightError
+from relight.core.logs import current_request_id, job_context
+from relight.core.models import Job, JobStatus
+from relight.core.storage.urls import UrlBuilder
+from relight.core.text import unstorable_character
+from relight.core.unit_of_work import unit_of_work
 from relight.credits.service import get_balance
-from relight.errors import Conflict, RelightError
 from relight.jobs import queries
 from relight.jobs.deadlines import (
     CANCEL_AFTER_DESCRIPTION,
@@ -31,12 +36,7 @@ from relight.jobs.deadlines import (
 from relight.jobs.schemas import RequestView, SubmitAccepted, SyncImage, SyncImages
 from relight.jobs.service import cancel_request, submit_request
 from relight.jobs.views import accepted_view, request_view
-from relight.logs import current_request_id, job_context
-from relight.models import Job, JobStatus
-from relight.storage.urls import UrlBuilder
 from relight.tenants.auth_cache import TenantSnapshot
-from relight.text import unstorable_character
-from relight.unit_of_work import unit_of_work
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["relight"])

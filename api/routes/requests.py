@@ -23,16 +23,12 @@ from api.errors import AUTHENTICATED, error_responses
 from api.responses import image_content
 from api.stream_limits import SlotEventSourceResponse
 from api.streaming import DONE_EVENT, EVENT_SCHEMA, STATUS_EVENT, status_events
-from relight.errors import RelightError, RequestNotFound, Unauthorized
-from relight.image_structure import sniff_format
-from relight.images import ALLOWED_FORMATS as INPUT_TYPES
-from relight.jobs import queries
-from relight.jobs import service as jobs
-from relight.jobs.schemas import PublicStatus, RequestList, RequestView, StatusView
-from relight.jobs.views import request_view, status_view
-from relight.models import JobStatus
-from relight.storage import StoredObjectMissing
-from relight.storage.urls import (
+from relight.core.errors import RelightError, RequestNotFound, Unauthorized
+from relight.core.image_structure import sniff_format
+from relight.core.images import ALLOWED_FORMATS as INPUT_TYPES
+from relight.core.models import JobStatus
+from relight.core.storage import StoredObjectMissing
+from relight.core.storage.urls import (
     INPUT_INDEX,
     SignatureCheck,
     UrlBuilder,
@@ -40,6 +36,10 @@ from relight.storage.urls import (
     stream_scope,
     verify_output_signature,
 )
+from relight.jobs import queries
+from relight.jobs import service as jobs
+from relight.jobs.schemas import PublicStatus, RequestList, RequestView, StatusView
+from relight.jobs.views import request_view, status_view
 
 router = APIRouter(prefix="/v2/requests", tags=["requests"])
 # A route that takes a request id also answers 404 (no such request, or another account's).

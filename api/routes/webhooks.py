@@ -18,8 +18,8 @@ from api.deps import (
     spend_redelivery,
 )
 from api.errors import AUTHENTICATED, error_responses
-from relight.models import Tenant
-from relight.storage.urls import UrlBuilder
+from relight.core.models import Tenant
+from relight.core.storage.urls import UrlBuilder
 from relight.tenants.keys import parse_key
 from relight.webhooks import service
 from relight.webhooks.schemas import DeliveryList, DeliveryView, WebhookSecretView

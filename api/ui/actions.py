@@ -31,12 +31,12 @@ from api.ui.flash import with_flash
 from api.ui.pages import PREFIX, render, see_other
 from api.ui.routes import CsrfField, OperatorDep, check_csrf, tenant_page
 from api.ui.session import OperatorSession
+from relight.core.errors import RelightError
+from relight.core.models import Tenant, TenantStatus
+from relight.core.storage.urls import UrlBuilder
 from relight.credits.schemas import CreditMovement
-from relight.errors import RelightError
-from relight.models import Tenant, TenantStatus
 from relight.ops import actions
 from relight.ops.actions import Outcome, rehearse
-from relight.storage.urls import UrlBuilder
 from relight.tenants import service as tenants
 from relight.tenants.schemas import LimitsUpdate, WeightUpdate
 

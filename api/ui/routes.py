@@ -31,6 +31,8 @@ from api.ui.pages import (
     see_other,
 )
 from api.ui.session import OperatorSession
+from relight.core.params import Backend
+from relight.core.text import unstorable_character
 from relight.credits import service as credits
 from relight.jobs.worker_heartbeat import STALE_AFTER_S
 from relight.ops.nodes import node_statuses
@@ -49,9 +51,7 @@ from relight.ops.requests import (
 from relight.ops.tenants import tenants_with_usage
 from relight.ops.webhook_failures import failing_deliveries
 from relight.ops.workers import WorkerStatus, worker_statuses
-from relight.params import Backend
 from relight.tenants import service as tenants
-from relight.text import unstorable_character
 from relight.usage.schemas import GroupBy
 from relight.usage.service import usage_report, usage_window
 
@@ -71,7 +71,7 @@ async def current_operator(request: Request, state: StateDep) -> OperatorSession
 
 
 async def check_page_text(request: Request) -> None:
-    """The one text rule (`relight.text`) for the path, query and form parameters of a page:
+    """The one text rule (`relight.core.text`) for the path, query and form parameters of a page:
     a parameter that cannot be stored is a 400 naming it, before any query runs."""
     parameters: list[tuple[str, Any]] = [
         *request.path_params.items(),

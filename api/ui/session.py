@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from relight.config import Settings
+from relight.core.config import Settings
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from typing import Protocol
 
 from PIL import Image
 
-from relight.params import RelightParams
+from relight.core.params import RelightParams
 
 ProgressCallback = Callable[[float], None]
 

@@ -33,8 +33,8 @@ import numpy.typing as npt
 from PIL import Image
 
 from inference.engines.base import ProgressCallback, ProgressCounter
-from relight.images import resize_and_center_crop
-from relight.params import LightSource, RelightParams
+from relight.core.images import resize_and_center_crop
+from relight.core.params import LightSource, RelightParams
 
 FloatArray = npt.NDArray[np.float32]
 RGB = tuple[float, float, float]

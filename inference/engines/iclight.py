@@ -66,8 +66,8 @@ from inference.iclight.sampling import (
 )
 from inference.iclight.unet_runner import UNetRunner
 from inference.iclight.weights import ICLightModel, Variant, load_model
-from relight.images import resize_and_center_crop
-from relight.params import BackgroundSource, RelightParams
+from relight.core.images import resize_and_center_crop
+from relight.core.params import BackgroundSource, RelightParams
 
 LATENT_CHANNELS = 4
 # On CUDA a VAE call takes at most this many image pixels: twelve 3072² images in one decode

@@ -16,7 +16,7 @@ from PIL import Image
 from torch.export.passes import move_to_device_pass
 
 from inference.iclight.rmbg import RMBG_DIR, load_rmbg
-from relight.params import BackgroundSource, LightSource
+from relight.core.params import BackgroundSource, LightSource
 
 BACKGROUND_GRAY = 127
 # The matting model sees about this many 64×64 cells (the reference feeds RMBG ~1024²).

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from relight.errors import RelightError
+from relight.core.errors import RelightError
 
 # torch.cuda.OutOfMemoryError is the same class; it exists on CPU-only builds too.
 TorchOutOfMemory = torch.OutOfMemoryError

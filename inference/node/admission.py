@@ -25,8 +25,8 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from relight.errors import RelightError
-from relight.params import RelightParams
+from relight.core.errors import RelightError
+from relight.core.params import RelightParams
 
 DEFAULT_LATENT_BUDGET = 4_194_304
 # The VAE's downscale: one latent pixel per 8×8 image pixels.

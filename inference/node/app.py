@@ -36,11 +36,11 @@ from inference.node.model_identity import ModelIdentity, checked_model_digest, m
 from inference.node.service import NodeService, RenderAbandoned
 from inference.node.settings import NodeSettings
 from relight import __version__
-from relight.errors import RelightError, Unauthorized
-from relight.logs import configure_logging
+from relight.core.errors import RelightError, Unauthorized
+from relight.core.logs import configure_logging
+from relight.core.redis_url import open_redis
 from relight.nodes.registry import NodeInfo
 from relight.nodes.wire import HEALTH_PATH, NDJSON, RELIGHT_PATH, NodeHealth, NodeRequest
-from relight.redis_url import open_redis
 
 # Nothing imported from here on reaches SQLAlchemy, asyncpg, alembic or arq: the node extra
 # installs none of them (tests/inference/test_node_dependencies.py).

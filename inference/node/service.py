@@ -22,10 +22,10 @@ from PIL import Image
 from inference.engines.base import RelightEngine
 from inference.node import metrics
 from inference.node.admission import LatentBudget, request_cost
-from relight.errors import InvalidImage, InvalidParameter, RelightError
-from relight.images import decode_image, encode_image
+from relight.core.errors import InvalidImage, InvalidParameter, RelightError
+from relight.core.images import decode_image, encode_image
+from relight.core.params import RelightParams
 from relight.nodes.wire import NodeImage, NodeRequest, NodeResult
-from relight.params import RelightParams
 
 logger = logging.getLogger(__name__)
 

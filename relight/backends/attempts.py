@@ -13,8 +13,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
-from relight.errors import BackendFailed
-from relight.params import Backend
+from relight.core.errors import BackendFailed
+from relight.core.params import Backend
 
 Outcome = Literal["ok", "failed"]
 

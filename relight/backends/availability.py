@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from relight.backends.render_backend import RenderBackend, is_available
-from relight.config import Settings
-from relight.params import Backend
+from relight.core.config import Settings
+from relight.core.params import Backend
 
 # The only backends that relight onto a background (IC-Light fbc on GPU nodes that have it);
 # Segmind's ic-light has no such model and the classic CPU engine does not try.

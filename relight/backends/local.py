@@ -25,8 +25,8 @@ from relight.backends.render_backend import (
     RenderedImage,
     refuse_backgrounds,
 )
-from relight.images import encode_image
-from relight.params import Backend, RelightParams
+from relight.core.images import encode_image
+from relight.core.params import Backend, RelightParams
 
 # The share of the work that the engine's stages stand for; encoding is the rest.
 RENDER_SHARE = 0.7

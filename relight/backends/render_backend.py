@@ -15,8 +15,8 @@ from typing import Protocol, runtime_checkable
 from PIL import Image
 
 from relight.backends.attempts import BackendCall
-from relight.errors import BackendFailed
-from relight.params import Backend, RelightParams
+from relight.core.errors import BackendFailed
+from relight.core.params import Backend, RelightParams
 
 ProgressCallback = Callable[[float], None]
 

@@ -12,9 +12,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from relight.backends.attempts import Attempt
-from relight.backoff import retry_delay_s
-from relight.errors import BackendFailed, RelightError
-from relight.params import Backend
+from relight.core.backoff import retry_delay_s
+from relight.core.errors import BackendFailed, RelightError
+from relight.core.params import Backend
 
 # Transient failures of these backends end as `upstream_unavailable` once every try is spent.
 REMOTE_BACKENDS = frozenset({Backend.GPU, Backend.SEGMIND})

@@ -30,11 +30,11 @@ from relight.backends.render_backend import (
     RenderedImage,
     refuse_backgrounds,
 )
-from relight.backoff import parse_retry_after
-from relight.config import Settings
-from relight.errors import BackendFailed
-from relight.params import Backend, RelightParams
-from relight.storage.urls import UrlBuilder
+from relight.core.backoff import parse_retry_after
+from relight.core.config import Settings
+from relight.core.errors import BackendFailed
+from relight.core.params import Backend, RelightParams
+from relight.core.storage.urls import UrlBuilder
 
 logger = logging.getLogger(__name__)
 

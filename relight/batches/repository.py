@@ -13,8 +13,8 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from relight.errors import RequestNotFound
-from relight.models import Batch, Job, JobStatus
+from relight.core.errors import RequestNotFound
+from relight.core.models import Batch, Job, JobStatus
 
 OPEN_STATUSES = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 

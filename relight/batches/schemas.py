@@ -9,7 +9,7 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from relight.client_model import ClientModel
+from relight.core.client_model import ClientModel
 from relight.jobs.schemas import ERROR_CODE_DESCRIPTION, ERROR_DESCRIPTION, PublicStatus, SubmitBody
 
 # What a batch's webhook can announce: its own end, and (opted into) each item's events.

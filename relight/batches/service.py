@@ -41,12 +41,17 @@ from relight.batches.schemas import (
     BatchSummary,
     BatchView,
 )
-from relight.config import Settings
+from relight.core.config import Settings
+from relight.core.egress import check_url
+from relight.core.errors import Conflict, RelightError
+from relight.core.ids import uuid7
+from relight.core.models import Batch, Job, JobOutput, JobStatus
+from relight.core.params import RelightParams, SubmitOptions
+from relight.core.storage import Storage
+from relight.core.storage.urls import UrlBuilder
+from relight.core.unit_of_work import unit_of_work
 from relight.credits.pricing import price
 from relight.credits.reservation import check_batch_affordable
-from relight.egress import check_url
-from relight.errors import Conflict, RelightError
-from relight.ids import uuid7
 from relight.jobs import repository as jobs
 from relight.jobs.inputs import SubjectSource
 from relight.jobs.lifecycle import Moved
@@ -62,12 +67,7 @@ from relight.jobs.service import (
 )
 from relight.jobs.subscribers import COMPLETED
 from relight.jobs.views import request_view
-from relight.models import Batch, Job, JobOutput, JobStatus
-from relight.params import RelightParams, SubmitOptions
-from relight.storage import Storage
-from relight.storage.urls import UrlBuilder
 from relight.tenants.auth_cache import TenantSnapshot
-from relight.unit_of_work import unit_of_work
 from relight.webhooks.service import schedule_batch_delivery
 
 # A message that starts by naming the field it is about (`subject_image is neither ...`).

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from relight.params import RelightParams
+from relight.core.params import RelightParams
 
 DEFAULT_OUTPUT_PIXELS = 768 * 960
 DEFAULT_STEPS = 25

@@ -33,8 +33,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.dml import ReturningInsert
 
-from relight.ids import uuid7
-from relight.models import CreditEntry, CreditKind, Job, Tenant, TenantStatus
+from relight.core.ids import uuid7
+from relight.core.models import CreditEntry, CreditKind, Job, Tenant, TenantStatus
 
 # Bounds that keep every sum far inside Postgres' bigint.
 MAX_MOVEMENT = 10**12

@@ -14,11 +14,11 @@ import uuid
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from relight import metrics
+from relight.core import metrics
+from relight.core.errors import Forbidden, InsufficientCredits
+from relight.core.models import Job, TenantStatus
 from relight.credits import repository
 from relight.credits.service import TooManyJobs, explain_refusal
-from relight.errors import Forbidden, InsufficientCredits
-from relight.models import Job, TenantStatus
 
 
 async def reserve_credits(session: AsyncSession, job: Job, cost: int) -> Job:

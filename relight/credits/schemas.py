@@ -8,9 +8,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from relight.client_model import ClientModel
+from relight.core.client_model import ClientModel
+from relight.core.models import CreditEntry
 from relight.credits.service import MAX_MOVEMENT
-from relight.models import CreditEntry
 
 
 class CreditEntryView(BaseModel):

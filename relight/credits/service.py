@@ -14,11 +14,11 @@ from typing import NoReturn
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from relight import metrics
+from relight.core import metrics
+from relight.core.errors import Forbidden, InsufficientCredits, InvalidParameter, RelightError
+from relight.core.models import CreditEntry, CreditKind, TenantStatus
 from relight.credits import repository
 from relight.credits.repository import MAX_BALANCE, MAX_MOVEMENT
-from relight.errors import Forbidden, InsufficientCredits, InvalidParameter, RelightError
-from relight.models import CreditEntry, CreditKind, TenantStatus
 
 __all__ = [
     "MAX_BALANCE",

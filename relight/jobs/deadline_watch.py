@@ -24,11 +24,11 @@ from dataclasses import replace
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from relight.core.logs import job_context
+from relight.core.storage.urls import UrlBuilder
+from relight.core.unit_of_work import unit_of_work
 from relight.jobs import lifecycle, repository
 from relight.jobs.lifecycle import Moved
-from relight.logs import job_context
-from relight.storage.urls import UrlBuilder
-from relight.unit_of_work import unit_of_work
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
-from relight.errors import InvalidParameter
+from relight.core.errors import InvalidParameter
 
 CANCEL_AFTER_HEADER = "Cancel-After"
 DEADLINE_EXCEEDED = "deadline_exceeded"

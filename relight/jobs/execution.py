@@ -30,13 +30,19 @@ import httpx
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from relight import metrics
 from relight.backends import routing
 from relight.backends.attempts import Attempt, BackendCall, read_attempts
 from relight.backends.availability import available_to_run
 from relight.backends.render_backend import BackendResult, JobInput, RenderBackend
-from relight.config import Settings
-from relight.errors import BackendFailed, RelightError
+from relight.core import metrics
+from relight.core.config import Settings
+from relight.core.errors import BackendFailed, RelightError
+from relight.core.logs import request_context
+from relight.core.models import Job, JobOutput, JobStatus
+from relight.core.params import Backend, RelightParams
+from relight.core.storage import Storage
+from relight.core.storage.urls import UrlBuilder
+from relight.core.unit_of_work import unit_of_work
 from relight.jobs import lifecycle, repository
 from relight.jobs.cancel_watch import (
     RenderAbandoned,
@@ -48,13 +54,7 @@ from relight.jobs.job_images import delete_outputs, elapsed_ms, load_input, stor
 from relight.jobs.lifecycle import Moved
 from relight.jobs.progress import track_progress
 from relight.jobs.queue import Enqueuer
-from relight.logs import request_context
-from relight.models import Job, JobOutput, JobStatus
 from relight.nodes.render_time import gpu_render_timeout_s
-from relight.params import Backend, RelightParams
-from relight.storage import Storage
-from relight.storage.urls import UrlBuilder
-from relight.unit_of_work import unit_of_work
 
 logger = logging.getLogger(__name__)
 

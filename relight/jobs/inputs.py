@@ -9,8 +9,8 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-from relight.egress import EgressPolicy, check_url
-from relight.errors import ImageTooLarge, InvalidImage, InvalidParameter
+from relight.core.egress import EgressPolicy, check_url
+from relight.core.errors import ImageTooLarge, InvalidImage, InvalidParameter
 
 URL_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*://", re.I)
 URLSAFE_TO_STANDARD = str.maketrans("-_", "+/")

@@ -12,14 +12,14 @@ from time import perf_counter
 import httpx
 
 from relight.backends.render_backend import BackendResult, JobInput
-from relight.config import Settings
-from relight.errors import RelightError
-from relight.fetch import fetch_image_bytes
-from relight.image_structure import verify_field_structure
-from relight.images import decode_image
-from relight.models import Job, JobOutput
-from relight.params import Backend
-from relight.storage import Storage, StoredObjectMissing
+from relight.core.config import Settings
+from relight.core.errors import RelightError
+from relight.core.fetch import fetch_image_bytes
+from relight.core.image_structure import verify_field_structure
+from relight.core.images import decode_image
+from relight.core.models import Job, JobOutput
+from relight.core.params import Backend
+from relight.core.storage import Storage, StoredObjectMissing
 
 logger = logging.getLogger(__name__)
 

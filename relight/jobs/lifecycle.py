@@ -34,14 +34,14 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from relight.core.models import Job, JobOutput, JobStatus
+from relight.core.storage.urls import UrlBuilder
 from relight.credits.service import charge_credits, refund_credits
 from relight.jobs import repository
 from relight.jobs.deadlines import DEADLINE_EXCEEDED, deadline_message
 from relight.jobs.events import Change, publish_changed, publish_finished
 from relight.jobs.queue import Enqueuer, enqueue_delivery
 from relight.jobs.subscribers import COMPLETED, START, notify_subscribers
-from relight.models import Job, JobOutput, JobStatus
-from relight.storage.urls import UrlBuilder
 
 logger = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ from functools import partial
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from relight.core.models import Job
+from relight.core.unit_of_work import unit_of_work
 from relight.jobs import lifecycle
 from relight.jobs.lifecycle import Moved
-from relight.models import Job
-from relight.unit_of_work import unit_of_work
 
 logger = logging.getLogger(__name__)
 

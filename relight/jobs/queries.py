@@ -10,8 +10,8 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from relight.core.models import Job, JobOutput, JobStatus
 from relight.jobs import repository
-from relight.models import Job, JobOutput, JobStatus
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from relight.core.params import Priority
 from relight.jobs.arq_format import FairKeys, add_job
-from relight.params import Priority
 from relight.tenants.weight_mirror import tenant_weights_key
 
 RUN_JOB_TASK = "run_job"

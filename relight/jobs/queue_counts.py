@@ -1,4 +1,4 @@
-"""Counting what arq's queue holds, for the scaling gauges (`relight.metrics.QueueCounts`).
+"""Counting what arq's queue holds, for the scaling gauges (`relight.core.metrics.QueueCounts`).
 
 arq's queue is one sorted set (job id → due time in ms) holding every kind of entry: relight
 jobs (`run_job`, whose arq id is the job's UUID), webhook delivery attempts (`webhook:<delivery
@@ -27,10 +27,10 @@ import time
 
 from redis.asyncio import Redis
 
+from relight.core.metrics import QueueCounts
+from relight.core.params import Priority
 from relight.jobs.arq_format import LANE_SPAN
 from relight.jobs.queue import DELIVERY_JOB_PREFIX, job_tenant_key, tenant_queue_prefix
-from relight.metrics import QueueCounts
-from relight.params import Priority
 
 # KEYS: the queue, the job → tenant hash of fair turns. ARGV: now (ms), the delivery id prefix,
 # the tenant queue key prefix, the lane span. Answers {entries, runnable relight jobs in the high,

@@ -13,9 +13,9 @@ from typing import Any
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from relight import metrics
-from relight.errors import RequestNotFound
-from relight.models import Job, JobOutput, JobStatus, Tenant
+from relight.core import metrics
+from relight.core.errors import RequestNotFound
+from relight.core.models import Job, JobOutput, JobStatus, Tenant
 
 
 async def get_job(session: AsyncSession, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job:

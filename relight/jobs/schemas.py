@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from relight.params import (
+from relight.core.params import (
     PRIORITY_DESCRIPTION,
     Backend,
     BackgroundSource,

@@ -19,25 +19,25 @@ from redis.asyncio import Redis
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from relight import metrics
 from relight.backends.availability import available_backends
-from relight.config import Settings
+from relight.core import metrics
+from relight.core.config import Settings
+from relight.core.egress import check_url
+from relight.core.errors import Conflict, Forbidden, InvalidParameter
+from relight.core.ids import uuid7
+from relight.core.image_metadata import strip_metadata
+from relight.core.models import Job, JobStatus, Tenant
+from relight.core.params import Backend, Priority, RelightParams, SubmitOptions
+from relight.core.storage import Storage
+from relight.core.storage.urls import UrlBuilder
+from relight.core.unit_of_work import after_commit, unit_of_work
 from relight.credits.pricing import price
 from relight.credits.reservation import reserve_credits
-from relight.egress import check_url
-from relight.errors import Conflict, Forbidden, InvalidParameter
-from relight.ids import uuid7
-from relight.image_metadata import strip_metadata
 from relight.jobs import lifecycle, repository
 from relight.jobs.inputs import SubjectSource
 from relight.jobs.lifecycle import Moved
-from relight.models import Job, JobStatus, Tenant
 from relight.nodes.registry import discovered_gpu_nodes
-from relight.params import Backend, Priority, RelightParams, SubmitOptions
-from relight.storage import Storage
-from relight.storage.urls import UrlBuilder
 from relight.tenants.auth_cache import TenantSnapshot
-from relight.unit_of_work import after_commit, unit_of_work
 
 # Hands a committed job to the workers: `(job id, tenant id, tenant weight)`.
 Enqueue = Callable[[uuid.UUID, uuid.UUID, int], Awaitable[None]]

@@ -20,8 +20,8 @@ from typing import Final, Literal, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from relight.models import Job
-from relight.storage.urls import UrlBuilder
+from relight.core.models import Job
+from relight.core.storage.urls import UrlBuilder
 
 JobEvent = Literal["start", "completed"]
 START: Final = "start"

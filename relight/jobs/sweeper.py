@@ -21,12 +21,12 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from relight.core.logs import job_context
+from relight.core.storage import Storage
+from relight.core.storage.urls import UrlBuilder
 from relight.jobs import lifecycle, repository
 from relight.jobs.deadline_watch import expire_passed
 from relight.jobs.lifecycle import Moved
-from relight.logs import job_context
-from relight.storage import Storage
-from relight.storage.urls import UrlBuilder
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,10 @@
-"""Turns job rows into the public JSON views; their URLs come from `relight.storage.urls`."""
+"""Turns job rows into the public JSON views; their URLs come from `relight.core.storage.urls`."""
 
 from __future__ import annotations
 
+from relight.core.models import Job, JobOutput, JobStatus
+from relight.core.params import Priority
+from relight.core.storage.urls import UrlBuilder
 from relight.jobs.deadlines import DEADLINE_EXCEEDED, deadline_message
 from relight.jobs.schemas import (
     BackendAttemptView,
@@ -13,9 +16,6 @@ from relight.jobs.schemas import (
     StatusView,
     SubmitAccepted,
 )
-from relight.models import Job, JobOutput, JobStatus
-from relight.params import Priority
-from relight.storage.urls import UrlBuilder
 
 CANCELED_MESSAGE = "the request was canceled"
 CANCELED_CODE = "canceled"

@@ -15,10 +15,10 @@ import orjson
 from pydantic import ValidationError
 
 from relight.backends.render_backend import RenderedImage
-from relight.backoff import parse_retry_after
+from relight.core.backoff import parse_retry_after
+from relight.core.params import RelightParams
 from relight.nodes.registry import NodeInfo
 from relight.nodes.wire import NDJSON, RELIGHT_PATH, NodeRequest, NodeResult
-from relight.params import RelightParams
 
 ERROR_EXCERPT = 300
 

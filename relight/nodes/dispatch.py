@@ -26,13 +26,13 @@ from redis.exceptions import RedisError
 
 from relight.backends.attempts import BackendCall
 from relight.backends.render_backend import BackendResult, JobInput
-from relight.config import Settings
-from relight.errors import BackendFailed
+from relight.core.config import Settings
+from relight.core.errors import BackendFailed
+from relight.core.params import Backend, RelightParams
 from relight.nodes import registry, slots
 from relight.nodes.breaker import CircuitBreaker
 from relight.nodes.client import FailureKind, NodeCallFailed, call_node
 from relight.nodes.registry import NodeInfo
-from relight.params import Backend, RelightParams
 
 logger = logging.getLogger(__name__)
 

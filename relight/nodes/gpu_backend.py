@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from relight.backends.attempts import BackendCall
 from relight.backends.render_backend import BackendResult, JobInput, ProgressCallback
+from relight.core.params import Backend, RelightParams
 from relight.nodes.dispatch import GpuDispatcher
-from relight.params import Backend, RelightParams
 
 
 class GpuBackend:

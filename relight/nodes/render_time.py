@@ -13,7 +13,7 @@ the estimate times `SAFETY`, at least `job_timeout_s` and at most `gpu_job_timeo
 
 from __future__ import annotations
 
-from relight.params import RelightParams
+from relight.core.params import RelightParams
 
 SECONDS_PER_ROW_PIXEL = 1.2e-6
 ATTENTION_PIXELS = 24_000

@@ -23,7 +23,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from relight.params import SEED_MAX, RelightParams
+from relight.core.params import SEED_MAX, RelightParams
 
 NDJSON = "application/x-ndjson"
 RELIGHT_PATH = "/v1/relight"

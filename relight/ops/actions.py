@@ -9,7 +9,7 @@ change the services refuse is refused before the operator confirms it.
 
 Every action is logged once it committed (an after-commit callback, so a rehearsal or a
 rollback logs nothing), as `operator action` with structured fields: the operator's session,
-the action, and what changed (`relight.logs` writes them into the JSON line).
+the action, and what changed (`relight.core.logs` writes them into the JSON line).
 """
 
 from __future__ import annotations
@@ -24,16 +24,16 @@ from typing import Any, TypeVar
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from relight.core.errors import Conflict, InvalidParameter, RelightError, RequestNotFound
+from relight.core.models import CreditKind, Job, JobStatus, Tenant, TenantStatus
+from relight.core.storage.urls import UrlBuilder
+from relight.core.unit_of_work import after_commit
 from relight.credits import service as credits
 from relight.credits.schemas import CreditMovement
-from relight.errors import Conflict, InvalidParameter, RelightError, RequestNotFound
 from relight.jobs import service as jobs
-from relight.models import CreditKind, Job, JobStatus, Tenant, TenantStatus
 from relight.ops import repository
-from relight.storage.urls import UrlBuilder
 from relight.tenants import service as tenants
 from relight.tenants.schemas import LimitsUpdate
-from relight.unit_of_work import after_commit
 from relight.webhooks import service as webhooks
 
 logger = logging.getLogger(__name__)

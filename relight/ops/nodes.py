@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from relight.config import Settings
+from relight.core.config import Settings
 from relight.nodes import registry
 from relight.nodes.breaker import CircuitBreaker
 from relight.nodes.registry import NodeInfo

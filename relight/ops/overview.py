@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from relight.models import JobStatus
+from relight.core.models import JobStatus
 from relight.ops import repository
 from relight.ops.repository import Spread, count_by_status, finished_count
 

@@ -12,7 +12,7 @@ from sqlalchemy import ColumnElement, Float, Select, and_, cast, extract, func, 
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
-from relight.models import (
+from relight.core.models import (
     CreditEntry,
     CreditKind,
     Job,

@@ -11,10 +11,17 @@ from typing import Generic, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from relight.errors import RelightError
+from relight.core.errors import RelightError
+from relight.core.models import (
+    CreditKind,
+    Job,
+    JobOutput,
+    JobStatus,
+    WebhookAttempt,
+    WebhookDelivery,
+)
 from relight.jobs import repository as jobs
 from relight.jobs.lifecycle import WORKER_LOST
-from relight.models import CreditKind, Job, JobOutput, JobStatus, WebhookAttempt, WebhookDelivery
 from relight.ops import repository
 from relight.ops.repository import Cursor
 from relight.webhooks.service import list_deliveries

@@ -7,7 +7,7 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from relight.models import Tenant
+from relight.core.models import Tenant
 from relight.ops import repository
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from relight.models import WebhookDelivery
+from relight.core.models import WebhookDelivery
 from relight.ops import repository
 from relight.ops.requests import PAGE_SIZE, Page, paged, parse_cursor
 

@@ -12,7 +12,7 @@ Postgres `NOTIFY` in the transaction that makes them, so the announcement goes o
 the change commits, from whatever process made it
 (the admin API, `relight-admin`). Every cache listens on a connection of its own and drops the
 tenant's entries at once; in the process that made the change, the commit itself drops them.
-That connection is `RELIGHT_DATABASE_LISTEN_URL` (`relight.db.listen_dsn`): behind a
+That connection is `RELIGHT_DATABASE_LISTEN_URL` (`relight.core.db.listen_dsn`): behind a
 transaction-pooling PgBouncer a LISTEN would stay on whichever server connection it borrowed,
 so it needs a direct one.
 A lost announcement (the listening connection died) is bounded by the TTL, and while the
@@ -35,7 +35,7 @@ from datetime import datetime
 
 import asyncpg
 
-from relight.models import Tenant
+from relight.core.models import Tenant
 
 logger = logging.getLogger(__name__)
 

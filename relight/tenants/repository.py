@@ -9,7 +9,7 @@ from sqlalchemy import Row, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from relight.models import ApiKey, Tenant
+from relight.core.models import ApiKey, Tenant
 from relight.tenants.auth_cache import CHANGED_CHANNEL
 
 # The advisory lock tenant creations take turns under (any constant unique to this purpose).

@@ -9,8 +9,8 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from relight.client_model import ClientModel
-from relight.models import ApiKey, Tenant
+from relight.core.client_model import ClientModel
+from relight.core.models import ApiKey, Tenant
 from relight.tenants.names import confusable_name_problem
 from relight.tenants.scopes import SCOPES_DESCRIPTION
 

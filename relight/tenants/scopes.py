@@ -12,7 +12,7 @@ import re
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from relight.errors import RelightError, Unauthorized
+from relight.core.errors import RelightError, Unauthorized
 
 
 class Scope(StrEnum):

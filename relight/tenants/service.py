@@ -16,11 +16,12 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from relight.core.egress import EgressPolicy, check_url
+from relight.core.errors import Conflict, InvalidParameter, RelightError, Unauthorized
+from relight.core.models import ApiKey, Tenant, TenantStatus
+from relight.core.params import Backend, Priority
+from relight.core.unit_of_work import after_commit
 from relight.credits.service import grant_credits
-from relight.egress import EgressPolicy, check_url
-from relight.errors import Conflict, InvalidParameter, RelightError, Unauthorized
-from relight.models import ApiKey, Tenant, TenantStatus
-from relight.params import Backend, Priority
 from relight.tenants import repository
 from relight.tenants.auth_cache import (
     KeyGrant,
@@ -39,7 +40,6 @@ from relight.tenants.scopes import (
     scope_problem,
 )
 from relight.tenants.weight_mirror import mirror_tenant_weight
-from relight.unit_of_work import after_commit
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from datetime import UTC, date, datetime, time, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from relight.errors import InvalidParameter
+from relight.core.errors import InvalidParameter
 from relight.usage import repository
 from relight.usage.repository import JobSums, LedgerSums
 from relight.usage.schemas import GroupBy, UsageFigures, UsagePeriod, UsageReport

@@ -15,17 +15,17 @@ import httpx
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from relight import metrics
-from relight.backoff import parse_retry_after
-from relight.config import Settings
-from relight.egress import EgressRefused, egress_stream
-from relight.errors import RelightError
+from relight.core import metrics
+from relight.core.backoff import parse_retry_after
+from relight.core.config import Settings
+from relight.core.egress import EgressRefused, egress_stream
+from relight.core.errors import RelightError
+from relight.core.logs import job_context
+from relight.core.models import WebhookDelivery
+from relight.core.storage.urls import UrlBuilder
+from relight.core.text import storable_text
+from relight.core.unit_of_work import unit_of_work
 from relight.jobs import repository as jobs
-from relight.logs import job_context
-from relight.models import WebhookDelivery
-from relight.storage.urls import UrlBuilder
-from relight.text import storable_text
-from relight.unit_of_work import unit_of_work
 from relight.webhooks import service
 from relight.webhooks.schemas import message_id
 from relight.webhooks.signatures import signature_header

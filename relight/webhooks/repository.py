@@ -11,8 +11,8 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from relight.ids import uuid7
-from relight.models import Tenant, WebhookAttempt, WebhookDelivery, WebhookStatus
+from relight.core.ids import uuid7
+from relight.core.models import Tenant, WebhookAttempt, WebhookDelivery, WebhookStatus
 
 
 async def insert_delivery(

@@ -7,7 +7,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
-from relight.models import WebhookAttempt, WebhookDelivery
+from relight.core.models import WebhookAttempt, WebhookDelivery
 
 
 class AttemptView(BaseModel):

@@ -16,13 +16,20 @@ from datetime import UTC, datetime, timedelta
 import orjson
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from relight.backoff import retry_delay_s
-from relight.errors import Conflict
+from relight.core.backoff import retry_delay_s
+from relight.core.errors import Conflict
+from relight.core.models import (
+    Job,
+    JobOutput,
+    Tenant,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookStatus,
+)
+from relight.core.storage.urls import UrlBuilder
 from relight.jobs import repository as jobs
 from relight.jobs.subscribers import COMPLETED
 from relight.jobs.views import request_view
-from relight.models import Job, JobOutput, Tenant, WebhookAttempt, WebhookDelivery, WebhookStatus
-from relight.storage.urls import UrlBuilder
 from relight.webhooks import repository
 from relight.webhooks.signatures import generate_secret
 

@@ -11,10 +11,10 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from relight.config import Settings
+from relight.core.config import Settings
+from relight.core.models import Tenant
+from relight.core.params import RelightParams
 from relight.credits.pricing import price
-from relight.models import Tenant
-from relight.params import RelightParams
 from relight.tenants.schemas import LimitsUpdate
 from relight.tenants.service import set_limits
 from tests.conftest import MakeTenant, RunWorker, TenantKey

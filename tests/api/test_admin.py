@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.app import create_app
-from relight.config import Settings
+from relight.core.config import Settings
 from relight.tenants.weight_mirror import tenant_weights_key
 from tests.conftest import MakeTenant, RunWorker, TenantKey
 from tests.helpers import FAST, balance_of, job_count

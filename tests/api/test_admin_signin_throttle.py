@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 
 from api.app import create_app
 from api.signin_throttle import SigninThrottle
-from relight.config import Settings
+from relight.core.config import Settings
 from scripts.stack import free_port
 
 ADMIN_TOKEN = "x" * 32

@@ -19,8 +19,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from api.app import create_app
-from relight.config import Settings
-from relight.models import TenantStatus
+from relight.core.config import Settings
+from relight.core.models import TenantStatus
 from relight.tenants.auth_cache import AuthCache
 from relight.tenants.schemas import LimitsUpdate
 from relight.tenants.service import find_tenant, set_limits, set_tenant_status

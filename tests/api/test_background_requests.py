@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from inference.iclight.weights import Variant
 from inference.tiny_model import write_tiny_model
-from relight.config import Settings
+from relight.core.config import Settings
 from tests.api.test_validation import assert_error, assert_invalid_field, body
 from tests.conftest import TenantKey, example_bytes
 from tests.fakes.segmind import relight_client, run_burst_worker

@@ -18,11 +18,11 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from standardwebhooks import Webhook
 
-from relight.config import Settings
+from relight.core.config import Settings
+from relight.core.storage.urls import UrlBuilder
+from relight.core.unit_of_work import unit_of_work
 from relight.credits.service import audit_ledger
 from relight.jobs import lifecycle
-from relight.storage.urls import UrlBuilder
-from relight.unit_of_work import unit_of_work
 from tests.conftest import MakeTenant, RunWorker, TenantKey
 from tests.fakes.webhook_receiver import WebhookReceiver
 from tests.helpers import balance_of, cancel, fast_body, job_count

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from api.app import create_app
 from api.cors import NOT_CROSS_ORIGIN
-from relight.config import Settings
+from relight.core.config import Settings
 from tests.conftest import TenantKey
 from tests.helpers import fast_body
 

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from api.app import create_app
-from relight.config import Settings
+from relight.core.config import Settings
 from scripts.stack import BIN, free_port, running, wait_ready
 from tests.e2e.test_live_stack import _environment
 

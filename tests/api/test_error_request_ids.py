@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from api.app import create_app
-from relight.config import Settings
+from relight.core.config import Settings
 from tests.conftest import RunWorker, TenantKey
 from tests.helpers import fast_body
 

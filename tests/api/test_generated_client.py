@@ -22,7 +22,7 @@ from PIL import Image
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api.app import create_app
-from relight.config import Settings
+from relight.core.config import Settings
 from relight.tenants.scopes import ALL_SCOPES
 from scripts.stack import BIN
 from tests.api.test_keys import key_for

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from relight.config import Settings
+from relight.core.config import Settings
 from relight.tenants.scopes import ALL_SCOPES, DEFAULT_SCOPES
 from relight.tenants.service import create_api_key, find_tenant
 from tests.api.test_auth_cache import AT_ONCE_S, LONG_TTL_S, api_process, status_within

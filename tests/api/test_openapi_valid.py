@@ -12,7 +12,7 @@ from openapi_spec_validator import validate
 from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
 
 from api.app import create_app
-from relight.config import Settings
+from relight.core.config import Settings
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from api.app import create_app
-from relight.config import Settings
+from relight.core.config import Settings
 from relight.tenants.keys import format_key
 from scripts.stack import free_port
 

@@ -21,8 +21,8 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from relight.models import Tenant
-from relight.ratelimit import RateLimiter, RateLimitPolicy
+from relight.core.models import Tenant
+from relight.core.ratelimit import RateLimiter, RateLimitPolicy
 from relight.tenants.schemas import LimitsUpdate
 from relight.tenants.service import set_limits
 from tests.conftest import MakeTenant, RunWorker, TenantKey
@@ -282,7 +282,7 @@ async def test_the_limiter_fails_open_when_redis_is_down(
     try:
         limiter = RateLimiter(dead, f"relight:test:{uuid.uuid4().hex[:8]}:ratelimit")
         policy = RateLimitPolicy(requests_per_minute=1, burst=1)
-        with caplog.at_level(logging.WARNING, logger="relight.ratelimit"):
+        with caplog.at_level(logging.WARNING, logger="relight.core.ratelimit"):
             decisions = [await limiter.check("tenant", policy) for _ in range(3)]
     finally:
         await dead.aclose()
@@ -291,7 +291,7 @@ async def test_the_limiter_fails_open_when_redis_is_down(
     warnings = [
         record
         for record in caplog.records
-        if record.name == "relight.ratelimit" and record.levelno == logging.WARNING
+        if record.name == "relight.core.ratelimit" and record.levelno == logging.WARNING
     ]
     # Counted in a log line, not one per request.
     assert len(warnings) == 1
@@ -313,7 +313,7 @@ async def test_the_api_lets_submits_through_when_redis_is_down(
     dead = Redis(host="127.0.0.1", port=closed_port(), socket_connect_timeout=1)
     state.limiter = RateLimiter(dead, "relight:test:dead:ratelimit")
     try:
-        with caplog.at_level(logging.WARNING, logger="relight.ratelimit"):
+        with caplog.at_level(logging.WARNING, logger="relight.core.ratelimit"):
             answers = [await post(client, tenant) for _ in range(3)]
             read = await client.get("/v2/requests", headers=tenant.headers)
     finally:

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from api.app import create_app
-from relight.config import Settings
+from relight.core.config import Settings
 
 
 class TcpRelay:

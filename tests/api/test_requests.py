@@ -17,8 +17,8 @@ from PIL import Image
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.waiting import RECHECK_S
-from relight.config import Settings
-from relight.storage.urls import sign_output
+from relight.core.config import Settings
+from relight.core.storage.urls import sign_output
 from tests.conftest import MakeTenant, RunWorker, TenantKey
 from tests.fakes.image_server import ImageServer
 from tests.helpers import (

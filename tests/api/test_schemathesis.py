@@ -32,8 +32,8 @@ from schemathesis import checks
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api.app import create_app
-from relight.config import Settings
-from relight.storage.urls import INPUT_INDEX, sign_output
+from relight.core.config import Settings
+from relight.core.storage.urls import INPUT_INDEX, sign_output
 from relight.tenants.schemas import LimitsUpdate
 from relight.tenants.scopes import ALL_SCOPES
 from relight.tenants.service import create_api_key, find_tenant, set_limits

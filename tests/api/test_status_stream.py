@@ -20,7 +20,7 @@ from httpx_sse import EventSource, ServerSentEvent, aconnect_sse
 
 from api.app import create_app
 from api.streaming import RECHECK_S
-from relight.config import Settings
+from relight.core.config import Settings
 from scripts.stack import free_port
 from tests.conftest import MakeTenant, TenantKey
 from tests.fakes.image_server import ImageServer

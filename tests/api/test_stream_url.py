@@ -21,8 +21,8 @@ from httpx_sse import aconnect_sse
 from playwright.async_api import async_playwright
 
 from api.app import create_app
-from relight.config import Settings
-from relight.storage.urls import sign, stream_scope
+from relight.core.config import Settings
+from relight.core.storage.urls import sign, stream_scope
 from tests.api.test_status_stream import read_until_done, relight_events
 from tests.conftest import MakeTenant, TenantKey
 from tests.fakes.segmind import background_worker

@@ -9,7 +9,7 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.app import create_app
-from relight.config import Settings
+from relight.core.config import Settings
 from tests.conftest import TenantKey
 from tests.helpers import balance_of, job_count, small_body
 

@@ -15,7 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.app import create_app
-from relight.config import Settings
+from relight.core.config import Settings
 from tests.conftest import TenantKey
 from tests.fakes.segmind import background_worker as worker_running
 from tests.hardening.live import serve

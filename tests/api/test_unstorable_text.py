@@ -19,8 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.app import create_app
 from api.routes import account, admin, requests, webhooks
-from relight.client_model import ClientModel
-from relight.config import Settings
+from relight.core.client_model import ClientModel
+from relight.core.config import Settings
 from relight.jobs.schemas import SubmitBody
 from tests.conftest import TenantKey
 from tests.helpers import SMALL_PNG_BASE64, assert_no_server_errors, balance_of, job_count

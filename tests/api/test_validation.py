@@ -14,7 +14,7 @@ import orjson
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from relight.config import Settings
+from relight.core.config import Settings
 from relight.tenants.keys import format_key
 from relight.tenants.service import revoke_api_key
 from tests.conftest import MakeTenant, RunWorker, TenantKey, example_bytes

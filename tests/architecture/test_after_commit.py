@@ -1,4 +1,4 @@
-"""One after-commit mechanism: `relight/unit_of_work.py`. Read from the source, no other module
+"""One after-commit mechanism: `relight/core/unit_of_work.py`. Read from the source, no other module
 hooks a session's transaction events or commits a session itself (every commit goes through a
 `UnitOfWork`, which runs the callbacks); and against a real Postgres, what a `UnitOfWork` does
 with `async` callbacks (the metrics' plain ones are `tests/observability/test_on_commit.py`'s).
@@ -13,11 +13,11 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from relight.unit_of_work import UnitOfWork, after_commit, unit_of_work
+from relight.core.unit_of_work import UnitOfWork, after_commit, unit_of_work
 from tests.architecture.test_query_layer import sources
 from tests.conftest import ROOT
 
-HOME = Path("relight/unit_of_work.py")
+HOME = Path("relight/core/unit_of_work.py")
 TRANSACTION_EVENTS = {"after_commit", "after_soft_rollback", "after_transaction_end"}
 
 
@@ -48,7 +48,7 @@ def test_only_the_unit_of_work_commits_and_hooks_transactions() -> None:
         if path != HOME
         for found in commits_and_hooks((ROOT / path).read_text(), path)
     ]
-    assert elsewhere == [], "commit through relight.unit_of_work (unit_of_work, UnitOfWork)"
+    assert elsewhere == [], "commit through relight.core.unit_of_work (unit_of_work, UnitOfWork)"
 
 
 async def test_async_callbacks_run_after_the_commit_in_order(

@@ -1,9 +1,9 @@
 """The shape of the code, read from the source: which part may import which.
 
 Inside `relight/`, a *package* is the first name under `relight` (`relight.jobs`,
-`relight.metrics`, `relight.errors`: a sub-package or a top-level module). Packages import
-each other in one direction only, downwards through these layers (a package may import any
-package on a lower line, never one on its own line or above):
+`relight.core`, `relight.cli`: a sub-package or a top-level module). Packages import each
+other in one direction only, downwards through these layers (a package may import any package
+on a lower line, never one on its own line or above):
 
     relight.cli, relight.ops     operators' tools: read and change everything
     relight.batches              sets of requests: submit together, end once (a job subscriber)
@@ -14,15 +14,15 @@ package on a lower line, never one on its own line or above):
     relight.backends             where pixels are made: the backend contract, routing
     relight.tenants              who asks: keys, limits, weights, the account
     relight.credits              the ledger of a tenant's credits
-    every other package          leaves, importing no feature: metrics, models, db, config,
-                                 errors, ids, params, text, client_model, backoff, storage,
-                                 images, egress, fetch, logs, ...
+    relight.core                 the leaves, in one folder, importing no feature: config,
+                                 db, models, errors, params, images, storage, metrics, logs,
+                                 ids, text, backoff, unit_of_work, ...
 
 relight.jobs and relight.nodes do not import each other: a job runs on any `RenderBackend`,
 and the worker hands it the `gpu` one that relight.nodes builds. When two features need each
 other, the lower one announces and the upper one subscribes: a job announces its `start` and
 `completed` events, and the webhooks' subscriber writes the delivery rows in the job's own
-transaction. Helpers that two features share live in a leaf (`relight.backoff`).
+transaction. Helpers that two features share live in a leaf (`relight.core.backoff`).
 
 Every import counts: at module level, inside functions (a lazy import is still a dependency,
 only a later one), and under `if TYPE_CHECKING:` (a type-only import still makes one package's
@@ -53,6 +53,7 @@ LAYERS: list[set[str]] = [
     {"relight.backends"},
     {"relight.tenants"},
     {"relight.credits"},
+    {"relight.core"},
 ]
 # Web frameworks and the queue library belong to api/ and worker/, never to the shared core.
 NOT_IN_CORE = {"fastapi", "starlette", "arq"}
@@ -163,7 +164,6 @@ def test_relight_packages_import_each_other_without_cycles() -> None:
 
 def test_feature_packages_import_only_the_layers_below() -> None:
     graph = package_graph()
-    # Leaves (every package not in LAYERS) rank below every feature.
     rank = {
         package: len(LAYERS) - position
         for position, layer in enumerate(LAYERS)
@@ -226,7 +226,7 @@ def test_the_gpu_node_reaches_no_relight_module_that_needs_a_service_library() -
             if target is not None and target not in chains:
                 chains[target] = [*chain, found]
                 pending.append((target, [*chain, found]))
-    assert "relight.params" in chains  # the walk follows the node's imports into relight/
+    assert "relight.core.params" in chains  # the walk follows the node's imports into relight/
     # Per module reached, its first import of a service library and how the node got there.
     offending = [
         " ← ".join(str(step) for step in reversed([*chain, service_imports[0]]))
@@ -238,3 +238,16 @@ def test_the_gpu_node_reaches_no_relight_module_that_needs_a_service_library() -
         )
     ]
     assert not offending, "\n".join(offending)
+
+
+def test_every_package_of_relight_has_its_layer() -> None:
+    # A new module straight under relight/ would be a leaf nobody placed: it belongs in
+    # relight/core/ (a leaf) or in a feature package.
+    placed = {package for layer in LAYERS for package in layer}
+    present = {
+        f"relight.{path.stem}"
+        for path in (ROOT / "relight").iterdir()
+        if (path.suffix == ".py" and path.stem != "__init__") or (path / "__init__.py").exists()
+    }
+    unplaced = sorted(present - placed)
+    assert not unplaced, f"packages of relight/ outside every layer: {unplaced}"

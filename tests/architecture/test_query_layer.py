@@ -28,10 +28,10 @@ SOURCES = ("relight", "api", "worker")
 ALLOWED = {
     # The schema itself: server defaults (`func.now()`, `text(...)`) and partial-index
     # conditions are DDL, not queries.
-    Path("relight/models.py"),
+    Path("relight/core/models.py"),
     # Engine and pool setup, and `ping`: the readiness probe's `SELECT 1` on a bare pooled
     # connection (no session, no feature), which must work whatever the schema.
-    Path("relight/db.py"),
+    Path("relight/core/db.py"),
 }
 
 # SQLAlchemy's statement and SQL-expression builders.

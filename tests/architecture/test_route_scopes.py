@@ -24,7 +24,7 @@ from api.deps import (
     route_authenticates_a_key,
     route_scopes,
 )
-from relight.config import Settings
+from relight.core.config import Settings
 from relight.tenants.scopes import ALL_SCOPES
 from tests.architecture.test_query_layer import sources
 from tests.conftest import ROOT

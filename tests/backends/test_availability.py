@@ -8,8 +8,8 @@ import pytest
 from relight.backends.attempts import BackendCall
 from relight.backends.availability import available_backends, available_to_run
 from relight.backends.render_backend import BackendResult, JobInput, ProgressCallback, RenderBackend
-from relight.config import Settings
-from relight.params import Backend, RelightParams
+from relight.core.config import Settings
+from relight.core.params import Backend, RelightParams
 
 GPU, SEGMIND, LOCAL, AUTO = (
     Backend.GPU,

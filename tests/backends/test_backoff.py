@@ -1,4 +1,4 @@
-"""When to try again: `relight.backoff`, shared by job retries and webhook deliveries."""
+"""When to try again: `relight.core.backoff`, shared by job retries and webhook deliveries."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from relight.backoff import JITTER, parse_retry_after, retry_delay_s
+from relight.core.backoff import JITTER, parse_retry_after, retry_delay_s
 
 
 @pytest.mark.parametrize(("attempt", "base"), [(1, 2.0), (2, 4.0), (3, 8.0), (4, 16.0)])

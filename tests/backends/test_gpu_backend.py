@@ -12,11 +12,11 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from relight.config import Settings
+from relight.core.config import Settings
+from relight.core.params import RelightParams
 from relight.credits.pricing import price
 from relight.nodes import slots
 from relight.nodes.registry import NodeInfo
-from relight.params import RelightParams
 from scripts.stack import free_port
 from tests.conftest import TenantKey
 from tests.fakes.segmind import background_worker, relight_client, run_burst_worker

@@ -16,9 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from relight.backends import routing
 from relight.backends.attempts import Attempt, BackendCall, read_attempts
 from relight.backends.render_backend import BackendResult, JobInput, ProgressCallback
-from relight.config import Settings
-from relight.errors import BackendFailed
-from relight.params import Backend, RelightParams
+from relight.core.config import Settings
+from relight.core.errors import BackendFailed
+from relight.core.params import Backend, RelightParams
 from relight.tenants.service import find_tenant, set_allowed_backends
 from tests.conftest import MakeTenant, TenantKey, example_base64
 from tests.fakes.segmind import (

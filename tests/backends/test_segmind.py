@@ -25,8 +25,8 @@ from PIL import Image
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from relight.config import Settings
-from relight.image_metadata import strip_metadata
+from relight.core.config import Settings
+from relight.core.image_metadata import strip_metadata
 from relight.tenants.service import find_tenant, set_allowed_backends
 from tests.api.test_seed_example import seed_example
 from tests.conftest import MakeTenant, TenantKey, example_base64, example_bytes

@@ -31,7 +31,7 @@ import pytest
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix, job_key_prefix
 
-from relight.config import Settings
+from relight.core.config import Settings
 from scripts.stack import BIN
 from tests.conftest import PG_SERVER, TEST_DATABASE
 

@@ -23,7 +23,7 @@ from arq.connections import ArqRedis
 from arq.constants import job_key_prefix
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from relight.config import Settings
+from relight.core.config import Settings
 from relight.tenants.service import find_tenant, set_allowed_backends
 from tests.chaos.conftest import (
     LEASE_S,

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from relight.config import Settings
+from relight.core.config import Settings
 from relight.tenants.keys import format_key
 from tests.cli_runner import ADMIN, Result, admin_env, run_admin
 from tests.conftest import database_url

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from relight.config import Settings
+from relight.core.config import Settings
 from tests.cli_runner import Result, admin_env, run_admin
 from tests.conftest import MakeTenant, TenantKey
 from tests.helpers import SMALL_PNG_BASE64, balance_of

@@ -12,7 +12,7 @@ import pytest
 from relight_client import Relight
 from relight_client.admin import Admin
 
-from relight.config import Settings
+from relight.core.config import Settings
 from scripts.stack import local_stack
 from tests.e2e.test_live_stack import _environment
 from tests.fakes.flaky_proxy import FlakyProxy

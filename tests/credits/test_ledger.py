@@ -27,7 +27,11 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from relight.config import Settings
+from relight.core.config import Settings
+from relight.core.errors import InvalidImage, InvalidParameter
+from relight.core.models import CreditEntry, CreditKind, Job, JobStatus, Tenant, TenantStatus
+from relight.core.params import RelightParams, output_size
+from relight.core.storage import FileSystemStorage
 from relight.credits.pricing import DEFAULT_OUTPUT_PIXELS, price
 from relight.credits.service import (
     LedgerDiscrepancy,
@@ -36,12 +40,8 @@ from relight.credits.service import (
     grant_credits,
     refund_credits,
 )
-from relight.errors import InvalidImage, InvalidParameter
 from relight.jobs import repository
 from relight.jobs.execution import JobRunner
-from relight.models import CreditEntry, CreditKind, Job, JobStatus, Tenant, TenantStatus
-from relight.params import RelightParams, output_size
-from relight.storage import FileSystemStorage
 from relight.tenants.schemas import LimitsUpdate
 from relight.tenants.service import set_limits, set_tenant_status
 from tests.conftest import MakeTenant, RunWorker, TenantKey

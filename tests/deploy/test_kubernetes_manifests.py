@@ -11,7 +11,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from relight.config import Settings
+from relight.core.config import Settings
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"
 KUBERNETES_VERSION = "1.30.0"

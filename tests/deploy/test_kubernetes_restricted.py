@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from relight.config import Settings
+from relight.core.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy" / "kubernetes"

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from relight.config import Settings
+from relight.core.config import Settings
 from scripts.stack import BIN, free_port
 from tests.conftest import TenantKey
 from tests.e2e.test_live_stack import _environment

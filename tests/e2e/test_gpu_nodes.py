@@ -21,7 +21,7 @@ import redis as sync_redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from relight.config import Settings
+from relight.core.config import Settings
 from relight.nodes.slots import slot_index_key, slots_key
 from scripts.stack import BIN, free_port, wait_ready
 from tests.conftest import MakeTenant, TenantKey, example_base64

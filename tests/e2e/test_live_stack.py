@@ -16,7 +16,7 @@ import pytest
 import requests
 from PIL import Image
 
-from relight.config import Settings
+from relight.core.config import Settings
 from scripts.stack import BIN, free_port
 from tests.api.test_seed_example import seed_example
 from tests.conftest import ROOT, TenantKey

@@ -14,7 +14,7 @@ import pytest
 from arq.connections import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from relight.config import Settings
+from relight.core.config import Settings
 from tests.conftest import TenantKey
 from tests.e2e.test_live_stack import _environment
 from tests.e2e.test_worker_shutdown import WORKER, _wait_for_status

@@ -19,7 +19,7 @@ from segmind.v2 import InferenceFailed
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from relight.config import Settings
+from relight.core.config import Settings
 from scripts.stack import local_stack
 from tests.conftest import MakeTenant, TenantKey
 from tests.e2e.test_live_stack import _environment

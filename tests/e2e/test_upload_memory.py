@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from relight.config import Settings
+from relight.core.config import Settings
 from scripts.stack import BIN, free_port
 from tests.conftest import TenantKey
 from tests.e2e.test_live_stack import _environment

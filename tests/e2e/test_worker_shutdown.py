@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from relight.config import Settings
+from relight.core.config import Settings
 from scripts.stack import BIN
 from tests.conftest import TenantKey
 from tests.e2e.test_live_stack import _environment

@@ -50,7 +50,7 @@ import httpx
 from PIL import Image
 
 from api.app import create_app
-from relight.config import Settings
+from relight.core.config import Settings
 from tests.fakes.server import ThreadedServer
 from worker.settings import build_worker
 

@@ -16,12 +16,12 @@ import httpx
 import pytest
 from PIL import Image
 
-from relight.config import Settings
-from relight.errors import RelightError
-from relight.fetch import fetch_image_bytes
+from relight.core.config import Settings
+from relight.core.errors import RelightError
+from relight.core.fetch import fetch_image_bytes
+from relight.core.models import Job
+from relight.core.storage import FileSystemStorage
 from relight.jobs.job_images import load_input
-from relight.models import Job
-from relight.storage import FileSystemStorage
 from tests.conftest import example_bytes
 from tests.fakes.image_server import ImageServer
 

@@ -14,7 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.app import create_app
-from relight.config import Settings
+from relight.core.config import Settings
 from tests.conftest import TenantKey
 from tests.hardening.live import BodyBytesRead, serve, stream_until_answered
 

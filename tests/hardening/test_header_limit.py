@@ -12,7 +12,7 @@ import pytest
 
 from api.app import create_app
 from api.serving import server_options
-from relight.config import Settings
+from relight.core.config import Settings
 from tests.hardening.live import serve, stream_until_answered
 
 PIECE = b"a" * 16384

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api.app import create_app
-from relight.config import Settings
+from relight.core.config import Settings
 from relight.tenants.service import create_api_key, find_tenant
 from tests.conftest import TenantKey
 from tests.hardening.live import serve

@@ -13,8 +13,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from relight.errors import ImageTooLarge, InvalidImage
-from relight.images import decode_image
+from relight.core.errors import ImageTooLarge, InvalidImage
+from relight.core.images import decode_image
 from tests.conftest import TenantKey, example_bytes
 
 LIMITS = {"max_bytes": 20 * 1024 * 1024, "max_pixels": 40_000_000}

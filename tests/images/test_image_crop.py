@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from relight.images import resize_and_center_crop
+from relight.core.images import resize_and_center_crop
 from tests.inference.reference_demo import center_crop
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

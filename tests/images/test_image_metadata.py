@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from relight.config import Settings
-from relight.image_metadata import strip_metadata
-from relight.images import decode_image
+from relight.core.config import Settings
+from relight.core.image_metadata import strip_metadata
+from relight.core.images import decode_image
 from tests.conftest import RunWorker, TenantKey
 
 GPS_IFD = 0x8825

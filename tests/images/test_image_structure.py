@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from relight.errors import ImageTooLarge, InvalidImage
-from relight.image_structure import ADAM7, verify_structure
-from relight.images import covering_size, decode_image, normalize, reduce_covering
+from relight.core.errors import ImageTooLarge, InvalidImage
+from relight.core.image_structure import ADAM7, verify_structure
+from relight.core.images import covering_size, decode_image, normalize, reduce_covering
 from tests.conftest import example_bytes
 
 LIMITS = {"max_bytes": 20 * 1024 * 1024, "max_pixels": 40_000_000}
@@ -251,7 +251,7 @@ def test_normalize_turns_images_upright_as_pillow_does(orientation: int) -> None
 
 MEASURE = """
 import resource, sys
-from relight.images import decode_image
+from relight.core.images import decode_image
 data = open(sys.argv[1], "rb").read()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 limits = {'max_bytes': 20 * 2**20, 'max_pixels': 40_000_000}
@@ -293,7 +293,7 @@ def test_a_job_decodes_the_largest_inputs_in_bounded_memory(tmp_path: object) ->
 
 ORIENTATION = """
 import resource, sys
-from relight.image_metadata import orientation_of
+from relight.core.image_metadata import orientation_of
 data = open(sys.argv[1], "rb").read()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 value = orientation_of(data)

@@ -15,8 +15,8 @@ from types import TracebackType
 import pytest
 from PIL import Image
 
-from relight.image_metadata import orientation_of, strip_metadata
-from relight.images import decode_image
+from relight.core.image_metadata import orientation_of, strip_metadata
+from relight.core.images import decode_image
 
 IMAGE_DESCRIPTION = 0x010E
 ASCII = 2

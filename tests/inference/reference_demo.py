@@ -48,7 +48,7 @@ from PIL import Image
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from inference.iclight.rmbg import BriaRMBG
-from relight.params import RelightParams
+from relight.core.params import RelightParams
 
 Pixels = npt.NDArray[np.uint8]
 

@@ -17,7 +17,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from inference.engines.iclight import ICLightEngine, ModelNotLoaded
-from relight.params import BackgroundSource, RelightParams
+from relight.core.params import BackgroundSource, RelightParams
 from tests.inference.reference_demo import ReferenceDemo, composite_by_alpha, demo_arguments
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]

@@ -18,8 +18,8 @@ from redis.asyncio import Redis
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from relight.config import Settings
-from relight.models import CreditEntry
+from relight.core.config import Settings
+from relight.core.models import CreditEntry
 from relight.nodes import slots
 from relight.nodes.wire import RELIGHT_PATH
 from tests.conftest import TenantKey, example_bytes

@@ -12,8 +12,8 @@ from PIL import Image, ImageDraw
 
 from inference.engines.base import RelightEngine
 from inference.engines.classic import ClassicEngine, light_style
-from relight.images import encode_image, image_size, resize_and_center_crop
-from relight.params import LightSource, OutputFormat, RelightParams
+from relight.core.images import encode_image, image_size, resize_and_center_crop
+from relight.core.params import LightSource, OutputFormat, RelightParams
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 NEUTRAL_PROMPT = "a photo, studio light"

@@ -28,8 +28,8 @@ from inference.engines.base import RelightEngine
 from inference.engines.iclight import ICLightEngine
 from inference.iclight.images import composite_on_gray
 from inference.iclight.weights import OFFSETS_FILE, ModelFolderError
-from relight.images import encode_image, resize_and_center_crop
-from relight.params import LightSource, OutputFormat, RelightParams
+from relight.core.images import encode_image, resize_and_center_crop
+from relight.core.params import LightSource, OutputFormat, RelightParams
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 PROMPT = "a cat, sunset"

@@ -18,7 +18,7 @@ from PIL import Image
 from redis.asyncio import Redis
 
 from inference.model_folder import model_digest
-from relight.config import Settings
+from relight.core.config import Settings
 from relight.nodes.registry import live_nodes
 from tests.conftest import TenantKey, example_bytes
 from tests.fakes.segmind import relight_client, run_burst_worker

@@ -23,7 +23,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from inference.engines.iclight import ICLightEngine
-from relight.params import RelightParams
+from relight.core.params import RelightParams
 from tests.inference.reference_demo import (
     ReferenceDemo,
     composite_by_alpha,

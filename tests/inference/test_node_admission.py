@@ -18,7 +18,7 @@ from inference.node.admission import (
 )
 from inference.node.app import create_node_app
 from inference.node.settings import NodeSettings
-from relight.params import RelightParams
+from relight.core.params import RelightParams
 from tests.conftest import example_bytes
 
 

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from relight.config import Settings
+from relight.core.config import Settings
 from tests.conftest import example_bytes
 from tests.nodes.processes import NodeProcess, node_process
 

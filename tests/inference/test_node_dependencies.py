@@ -24,7 +24,7 @@ import pytest
 from packaging.requirements import Requirement
 from PIL import Image
 
-from relight.config import Settings
+from relight.core.config import Settings
 from scripts.stack import BIN, free_port
 from tests.conftest import example_bytes
 from tests.nodes.processes import wait_until_healthy

@@ -17,7 +17,7 @@ from PIL import Image
 from redis.asyncio import Redis
 
 from relight import __version__
-from relight.config import Settings
+from relight.core.config import Settings
 from relight.nodes import registry
 from tests.conftest import example_bytes
 from tests.helpers import png_bytes

@@ -21,7 +21,7 @@ from inference.iclight.memory import DeviceOutOfMemory
 from inference.iclight.weights import Variant
 from inference.node.app import create_node_app
 from inference.node.settings import NodeSettings
-from relight.params import RelightParams
+from relight.core.params import RelightParams
 from tests.conftest import example_bytes
 
 PARAMS = RelightParams(prompt="a cat", width=256, height=256, steps=2, highres_scale=1.0)

@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 
 from inference.engines.iclight import ICLightEngine
-from relight.params import RelightParams
+from relight.core.params import RelightParams
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 

@@ -21,8 +21,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from inference.engines.iclight import ICLightEngine
-from relight.images import decode_image
-from relight.params import RelightParams
+from relight.core.images import decode_image
+from relight.core.params import RelightParams
 from tests.inference.reference_demo import ReferenceDemo, composite_by_alpha, demo_arguments
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]

@@ -18,7 +18,7 @@ from transformers import CLIPTokenizer
 
 from inference.engines.iclight import ICLightEngine
 from inference.tiny_model import BPE_CORPUS, learn_merges
-from relight.params import RelightParams
+from relight.core.params import RelightParams
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

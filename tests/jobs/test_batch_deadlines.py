@@ -21,8 +21,8 @@ from standardwebhooks.webhooks import Webhook
 from bench.noop_worker import NoopBackend
 from relight.backends.attempts import BackendCall
 from relight.backends.render_backend import BackendResult, JobInput, ProgressCallback
-from relight.config import Settings
-from relight.params import RelightParams
+from relight.core.config import Settings
+from relight.core.params import RelightParams
 from tests.conftest import MakeTenant, TenantKey
 from tests.fakes.webhook_receiver import WebhookReceiver
 from tests.helpers import balance_of, fast_body, get_record, job_count, submit

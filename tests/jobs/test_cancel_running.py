@@ -13,8 +13,8 @@ import httpx
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from relight.config import Settings
-from relight.models import CreditEntry, Tenant
+from relight.core.config import Settings
+from relight.core.models import CreditEntry, Tenant
 from relight.tenants.schemas import LimitsUpdate
 from relight.tenants.service import set_limits
 from tests.conftest import MakeTenant, TenantKey

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from relight.config import Settings
+from relight.core.config import Settings
 from tests.conftest import MakeTenant, example_base64
 from tests.fakes.segmind import (
     Answer,

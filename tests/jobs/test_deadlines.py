@@ -21,10 +21,10 @@ from standardwebhooks.webhooks import Webhook
 
 from relight.backends.attempts import BackendCall
 from relight.backends.render_backend import BackendResult, JobInput, ProgressCallback
-from relight.config import Settings
-from relight.models import CreditEntry
-from relight.params import Backend, RelightParams
-from relight.storage.filesystem import FileSystemStorage
+from relight.core.config import Settings
+from relight.core.models import CreditEntry
+from relight.core.params import Backend, RelightParams
+from relight.core.storage.filesystem import FileSystemStorage
 from tests.conftest import MakeTenant, TenantKey, delete_run_keys
 from tests.fakes.webhook_receiver import WebhookReceiver
 from tests.helpers import balance_of, fast_body, get_record, get_status, job_count, submit

@@ -19,11 +19,11 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bench.noop_worker import NoopBackend
-from relight.config import Settings
+from relight.core.config import Settings
+from relight.core.models import Job
+from relight.core.params import Backend
+from relight.core.storage.filesystem import FileSystemStorage
 from relight.jobs import queue
-from relight.models import Job
-from relight.params import Backend
-from relight.storage.filesystem import FileSystemStorage
 from relight.tenants.service import find_tenant, set_weight
 from tests.conftest import MakeTenant, delete_run_keys
 from tests.helpers import fast_body, submit

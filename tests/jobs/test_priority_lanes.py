@@ -19,9 +19,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from api.app import create_app
-from relight.config import Settings
-from relight.models import Job
-from relight.storage.filesystem import FileSystemStorage
+from relight.core.config import Settings
+from relight.core.models import Job
+from relight.core.storage.filesystem import FileSystemStorage
 from tests.conftest import MakeTenant, TenantKey, delete_run_keys
 from tests.helpers import balance_of, fast_body, job_count, submit
 from tests.jobs.worker_slots import one_slot_worker

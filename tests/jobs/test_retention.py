@@ -10,8 +10,8 @@ from arq.connections import ArqRedis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from relight.config import Settings
-from relight.storage import FileSystemStorage
+from relight.core.config import Settings
+from relight.core.storage import FileSystemStorage
 from tests.conftest import RunWorker, TenantKey, example_base64
 from worker.tasks import sweep
 

@@ -29,13 +29,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from api.state import AppState
 from inference.engines.classic import ClassicEngine
 from relight.backends.local import LocalBackend
-from relight.config import Settings
+from relight.core.config import Settings
+from relight.core.models import Job, JobOutput, JobStatus
+from relight.core.params import Backend, output_size
+from relight.core.storage import FileSystemStorage
 from relight.credits.service import get_balance
 from relight.jobs.execution import JobRunner
 from relight.jobs.queue import RUN_JOB_TASK
-from relight.models import Job, JobOutput, JobStatus
-from relight.params import Backend, output_size
-from relight.storage import FileSystemStorage
 from tests.conftest import RunWorker, TenantKey, example_base64
 from tests.fakes.image_server import ImageServer
 from tests.helpers import assert_never_ran, cancel, get_record, get_status, local_path, submit

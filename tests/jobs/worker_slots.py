@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 
 from bench.noop_worker import NoopBackend
 from relight.backends.render_backend import RenderBackend
-from relight.config import Settings
-from relight.params import Backend
+from relight.core.config import Settings
+from relight.core.params import Backend
 from worker.settings import build_worker
 
 

@@ -17,8 +17,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from relight import models  # noqa: F401  (registers the tables on the metadata)
-from relight.db import Base
+from relight.core import models  # noqa: F401  (registers the tables on the metadata)
+from relight.core.db import Base
 from tests.conftest import alembic_config, database_url, drop_database, recreate_database
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
-from relight.config import Settings
+from relight.core.config import Settings
 from relight.nodes import registry
 from relight.nodes.registry import NodeInfo
 from tests.waiting import wait_until

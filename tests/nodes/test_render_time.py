@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from relight.core.params import RelightParams
 from relight.nodes.render_time import estimated_render_s, gpu_render_timeout_s
-from relight.params import RelightParams
 
 DEFAULTS = RelightParams(prompt="a cat")  # Segmind's: 512x640, 25 steps, highres 1.5, 1 image
 WORST = RelightParams(

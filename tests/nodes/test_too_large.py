@@ -16,11 +16,11 @@ from redis.asyncio import Redis
 
 from relight.backends.attempts import BackendCall
 from relight.backends.render_backend import JobInput
-from relight.config import Settings
-from relight.errors import BackendFailed
+from relight.core.config import Settings
+from relight.core.errors import BackendFailed
+from relight.core.params import Backend, RelightParams
 from relight.nodes.breaker import CircuitState
 from relight.nodes.dispatch import GpuDispatcher
-from relight.params import Backend, RelightParams
 from tests.conftest import example_bytes
 from tests.nodes.processes import NodeProcess, node_process
 

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 from redis.asyncio import Redis
 
-from relight.config import Settings
+from relight.core.config import Settings
 from relight.nodes.registry import NodeInfo
 from relight.nodes.slots import acquire_least_loaded, release
 from tests.conftest import TenantKey

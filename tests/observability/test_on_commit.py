@@ -6,7 +6,7 @@ from __future__ import annotations
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from relight.metrics import on_commit
+from relight.core.metrics import on_commit
 
 
 async def test_recorded_once_when_the_transaction_commits(

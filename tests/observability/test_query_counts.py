@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from sqlalchemy import event
 
 from api.app import create_app
-from relight.config import Settings
+from relight.core.config import Settings
 from tests.conftest import RunWorker, TenantKey
 from tests.fakes.image_server import ImageServer
 from tests.helpers import fast_body, get_status, submit

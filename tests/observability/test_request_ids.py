@@ -21,10 +21,10 @@ from arq.connections import ArqRedis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from relight.config import Settings
+from relight.core.config import Settings
+from relight.core.logs import JsonFormatter
+from relight.core.storage import FileSystemStorage
 from relight.jobs.queue import enqueue_run
-from relight.logs import JsonFormatter
-from relight.storage import FileSystemStorage
 from tests.conftest import RunWorker, TenantKey
 from tests.fakes.image_server import ImageServer
 from tests.fakes.webhook_receiver import Reply, WebhookReceiver

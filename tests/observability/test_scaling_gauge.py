@@ -13,7 +13,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from relight.config import Settings
+from relight.core.config import Settings
 from relight.jobs.arq_format import claim_job
 from relight.jobs.queue import RUN_JOB_TASK, enqueue
 from tests.conftest import TenantKey

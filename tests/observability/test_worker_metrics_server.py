@@ -11,8 +11,8 @@ import httpx
 import pytest
 from arq.connections import ArqRedis
 
-from relight.config import Settings
-from relight.ids import uuid7
+from relight.core.config import Settings
+from relight.core.ids import uuid7
 from relight.jobs.queue import enqueue_run
 from tests.observability.conftest import free_port, scrape
 from worker.settings import start_metrics_server

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from relight.models import Job
+from relight.core.models import Job
 from relight.ops.requests import attempts_told, credits_told
 
 LOGGED = {"attempt": 1, "backend": "gpu", "outcome": "failed", "code": "node_gone"}

@@ -28,7 +28,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from api.app import create_app
-from relight.config import Settings
+from relight.core.config import Settings
 from scripts.stack import free_port
 from tests.conftest import PG_SERVER, TEST_DATABASE
 

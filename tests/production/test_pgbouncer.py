@@ -19,8 +19,8 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from relight.config import Settings
-from relight.db import create_engine, create_sessionmaker, listen_dsn
+from relight.core.config import Settings
+from relight.core.db import create_engine, create_sessionmaker, listen_dsn
 from relight.tenants.service import revoke_api_key
 from tests.conftest import MakeTenant
 from tests.fakes.image_server import ImageServer

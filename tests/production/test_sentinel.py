@@ -18,8 +18,8 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from relight.config import Settings
-from relight.redis_url import SentinelTarget, open_redis, parse_sentinel_url
+from relight.core.config import Settings
+from relight.core.redis_url import SentinelTarget, open_redis, parse_sentinel_url
 from tests.conftest import MakeTenant, TenantKey
 from tests.helpers import fast_body
 from tests.production.conftest import (

@@ -14,8 +14,8 @@ from arq.connections import ArqRedis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from relight.config import Settings
-from relight.storage import (
+from relight.core.config import Settings
+from relight.core.storage import (
     FileSystemStorage,
     PresigningStorage,
     S3Storage,

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from relight.errors import InvalidParameter
+from relight.core.errors import InvalidParameter
 from relight.tenants.scopes import (
     ALL_SCOPES,
     DEFAULT_SCOPES,

@@ -18,7 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.app import create_app
-from relight.config import Settings
+from relight.core.config import Settings
 from tests.cli_runner import Result, admin_env, run_admin
 from tests.conftest import MakeTenant
 

@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from playwright.async_api import Browser, Page, async_playwright
 
 from api.app import create_app
-from relight.config import Settings
+from relight.core.config import Settings
 from scripts.stack import free_port
 
 ADMIN_TOKEN = "operator-token-" + "z" * 24

@@ -19,8 +19,8 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.ui.session import COOKIE_NAME
-from relight.config import Settings
-from relight.logs import JsonFormatter
+from relight.core.config import Settings
+from relight.core.logs import JsonFormatter
 from relight.ops.actions import credits_text
 from relight.tenants.weight_mirror import tenant_weights_key
 from tests.conftest import MakeTenant

@@ -17,7 +17,7 @@ from playwright.async_api import Browser, expect
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from relight.config import Settings
+from relight.core.config import Settings
 from relight.nodes.breaker import CircuitBreaker
 from relight.nodes.registry import NodeInfo, publish_heartbeat
 from relight.nodes.slots import acquire_least_loaded

@@ -17,7 +17,7 @@ import pytest
 from playwright.async_api import Browser, Page, expect
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from relight.config import Settings
+from relight.core.config import Settings
 from tests.conftest import MakeTenant, RunWorker
 from tests.fakes.webhook_receiver import WebhookReceiver
 from tests.helpers import balance_of, fast_body

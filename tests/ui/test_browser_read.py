@@ -21,9 +21,9 @@ from redis.asyncio import Redis
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from relight.config import Settings
+from relight.core.config import Settings
+from relight.core.models import Job, WebhookDelivery
 from relight.jobs.worker_heartbeat import STALE_AFTER_S, WorkerBeat, publish_beat
-from relight.models import Job, WebhookDelivery
 from tests.conftest import MakeTenant
 from tests.fakes.webhook_receiver import Reply, WebhookReceiver
 from tests.helpers import fast_body, submit

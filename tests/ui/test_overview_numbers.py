@@ -20,8 +20,8 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from relight.config import Settings
-from relight.models import Job
+from relight.core.config import Settings
+from relight.core.models import Job
 from relight.ops.overview import load_overview
 from relight.tenants.service import create_tenant
 from tests.ui.conftest import sign_in

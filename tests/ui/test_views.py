@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from relight.models import Job, WebhookAttempt, WebhookDelivery
+from relight.core.models import Job, WebhookAttempt, WebhookDelivery
 from relight.tenants.service import create_tenant
 from tests.ui.conftest import sign_in
 

@@ -19,8 +19,8 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from relight.config import Settings
-from relight.models import Tenant
+from relight.core.config import Settings
+from relight.core.models import Tenant
 from relight.tenants.service import create_api_key
 from tests.conftest import MakeTenant, TenantKey
 from tests.fakes.segmind import relight_client, run_burst_worker

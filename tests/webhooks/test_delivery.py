@@ -28,9 +28,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from relight.config import Settings
-from relight.storage import FileSystemStorage
-from relight.storage.urls import UrlBuilder
+from relight.core.config import Settings
+from relight.core.storage import FileSystemStorage
+from relight.core.storage.urls import UrlBuilder
 from relight.webhooks.delivery import WebhookSender
 from relight.webhooks.service import claim_attempt
 from tests.conftest import MakeTenant, RunWorker, TenantKey, delete_run_keys

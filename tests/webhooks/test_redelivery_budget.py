@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from relight.config import Settings
+from relight.core.config import Settings
 from relight.tenants.keys import parse_key
 from tests.conftest import MakeTenant, RunWorker, TenantKey
 from tests.fakes.webhook_receiver import WebhookReceiver

@@ -14,9 +14,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from standardwebhooks import Webhook
 
 from api.app import create_app
-from relight.config import Settings
-from relight.egress import EgressRefused
-from relight.models import Tenant
+from relight.core.config import Settings
+from relight.core.egress import EgressRefused
+from relight.core.models import Tenant
 from relight.tenants.service import set_default_webhook
 from tests.conftest import MakeTenant, RunWorker, TenantKey
 from tests.fakes.webhook_receiver import WebhookReceiver

@@ -3,7 +3,7 @@ every spelling are refused for webhooks and `subject_image`, and no connection i
 
 The refusals are shown at three levels: at submit (422, for what is knowable without DNS), in the
 worker (a job whose URL was changed behind the API's back, a delivery pointed elsewhere), and in
-`relight.egress` itself (address classes, numeric forms, IPv6 wrappers, the allow-list, and the
+`relight.core.egress` itself (address classes, numeric forms, IPv6 wrappers, the allow-list, and the
 connection to the checked address with the original Host header).
 """
 
@@ -22,8 +22,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.app import create_app
-from relight.config import Settings
-from relight.egress import (
+from relight.core.config import Settings
+from relight.core.egress import (
     Destination,
     EgressPolicy,
     EgressRefused,
@@ -33,8 +33,8 @@ from relight.egress import (
     literal_address,
     resolve,
 )
-from relight.errors import InvalidParameter
-from relight.fetch import fetch_image_bytes
+from relight.core.errors import InvalidParameter
+from relight.core.fetch import fetch_image_bytes
 from tests.conftest import TenantKey
 from tests.fakes.image_server import ImageServer
 from tests.fakes.webhook_receiver import Reply, WebhookReceiver
@@ -231,7 +231,7 @@ async def test_delivery_row_pointed_at_a_private_address_is_refused(
     assert receiver.received() == []
 
 
-# --- relight.egress -------------------------------------------------------------------------
+# --- relight.core.egress -------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(

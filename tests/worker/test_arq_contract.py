@@ -23,7 +23,7 @@ from arq.jobs import Job, JobStatus
 from arq.jobs import deserialize_job as arq_deserialize_job
 from arq.worker import Worker, func
 
-from relight.config import Settings
+from relight.core.config import Settings
 from relight.jobs import arq_format, queue
 
 DEFER_S = 30.0

@@ -13,7 +13,7 @@ import httpx
 from arq.connections import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from relight.config import Settings
+from relight.core.config import Settings
 from tests.conftest import TenantKey
 from tests.helpers import fast_body, get_record, get_status, submit
 from worker.settings import build_worker

@@ -12,7 +12,7 @@ import time
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from relight.config import Settings
+from relight.core.config import Settings
 from relight.jobs.worker_heartbeat import STALE_AFTER_S, WorkerBeat, publish_beat, read_beats
 from relight.ops.workers import worker_statuses
 from tests.waiting import wait_until

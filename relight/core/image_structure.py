@@ -8,7 +8,7 @@ its length is checked exactly; a JPEG's entropy-coded data must hold at least on
 8×8 block (a Huffman-coded JPEG spends at least that on DC coefficients), which a truncated
 file declaring 6000×6600 in 631 bytes does not. Memory stays at a few hundred kilobytes
 whatever the image; no pixel buffer is ever made. The worker decodes, with bounded memory
-(`relight.images.decode_image`).
+(`relight.core.images.decode_image`).
 
 Hand-written because Pillow offers no check short of decoding (`Image.verify` covers PNG CRCs
 only, and `load` allocates every pixel), and a truncated JPEG still decodes, grey-filled.
@@ -20,7 +20,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from relight.errors import ImageTooLarge, InvalidImage, RelightError
+from relight.core.errors import ImageTooLarge, InvalidImage, RelightError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Huffman-coded JPEG: baseline, extended sequential, progressive. Arithmetic coding (which

@@ -14,8 +14,8 @@ import uuid
 from dataclasses import dataclass
 from enum import StrEnum
 
-from relight.config import Settings
-from relight.storage import PresigningStorage, presigner_for
+from relight.core.config import Settings
+from relight.core.storage import PresigningStorage, presigner_for
 
 
 def _signature(secret_key: str, scope: str, expires: int) -> str:

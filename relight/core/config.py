@@ -9,8 +9,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from relight.egress import EgressPolicy
-from relight.redis_url import check_redis_url
+from relight.core.egress import EgressPolicy
+from relight.core.redis_url import check_redis_url
 
 DEVELOPMENT_SECRET = "relight-development-secret-do-not-use-in-production"
 
@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     # unset = RELIGHT_DATABASE_URL.
     database_listen_url: str | None = None
     # `redis://…`, `rediss://…`, or `redis+sentinel://host:port,…/service_name/db` for the
-    # primary Redis Sentinel names (see relight/redis_url.py).
+    # primary Redis Sentinel names (see relight/core/redis_url.py).
     redis_url: str = "redis://127.0.0.1:6379/0"
     queue_name: str = "relight:queue"
     storage_dir: Path = Path("var/storage")

@@ -7,8 +7,8 @@ from urllib.parse import urljoin
 
 import httpx
 
-from relight.egress import EgressPolicy, EgressRefused, egress_stream
-from relight.errors import ImageTooLarge, InputFetchFailed
+from relight.core.egress import EgressPolicy, EgressRefused, egress_stream
+from relight.core.errors import ImageTooLarge, InputFetchFailed
 
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 MAX_REDIRECTS = 3

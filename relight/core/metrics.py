@@ -6,8 +6,9 @@ collectors (CPU, memory, open files). Label values come from small fixed sets (r
 templates, statuses, backend names), never from user input, so the series stay few.
 
 What changes the database is counted only once its transaction committed (`on_commit`, an
-after-commit callback of `relight.unit_of_work`): a rolled-back charge, a savepoint that lost an
-idempotency race or a retried job is never counted, and a committed one is counted exactly once.
+after-commit callback of `relight.core.unit_of_work`): a rolled-back charge, a savepoint
+that lost an idempotency race or a retried job is never counted, and a committed one is
+counted exactly once.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from relight.unit_of_work import after_commit
+from relight.core.unit_of_work import after_commit
 
 __all__ = ["CONTENT_TYPE_LATEST", "render"]
 
@@ -162,7 +163,7 @@ async def refresh_from_redis(
 def on_commit(session: AsyncSession | Session, record: Callable[[], None]) -> None:
     """Call `record` when the session's transaction commits; forget it if the transaction (or
     the savepoint it was made in) rolls back, or if the session closes without committing
-    (`relight.unit_of_work.after_commit`, the one after-commit mechanism)."""
+    (`relight.core.unit_of_work.after_commit`, the one after-commit mechanism)."""
     after_commit(session, record)
 
 

@@ -24,8 +24,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
-from relight.db import Base
-from relight.ids import uuid7
+from relight.core.db import Base
+from relight.core.ids import uuid7
 
 
 class TenantStatus(StrEnum):
@@ -260,7 +260,7 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # When an unfinished request is canceled (`Cancel-After`); None: never.
     deadline_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    # The lane within its tenant's queue: high, normal or low (`relight.params.Priority`).
+    # The lane within its tenant's queue: high, normal or low (`relight.core.params.Priority`).
     priority: Mapped[str] = mapped_column(String(10), default="normal", server_default="normal")
 
     @property

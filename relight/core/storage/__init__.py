@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import cast
 from urllib.parse import unquote, urlsplit
 
-from relight.config import Settings
-from relight.storage.base import PresigningStorage, Storage, StoredObjectMissing
-from relight.storage.filesystem import FileSystemStorage
-from relight.storage.s3 import S3Storage
+from relight.core.config import Settings
+from relight.core.storage.base import PresigningStorage, Storage, StoredObjectMissing
+from relight.core.storage.filesystem import FileSystemStorage
+from relight.core.storage.s3 import S3Storage
 
 __all__ = [
     "FileSystemStorage",

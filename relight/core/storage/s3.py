@@ -15,7 +15,7 @@ from datetime import timedelta
 import obstore
 from obstore.store import S3Store
 
-from relight.storage.base import StoredObjectMissing
+from relight.core.storage.base import StoredObjectMissing
 
 
 class S3Storage:

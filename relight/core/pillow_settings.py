@@ -1,6 +1,6 @@
 """Pillow's process-wide settings, made once, when an image module is imported.
 
-- No decompression-bomb check of Pillow's own: `relight.image_structure` bounds every image's
+- No decompression-bomb check of Pillow's own: `relight.core.image_structure` bounds every image's
   pixels before Pillow allocates any, with our limit (`RELIGHT_MAX_INPUT_PIXELS`) and a clear
   message, so Pillow's guard would only fire on sizes we already refuse.
 - Pillow's warnings about a client's damaged file (a bad EXIF tag, an odd chunk) are not shown:

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, field_validator
 
-from relight.client_model import ClientModel
+from relight.core.client_model import ClientModel
 
 SIZE_CHOICES: tuple[int, ...] = tuple(range(256, 1025, 64))
 SEED_MAX = 999_999_999_999_999

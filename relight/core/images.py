@@ -1,6 +1,6 @@
 """Image decoding with limits, normalisation and encoding.
 
-Decoding first checks the bytes' structure (`relight.image_structure`: format from the magic
+Decoding first checks the bytes' structure (`relight.core.image_structure`: format from the magic
 bytes, never a name or a content type; size from the header; complete data), so an oversized
 or truncated image is refused before any pixel is allocated. Given the size the caller will
 resize and crop to, it then keeps no more pixels than that needs: a JPEG is decoded at the
@@ -16,10 +16,10 @@ import math
 
 from PIL import Image, UnidentifiedImageError
 
-from relight.errors import InvalidImage
-from relight.image_structure import verify_structure
-from relight.params import OutputFormat
-from relight.pillow_settings import configure_pillow
+from relight.core.errors import InvalidImage
+from relight.core.image_structure import verify_structure
+from relight.core.params import OutputFormat
+from relight.core.pillow_settings import configure_pillow
 
 ALLOWED_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 

@@ -7,7 +7,7 @@ import os
 import uuid
 from pathlib import Path
 
-from relight.storage.base import StoredObjectMissing
+from relight.core.storage.base import StoredObjectMissing
 
 
 class FileSystemStorage:

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase
 
-from relight.config import Settings
+from relight.core.config import Settings
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",

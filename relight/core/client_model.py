@@ -1,6 +1,6 @@
 """`ClientModel`: the base of every model a client's request body is read into.
 
-Its one rule is the storable-text rule of `relight.text`, applied to every string field at any
+Its one rule is the storable-text rule of `relight.core.text`, applied to every string field at any
 depth, so that text Postgres cannot store is a 422 naming the field before anything is stored.
 """
 
@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, field_validator
 
-from relight.text import check_storable
+from relight.core.text import check_storable
 
 
 class ClientModel(BaseModel):

@@ -3,7 +3,7 @@
 Postgres refuses U+0000 in `text` and `jsonb`, and a lone surrogate (U+D800–U+DFFF, which
 JSON's `\\ud800` escapes can produce) has no UTF-8 encoding, so either would fail in the
 driver, after the request was accepted, as a 500. Every request body derives from
-`relight.client_model.ClientModel`, which refuses them in any string field (at any depth) as a
+`relight.core.client_model.ClientModel`, which refuses them in any string field (at any depth) as a
 422 naming the field; path parameters and headers that reach a query use `check_storable`
 through `StorableStr`. Nothing is stored, and no credit moves, before this check has passed.
 """

@@ -14,8 +14,8 @@ import zlib
 
 from PIL import Image
 
-from relight.image_structure import end_of_entropy_data, sniff_format
-from relight.pillow_settings import configure_pillow
+from relight.core.image_structure import end_of_entropy_data, sniff_format
+from relight.core.pillow_settings import configure_pillow
 
 configure_pillow()
 

@@ -167,6 +167,11 @@ async def test_revoking_a_key_from_the_page_makes_it_401(
     ]
     page = await ui_client.get("/admin/ui/tenants/acme")
     assert f'data-prefix="{prefix}"' in page.text
+    # What the key may do, and the lanes the tenant may use, are on the page too.
+    listed = re.search(rf'<tr data-prefix="{prefix}">(.*?)</tr>', page.text, re.S)
+    assert listed is not None
+    assert "account:read, relight:submit, requests:cancel" in listed.group(1)
+    assert "<th>priority lanes</th><td>normal, low</td>" in page.text
     # Another tenant's key is not this tenant's to revoke.
     foreign = await ui_client.post(
         f"/admin/ui/tenants/acme/keys/{other_prefix}/revoke",

@@ -212,8 +212,14 @@ SUBMITTED_COLUMNS = [
     "deadline_at",
     "api_key_id",
 ]
-# What a job built without them brings for the columns added since (lanes, deadlines).
-_SUBMITTED_DEFAULTS: dict[str, Any] = {"priority": "normal", "deadline_at": None}
+# What a job built without them brings for the columns added since the first submits (a batch,
+# a lane, a deadline, the key that submitted it): the columns' own defaults.
+_SUBMITTED_DEFAULTS: dict[str, Any] = {
+    "batch_id": None,
+    "priority": "normal",
+    "deadline_at": None,
+    "api_key_id": None,
+}
 
 # The columns whose values the job brings; RETURNING reads back only the others.
 _SENT = frozenset(["id", "tenant_id", *SUBMITTED_COLUMNS])

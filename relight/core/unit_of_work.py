@@ -109,7 +109,10 @@ class UnitOfWork:
         after_commit(self.session, callback)
 
     async def commit(self) -> None:
-        await self.session.commit()
+        # A session that never began (autocommit statements on borrowed connections) has
+        # nothing to commit: its callbacks ran as they were registered.
+        if self.session.in_transaction():
+            await self.session.commit()
         await self._run_committed()
 
     async def rollback(self) -> None:

@@ -1,4 +1,5 @@
-"""Webhooks, tenant side: the signing secret and its rotation, a request's deliveries."""
+"""Webhooks, tenant side: the signing secret and its rotation, the deliveries of a request or
+of a batch, and their redelivery."""
 
 from __future__ import annotations
 
@@ -18,8 +19,11 @@ from api.deps import (
     spend_redelivery,
 )
 from api.errors import AUTHENTICATED, error_responses
+from api.state import AppState
+from relight.batches import deliveries as batch_deliveries
 from relight.core.models import Tenant
 from relight.core.storage.urls import UrlBuilder
+from relight.core.unit_of_work import UnitOfWork
 from relight.tenants.keys import parse_key
 from relight.webhooks import service
 from relight.webhooks.schemas import DeliveryList, DeliveryView, WebhookSecretView
@@ -32,6 +36,24 @@ def asker(request: Request) -> str:
     headers = request.headers
     parsed = parse_key(presented_key(headers.get("x-api-key"), headers.get("authorization")) or "")
     return f"api_key:{parsed[0]}" if parsed else "api_key:unknown"
+
+
+def _delivery_list(found: service.DeliveriesWithAttempts) -> DeliveryList:
+    return DeliveryList(data=[DeliveryView.of(delivery, attempts) for delivery, attempts in found])
+
+
+async def _spend_and_enqueue(
+    request: Request,
+    state: AppState,
+    uow: UnitOfWork,
+    tenant: Tenant,
+    delivery_ids: list[uuid.UUID],
+) -> None:
+    """An accepted redelivery: one of the tenant's redelivery budget, then (after the commit)
+    its deliveries queued. Called after the checks, inside the transaction: a 429 rolls the
+    new round back, and a refused redelivery (404, 409) spends nothing."""
+    await spend_redelivery(request, state, tenant)
+    uow.after_commit(partial(state.enqueue_deliveries, delivery_ids))
 
 
 def _secret_view(tenant: Tenant) -> WebhookSecretView:
@@ -78,8 +100,7 @@ async def rotate_webhook_secret(
 async def list_webhook_deliveries(
     request_id: uuid.UUID, uow: UnitOfWorkDep, tenant: TenantDep
 ) -> DeliveryList:
-    found = await service.list_deliveries(uow.session, tenant.id, request_id)
-    return DeliveryList(data=[DeliveryView.of(delivery, attempts) for delivery, attempts in found])
+    return _delivery_list(await service.list_deliveries(uow.session, tenant.id, request_id))
 
 
 @router.post(
@@ -103,8 +124,40 @@ async def redeliver_webhooks(
         UrlBuilder.background(state.settings),
         requested_by=asker(request),
     )
-    # After the checks, inside the transaction: a 429 rolls the new round back.
-    await spend_redelivery(request, state, tenant)
-    uow.after_commit(partial(state.enqueue_deliveries, delivery_ids))
-    found = await service.list_deliveries(uow.session, tenant.id, request_id)
-    return DeliveryList(data=[DeliveryView.of(delivery, attempts) for delivery, attempts in found])
+    await _spend_and_enqueue(request, state, uow, tenant, delivery_ids)
+    return _delivery_list(await service.list_deliveries(uow.session, tenant.id, request_id))
+
+
+@router.get(
+    "/v2/batches/{batch_id}/webhooks",
+    response_model=DeliveryList,
+    tags=["batches"],
+    summary="A batch's webhook deliveries (its `batch.completed`) and every attempt",
+    responses=error_responses(404),
+    dependencies=[RequestsReadScope],
+)
+async def list_batch_webhook_deliveries(
+    batch_id: uuid.UUID, uow: UnitOfWorkDep, tenant: TenantDep
+) -> DeliveryList:
+    return _delivery_list(await batch_deliveries.list_deliveries(uow.session, tenant.id, batch_id))
+
+
+@router.post(
+    "/v2/batches/{batch_id}/webhooks/redeliver",
+    status_code=202,
+    response_model=DeliveryList,
+    tags=["batches"],
+    summary="Send a completed batch's webhooks again",
+    responses=error_responses(404, 409),
+    dependencies=[WebhooksManageScope],
+)
+async def redeliver_batch_webhooks(
+    request: Request, batch_id: uuid.UUID, state: StateDep, uow: UnitOfWorkDep, tenant: TenantDep
+) -> DeliveryList:
+    """As a request's redelivery: the same webhook-id and body, from the same redelivery
+    budget (a refused one, 404 or 409, spends nothing; beyond it, 429 with `Retry-After`)."""
+    delivery_ids = await batch_deliveries.redeliver(
+        uow.session, tenant.id, batch_id, requested_by=asker(request)
+    )
+    await _spend_and_enqueue(request, state, uow, tenant, delivery_ids)
+    return _delivery_list(await batch_deliveries.list_deliveries(uow.session, tenant.id, batch_id))

@@ -5,14 +5,22 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from relight.core.ids import uuid7
 from relight.core.models import Tenant, WebhookAttempt, WebhookDelivery, WebhookStatus
+
+# What a delivery belongs to: a job (`job_id`) or a batch (`batch_id`, its `batch.completed`).
+OwnerKind = Literal["job", "batch"]
+
+
+def _owned_by(kind: OwnerKind, owner_id: uuid.UUID) -> ColumnElement[bool]:
+    column = WebhookDelivery.batch_id if kind == "batch" else WebhookDelivery.job_id
+    return column == owner_id
 
 
 async def insert_delivery(
@@ -118,11 +126,13 @@ async def due_deliveries(session: AsyncSession, limit: int = 500) -> list[tuple[
     return [(row.id, row.attempts) for row in rows]
 
 
-async def deliveries_of(session: AsyncSession, job_id: uuid.UUID) -> list[WebhookDelivery]:
-    """The job's deliveries, oldest first."""
+async def deliveries_of(
+    session: AsyncSession, kind: OwnerKind, owner_id: uuid.UUID
+) -> list[WebhookDelivery]:
+    """The deliveries of the job or the batch, oldest first."""
     result = await session.scalars(
         select(WebhookDelivery)
-        .where(WebhookDelivery.job_id == job_id)
+        .where(_owned_by(kind, owner_id))
         .order_by(WebhookDelivery.created_at)
     )
     return list(result.all())
@@ -141,13 +151,13 @@ async def attempts_of(
 
 
 async def start_round(
-    session: AsyncSession, job_id: uuid.UUID, requested_by: str
+    session: AsyncSession, kind: OwnerKind, owner_id: uuid.UUID, requested_by: str
 ) -> list[uuid.UUID]:
-    """Make every delivery of the job pending and due now, as a new round of attempts that
-    records `requested_by`; their ids."""
+    """Make every delivery of the job or the batch pending and due now, as a new round of
+    attempts that records `requested_by`; their ids."""
     result = await session.execute(
         update(WebhookDelivery)
-        .where(WebhookDelivery.job_id == job_id)
+        .where(_owned_by(kind, owner_id))
         .values(
             status=WebhookStatus.PENDING.value,
             next_attempt_at=func.now(),

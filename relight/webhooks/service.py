@@ -31,6 +31,7 @@ from relight.jobs import repository as jobs
 from relight.jobs.subscribers import COMPLETED
 from relight.jobs.views import request_view
 from relight.webhooks import repository
+from relight.webhooks.repository import OwnerKind
 from relight.webhooks.signatures import generate_secret
 
 # A receiver's Retry-After is honoured up to a day.
@@ -177,16 +178,54 @@ async def due_deliveries(session: AsyncSession, limit: int = 500) -> list[tuple[
     return await repository.due_deliveries(session, limit)
 
 
-async def list_deliveries(
-    session: AsyncSession, tenant_id: uuid.UUID, job_id: uuid.UUID
-) -> list[tuple[WebhookDelivery, list[WebhookAttempt]]]:
-    await jobs.get_job(session, tenant_id, job_id)  # 404 for unknown or foreign ids
-    deliveries = await repository.deliveries_of(session, job_id)
+DeliveriesWithAttempts = list[tuple[WebhookDelivery, list[WebhookAttempt]]]
+
+
+async def deliveries_with_attempts(
+    session: AsyncSession, kind: OwnerKind, owner_id: uuid.UUID
+) -> DeliveriesWithAttempts:
+    """The deliveries of a request (`job`) or a batch, oldest first, each with its attempts.
+    The caller has checked that the tenant asking owns it."""
+    deliveries = await repository.deliveries_of(session, kind, owner_id)
     attempts = await repository.attempts_of(session, [d.id for d in deliveries])
     by_delivery: dict[uuid.UUID, list[WebhookAttempt]] = {}
     for attempt in attempts:
         by_delivery.setdefault(attempt.delivery_id, []).append(attempt)
     return [(delivery, by_delivery.get(delivery.id, [])) for delivery in deliveries]
+
+
+async def list_deliveries(
+    session: AsyncSession, tenant_id: uuid.UUID, job_id: uuid.UUID
+) -> DeliveriesWithAttempts:
+    """A request's deliveries with their attempts (404 for unknown or foreign ids)."""
+    await jobs.get_job(session, tenant_id, job_id)
+    return await deliveries_with_attempts(session, "job", job_id)
+
+
+def check_redeliverable(kind: OwnerKind, *, webhook_url: str | None, finished: bool) -> None:
+    """Whether a request (`job`) or a batch may have its webhooks sent again: 409
+    `no_webhook` without a webhook URL, 409 `not_finished` before its end."""
+    noun = "request" if kind == "job" else "batch"
+    if not webhook_url:
+        raise Conflict(f"this {noun} has no webhook_url", code="no_webhook")
+    if not finished:
+        raise Conflict(f"the {noun} has not finished yet", code="not_finished")
+
+
+async def start_redelivery(
+    session: AsyncSession,
+    kind: OwnerKind,
+    owner_id: uuid.UUID,
+    *,
+    webhook_url: str | None,
+    finished: bool,
+    requested_by: str,
+) -> list[uuid.UUID]:
+    """Send the webhooks of a finished request (`job`) or batch again now, once
+    `check_redeliverable` allows it: a new round of attempts of each of its deliveries (same
+    webhook-id and body) whose attempts record `requested_by`; their ids."""
+    check_redeliverable(kind, webhook_url=webhook_url, finished=finished)
+    return await repository.start_round(session, kind, owner_id, requested_by)
 
 
 async def redeliver(
@@ -197,15 +236,12 @@ async def redeliver(
     *,
     requested_by: str,
 ) -> list[uuid.UUID]:
-    """Send a request's webhooks again now (a new round of attempts, same webhook-id and body);
-    the round's attempts record `requested_by`."""
+    """Send a request's webhooks again now, as `start_redelivery` does, its `completed`
+    delivery made first if the request asked for one and has none yet."""
     job = await jobs.get_job(session, tenant_id, job_id)
-    if not job.webhook_url:
-        raise Conflict("this request has no webhook_url", code="no_webhook")
-    if not job.job_status.is_terminal:
-        raise Conflict("the request has not finished yet", code="not_finished")
+    check_redeliverable("job", webhook_url=job.webhook_url, finished=job.job_status.is_terminal)
     await schedule_delivery(session, job, COMPLETED, urls)
-    return await repository.start_round(session, job.id, requested_by)
+    return await repository.start_round(session, "job", job.id, requested_by)
 
 
 # At most this many rotated-out secrets keep signing (the newest ones): each adds a signature

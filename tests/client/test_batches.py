@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from relight_client import (
     AsyncRelight,
+    ConflictError,
     InsufficientCreditsError,
     NotFoundError,
     Relight,
@@ -24,6 +25,7 @@ from standardwebhooks import Webhook
 from tests.client.conftest import Account, fast
 from tests.fakes.webhook_receiver import WebhookReceiver
 from tests.helpers import png_bytes
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -127,3 +129,75 @@ async def test_list_batches_follows_every_page_newest_first(
     record = client.requests.get(request_id)
     assert record.deadline_at is not None
     assert record.deadline_at - record.created_at == timedelta(hours=1)
+
+
+def test_a_batchs_webhook_is_listed_and_sent_again_with_the_same_id_and_body(
+    client: Relight, receiver: WebhookReceiver
+) -> None:
+    secret = client.webhook_secret().secret
+    items = [{"prompt": "cat", "subject_image": png_bytes(), **fast()}]
+    accepted = client.create_batch(items, webhook_url=receiver.url(HOOK))
+    client.wait_batch(accepted.batch_id, timeout=120, poll_interval=0.2)
+    [first] = asyncio.run(receiver.wait_for(HOOK, 1, timeout_s=30))
+    # Recorded by the worker (a round asked for while the attempt is in flight joins it).
+    asyncio.run(
+        wait_until(
+            lambda: [d.status for d in client.batch_webhooks(accepted.batch_id)] == ["delivered"],
+            what="the batch's webhook to be recorded delivered",
+        )
+    )
+
+    [delivery] = client.batch_webhooks(accepted.batch_id)
+    assert (delivery.event, delivery.webhook_id) == ("batch.completed", first.webhook_id)
+    [pending] = client.redeliver_batch_webhooks(accepted.batch_id)
+    assert (pending.id, pending.status) == (delivery.id, "pending")
+
+    received = asyncio.run(receiver.wait_for(HOOK, 2, timeout_s=30))
+    assert {(hit.webhook_id, hit.body) for hit in received} == {(first.webhook_id, first.body)}
+    payload = Webhook(secret).verify(received[-1].body, received[-1].headers)
+    assert payload["batch_id"] == accepted.batch_id
+    plain = client.create_batch(items)  # no URL here nor on the account
+    client.wait_batch(plain.batch_id, timeout=120, poll_interval=0.2)
+    with pytest.raises(ConflictError) as refused:
+        client.redeliver_batch_webhooks(plain.batch_id)
+    assert refused.value.code == "no_webhook"
+    assert client.batch_webhooks(plain.batch_id) == []
+
+
+async def test_the_async_client_lists_and_resends_a_batchs_and_a_requests_webhooks(
+    base_url: str, account: Account, receiver: WebhookReceiver
+) -> None:
+    items = [{"prompt": "cat", "subject_image": png_bytes(), **fast()}]
+    async with AsyncRelight(base_url, account.key) as client:
+        accepted = await client.create_batch(items, webhook_url=receiver.url(HOOK))
+        await client.wait_batch(accepted.batch_id, timeout=120, poll_interval=0.2)
+        request = await client.relight(
+            png_bytes(), "cat", webhook_url=receiver.url("/one"), **fast()
+        )
+        await request.wait(timeout=120)
+        [batch_first] = await receiver.wait_for(HOOK, 1, timeout_s=30)
+        [request_first] = await receiver.wait_for("/one", 1, timeout_s=30)
+
+        async def recorded() -> bool:
+            found = [
+                *await client.batch_webhooks(accepted.batch_id),
+                *await client.requests.webhooks(request.id),
+            ]
+            return [d.status for d in found] == ["delivered", "delivered"]
+
+        await wait_until(recorded, what="both webhooks to be recorded delivered")
+
+        [batch_delivery] = await client.redeliver_batch_webhooks(accepted.batch_id)
+        [request_delivery] = await client.requests.redeliver_webhooks(request.id)
+        await receiver.wait_for(HOOK, 2, timeout_s=30)
+        await receiver.wait_for("/one", 2, timeout_s=30)
+
+        assert [d.webhook_id for d in await client.batch_webhooks(accepted.batch_id)] == [
+            batch_first.webhook_id
+        ]
+        assert [d.webhook_id for d in await client.requests.webhooks(request.id)] == [
+            request_first.webhook_id
+        ]
+    assert (batch_delivery.event, request_delivery.event) == ("batch.completed", "completed")
+    assert {hit.body for hit in receiver.received(HOOK)} == {batch_first.body}
+    assert {hit.body for hit in receiver.received("/one")} == {request_first.body}

@@ -27,6 +27,8 @@ MIRRORS: dict[type[BaseModel], str] = {
     models.Limits: "LimitsView",
     models.Usage: "UsageView",
     models.WebhookSecret: "WebhookSecretView",
+    models.WebhookDelivery: "DeliveryView",
+    models.WebhookAttempt: "AttemptView",
     models.Tenant: "TenantView",
     models.Key: "KeyView",
     models.NewKey: "NewKeyView",

@@ -11,6 +11,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from relight.core.models import Job, WebhookAttempt, WebhookDelivery
 from relight.tenants.service import create_tenant
+from tests.conftest import MakeTenant, RunWorker
+from tests.fakes.webhook_receiver import Reply, WebhookReceiver
+from tests.helpers import fast_body
 from tests.ui.conftest import sign_in
 
 ROW = re.compile(r'href="/admin/ui/requests/([0-9a-f-]{36})"')
@@ -137,3 +140,31 @@ async def test_a_request_shows_its_attempts_backend_calls_and_webhook_attempts(
         "server error",
     ]:
         assert shown in text, shown
+
+
+async def test_a_failing_batch_webhook_is_listed_with_its_batch_not_a_request_link(
+    ui_client: httpx.AsyncClient, make_tenant: MakeTenant, run_worker: RunWorker
+) -> None:
+    tenant = await make_tenant("acme")
+    with WebhookReceiver() as receiver:
+        receiver.script("/down", [Reply(status=503)] * 4)  # every attempt of the schedule
+        response = await ui_client.post(
+            "/v2/batches",
+            headers=tenant.headers,
+            json={"requests": [fast_body()], "webhook_url": receiver.url("/down")},
+        )
+        assert response.status_code == 202, response.text
+        batch_id = response.json()["batch_id"]
+        await run_worker()  # renders the item, then tries batch.completed until it gives up
+        assert len(receiver.received("/down")) == 4
+    await sign_in(ui_client)
+
+    page = await ui_client.get("/admin/ui/webhooks")
+
+    assert page.status_code == 200
+    [row] = re.findall(r"<tr>\s*<td><a href=\"/admin/ui/tenants/acme\">.*?</tr>", page.text, re.S)
+    for shown in (f'batch <span class="mono">{batch_id}</span>', "batch.completed", "HTTP 503"):
+        assert shown in row, shown
+    assert "failed, no more tries" in row
+    assert "/requests/None" not in page.text
+    assert ROW.findall(row) == []  # no request link: the delivery is the batch's

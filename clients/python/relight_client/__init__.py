@@ -41,6 +41,8 @@ from relight_client.models import (
     UsageFigures,
     UsagePeriod,
     UsageReport,
+    WebhookAttempt,
+    WebhookDelivery,
     WebhookEvent,
     WebhookSecret,
 )
@@ -80,6 +82,8 @@ __all__ = [
     "UsagePeriod",
     "UsageReport",
     "WaitTimeoutError",
+    "WebhookAttempt",
+    "WebhookDelivery",
     "WebhookEvent",
     "WebhookSecret",
     "WebhookVerificationError",

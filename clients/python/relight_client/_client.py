@@ -39,11 +39,14 @@ from relight_client.models import (
     RequestStatus,
     Status,
     UsageReport,
+    WebhookDelivery,
     WebhookSecret,
 )
 
 __version__ = "0.1.0"
 T = TypeVar("T")
+# A request's or a batch's webhook deliveries (named here: `Requests.list` hides the builtin).
+Deliveries = list[WebhookDelivery]
 DEFAULT_TIMEOUT = httpx.Timeout(90.0, connect=10.0)  # above Prefer: wait's 60 s
 
 
@@ -158,6 +161,16 @@ class Requests:
         """Every request, newest first; pages are fetched as the iteration reaches them."""
         return iterate_sync(self._client._http, self._client._ops.list_requests(status, page_size))
 
+    def webhooks(self, request_id: str) -> Deliveries:
+        """The request's webhook deliveries, each with every attempt."""
+        return self._client._run(self._client._ops.webhook_deliveries(f"requests/{request_id}"))
+
+    def redeliver_webhooks(self, request_id: str) -> Deliveries:
+        """Send a finished request's webhooks again (same `webhook-id` and body); spends one
+        of the account's redelivery budget. The deliveries, pending again."""
+        operation = self._client._ops.redeliver_webhooks(f"requests/{request_id}")
+        return self._client._run(operation)
+
 
 class AsyncRequests:
     def __init__(self, client: AsyncRelight) -> None:
@@ -176,6 +189,14 @@ class AsyncRequests:
         self, *, status: Status | str | None = None, page_size: int = 20
     ) -> AsyncIterator[Record]:
         return iterate_async(self._client._http, self._client._ops.list_requests(status, page_size))
+
+    async def webhooks(self, request_id: str) -> Deliveries:
+        operation = self._client._ops.webhook_deliveries(f"requests/{request_id}")
+        return await self._client._run(operation)
+
+    async def redeliver_webhooks(self, request_id: str) -> Deliveries:
+        operation = self._client._ops.redeliver_webhooks(f"requests/{request_id}")
+        return await self._client._run(operation)
 
 
 class Relight:
@@ -279,6 +300,15 @@ class Relight:
     ) -> Batch:
         """Poll until every item of the batch has ended; the batch."""
         return self._run(self._ops.wait_batch(batch_id, timeout=timeout, interval=poll_interval))
+
+    def batch_webhooks(self, batch_id: str) -> Deliveries:
+        """The batch's webhook deliveries (its `batch.completed`), each with every attempt."""
+        return self._run(self._ops.webhook_deliveries(f"batches/{batch_id}"))
+
+    def redeliver_batch_webhooks(self, batch_id: str) -> Deliveries:
+        """Send a completed batch's webhooks again (same `webhook-id` and body); spends one of
+        the account's redelivery budget, as a request's redelivery does."""
+        return self._run(self._ops.redeliver_webhooks(f"batches/{batch_id}"))
 
     def account(self) -> Account:
         return self._run(self._ops.account())
@@ -443,6 +473,12 @@ class AsyncRelight:
         return await self._run(
             self._ops.wait_batch(batch_id, timeout=timeout, interval=poll_interval)
         )
+
+    async def batch_webhooks(self, batch_id: str) -> Deliveries:
+        return await self._run(self._ops.webhook_deliveries(f"batches/{batch_id}"))
+
+    async def redeliver_batch_webhooks(self, batch_id: str) -> Deliveries:
+        return await self._run(self._ops.redeliver_webhooks(f"batches/{batch_id}"))
 
     async def account(self) -> Account:
         return await self._run(self._ops.account())

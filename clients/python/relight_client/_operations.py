@@ -43,6 +43,7 @@ from relight_client.models import (
     RequestStatus,
     Status,
     UsageReport,
+    WebhookDelivery,
     WebhookSecret,
 )
 
@@ -393,6 +394,18 @@ class Operations:
     def webhook_secret(self) -> Operation[WebhookSecret]:
         response = yield from send(Call("GET", "/v2/webhooks/secret"), self.policy)
         return WebhookSecret.model_validate(json_of(response))
+
+    def webhook_deliveries(self, owner: str) -> Operation[list[WebhookDelivery]]:
+        """`GET /v2/<owner>/webhooks`, `owner` being `requests/<id>` or `batches/<id>`."""
+        response = yield from send(Call("GET", f"/v2/{owner}/webhooks"), self.policy)
+        return [WebhookDelivery.model_validate(item) for item in json_of(response)["data"]]
+
+    def redeliver_webhooks(self, owner: str) -> Operation[list[WebhookDelivery]]:
+        """`POST /v2/<owner>/webhooks/redeliver`. Not resent after a dropped connection: each
+        accepted redelivery sends the webhooks again and spends the redelivery budget."""
+        call = Call("POST", f"/v2/{owner}/webhooks/redeliver", idempotent=False)
+        response = yield from send(call, self.policy)
+        return [WebhookDelivery.model_validate(item) for item in json_of(response)["data"]]
 
     def list_keys(self) -> Operation[list[Key]]:
         response = yield from send(Call("GET", "/v2/keys"), self.policy)

@@ -279,6 +279,36 @@ class WebhookSecret(_Model):
     retired_secrets_expire_at: list[datetime] = Field(default_factory=list)
 
 
+class WebhookAttempt(_Model):
+    """One attempt of a webhook delivery, as the receiver answered it."""
+
+    number: int
+    started_at: datetime
+    duration_ms: float
+    status_code: int | None = None
+    error: str | None = None
+    # None when the event scheduled it; for a redelivery, who asked (`api_key:<prefix>`).
+    requested_by: str | None = None
+
+
+class WebhookDelivery(_Model):
+    """One webhook of a request or a batch (`GET /v2/requests/{id}/webhooks`,
+    `GET /v2/batches/{id}/webhooks`), with every attempt; `webhook_id` is the `webhook-id`
+    header, the same on every attempt and redelivery."""
+
+    id: str
+    webhook_id: str
+    event: str
+    url: str
+    status: str  # pending, delivered, stopped (410) or failed
+    attempts: int
+    next_attempt_at: datetime | None = None
+    last_status_code: int | None = None
+    last_error: str | None = None
+    delivered_at: datetime | None = None
+    attempt_log: list[WebhookAttempt] = Field(default_factory=list)
+
+
 class WebhookEvent(Record):
     """A webhook's body: the request's record plus the event (`completed` or `start`)."""
 

@@ -15,6 +15,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.pool import QueuePool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
@@ -67,7 +69,8 @@ ERROR_STATUSES: dict[int, str] = {
     "`Retry-After` seconds",
     500: "The request failed inside Relight (`internal_error`)",
     502: "The request failed in the backend that ran it",
-    503: "A dependency (Postgres) is unavailable; retry after `Retry-After` seconds",
+    503: "A dependency (Postgres) is unavailable (`database_unavailable`) or every database "
+    "connection is busy (`database_busy`); retry after `Retry-After` seconds",
     504: "The request did not finish in time; it keeps running (poll `status_url`)",
 }
 # Every route behind an API key: bad or expired key, a key without the route's scope, bad
@@ -226,6 +229,10 @@ async def _database_error(request: Request, exc: Exception) -> OrjsonResponse:
     return await _unexpected(request, exc)
 
 
+# Seconds a client waits before retrying a request the database could not serve.
+DATABASE_RETRY_AFTER_S = "2"
+
+
 async def _database_unavailable(request: Request, exc: Exception) -> OrjsonResponse:
     # Postgres is down or unreachable: nothing was committed, the client may retry.
     logger.warning("database unavailable on %s: %s", request.url.path, exc)
@@ -234,8 +241,30 @@ async def _database_unavailable(request: Request, exc: Exception) -> OrjsonRespo
         "the service is temporarily unavailable (database); retry shortly",
         "database_unavailable",
         request_id=exchange_id(request),
-        headers={"Retry-After": "2"},
+        headers={"Retry-After": DATABASE_RETRY_AFTER_S},
     )
+
+
+async def _database_busy(request: Request, exc: PoolTimeout) -> OrjsonResponse:
+    # Every connection of this process's pool stayed in use for RELIGHT_DATABASE_POOL_TIMEOUT_S
+    # (overload, not an outage): the request got no connection, so it wrote nothing through
+    # one; the client may retry.
+    logger.warning("database busy on %s %s: %s", request.method, request.url.path, exc)
+    return error_response(
+        503,
+        f"{_busy_connections(request)}; retry shortly",
+        "database_busy",
+        request_id=exchange_id(request),
+        headers={"Retry-After": DATABASE_RETRY_AFTER_S},
+    )
+
+
+def _busy_connections(request: Request) -> str:
+    """What is busy: this api process's pool of database connections (a fixed one), by size."""
+    pool = request.app.state.relight.engine.pool
+    if isinstance(pool, QueuePool):
+        return f"all database connections are busy ({pool.size()} in this api process)"
+    return "all database connections are busy"
 
 
 async def _unexpected(request: Request, exc: Exception) -> OrjsonResponse:
@@ -266,6 +295,7 @@ _HANDLERS: tuple[tuple[type[Exception], _Handler], ...] = (
     (StarletteHTTPException, _http_error),
     (ClientDisconnect, _client_gone),
     (DBAPIError, _database_error),
+    (PoolTimeout, _database_busy),
     (OperationalError, _database_unavailable),
     (InterfaceError, _database_unavailable),
     (ConnectionError, _database_unavailable),

@@ -1,4 +1,8 @@
-"""`relight-admin`: manage tenants and API keys. Every command prints JSON."""
+"""`relight-admin`: manage tenants and API keys. Every command prints JSON (`usage --csv`: CSV).
+
+A refused command (or an unavailable database) exits 1 with one line of JSON on stderr. A usage
+error exits 2 before anything reaches the database: typer's own checks in typer's words,
+`usage`'s dates and `--group-by` as one such JSON line naming the option."""
 
 from __future__ import annotations
 
@@ -36,6 +40,8 @@ from relight.tenants.schemas import (
     TenantView,
 )
 from relight.tenants.scopes import SCOPES_DESCRIPTION, parse_duration
+from relight.usage.schemas import GroupBy, UsageReport
+from relight.usage.service import MAX_WINDOW_DAYS, usage_csv, usage_report, usage_window
 
 app = typer.Typer(
     help="Manage Relight tenants and API keys.",
@@ -96,9 +102,10 @@ def _run(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
         _fail(f"database error: {exc.__class__.__name__}: {exc}", "database_error")
 
 
-def _fail(message: str, code: str) -> NoReturn:
+def _fail(message: str, code: str, exit_code: int = 1) -> NoReturn:
+    """One line of JSON on stderr, and exit 1 (refused), or 2 for a usage error."""
     sys.stderr.write(orjson.dumps({"error": message, "code": code}).decode() + "\n")
-    raise typer.Exit(1)
+    raise typer.Exit(exit_code)
 
 
 def _tenant_json(tenant: Tenant) -> dict[str, Any]:
@@ -381,6 +388,53 @@ def credits_audit() -> None:
     _emit({"ok": not discrepancies, "discrepancies": discrepancies})
     if discrepancies:
         raise typer.Exit(1)
+
+
+@app.command("usage")
+def usage(
+    tenant: Annotated[str, typer.Argument(help="tenant name or id")],
+    start: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            help="window start: ISO date or datetime; default 30 days ago (a window is at most "
+            f"{MAX_WINDOW_DAYS} days)",
+        ),
+    ] = None,
+    end: Annotated[
+        str | None,
+        typer.Option(
+            "--to", help="window end: ISO date (its day included) or datetime; default now"
+        ),
+    ] = None,
+    group_by: Annotated[str, typer.Option(help="one entry per UTC day, backend or key")] = "day",
+    as_csv: Annotated[bool, typer.Option("--csv", help="the periods as CSV, a header first")] = (
+        False
+    ),
+) -> None:
+    """A tenant's usage by UTC day, backend or API key: what GET
+    /admin/v1/tenants/{tenant}/usage answers (with --csv, its usage.csv)."""
+    try:
+        grouping = GroupBy(group_by)
+    except ValueError:
+        choices = ", ".join(choice.value for choice in GroupBy)
+        _fail(f"--group-by: {group_by!r} is not one of {choices}", "validation_error", 2)
+    try:
+        window = usage_window(start, end)
+    except RelightError as exc:
+        # `field` and the problem, as the API's 422 names them; here the option's name.
+        detail = exc.extra["details"][0]
+        _fail(f"--{detail['field']}: {detail['message']}", exc.code, 2)
+
+    async def work(session: AsyncSession) -> UsageReport:
+        owner = await service.find_tenant(session, tenant)
+        return await usage_report(session, owner.id, *window, grouping)
+
+    report = _run(work)
+    if as_csv:
+        sys.stdout.write(usage_csv(report))
+    else:
+        _emit(report.model_dump(mode="json", by_alias=True))
 
 
 def main() -> None:

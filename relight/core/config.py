@@ -21,6 +21,11 @@ class Settings(BaseSettings):
     environment: Literal["development", "test", "production"] = "development"
     database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/relight"
     database_pool_size: int = Field(default=10, ge=1)
+    # How long a request (or a job step) waits for a pooled Postgres connection while every one
+    # is in use, before it gives up: the api then answers 503 `database_busy` with Retry-After.
+    # SQLAlchemy's own 30 s outlasts most clients' patience: past 10 s a client is better told
+    # to come back than kept waiting behind a queue that long.
+    database_pool_timeout_s: float = Field(default=10.0, gt=0)
     # What stands between us and Postgres (it cannot be detected): `transaction` for a
     # transaction-pooling PgBouncer (no server-side prepared statement outlives its
     # transaction), `session` for session pooling, `none` for Postgres itself.

@@ -41,13 +41,16 @@ def create_engine(
     """The async engine. `max_overflow` defaults to the pool size (a burst may open as many
     connections again, closed when returned); the API passes 0 for a fixed pool. `pre_ping`
     checks each connection as it leaves the pool (with asyncpg: BEGIN, a no-op, ROLLBACK);
-    without it a connection Postgres dropped fails its first use, which invalidates the pool."""
+    without it a connection Postgres dropped fails its first use, which invalidates the pool.
+    A checkout that finds every connection in use waits `RELIGHT_DATABASE_POOL_TIMEOUT_S`, then
+    raises `sqlalchemy.exc.TimeoutError` (the api answers 503 `database_busy`)."""
     size = pool_size or settings.database_pool_size
     engine = create_async_engine(
         settings.database_url,
         pool_size=size,
         max_overflow=settings.database_pool_size if max_overflow is None else max_overflow,
         pool_pre_ping=pre_ping,
+        pool_timeout=settings.database_pool_timeout_s,
         pool_recycle=1800,
         connect_args=connect_args(settings),
     )

@@ -5,7 +5,12 @@ needs Postgres (every request authenticates and every job lives there); it does 
 to take them: the rate limiter fails open, a job that cannot be queued stays `queued` in
 Postgres until the sweeper queues it, and waits and status streams re-read Postgres when their
 notifications are lost. So a Redis blip is reported in `checks` but leaves the api ready,
-instead of emptying the Service of every replica at once."""
+instead of emptying the Service of every replica at once.
+
+For the same reason a pool whose every connection is in use (overload, every replica alike)
+reads `busy`, not unavailable: its connections are out doing requests' work, so Postgres
+answers; the requests that wait too long for one are answered 503 `database_busy` themselves.
+Taking the replica out would only move its load onto the others."""
 
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ from pydantic import BaseModel, Field
 
 from api.deps import StateDep
 from api.responses import OrjsonResponse
-from relight.core.db import ping
+from relight.core.db import ping, pool_saturated
 
 router = APIRouter(tags=["health"])
 
@@ -62,8 +67,9 @@ async def readyz(state: StateDep) -> OrjsonResponse:
             await asyncio.wait_for(probe(), timeout=2)
             checks[name] = "ok"
         except Exception as exc:
-            checks[name] = f"unavailable: {exc.__class__.__name__}"
-    ready = checks["database"] == "ok"
+            busy = name == "database" and pool_saturated(state.engine)
+            checks[name] = busy or f"unavailable: {exc.__class__.__name__}"
+    ready = checks["database"] == "ok" or checks["database"].startswith("busy")
     return OrjsonResponse(
         {"status": "ready" if ready else "not ready", "checks": checks},
         status_code=200 if ready else 503,

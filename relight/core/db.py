@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.pool import QueuePool
 
 from relight.core.config import Settings
 
@@ -118,3 +119,13 @@ async def ping(engine: AsyncEngine) -> None:
     """`SELECT 1` on a connection of the pool: raises when the database does not answer."""
     async with engine.connect() as connection:
         await connection.execute(text("SELECT 1"))
+
+
+def pool_saturated(engine: AsyncEngine) -> str:
+    """`busy: all N connections in use` when every connection of `engine`'s fixed pool is
+    checked out (a request waiting for one waits for another request, not for Postgres);
+    else ""."""
+    pool = engine.pool
+    if isinstance(pool, QueuePool) and pool.checkedin() == 0 and pool.checkedout() >= pool.size():
+        return f"busy: all {pool.checkedout()} connections in use"
+    return ""

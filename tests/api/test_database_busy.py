@@ -105,3 +105,21 @@ async def test_a_busy_pool_answers_503_and_charges_nothing(
     listed = await client.get("/v2/requests", headers=tenant.headers)
     assert listed.status_code == 200, listed.text
     assert [r["request_id"] for r in listed.json()["data"]] == [accepted.json()["request_id"]]
+
+
+async def test_a_busy_pool_leaves_the_replica_ready(one_connection_api: Api) -> None:
+    # Every replica is overloaded alike: taking this one out of the Service would only move its
+    # load onto the others. Its connections are out doing work, so Postgres answers: ready,
+    # with the pool reported busy.
+    client = one_connection_api.client
+    async with one_connection_api.engine.connect() as held:
+        await held.execute(text("SELECT 1"))
+        busy = await client.get("/readyz")
+    assert busy.status_code == 200, busy.text
+    assert busy.json() == {
+        "status": "ready",
+        "checks": {"database": "busy: all 1 connections in use", "redis": "ok"},
+    }
+    idle = await client.get("/readyz")
+    assert idle.status_code == 200, idle.text
+    assert idle.json()["checks"]["database"] == "ok"

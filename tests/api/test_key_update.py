@@ -36,7 +36,7 @@ async def listed(client: httpx.AsyncClient, manager: TenantKey) -> dict[str, dic
 
 
 def key_id(keys: dict[str, dict[str, Any]], tenant: TenantKey) -> str:
-    return next(key["id"] for key in keys.values() if key["prefix"] in tenant.key)
+    return str(next(key["id"] for key in keys.values() if key["prefix"] in tenant.key))
 
 
 async def test_a_manager_changes_a_keys_label_scopes_and_expiry_as_the_list_shows(

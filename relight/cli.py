@@ -15,6 +15,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import orjson
 import typer
+from pydantic import ValidationError
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -36,6 +37,7 @@ from relight.tenants.schemas import (
     WEIGHT_DESCRIPTION,
     WEIGHT_MAX,
     WEIGHT_MIN,
+    KeyUpdate,
     LimitsUpdate,
     TenantView,
 )
@@ -277,6 +279,23 @@ def tenant_list() -> None:
     _emit(_run(work))
 
 
+def _scope_list(scopes: str | None) -> list[str] | None:
+    """`--scopes a,b` as a list (None when not given)."""
+    if scopes is None:
+        return None
+    return [scope.strip() for scope in scopes.split(",") if scope.strip()]
+
+
+def _lifetime_s(expires: str | None) -> int | None:
+    """`--expires 30d` in seconds (None when not given); a bad duration fails the command."""
+    if expires is None:
+        return None
+    try:
+        return int(parse_duration(expires).total_seconds())
+    except ValueError as exc:
+        _fail(str(exc), "validation_error")
+
+
 @key_app.command("create")
 def key_create(
     tenant: Annotated[str, typer.Argument(help="tenant name or id")],
@@ -290,13 +309,8 @@ def key_create(
     ] = None,
 ) -> None:
     """Create an API key; the key itself is printed once and never stored."""
-    wanted = [scope.strip() for scope in scopes.split(",") if scope.strip()] if scopes else None
-    lifetime_s: int | None = None
-    if expires is not None:
-        try:
-            lifetime_s = int(parse_duration(expires).total_seconds())
-        except ValueError as exc:
-            _fail(str(exc), "validation_error")
+    wanted = _scope_list(scopes) or None
+    lifetime_s = _lifetime_s(expires)
 
     async def work(session: AsyncSession) -> dict[str, Any]:
         owner = await service.find_tenant(session, tenant)
@@ -305,6 +319,43 @@ def key_create(
             session, owner, label or name, scopes=wanted, expires_at=expires_at
         )
         return {"key": created.key, **_key_json(created.api_key, owner.name)}
+
+    _emit(_run(work))
+
+
+@key_app.command("update")
+def key_update(
+    key: Annotated[str, typer.Argument(help="the key's id, the key, or its public prefix")],
+    label: Annotated[str | None, typer.Option(help="what the key is for")] = None,
+    scopes: Annotated[
+        str | None,
+        typer.Option(help="comma-separated, replacing the key's scopes; any of the scopes"),
+    ] = None,
+    expires: Annotated[
+        str | None, typer.Option(help="the key stops working this long from now: 30d, 12h")
+    ] = None,
+    no_expiry: Annotated[
+        bool, typer.Option("--no-expiry", help="the key never expires (removes its expiry)")
+    ] = False,
+) -> None:
+    """Change a key's label, scopes or expiry (only the options given); every api process
+    obeys at once."""
+    if expires is not None and no_expiry:
+        _fail("give --expires or --no-expiry, not both", "validation_error")
+    _check_storable_arguments()
+    given = {"label": label, "scopes": _scope_list(scopes), "expires_in": _lifetime_s(expires)}
+    fields: dict[str, Any] = {field: value for field, value in given.items() if value is not None}
+    if no_expiry:
+        fields["expires_at"] = None
+    try:
+        changes = KeyUpdate(**fields)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        option = {"expires_in": "expires"}.get(str(error["loc"][0]), str(error["loc"][0]))
+        _fail(f"--{option}: {error['msg']}", "validation_error")
+
+    async def work(session: AsyncSession) -> dict[str, Any]:
+        return _key_json(await service.update_api_key(session, key, changes))
 
     _emit(_run(work))
 

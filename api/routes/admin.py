@@ -39,6 +39,7 @@ from relight.tenants.schemas import (
     BackendsUpdate,
     CreatedKeyView,
     KeyCreate,
+    KeyUpdate,
     LanesUpdate,
     LimitsUpdate,
     TenantCreate,
@@ -246,6 +247,25 @@ async def revoke_key(
     uow: UnitOfWorkDep,
 ) -> ApiKeyView:
     return ApiKeyView.of(await tenants.revoke_api_key(uow.session, prefix))
+
+
+@router.patch(
+    "/keys/{key}",
+    response_model=ApiKeyView,
+    summary="Change an API key's label, scopes or expiry",
+    description=(
+        "The key by id or public prefix. Only the fields given change, at least one; any scope "
+        "may be granted; `expires_at: null` removes the expiry. 409 `key_revoked` for a "
+        "revoked key."
+    ),
+    responses=error_responses(400, 404, 409),
+)
+async def update_key(
+    key: Annotated[StorableStr, Path(description="the key's id or public prefix")],
+    body: KeyUpdate,
+    uow: UnitOfWorkDep,
+) -> ApiKeyView:
+    return ApiKeyView.of(await tenants.update_api_key(uow.session, key, body))
 
 
 @router.post(

@@ -1,4 +1,4 @@
-"""The tenant's own API keys (`/v2/keys`): list, create (the secret shown once), revoke.
+"""The tenant's own API keys (`/v2/keys`): list, create (the secret shown once), edit, revoke.
 
 Every route needs a key holding `keys:manage`, and a key cannot grant a scope it does not hold
 itself; so a tenant's first managing key comes from the admin API or `relight-admin`. Like
@@ -15,7 +15,7 @@ from fastapi import APIRouter
 from api.deps import KeysManagerDep, KeysManageScope, TenantDep, UnitOfWorkDep
 from api.errors import AUTHENTICATED, error_responses
 from relight.tenants import service as tenants
-from relight.tenants.schemas import KeyList, KeyView, NewKeyRequest, NewKeyView
+from relight.tenants.schemas import KeyList, KeyUpdate, KeyView, NewKeyRequest, NewKeyView
 
 router = APIRouter(prefix="/v2/keys", tags=["keys"], responses=error_responses(*AUTHENTICATED))
 
@@ -57,6 +57,32 @@ async def create_key(
         granted_by=manager.grant.scopes,
     )
     return NewKeyView(**KeyView.of(created.api_key).model_dump(), key=created.key)
+
+
+@router.patch(
+    "/{key_id}",
+    response_model=KeyView,
+    summary="Change an API key's label, scopes or expiry (at once, in every API process)",
+    description=(
+        "Only the fields given change, at least one. `scopes` replace the key's scopes and may "
+        "add only scopes the calling key holds (403 `insufficient_scope`); a key may narrow "
+        "itself. `expires_at` or `expires_in` (seconds) sets a new expiry, `expires_at: null` "
+        "removes it; a longer life for a key holding scopes the calling key lacks is 403 "
+        "`insufficient_scope`. 409 `key_revoked` for a revoked key."
+    ),
+    responses=error_responses(400, 404, 409),
+)
+async def update_key(
+    key_id: uuid.UUID,
+    body: KeyUpdate,
+    uow: UnitOfWorkDep,
+    manager: KeysManagerDep,
+    tenant: TenantDep,
+) -> KeyView:
+    updated = await tenants.update_tenant_key(
+        uow.session, tenant, key_id, body, granted_by=manager.grant.scopes
+    )
+    return KeyView.of(updated)
 
 
 @router.delete(

@@ -6,8 +6,8 @@ reading it from Postgres on every request costs a round trip and an ORM load. Th
 the grant of a key that authenticated for `RELIGHT_AUTH_CACHE_S` seconds; the expiry is checked
 on every use, so a cached key stops at its expiry, not at the cache's.
 
-Changes that matter (a key revoked; a tenant suspended, resumed, or its limits, backends,
-webhook or weight changed; a key's scopes never change once it exists) are announced with
+Changes that matter (a key revoked, or its scopes or expiry changed; a tenant suspended,
+resumed, or its limits, backends, webhook or weight changed) are announced with
 Postgres `NOTIFY` in the transaction that makes them, so the announcement goes out only if
 the change commits, from whatever process made it
 (the admin API, `relight-admin`). Every cache listens on a connection of its own and drops the

@@ -87,6 +87,11 @@ async def get_api_key(session: AsyncSession, prefix: str) -> ApiKey | None:
     return found
 
 
+async def get_api_key_by_id(session: AsyncSession, key_id: uuid.UUID) -> ApiKey | None:
+    found: ApiKey | None = await session.scalar(select(ApiKey).where(ApiKey.id == key_id))
+    return found
+
+
 async def get_tenant_api_key(
     session: AsyncSession, tenant_id: uuid.UUID, key_id: uuid.UUID
 ) -> ApiKey | None:

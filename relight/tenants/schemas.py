@@ -211,6 +211,26 @@ class NewKeyRequest(ClientModel):
     ] = None
 
 
+class KeyUpdate(ClientModel):
+    """`PATCH /v2/keys/{key_id}` (and the admin API's): only the fields given change; at least
+    one is needed. `expires_at: null` removes the expiry; `label: null` the label."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    label: Annotated[str | None, Field(max_length=200, description=LABEL_DESCRIPTION)] = None
+    scopes: list[str] | None = Field(
+        default=None, description="the key's scopes from now on, replacing its current ones"
+    )
+    expires_at: datetime | None = Field(
+        default=None,
+        description="when the key stops working (ISO 8601, with a time zone); null: never",
+    )
+    expires_in: Annotated[
+        int | None,
+        Field(ge=60, le=EXPIRES_IN_MAX_S, description="or: seconds from now until it stops"),
+    ] = None
+
+
 class ApiKeyView(KeyView):
     """A key as the admin API shows it: `KeyView` with its tenant, and `name` (the label)."""
 

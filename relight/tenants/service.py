@@ -30,7 +30,13 @@ from relight.tenants.auth_cache import (
 )
 from relight.tenants.keys import generate_key, parse_key, secret_matches
 from relight.tenants.names import skeleton
-from relight.tenants.schemas import WEIGHT_MAX, WEIGHT_MIN, LimitsUpdate, tenant_name_problem
+from relight.tenants.schemas import (
+    WEIGHT_MAX,
+    WEIGHT_MIN,
+    KeyUpdate,
+    LimitsUpdate,
+    tenant_name_problem,
+)
 from relight.tenants.scopes import (
     DEFAULT_SCOPES,
     MAX_KEY_LIFETIME,
@@ -285,16 +291,7 @@ async def create_api_key(
     the key (`granted_by`: its scopes), it cannot grant a scope it does not hold (403
     `insufficient_scope`). `expires_at` comes from `key_expiry`."""
     wanted = list(DEFAULT_SCOPES) if scopes is None else scopes
-    problem = scope_problem(wanted)
-    if problem is not None:
-        raise InvalidParameter(problem, extra={"field": "scopes"})
-    if granted_by is not None:
-        beyond = [scope for scope in normalized(wanted) if scope not in granted_by]
-        if beyond:
-            raise InsufficientScope(
-                f"this API key cannot grant scopes it does not hold: {', '.join(beyond)}",
-                extra={"required_scope": beyond[0]},
-            )
+    _check_scopes(wanted, granted_by)
     new_key = generate_key()
     api_key = ApiKey(
         tenant_id=tenant.id,
@@ -310,15 +307,43 @@ async def create_api_key(
     return CreatedKey(key=new_key.key, api_key=api_key)
 
 
+def _check_scopes(
+    wanted: list[str], granted_by: frozenset[str] | None, held: frozenset[str] = frozenset()
+) -> None:
+    """422 naming what is wrong with `wanted` as a key's scopes; 403 `insufficient_scope` when
+    a key (`granted_by`: its scopes) would grant one it does not hold itself (keeping a scope
+    the edited key `held` already grants nothing)."""
+    problem = scope_problem(wanted)
+    if problem is not None:
+        raise InvalidParameter(problem, extra={"field": "scopes"})
+    if granted_by is not None:
+        beyond = [s for s in normalized(wanted) if s not in granted_by and s not in held]
+        if beyond:
+            raise InsufficientScope(
+                f"this API key cannot grant scopes it does not hold: {', '.join(beyond)}",
+                extra={"required_scope": beyond[0]},
+            )
+
+
+async def find_api_key(session: AsyncSession, key_ref: str) -> ApiKey:
+    """A key by its id, given whole, or by its prefix; 404 `key_not_found` for none."""
+    try:
+        key_id = uuid.UUID(key_ref)
+    except ValueError:
+        parsed = parse_key(key_ref)
+        prefix = parsed[0] if parsed else key_ref
+        found = await repository.get_api_key(session, prefix)
+    else:
+        found = await repository.get_api_key_by_id(session, key_id)
+    if found is None:
+        raise KeyNotFound(f"no API key {key_ref!r}")
+    return found
+
+
 async def revoke_api_key(session: AsyncSession, key_or_prefix: str) -> ApiKey:
-    """Revoke a key given whole or by its prefix (repeating it is harmless); every api
-    process forgets it at once. 404 `key_not_found` for an unknown prefix."""
-    parsed = parse_key(key_or_prefix)
-    prefix = parsed[0] if parsed else key_or_prefix
-    api_key = await repository.get_api_key(session, prefix)
-    if api_key is None:
-        raise KeyNotFound(f"no API key with prefix {prefix!r}")
-    return await _revoke(session, api_key)
+    """Revoke a key given by id, whole or by its prefix (repeating it is harmless); every api
+    process forgets it at once. 404 `key_not_found` for an unknown one."""
+    return await _revoke(session, await find_api_key(session, key_or_prefix))
 
 
 async def revoke_tenant_key(session: AsyncSession, tenant: Tenant, key_id: uuid.UUID) -> ApiKey:
@@ -328,6 +353,81 @@ async def revoke_tenant_key(session: AsyncSession, tenant: Tenant, key_id: uuid.
     if api_key is None:
         raise KeyNotFound(f"no API key {key_id}")
     return await _revoke(session, api_key)
+
+
+async def update_api_key(session: AsyncSession, key_ref: str, changes: KeyUpdate) -> ApiKey:
+    """The admin's edit of any key (by id, whole or by prefix; `find_api_key`): any scope may
+    be granted. Otherwise as `update_tenant_key`."""
+    return await _update(session, await find_api_key(session, key_ref), changes, None)
+
+
+async def update_tenant_key(
+    session: AsyncSession,
+    tenant: Tenant,
+    key_id: uuid.UUID,
+    changes: KeyUpdate,
+    *,
+    granted_by: frozenset[str],
+) -> ApiKey:
+    """Change the label, scopes or expiry of one of the tenant's own keys (the fields given in
+    `changes`, at least one: 422 otherwise), validated as at creation; every api process
+    forgets the key's cached grant at once. The editing key (`granted_by`: its scopes) may
+    narrow any key, itself included, but not add a scope it does not hold, nor lengthen the
+    life of a key holding such a scope (403 `insufficient_scope`). 404 `key_not_found` for
+    another tenant's key; 409 `key_revoked` for a revoked one."""
+    api_key = await repository.get_tenant_api_key(session, tenant.id, key_id)
+    if api_key is None:
+        raise KeyNotFound(f"no API key {key_id}")
+    return await _update(session, api_key, changes, granted_by)
+
+
+async def _update(
+    session: AsyncSession, api_key: ApiKey, changes: KeyUpdate, granted_by: frozenset[str] | None
+) -> ApiKey:
+    given = changes.model_fields_set
+    if not given:
+        raise InvalidParameter(
+            "give at least one of label, scopes, expires_at, expires_in", extra={"field": "body"}
+        )
+    if api_key.revoked_at is not None:
+        raise Conflict(f"API key {api_key.id} is revoked", code="key_revoked")
+    scopes = list(api_key.scopes)
+    if "scopes" in given:
+        scopes = changes.scopes or []
+        _check_scopes(scopes, granted_by, held=frozenset(api_key.scopes))
+    expires_at = api_key.expires_at
+    if "expires_at" in given and "expires_in" in given:
+        raise InvalidParameter(
+            "give expires_at or expires_in, not both", extra={"field": "expires_in"}
+        )
+    if given & {"expires_at", "expires_in"}:
+        expires_at = key_expiry(changes.expires_at, changes.expires_in, datetime.now(UTC))
+        if granted_by is not None and _later(expires_at, api_key.expires_at):
+            _check_outlives(scopes, granted_by)
+    if "label" in given:
+        api_key.name = changes.label
+    api_key.scopes = normalized(scopes)
+    api_key.expires_at = expires_at
+    await repository.flush(session)
+    await announce_change(session, api_key.tenant_id)
+    return api_key
+
+
+def _later(new: datetime | None, old: datetime | None) -> bool:
+    """Whether expiring at `new` (None: never) gives a key a longer life than `old`."""
+    return old is not None and (new is None or new > old)
+
+
+def _check_outlives(scopes: list[str], granted_by: frozenset[str]) -> None:
+    """403 `insufficient_scope` when a longer life would keep alive a scope the editing key
+    does not hold (it could not have granted that key in the first place)."""
+    beyond = [scope for scope in normalized(scopes) if scope not in granted_by]
+    if beyond:
+        raise InsufficientScope(
+            "this API key cannot lengthen the life of a key holding scopes it does not hold: "
+            + ", ".join(beyond),
+            extra={"required_scope": beyond[0]},
+        )
 
 
 async def _revoke(session: AsyncSession, api_key: ApiKey) -> ApiKey:

@@ -80,3 +80,64 @@ async def test_key_create_refuses_an_unknown_scope_or_duration(
 
     assert error["code"] == "validation_error"
     assert named in error["error"]
+
+
+async def test_key_update_changes_scopes_label_and_expiry_and_the_key_obeys(
+    admin: Admin,  # noqa: F811
+    client: httpx.AsyncClient,
+) -> None:
+    (await admin("tenant", "create", "umbrella", "--credits", "50")).json()
+    created = (await admin("key", "create", "umbrella", "--expires", "1d")).json()
+    headers = {"x-api-key": created["key"]}
+    assert (
+        await client.post("/v2/ic-light", headers=headers, json=small_body())
+    ).status_code == 202
+
+    updated = (
+        await admin(
+            "key", "update", created["id"], "--scopes", "account:read,keys:manage", "--label", "ci"
+        )
+    ).json()
+
+    assert updated["scopes"] == ["account:read", "keys:manage"]  # any scope, keys:manage too
+    assert updated["label"] == "ci"
+    assert updated["expires_at"] == created["expires_at"]
+    refused = await client.post("/v2/ic-light", headers=headers, json=small_body())
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["code"] == "insufficient_scope"
+    listed = (await client.get("/v2/keys", headers=headers)).json()["data"]
+    assert [(key["label"], key["scopes"]) for key in listed] == [("ci", updated["scopes"])]
+
+    forever = (await admin("key", "update", created["prefix"], "--no-expiry")).json()
+    assert forever["expires_at"] is None
+    assert forever["scopes"] == updated["scopes"]
+    later = (await admin("key", "update", created["key"], "--expires", "2h")).json()
+    lifetime = datetime.fromisoformat(later["expires_at"]) - datetime.fromisoformat(
+        later["created_at"]
+    )
+    assert timedelta(hours=1, minutes=50) < lifetime < timedelta(hours=2, minutes=10)
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--scopes", "requests:read,requests:write"], "requests:write"),
+        (["--expires", "soon"], "soon"),
+        (["--expires", "1d", "--no-expiry"], "not both"),
+        ([], "at least one"),
+    ],
+)
+async def test_key_update_refuses_a_bad_change_and_an_unknown_key(
+    admin: Admin,  # noqa: F811
+    args: list[str],
+    named: str,
+) -> None:
+    (await admin("tenant", "create", "umbrella")).json()
+    created = (await admin("key", "create", "umbrella")).json()
+
+    error = (await admin("key", "update", created["id"], *args)).error()
+
+    assert error["code"] == "validation_error"
+    assert named in error["error"]
+    missing = (await admin("key", "update", "000000000000", "--label", "x")).error()
+    assert missing["code"] == "key_not_found"

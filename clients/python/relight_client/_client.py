@@ -24,6 +24,7 @@ from relight_client._operations import (
     CancelAfter,
     ImageInput,
     Operations,
+    key_changes,
     key_options,
     usage_params,
 )
@@ -357,6 +358,22 @@ class Relight:
         options = key_options(label, scopes, expires_at, expires_in)
         return self._run(self._ops.create_key(options))
 
+    def update_key(
+        self,
+        key_id: str,
+        *,
+        label: str | None = None,
+        scopes: list[str] | None = None,
+        expires_at: datetime | None = None,
+        expires_in: timedelta | int | None = None,
+        never_expires: bool = False,
+    ) -> Key:
+        """Change one of your keys' label, scopes (replacing them; only scopes the calling key
+        holds may be added) or expiry (`never_expires` removes it); only what is given changes,
+        at once in every API process."""
+        changes = key_changes(label, scopes, expires_at, expires_in, never_expires)
+        return self._run(self._ops.update_key(key_id, changes))
+
     def revoke_key(self, key_id: str) -> Key:
         """Revoke one of your keys by id, at once."""
         return self._run(self._ops.revoke_key(key_id))
@@ -525,6 +542,22 @@ class AsyncRelight:
         but `keys:manage`, and may name only scopes the calling key holds."""
         options = key_options(label, scopes, expires_at, expires_in)
         return await self._run(self._ops.create_key(options))
+
+    async def update_key(
+        self,
+        key_id: str,
+        *,
+        label: str | None = None,
+        scopes: list[str] | None = None,
+        expires_at: datetime | None = None,
+        expires_in: timedelta | int | None = None,
+        never_expires: bool = False,
+    ) -> Key:
+        """Change one of your keys' label, scopes (replacing them; only scopes the calling key
+        holds may be added) or expiry (`never_expires` removes it); only what is given changes,
+        at once in every API process."""
+        changes = key_changes(label, scopes, expires_at, expires_in, never_expires)
+        return await self._run(self._ops.update_key(key_id, changes))
 
     async def revoke_key(self, key_id: str) -> Key:
         """Revoke one of your keys by id, at once."""

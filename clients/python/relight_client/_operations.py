@@ -126,6 +126,22 @@ def key_options(
     return options
 
 
+def key_changes(
+    label: str | None,
+    scopes: list[str] | None,
+    expires_at: datetime | None,
+    expires_in: timedelta | int | None,
+    never_expires: bool,
+) -> dict[str, Any]:
+    """The body of `PATCH /v2/keys/{id}`: what was given (`never_expires`: `expires_at: null`)."""
+    changes = key_options(label, scopes, expires_at, expires_in)
+    if never_expires:
+        if expires_at is not None or expires_in is not None:
+            raise ValueError("give expires_at, expires_in or never_expires, not two")
+        changes["expires_at"] = None
+    return changes
+
+
 def new_idempotency_key() -> str:
     return f"relight-py-{uuid.uuid4()}"
 
@@ -415,6 +431,11 @@ class Operations:
         call = Call("POST", "/v2/keys", json=options, idempotent=False)
         response = yield from send(call, self.policy)
         return NewKey.model_validate(json_of(response))
+
+    def update_key(self, key_id: str, changes: dict[str, Any]) -> Operation[Key]:
+        call = Call("PATCH", f"/v2/keys/{key_id}", json=changes)
+        response = yield from send(call, self.policy)
+        return Key.model_validate(json_of(response))
 
     def revoke_key(self, key_id: str) -> Operation[Key]:
         response = yield from send(Call("DELETE", f"/v2/keys/{key_id}"), self.policy)

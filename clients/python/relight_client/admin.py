@@ -24,7 +24,7 @@ from relight_client._core import (
     run_sync,
     send,
 )
-from relight_client._operations import key_options, usage_params
+from relight_client._operations import key_changes, key_options, usage_params
 from relight_client.models import ApiKey, CreatedApiKey, LedgerEntry, Tenant, UsageReport
 
 T = TypeVar("T")
@@ -93,6 +93,9 @@ class AdminOperations:
     def list_keys(self, tenant: str) -> Operation[list[ApiKey]]:
         items = yield from self._call("GET", f"/tenants/{tenant}/keys")
         return [ApiKey.model_validate(item) for item in items]
+
+    def update_key(self, key: str, changes: dict[str, Any]) -> Operation[ApiKey]:
+        return ApiKey.model_validate((yield from self._call("PATCH", f"/keys/{key}", json=changes)))
 
     def revoke_key(self, prefix: str) -> Operation[ApiKey]:
         return ApiKey.model_validate((yield from self._call("POST", f"/keys/{prefix}/revoke")))
@@ -215,6 +218,21 @@ class Admin:
     def list_keys(self, tenant: str) -> list[ApiKey]:
         return self._run(self._ops.list_keys(tenant))
 
+    def update_key(
+        self,
+        key: str,
+        *,
+        name: str | None = None,
+        scopes: list[str] | None = None,
+        expires_at: datetime | None = None,
+        expires_in: timedelta | int | None = None,
+        never_expires: bool = False,
+    ) -> ApiKey:
+        """Change a key's label (`name`), scopes (any) or expiry (`never_expires` removes it),
+        the key given by id or public prefix; only what is given changes."""
+        changes = key_changes(name, scopes, expires_at, expires_in, never_expires)
+        return self._run(self._ops.update_key(key, changes))
+
     def revoke_key(self, prefix: str) -> ApiKey:
         return self._run(self._ops.revoke_key(prefix))
 
@@ -329,6 +347,21 @@ class AsyncAdmin:
 
     async def list_keys(self, tenant: str) -> list[ApiKey]:
         return await self._run(self._ops.list_keys(tenant))
+
+    async def update_key(
+        self,
+        key: str,
+        *,
+        name: str | None = None,
+        scopes: list[str] | None = None,
+        expires_at: datetime | None = None,
+        expires_in: timedelta | int | None = None,
+        never_expires: bool = False,
+    ) -> ApiKey:
+        """Change a key's label (`name`), scopes (any) or expiry (`never_expires` removes it),
+        the key given by id or public prefix; only what is given changes."""
+        changes = key_changes(name, scopes, expires_at, expires_in, never_expires)
+        return await self._run(self._ops.update_key(key, changes))
 
     async def revoke_key(self, prefix: str) -> ApiKey:
         return await self._run(self._ops.revoke_key(prefix))

@@ -1,5 +1,6 @@
-"""The operators' page's actions: cancel a request, redeliver its webhooks, revoke a key,
-change a tenant's limits, backends or weight, grant credits, suspend or resume.
+"""The operators' page's actions: cancel a request, redeliver its webhooks (or a batch's, from
+the webhook failures), revoke a key, change a tenant's limits, backends or weight, grant
+credits, suspend or resume.
 
 Every action is a form that POSTs with the session's CSRF token (403 page otherwise). The
 first POST rehearses the action (`relight.ops.actions.rehearse`) and answers a confirmation
@@ -7,7 +8,7 @@ page saying what will happen, with the form's values in hidden fields and `confi
 second POST does it and redirects to the page it came from with a flash saying what happened
 (POST-redirect-GET). A confirmation is good for one submission (a double click acts once).
 A value the services refuse re-shows the tenant's page with the reason (or, on a request's
-page, comes back as an error flash): never a 500, never JSON.
+page or the webhook failures, comes back as an error flash): never a 500, never JSON.
 """
 
 from __future__ import annotations
@@ -112,29 +113,32 @@ def _problems(exc: ValidationError) -> str:
     )
 
 
-# --- a request's actions ---------------------------------------------------------------------
+# --- a request's and a batch's actions ------------------------------------------------------
 
 
-async def _request_action(
+async def _owner_action(
     request: Request,
     uow: UnitOfWorkDep,
     operator: OperatorSession,
-    request_id: uuid.UUID,
     csrf_token: str | None,
     confirm: str,
     act: Callable[[], Awaitable[Outcome]],
     *,
+    back: str,
+    missing: str,
+    section: str,
     title: str,
     button: str,
 ) -> Response:
+    """An action on one request or batch: confirmed, done once, then back to `back` with a
+    flash; `missing` names it on the 404 page, a refusal comes back as an error flash."""
     check_csrf(operator, csrf_token)
-    back = f"/requests/{request_id}"
     try:
         if not _confirmed(confirm):
             outcome = await rehearse(uow.session, act)
             return await _confirmation(
                 request, operator, outcome, title=title, button=button, back=back,
-                section="requests",
+                section=section,
             )  # fmt: skip
         if not await _first_submission(request):
             return see_other(with_flash(operator, back, ALREADY_DONE, "error"))
@@ -142,9 +146,23 @@ async def _request_action(
     except RelightError as exc:
         await uow.rollback()
         if exc.status_code == 404:
-            return render(request, "missing.html", operator, 404, what=f"request {request_id}")
+            return render(request, "missing.html", operator, 404, what=missing)
         return see_other(with_flash(operator, back, exc.message, "error"))
     return see_other(with_flash(operator, back, outcome.did))
+
+
+def _redelivering(
+    state: AppState, uow: UnitOfWorkDep, redeliver: Callable[[], Awaitable[actions.Redelivery]]
+) -> Callable[[], Awaitable[Outcome]]:
+    """A redelivery as an action: its deliveries queued once the real one commits (dropped
+    with the rehearsal's savepoint)."""
+
+    async def act() -> Outcome:
+        redelivery = await redeliver()
+        uow.after_commit(partial(state.enqueue_deliveries, redelivery.delivery_ids))
+        return redelivery.outcome
+
+    return act
 
 
 @router.post("/requests/{request_id}/cancel")
@@ -166,8 +184,9 @@ async def cancel_request(
         queue_name=state.settings.queue_name,
         operator=operator.log_id,
     )
-    return await _request_action(
-        request, uow, operator, request_id, csrf_token, confirm, act,
+    return await _owner_action(
+        request, uow, operator, csrf_token, confirm, act, back=f"/requests/{request_id}",
+        missing=f"request {request_id}", section="requests",
         title="Cancel a request", button="Cancel the request",
     )  # fmt: skip
 
@@ -182,20 +201,38 @@ async def redeliver_webhooks(
     csrf_token: CsrfField = None,
     confirm: ConfirmField = "",
 ) -> Response:
-    async def act() -> Outcome:
-        redelivery = await actions.redeliver_webhooks(
-            uow.session,
-            request_id,
-            UrlBuilder.background(state.settings),
-            operator=operator.log_id,
-        )
-        # Dropped with the rehearsal's savepoint; queued once the real one commits.
-        uow.after_commit(partial(state.enqueue_deliveries, redelivery.delivery_ids))
-        return redelivery.outcome
-
-    return await _request_action(
-        request, uow, operator, request_id, csrf_token, confirm, act,
+    redeliver = partial(
+        actions.redeliver_webhooks,
+        uow.session,
+        request_id,
+        UrlBuilder.background(state.settings),
+        operator=operator.log_id,
+    )
+    return await _owner_action(
+        request, uow, operator, csrf_token, confirm, _redelivering(state, uow, redeliver),
+        back=f"/requests/{request_id}", missing=f"request {request_id}", section="requests",
         title="Redeliver webhooks", button="Send them again",
+    )  # fmt: skip
+
+
+@router.post("/batches/{batch_id}/redeliver")
+async def redeliver_batch_webhooks(
+    request: Request,
+    batch_id: uuid.UUID,
+    state: StateDep,
+    uow: UnitOfWorkDep,
+    operator: OperatorDep,
+    csrf_token: CsrfField = None,
+    confirm: ConfirmField = "",
+) -> Response:
+    """A batch's webhook sent again, from its row of the webhook failures (where it goes back)."""
+    redeliver = partial(
+        actions.redeliver_batch_webhooks, uow.session, batch_id, operator=operator.log_id
+    )
+    return await _owner_action(
+        request, uow, operator, csrf_token, confirm, _redelivering(state, uow, redeliver),
+        back="/webhooks", missing=f"batch {batch_id}", section="webhooks",
+        title="Redeliver a batch's webhook", button="Send it again",
     )  # fmt: skip
 
 

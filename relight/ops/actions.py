@@ -1,5 +1,6 @@
-"""What operators do from their page: cancel a request, send its webhooks again, revoke a key,
-change a tenant's limits, backends or weight, grant or adjust credits, suspend or resume.
+"""What operators do from their page: cancel a request, send its webhooks (or a batch's) again,
+revoke a key, change a tenant's limits, backends or weight, grant or adjust credits, suspend or
+resume.
 
 Each action calls the same service as the admin API or the tenant API, so the same rules
 hold, and answers an `Outcome`: what it would do (for the confirmation) and what it did (for
@@ -24,6 +25,7 @@ from typing import Any, TypeVar
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from relight.batches import deliveries as batch_deliveries
 from relight.core.errors import Conflict, InvalidParameter, RelightError, RequestNotFound
 from relight.core.models import CreditKind, Job, JobStatus, Tenant, TenantStatus
 from relight.core.storage.urls import UrlBuilder
@@ -132,6 +134,42 @@ class Redelivery:
     delivery_ids: list[uuid.UUID]  # to enqueue once the caller committed
 
 
+def _redelivery(
+    session: AsyncSession,
+    delivery_ids: list[uuid.UUID],
+    *,
+    owner: str,
+    owner_field: str,
+    owner_id: uuid.UUID,
+    tenant_name: str,
+    url: str | None,
+    action: str,
+    operator: str,
+) -> Redelivery:
+    """What sending the webhooks of `owner` (`request <id>`, `batch <id>`) again says, and its
+    log line once committed: one wording for a request's and a batch's."""
+    count = len(delivery_ids)
+    webhooks_text = f"{count} webhook{'' if count == 1 else 's'}"
+    _log_after_commit(
+        session,
+        operator,
+        action,
+        f"redelivering {webhooks_text} of {owner} of {tenant_name}",
+        **{owner_field: str(owner_id)},
+        tenant=tenant_name,
+        deliveries=[str(delivery) for delivery in delivery_ids],
+        url=url,
+    )
+    return Redelivery(
+        Outcome(
+            would=f"Send the {webhooks_text} of {owner} (tenant {tenant_name}) again to {url}? "
+            "The receiver gets each again with the same webhook-id.",
+            did=f"Redelivering {webhooks_text} of {owner} to {url}: queued now.",
+        ),
+        delivery_ids,
+    )
+
+
 async def redeliver_webhooks(
     session: AsyncSession, job_id: uuid.UUID, urls: UrlBuilder, *, operator: str
 ) -> Redelivery:
@@ -142,27 +180,33 @@ async def redeliver_webhooks(
     delivery_ids = await webhooks.redeliver(
         session, job.tenant_id, job_id, urls, requested_by=f"operator:{operator}"
     )
-    count = len(delivery_ids)
-    webhooks_text = f"{count} webhook{'' if count == 1 else 's'}"
-    _log_after_commit(
-        session,
-        operator,
-        "redeliver_webhooks",
-        f"redelivering {webhooks_text} of request {job_id} of {tenant_name}",
-        job_id=str(job_id),
-        tenant=tenant_name,
-        deliveries=[str(delivery) for delivery in delivery_ids],
-        url=job.webhook_url,
+    return _redelivery(
+        session, delivery_ids, owner=f"request {job_id}", owner_field="job_id", owner_id=job_id,
+        tenant_name=tenant_name, url=job.webhook_url, action="redeliver_webhooks",
+        operator=operator,
+    )  # fmt: skip
+
+
+async def redeliver_batch_webhooks(
+    session: AsyncSession, batch_id: uuid.UUID, *, operator: str
+) -> Redelivery:
+    """Send a completed batch's webhook (its `batch.completed`) again, as the tenant's
+    `POST /v2/batches/{id}/webhooks/redeliver` does (`relight.batches.deliveries.redeliver`),
+    the attempts recording `operator:<session>`; not spent from the tenant's redelivery
+    budget. 404 for an unknown batch; 409 without a webhook URL or before the batch's end."""
+    found = await repository.batch_with_tenant_name(session, batch_id)
+    if found is None:
+        raise RequestNotFound(f"no batch {batch_id}")
+    batch, tenant_name = found
+    url = batch.webhook_url
+    delivery_ids = await batch_deliveries.redeliver(
+        session, batch.tenant_id, batch_id, requested_by=f"operator:{operator}"
     )
-    return Redelivery(
-        Outcome(
-            would=f"Send the {webhooks_text} of request {job_id} (tenant {tenant_name}) again "
-            f"to {job.webhook_url}? The receiver gets each again with the same webhook-id.",
-            did=f"Redelivering {webhooks_text} of request {job_id} to {job.webhook_url}: "
-            "queued now.",
-        ),
-        delivery_ids,
-    )
+    return _redelivery(
+        session, delivery_ids, owner=f"batch {batch_id}", owner_field="batch_id",
+        owner_id=batch_id, tenant_name=tenant_name, url=url,
+        action="redeliver_batch_webhooks", operator=operator,
+    )  # fmt: skip
 
 
 # --- tenants ---------------------------------------------------------------------------------

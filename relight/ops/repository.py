@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
 from relight.core.models import (
+    Batch,
     CreditEntry,
     CreditKind,
     Job,
@@ -261,6 +262,20 @@ async def job_with_tenant_name(session: AsyncSession, job_id: uuid.UUID) -> tupl
             select(Job, Tenant.name)
             .join(Tenant, Tenant.id == Job.tenant_id)
             .where(Job.id == job_id)
+        )
+    ).one_or_none()
+    return None if row is None else (row[0], row[1])
+
+
+async def batch_with_tenant_name(
+    session: AsyncSession, batch_id: uuid.UUID
+) -> tuple[Batch, str] | None:
+    """Any tenant's batch, with its tenant's name."""
+    row = (
+        await session.execute(
+            select(Batch, Tenant.name)
+            .join(Tenant, Tenant.id == Batch.tenant_id)
+            .where(Batch.id == batch_id)
         )
     ).one_or_none()
     return None if row is None else (row[0], row[1])

@@ -154,6 +154,25 @@ async def test_canceling_a_queued_request_refunds_it_and_says_so(
     assert await balance_of(engine, tenant.tenant_id) == 1000
 
 
+async def test_a_batchs_webhook_before_its_end_is_refused_with_the_reason_on_the_failures_list(
+    ui_client: httpx.AsyncClient, make_tenant: MakeTenant
+) -> None:
+    tenant = await make_tenant("acme", credits=1000)
+    submitted = await ui_client.post(
+        "/v2/batches",
+        headers=tenant.headers,
+        json={"requests": [fast_body()], "webhook_url": "http://127.0.0.1:9/hook"},
+    )
+    assert submitted.status_code == 202, submitted.text
+    batch_id = submitted.json()["batch_id"]
+    csrf = await sign_in(ui_client)
+    refused = await ui_client.post(
+        f"/admin/ui/batches/{batch_id}/redeliver", data={"csrf_token": csrf}
+    )
+    assert refused.headers["location"].startswith("/admin/ui/webhooks?")
+    assert await flash_after(ui_client, refused) == ("error", "the batch has not finished yet")
+
+
 async def test_revoking_a_key_from_the_page_makes_it_401(
     ui_client: httpx.AsyncClient, make_tenant: MakeTenant
 ) -> None:
@@ -299,6 +318,7 @@ ACTIONS = [
     "/admin/ui/tenants/acme/keys/{prefix}/revoke",
     "/admin/ui/requests/{request_id}/cancel",
     "/admin/ui/requests/{request_id}/redeliver",
+    "/admin/ui/batches/{batch_id}/redeliver",
 ]
 
 
@@ -316,7 +336,7 @@ async def test_every_action_without_the_sessions_csrf_token_is_a_403_page_and_ch
         "burst": "1", "max_in_flight": "1", "backends": ["local"], "weight": "9",
     }  # fmt: skip
     for template in ACTIONS:
-        path = template.format(prefix=prefix, request_id=request_id)
+        path = template.format(prefix=prefix, request_id=request_id, batch_id=uuid.uuid4())
         for token in [None, "", "0" * 64, csrf[:-1]]:
             for confirm in [{}, {"confirm": "yes"}]:
                 data = {**values, **confirm}
@@ -390,6 +410,7 @@ async def test_an_unknown_request_or_tenant_is_a_404_page(
     for path in [
         f"/admin/ui/requests/{uuid.uuid4()}/cancel",
         f"/admin/ui/requests/{uuid.uuid4()}/redeliver",
+        f"/admin/ui/batches/{uuid.uuid4()}/redeliver",
         "/admin/ui/tenants/nobody/limits",
         "/admin/ui/tenants/acme/keys/nokey/revoke",
         "/admin/ui/tenants/acme/promote",

@@ -1,5 +1,6 @@
 """The operators' page's actions in a real browser (issue 27, must show 3): cancel a queued
-request, redeliver a webhook, grant credits, revoke a key and edit limits, each confirmed on
+request, redeliver a webhook (a request's, and a batch's from the webhook failures), grant
+credits, revoke a key and edit limits, each confirmed on
 its own page and then flashed with what happened; a form whose CSRF token is missing or wrong
 is refused with a 403 page; the 6th wrong admin token in a minute gets a 429 page with
 `Retry-After`.
@@ -9,6 +10,7 @@ Headless Debian chromium driven by Playwright, as `tests/ui/test_browser.py`.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 
@@ -19,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relight.core.config import Settings
 from tests.conftest import MakeTenant, RunWorker
-from tests.fakes.webhook_receiver import WebhookReceiver
+from tests.fakes.webhook_receiver import Reply, WebhookReceiver
 from tests.helpers import balance_of, fast_body
 from tests.ui.conftest import ADMIN_TOKEN, LiveServer, shot
 
@@ -125,6 +127,103 @@ async def test_an_operator_redelivers_a_webhook_and_the_receiver_gets_it_again(
     # The attempt says who asked.
     await page.reload()
     await expect(page.get_by_text(re.compile(r"^operator:[0-9a-f]{12}$"))).to_have_count(1)
+
+
+async def failed_batch(
+    live_server: LiveServer, tenant_headers: dict[str, str], run_worker: RunWorker, hook: str
+) -> str:
+    """A batch of one request whose `batch.completed` the receiver refused on every attempt
+    (the test settings' schedule), so it failed for good; its id."""
+    async with httpx.AsyncClient(base_url=live_server.url, timeout=30) as api:
+        submitted = await api.post(
+            "/v2/batches",
+            headers=tenant_headers,
+            json={"requests": [fast_body()], "webhook_url": hook},
+        )
+        assert submitted.status_code == 202, submitted.text
+        await run_worker()  # renders the item, then tries batch.completed until it gives up
+    batch_id: str = submitted.json()["batch_id"]
+    return batch_id
+
+
+async def test_an_operator_sends_a_batchs_failed_webhook_again_from_the_failures_list(
+    live_server: LiveServer,
+    browser: Browser,
+    make_tenant: MakeTenant,
+    run_worker: RunWorker,
+    receiver: WebhookReceiver,
+) -> None:
+    tenant = await make_tenant("acme", credits=1000)
+    receiver.script("/down", [Reply(status=503)] * 4)  # every attempt; then it answers 200
+    hook = receiver.url("/down")
+    batch_id = await failed_batch(live_server, tenant.headers, run_worker, hook)
+    refused = await receiver.wait_for("/down", 4)
+
+    page = await signed_in(browser, live_server)
+    await page.goto(f"{live_server.url}/admin/ui/webhooks")
+    row = page.locator("#webhook-failures tbody tr", has_text=batch_id)
+    await expect(row).to_contain_text("batch.completed")
+    await expect(row).to_contain_text("failed, no more tries")
+    await row.locator("form.redeliver-batch button").click()
+    await confirm(
+        page,
+        f"Send the 1 webhook of batch {batch_id} (tenant acme) again to {hook}? The receiver "
+        "gets each again with the same webhook-id.",
+    )
+    await expect(page).to_have_url(re.compile(r"/admin/ui/webhooks\?flash="))
+    await expect(page.locator("#flash")).to_have_text(
+        f"Redelivering 1 webhook of batch {batch_id} to {hook}: queued now."
+    )
+    # Nothing is sent before the operator confirmed, and once after.
+    assert len(receiver.received("/down")) == 4
+    await run_worker()
+    *_, again = await receiver.wait_for("/down", 5)
+    assert again.webhook_id == refused[0].webhook_id
+    assert again.body == refused[0].body
+    assert json.loads(again.body)["event"] == "batch.completed"
+    # Delivered now: off the failures list; the attempt says who asked.
+    await page.goto(f"{live_server.url}/admin/ui/webhooks")
+    await expect(page.locator("#webhook-failures")).to_contain_text("No failing webhook delivery.")
+    async with httpx.AsyncClient(base_url=live_server.url, timeout=30) as api:
+        listed = await api.get(f"/v2/batches/{batch_id}/webhooks", headers=tenant.headers)
+    [delivery] = listed.json()["data"]
+    assert delivery["status"] == "delivered"
+    last = delivery["attempt_log"][-1]
+    assert (last["status_code"], last["number"]) == (200, 5)
+    assert re.fullmatch(r"operator:[0-9a-f]{12}", last["requested_by"])
+
+
+async def test_a_batchs_redeliver_form_with_a_tampered_csrf_token_gets_the_403_page(
+    live_server: LiveServer,
+    browser: Browser,
+    make_tenant: MakeTenant,
+    run_worker: RunWorker,
+    receiver: WebhookReceiver,
+) -> None:
+    tenant = await make_tenant("acme", credits=1000)
+    receiver.script("/down", [Reply(status=503)] * 4)
+    batch_id = await failed_batch(live_server, tenant.headers, run_worker, receiver.url("/down"))
+    await receiver.wait_for("/down", 4)
+
+    page = await signed_in(browser, live_server)
+    await page.goto(f"{live_server.url}/admin/ui/webhooks")
+    form = page.locator(f'form.redeliver-batch[data-batch="{batch_id}"]')
+    await form.evaluate(
+        "form => { form.querySelector('[name=csrf_token]').value = 'f'.repeat(64); }"
+    )
+    async with page.expect_navigation() as navigation:
+        await form.locator("button").click()
+    response = await navigation.value
+    assert response is not None
+    assert response.status == 403
+    await expect(page.locator("h1")).to_have_text("Refused")
+    await expect(page.locator("p.error")).to_contain_text("did not come from this page")
+    await run_worker()
+    assert len(receiver.received("/down")) == 4
+    await page.goto(f"{live_server.url}/admin/ui/webhooks")
+    await expect(page.locator("#webhook-failures tbody tr", has_text=batch_id)).to_contain_text(
+        "failed, no more tries"
+    )
 
 
 async def test_an_operator_revokes_a_key_and_edits_limits(

@@ -337,16 +337,23 @@ def key_update(
     no_expiry: Annotated[
         bool, typer.Option("--no-expiry", help="the key never expires (removes its expiry)")
     ] = False,
+    no_label: Annotated[
+        bool, typer.Option("--no-label", help="the key has no label (removes its label)")
+    ] = False,
 ) -> None:
     """Change a key's label, scopes or expiry (only the options given); every api process
     obeys at once."""
     if expires is not None and no_expiry:
         _fail("give --expires or --no-expiry, not both", "validation_error")
+    if label is not None and no_label:
+        _fail("give --label or --no-label, not both", "validation_error")
     _check_storable_arguments()
     given = {"label": label, "scopes": _scope_list(scopes), "expires_in": _lifetime_s(expires)}
     fields: dict[str, Any] = {field: value for field, value in given.items() if value is not None}
     if no_expiry:
         fields["expires_at"] = None
+    if no_label:
+        fields["label"] = None
     try:
         changes = KeyUpdate(**fields)
     except ValidationError as exc:

@@ -118,12 +118,31 @@ async def test_key_update_changes_scopes_label_and_expiry_and_the_key_obeys(
     assert timedelta(hours=1, minutes=50) < lifetime < timedelta(hours=2, minutes=10)
 
 
+async def test_key_update_no_label_clears_the_label_and_keeps_the_rest(
+    admin: Admin,  # noqa: F811
+    client: httpx.AsyncClient,
+) -> None:
+    (await admin("tenant", "create", "umbrella")).json()
+    created = (
+        await admin("key", "create", "umbrella", "--label", "ci", "--scopes", "keys:manage")
+    ).json()
+    assert created["label"] == "ci"
+
+    cleared = (await admin("key", "update", created["prefix"], "--no-label")).json()
+
+    assert cleared["label"] is None
+    assert (cleared["scopes"], cleared["expires_at"]) == (created["scopes"], created["expires_at"])
+    listed = (await client.get("/v2/keys", headers={"x-api-key": created["key"]})).json()["data"]
+    assert [key["label"] for key in listed] == [None]
+
+
 @pytest.mark.parametrize(
     ("args", "named"),
     [
         (["--scopes", "requests:read,requests:write"], "requests:write"),
         (["--expires", "soon"], "soon"),
         (["--expires", "1d", "--no-expiry"], "not both"),
+        (["--label", "ci", "--no-label"], "not both"),
         ([], "at least one"),
     ],
 )

@@ -70,6 +70,25 @@ def test_update_a_key_through_the_client_and_the_admin_client(base_url: str, adm
     assert (widened.label, widened.scopes) == ("hooks", ["webhooks:manage"])
 
 
+def test_clear_a_keys_label_through_the_client_and_the_admin_client(
+    base_url: str, admin: Admin
+) -> None:
+    name = f"keys-{uuid.uuid4().hex[:10]}"
+    admin.create_tenant(name, credits=100)
+    manager_key = admin.create_key(name, "manager", scopes=MANAGER_SCOPES)
+
+    with Relight(base_url, manager_key.key) as manager:
+        reader = manager.create_key(label="reader", scopes=["requests:read"])
+        unlabelled = manager.update_key(reader.id, clear_label=True)
+        assert (unlabelled.label, unlabelled.scopes) == (None, ["requests:read"])
+        assert [key.label for key in manager.list_keys()] == ["manager", None]
+        with pytest.raises(ValueError, match="not both"):
+            manager.update_key(reader.id, label="x", clear_label=True)
+
+    assert admin.update_key(manager_key.prefix, clear_label=True).label is None
+    assert [key.name for key in admin.list_keys(name)] == [None, None]
+
+
 async def test_update_a_key_through_the_async_clients(base_url: str) -> None:
     name = f"keys-{uuid.uuid4().hex[:10]}"
     async with AsyncAdmin(base_url, ADMIN_TOKEN) as admin:

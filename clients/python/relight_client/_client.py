@@ -367,11 +367,12 @@ class Relight:
         expires_at: datetime | None = None,
         expires_in: timedelta | int | None = None,
         never_expires: bool = False,
+        clear_label: bool = False,
     ) -> Key:
         """Change one of your keys' label, scopes (replacing them; only scopes the calling key
-        holds may be added) or expiry (`never_expires` removes it); only what is given changes,
-        at once in every API process."""
-        changes = key_changes(label, scopes, expires_at, expires_in, never_expires)
+        holds may be added) or expiry (`never_expires` removes it; `clear_label` removes the
+        label); only what is given changes, at once in every API process."""
+        changes = key_changes(label, scopes, expires_at, expires_in, never_expires, clear_label)
         return self._run(self._ops.update_key(key_id, changes))
 
     def revoke_key(self, key_id: str) -> Key:
@@ -552,11 +553,12 @@ class AsyncRelight:
         expires_at: datetime | None = None,
         expires_in: timedelta | int | None = None,
         never_expires: bool = False,
+        clear_label: bool = False,
     ) -> Key:
         """Change one of your keys' label, scopes (replacing them; only scopes the calling key
-        holds may be added) or expiry (`never_expires` removes it); only what is given changes,
-        at once in every API process."""
-        changes = key_changes(label, scopes, expires_at, expires_in, never_expires)
+        holds may be added) or expiry (`never_expires` removes it; `clear_label` removes the
+        label); only what is given changes, at once in every API process."""
+        changes = key_changes(label, scopes, expires_at, expires_in, never_expires, clear_label)
         return await self._run(self._ops.update_key(key_id, changes))
 
     async def revoke_key(self, key_id: str) -> Key:

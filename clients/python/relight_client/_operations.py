@@ -132,13 +132,19 @@ def key_changes(
     expires_at: datetime | None,
     expires_in: timedelta | int | None,
     never_expires: bool,
+    clear_label: bool,
 ) -> dict[str, Any]:
-    """The body of `PATCH /v2/keys/{id}`: what was given (`never_expires`: `expires_at: null`)."""
+    """The body of `PATCH /v2/keys/{id}`: what was given (`never_expires`: `expires_at: null`;
+    `clear_label`: `label: null`)."""
     changes = key_options(label, scopes, expires_at, expires_in)
     if never_expires:
         if expires_at is not None or expires_in is not None:
             raise ValueError("give expires_at, expires_in or never_expires, not two")
         changes["expires_at"] = None
+    if clear_label:
+        if label is not None:
+            raise ValueError("give a label or clear_label, not both")
+        changes["label"] = None
     return changes
 
 

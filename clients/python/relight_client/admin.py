@@ -227,10 +227,12 @@ class Admin:
         expires_at: datetime | None = None,
         expires_in: timedelta | int | None = None,
         never_expires: bool = False,
+        clear_label: bool = False,
     ) -> ApiKey:
-        """Change a key's label (`name`), scopes (any) or expiry (`never_expires` removes it),
-        the key given by id or public prefix; only what is given changes."""
-        changes = key_changes(name, scopes, expires_at, expires_in, never_expires)
+        """Change a key's label (`name`), scopes (any) or expiry (`never_expires` removes it;
+        `clear_label` removes the label), the key given by id or public prefix; only what is given
+        changes."""
+        changes = key_changes(name, scopes, expires_at, expires_in, never_expires, clear_label)
         return self._run(self._ops.update_key(key, changes))
 
     def revoke_key(self, prefix: str) -> ApiKey:
@@ -357,10 +359,12 @@ class AsyncAdmin:
         expires_at: datetime | None = None,
         expires_in: timedelta | int | None = None,
         never_expires: bool = False,
+        clear_label: bool = False,
     ) -> ApiKey:
-        """Change a key's label (`name`), scopes (any) or expiry (`never_expires` removes it),
-        the key given by id or public prefix; only what is given changes."""
-        changes = key_changes(name, scopes, expires_at, expires_in, never_expires)
+        """Change a key's label (`name`), scopes (any) or expiry (`never_expires` removes it;
+        `clear_label` removes the label), the key given by id or public prefix; only what is given
+        changes."""
+        changes = key_changes(name, scopes, expires_at, expires_in, never_expires, clear_label)
         return await self._run(self._ops.update_key(key, changes))
 
     async def revoke_key(self, prefix: str) -> ApiKey:

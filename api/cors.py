@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from relight.core.config import Settings
 
 NOT_CROSS_ORIGIN = ("/admin", "/metrics")
-ALLOWED_METHODS = ("GET", "POST", "DELETE")
+ALLOWED_METHODS = ("GET", "POST", "PATCH", "DELETE")
 # What a front-end sends: its key (either form), a JSON or multipart body, the v2 extras.
 ALLOWED_HEADERS = (
     "x-api-key",

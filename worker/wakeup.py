@@ -32,7 +32,9 @@ from datetime import datetime
 from typing import Any
 
 from arq.worker import Worker
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, WatchError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from relight.jobs import worker_heartbeat
 from relight.jobs.arq_format import claim_job
@@ -40,6 +42,9 @@ from relight.jobs.queue import fair_keys, wake_channel
 from relight.jobs.worker_heartbeat import WorkerBeat
 
 logger = logging.getLogger(__name__)
+
+# What a poll meets when Redis drops the worker's connection mid-command.
+LOST_REDIS = (RedisConnectionError, RedisTimeoutError, WatchError)
 
 
 class WakeableWorker(Worker):
@@ -68,8 +73,16 @@ class WakeableWorker(Worker):
         # Cleared before reading the queue: a job enqueued while we read it sets the event
         # again, so the wait below returns at once and the next iteration sees the job.
         self._wake.clear()
-        await super()._poll_iteration()
-        timeout = await self._time_to_next_poll()
+        try:
+            await super()._poll_iteration()
+            timeout = await self._time_to_next_poll()
+        except LOST_REDIS as exc:
+            # A connection Redis dropped (a restart, a failover) under a command that cannot
+            # be retried on its own: a WATCH in arq's enqueue of a cron run, say. arq would end
+            # the worker; the next poll reconnects instead (a cron run whose enqueue failed
+            # waits for its next time: the sweep runs every few seconds).
+            logger.warning("poll failed on a dropped Redis connection (%r); polling again", exc)
+            timeout = self.wake_timeout_s
         if timeout > 0:
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
             # that arrives as the event is set, and the worker would never stop.
